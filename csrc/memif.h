@@ -1,0 +1,104 @@
+/*
+ * memif 2.0 shared-memory layout and the few atomics memifx needs.
+ *
+ * This is the only place the wire layout of rings and descriptors is
+ * declared; memifx/memif.pxd exposes it to Cython.  Control messages are
+ * encoded in memifx/wire.py (they are not on the hot path).
+ */
+#ifndef MEMIFX_MEMIF_H
+#define MEMIFX_MEMIF_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+#define MEMIF_COOKIE          0x3E31F20u
+#define MEMIF_VERSION         0x0200u
+#define MEMIF_CACHELINE       64u
+#define MEMIF_RING_HDR_SIZE   128u   /* two cache lines: head side, tail side */
+#define MEMIF_DESC_SIZE       16u
+
+#define MEMIF_RING_FLAG_MASK_INT  1u  /* ring->flags: consumer asks not to be woken */
+#define MEMIF_DESC_FLAG_NEXT      1u  /* desc->flags: frame continues in next slot */
+
+#define MEMIF_MAX_LOG2_RING_SIZE  14u /* what we accept and advertise (DPDK's cap) */
+
+typedef struct {            /* naturally aligned: 16 bytes, no padding */
+    uint16_t flags;
+    uint16_t region;
+    uint32_t length;
+    uint32_t offset;
+    uint32_t metadata;
+} memif_desc_t;
+
+typedef struct __attribute__((packed, aligned(64))) {
+    uint32_t cookie;
+    uint16_t flags;
+    uint16_t head;                    /* written only by the slave  */
+    uint8_t  pad0[MEMIF_CACHELINE - 8];
+    uint16_t tail;                    /* written only by the master */
+    uint8_t  pad1[MEMIF_CACHELINE - 2];
+    memif_desc_t desc[];
+} memif_ring_t;
+
+_Static_assert(sizeof(memif_desc_t) == MEMIF_DESC_SIZE, "descriptor is 16 bytes");
+_Static_assert(offsetof(memif_ring_t, tail) == 64, "tail on cache line 1");
+_Static_assert(offsetof(memif_ring_t, desc) == MEMIF_RING_HDR_SIZE, "descriptors at 128");
+
+static inline uint64_t memif_ring_bytes(uint32_t log2_size)
+{
+    return MEMIF_RING_HDR_SIZE + ((uint64_t)MEMIF_DESC_SIZE << log2_size);
+}
+
+/* head/tail are the only words both sides race on: every access to them
+ * goes through these, never a plain load or store. */
+static inline uint16_t memif_load_acquire(const uint16_t *p)
+{
+    return __atomic_load_n(p, __ATOMIC_ACQUIRE);
+}
+
+static inline void memif_store_release(uint16_t *p, uint16_t v)
+{
+    __atomic_store_n(p, v, __ATOMIC_RELEASE);
+}
+
+static inline uint16_t memif_load_relaxed(const uint16_t *p)
+{
+    return __atomic_load_n(p, __ATOMIC_RELAXED);
+}
+
+static inline void memif_store_relaxed(uint16_t *p, uint16_t v)
+{
+    __atomic_store_n(p, v, __ATOMIC_RELAXED);
+}
+
+/* Full barrier: used after clearing MASK_INT and before re-checking the ring
+ * (lost-wakeup rule), and by producers between publishing and reading flags. */
+static inline void memif_fence(void)
+{
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+}
+
+/* Read one descriptor from shared memory exactly once.  The peer may rewrite
+ * it at any moment; callers validate and use only the returned copy. */
+static inline memif_desc_t memif_desc_read(const memif_desc_t *d)
+{
+    const volatile uint64_t *w = (const volatile uint64_t *)d;
+    uint64_t lo = w[0], hi = w[1];        /* two loads, never repeated */
+    memif_desc_t c;
+    __builtin_memcpy(&c, &lo, 8);
+    __builtin_memcpy((char *)&c + 8, &hi, 8);
+    return c;
+}
+
+/* The consumer's MASK_INT word; written by the consumer, read by the producer. */
+static inline uint16_t memif_ring_flags(const memif_ring_t *r)
+{
+    return __atomic_load_n(&r->flags, __ATOMIC_RELAXED);
+}
+
+static inline void memif_set_ring_flags(memif_ring_t *r, uint16_t v)
+{
+    __atomic_store_n(&r->flags, v, __ATOMIC_RELAXED);
+}
+
+#endif

@@ -1,0 +1,447 @@
+"""The memif control channel: listener, and the master and slave handshakes.
+
+Runs only inside a ControlLoop (loop.py).  Each accepted or connected
+SOCK_SEQPACKET socket is one :class:`Channel`; it ends in exactly one of two
+ways: ``link up`` (a :class:`Connection` handed to the interface) followed
+later by ``link down``, or ``link down`` alone.  Every field the peer sends is
+checked here before anything is mapped or used; a violation sends DISCONNECT
+with the reason string and closes the socket.
+"""
+import array
+import errno
+import fcntl
+import logging
+import os
+import socket
+
+from memifx import wire
+from memifx.errors import MemifError
+from memifx.memory import Memory
+from memifx.ring import Queue
+
+log = logging.getLogger("memifx")
+
+HANDSHAKE_TIMEOUT = 3.0
+MAX_LOG2_RING_SIZE = 14
+MAX_REGIONS = 256
+PAGE = 4096
+
+
+def sockaddr(path):
+    """'@name' is an abstract socket; anything else a filesystem path."""
+    return "\0" + path[1:] if path.startswith("@") else path
+
+
+def is_eventfd(fd):
+    try:
+        return os.readlink("/proc/self/fd/%d" % fd) == "anon_inode:[eventfd]"
+    except OSError:
+        return False
+
+
+def set_nonblocking(fd):
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
+
+
+class Connection:
+    """What one link needs on the data path: memory, queues, peer facts."""
+
+    def __init__(self, memory, rx, tx, peer_name, warnings=()):
+        self.memory = memory
+        self.rx = rx
+        self.tx = tx
+        self.peer_name = peer_name
+        self.warnings = list(warnings)
+
+    def close(self):
+        for q in self.rx + self.tx:
+            q.close()
+
+
+class Listener:
+    """One listening socket; serves every master interface registered on its path."""
+
+    def __init__(self, loop, path):
+        self.loop = loop
+        self.path = path
+        self.interfaces = {}                # interface id -> Interface
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        try:
+            self._bind(sock)
+            sock.listen(64)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+        loop.add_reader(sock.fileno(), self._accept)
+        loop.listeners[path] = self
+
+    def _bind(self, sock):
+        addr = sockaddr(self.path)
+        if not self.path.startswith("@"):
+            directory = os.path.dirname(self.path) or "."
+            if not os.path.isdir(directory):
+                raise MemifError("socket directory %s does not exist" % directory)
+            if os.path.exists(self.path):
+                # A leftover file is replaced only if nobody answers on it.
+                probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                try:
+                    probe.connect(addr)
+                except OSError:
+                    os.unlink(self.path)
+                else:
+                    raise MemifError("socket %s is in use by another process" % self.path)
+                finally:
+                    probe.close()
+        try:
+            sock.bind(addr)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise MemifError("socket %s is in use by another process" % self.path)
+            raise MemifError("cannot bind %s: %s" % (self.path, e.strerror))
+
+    def hello(self):
+        """HELLO advertises the largest ring counts configured on this socket."""
+        intfs = list(self.interfaces.values())
+        return wire.Hello(
+            name=intfs[0].name if len(intfs) == 1 else "memifx",
+            min_version=wire.VERSION, max_version=wire.VERSION,
+            max_region=MAX_REGIONS - 1,
+            max_m2s_ring=max(i.tx_queues for i in intfs) - 1,
+            max_s2m_ring=max(i.rx_queues for i in intfs) - 1,
+            max_log2_ring_size=MAX_LOG2_RING_SIZE)
+
+    def _accept(self):
+        try:
+            conn, _ = self.sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        if not self.interfaces:
+            conn.close()
+            return
+        MasterChannel(self, conn)
+
+    def remove(self, intf):
+        self.interfaces.pop(intf.id, None)
+        if not self.interfaces:
+            self.loop.remove_reader(self.sock.fileno())
+            self.sock.close()
+            self.loop.listeners.pop(self.path, None)
+            if not self.path.startswith("@"):
+                try:
+                    os.unlink(self.path)
+                except OSError:
+                    pass
+
+
+class Channel:
+    """One control connection: framing, fd passing, timeouts, teardown."""
+
+    def __init__(self, loop, sock):
+        self.loop = loop
+        self.sock = sock
+        self.intf = None
+        self.connection = None          # set once the link is up
+        self.closed = False
+        sock.setblocking(False)
+        loop.add_reader(sock.fileno(), self._readable)
+        self.timer = loop.call_later(HANDSHAKE_TIMEOUT, self.fail, "handshake timeout")
+
+    # ------------------------------------------------------------ framing
+
+    def send(self, msg, fd=None):
+        data = wire.encode(msg)
+        anc = [] if fd is None else [
+            (socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))]
+        self.sock.sendmsg([data], anc)
+
+    def _readable(self):
+        if self.closed:
+            return
+        fds = []
+        try:
+            try:
+                data, anc, flags, _ = self.sock.recvmsg(
+                    wire.MSG_SIZE + 1, socket.CMSG_SPACE(4 * array.array("i").itemsize))
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                self.down("control socket error: %s" % e.strerror)
+                return
+            for level, kind, payload in anc:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    a = array.array("i")
+                    a.frombytes(payload[:len(payload) - len(payload) % a.itemsize])
+                    fds.extend(a)
+            if not data and not fds:
+                self.down("peer closed the connection")
+                return
+            if flags & socket.MSG_CTRUNC:
+                raise MemifError("control message truncated")
+            if len(fds) > 1:
+                raise MemifError("too many fds in one message")
+            msg = wire.decode(data)
+            self.handle(msg, fds)
+        except MemifError as e:
+            self.fail(e.reason)
+        finally:
+            for fd in fds:              # whatever a handler did not take
+                os.close(fd)
+
+    @staticmethod
+    def take_fd(fds):
+        return fds.pop() if fds else None
+
+    # ----------------------------------------------------------- teardown
+
+    def fail(self, reason):
+        """Our side ends the link: DISCONNECT with the reason, then close."""
+        if self.closed:
+            return
+        log.info("memif %s: disconnect: %s", self.intf.name if self.intf else "?", reason)
+        try:
+            self.send(wire.Disconnect(code=0, reason=reason))
+        except OSError:
+            pass
+        self.down(reason)
+
+    def down(self, reason):
+        """The link is over (either side): close the socket, tell the interface."""
+        if self.closed:
+            return
+        self.closed = True
+        self.timer.cancel()
+        self.loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+        if self.connection is not None:
+            self.connection.close()
+        self.release()
+        if self.intf is not None:
+            self.intf._channel_down(self, reason)
+
+    def release(self):
+        """Drop our references to memory and queues (the Connection, if any,
+        keeps its own for bursts still running)."""
+        self.memory = None
+        self.rx = []
+        self.tx = []
+
+    def handle_disconnect(self, msg):
+        self.down(msg.reason or "peer disconnected")
+
+
+class MasterChannel(Channel):
+    """The master's side of one accepted connection."""
+
+    def __init__(self, listener, sock):
+        super().__init__(listener.loop, sock)
+        self.listener = listener
+        self.memory = Memory()
+        self.rx = []                     # S2M rings
+        self.tx = []                     # M2S rings
+        self.warnings = []
+        self.peer_name = ""
+        try:
+            self.send(listener.hello())
+        except OSError:
+            self.down("cannot send HELLO")
+
+    def handle(self, msg, fds):
+        if isinstance(msg, wire.Disconnect):
+            return self.handle_disconnect(msg)
+        if self.intf is None:
+            if not isinstance(msg, wire.Init):
+                raise MemifError("message before INIT")
+            return self.on_init(msg)
+        if self.connection is not None:
+            raise MemifError("unexpected message")
+        if isinstance(msg, wire.AddRegion):
+            return self.on_add_region(msg, self.take_fd(fds))
+        if isinstance(msg, wire.AddRing):
+            return self.on_add_ring(msg, self.take_fd(fds))
+        if isinstance(msg, wire.Connect):
+            return self.on_connect(msg)
+        raise MemifError("unexpected message")
+
+    def on_init(self, msg):
+        if msg.version >> 8 != wire.VERSION >> 8:
+            raise MemifError("unsupported version")
+        intf = self.listener.interfaces.get(msg.id)
+        if intf is None:
+            raise MemifError("unmatched interface id")
+        if intf._channel is not None:
+            raise MemifError("already connected")
+        if msg.mode != intf.mode_id:
+            raise MemifError("mode mismatch")
+        if intf.secret:
+            if not msg.secret:
+                raise MemifError("secret required")
+            if msg.secret != intf.secret:
+                raise MemifError("incorrect secret")
+        self.intf = intf
+        intf._channel = self
+        self.peer_name = msg.name
+        self.send(wire.Ack())
+
+    def on_add_region(self, msg, fd):
+        if fd is None:
+            raise MemifError("missing memory region fd")
+        try:
+            if msg.index >= MAX_REGIONS:
+                raise MemifError("too many regions")
+            if msg.index != self.memory.count:
+                raise MemifError("unexpected region index")
+            warning = self.memory.add_peer_region(fd, msg.size)
+        finally:
+            os.close(fd)                 # the mapping is what we keep
+        if warning:
+            self.warnings.append("region %d: %s" % (msg.index, warning))
+        self.send(wire.Ack())
+
+    def on_add_ring(self, msg, fd):
+        if fd is None:
+            raise MemifError("missing ring interrupt fd")
+        try:
+            if not is_eventfd(fd):
+                raise MemifError("ring interrupt fd is not an eventfd")
+            if msg.private_hdr_size:
+                raise MemifError("private headers not supported")
+            s2m = bool(msg.flags & wire.RING_S2M)
+            rings = self.rx if s2m else self.tx
+            limit = self.intf.rx_queues if s2m else self.intf.tx_queues
+            if msg.index >= limit:
+                raise MemifError("too many rings")
+            if msg.index != len(rings):
+                raise MemifError("unexpected ring index")
+            if msg.log2_ring_size > MAX_LOG2_RING_SIZE:
+                raise MemifError("ring size out of range")
+            set_nonblocking(fd)
+            q = Queue(self.memory, msg.region, msg.offset, msg.log2_ring_size,
+                      slave=False, tx=not s2m, index=msg.index, fd=fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        rings.append(q)                  # the queue owns the eventfd now
+        self.send(wire.Ack())
+
+    def on_connect(self, msg):
+        if not self.rx or not self.tx:
+            raise MemifError("missing rings")
+        for q in self.rx + self.tx:
+            if not q.check_cookie():
+                raise MemifError("wrong cookie")
+        for q in self.rx + self.tx:
+            q.start()
+        self.peer_name = msg.if_name or self.peer_name
+        self.send(wire.Connected(if_name=self.intf.name))
+        self.timer.cancel()
+        self.connection = Connection(self.memory, self.rx, self.tx, self.peer_name,
+                                     self.warnings)
+        self.intf._channel_up(self, self.connection)
+
+
+class SlaveChannel(Channel):
+    """The slave's side: builds memory and rings from HELLO, then the handshake."""
+
+    def __init__(self, intf, sock):
+        super().__init__(intf.loop, sock)
+        self.intf = intf
+        self.pending = []               # messages to send, one per ACK
+        self.memory = None
+        self.rx = []
+        self.tx = []
+        self.peer_name = ""
+        self.region_fd = None
+
+    def handle(self, msg, fds):
+        if isinstance(msg, wire.Disconnect):
+            return self.handle_disconnect(msg)
+        if self.connection is not None:
+            raise MemifError("unexpected message")
+        if self.memory is None:
+            if not isinstance(msg, wire.Hello):
+                raise MemifError("unexpected message")
+            return self.on_hello(msg)
+        if isinstance(msg, wire.Ack) and self.pending:
+            return self.send_next()
+        if isinstance(msg, wire.Connected) and not self.pending:
+            return self.on_connected(msg)
+        raise MemifError("unexpected message")
+
+    def on_hello(self, msg):
+        if not msg.min_version <= wire.VERSION <= msg.max_version:
+            raise MemifError("incompatible protocol version")
+        intf = self.intf
+        self.peer_name = msg.name
+        n_s2m = min(intf.tx_queues, msg.max_s2m_ring + 1)
+        n_m2s = min(intf.rx_queues, msg.max_m2s_ring + 1)
+        log2 = min(intf.log2_ring_size, msg.max_log2_ring_size, MAX_LOG2_RING_SIZE)
+        if log2 < 1:
+            raise MemifError("ring size out of range")
+        size = 1 << log2
+        ring_bytes = 128 + 16 * size
+        buffers_at = -(-(n_s2m + n_m2s) * ring_bytes // PAGE) * PAGE
+        total = buffers_at + (n_s2m + n_m2s) * size * intf.buffer_size
+        if total >= 1 << 32:
+            raise MemifError("memory region would exceed 4 GiB")
+        self.memory = Memory()
+        self.region_fd = self.memory.create_region(total, "memifx-" + intf.name)
+        rings = []
+        for i in range(n_s2m + n_m2s):
+            tx = i < n_s2m                # S2M rings first, then M2S
+            index = i if tx else i - n_s2m
+            fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            try:
+                q = Queue(self.memory, 0, i * ring_bytes, log2, slave=True, tx=tx,
+                          index=index, fd=fd, buffer_size=intf.buffer_size,
+                          buf_offset=buffers_at + i * size * intf.buffer_size)
+            except BaseException:
+                os.close(fd)
+                raise
+            q.init_ring()
+            (self.tx if tx else self.rx).append(q)
+            rings.append((wire.AddRing(flags=wire.RING_S2M if tx else 0, index=index,
+                                       region=0, offset=i * ring_bytes,
+                                       log2_ring_size=log2, private_hdr_size=0), q.fd))
+        self.pending = [
+            (wire.Init(version=wire.VERSION, id=intf.id, mode=intf.mode_id,
+                       secret=intf.secret or b"", name=intf.name), None),
+            (wire.AddRegion(index=0, size=total), self.region_fd),
+        ] + rings + [(wire.Connect(if_name=intf.name), None)]
+        self.send_next()
+
+    def send_next(self):
+        msg, fd = self.pending.pop(0)
+        self.send(msg, fd)
+        if fd is not None and fd == self.region_fd:
+            os.close(fd)                # the master holds its own copy now
+            self.region_fd = None
+
+    def on_connected(self, msg):
+        self.timer.cancel()
+        if msg.if_name:
+            self.peer_name = msg.if_name
+        for q in self.rx + self.tx:
+            q.start()
+        self.connection = Connection(self.memory, self.rx, self.tx, self.peer_name)
+        self.intf._channel_up(self, self.connection)
+
+    def down(self, reason):
+        if self.region_fd is not None:
+            os.close(self.region_fd)
+            self.region_fd = None
+        super().down(reason)
+
+
+def slave_connect(intf):
+    """Open a control connection for a slave interface; raise OSError if the
+    master is not there (the caller retries with backoff)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    try:
+        sock.setblocking(False)
+        sock.connect(sockaddr(intf.socket))
+    except OSError:
+        sock.close()
+        raise
+    return SlaveChannel(intf, sock)

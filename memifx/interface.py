@@ -1,0 +1,408 @@
+"""memifx.Interface: one memif interface, either role, as an application sees it.
+
+Control plane
+    Sockets and handshakes run in a ControlLoop (memifx/loop.py).  By default
+    that is one background thread per process, shared by every interface.
+    Pass ``loop=memifx.ControlLoop()`` to drive it from your own event loop
+    instead: poll ``loop.fileno()`` and call ``loop.run_once(0)`` when it is
+    readable, or at the latest after ``loop.next_timeout()`` seconds.
+
+Threading
+    Data-path calls (``tx_burst``, ``rx_burst``, ...) never touch the control
+    loop.  Each queue is single-threaded: use one thread per queue (different
+    queues may be used from different threads at once).  Burst loops run with
+    the GIL released.
+
+While the link is down
+    ``tx_burst``/``tx_from`` return 0, ``rx_burst`` returns ``[]``,
+    ``rx_into`` returns 0, ``rx_zero_copy`` yields ``[]``, ``tx_alloc``
+    returns ``[]`` and ``rx_fd`` returns None.  Nothing blocks.  A slave keeps
+    reconnecting (backoff up to 1 s); a master keeps listening.
+
+Chained frames
+    A frame longer than one buffer travels as a chain of descriptors.  The
+    copying calls hide this: ``rx_burst`` returns each frame as one ``bytes``,
+    ``rx_into`` packs whole frames, ``tx_burst``/``tx_from`` split long frames
+    over as many buffers as needed.  Zero-copy calls show the wire: one
+    ``Buffer`` per descriptor, ``buf.chained`` set on all but the last of a
+    frame; ``tx_alloc`` buffers each carry one frame of at most buffer_size.
+
+Disconnect safety
+    A link going down never unmaps memory under a running burst or a held
+    zero-copy buffer: queues and buffers keep the mapping alive, and buffers
+    of a dead link (or already handed back) refuse further use.
+
+Roles: ``slave`` (also ``client``) creates the shared memory and connects;
+``master`` (also ``server``) listens.  ``ring_size`` and ``buffer_size`` are
+the slave's to choose; a master uses what its slave set up.
+"""
+import logging
+import threading
+from contextlib import contextmanager
+
+from memifx import control, wire
+from memifx.errors import MemifError
+from memifx.loop import default_loop
+from memifx.ring import DROP_REASONS
+
+log = logging.getLogger("memifx")
+
+DEFAULT_SOCKET = "/run/memif.sock"
+ROLES = {"master": "master", "server": "master", "slave": "slave", "client": "slave"}
+RX_MODES = ("polling", "interrupt")
+MAX_QUEUES = 255
+RECONNECT_MIN, RECONNECT_MAX = 0.05, 1.0
+
+
+class Interface:
+    def __init__(self, socket=DEFAULT_SOCKET, id=0, role="slave", secret=None,
+                 mode="ethernet", rx_queues=1, tx_queues=1, ring_size=1024,
+                 buffer_size=2048, name="memifx", loop=None):
+        if role not in ROLES:
+            raise ValueError("role must be master or slave (server/client), not %r" % role)
+        if mode not in wire.MODES:
+            raise ValueError("mode must be one of %s" % ", ".join(wire.MODES))
+        if isinstance(secret, str):
+            secret = secret.encode()
+        if secret is not None and not 1 <= len(secret) <= wire.MAX_SECRET:
+            raise ValueError("secret must be 1 to %d bytes" % wire.MAX_SECRET)
+        if secret and b"\0" in secret:
+            raise ValueError("secret must not contain NUL")
+        for what, n in (("rx_queues", rx_queues), ("tx_queues", tx_queues)):
+            if not 1 <= n <= MAX_QUEUES:
+                raise ValueError("%s must be 1 to %d" % (what, MAX_QUEUES))
+        if ring_size < 2 or ring_size & (ring_size - 1) or \
+                ring_size > 1 << control.MAX_LOG2_RING_SIZE:
+            raise ValueError("ring_size must be a power of two, 2 to %d"
+                             % (1 << control.MAX_LOG2_RING_SIZE))
+        if not 128 <= buffer_size <= 65535:
+            raise ValueError("buffer_size must be 128 to 65535")
+        if not 0 <= id < 1 << 32:
+            raise ValueError("id must be a u32")
+        if not socket or socket == "@":
+            raise ValueError("socket path is empty")
+        self.socket = socket
+        self.id = id
+        self.role = ROLES[role]
+        self.secret = secret
+        self.mode = mode
+        self.mode_id = wire.MODES[mode]
+        self.rx_queues = rx_queues
+        self.tx_queues = tx_queues
+        self.ring_size = ring_size
+        self.log2_ring_size = ring_size.bit_length() - 1
+        self.buffer_size = buffer_size
+        self.name = name
+        self.loop = loop
+        self._channel = None            # control connection, up or in handshake
+        self._conn = None               # Connection while the link is up
+        self._listener = None
+        self._retry = None
+        self._backoff = RECONNECT_MIN
+        self._active = False
+        self._callbacks = []
+        self._rx_modes = ["polling"] * rx_queues
+        self._up = threading.Condition()
+        self._last_reason = None
+        self._warnings = []
+        self._totals = {"rx": [None] * rx_queues, "tx": [None] * tx_queues}
+        self._flaps = 0
+
+    # ----------------------------------------------------------- lifecycle
+
+    def connect(self):
+        """Start listening (master) or connecting (slave).  Returns at once."""
+        if self.loop is None:
+            self.loop = default_loop()
+        self.loop.run_sync(self._start)
+        return self
+
+    def __enter__(self):
+        return self.connect()
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _start(self):
+        if self._active:
+            return
+        if self.role == "master":
+            listener = self.loop.listeners.get(self.socket) or \
+                control.Listener(self.loop, self.socket)
+            if self.id in listener.interfaces:
+                if not listener.interfaces:
+                    listener.remove(self)
+                raise MemifError("interface id %d already in use on %s" % (self.id, self.socket))
+            listener.interfaces[self.id] = self
+            self._listener = listener
+        self._active = True
+        if self.role == "slave":
+            self._try_connect()
+
+    def _try_connect(self):
+        self._retry = None
+        if not self._active or self._channel is not None:
+            return
+        try:
+            self._channel = control.slave_connect(self)
+        except OSError as e:
+            log.debug("memif %s: connect %s: %s", self.name, self.socket, e)
+            self._schedule_reconnect()
+
+    def _schedule_reconnect(self):
+        if self._active and self._retry is None:
+            self._retry = self.loop.call_later(self._backoff, self._try_connect)
+            self._backoff = min(self._backoff * 2, RECONNECT_MAX)
+
+    def close(self, reason="interface closed"):
+        """Disconnect (DISCONNECT with ``reason``), stop listening/reconnecting."""
+        if self.loop is None:
+            return
+        self.loop.run_sync(self._stop, reason)
+
+    def _stop(self, reason):
+        self._active = False
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        if self._channel is not None:
+            self._channel.fail(reason)
+        if self._listener is not None:
+            self._listener.remove(self)
+            self._listener = None
+
+    # ------------------------------------------------- called by channels
+
+    def _channel_up(self, channel, conn):
+        self._backoff = RECONNECT_MIN
+        self._warnings = conn.warnings
+        for i, q in enumerate(conn.rx):
+            if self._rx_modes[i] == "interrupt":
+                q.set_interrupt(True)
+        with self._up:
+            self._conn = conn
+            self._up.notify_all()
+        log.info("memif %s: link up (peer %r)", self.name, conn.peer_name)
+        self._notify(True)
+
+    def _channel_down(self, channel, reason):
+        if channel is not self._channel:
+            return
+        self._channel = None
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            self._flaps += 1
+            for kind, queues in (("rx", conn.rx), ("tx", conn.tx)):
+                for q in queues:
+                    self._totals[kind][q.index] = _sum(self._totals[kind][q.index],
+                                                      q.counters())
+        self._last_reason = reason
+        if conn is not None:
+            log.info("memif %s: link down: %s", self.name, reason)
+            self._notify(False)
+        if self.role == "slave":
+            self._schedule_reconnect()
+
+    def _notify(self, up):
+        for cb in list(self._callbacks):
+            try:
+                cb(self, up)
+            except Exception:
+                log.exception("memif %s: link callback failed", self.name)
+
+    def _report_fault(self, conn, reason):
+        def fail():
+            if self._conn is conn and self._channel is not None:
+                self._channel.fail(reason)
+        self.loop.call_soon(fail)
+
+    # ---------------------------------------------------------- state
+
+    @property
+    def connected(self):
+        return self._conn is not None
+
+    def wait_connected(self, timeout=5.0):
+        """True once the link is up (False after ``timeout`` seconds)."""
+        if self.loop is not None and not self.loop.threaded:
+            import time
+            end = time.monotonic() + timeout
+            while self._conn is None and time.monotonic() < end:
+                self.loop.run_once(min(0.05, max(0.0, end - time.monotonic())))
+            return self._conn is not None
+        with self._up:
+            return self._up.wait_for(lambda: self._conn is not None, timeout)
+
+    def on_link(self, callback):
+        """callback(interface, up: bool), called from the control loop."""
+        self._callbacks.append(callback)
+
+    def info(self):
+        conn = self._conn
+        d = {
+            "name": self.name, "role": self.role, "socket": self.socket, "id": self.id,
+            "mode": self.mode,
+            "state": "up" if conn else ("connecting" if self._channel else
+                                        ("listening" if self._listener else "down")),
+            "peer_name": conn.peer_name if conn else None,
+            "last_disconnect": self._last_reason,
+            "link_flaps": self._flaps,
+            "configured": {"rx_queues": self.rx_queues, "tx_queues": self.tx_queues,
+                           "ring_size": self.ring_size, "buffer_size": self.buffer_size},
+        }
+        if conn:
+            d.update({
+                "rx_queues": len(conn.rx), "tx_queues": len(conn.tx),
+                "rx_ring_sizes": [q.size for q in conn.rx],
+                "tx_ring_sizes": [q.size for q in conn.tx],
+                "buffer_size": self.buffer_size if self.role == "slave" else None,
+                "regions": conn.memory.sizes(),
+                "rx_modes": list(self._rx_modes[:len(conn.rx)]),
+                "warnings": list(conn.warnings),
+            })
+        return d
+
+    def stats(self):
+        """Per-queue counters since creation (across reconnects)."""
+        conn = self._conn
+        out = {}
+        for kind, n in (("rx", self.rx_queues), ("tx", self.tx_queues)):
+            live = {q.index: q.counters() for q in getattr(conn, kind)} if conn else {}
+            out[kind] = [_sum(self._totals[kind][i], live.get(i)) for i in range(n)]
+        out["link_flaps"] = self._flaps
+        return out
+
+    # ----------------------------------------------------------- data path
+
+    def _q(self, kind, queue):
+        limit = self.rx_queues if kind == "rx" else self.tx_queues
+        if not 0 <= queue < limit:
+            raise IndexError("%s queue %d out of range (0..%d)" % (kind, queue, limit - 1))
+        conn = self._conn
+        if conn is None:
+            return None, None
+        queues = conn.rx if kind == "rx" else conn.tx
+        return (queues[queue], conn) if queue < len(queues) else (None, None)
+
+    def _after(self, q, conn):
+        if q.fault:
+            self._report_fault(conn, q.fault_reason())
+
+    def tx_burst(self, frames, queue=0):
+        """Copy bytes-like frames into the ring; return how many were queued."""
+        q, conn = self._q("tx", queue)
+        if q is None:
+            return 0
+        n = q.tx_frames(frames)
+        self._after(q, conn)
+        return n
+
+    def tx_from(self, buf, lengths, queue=0):
+        """Transmit frames packed back to back in ``buf`` (lengths: uint32 array)."""
+        q, conn = self._q("tx", queue)
+        if q is None:
+            return 0
+        n = q.tx_batch(buf, lengths)
+        self._after(q, conn)
+        return n
+
+    def rx_burst(self, queue=0, max=256):
+        """Up to ``max`` received frames as bytes; [] if none or link down."""
+        q, conn = self._q("rx", queue)
+        if q is None:
+            return []
+        frames = q.rx_frames(max)
+        self._after(q, conn)
+        return frames
+
+    def rx_into(self, buf, lengths, queue=0):
+        """Copy frames back to back into writable ``buf``, lengths into the
+        writable uint32 array ``lengths``; return the number of frames."""
+        q, conn = self._q("rx", queue)
+        if q is None:
+            return 0
+        n = q.rx_batch(buf, lengths)
+        self._after(q, conn)
+        return n
+
+    @contextmanager
+    def rx_zero_copy(self, queue=0, max=256):
+        """Slave: yield Buffer objects viewing shared memory; they go back to
+        the ring when the block exits (release every memoryview first)."""
+        if self.role != "slave":
+            raise MemifError("zero-copy receive is for the slave side")
+        q, conn = self._q("rx", queue)
+        if q is None:
+            yield []
+            return
+        bufs = q.rx_buffers(max)
+        self._after(q, conn)
+        try:
+            yield bufs
+        finally:
+            q.release_buffers(bufs)
+
+    def tx_alloc(self, n, queue=0):
+        """Slave: lend up to ``n`` free transmit buffers (each one frame)."""
+        if self.role != "slave":
+            raise MemifError("tx_alloc is for the slave side")
+        q, conn = self._q("tx", queue)
+        if q is None:
+            return []
+        bufs = q.tx_alloc(n)
+        self._after(q, conn)
+        return bufs
+
+    def tx_commit(self, bufs, lengths, queue=0):
+        """Slave: send the first len(bufs) buffers from tx_alloc with these lengths."""
+        q, conn = self._q("tx", queue)
+        if q is None:
+            return 0
+        return q.tx_commit(list(bufs), list(lengths))
+
+    # ---------------------------------------------------------- interrupts
+
+    def set_rx_mode(self, mode, queue=0):
+        """"polling" (MASK_INT set: the peer never signals) or "interrupt"
+        (the peer signals rx_fd(queue) after publishing)."""
+        if mode not in RX_MODES:
+            raise ValueError("rx mode must be polling or interrupt")
+        self._q("rx", queue)
+        self._rx_modes[queue] = mode
+        q, _ = self._q("rx", queue)
+        if q is not None:
+            q.set_interrupt(mode == "interrupt")
+
+    def rx_fd(self, queue=0):
+        """The eventfd that becomes readable when the peer signals this queue
+        (None while down; a new fd after each reconnect)."""
+        q, _ = self._q("rx", queue)
+        return q.fd if q is not None else None
+
+    def rx_pending(self, queue=0):
+        """Whether frames are waiting (cheap; no syscall)."""
+        q, _ = self._q("rx", queue)
+        return q is not None and q.pending()
+
+    def rx_ack(self, queue=0):
+        """Clear rx_fd(queue) after it was readable."""
+        q, _ = self._q("rx", queue)
+        return q is not None and q.drain()
+
+    def __repr__(self):
+        return "<memifx.Interface %s %s %s id=%d %s>" % (
+            self.name, self.role, self.socket, self.id, self.info()["state"])
+
+
+def _sum(*counters):
+    """Add queue counter dicts (None counts as zero)."""
+    out = {"packets": 0, "bytes": 0, "drops": {r: 0 for r in DROP_REASONS},
+           "ring_full": 0, "irq_sent": 0, "irq_received": 0}
+    for c in counters:
+        for k, v in (c or {}).items():
+            if isinstance(v, dict):
+                for r, n in v.items():
+                    out[k][r] = out[k].get(r, 0) + n
+            else:
+                out[k] += v
+    return out

@@ -1,0 +1,178 @@
+"""The control loop: one selector, timers, and calls from other threads.
+
+Every control-plane action of memifx (accepting, handshakes, reconnects,
+disconnects) runs inside a :class:`ControlLoop`.  Either memifx runs it in a
+background thread (``start()``, what :func:`default_loop` does), or the
+application drives it from its own event loop: poll ``fileno()`` for
+readability and call ``run_once(0)``, at the latest after ``next_timeout()``
+seconds.  Data-path calls never go through the loop.
+"""
+import heapq
+import itertools
+import logging
+import os
+import selectors
+import threading
+import time
+
+log = logging.getLogger("memifx")
+
+
+class Timer:
+    __slots__ = ("when", "fn", "args", "cancelled")
+
+    def __init__(self, when, fn, args):
+        self.when, self.fn, self.args, self.cancelled = when, fn, args, False
+
+    def cancel(self):
+        self.cancelled = True
+        self.fn, self.args = None, ()           # drop references now, not when due
+
+
+class ControlLoop:
+    def __init__(self):
+        self._sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._sel.register(self._wake_r, selectors.EVENT_READ, self._drain_wake)
+        self._calls = []
+        self._calls_lock = threading.Lock()
+        self._timers = []
+        self._seq = itertools.count()
+        self._thread = None
+        self._stop = False
+        self.listeners = {}         # socket path -> Listener (control.py)
+
+    # ------------------------------------------------------------ driving
+
+    def fileno(self):
+        """A pollable fd: readable when run_once() has work."""
+        return self._sel.fileno()
+
+    def next_timeout(self):
+        """Seconds until the next timer is due (None: no timer)."""
+        with self._calls_lock:
+            if self._calls:
+                return 0.0
+        while self._timers and self._timers[0][2].cancelled:
+            heapq.heappop(self._timers)
+        if not self._timers:
+            return None
+        return max(0.0, self._timers[0][0] - time.monotonic())
+
+    def run_once(self, timeout=None):
+        """Wait up to ``timeout`` seconds for events and handle what is due."""
+        due = self.next_timeout()
+        if due is not None and (timeout is None or due < timeout):
+            timeout = due
+        for key, _ in self._sel.select(timeout):
+            self._guard(key.data)
+        now = time.monotonic()
+        while self._timers and self._timers[0][0] <= now:
+            _, _, t = heapq.heappop(self._timers)
+            if not t.cancelled:
+                self._guard(t.fn, *t.args)
+        with self._calls_lock:
+            calls, self._calls = self._calls, []
+        for fn, args in calls:
+            self._guard(fn, *args)
+
+    def _guard(self, fn, *args):
+        try:
+            fn(*args)
+        except Exception:                       # one bad handler must not stop the loop
+            log.exception("memifx control loop: unhandled error in %r", fn)
+
+    def start(self):
+        """Run the loop in a daemon thread (idempotent)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="memifx-control",
+                                            daemon=True)
+            self._thread.start()
+
+    def _run(self):
+        while not self._stop:
+            self.run_once(1.0)
+
+    def stop(self):
+        self._stop = True
+        self._wake()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(5)
+
+    @property
+    def threaded(self):
+        return self._thread is not None
+
+    # -------------------------------------------------------- scheduling
+
+    def call_soon(self, fn, *args):
+        """Thread-safe: run fn(*args) in the loop."""
+        with self._calls_lock:
+            self._calls.append((fn, args))
+        self._wake()
+
+    def call_later(self, delay, fn, *args):
+        """Loop thread only."""
+        t = Timer(time.monotonic() + delay, fn, args)
+        heapq.heappush(self._timers, (t.when, next(self._seq), t))
+        return t
+
+    def run_sync(self, fn, *args):
+        """Run fn in the loop and return its result (or raise its exception).
+        Runs inline when called from the loop's own thread, or when the
+        application drives the loop itself."""
+        if self._thread is None or threading.current_thread() is self._thread:
+            return fn(*args)
+        done = threading.Event()
+        box = {}
+
+        def call():
+            try:
+                box["result"] = fn(*args)
+            except BaseException as e:          # handed to the caller
+                box["error"] = e
+            finally:
+                done.set()
+
+        self.call_soon(call)
+        if not done.wait(10):
+            raise TimeoutError("memifx control loop did not answer")
+        if "error" in box:
+            raise box["error"]
+        return box.get("result")
+
+    def add_reader(self, fd, callback):
+        self._sel.register(fd, selectors.EVENT_READ, callback)
+
+    def remove_reader(self, fd):
+        try:
+            self._sel.unregister(fd)
+        except (KeyError, ValueError):
+            pass
+
+    def _wake(self):
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:
+            pass                                # already awake
+
+    def _drain_wake(self):
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+
+_default = None
+_default_lock = threading.Lock()
+
+
+def default_loop():
+    """The process-wide loop, run in a background thread."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = ControlLoop()
+            _default.start()
+        return _default

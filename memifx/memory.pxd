@@ -1,0 +1,14 @@
+from libc.stdint cimport uint16_t, uint64_t
+
+# One mapped region as the data path sees it: bounds for descriptor checks.
+cdef struct region_t:
+    char *base
+    uint64_t size
+
+cdef enum:
+    MAX_REGIONS = 256       # region index is u16; we accept and advertise 256
+
+cdef class Memory:
+    cdef region_t regions[MAX_REGIONS]
+    cdef readonly uint16_t count
+    cdef char *_map(self, int fd, uint64_t size) except NULL

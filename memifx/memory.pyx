@@ -1,0 +1,107 @@
+# cython: language_level=3
+"""Shared-memory regions of one memif connection.
+
+A :class:`Memory` is the set of regions of one connection: the slave creates
+them (memfd, sealed against shrinking), the master maps what the slave sent
+after checking the fd.  The mappings live exactly as long as the ``Memory``
+object: queues and zero-copy buffers hold a reference to it, so a link that
+goes down while a burst or a held buffer still points into a region never
+unmaps memory under it.
+"""
+import os
+import fcntl
+import stat
+
+from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FAILED
+from libc.errno cimport errno
+from libc.string cimport strerror
+
+from memifx.errors import MemifError
+
+# Largest region we map: offsets in descriptors are u32, so a region larger
+# than 4 GiB cannot be addressed past its first 4 GiB anyway; DPDK's zero-copy
+# slave exports its whole EAL memory, which stays well under this.
+MAX_REGION_SIZE = 1 << 32
+
+
+def _memfd_seals(int fd):
+    try:
+        return fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+    except OSError:
+        return 0
+
+
+def check_region_fd(int fd, uint64_t size):
+    """Validate a region fd from the peer before mapping it; return a warning
+    string (or None).  Raises MemifError with the reason to disconnect."""
+    if size == 0 or size > MAX_REGION_SIZE:
+        raise MemifError("invalid region size %d" % size)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise MemifError("memory region fd is not a regular file")
+    if <uint64_t>st.st_size < size:
+        raise MemifError("memory region fd smaller than announced (%d < %d)"
+                         % (st.st_size, size))
+    seals = _memfd_seals(fd)
+    if not seals & fcntl.F_SEAL_SHRINK:
+        # Seal it ourselves when the memfd allows it; otherwise the peer could
+        # truncate it later and turn our next access into SIGBUS.
+        try:
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)
+        except OSError:
+            return "region not sealed against shrinking"
+    return None
+
+
+cdef class Memory:
+    """Regions of one connection, indexed as on the wire."""
+
+    def __cinit__(self):
+        self.count = 0
+
+    def __dealloc__(self):
+        cdef uint16_t i
+        for i in range(self.count):
+            if self.regions[i].base != NULL:
+                munmap(self.regions[i].base, self.regions[i].size)
+                self.regions[i].base = NULL
+
+    cdef char *_map(self, int fd, uint64_t size) except NULL:
+        if self.count >= MAX_REGIONS:
+            raise MemifError("too many regions")
+        cdef void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+        if p == MAP_FAILED:
+            raise MemifError("cannot map memory region: %s"
+                             % strerror(errno).decode())
+        self.regions[self.count].base = <char *>p
+        self.regions[self.count].size = size
+        self.count += 1
+        return <char *>p
+
+    def add_peer_region(self, int fd, uint64_t size):
+        """Check and map a region received from the peer; returns a warning or None."""
+        warning = check_region_fd(fd, size)
+        self._map(fd, size)
+        return warning
+
+    def create_region(self, uint64_t size, str name="memifx"):
+        """Create, size, seal and map a new memfd region (slave side).
+        Returns the fd; the caller sends it and closes it."""
+        fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        try:
+            os.ftruncate(fd, size)
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS,
+                        fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
+            self._map(fd, size)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def region_size(self, uint16_t index):
+        if index >= self.count:
+            raise IndexError(index)
+        return self.regions[index].size
+
+    def sizes(self):
+        return [self.regions[i].size for i in range(self.count)]

@@ -1,0 +1,84 @@
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from memifx.memif cimport memif_ring_t, memif_desc_t
+from memifx.memory cimport Memory
+
+# Why a frame offered to or received from a ring was dropped.
+cdef enum:  # Drop reasons
+    DROP_BAD_DESC = 0     # descriptor outside its region / longer than the buffer we posted
+    DROP_CHAIN = 1        # chain that never ends inside the ring
+    DROP_TOO_LONG = 2     # frame longer than MAX_FRAME, or than the whole ring can hold
+    N_DROPS = 3
+
+# Peer faults that end the connection (the burst stops, the control plane
+# disconnects with the reason string).
+cdef enum:  # Faults
+    FAULT_NONE = 0
+    FAULT_COUNTER = 1     # head/tail moved past what is possible
+    FAULT_POSTED = 2      # a buffer the slave posted lies outside its regions
+
+cdef struct counters_t:
+    uint64_t packets
+    uint64_t bytes
+    uint64_t drops[N_DROPS]
+    uint64_t ring_full    # bursts that stopped on a full ring (back-pressure)
+    uint64_t irq_sent
+    uint64_t irq_received
+
+cdef struct seg_t:
+    char *ptr
+    uint32_t len
+
+cdef struct frame_t:
+    uint32_t first_seg
+    uint32_t nsegs
+    uint64_t length
+    uint32_t end          # slots consumed up to and including this frame
+    int drop              # -1, or the Drop reason
+
+cdef class Queue:
+    cdef Memory mem                 # keeps every mapping alive while we exist
+    cdef memif_ring_t *ring
+    cdef readonly uint32_t size
+    cdef uint16_t mask
+    cdef readonly bint slave
+    cdef readonly bint tx
+    cdef readonly int index
+    cdef uint16_t pos               # our own counter: see the module docstring
+    cdef uint16_t posted            # slave rx: head we published
+    cdef uint16_t released          # slave rx: slots the application gave back
+    cdef uint16_t reserved          # slave tx: slots lent out by tx_alloc
+    cdef readonly uint32_t zc_batches   # slave rx: zero-copy batches still held
+    cdef char *bufs                 # slave: this ring's buffers
+    cdef readonly uint32_t buffer_size
+    cdef uint32_t buf_offset        # slave: offset of bufs in region 0
+    cdef readonly int fd            # the ring's eventfd, owned
+    cdef readonly int fault
+    cdef readonly bint closed
+    cdef readonly uint64_t epoch    # bumps whenever lent buffers become invalid
+    cdef counters_t c
+    cdef seg_t *segs
+    cdef frame_t *frames
+    cdef const uint8_t **src
+    cdef uint32_t *lens
+
+    cdef uint32_t tx_copy(self, uint32_t n) noexcept nogil
+    cdef uint32_t gather(self, uint32_t max_frames) noexcept nogil
+    cdef void commit(self, uint32_t nframes, bint hold) noexcept nogil
+    cdef void refill(self) noexcept nogil
+    cdef void kick(self) noexcept nogil
+
+    cdef _check_tx(self)
+
+
+cdef class Buffer:
+    cdef Queue queue            # keeps the mapping alive
+    cdef char *ptr
+    cdef uint32_t length
+    cdef readonly uint32_t capacity
+    cdef readonly bint chained  # the frame continues in the next buffer
+    cdef uint16_t slot
+    cdef uint64_t epoch
+    cdef int exports
+
+    cdef _bind(self, Queue q, char *ptr, uint32_t length, uint32_t capacity, bint chained)
+    cdef _invalidate(self)

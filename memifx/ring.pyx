@@ -1,0 +1,689 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Ring producers and consumers: the memif data path.
+
+One :class:`Queue` is one ring seen from one side.  Which counter we own and
+which we read depends on role and direction (MEMIF.md, "Who moves what"):
+
+=============  ======  ===========  ===============  ==========================
+queue          ring    we write     we read (peer)   ``pos`` is
+=============  ======  ===========  ===============  ==========================
+slave  tx      S2M     head         tail             head we published
+slave  rx      M2S     head         tail             next slot to receive
+master rx      S2M     tail         head             tail we published
+master tx      M2S     tail         head             tail we published
+=============  ======  ===========  ===============  ==========================
+
+Every burst reads the peer's counter once (acquire), checks that it is
+possible, reads each descriptor once into a local copy and validates that copy
+against our own records (slave) or the region table (master), then publishes
+our counter once (release).  Nothing per packet touches Python: the loops run
+with the GIL released.
+
+A receive burst is two steps, ``gather`` (validate descriptors into a list
+of segments) and ``commit`` (consume slots, count, hand buffers back), so the
+copy, batch and zero-copy front ends share one validated walk of the ring.
+"""
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyBUF_WRITABLE
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+from cpython.mem cimport PyMem_Malloc, PyMem_Free
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
+from libc.string cimport memcpy
+from libc.errno cimport errno, EAGAIN, EINTR
+from posix.unistd cimport read, write, close
+
+from memifx.memif cimport (
+    memif_ring_t, memif_desc_t, MEMIF_COOKIE, MEMIF_RING_FLAG_MASK_INT,
+    MEMIF_DESC_FLAG_NEXT, memif_load_acquire, memif_store_release, memif_fence,
+    memif_desc_read, memif_ring_flags, memif_set_ring_flags, memif_ring_bytes)
+from memifx.memory cimport Memory, region_t
+
+from memifx.errors import MemifError, LinkDown
+
+# Largest frame we assemble from, or split into, a chain of descriptors.
+DEF MAX_FRAME = 1 << 20
+MAX_FRAME_SIZE = MAX_FRAME
+
+DROP_REASONS = ("bad descriptor", "chain too long", "frame too long")
+FAULT_REASONS = {
+    FAULT_COUNTER: "ring counter moved past the ring",
+    FAULT_POSTED: "posted buffer outside memory region",
+}
+
+
+cdef inline bint desc_in_region(const region_t *regions, uint16_t count,
+                                const memif_desc_t *d) noexcept nogil:
+    # 64-bit sum: offset and length are both u32 from the peer.
+    return (d.region < count and
+            <uint64_t>d.offset + <uint64_t>d.length <= regions[d.region].size)
+
+cdef char *FORMAT_B = "B"
+
+
+cdef class Queue:
+    """One ring of a connected interface.  Not thread-safe: one thread per queue."""
+
+    def __cinit__(self, Memory mem, uint16_t region, uint64_t ring_offset, uint32_t log2_size,
+                  bint slave, bint tx, int index, int fd,
+                  uint32_t buffer_size=0, uint64_t buf_offset=0):
+        self.fd = -1
+        self.segs = NULL
+        if region >= mem.count:
+            raise MemifError("unexpected region index")
+        if log2_size > 15:
+            raise MemifError("ring size out of range")
+        cdef region_t r = mem.regions[region]
+        if ring_offset % 64 != 0 or ring_offset + memif_ring_bytes(log2_size) > r.size:
+            raise MemifError("ring outside memory region")
+        self.mem = mem
+        self.ring = <memif_ring_t *>(r.base + ring_offset)
+        self.size = 1u << log2_size
+        self.mask = <uint16_t>(self.size - 1)
+        self.slave = slave
+        self.tx = tx
+        self.index = index
+        self.fd = fd
+        self.buffer_size = buffer_size
+        if slave:
+            if buf_offset + <uint64_t>self.size * buffer_size > mem.regions[0].size:
+                raise MemifError("buffers outside memory region")
+            self.bufs = mem.regions[0].base + buf_offset
+            self.buf_offset = <uint32_t>buf_offset
+        self.segs = <seg_t *>PyMem_Malloc(self.size * sizeof(seg_t))
+        self.frames = <frame_t *>PyMem_Malloc(self.size * sizeof(frame_t))
+        self.src = <const uint8_t **>PyMem_Malloc(self.size * sizeof(uint8_t *))
+        self.lens = <uint32_t *>PyMem_Malloc(self.size * sizeof(uint32_t))
+        if not (self.segs and self.frames and self.src and self.lens):
+            raise MemoryError()
+
+    def __dealloc__(self):
+        PyMem_Free(self.segs)
+        PyMem_Free(self.frames)
+        PyMem_Free(<void *>self.src)
+        PyMem_Free(self.lens)
+        if self.fd >= 0:
+            close(self.fd)
+
+    # ---------------------------------------------------------------- setup
+
+    def init_ring(self):
+        """Slave, before CONNECT: cookie, counters, and (tx) our descriptors."""
+        cdef uint32_t i
+        self.ring.cookie = MEMIF_COOKIE
+        self.ring.head = 0
+        self.ring.tail = 0
+        memif_set_ring_flags(self.ring, MEMIF_RING_FLAG_MASK_INT if not self.tx else 0)
+        for i in range(self.size):
+            self.ring.desc[i].flags = 0
+            self.ring.desc[i].region = 0
+            self.ring.desc[i].length = self.buffer_size if not self.tx else 0
+            self.ring.desc[i].offset = self.buf_offset + i * self.buffer_size
+            self.ring.desc[i].metadata = 0
+
+    def check_cookie(self):
+        return self.ring.cookie == MEMIF_COOKIE
+
+    def start(self):
+        """Called when the link comes up.  The master resets both counters
+        (the slave has written nothing yet); the slave posts its receive buffers."""
+        self.pos = self.posted = self.released = 0
+        if not self.slave:
+            self.ring.head = 0
+            self.ring.tail = 0
+            if not self.tx:
+                memif_set_ring_flags(self.ring, MEMIF_RING_FLAG_MASK_INT)
+        elif not self.tx:
+            with nogil:
+                self.refill()
+
+    def close(self):
+        """Link down: no burst starts on this queue again; lent buffers die."""
+        self.closed = True
+        self.epoch += 1
+
+    # ------------------------------------------------------------ transmit
+
+    cdef _check_tx(self):
+        if not self.tx:
+            raise ValueError("not a transmit queue")
+        if self.reserved:
+            raise MemifError("tx_alloc buffers are outstanding: tx_commit them first")
+
+    cdef uint32_t tx_copy(self, uint32_t n) noexcept nogil:
+        """Copy ``n`` frames (self.src/self.lens) into the ring; return how many
+        were taken (queued, or dropped and counted)."""
+        cdef memif_ring_t *ring = self.ring
+        cdef uint16_t peer, avail, used = 0, start, slot
+        cdef uint32_t i, c, cap, remaining, bs = self.buffer_size
+        cdef const uint8_t *p
+        cdef memif_desc_t d
+        cdef memif_desc_t *w
+        cdef char *dst
+        cdef const region_t *regions = self.mem.regions
+        cdef uint16_t nregions = self.mem.count
+        if self.closed or self.fault:
+            return 0
+        if self.slave:
+            peer = memif_load_acquire(&ring.tail)
+            if <uint16_t>(self.pos - peer) > self.size:
+                self.fault = FAULT_COUNTER
+                return 0
+            avail = <uint16_t>(self.size - <uint16_t>(self.pos - peer))
+        else:
+            peer = memif_load_acquire(&ring.head)
+            avail = <uint16_t>(peer - self.pos)
+            if avail > self.size:
+                self.fault = FAULT_COUNTER
+                return 0
+        i = 0
+        while i < n:
+            remaining = self.lens[i]
+            p = self.src[i]
+            if remaining > MAX_FRAME or (self.slave and (remaining + bs - 1) / bs > self.size):
+                self.c.drops[DROP_TOO_LONG] += 1
+                i += 1
+                continue
+            start = used
+            while True:
+                if used == avail:
+                    break
+                slot = <uint16_t>(self.pos + used) & self.mask
+                w = &ring.desc[slot]
+                if self.slave:
+                    dst = self.bufs + <uint64_t>slot * bs
+                    cap = bs
+                else:
+                    d = memif_desc_read(w)
+                    if not desc_in_region(regions, nregions, &d) or d.length == 0:
+                        self.fault = FAULT_POSTED
+                        return i
+                    dst = regions[d.region].base + d.offset
+                    cap = d.length
+                c = remaining if remaining < cap else cap
+                memcpy(dst, p, c)
+                remaining -= c
+                p += c
+                used += 1
+                if self.slave:
+                    w.region = 0
+                    w.offset = self.buf_offset + <uint32_t>slot * bs
+                    w.metadata = 0
+                w.length = c
+                w.flags = MEMIF_DESC_FLAG_NEXT if remaining else 0
+                if remaining == 0:
+                    break
+            if remaining:
+                used = start
+                if start == 0 and avail == self.size:
+                    # The peer's whole ring of buffers cannot hold it: it never will.
+                    self.c.drops[DROP_TOO_LONG] += 1
+                    i += 1
+                    continue
+                self.c.ring_full += 1
+                break
+            self.c.packets += 1
+            self.c.bytes += self.lens[i]
+            i += 1
+        if used:
+            self.pos = <uint16_t>(self.pos + used)
+            if self.slave:
+                memif_store_release(&ring.head, self.pos)
+            else:
+                memif_store_release(&ring.tail, self.pos)
+            self.kick()
+        return i
+
+    cdef void kick(self) noexcept nogil:
+        """Signal the consumer unless it masked interrupts."""
+        cdef uint64_t one = 1
+        memif_fence()
+        if not (memif_ring_flags(self.ring) & MEMIF_RING_FLAG_MASK_INT):
+            if write(self.fd, &one, 8) == 8:
+                self.c.irq_sent += 1
+
+    # ------------------------------------------------------------- receive
+
+    cdef uint32_t gather(self, uint32_t max_frames) noexcept nogil:
+        """Walk the published slots into self.frames/self.segs without
+        consuming them; return the number of frames (dropped ones included)."""
+        cdef memif_ring_t *ring = self.ring
+        cdef const region_t *regions = self.mem.regions
+        cdef uint16_t nregions = self.mem.count
+        cdef uint16_t peer, avail, used = 0, start, slot, limit
+        cdef uint32_t n = 0, nseg = 0, first
+        cdef uint64_t length
+        cdef int drop
+        cdef memif_desc_t d
+        cdef char *ptr
+        if self.closed or self.fault:
+            return 0
+        if self.slave:
+            peer = memif_load_acquire(&ring.tail)
+            limit = <uint16_t>(self.posted - self.pos)
+        else:
+            peer = memif_load_acquire(&ring.head)
+            limit = <uint16_t>self.size
+        avail = <uint16_t>(peer - self.pos)
+        if avail > limit:
+            self.fault = FAULT_COUNTER
+            return 0
+        while n < max_frames and used < avail:
+            first = nseg
+            start = used
+            length = 0
+            drop = -1
+            while True:
+                if used == avail:
+                    if avail < limit:       # rest of the chain not published yet
+                        return n
+                    drop = DROP_CHAIN       # fills every slot and still goes on
+                    break
+                slot = <uint16_t>(self.pos + used) & self.mask
+                used += 1
+                d = memif_desc_read(&ring.desc[slot])
+                if drop < 0:
+                    if self.slave:
+                        # Our own record says where the buffer is; only the
+                        # length comes from the peer.
+                        if d.length > self.buffer_size:
+                            drop = DROP_BAD_DESC
+                        ptr = self.bufs + <uint64_t>slot * self.buffer_size
+                    elif desc_in_region(regions, nregions, &d):
+                        ptr = regions[d.region].base + d.offset
+                    else:
+                        drop = DROP_BAD_DESC
+                    if drop < 0:
+                        length += d.length
+                        if length > MAX_FRAME:
+                            drop = DROP_TOO_LONG
+                        else:
+                            self.segs[nseg].ptr = ptr
+                            self.segs[nseg].len = d.length
+                            nseg += 1
+                if not (d.flags & MEMIF_DESC_FLAG_NEXT):
+                    break
+            if drop >= 0:
+                nseg = first
+            self.frames[n].first_seg = first
+            self.frames[n].nsegs = nseg - first
+            self.frames[n].length = length
+            self.frames[n].end = used
+            self.frames[n].drop = drop
+            n += 1
+        return n
+
+    cdef void commit(self, uint32_t nframes, bint hold) noexcept nogil:
+        """Consume the first ``nframes`` gathered frames and count them.
+        ``hold``: the slots' buffers are lent to the application (zero-copy)."""
+        cdef uint32_t i
+        cdef uint16_t used
+        if nframes == 0:
+            return
+        for i in range(nframes):
+            if self.frames[i].drop < 0:
+                self.c.packets += 1
+                self.c.bytes += self.frames[i].length
+            else:
+                self.c.drops[self.frames[i].drop] += 1
+        used = <uint16_t>self.frames[nframes - 1].end
+        self.pos = <uint16_t>(self.pos + used)
+        if not self.slave:
+            memif_store_release(&self.ring.tail, self.pos)
+            return
+        if hold:
+            self.zc_batches += 1
+        elif self.zc_batches == 0:
+            self.released = self.pos
+            self.refill()
+
+    cdef void refill(self) noexcept nogil:
+        """Slave rx: post every free buffer (our record, never the peer's)."""
+        cdef uint16_t target = <uint16_t>(self.released + self.size)
+        cdef uint16_t slot
+        cdef memif_desc_t *w
+        if self.posted == target:
+            return
+        while self.posted != target:
+            slot = self.posted & self.mask
+            w = &self.ring.desc[slot]
+            w.flags = 0
+            w.region = 0
+            w.length = self.buffer_size
+            w.offset = self.buf_offset + <uint32_t>slot * self.buffer_size
+            w.metadata = 0
+            self.posted += 1
+        memif_store_release(&self.ring.head, self.posted)
+
+    # ------------------------------------------------- Python front ends
+
+    def tx_frames(self, frames):
+        """Copy a sequence of bytes-like frames in; return how many were taken."""
+        cdef Py_ssize_t n = len(frames), i, k = 0
+        cdef uint32_t sent
+        cdef Py_buffer *views
+        self._check_tx()
+        if n > self.size:
+            n = self.size
+        if n == 0:
+            return 0
+        views = <Py_buffer *>PyMem_Malloc(n * sizeof(Py_buffer))
+        if views == NULL:
+            raise MemoryError()
+        try:
+            for i in range(n):
+                PyObject_GetBuffer(frames[i], &views[i], PyBUF_SIMPLE)
+                k += 1
+                if views[i].len > 0xFFFFFFFF:
+                    raise ValueError("frame too long")
+                self.src[i] = <const uint8_t *>views[i].buf
+                self.lens[i] = <uint32_t>views[i].len
+            with nogil:
+                sent = self.tx_copy(<uint32_t>n)
+        finally:
+            for i in range(k):
+                PyBuffer_Release(&views[i])
+            PyMem_Free(views)
+        return sent
+
+    def tx_batch(self, const uint8_t[::1] buf, const uint32_t[::1] lengths):
+        """Transmit frames packed back to back in ``buf``; return how many were taken."""
+        cdef Py_ssize_t n = lengths.shape[0], i
+        cdef uint64_t off = 0
+        cdef uint32_t sent = 0, m
+        cdef const uint8_t *base
+        self._check_tx()
+        if n == 0:
+            return 0
+        base = &buf[0] if buf.shape[0] else NULL
+        with nogil:
+            for i in range(n):
+                off += lengths[i]
+            if off <= <uint64_t>buf.shape[0]:
+                off = 0
+                while sent < n:
+                    m = 0
+                    while m < self.size and sent + m < n:
+                        self.src[m] = base + off
+                        self.lens[m] = lengths[sent + m]
+                        off += lengths[sent + m]
+                        m += 1
+                    i = self.tx_copy(m)
+                    sent += <uint32_t>i
+                    if i < m:
+                        break
+        if off > <uint64_t>buf.shape[0]:
+            raise ValueError("lengths add up to more than the buffer")
+        return sent
+
+    def rx_frames(self, uint32_t max_frames):
+        """Receive up to ``max_frames`` frames as a list of bytes (copies)."""
+        cdef uint32_t n, i, s
+        cdef frame_t *f
+        cdef char *dst
+        if self.tx:
+            raise ValueError("not a receive queue")
+        if max_frames > self.size:
+            max_frames = self.size
+        with nogil:
+            n = self.gather(max_frames)
+        out = []
+        for i in range(n):
+            f = &self.frames[i]
+            if f.drop >= 0:
+                continue
+            if f.nsegs == 1:
+                b = PyBytes_FromStringAndSize(self.segs[f.first_seg].ptr, f.length)
+            else:
+                b = PyBytes_FromStringAndSize(NULL, f.length)
+                dst = PyBytes_AS_STRING(b)
+                for s in range(f.first_seg, f.first_seg + f.nsegs):
+                    memcpy(dst, self.segs[s].ptr, self.segs[s].len)
+                    dst += self.segs[s].len
+            out.append(b)
+        with nogil:
+            self.commit(n, False)
+        return out
+
+    def rx_batch(self, uint8_t[::1] buf, uint32_t[::1] lengths):
+        """Copy frames back to back into ``buf``, their lengths into
+        ``lengths``; return the number of frames.  Stops when either is full."""
+        cdef uint32_t n, i, s, k = 0, take = 0, maxf = lengths.shape[0]
+        cdef uint64_t off = 0, room = buf.shape[0]
+        cdef frame_t *f
+        cdef uint8_t *base
+        if self.tx:
+            raise ValueError("not a receive queue")
+        if maxf == 0 or room == 0:
+            return 0
+        base = &buf[0]
+        if maxf > self.size:
+            maxf = self.size
+        with nogil:
+            n = self.gather(maxf)
+            for i in range(n):
+                f = &self.frames[i]
+                if f.drop < 0:
+                    if off + f.length > room:
+                        if k or off:
+                            break
+                        f.drop = DROP_TOO_LONG      # could never fit: do not stall
+                        take = i + 1
+                        continue
+                    for s in range(f.first_seg, f.first_seg + f.nsegs):
+                        memcpy(base + off, self.segs[s].ptr, self.segs[s].len)
+                        off += self.segs[s].len
+                    lengths[k] = <uint32_t>f.length
+                    k += 1
+                take = i + 1
+            self.commit(take, False)
+        return k
+
+    def rx_buffers(self, uint32_t max_frames):
+        """Slave zero-copy receive: Buffer objects viewing the shared buffers,
+        one per descriptor.  Hand them back with release_buffers()."""
+        cdef uint32_t n, i, s
+        cdef frame_t *f
+        cdef Buffer b
+        if self.tx:
+            raise ValueError("not a receive queue")
+        if not self.slave:
+            raise MemifError("zero-copy receive is for the slave side")
+        if max_frames > self.size:
+            max_frames = self.size
+        with nogil:
+            n = self.gather(max_frames)
+            s = 0
+            for i in range(n):
+                s += self.frames[i].nsegs
+            self.commit(n, s != 0)
+        out = []
+        for i in range(n):
+            f = &self.frames[i]
+            for s in range(f.first_seg, f.first_seg + f.nsegs):
+                b = Buffer.__new__(Buffer)
+                b._bind(self, self.segs[s].ptr, self.segs[s].len, self.buffer_size,
+                        s + 1 < f.first_seg + f.nsegs)
+                out.append(b)
+        return out
+
+    def release_buffers(self, list bufs):
+        """Give a zero-copy receive batch back to the ring."""
+        cdef Buffer b
+        if not bufs or not any(b.valid for b in bufs):
+            return                      # empty, or released already
+        for b in bufs:
+            if b.exports:
+                raise BufferError("a view of a zero-copy buffer is still alive")
+        for b in bufs:
+            b._invalidate()
+        if self.closed or self.zc_batches == 0:
+            return
+        self.zc_batches -= 1
+        if self.zc_batches == 0:
+            self.released = self.pos
+            with nogil:
+                self.refill()
+
+    def tx_alloc(self, uint32_t n):
+        """Slave zero-copy transmit: lend up to ``n`` free ring buffers."""
+        cdef uint16_t peer, free, k, slot
+        cdef Buffer b
+        if not (self.slave and self.tx):
+            raise MemifError("tx_alloc is for the slave side")
+        if self.closed or self.fault:
+            return []
+        peer = memif_load_acquire(&self.ring.tail)
+        if <uint16_t>(self.pos - peer) > self.size:
+            self.fault = FAULT_COUNTER
+            return []
+        free = <uint16_t>(self.size - <uint16_t>(self.pos - peer) - self.reserved)
+        if n > free:
+            n = free
+        out = []
+        for k in range(n):
+            slot = <uint16_t>(self.pos + self.reserved + k) & self.mask
+            b = Buffer.__new__(Buffer)
+            b._bind(self, self.bufs + <uint64_t>slot * self.buffer_size, self.buffer_size,
+                    self.buffer_size, False)
+            b.slot = slot
+            out.append(b)
+        self.reserved += <uint16_t>n
+        return out
+
+    def tx_commit(self, list bufs, lengths):
+        """Publish the first len(bufs) lent buffers with their lengths; every
+        other lent buffer is taken back.  Returns the number sent."""
+        cdef uint32_t i, n = len(bufs), length
+        cdef uint16_t slot
+        cdef Buffer b
+        cdef memif_desc_t *w
+        if len(lengths) != n:
+            raise ValueError("one length per buffer")
+        for i in range(n):
+            b = bufs[i]
+            if b.queue is not self or b.epoch != self.epoch or b.ptr == NULL:
+                raise MemifError("buffer is not from this queue's current allocation")
+            if b.slot != (<uint16_t>(self.pos + i) & self.mask):
+                raise ValueError("buffers must be committed in the order tx_alloc gave them")
+            if lengths[i] > self.buffer_size or lengths[i] < 0:
+                raise ValueError("length larger than the buffer")
+            if b.exports:
+                raise BufferError("a view of a zero-copy buffer is still alive")
+        if self.closed:
+            self.reserved = 0
+            return 0
+        for i in range(n):
+            b = bufs[i]
+            length = lengths[i]
+            w = &self.ring.desc[b.slot]
+            w.flags = 0
+            w.region = 0
+            w.offset = self.buf_offset + <uint32_t>b.slot * self.buffer_size
+            w.length = length
+            w.metadata = 0
+            self.c.packets += 1
+            self.c.bytes += length
+            b._invalidate()
+        self.epoch += 1                  # the rest of the allocation is void
+        self.reserved = 0
+        if n:
+            self.pos = <uint16_t>(self.pos + n)
+            memif_store_release(&self.ring.head, self.pos)
+            with nogil:
+                self.kick()
+        return n
+
+    # ---------------------------------------------------------- interrupts
+
+    def set_interrupt(self, bint enabled):
+        """Receive rings: clear MASK_INT to be woken through the eventfd."""
+        if self.tx:
+            raise ValueError("interrupt mode is a property of receive rings")
+        memif_set_ring_flags(self.ring, 0 if enabled else MEMIF_RING_FLAG_MASK_INT)
+        memif_fence()
+
+    def pending(self):
+        """Whether the peer published something we have not received."""
+        if self.closed:
+            return False
+        if self.slave:
+            return memif_load_acquire(&self.ring.tail) != self.pos
+        return memif_load_acquire(&self.ring.head) != self.pos
+
+    def drain(self):
+        """Clear the eventfd after a wakeup; never blocks."""
+        cdef uint64_t v = 0
+        cdef ssize_t r
+        with nogil:
+            r = read(self.fd, &v, 8)
+        if r == 8:
+            self.c.irq_received += v
+            return True
+        return False
+
+    def fault_reason(self):
+        return FAULT_REASONS.get(self.fault)
+
+    def counters(self):
+        return {
+            "packets": self.c.packets,
+            "bytes": self.c.bytes,
+            "drops": {DROP_REASONS[i]: self.c.drops[i] for i in range(N_DROPS)},
+            "ring_full": self.c.ring_full,
+            "irq_sent": self.c.irq_sent,
+            "irq_received": self.c.irq_received,
+        }
+
+
+cdef class Buffer:
+    """A view of one shared-memory buffer (zero-copy).  Supports the buffer
+    protocol while valid; after it is handed back, or its link goes down and
+    the application lets it go, using it raises instead of touching memory."""
+
+    cdef _bind(self, Queue q, char *ptr, uint32_t length, uint32_t capacity, bint chained):
+        self.queue = q
+        self.ptr = ptr
+        self.length = length
+        self.capacity = capacity
+        self.chained = chained
+        self.epoch = q.epoch
+
+    cdef _invalidate(self):
+        self.ptr = NULL
+        self.length = 0
+
+    @property
+    def valid(self):
+        return self.ptr != NULL and self.epoch == self.queue.epoch
+
+    def __len__(self):
+        return self.length if self.valid else 0
+
+    @property
+    def bytes(self):
+        if not self.valid:
+            raise BufferError("buffer was released")
+        return PyBytes_FromStringAndSize(self.ptr, self.length)
+
+    def __getbuffer__(self, Py_buffer *view, int flags):
+        if not self.valid:
+            raise BufferError("buffer was released")
+        view.buf = self.ptr
+        view.obj = self
+        view.len = self.length
+        view.readonly = 0
+        view.itemsize = 1
+        view.format = FORMAT_B if flags & 0x0004 else NULL   # PyBUF_FORMAT
+        view.ndim = 1
+        view.shape = NULL
+        view.strides = NULL
+        view.suboffsets = NULL
+        view.internal = NULL
+        self.exports += 1
+
+    def __releasebuffer__(self, Py_buffer *view):
+        self.exports -= 1
+
+    def __repr__(self):
+        return "<memifx.Buffer len=%d%s%s>" % (
+            self.length, " chained" if self.chained else "",
+            "" if self.valid else " released")
