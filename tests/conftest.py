@@ -1,0 +1,113 @@
+"""Shared fixtures: unique socket names, and processes killed by process group."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ENDPOINT = os.path.join(HERE, "endpoint.py")
+
+
+@pytest.fixture
+def sockdir():
+    """A short private directory for filesystem sockets (AF_UNIX paths are
+    limited to 107 bytes, pytest's tmp_path can be longer)."""
+    d = tempfile.mkdtemp(prefix="mx-", dir="/tmp")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def sock(sockdir):
+    return os.path.join(sockdir, "memif.sock")
+
+
+@pytest.fixture
+def abstract_sock():
+    return "@memifx-test-" + uuid.uuid4().hex[:12]
+
+
+@pytest.fixture
+def unique():
+    """A unique token for names and DPDK --file-prefix."""
+    return "mx" + uuid.uuid4().hex[:10]
+
+
+class Procs:
+    """Start processes in their own process groups; kill every group at the end."""
+
+    def __init__(self):
+        self.procs = []
+
+    def start(self, args, **kw):
+        kw.setdefault("stdout", subprocess.PIPE)
+        kw.setdefault("stderr", subprocess.STDOUT)
+        kw.setdefault("text", True)
+        p = subprocess.Popen(args, start_new_session=True, **kw)
+        self.procs.append(p)
+        return p
+
+    def endpoint(self, *args, **kw):
+        """tests/endpoint.py with the given arguments (see its docstring)."""
+        env = dict(os.environ)
+        env["PYTHONUNBUFFERED"] = "1"
+        return self.start([sys.executable, ENDPOINT] + [str(a) for a in args], env=env, **kw)
+
+    def kill_all(self):
+        for p in self.procs:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        for p in self.procs:
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+            for f in (p.stdout, p.stderr, p.stdin):
+                if f:
+                    f.close()
+
+
+@pytest.fixture
+def procs():
+    ps = Procs()
+    yield ps
+    ps.kill_all()
+
+
+def wait_for(pred, timeout=10.0, interval=0.01):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(interval)
+    return pred()
+
+
+def read_until(proc, token, timeout=10.0):
+    """Read a process's stdout lines until one contains ``token``."""
+    import selectors
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    end = time.monotonic() + timeout
+    seen = []
+    try:
+        while time.monotonic() < end:
+            if not sel.select(max(0.0, end - time.monotonic())):
+                continue
+            line = proc.stdout.readline()
+            if not line:
+                break
+            seen.append(line)
+            if token in line:
+                return line
+    finally:
+        sel.close()
+    raise AssertionError("%r not seen; output was:\n%s" % (token, "".join(seen)))
