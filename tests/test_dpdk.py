@@ -79,6 +79,10 @@ class PmdPeer:
     def output(self):
         return "".join(self.lines)
 
+    def wait_output(self, token, timeout=START_TIMEOUT):
+        """For a peer whose output is already being drained."""
+        return wait_for(lambda: any(token in line for line in self.lines), timeout)
+
     def alive(self):
         return self.proc.poll() is None
 
@@ -208,8 +212,15 @@ def assert_same(got, want, peer):
 
 
 def link_up(intf, peer, timeout=15.0):
+    """The link is up and testpmd forwards.  A client's link comes up during
+    its port start, before forwarding starts, and testpmd then drains and
+    frees whatever its rx queues hold for up to a second: frames sent in that
+    window vanish.  So wait for its first stats block as well."""
     assert intf.wait_connected(timeout), "no link: %s\n%s" % (
         intf.info(), peer.output()[-3000:])
+    if peer.role == "client":
+        assert peer.wait_output(READY_TOKEN), "testpmd never forwarded:\n" + \
+            peer.output()[-3000:]
 
 
 # ------------------------------------------------- (1) memifx slave, echo
