@@ -9,7 +9,7 @@ extensions = [
         include_dirs=["csrc"],
         extra_compile_args=["-O3", "-Wno-unused-function"],
     )
-    for name in ("memory", "ring")
+    for name in ("memory", "ring", "xconnect")
 ]
 
 setup(

@@ -90,5 +90,9 @@ def demo(duration, size, json_out):
         sys.exit(1)
 
 
+from memifx.cli.xconnect import xconnect  # noqa: E402
+main.add_command(xconnect)
+
+
 if __name__ == "__main__":
     main()

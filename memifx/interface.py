@@ -288,6 +288,24 @@ class Interface:
         if q.fault:
             self._report_fault(conn, q.fault_reason())
 
+    def active_queues(self, kind):
+        """The negotiated data-path Queue objects ("rx" or "tx") for pipeline
+        nodes; [] while the link is down.  After a node ran on them, call
+        check_faults()."""
+        conn = self._conn
+        if conn is None:
+            return []
+        return conn.rx if kind == "rx" else conn.tx
+
+    def check_faults(self):
+        """End the link if the peer broke one of its rings (see ring.pyx)."""
+        conn = self._conn
+        if conn is not None:
+            for q in conn.rx + conn.tx:
+                if q.fault:
+                    self._report_fault(conn, q.fault_reason())
+                    return
+
     def tx_burst(self, frames, queue=0):
         """Copy bytes-like frames into the ring; return how many were queued."""
         q, conn = self._q("tx", queue)
