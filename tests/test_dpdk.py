@@ -54,7 +54,8 @@ class PmdPeer:
         devargs.setdefault("id", 0)
         vdev += ["%s=%s" % kv for kv in devargs.items()]
         self.args = (["dpdk-testpmd", "--no-huge", "-m", "128", "--no-pci",
-                      "--file-prefix=" + prefix, "-l", "0,1"] + list(eal) +
+                      "--file-prefix=" + prefix, "-l", "0,1",
+                      "--log-level=pmd.net.memif:info"] + list(eal) +
                      ["--vdev=" + ",".join(vdev), "--",
                       "--forward-mode=io", "--auto-start", "--stats-period", "1",
                       "--total-num-mbufs=16384",
@@ -162,8 +163,8 @@ def dpdk(procs, unique):
 # ------------------------------------------------------------------ helpers
 
 def make_frames(n, seed, tag=0, sizes=(60, 1518)):
-    """n frames of random bytes, random lengths in [60, 1518] (both ends
-    included); each starts with its tag and sequence number."""
+    """n frames of random bytes with random lengths in ``sizes`` (both ends
+    included, and both present); each starts with its tag and number."""
     rng = random.Random(seed)
     lo, hi = sizes
     frames = []
@@ -298,6 +299,8 @@ def test_master_secret_right_and_wrong(dpdk, sock):
     assert wait_for(lambda: intf.info()["last_disconnect"] == "incorrect secret", 15), \
         "%s\n%s" % (intf.info(), bad.output()[-3000:])
     assert not intf.connected
+    # The DPDK client reads our DISCONNECT and logs its reason.
+    assert bad.wait_output("Disconnect received: incorrect secret", 10), bad.output()[-3000:]
     assert bad.alive()
     bad.stop()
 
@@ -306,17 +309,19 @@ def test_master_secret_right_and_wrong(dpdk, sock):
     assert wait_for(lambda: intf.info()["last_disconnect"] == "secret required", 15), \
         "%s\n%s" % (intf.info(), none.output()[-3000:])
     assert not intf.connected
+    assert none.wait_output("Disconnect received: secret required", 10), none.output()[-3000:]
     none.stop()
 
 
 def test_slave_secret_right_and_wrong(dpdk, sock):
     peer = dpdk.server(sock, secret="open sesame")
-    wrong = dpdk.interface(socket=sock, role="slave", secret="open barley", name="wrong")
-    assert wait_for(lambda: wrong.info()["last_disconnect"] is not None, 15)
-    reason = wrong.info()["last_disconnect"]
-    assert "secret" in reason.lower(), reason
-    assert not wrong.connected
-    wrong.close()
+    # The DPDK server answers INIT with a DISCONNECT in its own wording.
+    for secret, reason in (("open barley", "Incorrect secret"), (None, "Secret required")):
+        wrong = dpdk.interface(socket=sock, role="slave", secret=secret, name="wrong")
+        assert wait_for(lambda: wrong.info()["last_disconnect"] is not None, 15)
+        assert wrong.info()["last_disconnect"] == reason
+        assert not wrong.connected
+        wrong.close()
 
     right = dpdk.interface(socket=sock, role="slave", secret="open sesame", name="right")
     link_up(right, peer)
@@ -358,7 +363,7 @@ def test_slave_chained_frames_512_byte_buffers(dpdk, sock):
     peer = dpdk.server(sock)
     intf = dpdk.interface(socket=sock, role="slave", buffer_size=512)
     link_up(intf, peer)
-    frames = [f for f in make_frames(200, seed=6)] + make_frames(100, seed=7, sizes=(1518, 1518))
+    frames = make_frames(200, seed=6) + make_frames(100, seed=7, sizes=(1518, 1518))
     # 1518 bytes take 3 buffers of 512; a 512-byte frame exactly one.
     frames += make_frames(20, seed=8, sizes=(512, 512)) + make_frames(20, seed=9, sizes=(513, 513))
     assert_same(echo(intf, frames), frames, peer)
