@@ -12,6 +12,8 @@ import click
 import memifx
 from memifx.cli.spec import SPEC
 from memifx.cli.pump import Pump
+from memifx.cli.gen import Ip4Type, MacType, SizeType, run_gen
+from memifx.cli.sink import run_sink
 
 CONTEXT = dict(help_option_names=["-h", "--help"])
 
@@ -90,8 +92,79 @@ def demo(duration, size, json_out):
         sys.exit(1)
 
 
+@main.command()
+@click.argument("spec", type=SPEC)
+@click.option("--size", "sizes", type=SizeType(), default="64", show_default=True,
+              metavar="64|1518|9000|imix",
+              help="Frame size: 64, 1518, 9000, imix (7:4:1 of 64/570/1518) or a byte "
+                   "count; L2 bytes without FCS (the IP packet on ip-mode interfaces).")
+@click.option("--count", type=click.IntRange(0), default=0,
+              help="Send exactly N frames, then stop (a full ring is back-pressure, "
+                   "never loss).  0: no limit.")
+@click.option("--duration", type=click.FloatRange(0), default=0,
+              help="Seconds of traffic, counted from link up (0: no limit).")
+@click.option("--rate", type=click.FloatRange(0), default=0,
+              help="Frames per second (0: as fast as possible).")
+@click.option("--flows", type=click.IntRange(1, 65536), default=1, show_default=True,
+              help="Number of flows (UDP source ports); spread over the tx queues by a "
+                   "hash of the flow.")
+@click.option("--src-mac", type=MacType(), help="Source MAC (default: the interface's).")
+@click.option("--dst-mac", type=MacType(), help="Destination MAC (default: broadcast).")
+@click.option("--src-ip", type=Ip4Type(), help="Source IPv4 (default: the spec's ip=, "
+                                                "else 198.18.0.1).")
+@click.option("--dst-ip", type=Ip4Type(), help="Destination IPv4 (default 198.19.0.1).")
+@click.option("--pcap", "pcap_path", type=click.Path(exists=True, dir_okay=False),
+              help="Replay this capture's frames unchanged (no stamps), in order on queue "
+                   "0: once, or in a loop with --count/--duration.")
+@click.option("--receive", "receive_spec", type=SPEC, metavar="SPEC2",
+              help="Also receive on a second interface in this process and report "
+                   "what the sink reports (lost, reordered, duplicated, corrupt, latency).")
+@click.option("--capture", "capture_path", type=click.Path(dir_okay=False, writable=True),
+              help="Write what arrives on SPEC (replies) to this pcap file.")
+@click.option("--stats-interval", type=click.FloatRange(0), default=0,
+              help="Print rates every S seconds.")
+@click.option("--json", "json_out", is_flag=True,
+              help="Print one JSON object at exit (packets, bytes, seconds, mpps, gbps, ...).")
+def gen(spec, sizes, count, duration, rate, flows, src_mac, dst_mac, src_ip, dst_ip,
+        pcap_path, receive_spec, capture_path, stats_interval, json_out):
+    """Traffic generator: IPv4/UDP frames stamped with a sequence number per
+    flow and a timestamp, a pattern over the rest of every frame; or a pcap
+    replay.  Without --count or --duration it runs until SIGINT/SIGTERM."""
+    run_gen(spec, sizes, count, duration, rate, flows, src_mac, dst_mac, src_ip, dst_ip,
+            pcap_path, receive_spec, capture_path, stats_interval, json_out)
+
+
+@main.command()
+@click.argument("spec", type=SPEC)
+@click.option("--duration", type=click.FloatRange(0), default=0,
+              help="Seconds to run (0: until --count or SIGINT/SIGTERM).")
+@click.option("--count", type=click.IntRange(0), default=0,
+              help="Stop after N frames (0: no limit).")
+@click.option("--pcap", "pcap_path", type=click.Path(dir_okay=False, writable=True),
+              help="Capture every frame to this pcap file (link type Ethernet, or raw IP "
+                   "on ip-mode interfaces).")
+@click.option("--stats-interval", type=click.FloatRange(0), default=0,
+              help="Print the receive rate every S seconds.")
+@click.option("--json", "json_out", is_flag=True,
+              help="Print one JSON object at exit (packets, bytes, seconds, mpps, gbps, "
+                   "received, lost, reordered, duplicated, corrupt, latency_us, ...).")
+def sink(spec, duration, count, pcap_path, stats_interval, json_out):
+    """Receiver: checks each frame's stamp and its full payload pattern and
+    reports received, lost, reordered, duplicated, corrupt and latency
+    percentiles (frames that are not gen's are counted as "other").
+
+    Every frame is copied out of shared memory in full (rx_into) and then
+    checked byte for byte: the measured rate includes that copy.  With
+    rx-mode=interrupt in SPEC the sink sleeps on the queue's eventfd when
+    idle; in polling mode it busy-polls.  Sequence numbers start at 0 per
+    flow: frames gen sent before the sink started count as lost."""
+    run_sink(spec, duration, count, pcap_path, stats_interval, json_out)
+
+
 from memifx.cli.xconnect import xconnect  # noqa: E402
 main.add_command(xconnect)
+from memifx.cli.ip4_forward import ip4_forward  # noqa: E402
+main.add_command(ip4_forward)
 
 
 if __name__ == "__main__":

@@ -175,6 +175,9 @@ class Channel:
                     a.frombytes(payload[:len(payload) - len(payload) % a.itemsize])
                     fds.extend(a)
             if not data and not fds:
+                if self._peer_still_there():
+                    # an empty record (SEQPACKET allows them), not end of file
+                    raise MemifError("invalid message size 0")
                 self.down("peer closed the connection")
                 return
             if flags & socket.MSG_CTRUNC:
@@ -185,9 +188,30 @@ class Channel:
             self.handle(msg, fds)
         except MemifError as e:
             self.fail(e.reason)
+        except OSError as e:
+            # A reply we could not send: the peer is gone, or it stopped
+            # reading (its receive queue is full).  Either way the handshake
+            # cannot go on without that message: end the link, never leave
+            # it half done.
+            if e.errno in (errno.EPIPE, errno.ECONNRESET):
+                self.down("peer closed the connection")
+            elif e.errno in (errno.EAGAIN, errno.ENOBUFS):
+                self.down("peer does not read the control channel")
+            else:
+                self.down("control socket error: %s" % e.strerror)
         finally:
             for fd in fds:              # whatever a handler did not take
                 os.close(fd)
+
+    def _peer_still_there(self):
+        """After a zero-length read: at end of file another read returns
+        nothing at once; a live peer has either more to read or nothing yet."""
+        try:
+            return bool(self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError:
+            return False
 
     @staticmethod
     def take_fd(fds):
@@ -272,13 +296,18 @@ class MasterChannel(Channel):
             raise MemifError("unmatched interface id")
         if intf._channel is not None:
             raise MemifError("already connected")
+        refusal = None
         if msg.mode != intf.mode_id:
-            raise MemifError("mode mismatch")
-        if intf.secret:
-            if not msg.secret:
-                raise MemifError("secret required")
-            if msg.secret != intf.secret:
-                raise MemifError("incorrect secret")
+            refusal = "mode mismatch"
+        elif intf.secret and not msg.secret:
+            refusal = "secret required"
+        elif intf.secret and msg.secret != intf.secret:
+            refusal = "incorrect secret"
+        if refusal:
+            # This channel never belonged to the interface, so no link-down
+            # reaches it: record why its peer was turned away (info()).
+            intf._last_reason = refusal
+            raise MemifError(refusal)
         self.intf = intf
         intf._channel = self
         self.peer_name = msg.name

@@ -36,21 +36,24 @@ def check_region_fd(int fd, uint64_t size):
     string (or None).  Raises MemifError with the reason to disconnect."""
     if size == 0 or size > MAX_REGION_SIZE:
         raise MemifError("invalid region size %d" % size)
+    warning = None
+    seals = _memfd_seals(fd)
+    if not seals & fcntl.F_SEAL_SHRINK:
+        # Seal it ourselves when the memfd allows it; otherwise the peer could
+        # truncate it later and turn our next access into SIGBUS.  Seal
+        # before looking at the size: a size checked first could shrink
+        # before the seal lands.
+        try:
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)
+        except OSError:
+            warning = "region not sealed against shrinking"
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         raise MemifError("memory region fd is not a regular file")
     if <uint64_t>st.st_size < size:
         raise MemifError("memory region fd smaller than announced (%d < %d)"
                          % (st.st_size, size))
-    seals = _memfd_seals(fd)
-    if not seals & fcntl.F_SEAL_SHRINK:
-        # Seal it ourselves when the memfd allows it; otherwise the peer could
-        # truncate it later and turn our next access into SIGBUS.
-        try:
-            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)
-        except OSError:
-            return "region not sealed against shrinking"
-    return None
+    return warning
 
 
 cdef class Memory:

@@ -15,6 +15,7 @@ cdef enum:  # Faults
     FAULT_NONE = 0
     FAULT_COUNTER = 1     # head/tail moved past what is possible
     FAULT_POSTED = 2      # a buffer the slave posted lies outside its regions
+    FAULT_IRQ_FD = 3      # the peer made the shared eventfd blocking
 
 cdef struct counters_t:
     uint64_t packets
@@ -47,7 +48,7 @@ cdef class Queue:
     cdef uint16_t posted            # slave rx: head we published
     cdef uint16_t released          # slave rx: slots the application gave back
     cdef uint16_t reserved          # slave tx: slots lent out by tx_alloc
-    cdef readonly uint32_t zc_batches   # slave rx: zero-copy batches still held
+    cdef readonly uint32_t zc_held      # slave rx: zero-copy buffers lent out
     cdef char *bufs                 # slave: this ring's buffers
     cdef readonly uint32_t buffer_size
     cdef uint32_t buf_offset        # slave: offset of bufs in region 0

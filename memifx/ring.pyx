@@ -28,8 +28,10 @@ from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from cpython.mem cimport PyMem_Malloc, PyMem_Free
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.string cimport memcpy
-from libc.errno cimport errno, EAGAIN, EINTR
+from libc.errno cimport errno, EAGAIN, EINTR, EINVAL, ENOSYS, EOPNOTSUPP
 from posix.unistd cimport read, write, close
+from posix.fcntl cimport fcntl, F_GETFL, O_NONBLOCK
+from posix.uio cimport iovec
 
 from memifx.memif cimport (
     memif_ring_t, memif_desc_t, MEMIF_COOKIE, MEMIF_RING_FLAG_MASK_INT,
@@ -39,6 +41,16 @@ from memifx.memory cimport Memory, region_t
 
 from memifx.errors import MemifError, LinkDown
 
+cdef extern from *:
+    """
+    #include <sys/uio.h>
+    #ifndef RWF_NOWAIT
+    #define RWF_NOWAIT 0x00000008
+    #endif
+    """
+    ssize_t preadv2(int fd, const iovec *iov, int iovcnt, long offset, int flags) nogil
+    const int RWF_NOWAIT
+
 # Largest frame we assemble from, or split into, a chain of descriptors.
 DEF MAX_FRAME = 1 << 20
 MAX_FRAME_SIZE = MAX_FRAME
@@ -47,6 +59,7 @@ DROP_REASONS = ("bad descriptor", "chain too long", "frame too long")
 FAULT_REASONS = {
     FAULT_COUNTER: "ring counter moved past the ring",
     FAULT_POSTED: "posted buffer outside memory region",
+    FAULT_IRQ_FD: "ring interrupt fd made blocking",
 }
 
 
@@ -62,7 +75,7 @@ cdef char *FORMAT_B = "B"
 cdef class Queue:
     """One ring of a connected interface.  Not thread-safe: one thread per queue."""
 
-    def __cinit__(self, Memory mem, uint16_t region, uint64_t ring_offset, uint32_t log2_size,
+    def __cinit__(self, Memory mem not None, uint16_t region, uint64_t ring_offset, uint32_t log2_size,
                   bint slave, bint tx, int index, int fd,
                   uint32_t buffer_size=0, uint64_t buf_offset=0):
         self.fd = -1
@@ -81,9 +94,10 @@ cdef class Queue:
         self.slave = slave
         self.tx = tx
         self.index = index
-        self.fd = fd
         self.buffer_size = buffer_size
         if slave:
+            if buffer_size == 0:
+                raise MemifError("a slave queue needs a buffer size")
             if buf_offset + <uint64_t>self.size * buffer_size > mem.regions[0].size:
                 raise MemifError("buffers outside memory region")
             self.bufs = mem.regions[0].base + buf_offset
@@ -94,6 +108,9 @@ cdef class Queue:
         self.lens = <uint32_t *>PyMem_Malloc(self.size * sizeof(uint32_t))
         if not (self.segs and self.frames and self.src and self.lens):
             raise MemoryError()
+        # Own the eventfd only once nothing can fail: on an exception the
+        # caller still owns it and closes it (__dealloc__ must not as well).
+        self.fd = fd
 
     def __dealloc__(self):
         PyMem_Free(self.segs)
@@ -194,8 +211,11 @@ cdef class Queue:
                 else:
                     d = memif_desc_read(w)
                     if not desc_in_region(regions, nregions, &d) or d.length == 0:
+                        # Not this frame; the ones before it were copied,
+                        # counted and are returned as taken: publish them.
                         self.fault = FAULT_POSTED
-                        return i
+                        used = start
+                        break
                     dst = regions[d.region].base + d.offset
                     cap = d.length
                 c = remaining if remaining < cap else cap
@@ -211,7 +231,9 @@ cdef class Queue:
                 w.flags = MEMIF_DESC_FLAG_NEXT if remaining else 0
                 if remaining == 0:
                     break
-            if remaining:
+            if self.fault:
+                break
+            if remaining or used == start:  # did not fit (an empty frame still needs a slot)
                 used = start
                 if start == 0 and avail == self.size:
                     # The peer's whole ring of buffers cannot hold it: it never will.
@@ -235,8 +257,17 @@ cdef class Queue:
     cdef void kick(self) noexcept nogil:
         """Signal the consumer unless it masked interrupts."""
         cdef uint64_t one = 1
+        cdef int fl
         memif_fence()
         if not (memif_ring_flags(self.ring) & MEMIF_RING_FLAG_MASK_INT):
+            # The eventfd's file description is shared with the peer: it can
+            # clear O_NONBLOCK and fill the counter, and a write would then
+            # wait forever.  An eventfd write has no per-call "don't wait",
+            # so look at the flag first and treat a cleared one as a fault.
+            fl = fcntl(self.fd, F_GETFL)
+            if fl < 0 or not (fl & O_NONBLOCK):
+                self.fault = FAULT_IRQ_FD
+                return
             if write(self.fd, &one, 8) == 8:
                 self.c.irq_sent += 1
 
@@ -313,7 +344,8 @@ cdef class Queue:
 
     cdef void commit(self, uint32_t nframes, bint hold) noexcept nogil:
         """Consume the first ``nframes`` gathered frames and count them.
-        ``hold``: the slots' buffers are lent to the application (zero-copy)."""
+        ``hold``: the slots' buffers are lent to the application (zero-copy;
+        the caller has added them to zc_held)."""
         cdef uint32_t i
         cdef uint16_t used
         if nframes == 0:
@@ -329,9 +361,7 @@ cdef class Queue:
         if not self.slave:
             memif_store_release(&self.ring.tail, self.pos)
             return
-        if hold:
-            self.zc_batches += 1
-        elif self.zc_batches == 0:
+        if not hold and self.zc_held == 0:
             self.released = self.pos
             self.refill()
 
@@ -356,33 +386,43 @@ cdef class Queue:
     # ------------------------------------------------- Python front ends
 
     def tx_frames(self, frames):
-        """Copy a sequence of bytes-like frames in; return how many were taken."""
-        cdef Py_ssize_t n = len(frames), i, k = 0
-        cdef uint32_t sent
+        """Copy a sequence of bytes-like frames in; return how many were taken.
+        Goes on a ring's worth at a time (like tx_batch) until the ring is full."""
+        cdef Py_ssize_t total = len(frames), done = 0, n, i, k
+        cdef uint32_t sent = 0
         cdef Py_buffer *views
         self._check_tx()
-        if n > self.size:
-            n = self.size
-        if n == 0:
+        if total == 0:
             return 0
+        n = total if total < self.size else self.size
         views = <Py_buffer *>PyMem_Malloc(n * sizeof(Py_buffer))
         if views == NULL:
             raise MemoryError()
         try:
-            for i in range(n):
-                PyObject_GetBuffer(frames[i], &views[i], PyBUF_SIMPLE)
-                k += 1
-                if views[i].len > 0xFFFFFFFF:
-                    raise ValueError("frame too long")
-                self.src[i] = <const uint8_t *>views[i].buf
-                self.lens[i] = <uint32_t>views[i].len
-            with nogil:
-                sent = self.tx_copy(<uint32_t>n)
+            while done < total:
+                n = total - done
+                if n > self.size:
+                    n = self.size
+                k = 0
+                try:
+                    for i in range(n):
+                        PyObject_GetBuffer(frames[done + i], &views[i], PyBUF_SIMPLE)
+                        k += 1
+                        if views[i].len > 0xFFFFFFFF:
+                            raise ValueError("frame too long")
+                        self.src[i] = <const uint8_t *>views[i].buf
+                        self.lens[i] = <uint32_t>views[i].len
+                    with nogil:
+                        sent = self.tx_copy(<uint32_t>n)
+                finally:
+                    for i in range(k):
+                        PyBuffer_Release(&views[i])
+                done += sent
+                if sent < n:
+                    break
         finally:
-            for i in range(k):
-                PyBuffer_Release(&views[i])
             PyMem_Free(views)
-        return sent
+        return done
 
     def tx_batch(self, const uint8_t[::1] buf, const uint32_t[::1] lengths):
         """Transmit frames packed back to back in ``buf``; return how many were taken."""
@@ -494,6 +534,7 @@ cdef class Queue:
             s = 0
             for i in range(n):
                 s += self.frames[i].nsegs
+            self.zc_held += s
             self.commit(n, s != 0)
         out = []
         for i in range(n):
@@ -506,19 +547,26 @@ cdef class Queue:
         return out
 
     def release_buffers(self, list bufs):
-        """Give a zero-copy receive batch back to the ring."""
+        """Give zero-copy receive buffers back to the ring.  The ring reuses
+        them once every buffer lent out has come back, so a batch may be
+        released whole or piece by piece."""
         cdef Buffer b
+        cdef uint32_t k = 0
         if not bufs or not any(b.valid for b in bufs):
             return                      # empty, or released already
         for b in bufs:
+            if b.queue is not self:
+                raise ValueError("buffer belongs to another queue")
             if b.exports:
                 raise BufferError("a view of a zero-copy buffer is still alive")
         for b in bufs:
-            b._invalidate()
-        if self.closed or self.zc_batches == 0:
+            if b.valid:                 # count each live buffer once
+                b._invalidate()
+                k += 1
+        if self.closed or self.zc_held == 0:
             return
-        self.zc_batches -= 1
-        if self.zc_batches == 0:
+        self.zc_held -= k if k < self.zc_held else self.zc_held
+        if self.zc_held == 0:
             self.released = self.pos
             with nogil:
                 self.refill()
@@ -558,6 +606,9 @@ cdef class Queue:
         cdef memif_desc_t *w
         if len(lengths) != n:
             raise ValueError("one length per buffer")
+        if self.closed:                  # link down: the buffers died with it
+            self.reserved = 0
+            return 0
         for i in range(n):
             b = bufs[i]
             if b.queue is not self or b.epoch != self.epoch or b.ptr == NULL:
@@ -568,9 +619,6 @@ cdef class Queue:
                 raise ValueError("length larger than the buffer")
             if b.exports:
                 raise BufferError("a view of a zero-copy buffer is still alive")
-        if self.closed:
-            self.reserved = 0
-            return 0
         for i in range(n):
             b = bufs[i]
             length = lengths[i]
@@ -609,12 +657,34 @@ cdef class Queue:
             return memif_load_acquire(&self.ring.tail) != self.pos
         return memif_load_acquire(&self.ring.head) != self.pos
 
+    def in_flight(self):
+        """Transmit: slots published that the peer has not consumed yet
+        (0 once it has taken everything; a sender waits for that before
+        closing, or the peer loses what was still in the ring)."""
+        if not self.tx or self.closed:
+            return 0
+        if self.slave:
+            return <uint16_t>(self.pos - memif_load_acquire(&self.ring.tail))
+        return <uint16_t>(self.size - <uint16_t>(memif_load_acquire(&self.ring.head) - self.pos))
+
     def drain(self):
         """Clear the eventfd after a wakeup; never blocks."""
         cdef uint64_t v = 0
         cdef ssize_t r
+        cdef iovec iov
+        cdef int fl
+        iov.iov_base = &v
+        iov.iov_len = 8
         with nogil:
-            r = read(self.fd, &v, 8)
+            # RWF_NOWAIT: never wait, whatever the peer did to the flags of
+            # the file description we share with it (see kick()).
+            r = preadv2(self.fd, &iov, 1, -1, RWF_NOWAIT)
+            if r < 0 and (errno == EOPNOTSUPP or errno == EINVAL or errno == ENOSYS):
+                fl = fcntl(self.fd, F_GETFL)        # an older kernel
+                if fl >= 0 and fl & O_NONBLOCK:
+                    r = read(self.fd, &v, 8)
+                else:
+                    self.fault = FAULT_IRQ_FD
         if r == 8:
             self.c.irq_received += v
             return True

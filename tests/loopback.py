@@ -37,6 +37,7 @@ DESC = 16
 # One ring as a (producer, consumer) pair: ``tx`` transmits into it, ``rx``
 # receives from it.  For S2M the slave is ``tx``; for M2S the master is.
 Pair = namedtuple("Pair", "tx rx")
+Desc = namedtuple("Desc", "flags region length offset metadata")
 
 
 def ring_bytes(log2):
@@ -124,6 +125,15 @@ class Loopback:
         head, = struct.unpack_from("<H", self._peek, off + 6)
         tail, = struct.unpack_from("<H", self._peek, off + 64)
         return head, tail
+
+    def desc(self, ring, slot):
+        """Descriptor ``slot`` of ring number ``ring``, from shared memory."""
+        off = self.ring_offsets[ring] + RING_HDR + DESC * slot
+        return Desc._make(struct.unpack_from("<HHIII", self._peek, off))
+
+    def read(self, offset, length):
+        """Bytes of the region at ``offset`` (descriptors' offsets are into it)."""
+        return self._peek[offset:offset + length]
 
     def close(self):
         for q in self.queues():

@@ -253,7 +253,7 @@ class RogueSlave(Peer):
             if mine:
                 os.close(fd)
 
-    def add_ring(self, index, s2m=True, region=0, offset=0, log2=6, private=0,
+    def add_ring(self, index=0, s2m=True, region=0, offset=0, log2=6, private=0,
                  fd=None, flags=None):
         """ADD_RING with a fresh eventfd unless ``fd`` is given (-1: none)."""
         mine = fd is None
@@ -269,7 +269,8 @@ class RogueSlave(Peer):
                 os.close(fd)
 
     def handshake(self, id=0, n_s2m=1, n_m2s=1, log2=6, buffer_size=2048, secret=b"",
-                  name="rogue", region_size=None, connect=True):
+                  name="rogue", region_size=None, connect=True, sealable=True,
+                  seal=True):
         """A correct handshake; afterwards ``self.mem`` maps region 0 and
         ``self.s2m``/``self.m2s`` are its rings.  Buffers of ring i (S2M then
         M2S), slot j, are at ``self.buf(i, j)``."""
@@ -279,7 +280,7 @@ class RogueSlave(Peer):
         self.buffers_at = -(-n * stride // PAGE) * PAGE
         need = self.buffers_at + n * (1 << log2) * buffer_size
         self.region_size = region_size or need
-        fd = memfd(self.region_size)
+        fd = memfd(self.region_size, sealable=sealable, seal=seal)
         self.fds.append(fd)
         self.mem = mmap.mmap(fd, self.region_size, mmap.MAP_SHARED,
                              mmap.PROT_READ | mmap.PROT_WRITE)
@@ -373,7 +374,7 @@ class RogueMaster(Peer):
         self.sock = s
         if hello is True:
             self.send(self.hello_msg())
-        elif hello:
+        elif hello is not False and hello is not None:     # (an Ack is falsy)
             self.send_raw(hello) if isinstance(hello, bytes) else self.send(hello)
         return self
 

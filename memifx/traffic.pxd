@@ -1,0 +1,57 @@
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+
+# Test traffic: what `memifx gen` writes and `memifx sink` checks.
+cdef enum:
+    ETH_HLEN = 14
+    IP_HLEN = 20
+    UDP_HLEN = 8
+    STAMP_LEN = 20          # magic u16, flow u16, seq u64, timestamp u64
+    STAMP_MAGIC = 0x584d    # "MX" in the first two payload bytes
+    UDP_PORT = 28024        # destination port of every stamped frame ("mx")
+    SPORT_BASE = 1024       # UDP source port = SPORT_BASE + flow % SPORT_SPAN
+    SPORT_SPAN = 64512
+    MAX_FLOWS = 65536       # the flow id is a u16 in the stamp
+    WINDOW = 1024           # per-flow sequence window of the checker (bits)
+    WINDOW_WORDS = 16       # WINDOW / 64
+    LAT_SUB = 64            # latency histogram: buckets per power of two
+    LAT_BUCKETS = 64 + 58 * 64
+
+cdef struct flow_t:
+    uint64_t next           # highest sequence number seen + 1
+    uint64_t newest         # latest timestamp seen (a sender stamps in sequence order)
+    uint64_t seen[WINDOW_WORDS]  # bit (s % WINDOW): s in [next - WINDOW, next) arrived
+
+
+cdef class Generator:
+    cdef uint8_t eth[ETH_HLEN]
+    cdef uint8_t src_ip[4]
+    cdef uint8_t dst_ip[4]
+    cdef readonly bint ip_mode
+    cdef readonly uint32_t flows
+    cdef uint64_t *seq              # next sequence number, per flow
+    cdef uint32_t *sizes            # frame sizes, used in turn
+    cdef uint32_t nsizes
+    cdef uint32_t size_pos
+    cdef readonly uint32_t max_size
+
+    cdef void write_frame(self, uint8_t *p, uint32_t size, uint32_t flow, uint64_t seq,
+                          uint64_t ts) noexcept nogil
+
+
+cdef class Checker:
+    cdef readonly bint ip_mode
+    cdef flow_t **flow              # MAX_FLOWS entries, allocated on first sight
+    cdef readonly uint64_t packets      # every frame looked at
+    cdef readonly uint64_t bytes
+    cdef readonly uint64_t received     # stamped frames that passed every check
+    cdef readonly uint64_t corrupt      # ours (UDP port) but something is wrong
+    cdef readonly uint64_t other        # not a stamped frame at all
+    cdef readonly uint64_t lost         # sequence gaps not filled (yet)
+    cdef readonly uint64_t reordered    # arrived after a later frame of its flow
+    cdef readonly uint64_t duplicated
+    cdef readonly uint64_t resets       # a flow started over (the sender restarted)
+    cdef uint64_t lat_hist[LAT_BUCKETS]
+    cdef uint64_t lat_min, lat_max, lat_sum
+
+    cdef int check_one(self, const uint8_t *p, uint32_t length, uint64_t now) noexcept nogil
+    cdef void track(self, uint16_t flow, uint64_t seq, uint64_t ts) noexcept nogil

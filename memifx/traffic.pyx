@@ -1,0 +1,498 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Test traffic: synthesised, stamped frames (``fill``) and their verification
+(``check``), each a loop over a whole burst with the GIL released.
+
+A stamped frame, as ``memifx gen`` sends it::
+
+    [Ethernet, 14]  dst, src, type 0x0800          (absent on ip-mode interfaces)
+    IPv4, 20        no options, DF, TTL 64, proto UDP, header checksum, id = seq
+    UDP, 8          source port 1024 + flow, destination port 28024, checksum 0
+    stamp, 20       magic "MX", flow u16, sequence u64, CLOCK_MONOTONIC ns u64
+    pattern         the rest of the frame: 64-bit words seed(seq, flow) + k * STEP
+
+Stamp fields are in host byte order: both ends of a memif share a host, and
+CLOCK_MONOTONIC is one clock for every process on it, so ``now - timestamp``
+at the receiver is the one-way latency.
+
+The checker treats an IPv4/UDP frame to port 28024 as ours.  Ours with a
+wrong magic, IP header checksum, IP or UDP length, or a single pattern byte
+off is *corrupt*.  Anything else is *other* (ARP, ICMP, replayed captures).
+Good frames feed a per-flow sequence window (lost, reordered, duplicated) and
+a latency histogram (64 buckets per power of two: about 1.5% resolution);
+a frame whose stamp is sound but whose pattern is not is corrupt, yet still
+marks its sequence number as arrived (damaged, not lost).  Sequences start
+at 0, so frames sent before a sink started count as lost.  A flow that starts
+over (behind, yet stamped later than anything seen: a new gen run) resets its
+window and counts in ``resets``.
+"""
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdlib cimport calloc, free
+from libc.string cimport memcmp, memcpy, memset
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+
+cdef extern from *:
+    int __builtin_clzll(unsigned long long) nogil
+
+cdef uint64_t SEED_MUL = 0x9E3779B97F4A7C15ULL
+cdef uint64_t SEED_XOR = 0x6D656D6966786D78ULL
+cdef uint64_t STEP = 0xD1B54A32D192ED03ULL
+
+HEADER_BYTES = IP_HLEN + UDP_HLEN + STAMP_LEN     # smallest stamped IP packet
+STAMP_PORT = UDP_PORT
+
+cdef enum:
+    PCAP_REC = 16           # pcap record header: ts_sec, ts_usec, caplen, len
+
+PCAP_RECORD = PCAP_REC
+
+cdef enum:                  # what check_one() found
+    GOOD = 0
+    CORRUPT = 1
+    OTHER = 2
+
+
+cdef inline uint64_t now_ns() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <uint64_t>ts.tv_sec * 1000000000ULL + <uint64_t>ts.tv_nsec
+
+
+def monotonic_ns():
+    """CLOCK_MONOTONIC in ns, the clock of the stamps."""
+    return now_ns()
+
+
+cdef inline void put16(uint8_t *p, uint16_t v) noexcept nogil:
+    p[0] = <uint8_t>(v >> 8)
+    p[1] = <uint8_t>v
+
+
+cdef inline uint16_t get16(const uint8_t *p) noexcept nogil:
+    return <uint16_t>((<uint16_t>p[0] << 8) | p[1])
+
+
+cdef inline uint16_t ip_checksum(const uint8_t *p, uint32_t length) noexcept nogil:
+    """Ones' complement sum of ``length`` (even) bytes, folded, complemented."""
+    cdef uint32_t s = 0, i
+    for i in range(0, length, 2):
+        s += get16(p + i)
+    s = (s & 0xffff) + (s >> 16)
+    s = (s & 0xffff) + (s >> 16)
+    return <uint16_t>(~s & 0xffff)
+
+
+cdef inline uint64_t pattern_seed(uint64_t seq, uint16_t flow) noexcept nogil:
+    return (seq + 1) * SEED_MUL ^ SEED_XOR ^ (<uint64_t>flow << 40)
+
+
+cdef inline void write_pattern(uint8_t *p, uint32_t length, uint64_t w) noexcept nogil:
+    cdef uint32_t k, words = length >> 3
+    for k in range(words):
+        memcpy(p + 8 * k, &w, 8)
+        w += STEP
+    if length & 7:
+        memcpy(p + 8 * words, &w, length & 7)
+
+
+cdef inline bint pattern_ok(const uint8_t *p, uint32_t length, uint64_t w) noexcept nogil:
+    cdef uint32_t k, words = length >> 3
+    cdef uint64_t v = 0
+    for k in range(words):
+        memcpy(&v, p + 8 * k, 8)
+        if v != w:
+            return False
+        w += STEP
+    if length & 7:
+        v = 0
+        memcpy(&v, p + 8 * words, length & 7)
+        # the bytes present, in memory order, as write_pattern() cut them
+        return memcmp(&v, &w, length & 7) == 0
+    return True
+
+
+cdef inline uint32_t lat_bucket(uint64_t v) noexcept nogil:
+    cdef int shift
+    if v < LAT_SUB:
+        return <uint32_t>v
+    shift = 63 - __builtin_clzll(v) - 6             # v >> shift is in [64, 128)
+    return <uint32_t>(LAT_SUB + shift * LAT_SUB + ((v >> shift) - LAT_SUB))
+
+
+cdef inline uint64_t lat_bucket_top(uint32_t b) noexcept nogil:
+    """Largest value that falls into bucket ``b``."""
+    cdef uint32_t shift
+    if b < LAT_SUB:
+        return b
+    shift = (b - LAT_SUB) // LAT_SUB
+    return ((<uint64_t>(LAT_SUB + (b - LAT_SUB) % LAT_SUB) + 1) << shift) - 1
+
+
+def _mac(value, what):
+    b = bytes(value)
+    if len(b) != 6:
+        raise ValueError("%s must be 6 bytes" % what)
+    return b
+
+
+def _ip4(value, what):
+    b = bytes(value)
+    if len(b) != 4:
+        raise ValueError("%s must be 4 bytes" % what)
+    return b
+
+
+cdef class Generator:
+    """Writes bursts of stamped frames.
+
+    ``sizes``: frame sizes used in turn (one size, or a mix such as IMIX);
+    a size is the L2 frame without FCS (ethernet) or the IP packet (ip mode).
+    Each flow has its own sequence, starting at 0.
+    """
+
+    def __cinit__(self):
+        self.seq = NULL
+        self.sizes = NULL
+
+    def __init__(self, sizes, *, bint ip_mode=False, uint32_t flows=1,
+                 src_mac=b"\x02\0\0\0\0\x01", dst_mac=b"\xff" * 6,
+                 src_ip=b"\xc6\x12\0\x01", dst_ip=b"\xc6\x13\0\x01"):
+        cdef uint32_t i, l2 = 0 if ip_mode else ETH_HLEN
+        sizes = [int(s) for s in sizes]
+        if not sizes:
+            raise ValueError("no frame sizes")
+        if not 1 <= flows <= MAX_FLOWS:
+            raise ValueError("flows must be 1 to %d" % MAX_FLOWS)
+        for s in sizes:
+            if s < l2 + HEADER_BYTES or s - l2 > 65535:
+                raise ValueError("frame size %d out of range (%d..%d)"
+                                 % (s, l2 + HEADER_BYTES, l2 + 65535))
+        self.ip_mode = ip_mode
+        self.flows = flows
+        header = _mac(dst_mac, "dst_mac") + _mac(src_mac, "src_mac") + b"\x08\x00"
+        memcpy(self.eth, <const char *>header, ETH_HLEN)
+        sip = _ip4(src_ip, "src_ip")
+        dip = _ip4(dst_ip, "dst_ip")
+        memcpy(self.src_ip, <const char *>sip, 4)
+        memcpy(self.dst_ip, <const char *>dip, 4)
+        free(self.seq)
+        free(self.sizes)
+        self.seq = <uint64_t *>calloc(flows, sizeof(uint64_t))
+        self.sizes = <uint32_t *>calloc(len(sizes), sizeof(uint32_t))
+        if self.seq == NULL or self.sizes == NULL:
+            raise MemoryError()
+        self.nsizes = len(sizes)
+        self.size_pos = 0
+        for i in range(self.nsizes):
+            self.sizes[i] = sizes[i]
+        self.max_size = max(sizes)
+
+    def __dealloc__(self):
+        free(self.seq)
+        free(self.sizes)
+
+    def sequence(self, uint32_t flow):
+        """The next sequence number of ``flow``."""
+        if flow >= self.flows:
+            raise IndexError("flow out of range")
+        return self.seq[flow]
+
+    def fill(self, uint8_t[::1] buf, uint32_t[::1] lengths, uint32_t n,
+             const uint32_t[::1] flows, uint32_t cursor=0):
+        """Write ``n`` frames back to back into ``buf``, their sizes into
+        ``lengths``; frame i belongs to flow ``flows[(cursor + i) % len(flows)]``.
+        Stops early when ``buf`` is full.  Returns (frames, bytes)."""
+        cdef uint32_t nflows = flows.shape[0], i = 0, size, flow
+        cdef uint64_t off = 0, room = buf.shape[0], ts
+        cdef uint8_t *base
+        if n > <uint32_t>lengths.shape[0]:
+            n = lengths.shape[0]
+        if n == 0 or room == 0:
+            return 0, 0
+        if nflows == 0:
+            raise ValueError("no flows")
+        for i in range(nflows):
+            if flows[i] >= self.flows:
+                raise ValueError("flow %d out of range" % flows[i])
+        base = &buf[0]
+        i = 0
+        with nogil:
+            ts = now_ns()
+            cursor = cursor % nflows
+            while i < n:
+                size = self.sizes[self.size_pos]
+                if off + size > room:
+                    break
+                self.size_pos += 1
+                if self.size_pos == self.nsizes:
+                    self.size_pos = 0
+                flow = flows[cursor]
+                cursor += 1
+                if cursor == nflows:
+                    cursor = 0
+                self.write_frame(base + off, size, flow, self.seq[flow], ts)
+                self.seq[flow] += 1
+                lengths[i] = size
+                off += size
+                i += 1
+        return i, off
+
+    cdef void write_frame(self, uint8_t *p, uint32_t size, uint32_t flow, uint64_t seq,
+                          uint64_t ts) noexcept nogil:
+        cdef uint8_t *ip
+        cdef uint8_t *udp
+        cdef uint8_t *st
+        cdef uint32_t ip_len
+        cdef uint16_t f16 = <uint16_t>flow, magic = STAMP_MAGIC
+        if self.ip_mode:
+            ip = p
+            ip_len = size
+        else:
+            memcpy(p, self.eth, ETH_HLEN)
+            ip = p + ETH_HLEN
+            ip_len = size - ETH_HLEN
+        ip[0] = 0x45
+        ip[1] = 0
+        put16(ip + 2, <uint16_t>ip_len)
+        put16(ip + 4, <uint16_t>seq)
+        ip[6] = 0x40                    # don't fragment
+        ip[7] = 0
+        ip[8] = 64
+        ip[9] = 17
+        ip[10] = 0
+        ip[11] = 0
+        memcpy(ip + 12, self.src_ip, 4)
+        memcpy(ip + 16, self.dst_ip, 4)
+        put16(ip + 10, ip_checksum(ip, IP_HLEN))
+        udp = ip + IP_HLEN
+        put16(udp, <uint16_t>(SPORT_BASE + flow % SPORT_SPAN))
+        put16(udp + 2, UDP_PORT)
+        put16(udp + 4, <uint16_t>(ip_len - IP_HLEN))
+        udp[6] = 0
+        udp[7] = 0
+        st = udp + UDP_HLEN
+        memcpy(st, &magic, 2)
+        memcpy(st + 2, &f16, 2)
+        memcpy(st + 4, &seq, 8)
+        memcpy(st + 12, &ts, 8)
+        write_pattern(st + STAMP_LEN, ip_len - IP_HLEN - UDP_HLEN - STAMP_LEN,
+                      pattern_seed(seq, f16))
+
+    def restamp(self, uint8_t[::1] buf, const uint32_t[::1] lengths):
+        """Write the current time into frames made by fill() that are still
+        waiting to go out (their transmit ring was full)."""
+        cdef uint32_t i, n = lengths.shape[0]
+        cdef uint64_t off = 0, ts, room = buf.shape[0]
+        cdef uint32_t stamp = (0 if self.ip_mode else ETH_HLEN) + IP_HLEN + UDP_HLEN + 12
+        if n == 0 or room == 0:
+            return
+        with nogil:
+            ts = now_ns()
+            for i in range(n):
+                if off + lengths[i] > room:
+                    break
+                if lengths[i] >= stamp + 8:
+                    memcpy(&buf[off + stamp], &ts, 8)
+                off += lengths[i]
+
+
+def span(const uint32_t[::1] lengths, uint32_t first, uint32_t n):
+    """Bytes of frames first..first+n-1 of a packed burst."""
+    cdef uint64_t s = 0
+    cdef uint32_t i, end = first + n
+    if end > <uint32_t>lengths.shape[0]:
+        end = lengths.shape[0]
+    for i in range(first, end):
+        s += lengths[i]
+    return s
+
+
+cdef class Checker:
+    """Verifies bursts of received frames and keeps the counters."""
+
+    def __cinit__(self, bint ip_mode=False):
+        self.ip_mode = ip_mode
+        self.flow = <flow_t **>calloc(MAX_FLOWS, sizeof(flow_t *))
+        if self.flow == NULL:
+            raise MemoryError()
+        self.lat_min = <uint64_t>-1
+
+    def __dealloc__(self):
+        cdef uint32_t i
+        if self.flow != NULL:
+            for i in range(MAX_FLOWS):
+                free(self.flow[i])
+            free(self.flow)
+
+    def check(self, const uint8_t[::1] buf, const uint32_t[::1] lengths, uint32_t n=0xffffffff):
+        """Check the first ``n`` frames packed back to back in ``buf`` (the
+        layout rx_into() writes).  Returns how many were good."""
+        cdef uint32_t i, good = 0
+        cdef uint64_t off = 0, room = buf.shape[0], now
+        cdef const uint8_t *base
+        cdef bint short = False
+        if n > <uint32_t>lengths.shape[0]:
+            n = lengths.shape[0]
+        if n == 0:
+            return 0
+        base = &buf[0] if room else NULL
+        with nogil:
+            now = now_ns()
+            for i in range(n):
+                if off + lengths[i] > room:
+                    short = True
+                    break
+                if self.check_one(base + off, lengths[i], now) == GOOD:
+                    good += 1
+                off += lengths[i]
+        if short:
+            raise ValueError("lengths add up to more than the buffer")
+        return good
+
+    cdef int check_one(self, const uint8_t *p, uint32_t length, uint64_t now) noexcept nogil:
+        cdef const uint8_t *ip = p
+        cdef const uint8_t *udp
+        cdef const uint8_t *st
+        cdef uint32_t ip_len, ihl, avail = length
+        cdef uint16_t magic, flow
+        cdef uint64_t seq, ts, lat
+        self.packets += 1
+        self.bytes += length
+        if not self.ip_mode:
+            if length < ETH_HLEN or get16(p + 12) != 0x0800:
+                self.other += 1
+                return OTHER
+            ip = p + ETH_HLEN
+            avail = length - ETH_HLEN
+        if avail < IP_HLEN + UDP_HLEN or (ip[0] >> 4) != 4 or ip[9] != 17:
+            self.other += 1
+            return OTHER
+        ihl = (ip[0] & 0x0f) * 4
+        if ihl < IP_HLEN or avail < ihl + UDP_HLEN or get16(ip + ihl + 2) != UDP_PORT:
+            self.other += 1
+            return OTHER
+        # Ours from here on: every failed check is corruption.
+        udp = ip + ihl
+        st = udp + UDP_HLEN
+        ip_len = get16(ip + 2)
+        if (ip_len != avail or ip_checksum(ip, ihl) != 0 or
+                get16(udp + 4) != ip_len - ihl or ip_len < ihl + UDP_HLEN + STAMP_LEN):
+            self.corrupt += 1
+            return CORRUPT
+        memcpy(&magic, st, 2)
+        memcpy(&flow, st + 2, 2)
+        memcpy(&seq, st + 4, 8)
+        memcpy(&ts, st + 12, 8)
+        if magic != STAMP_MAGIC or get16(udp) != SPORT_BASE + flow % SPORT_SPAN:
+            self.corrupt += 1
+            return CORRUPT
+        if not pattern_ok(st + STAMP_LEN, ip_len - ihl - UDP_HLEN - STAMP_LEN,
+                          pattern_seed(seq, flow)):
+            # The stamp looks sound: the frame arrived, damaged (not lost).
+            self.corrupt += 1
+            self.track(flow, seq, ts)
+            return CORRUPT
+        self.received += 1
+        lat = now - ts if now > ts else 0
+        self.lat_hist[lat_bucket(lat)] += 1
+        self.lat_sum += lat
+        if lat < self.lat_min:
+            self.lat_min = lat
+        if lat > self.lat_max:
+            self.lat_max = lat
+        self.track(flow, seq, ts)
+        return GOOD
+
+    cdef void track(self, uint16_t flow, uint64_t seq, uint64_t ts) noexcept nogil:
+        cdef flow_t *f = self.flow[flow]
+        cdef uint64_t s, word = (seq % WINDOW) >> 6, bit = 1ULL << (seq & 63)
+        if f == NULL:
+            f = <flow_t *>calloc(1, sizeof(flow_t))
+            if f == NULL:
+                return                          # no memory: no sequence tracking
+            self.flow[flow] = f
+        if seq < f.next and ts > f.newest:
+            # Behind, yet stamped later than anything seen: a new sender run
+            # counting from 0 again, not a late or repeated frame.
+            self.resets += 1
+            memset(f.seen, 0, sizeof(f.seen))
+            f.next = 0
+        if ts > f.newest:
+            f.newest = ts
+        if seq >= f.next:
+            if seq - f.next >= WINDOW:
+                memset(f.seen, 0, sizeof(f.seen))
+            else:
+                s = f.next
+                while s < seq:
+                    f.seen[(s % WINDOW) >> 6] &= ~(1ULL << (s & 63))
+                    s += 1
+            self.lost += seq - f.next
+            f.next = seq + 1
+        elif f.next - seq <= WINDOW and f.seen[word] & bit:
+            self.duplicated += 1
+            return
+        else:
+            # Late.  (Beyond the window a repeat looks the same: count it late.)
+            self.reordered += 1
+            if self.lost:
+                self.lost -= 1
+            if f.next - seq > WINDOW:
+                return
+        f.seen[word] |= bit
+
+    def latency(self):
+        """Latency in ns: min, mean, p50, p90, p99, p999, max (None if no frames)."""
+        cdef uint64_t count = self.received, target, acc
+        cdef uint32_t b
+        if count == 0:
+            return None
+        out = {"min": self.lat_min, "mean": self.lat_sum // count, "max": self.lat_max}
+        for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p999", 0.999)):
+            target = <uint64_t>(q * count)
+            if target < 1:
+                target = 1
+            acc = 0
+            for b in range(LAT_BUCKETS):
+                acc += self.lat_hist[b]
+                if acc >= target:
+                    break
+            out[name] = min(lat_bucket_top(b), self.lat_max)
+        return out
+
+    def counters(self):
+        return {"packets": self.packets, "bytes": self.bytes, "received": self.received,
+                "lost": self.lost, "reordered": self.reordered,
+                "duplicated": self.duplicated, "corrupt": self.corrupt,
+                "other": self.other, "resets": self.resets}
+
+
+def pcap_records(const uint8_t[::1] buf, const uint32_t[::1] lengths, uint32_t n,
+                 uint8_t[::1] out, uint64_t ts_ns, uint32_t snaplen=262144):
+    """Write pcap records (16-byte header in host order, microsecond time, then
+    the frame cut to ``snaplen``) for the first ``n`` packed frames into
+    ``out``; returns the bytes written.  ``out`` needs n * 16 + sum(lengths)."""
+    cdef uint32_t i, cap
+    cdef uint32_t hdr[4]
+    cdef uint64_t off = 0, pos = 0, room = buf.shape[0], oroom = out.shape[0]
+    cdef bint short = False
+    if n > <uint32_t>lengths.shape[0]:
+        n = lengths.shape[0]
+    if n == 0:
+        return 0
+    hdr[0] = <uint32_t>(ts_ns // 1000000000ULL)
+    hdr[1] = <uint32_t>((ts_ns % 1000000000ULL) // 1000)
+    with nogil:
+        for i in range(n):
+            cap = lengths[i] if lengths[i] < snaplen else snaplen
+            if off + lengths[i] > room or pos + PCAP_REC + cap > oroom:
+                short = True
+                break
+            hdr[2] = cap
+            hdr[3] = lengths[i]
+            memcpy(&out[pos], hdr, PCAP_REC)
+            memcpy(&out[pos + PCAP_REC], &buf[off], cap)
+            pos += PCAP_REC + cap
+            off += lengths[i]
+    if short:
+        raise ValueError("burst does not fit")
+    return pos
