@@ -1,17 +1,14 @@
 """The memifx command line."""
-import json
 import logging
-import os
-import signal
-import subprocess
 import sys
-import time
 
 import click
 
 import memifx
 from memifx.cli.spec import SPEC
-from memifx.cli.pump import Pump
+from memifx.cli.common import Stop, connect_all, emit_json, wait_rx
+from memifx.cli.xconnect import forward_pass
+from memifx.xconnect import XConnect
 from memifx.cli.gen import Ip4Type, MacType, SizeType, run_gen
 from memifx.cli.sink import run_sink
 
@@ -28,52 +25,28 @@ def main(verbose):
                             format="%(asctime)s %(name)s %(message)s")
 
 
-def _stop_on_signals():
-    stop = {"flag": False}
-
-    def handler(signum, frame):
-        stop["flag"] = True
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
-    return stop
-
-
-def _print_link(json_out):
-    def cb(intf, up):
-        if json_out:
-            return
-        if up:
-            click.echo("%s: link up (peer %s)" % (intf.name, intf.info()["peer_name"]))
-        else:
-            click.echo("%s: link down (%s)" % (intf.name, intf.info()["last_disconnect"]))
-    return cb
-
-
 @main.command()
 @click.argument("spec", type=SPEC)
 @click.option("--duration", type=float, default=0, help="Seconds to run (0: until SIGINT/SIGTERM).")
 @click.option("--json", "json_out", is_flag=True, help="Print one JSON object at exit.")
 def echo(spec, duration, json_out):
     """Send every received frame back where it came from (rx queue i -> tx queue i mod n)."""
-    stop = _stop_on_signals()
     intf = spec.interface()
-    intf.on_link(_print_link(json_out))
-    try:
-        intf.connect()
-    except memifx.MemifError as e:
-        raise click.ClickException(e.reason)
+    stop = Stop(duration)
+    connect_all([intf], json_out)
     if not json_out:
         click.echo("%s: %s on %s id %d, echoing" % (intf.name, intf.role, intf.socket, intf.id))
-    pump = Pump(intf, intf, interrupt=spec.rx_mode == "interrupt")
-    start = time.monotonic()
+    node = XConnect()
     try:
-        while not stop["flag"] and (not duration or time.monotonic() - start < duration):
-            pump.run_once()
+        while not stop:
+            if not forward_pass(intf, intf, node) and \
+                    (spec.rx_mode == "interrupt" or not intf.connected):
+                wait_rx([intf], 0.05)
     finally:
         intf.close("echo stopped")
     if json_out:
-        click.echo(json.dumps({"seconds": time.monotonic() - start, "interfaces": {
-            intf.name: intf.stats()}, "dropped": pump.dropped}))
+        emit_json({"seconds": stop.elapsed, "echo": node.counters(),
+                   "interfaces": {intf.name: intf.stats()}})
 
 
 @main.command()
@@ -87,7 +60,7 @@ def demo(duration, size, json_out):
     from memifx.cli.demo import run_demo
     result = run_demo(duration, size, None if json_out else click.echo)
     if json_out:
-        click.echo(json.dumps(result))
+        emit_json(result)
     if result["corrupt"] or not result["packets"]:
         sys.exit(1)
 

@@ -9,7 +9,6 @@ sends every received frame back on tx queue (rx queue mod tx queues); it
 sleeps on the queues' eventfds (interrupt mode), so it is no busy poller.
 """
 import argparse
-import os
 import select
 import sys
 import time

@@ -11,7 +11,7 @@ import pytest
 
 import memifx
 import memifx.aio
-from conftest import read_until, wait_for
+from conftest import wait_for
 from test_link import exchange, frame, start_echo
 
 pytestmark = pytest.mark.timeout(60)

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 import memifx
 from memifx.cli.main import main
 from memifx.cli.spec import parse_spec
-from conftest import read_until, wait_for
+from conftest import wait_for
 from test_link import exchange, frame
 
 pytestmark = pytest.mark.timeout(60)
