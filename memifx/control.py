@@ -363,11 +363,13 @@ class MasterChannel(Channel):
         for q in self.rx + self.tx:
             q.start()
         self.peer_name = msg.if_name or self.peer_name
-        self.send(wire.Connected(if_name=self.intf.name))
         self.timer.cancel()
         self.connection = Connection(self.memory, self.rx, self.tx, self.peer_name,
                                      self.warnings)
+        # Up on our side before the slave hears CONNECTED: whoever sees the
+        # slave up may send to us at once, and must find us up too.
         self.intf._channel_up(self, self.connection)
+        self.send(wire.Connected(if_name=self.intf.name))
 
 
 class SlaveChannel(Channel):

@@ -194,3 +194,27 @@ def test_errors_carry_reasons():
             memifx.Interface(socket="@x", **bad)
     assert memifx.Interface(socket="@x", role="server").role == "master"
     assert memifx.Interface(socket="@x", role="client").role == "slave"
+
+
+def test_master_is_up_before_it_sends_connected(sock, monkeypatch):
+    """Regression: the master used to mark its link up only after sending
+    CONNECTED, so a peer that saw its own link up could send into a master
+    that still counted it as down."""
+    from memifx import control, wire
+    seen = []
+    real_send = control.MasterChannel.send
+
+    def send(self, msg, fd=None):
+        if isinstance(msg, wire.Connected):
+            seen.append(self.intf.connected)
+        return real_send(self, msg, fd)
+
+    monkeypatch.setattr(control.MasterChannel, "send", send)
+    m = memifx.Interface(socket=sock, role="master", name="m").connect()
+    s = memifx.Interface(socket=sock, role="slave", name="s").connect()
+    try:
+        assert s.wait_connected(5)
+        assert seen == [True]
+    finally:
+        s.close()
+        m.close()

@@ -1,0 +1,919 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""The IPv4 router's nodes, one vector of packets at a time.
+
+A receive burst goes through the nodes below in this order; each node is one
+method that walks its own vector of packet indices and appends each packet to
+the vector of the node it goes to next (VPP style):
+
+=================  ============================  ===============================
+node               job                           next
+=================  ============================  ===============================
+memif-input        copy the burst off the ring   ethernet-input | ip-mode-input
+ethernet-input     dst MAC ours/broadcast, type  arp-input | ip4-input
+ip-mode-input      version nibble                ip4-input
+arp-input          answer requests for us,       interface-output
+                   queue replies for Python
+ip4-input          version, IHL, length, csum    ip4-lookup
+ip4-lookup         longest-prefix match (FIB)    ip4-local | ip4-rewrite
+ip4-local          ICMP echo reply, count rest   interface-output
+ip4-rewrite        TTL, checksum, MACs           interface-output | ip4-icmp-error
+                                                 | arp-request
+ip4-icmp-error     time exceeded to the sender   interface-output
+arp-request        ask for an unresolved hop     interface-output
+interface-output   sort by output interface,     (the transmit rings)
+                   copy into its ring
+=================  ============================  ===============================
+
+memif-input copies every frame out of the shared ring into a private arena
+first: every later check and rewrite works on that copy, so a peer writing
+into shared memory while we work cannot change a header between check and
+use.  Each arena slot has headroom in front (to prepend an Ethernet header to
+a bare IP packet) and room for the largest reply we generate in place
+(ICMP time exceeded, ARP).
+
+Everything runs with the GIL released; the GIL comes back only between
+bursts, once per output interface, to pick that interface's transmit Queue.
+The control plane (Python) owns the FIB and the neighbor table and reads the
+ARP replies the data path queued for it once per pass.
+"""
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
+from libc.stdlib cimport calloc, realloc, free
+from libc.string cimport memcpy, memset, memcmp
+
+from memifx.ring cimport Queue, frame_t
+from memifx.fib cimport (Fib, nexthop_t, fib_lookup,
+                         NH_CONNECTED, NH_GATEWAY, NH_LOCAL, NH_BROADCAST)
+
+cdef enum:
+    MAX_IF = 64
+    MAX_QUEUES = 256
+    MAX_BURST = 256
+    HEADROOM = 64           # room to prepend an Ethernet header
+    MIN_ROOM = 128          # every slot holds a generated reply this long
+    ETH_HLEN = 14
+    MAX_ROUTED = 65535 + ETH_HLEN   # longer is no IPv4 packet: never copied
+    ARP_LEN = 28
+    LEARN_MAX = 256         # ARP replies queued for the control plane per pass
+    PENDING_SIZE = 1024     # unresolved next hops we sent a request for (direct mapped)
+    ARP_RETRY_MS = 1000     # at most one ARP request per next hop per second
+    TOKENS_MAX = 100        # budget for generated packets (ARP requests, ICMP
+                            # errors), each kind: refills at one per millisecond
+
+# Why a received packet was dropped (index into DROP_REASONS).
+cdef enum:
+    D_SHORT = 0
+    D_WRONG_MAC = 1
+    D_NOT_IPV4 = 2
+    D_BAD_VERSION = 3
+    D_BAD_HEADER_LEN = 4
+    D_BAD_LENGTH = 5
+    D_BAD_CHECKSUM = 6
+    D_TTL = 7
+    D_NO_ROUTE = 8
+    D_ARP_UNRESOLVED = 9
+    D_BAD_ARP = 10
+    D_ARP_NOT_OURS = 11
+    D_ARP_QUEUE_FULL = 12
+    D_BAD_ICMP = 13
+    D_NO_MEMORY = 14
+    D_TOO_LONG = 15
+    N_DROPS = 16
+
+DROP_REASONS = ("short", "wrong dst mac", "not ipv4", "bad version", "bad header length",
+                "bad length", "bad checksum", "ttl expired", "no route", "arp unresolved",
+                "bad arp", "arp not for us", "arp queue full", "bad icmp checksum",
+                "no memory", "too long")
+
+# Node vectors
+cdef enum:
+    V_ARP = 0
+    V_IP4_INPUT = 1
+    V_IP4_LOOKUP = 2
+    V_IP4_LOCAL = 3
+    V_IP4_REWRITE = 4
+    V_ICMP_ERROR = 5
+    V_ARP_REQUEST = 6
+    V_TX = 7
+    N_VECTORS = 8
+
+# What happened to the packets one receive queue delivered.  Every packet
+# ends in exactly one of: forwarded, echo_replies, arp_replies,
+# arp_to_control, local, drops[*].
+cdef struct rx_counters_t:
+    uint64_t packets
+    uint64_t bytes
+    uint64_t forwarded
+    uint64_t echo_replies       # ICMP echo requests to us, answered
+    uint64_t arp_replies        # ARP requests for our address, answered
+    uint64_t arp_to_control     # ARP replies queued for the control plane
+    uint64_t local              # other traffic to us (no local stack: counted only)
+    uint64_t arp_requests_sent  # side effects of drops, not packet outcomes
+    uint64_t icmp_errors_sent
+    uint64_t drops[N_DROPS]
+
+cdef struct tx_counters_t:
+    uint64_t packets
+    uint64_t bytes
+    uint64_t ring_full          # dropped: no room in the transmit ring
+
+cdef struct iface_t:
+    uint8_t mac[6]
+    uint32_t ip
+    bint ip_mode                # bare IP packets, no Ethernet header
+    bint present
+    uint64_t link_down          # dropped: no transmit queue (link down)
+    rx_counters_t *rx           # [MAX_QUEUES]
+    tx_counters_t *tx           # [MAX_QUEUES]
+
+cdef struct neighbor_t:
+    uint64_t key                # nkey(ifindex, ip); 0: empty slot
+    uint8_t mac[6]
+
+cdef struct learned_t:
+    uint32_t ifindex
+    uint32_t ip
+    uint8_t mac[6]
+
+cdef struct pkt_t:
+    uint8_t *buf                # arena slot; the frame as received starts at buf + HEADROOM
+    uint32_t rx_len
+    uint8_t *l3                 # IPv4 header or ARP message
+    uint32_t l3_len             # bytes from l3 on (the IPv4 total length after ip4-input)
+    uint8_t *data               # what leaves, and how long it is
+    uint32_t len
+    uint32_t nh_ip              # neighbor to resolve
+    uint16_t out                # output interface
+
+
+# ------------------------------------------------------------------ helpers
+
+cdef inline uint16_t rd16(const uint8_t *p) noexcept nogil:
+    return <uint16_t>((p[0] << 8) | p[1])
+
+cdef inline uint32_t rd32(const uint8_t *p) noexcept nogil:
+    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
+
+cdef inline void wr16(uint8_t *p, uint16_t v) noexcept nogil:
+    p[0] = v >> 8
+    p[1] = v & 0xFF
+
+cdef inline void wr32(uint8_t *p, uint32_t v) noexcept nogil:
+    p[0] = v >> 24
+    p[1] = (v >> 16) & 0xFF
+    p[2] = (v >> 8) & 0xFF
+    p[3] = v & 0xFF
+
+cdef inline uint32_t sum16(const uint8_t *p, uint32_t n) noexcept nogil:
+    """Ones'-complement sum of big-endian 16-bit words, folded (RFC 1071)."""
+    cdef uint64_t s = 0
+    while n >= 2:
+        s += rd16(p)
+        p += 2
+        n -= 2
+    if n:
+        s += <uint32_t>p[0] << 8
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return <uint32_t>s
+
+cdef inline uint16_t checksum(const uint8_t *p, uint32_t n) noexcept nogil:
+    """The checksum to store (the checksum field must read zero)."""
+    return <uint16_t>(~sum16(p, n) & 0xFFFF)
+
+cdef inline uint16_t checksum_update(uint16_t hc, uint16_t old, uint16_t new) noexcept nogil:
+    """RFC 1624, eqn. 3: HC' = ~(~HC + ~m + m'), for one 16-bit word m -> m'."""
+    cdef uint32_t s = (~hc & 0xFFFF) + (~old & 0xFFFF) + new
+    s = (s & 0xFFFF) + (s >> 16)
+    s = (s & 0xFFFF) + (s >> 16)
+    return <uint16_t>(~s & 0xFFFF)
+
+cdef inline uint64_t nkey(uint32_t ifindex, uint32_t ip) noexcept nogil:
+    return ((<uint64_t>ifindex << 32) | ip) + 1
+
+cdef inline uint32_t mix(uint64_t k) noexcept nogil:
+    return <uint32_t>((k * 0x9E3779B97F4A7C15ULL) >> 32)
+
+cdef inline bint is_broadcast_mac(const uint8_t *m) noexcept nogil:
+    return (m[0] & m[1] & m[2] & m[3] & m[4] & m[5]) == 0xFF
+
+cdef uint8_t BROADCAST[6]
+memset(BROADCAST, 0xFF, 6)
+
+
+cdef class Router:
+    """Interfaces, neighbors and the node graph of one IPv4 router."""
+    cdef Fib fib
+    cdef iface_t ifs[MAX_IF]
+    cdef readonly uint32_t nif
+    # neighbor table: open addressing, linear probing
+    cdef neighbor_t *nbr
+    cdef uint32_t nbr_cap
+    cdef readonly uint32_t nbr_count
+    # ARP replies for the control plane
+    cdef learned_t learned[LEARN_MAX]
+    cdef uint32_t nlearned
+    # rate limits
+    cdef uint64_t pend_key[PENDING_SIZE]
+    cdef uint64_t pend_ms[PENDING_SIZE]
+    cdef uint64_t now_ms
+    cdef uint64_t last_ms
+    cdef uint32_t arp_tokens
+    cdef uint32_t icmp_tokens
+    # the burst in flight
+    cdef uint8_t *arena
+    cdef uint64_t arena_size
+    cdef pkt_t pkts[MAX_BURST]
+    cdef uint32_t npkts
+    cdef uint16_t vec[N_VECTORS][MAX_BURST]
+    cdef uint32_t nvec[N_VECTORS]
+    cdef uint16_t out_idx[MAX_IF][MAX_BURST]
+    cdef uint32_t out_n[MAX_IF]
+
+    def __cinit__(self, Fib fib not None):
+        self.fib = fib
+        self.arp_tokens = self.icmp_tokens = TOKENS_MAX
+
+    def __dealloc__(self):
+        cdef uint32_t i
+        for i in range(MAX_IF):
+            free(self.ifs[i].rx)
+            free(self.ifs[i].tx)
+        free(self.nbr)
+        free(self.arena)
+
+    # ------------------------------------------------------ control plane
+
+    def add_interface(self, uint32_t ifindex, mac, uint32_t ip, bint ip_mode=False):
+        """Interface ``ifindex`` (0..63, dense from 0) with our MAC and address."""
+        if ifindex >= MAX_IF:
+            raise ValueError("at most %d interfaces" % MAX_IF)
+        if len(mac) != 6:
+            raise ValueError("a MAC is 6 bytes")
+        cdef iface_t *f = &self.ifs[ifindex]
+        if not f.present:
+            f.rx = <rx_counters_t *>calloc(MAX_QUEUES, sizeof(rx_counters_t))
+            f.tx = <tx_counters_t *>calloc(MAX_QUEUES, sizeof(tx_counters_t))
+            if f.rx == NULL or f.tx == NULL:
+                raise MemoryError()
+        for i in range(6):
+            f.mac[i] = mac[i]
+        f.ip = ip
+        f.ip_mode = ip_mode
+        f.present = True
+        if ifindex >= self.nif:
+            self.nif = ifindex + 1
+
+    cdef const uint8_t *neighbor_find(self, uint32_t ifindex, uint32_t ip) noexcept nogil:
+        cdef uint64_t key = nkey(ifindex, ip)
+        cdef uint32_t mask, s
+        if self.nbr_cap == 0:
+            return NULL
+        mask = self.nbr_cap - 1
+        s = mix(key) & mask
+        while self.nbr[s].key:
+            if self.nbr[s].key == key:
+                return self.nbr[s].mac
+            s = (s + 1) & mask
+        return NULL
+
+    cdef int neighbor_put(self, uint64_t key, const uint8_t *mac) noexcept nogil:
+        """Insert or update; -1 if out of memory."""
+        cdef uint32_t mask, s, cap, i
+        cdef neighbor_t *t
+        cdef neighbor_t *old
+        if (self.nbr_count + 1) * 2 > self.nbr_cap:
+            cap = self.nbr_cap * 2 if self.nbr_cap else 64
+            t = <neighbor_t *>calloc(cap, sizeof(neighbor_t))
+            if t == NULL:
+                return -1
+            old = self.nbr
+            for i in range(self.nbr_cap):
+                if old[i].key:
+                    s = mix(old[i].key) & (cap - 1)
+                    while t[s].key:
+                        s = (s + 1) & (cap - 1)
+                    t[s] = old[i]
+            free(old)
+            self.nbr = t
+            self.nbr_cap = cap
+        mask = self.nbr_cap - 1
+        s = mix(key) & mask
+        while self.nbr[s].key and self.nbr[s].key != key:
+            s = (s + 1) & mask
+        if not self.nbr[s].key:
+            self.nbr[s].key = key
+            self.nbr_count += 1
+        memcpy(self.nbr[s].mac, mac, 6)
+        return 0
+
+    def add_neighbor(self, uint32_t ifindex, uint32_t ip, const uint8_t[:] mac):
+        """Set the MAC of neighbor ``ip`` on interface ``ifindex``."""
+        if mac.shape[0] != 6:
+            raise ValueError("a MAC is 6 bytes")
+        cdef uint8_t m[6]
+        for i in range(6):
+            m[i] = mac[i]
+        if self.neighbor_put(nkey(ifindex, ip), m) < 0:
+            raise MemoryError()
+
+    def remove_neighbor(self, uint32_t ifindex, uint32_t ip):
+        """Forget a neighbor; returns whether it was there."""
+        entries = [e for e in self.neighbors() if (e[0], e[1]) != (ifindex, ip)]
+        if len(entries) == self.nbr_count:
+            return False
+        memset(self.nbr, 0, self.nbr_cap * sizeof(neighbor_t))
+        self.nbr_count = 0
+        for i, a, mac in entries:
+            self.add_neighbor(i, a, mac)
+        return True
+
+    def neighbor(self, uint32_t ifindex, uint32_t ip):
+        """The MAC of a neighbor as bytes, or None."""
+        cdef const uint8_t *m = self.neighbor_find(ifindex, ip)
+        return None if m == NULL else PyBytes_FromStringAndSize(<const char *>m, 6)
+
+    def neighbors(self):
+        """[(ifindex, ip, mac bytes)] in no particular order."""
+        out = []
+        cdef uint32_t i
+        cdef uint64_t k
+        for i in range(self.nbr_cap):
+            k = self.nbr[i].key
+            if k:
+                k -= 1
+                out.append((<uint32_t>(k >> 32), <uint32_t>(k & 0xFFFFFFFF),
+                            PyBytes_FromStringAndSize(<const char *>self.nbr[i].mac, 6)))
+        return out
+
+    def take_arp(self):
+        """ARP replies received since the last call: [(ifindex, sender ip, sender mac)].
+        Whether to learn them is the control plane's decision."""
+        out = [(self.learned[i].ifindex, self.learned[i].ip,
+                PyBytes_FromStringAndSize(<const char *>self.learned[i].mac, 6)) for i in range(self.nlearned)]
+        self.nlearned = 0
+        return out
+
+    def set_time(self, uint64_t now_ms):
+        """The clock for rate limits, set once per pass (monotonic milliseconds)."""
+        cdef uint64_t add
+        if now_ms > self.last_ms:
+            add = now_ms - self.last_ms
+            self.arp_tokens = <uint32_t>min(TOKENS_MAX, self.arp_tokens + add)
+            self.icmp_tokens = <uint32_t>min(TOKENS_MAX, self.icmp_tokens + add)
+            self.last_ms = now_ms
+        self.now_ms = now_ms
+
+    # ------------------------------------------------------------ nodes
+
+    cdef inline void drop(self, rx_counters_t *rc, int reason) noexcept nogil:
+        rc.drops[reason] += 1
+
+    cdef inline void push(self, int v, uint32_t k) noexcept nogil:
+        self.vec[v][self.nvec[v]] = <uint16_t>k
+        self.nvec[v] += 1
+
+    cdef bint reserve(self, uint64_t need) noexcept nogil:
+        cdef uint8_t *a
+        if need <= self.arena_size:
+            return True
+        a = <uint8_t *>realloc(self.arena, need)
+        if a == NULL:
+            return False
+        self.arena = a
+        self.arena_size = need
+        return True
+
+    cdef inline uint64_t slot_size(self, uint64_t length) noexcept nogil:
+        if length < MIN_ROOM:
+            length = MIN_ROOM
+        return (HEADROOM + length + 63) & ~(<uint64_t>63)
+
+    cdef uint32_t memif_input(self, Queue rxq, uint32_t max_frames, rx_counters_t *rc) noexcept nogil:
+        """Copy a burst out of the ring into the arena and hand the slots back;
+        returns the frames consumed (ring-level drops included)."""
+        cdef uint32_t n, i, s, k = 0
+        cdef uint64_t need = 0, off = 0
+        cdef frame_t *f
+        cdef pkt_t *p
+        cdef uint8_t *d
+        n = rxq.gather(max_frames)
+        for i in range(n):
+            if rxq.frames[i].drop < 0 and rxq.frames[i].length <= MAX_ROUTED:
+                need += self.slot_size(rxq.frames[i].length)
+        if not self.reserve(need):
+            for i in range(n):
+                if rxq.frames[i].drop < 0:
+                    rc.packets += 1
+                    rc.drops[D_NO_MEMORY] += 1
+            rxq.commit(n, False)
+            self.npkts = 0
+            return n
+        for i in range(n):
+            f = &rxq.frames[i]
+            if f.drop >= 0:
+                continue
+            if f.length > MAX_ROUTED:
+                rc.packets += 1
+                rc.bytes += f.length
+                rc.drops[D_TOO_LONG] += 1
+                continue
+            p = &self.pkts[k]
+            p.buf = self.arena + off
+            p.rx_len = <uint32_t>f.length
+            d = p.buf + HEADROOM
+            for s in range(f.first_seg, f.first_seg + f.nsegs):
+                memcpy(d, rxq.segs[s].ptr, rxq.segs[s].len)
+                d += rxq.segs[s].len
+            off += self.slot_size(f.length)
+            rc.packets += 1
+            rc.bytes += f.length
+            k += 1
+        rxq.commit(n, False)
+        self.npkts = k
+        return n
+
+    cdef void ethernet_input(self, uint32_t ifindex, rx_counters_t *rc) noexcept nogil:
+        """Frames for our MAC (or broadcast): IPv4 to ip4-input, ARP to arp-input."""
+        cdef iface_t *rif = &self.ifs[ifindex]
+        cdef uint32_t k
+        cdef uint16_t et
+        cdef pkt_t *p
+        cdef uint8_t *d
+        for k in range(self.npkts):
+            p = &self.pkts[k]
+            d = p.buf + HEADROOM
+            if p.rx_len < ETH_HLEN:
+                self.drop(rc, D_SHORT)
+                continue
+            if memcmp(d, rif.mac, 6) != 0 and not is_broadcast_mac(d):
+                self.drop(rc, D_WRONG_MAC)
+                continue
+            p.l3 = d + ETH_HLEN
+            p.l3_len = p.rx_len - ETH_HLEN
+            et = rd16(d + 12)
+            if et == 0x0800:
+                self.push(V_IP4_INPUT, k)
+            elif et == 0x0806:
+                self.push(V_ARP, k)
+            else:
+                self.drop(rc, D_NOT_IPV4)
+
+    cdef void ip_mode_input(self, rx_counters_t *rc) noexcept nogil:
+        """Bare IP packets: the version nibble says IPv4 or not."""
+        cdef uint32_t k, v
+        cdef pkt_t *p
+        for k in range(self.npkts):
+            p = &self.pkts[k]
+            p.l3 = p.buf + HEADROOM
+            p.l3_len = p.rx_len
+            if p.rx_len == 0:
+                self.drop(rc, D_SHORT)
+                continue
+            v = p.l3[0] >> 4
+            if v == 4:
+                self.push(V_IP4_INPUT, k)
+            elif v == 6:
+                self.drop(rc, D_NOT_IPV4)
+            else:
+                self.drop(rc, D_BAD_VERSION)
+
+    cdef void arp_input(self, uint32_t ifindex, rx_counters_t *rc) noexcept nogil:
+        """Answer requests for our address in place; queue replies for the control plane."""
+        cdef iface_t *rif = &self.ifs[ifindex]
+        cdef uint32_t j, k, spa
+        cdef uint16_t op
+        cdef pkt_t *p
+        cdef uint8_t *a
+        cdef uint8_t *e
+        cdef learned_t *l
+        for j in range(self.nvec[V_ARP]):
+            k = self.vec[V_ARP][j]
+            p = &self.pkts[k]
+            a = p.l3
+            if p.l3_len < ARP_LEN or rd16(a) != 1 or rd16(a + 2) != 0x0800 \
+                    or a[4] != 6 or a[5] != 4:
+                self.drop(rc, D_BAD_ARP)
+                continue
+            op = rd16(a + 6)
+            spa = rd32(a + 14)
+            if op == 1:
+                if rif.ip == 0 or rd32(a + 24) != rif.ip:
+                    self.drop(rc, D_ARP_NOT_OURS)
+                    continue
+                memcpy(a + 18, a + 8, 6)            # target hw = the asker
+                wr32(a + 24, spa)                   # target ip = the asker
+                memcpy(a + 8, rif.mac, 6)           # sender = us
+                wr32(a + 14, rif.ip)
+                wr16(a + 6, 2)
+                e = a - ETH_HLEN
+                memcpy(e, a + 18, 6)
+                memcpy(e + 6, rif.mac, 6)
+                p.data = e
+                p.len = ETH_HLEN + ARP_LEN
+                p.out = <uint16_t>ifindex
+                rc.arp_replies += 1
+                self.push(V_TX, k)
+            elif op == 2:
+                if self.nlearned == LEARN_MAX:
+                    self.drop(rc, D_ARP_QUEUE_FULL)
+                    continue
+                l = &self.learned[self.nlearned]
+                l.ifindex = ifindex
+                l.ip = spa
+                memcpy(l.mac, a + 8, 6)
+                self.nlearned += 1
+                rc.arp_to_control += 1
+            else:
+                self.drop(rc, D_BAD_ARP)
+
+    cdef void ip4_input(self, rx_counters_t *rc) noexcept nogil:
+        """Header sanity: version, header length, total length, checksum."""
+        cdef uint32_t j, k, hl, tot
+        cdef pkt_t *p
+        cdef uint8_t *h
+        for j in range(self.nvec[V_IP4_INPUT]):
+            k = self.vec[V_IP4_INPUT][j]
+            p = &self.pkts[k]
+            h = p.l3
+            if p.l3_len < 20:
+                self.drop(rc, D_SHORT)
+                continue
+            if h[0] >> 4 != 4:
+                self.drop(rc, D_BAD_VERSION)
+                continue
+            hl = (h[0] & 0xF) * 4
+            if hl < 20 or hl > p.l3_len:
+                self.drop(rc, D_BAD_HEADER_LEN)
+                continue
+            tot = rd16(h + 2)
+            if tot < hl or tot > p.l3_len:
+                self.drop(rc, D_BAD_LENGTH)
+                continue
+            if sum16(h, hl) != 0xFFFF:
+                self.drop(rc, D_BAD_CHECKSUM)
+                continue
+            p.l3_len = tot                          # Ethernet padding stays behind
+            self.push(V_IP4_LOOKUP, k)
+
+    cdef void ip4_lookup(self, rx_counters_t *rc) noexcept nogil:
+        """Longest-prefix match on the destination: local, or rewrite towards a next hop."""
+        cdef const uint32_t *t24 = self.fib.tbl24
+        cdef const uint32_t *t8 = self.fib.tbl8
+        cdef const nexthop_t *nhs = self.fib.nh
+        cdef const nexthop_t *nh
+        cdef uint32_t j, k, dst
+        cdef int64_t r
+        cdef pkt_t *p
+        for j in range(self.nvec[V_IP4_LOOKUP]):
+            k = self.vec[V_IP4_LOOKUP][j]
+            p = &self.pkts[k]
+            dst = rd32(p.l3 + 16)
+            r = fib_lookup(t24, t8, dst)
+            if r < 0:
+                self.drop(rc, D_NO_ROUTE)
+                continue
+            nh = &nhs[r]
+            if nh.kind == NH_LOCAL:
+                self.push(V_IP4_LOCAL, k)
+            elif nh.kind == NH_BROADCAST:
+                rc.local += 1
+            elif nh.ifindex >= self.nif or not self.ifs[nh.ifindex].present:
+                self.drop(rc, D_NO_ROUTE)
+            else:
+                p.out = nh.ifindex
+                p.nh_ip = nh.gw if nh.kind == NH_GATEWAY else dst
+                self.push(V_IP4_REWRITE, k)
+
+    cdef void ip4_local(self, uint32_t ifindex, rx_counters_t *rc) noexcept nogil:
+        """To one of our addresses: answer ICMP echo, count the rest."""
+        cdef iface_t *rif = &self.ifs[ifindex]
+        cdef uint32_t j, k, hl, tot, a
+        cdef pkt_t *p
+        cdef uint8_t *h
+        cdef uint8_t *icmp
+        cdef uint8_t *e
+        for j in range(self.nvec[V_IP4_LOCAL]):
+            k = self.vec[V_IP4_LOCAL][j]
+            p = &self.pkts[k]
+            h = p.l3
+            hl = (h[0] & 0xF) * 4
+            tot = p.l3_len
+            icmp = h + hl
+            if h[9] != 1 or tot - hl < 8 or icmp[0] != 8 or icmp[1] != 0:
+                rc.local += 1
+                continue
+            if sum16(icmp, tot - hl) != 0xFFFF:
+                self.drop(rc, D_BAD_ICMP)
+                continue
+            # Echo reply: addresses swapped, a fresh TTL, type 8 -> 0.
+            a = rd32(h + 12)
+            memcpy(h + 12, h + 16, 4)
+            wr32(h + 16, a)
+            h[8] = 64
+            wr16(h + 10, 0)
+            wr16(h + 10, checksum(h, hl))
+            icmp[0] = 0
+            wr16(icmp + 2, checksum_update(rd16(icmp + 2), 0x0800, 0x0000))
+            p.out = <uint16_t>ifindex
+            if rif.ip_mode:
+                p.data = h
+                p.len = tot
+            else:
+                e = h - ETH_HLEN
+                memcpy(e, e + 6, 6)
+                memcpy(e + 6, rif.mac, 6)
+                p.data = e
+                p.len = ETH_HLEN + tot
+            rc.echo_replies += 1
+            self.push(V_TX, k)
+
+    cdef void ip4_rewrite(self, rx_counters_t *rc) noexcept nogil:
+        """TTL, checksum (incremental) and the Ethernet header of the output interface."""
+        cdef uint32_t j, k
+        cdef uint16_t old
+        cdef pkt_t *p
+        cdef iface_t *o
+        cdef uint8_t *h
+        cdef uint8_t *e
+        cdef const uint8_t *mac = NULL
+        for j in range(self.nvec[V_IP4_REWRITE]):
+            k = self.vec[V_IP4_REWRITE][j]
+            p = &self.pkts[k]
+            h = p.l3
+            if h[8] <= 1:
+                self.drop(rc, D_TTL)
+                self.push(V_ICMP_ERROR, k)
+                continue
+            o = &self.ifs[p.out]
+            if not o.ip_mode:
+                mac = self.neighbor_find(p.out, p.nh_ip)
+                if mac == NULL:
+                    self.drop(rc, D_ARP_UNRESOLVED)
+                    self.push(V_ARP_REQUEST, k)
+                    continue
+            old = rd16(h + 8)
+            h[8] -= 1
+            wr16(h + 10, checksum_update(rd16(h + 10), old, rd16(h + 8)))
+            if o.ip_mode:
+                p.data = h
+                p.len = p.l3_len
+            else:
+                e = h - ETH_HLEN
+                memcpy(e, mac, 6)
+                memcpy(e + 6, o.mac, 6)
+                e[12] = 0x08
+                e[13] = 0x00
+                p.data = e
+                p.len = ETH_HLEN + p.l3_len
+            rc.forwarded += 1
+            self.push(V_TX, k)
+
+    cdef void ip4_icmp_error(self, uint32_t ifindex, rx_counters_t *rc) noexcept nogil:
+        """ICMP time exceeded back to the sender, out the interface it came in on
+        (rate limited; never about an ICMP error, a fragment or a group/broadcast source)."""
+        cdef iface_t *rif = &self.ifs[ifindex]
+        cdef uint32_t j, k, hl, tot, q, src
+        cdef uint8_t orig[68]
+        cdef pkt_t *p
+        cdef uint8_t *h
+        cdef uint8_t *icmp
+        cdef uint8_t *e
+        for j in range(self.nvec[V_ICMP_ERROR]):
+            k = self.vec[V_ICMP_ERROR][j]
+            p = &self.pkts[k]
+            h = p.l3
+            hl = (h[0] & 0xF) * 4
+            tot = p.l3_len
+            src = rd32(h + 12)
+            if rif.ip == 0 or src == 0 or src >= 0xE0000000u or rd16(h + 6) & 0x1FFF:
+                continue
+            if h[9] == 1 and (tot <= hl or (h[hl] != 0 and h[hl] != 8)):
+                continue                # only about echo, never about an ICMP error
+            if self.icmp_tokens == 0:
+                continue
+            self.icmp_tokens -= 1
+            q = tot if tot < hl + 8 else hl + 8
+            memcpy(orig, h, q)
+            h[0] = 0x45
+            h[1] = 0
+            wr16(h + 2, 28 + q)
+            wr32(h + 4, 0)              # identification, flags, fragment offset
+            h[8] = 64
+            h[9] = 1
+            wr16(h + 10, 0)
+            wr32(h + 12, rif.ip)
+            wr32(h + 16, src)
+            wr16(h + 10, checksum(h, 20))
+            icmp = h + 20
+            icmp[0] = 11                # time exceeded
+            icmp[1] = 0                 # in transit
+            wr16(icmp + 2, 0)
+            wr32(icmp + 4, 0)
+            memcpy(icmp + 8, orig, q)
+            wr16(icmp + 2, checksum(icmp, 8 + q))
+            p.out = <uint16_t>ifindex
+            if rif.ip_mode:
+                p.data = h
+                p.len = 28 + q
+            else:
+                e = h - ETH_HLEN        # back to whoever sent it
+                memcpy(e, e + 6, 6)
+                memcpy(e + 6, rif.mac, 6)
+                e[12] = 0x08
+                e[13] = 0x00
+                p.data = e
+                p.len = ETH_HLEN + 28 + q
+            rc.icmp_errors_sent += 1
+            self.push(V_TX, k)
+
+    cdef void arp_request(self, rx_counters_t *rc) noexcept nogil:
+        """Ask for an unresolved next hop, in the dropped packet's slot
+        (one request per next hop per ARP_RETRY_MS, and a global budget)."""
+        cdef uint32_t j, k, s
+        cdef uint64_t key
+        cdef pkt_t *p
+        cdef iface_t *o
+        cdef uint8_t *d
+        for j in range(self.nvec[V_ARP_REQUEST]):
+            k = self.vec[V_ARP_REQUEST][j]
+            p = &self.pkts[k]
+            o = &self.ifs[p.out]
+            key = nkey(p.out, p.nh_ip)
+            s = mix(key) & (PENDING_SIZE - 1)
+            if self.pend_key[s] == key and self.now_ms - self.pend_ms[s] < ARP_RETRY_MS:
+                continue
+            if self.arp_tokens == 0:
+                continue
+            self.arp_tokens -= 1
+            self.pend_key[s] = key
+            self.pend_ms[s] = self.now_ms
+            d = p.buf + HEADROOM
+            memcpy(d, BROADCAST, 6)
+            memcpy(d + 6, o.mac, 6)
+            wr16(d + 12, 0x0806)
+            wr16(d + 14, 1)             # Ethernet
+            wr16(d + 16, 0x0800)        # IPv4
+            d[18] = 6
+            d[19] = 4
+            wr16(d + 20, 1)             # request
+            memcpy(d + 22, o.mac, 6)
+            wr32(d + 28, o.ip)
+            memset(d + 32, 0, 6)
+            wr32(d + 38, p.nh_ip)
+            p.data = d
+            p.len = ETH_HLEN + ARP_LEN
+            rc.arp_requests_sent += 1
+            self.push(V_TX, k)
+
+    cdef void interface_output(self) noexcept nogil:
+        """Sort the transmit vector by output interface (order kept within each)."""
+        cdef uint32_t j, k, o
+        for o in range(self.nif):
+            self.out_n[o] = 0
+        for j in range(self.nvec[V_TX]):
+            k = self.vec[V_TX][j]
+            o = self.pkts[k].out
+            self.out_idx[o][self.out_n[o]] = <uint16_t>k
+            self.out_n[o] += 1
+
+    cdef void run(self, uint32_t ifindex, rx_counters_t *rc) noexcept nogil:
+        """The graph, on the burst staged in self.pkts."""
+        cdef uint32_t v
+        for v in range(N_VECTORS):
+            self.nvec[v] = 0
+        if self.ifs[ifindex].ip_mode:
+            self.ip_mode_input(rc)
+        else:
+            self.ethernet_input(ifindex, rc)
+            self.arp_input(ifindex, rc)
+        self.ip4_input(rc)
+        self.ip4_lookup(rc)
+        self.ip4_local(ifindex, rc)
+        self.ip4_rewrite(rc)
+        self.ip4_icmp_error(ifindex, rc)
+        self.arp_request(rc)
+        self.interface_output()
+
+    cdef void transmit(self, uint32_t o, Queue txq) noexcept nogil:
+        """Interface o's share of the burst into one of its transmit rings."""
+        cdef tx_counters_t *tc = &self.ifs[o].tx[<uint32_t>txq.index % MAX_QUEUES]
+        cdef uint32_t n = self.out_n[o], sent = 0, m, j, taken
+        cdef pkt_t *p
+        while sent < n:
+            m = n - sent
+            if m > txq.size:
+                m = txq.size
+            for j in range(m):
+                p = &self.pkts[self.out_idx[o][sent + j]]
+                txq.src[j] = p.data
+                txq.lens[j] = p.len
+            taken = txq.tx_copy(m)
+            for j in range(taken):
+                tc.bytes += txq.lens[j]
+            tc.packets += taken
+            sent += taken
+            if taken < m:
+                break
+        tc.ring_full += n - sent
+
+    # ------------------------------------------------------- front ends
+
+    def poll(self, uint32_t ifindex, Queue rxq not None, list txqs not None,
+             uint32_t max_frames=256, uint32_t rounds=1):
+        """Up to ``rounds`` bursts from receive queue ``rxq`` of interface
+        ``ifindex``; ``txqs[o]`` is the transmit Queue to use for interface o
+        (None while it is down).  Returns frames received."""
+        cdef rx_counters_t *rc
+        cdef uint32_t n = 0, r, o, total = 0
+        cdef Queue txq
+        if ifindex >= self.nif or not self.ifs[ifindex].present:
+            raise ValueError("no interface %d" % ifindex)
+        rc = &self.ifs[ifindex].rx[<uint32_t>rxq.index % MAX_QUEUES]
+        if max_frames > MAX_BURST:
+            max_frames = MAX_BURST
+        if max_frames > rxq.size:
+            max_frames = rxq.size
+        for r in range(rounds):
+            with nogil:
+                n = self.memif_input(rxq, max_frames, rc)
+                if self.npkts:
+                    self.run(ifindex, rc)
+                else:
+                    self.nvec[V_TX] = 0
+                    self.interface_output()
+            if n == 0:
+                break
+            total += n
+            for o in range(self.nif):
+                if self.out_n[o] == 0:
+                    continue
+                txq = txqs[o] if o < len(txqs) else None
+                if txq is None:
+                    self.ifs[o].link_down += self.out_n[o]
+                    continue
+                with nogil:
+                    self.transmit(o, txq)
+        return total
+
+    def process(self, uint32_t ifindex, frames):
+        """Run the graph on frames given as bytes (tests and tools; no rings):
+        returns [(output ifindex, frame bytes)] in transmit order."""
+        cdef rx_counters_t *rc
+        cdef uint32_t n = len(frames), k, o, j
+        cdef uint64_t need = 0, off = 0
+        cdef const uint8_t[:] view
+        cdef pkt_t *p
+        if ifindex >= self.nif or not self.ifs[ifindex].present:
+            raise ValueError("no interface %d" % ifindex)
+        if n > MAX_BURST:
+            raise ValueError("at most %d frames at once" % MAX_BURST)
+        rc = &self.ifs[ifindex].rx[0]
+        for f in frames:
+            if len(f) > MAX_ROUTED:
+                raise ValueError("frame longer than %d bytes" % MAX_ROUTED)
+            need += self.slot_size(len(f))
+        if not self.reserve(need):
+            raise MemoryError()
+        for k in range(n):
+            view = frames[k]
+            p = &self.pkts[k]
+            p.buf = self.arena + off
+            p.rx_len = <uint32_t>view.shape[0]
+            if p.rx_len:
+                memcpy(p.buf + HEADROOM, &view[0], p.rx_len)
+            off += self.slot_size(p.rx_len)
+            rc.packets += 1
+            rc.bytes += p.rx_len
+        self.npkts = n
+        with nogil:
+            self.run(ifindex, rc)
+        out = []
+        for j in range(self.nvec[V_TX]):
+            p = &self.pkts[self.vec[V_TX][j]]
+            out.append((p.out, PyBytes_FromStringAndSize(<const char *>p.data, p.len)))
+        return out
+
+    def counters(self, uint32_t ifindex, uint32_t rx_queues=1, uint32_t tx_queues=1):
+        """{"rx": [per receive queue], "tx": [per transmit queue], "tx link down": n}."""
+        cdef iface_t *f
+        cdef rx_counters_t *c
+        cdef tx_counters_t *t
+        if ifindex >= self.nif or not self.ifs[ifindex].present:
+            raise ValueError("no interface %d" % ifindex)
+        f = &self.ifs[ifindex]
+        rx = []
+        for q in range(min(rx_queues, MAX_QUEUES)):
+            c = &f.rx[q]
+            rx.append({"packets": c.packets, "bytes": c.bytes, "forwarded": c.forwarded,
+                       "echo replies": c.echo_replies, "arp replies": c.arp_replies,
+                       "arp to control plane": c.arp_to_control, "local": c.local,
+                       "arp requests sent": c.arp_requests_sent,
+                       "icmp errors sent": c.icmp_errors_sent,
+                       "drops": {DROP_REASONS[i]: c.drops[i] for i in range(N_DROPS)}})
+        tx = []
+        for q in range(min(tx_queues, MAX_QUEUES)):
+            t = &f.tx[q]
+            tx.append({"packets": t.packets, "bytes": t.bytes,
+                       "drops": {"tx ring full": t.ring_full}})
+        return {"rx": rx, "tx": tx, "tx link down": f.link_down}
