@@ -43,6 +43,8 @@ def half_rate_exact(a, b, size, seconds=2.0):
     assert r["packets"] == count
     assert (rx["received"], rx["lost"], rx["corrupt"], rx["reordered"], rx["duplicated"]) == \
         (count, 0, 0, 0, 0), rx
+    # the exact run really went at (about) half the MRR, not at a trickle
+    assert r["mpps"] >= 0.4 * mrr["receive"]["mpps"], (r["mpps"], mrr["receive"]["mpps"])
     return mrr["receive"]["mpps"], rx["mpps"]
 
 
