@@ -175,7 +175,7 @@ class Sender:
         self.intf, self.source, self.burst = intf, source, burst
         self.count, self.rate = count, rate
         # a rate-limited sender waits for a batch worth ~100 us of traffic
-        self.min_batch = max(1, min(burst, int(rate * 100e-6))) if rate else 1
+        self.min_batch = max(1, min(burst, int(rate * 2 * SLEEP_MIN))) if rate else 1
         self.pending = {}               # queue -> Pending
         self.sent = self.bytes = self.admitted = self.ring_full = 0
         self.t_up = self.t_last = self.rate_t0 = None
