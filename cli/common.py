@@ -1,6 +1,5 @@
 """What every long-running command shares: signals, link events, stats lines."""
 import json
-import select
 import signal
 import time
 
@@ -50,21 +49,6 @@ def connect_all(interfaces, json_out):
             for other in interfaces:
                 other.close()
             raise click.ClickException("%s: %s" % (intf.name, e.reason))
-
-
-def wait_rx(interfaces, timeout):
-    """Interrupt mode: sleep until a receive queue is signalled (or timeout)."""
-    fds = [q.fd for intf in interfaces for q in intf.active_queues("rx")]
-    if not fds:
-        time.sleep(min(timeout, 0.01))
-        return
-    try:
-        select.select(fds, [], [], timeout)
-    except (OSError, ValueError):
-        return                      # a link went down and took its fds along
-    for intf in interfaces:
-        for q in intf.active_queues("rx"):
-            q.drain()
 
 
 class Ticker:

@@ -15,7 +15,8 @@ import click
 
 from memifx.fib import Fib, RouteError
 from memifx.ip4 import Router, DROP_REASONS
-from memifx.cli.common import Stop, Ticker, connect_all, emit_json, wait_rx
+from memifx.cli.common import Stop, Ticker, connect_all, emit_json
+from memifx.rxmode import Idler
 from memifx.cli.spec import SPEC
 
 ROUNDS = 64             # bursts per receive queue per pass, with the GIL released
@@ -224,7 +225,6 @@ def ip4_forward(specs, routes, routes_file, neighbors, duration, stats_interval,
     ifaces = [s.interface() for s in specs]
     stop = Stop(duration)
     connect_all(ifaces, json_out)
-    interrupt = any(s.rx_mode == "interrupt" for s in specs)
     names = ["%s rx" % s.name for s in specs] + ["%s tx" % s.name for s in specs]
 
     def packets():
@@ -239,13 +239,13 @@ def ip4_forward(specs, routes, routes_file, neighbors, duration, stats_interval,
         click.echo("ip4-forward: %d interfaces (%s), %d routes%s"
                    % (len(specs), ", ".join("%s %s %s" % (s.name, s.mode, s.ip) for s in specs),
                       fib.routes, " (file loaded in %.2f s)" % load_seconds if routes_file else ""))
+    idle = Idler(ifaces, min(s.quiet for s in specs))
     try:
         while not stop:
             router.set_time(int(time.monotonic() * 1000))
             moved = forward_pass(ifaces, router)
             learner.run()
-            if not moved and (interrupt or not all(i.connected for i in ifaces)):
-                wait_rx(ifaces, 0.05)
+            idle.after(moved)
             ticker.maybe()
     finally:
         for intf in ifaces:

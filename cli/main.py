@@ -6,7 +6,8 @@ import click
 
 import memifx
 from memifx.cli.spec import SPEC
-from memifx.cli.common import Stop, connect_all, emit_json, wait_rx
+from memifx.cli.common import Stop, connect_all, emit_json
+from memifx.rxmode import Idler
 from memifx.cli.xconnect import forward_pass
 from memifx.xconnect import XConnect
 from memifx.cli.gen import Ip4Type, MacType, SizeType, run_gen
@@ -37,11 +38,10 @@ def echo(spec, duration, json_out):
     if not json_out:
         click.echo("%s: %s on %s id %d, echoing" % (intf.name, intf.role, intf.socket, intf.id))
     node = XConnect()
+    idle = Idler([intf], spec.quiet)
     try:
         while not stop:
-            if not forward_pass(intf, intf, node) and \
-                    (spec.rx_mode == "interrupt" or not intf.connected):
-                wait_rx([intf], 0.05)
+            idle.after(forward_pass(intf, intf, node))
     finally:
         intf.close("echo stopped")
     if json_out:

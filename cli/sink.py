@@ -14,7 +14,8 @@ import click
 
 from memifx import pcap
 from memifx.traffic import Checker
-from memifx.cli.common import Stop, Ticker, connect_all, emit_json, wait_rx
+from memifx.cli.common import Stop, Ticker, connect_all, emit_json
+from memifx.rxmode import Idler
 
 BURST = 256
 SLOT = 9216 + 64            # room per frame in the copy buffer (jumbo frames)
@@ -96,17 +97,16 @@ def run_sink(spec, duration, count, pcap_path, stats_interval, json_out):
     writer = pcap.Writer(pcap_path, linktype(intf)) if pcap_path else None
     rx = Receiver(intf, writer)
     stop = Stop(duration)
-    interrupt = spec.rx_mode == "interrupt"
     connect_all([intf], json_out)
     if not json_out:
         click.echo("sink: %s %s on %s id %d, %s mode, receiving"
                    % (intf.name, intf.role, intf.socket, intf.id, spec.rx_mode))
     ticker = Ticker(0 if json_out else stats_interval, [intf.name],
                     lambda: [rx.packets])
+    idle = Idler([intf], spec.quiet)
     try:
         while not stop and not (count and rx.packets >= count):
-            if not rx.poll() and (interrupt or not intf.connected):
-                wait_rx([intf], 0.05)
+            idle.after(rx.poll())
             ticker.maybe()
     finally:
         intf.close("sink stopped")

@@ -2,7 +2,7 @@
 
     socket=PATH,id=N,role=master|slave,secret=S,mode=ethernet|ip|punt-inject,
     rx-queues=N,tx-queues=N,queues=N,ring-size=N,buffer-size=N,
-    rx-mode=polling|interrupt,name=NAME,mac=XX:XX:XX:XX:XX:XX,ip=A.B.C.D/LEN
+    rx-mode=polling|interrupt|adaptive,quiet-us=N,name=NAME,mac=XX:XX:XX:XX:XX:XX,ip=A.B.C.D/LEN
 """
 import ipaddress
 import os
@@ -29,6 +29,7 @@ class Spec:
     ring_size: int = 1024
     buffer_size: int = 2048
     rx_mode: str = "polling"
+    quiet: float = 100e-6            # adaptive: seconds of empty polls before sleeping
     name: str = None
     mac: str = None
     ip: object = None
@@ -118,6 +119,8 @@ def parse_spec(text):
             spec.buffer_size = _int(key, value, 128, 65535)
         elif key == "rx-mode":
             spec.rx_mode = _choice(key, value, list(RX_MODES))
+        elif key == "quiet-us":
+            spec.quiet = _int(key, value, 1, 10_000_000) / 1e6
         elif key == "name":
             spec.name = value
         elif key == "mac":
@@ -132,7 +135,7 @@ def parse_spec(text):
         else:
             raise click.BadParameter(
                 "unknown key %r; allowed keys are socket, id, role, secret, mode, rx-queues, "
-                "tx-queues, queues, ring-size, buffer-size, rx-mode, name, mac, ip" % key)
+                "tx-queues, queues, ring-size, buffer-size, rx-mode, quiet-us, name, mac, ip" % key)
     return spec
 
 

@@ -2,7 +2,8 @@
 import click
 
 from memifx.xconnect import XConnect
-from memifx.cli.common import Stop, Ticker, connect_all, emit_json, wait_rx
+from memifx.cli.common import Stop, Ticker, connect_all, emit_json
+from memifx.rxmode import Idler
 from memifx.cli.spec import SPEC
 
 ROUNDS = 64          # bursts per queue per pass, with the GIL released
@@ -38,20 +39,19 @@ def xconnect(spec_a, spec_b, duration, stats_interval, json_out):
         b.name += "-b"
     stop = Stop(duration)
     connect_all([a, b], json_out)
-    interrupt = "interrupt" in (spec_a.rx_mode, spec_b.rx_mode)
     dirs = [(a, b, XConnect()), (b, a, XConnect())]
     names = ["%s->%s" % (s.name, d.name) for s, d, _ in dirs]
     ticker = Ticker(stats_interval if not json_out else 0, names,
                     lambda: [n.packets for _, _, n in dirs])
     if not json_out:
         click.echo("xconnect %s <-> %s" % (a.name, b.name))
+    idle = Idler([a, b], min(spec_a.quiet, spec_b.quiet))
     try:
         while not stop:
             moved = 0
             for src, dst, node in dirs:
                 moved += forward_pass(src, dst, node)
-            if not moved and (interrupt or not (a.connected and b.connected)):
-                wait_rx([a, b], 0.05)
+            idle.after(moved)
             ticker.maybe()
     finally:
         for intf in (a, b):

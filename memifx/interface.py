@@ -49,7 +49,7 @@ log = logging.getLogger("memifx")
 
 DEFAULT_SOCKET = "/run/memif.sock"
 ROLES = {"master": "master", "server": "master", "slave": "slave", "client": "slave"}
-RX_MODES = ("polling", "interrupt")
+RX_MODES = ("polling", "interrupt", "adaptive")
 MAX_QUEUES = 255
 RECONNECT_MIN, RECONNECT_MAX = 0.05, 1.0
 
@@ -381,10 +381,12 @@ class Interface:
     # ---------------------------------------------------------- interrupts
 
     def set_rx_mode(self, mode, queue=0):
-        """"polling" (MASK_INT set: the peer never signals) or "interrupt"
-        (the peer signals rx_fd(queue) after publishing)."""
+        """"polling" (MASK_INT set: the peer never signals), "interrupt"
+        (the peer signals rx_fd(queue) after publishing), or "adaptive" (starts
+        polling; a run loop's rxmode.Idler switches it to interrupt when the
+        queue is quiet and back on the first wakeup)."""
         if mode not in RX_MODES:
-            raise ValueError("rx mode must be polling or interrupt")
+            raise ValueError("rx mode must be polling, interrupt or adaptive")
         self._q("rx", queue)
         self._rx_modes[queue] = mode
         q, _ = self._q("rx", queue)
@@ -415,7 +417,7 @@ class Interface:
 def _sum(*counters):
     """Add queue counter dicts (None counts as zero)."""
     out = {"packets": 0, "bytes": 0, "drops": {r: 0 for r in DROP_REASONS},
-           "ring_full": 0, "irq_sent": 0, "irq_received": 0}
+           "ring_full": 0, "irq_sent": 0, "irq_received": 0, "mode_switches": 0}
     for c in counters:
         for k, v in (c or {}).items():
             if isinstance(v, dict):

@@ -17,13 +17,14 @@ cdef enum:  # Faults
     FAULT_POSTED = 2      # a buffer the slave posted lies outside its regions
     FAULT_IRQ_FD = 3      # the peer made the shared eventfd blocking
 
-cdef struct counters_t:
+cdef struct counters_t:             # u64s only: shared stats files map it as an array
     uint64_t packets
     uint64_t bytes
     uint64_t drops[N_DROPS]
     uint64_t ring_full    # bursts that stopped on a full ring (back-pressure)
     uint64_t irq_sent
     uint64_t irq_received
+    uint64_t mode_switches  # adaptive rx mode: polling <-> interrupt
 
 cdef struct seg_t:
     char *ptr
@@ -56,7 +57,9 @@ cdef class Queue:
     cdef readonly int fault
     cdef readonly bint closed
     cdef readonly uint64_t epoch    # bumps whenever lent buffers become invalid
-    cdef counters_t c
+    cdef counters_t *c              # &own, or a slot in a shared stats file
+    cdef counters_t own
+    cdef object c_owner             # keeps the memory behind c alive
     cdef seg_t *segs
     cdef frame_t *frames
     cdef const uint8_t **src
@@ -69,6 +72,7 @@ cdef class Queue:
     cdef void kick(self) noexcept nogil
 
     cdef _check_tx(self)
+    cdef void attach_counters(self, counters_t *slot, object owner) noexcept
 
 
 cdef class Buffer:

@@ -80,6 +80,7 @@ cdef class Queue:
                   uint32_t buffer_size=0, uint64_t buf_offset=0):
         self.fd = -1
         self.segs = NULL
+        self.c = &self.own
         if region >= mem.count:
             raise MemifError("unexpected region index")
         if log2_size > 15:
@@ -642,12 +643,15 @@ cdef class Queue:
 
     # ---------------------------------------------------------- interrupts
 
-    def set_interrupt(self, bint enabled):
-        """Receive rings: clear MASK_INT to be woken through the eventfd."""
+    def set_interrupt(self, bint enabled, bint switch=False):
+        """Receive rings: clear MASK_INT to be woken through the eventfd.
+        ``switch``: an adaptive-mode change, counted in mode_switches."""
         if self.tx:
             raise ValueError("interrupt mode is a property of receive rings")
         memif_set_ring_flags(self.ring, 0 if enabled else MEMIF_RING_FLAG_MASK_INT)
         memif_fence()
+        if switch:
+            self.c.mode_switches += 1
 
     def pending(self):
         """Whether the peer published something we have not received."""
@@ -690,6 +694,13 @@ cdef class Queue:
             return True
         return False
 
+    cdef void attach_counters(self, counters_t *slot, object owner) noexcept:
+        """Count into ``slot`` from now on (a shared stats file kept alive by
+        ``owner``), carrying over what was counted so far."""
+        slot[0] = self.c[0]
+        self.c = slot
+        self.c_owner = owner
+
     def fault_reason(self):
         return FAULT_REASONS.get(self.fault)
 
@@ -701,6 +712,7 @@ cdef class Queue:
             "ring_full": self.c.ring_full,
             "irq_sent": self.c.irq_sent,
             "irq_received": self.c.irq_received,
+            "mode_switches": self.c.mode_switches,
         }
 
 

@@ -33,19 +33,26 @@ def xconnect(procs, a, b, mode="polling"):
     return p
 
 
-def half_rate_exact(a, b, size, seconds=2.0):
-    mrr = run_gen(a, b, "--size", size, "--duration", "1.5")
-    assert mrr["receive"]["corrupt"] == 0
-    rate = mrr["receive"]["mpps"] * 1e6 / 2
-    count = max(1000, int(rate * seconds))
-    r = run_gen(a, b, "--size", size, "--count", str(count), "--rate", str(int(rate)))
-    rx = r["receive"]
-    assert r["packets"] == count
-    assert (rx["received"], rx["lost"], rx["corrupt"], rx["reordered"], rx["duplicated"]) == \
-        (count, 0, 0, 0, 0), rx
-    # the exact run really went at (about) half the MRR, not at a trickle
-    assert r["mpps"] >= 0.4 * mrr["receive"]["mpps"], (r["mpps"], mrr["receive"]["mpps"])
-    return mrr["receive"]["mpps"], rx["mpps"]
+def half_rate_exact(a, b, size, seconds=2.0, tries=3):
+    """Measure the path's MRR, then send an exact count at half that rate:
+    every frame must arrive intact and in order (never retried).  That the
+    exact run really went at about half the MRR depends on the tester getting
+    its CPU; on a box shared with other work that is retried."""
+    for attempt in range(tries):
+        mrr = run_gen(a, b, "--size", size, "--duration", "1.5")
+        assert mrr["receive"]["corrupt"] == 0
+        rate = mrr["receive"]["mpps"] * 1e6 / 2
+        count = max(1000, int(rate * seconds))
+        r = run_gen(a, b, "--size", size, "--count", str(count), "--rate", str(int(rate)))
+        rx = r["receive"]
+        assert r["packets"] == count
+        assert (rx["received"], rx["lost"], rx["corrupt"], rx["reordered"],
+                rx["duplicated"]) == (count, 0, 0, 0, 0), rx
+        if r["mpps"] >= 0.4 * mrr["receive"]["mpps"]:
+            return mrr["receive"]["mpps"], rx["mpps"]
+        print("exact run at %.2f Mpps, below half of %.2f: machine busy, again"
+              % (r["mpps"], mrr["receive"]["mpps"]))
+    raise AssertionError("the exact run never reached half the MRR")
 
 
 @pytest.mark.timeout(120)

@@ -1,0 +1,101 @@
+"""When a receive loop may sleep: polling, interrupt and adaptive queues.
+
+A run loop makes passes over its receive queues and, after each pass, calls
+``Idler.after(moved)``.  What happens next depends on the rx mode of every
+interface the loop serves:
+
+- any ``polling`` interface: never sleep (MASK_INT stays set; the peer never
+  signals);
+- ``interrupt``: MASK_INT clear from link up on; when a pass moved nothing,
+  sleep in select() on the queues' eventfds, then drain them;
+- ``adaptive``: poll while traffic flows; after ``quiet`` seconds of empty
+  passes clear MASK_INT (counted in mode_switches) and sleep like interrupt
+  mode; the first wakeup sets MASK_INT again (counted too).
+
+Before sleeping, a loop that has just cleared MASK_INT fences (set_interrupt
+does) and looks at the rings once more: a producer that checked the flag
+just before it was cleared did not signal.  Every sleep has a timeout
+(``backstop``), so a lost signal costs latency, never a stall.  EINTR is
+retried by Python itself; a link that goes down while we sleep takes its fds
+along, which select reports as an error: the next pass just sees fewer queues.
+"""
+import select
+import time
+
+DEFAULT_QUIET = 100e-6      # seconds of empty passes before adaptive queues sleep
+BACKSTOP = 0.05             # longest sleep without a signal
+LINK_DOWN_NAP = 0.01        # how long to wait when a served link is down
+
+
+class Idler:
+    def __init__(self, interfaces, quiet=DEFAULT_QUIET, backstop=BACKSTOP):
+        self.interfaces = list(interfaces)
+        self.quiet = quiet
+        self.backstop = backstop
+        self.last_traffic = time.monotonic()
+        self.armed = []             # adaptive queues whose MASK_INT we cleared
+
+    def _modes(self, intf):
+        return intf._rx_modes
+
+    def after(self, moved):
+        """Call after each pass with the number of frames it moved."""
+        if moved:
+            self.last_traffic = time.monotonic()
+            if self.armed:
+                self._disarm()
+            return
+        if not all(i.connected for i in self.interfaces):
+            if not any(i.connected for i in self.interfaces):
+                time.sleep(LINK_DOWN_NAP)
+                return
+        modes = set()
+        for intf in self.interfaces:
+            modes.update(self._modes(intf)[:len(intf.active_queues("rx"))])
+        if "polling" in modes:
+            if not all(i.connected for i in self.interfaces):
+                time.sleep(LINK_DOWN_NAP / 10)      # nothing to forward to: no spin
+            return
+        if "adaptive" in modes:
+            if time.monotonic() - self.last_traffic < self.quiet:
+                return                              # still within the quiet interval
+            if not self.armed and self._arm():
+                return                              # something arrived meanwhile
+        self._sleep()
+
+    def _adaptive_queues(self):
+        for intf in self.interfaces:
+            modes = self._modes(intf)
+            for q in intf.active_queues("rx"):
+                if modes[q.index] == "adaptive":
+                    yield q
+
+    def _arm(self):
+        """Adaptive queues to interrupt mode; True if one has frames already."""
+        self.armed = list(self._adaptive_queues())
+        for q in self.armed:
+            q.set_interrupt(True, switch=True)      # fences
+        return any(q.pending() for q in self.armed)
+
+    def _disarm(self):
+        for q in self.armed:
+            if not q.closed:
+                q.set_interrupt(False, switch=True)
+        self.armed = []
+
+    def _sleep(self):
+        queues = [q for i in self.interfaces for q in i.active_queues("rx")]
+        fds = [q.fd for q in queues]
+        if not fds:
+            time.sleep(LINK_DOWN_NAP)
+            return
+        try:
+            ready, _, _ = select.select(fds, [], [], self.backstop)
+        except (OSError, ValueError):
+            return                                  # a link went down under us
+        for q in queues:
+            q.drain()
+        if ready:
+            self.last_traffic = time.monotonic()
+            if self.armed:
+                self._disarm()                      # first wakeup: poll again
