@@ -9,7 +9,7 @@ extensions = [
         include_dirs=["csrc"],
         extra_compile_args=["-O3", "-Wno-unused-function"],
     )
-    for name in ("memory", "ring", "xconnect", "traffic", "fib", "ip4")
+    for name in ("memory", "ring", "xconnect", "traffic", "fib", "ip4", "slots")
 ]
 
 setup(

@@ -74,3 +74,97 @@ class Ticker:
 
 def emit_json(obj):
     click.echo(json.dumps(obj, sort_keys=True))
+
+
+class CpuListType(click.ParamType):
+    name = "LIST"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        from memifx.worker import parse_cpus
+        try:
+            return parse_cpus(value)
+        except ValueError:
+            self.fail("%r: expected CPU numbers and ranges, e.g. 2-5,8" % value, param, ctx)
+
+
+CPUS = CpuListType()
+
+
+def start_workers(interfaces, directions, workers, cpus, quiet, queue_pairs, specs, json_out,
+                  stats=None):
+    """The WorkerPool for --workers/--cpus (None when the data path stays in
+    this process).  Prints the mapping, warns about too many busy pollers."""
+    import os
+    from memifx.worker import WorkerPool
+    allowed = cpus or sorted(os.sched_getaffinity(0))
+    if workers is None:
+        workers = min(queue_pairs, len(allowed))
+    if workers == 0:
+        return None
+    pool = WorkerPool(interfaces, directions, workers, allowed, quiet, stats=stats)
+    polling = any(s.rx_mode != "interrupt" for s in specs)
+    if polling and workers > len(allowed):
+        click.echo("warning: %d busy-polling workers on %d CPUs: they will starve "
+                   "each other (use rx-mode=interrupt or fewer workers)"
+                   % (workers, len(allowed)), err=True)
+
+    def restarted(index):
+        click.echo("worker %d died: restarted" % index, err=True)
+    pool.on_restart = restarted
+    if not json_out:
+        for line in pool.mapping():
+            click.echo(line)
+    return pool
+
+
+# ------------------------------------------------------------- statistics
+
+def prometheus_option(f):
+    """--prometheus-port for a long-running command."""
+    return click.option(
+        "--prometheus-port", type=click.IntRange(0, 65535), default=0, metavar="PORT",
+        help="Serve the counters at http://HOST:PORT/metrics in the Prometheus text "
+             "format (0: off).")(f)
+
+
+def start_stats(interfaces, prometheus_port=0, nodes=None):
+    """This process's stats file (``memifx show``): track ``interfaces``,
+    copy ``nodes()`` (node counter dicts, see StatsFile.set_nodes) into it
+    periodically, serve /metrics on ``prometheus_port``.  Closed when the
+    command ends (and at exit).  Returns the StatsFile, or None."""
+    from memifx import stats
+    sf = stats.process_stats()
+    if sf is None:
+        return None
+    for intf in interfaces:
+        sf.track(intf)
+    if nodes is not None:
+        sf.set_nodes(nodes)
+    if prometheus_port:
+        try:
+            sf.serve_metrics(prometheus_port)
+        except OSError as e:
+            for intf in interfaces:
+                intf.close()
+            sf.close()
+            raise click.ClickException("--prometheus-port %d: %s"
+                                       % (prometheus_port, e.strerror or e))
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.call_on_close(sf.close)
+    return sf
+
+
+def router_nodes(specs, router):
+    """ip4-forward's counters (per interface and queue) as node entries."""
+    out = []
+    for i, s in enumerate(specs):
+        c = router.counters(i, s.rx_queues, s.tx_queues)
+        for kind in ("rx", "tx"):
+            for q, qc in enumerate(c[kind]):
+                out.append(dict(qc, node="ip4", interface=s.name, queue=q, direction=kind))
+        out.append({"node": "ip4", "interface": s.name, "direction": "tx",
+                    "drops": {"tx link down": c["tx link down"]}})
+    return out

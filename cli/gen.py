@@ -27,7 +27,7 @@ import click
 
 from memifx import pcap
 from memifx.traffic import Generator, span
-from memifx.cli.common import Stop, Ticker, connect_all, emit_json
+from memifx.cli.common import Stop, Ticker, connect_all, emit_json, start_stats
 from memifx.cli.sink import Receiver, rates, summary, linktype
 
 BURST = 256
@@ -301,7 +301,7 @@ def drain(sender, receivers, waiting, quiet, limit):
 
 
 def run_gen(spec, sizes, count, duration, rate, flows, src_mac, dst_mac, src_ip, dst_ip,
-            pcap_path, receive_spec, capture_path, stats_interval, json_out):
+            pcap_path, receive_spec, capture_path, stats_interval, json_out, prometheus_port=0):
     intf = spec.interface()
     source, burst = make_source(spec, intf, sizes, count, duration, flows, src_mac, dst_mac,
                                 src_ip, dst_ip, pcap_path)
@@ -324,6 +324,11 @@ def run_gen(spec, sizes, count, duration, rate, flows, src_mac, dst_mac, src_ip,
         return r.arrived if r is receiver and not pcap_path else r.packets
 
     stop = Stop(0)
+    start_stats(interfaces, prometheus_port, lambda: [
+        {"node": "gen", "interface": intf.name, "direction": "tx", "packets": sender.sent,
+         "bytes": sender.bytes, "ring_full": sender.ring_full}] + [
+        dict(r.checker.counters(), node="gen-receive", interface=r.intf.name, direction="rx")
+        for r in receivers])
     connect_all(interfaces, json_out)
     if not json_out:
         what = ("replaying %d frames of %s" % (len(source.cap), pcap_path) if pcap_path else

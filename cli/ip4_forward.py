@@ -15,7 +15,8 @@ import click
 
 from memifx.fib import Fib, RouteError
 from memifx.ip4 import Router, DROP_REASONS
-from memifx.cli.common import Stop, Ticker, connect_all, emit_json
+from memifx.cli.common import (Stop, Ticker, connect_all, emit_json, prometheus_option,
+                               router_nodes, start_stats)
 from memifx.rxmode import Idler
 from memifx.cli.spec import SPEC
 
@@ -210,7 +211,9 @@ def summary_lines(result):
 @click.option("--stats-interval", type=float, default=0,
               help="Print per-interface rates every S seconds.")
 @click.option("--json", "json_out", is_flag=True, help="Print one JSON object with all counters at exit.")
-def ip4_forward(specs, routes, routes_file, neighbors, duration, stats_interval, json_out):
+@prometheus_option
+def ip4_forward(specs, routes, routes_file, neighbors, duration, stats_interval, json_out,
+                prometheus_port):
     """Route IPv4 between memif interfaces (longest-prefix match, ARP, ICMP echo)."""
     check_interfaces(specs)
     static = [parse_neighbor(n, specs) for n in neighbors]
@@ -224,6 +227,7 @@ def ip4_forward(specs, routes, routes_file, neighbors, duration, stats_interval,
 
     ifaces = [s.interface() for s in specs]
     stop = Stop(duration)
+    start_stats(ifaces, prometheus_port, lambda: router_nodes(specs, router))
     connect_all(ifaces, json_out)
     names = ["%s rx" % s.name for s in specs] + ["%s tx" % s.name for s in specs]
 

@@ -6,7 +6,7 @@ import click
 
 import memifx
 from memifx.cli.spec import SPEC
-from memifx.cli.common import Stop, connect_all, emit_json
+from memifx.cli.common import Stop, connect_all, emit_json, prometheus_option, start_stats
 from memifx.rxmode import Idler
 from memifx.cli.xconnect import forward_pass
 from memifx.xconnect import XConnect
@@ -30,7 +30,8 @@ def main(verbose):
 @click.argument("spec", type=SPEC)
 @click.option("--duration", type=float, default=0, help="Seconds to run (0: until SIGINT/SIGTERM).")
 @click.option("--json", "json_out", is_flag=True, help="Print one JSON object at exit.")
-def echo(spec, duration, json_out):
+@prometheus_option
+def echo(spec, duration, json_out, prometheus_port):
     """Send every received frame back where it came from (rx queue i -> tx queue i mod n)."""
     intf = spec.interface()
     stop = Stop(duration)
@@ -38,6 +39,8 @@ def echo(spec, duration, json_out):
     if not json_out:
         click.echo("%s: %s on %s id %d, echoing" % (intf.name, intf.role, intf.socket, intf.id))
     node = XConnect()
+    start_stats([intf], prometheus_port,
+                lambda: [dict(node.counters(), node="echo", interface=intf.name)])
     idle = Idler([intf], spec.quiet)
     try:
         while not stop:
@@ -98,13 +101,15 @@ def demo(duration, size, json_out):
               help="Print rates every S seconds.")
 @click.option("--json", "json_out", is_flag=True,
               help="Print one JSON object at exit (packets, bytes, seconds, mpps, gbps, ...).")
+@prometheus_option
 def gen(spec, sizes, count, duration, rate, flows, src_mac, dst_mac, src_ip, dst_ip,
-        pcap_path, receive_spec, capture_path, stats_interval, json_out):
+        pcap_path, receive_spec, capture_path, stats_interval, json_out, prometheus_port):
     """Traffic generator: IPv4/UDP frames stamped with a sequence number per
     flow and a timestamp, a pattern over the rest of every frame; or a pcap
     replay.  Without --count or --duration it runs until SIGINT/SIGTERM."""
     run_gen(spec, sizes, count, duration, rate, flows, src_mac, dst_mac, src_ip, dst_ip,
-            pcap_path, receive_spec, capture_path, stats_interval, json_out)
+            pcap_path, receive_spec, capture_path, stats_interval, json_out,
+            prometheus_port=prometheus_port)
 
 
 @main.command()
@@ -121,7 +126,8 @@ def gen(spec, sizes, count, duration, rate, flows, src_mac, dst_mac, src_ip, dst
 @click.option("--json", "json_out", is_flag=True,
               help="Print one JSON object at exit (packets, bytes, seconds, mpps, gbps, "
                    "received, lost, reordered, duplicated, corrupt, latency_us, ...).")
-def sink(spec, duration, count, pcap_path, stats_interval, json_out):
+@prometheus_option
+def sink(spec, duration, count, pcap_path, stats_interval, json_out, prometheus_port):
     """Receiver: checks each frame's stamp and its full payload pattern and
     reports received, lost, reordered, duplicated, corrupt and latency
     percentiles (frames that are not gen's are counted as "other").
@@ -131,13 +137,16 @@ def sink(spec, duration, count, pcap_path, stats_interval, json_out):
     rx-mode=interrupt in SPEC the sink sleeps on the queue's eventfd when
     idle; in polling mode it busy-polls.  Sequence numbers start at 0 per
     flow: frames gen sent before the sink started count as lost."""
-    run_sink(spec, duration, count, pcap_path, stats_interval, json_out)
+    run_sink(spec, duration, count, pcap_path, stats_interval, json_out,
+             prometheus_port=prometheus_port)
 
 
 from memifx.cli.xconnect import xconnect  # noqa: E402
 main.add_command(xconnect)
 from memifx.cli.ip4_forward import ip4_forward  # noqa: E402
 main.add_command(ip4_forward)
+from memifx.cli.show import show  # noqa: E402
+main.add_command(show)
 
 
 if __name__ == "__main__":

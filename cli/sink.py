@@ -14,7 +14,7 @@ import click
 
 from memifx import pcap
 from memifx.traffic import Checker
-from memifx.cli.common import Stop, Ticker, connect_all, emit_json
+from memifx.cli.common import Stop, Ticker, connect_all, emit_json, start_stats
 from memifx.rxmode import Idler
 
 BURST = 256
@@ -92,11 +92,13 @@ def linktype(intf):
     return pcap.LINKTYPE_RAW if intf.mode == "ip" else pcap.LINKTYPE_ETHERNET
 
 
-def run_sink(spec, duration, count, pcap_path, stats_interval, json_out):
+def run_sink(spec, duration, count, pcap_path, stats_interval, json_out, prometheus_port=0):
     intf = spec.interface()
     writer = pcap.Writer(pcap_path, linktype(intf)) if pcap_path else None
     rx = Receiver(intf, writer)
     stop = Stop(duration)
+    start_stats([intf], prometheus_port, lambda: [dict(rx.checker.counters(), node="sink",
+                                                       interface=intf.name, direction="rx")])
     connect_all([intf], json_out)
     if not json_out:
         click.echo("sink: %s %s on %s id %d, %s mode, receiving"

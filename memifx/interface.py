@@ -190,18 +190,24 @@ class Interface:
             return
         self._channel = None
         conn, self._conn = self._conn, None
+        self._last_reason = reason
         if conn is not None:
             self._flaps += 1
+            log.info("memif %s: link down: %s", self.name, reason)
+            # Callbacks first: a worker pool stops its workers' use of these
+            # queues there, so the counters read below are final.
+            self._notify(False)
             for kind, queues in (("rx", conn.rx), ("tx", conn.tx)):
                 for q in queues:
                     self._totals[kind][q.index] = _sum(self._totals[kind][q.index],
                                                       q.counters())
-        self._last_reason = reason
-        if conn is not None:
-            log.info("memif %s: link down: %s", self.name, reason)
-            self._notify(False)
         if self.role == "slave":
             self._schedule_reconnect()
+
+    def _add_counters(self, kind, index, counters):
+        """Fold counters a worker process kept for one of our queues into the
+        totals (called when the worker lets go of the queue)."""
+        self._totals[kind][index] = _sum(self._totals[kind][index], counters)
 
     def _notify(self, up):
         for cb in list(self._callbacks):
@@ -233,9 +239,13 @@ class Interface:
         with self._up:
             return self._up.wait_for(lambda: self._conn is not None, timeout)
 
-    def on_link(self, callback):
-        """callback(interface, up: bool), called from the control loop."""
-        self._callbacks.append(callback)
+    def on_link(self, callback, first=False):
+        """callback(interface, up: bool), called from the control loop, in
+        registration order (``first``: before those already registered)."""
+        if first:
+            self._callbacks.insert(0, callback)
+        else:
+            self._callbacks.append(callback)
 
     def info(self):
         conn = self._conn

@@ -11,4 +11,5 @@ cdef enum:
 cdef class Memory:
     cdef region_t regions[MAX_REGIONS]
     cdef readonly uint16_t count
+    cdef readonly list fds          # our own dup of each region's fd, for workers
     cdef char *_map(self, int fd, uint64_t size) except NULL

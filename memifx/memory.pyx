@@ -61,9 +61,13 @@ cdef class Memory:
 
     def __cinit__(self):
         self.count = 0
+        self.fds = []
 
     def __dealloc__(self):
         cdef uint16_t i
+        if self.fds:
+            for fd in self.fds:
+                os.close(fd)
         for i in range(self.count):
             if self.regions[i].base != NULL:
                 munmap(self.regions[i].base, self.regions[i].size)
@@ -85,6 +89,7 @@ cdef class Memory:
         """Check and map a region received from the peer; returns a warning or None."""
         warning = check_region_fd(fd, size)
         self._map(fd, size)
+        self.fds.append(os.dup(fd))
         return warning
 
     def create_region(self, uint64_t size, str name="memifx"):
@@ -99,6 +104,7 @@ cdef class Memory:
         except BaseException:
             os.close(fd)
             raise
+        self.fds.append(os.dup(fd))
         return fd
 
     def region_size(self, uint16_t index):

@@ -40,6 +40,9 @@ cdef struct frame_t:
 cdef class Queue:
     cdef Memory mem                 # keeps every mapping alive while we exist
     cdef memif_ring_t *ring
+    cdef readonly uint16_t region_index    # where the ring lives (geometry())
+    cdef readonly uint64_t ring_offset
+    cdef readonly uint32_t log2_size
     cdef readonly uint32_t size
     cdef uint16_t mask
     cdef readonly bint slave

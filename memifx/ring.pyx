@@ -90,6 +90,9 @@ cdef class Queue:
             raise MemifError("ring outside memory region")
         self.mem = mem
         self.ring = <memif_ring_t *>(r.base + ring_offset)
+        self.region_index = region
+        self.ring_offset = ring_offset
+        self.log2_size = log2_size
         self.size = 1u << log2_size
         self.mask = <uint16_t>(self.size - 1)
         self.slave = slave
@@ -152,6 +155,22 @@ cdef class Queue:
         elif not self.tx:
             with nogil:
                 self.refill()
+
+    def geometry(self):
+        """Constructor arguments (but memory and fd) that rebuild this queue
+        in another process over the same regions."""
+        return dict(region=self.region_index, ring_offset=self.ring_offset,
+                    log2_size=self.log2_size, slave=self.slave, tx=self.tx,
+                    index=self.index, buffer_size=self.buffer_size,
+                    buf_offset=self.buf_offset)
+
+    def state(self):
+        """Our private ring positions (pos, posted, released): what a queue
+        rebuilt elsewhere must continue from."""
+        return (self.pos, self.posted, self.released)
+
+    def restore(self, uint16_t pos, uint16_t posted, uint16_t released):
+        self.pos, self.posted, self.released = pos, posted, released
 
     def close(self):
         """Link down: no burst starts on this queue again; lent buffers die."""

@@ -28,8 +28,9 @@ LINK_DOWN_NAP = 0.01        # how long to wait when a served link is down
 
 
 class Idler:
-    def __init__(self, interfaces, quiet=DEFAULT_QUIET, backstop=BACKSTOP):
+    def __init__(self, interfaces, quiet=DEFAULT_QUIET, backstop=BACKSTOP, wake_fds=()):
         self.interfaces = list(interfaces)
+        self.wake_fds = list(wake_fds)    # also end a sleep (e.g. a control socket)
         self.quiet = quiet
         self.backstop = backstop
         self.last_traffic = time.monotonic()
@@ -45,16 +46,15 @@ class Idler:
             if self.armed:
                 self._disarm()
             return
-        if not all(i.connected for i in self.interfaces):
-            if not any(i.connected for i in self.interfaces):
-                time.sleep(LINK_DOWN_NAP)
-                return
+        if not any(i.connected for i in self.interfaces):
+            self._nap(LINK_DOWN_NAP)
+            return
         modes = set()
         for intf in self.interfaces:
             modes.update(self._modes(intf)[:len(intf.active_queues("rx"))])
         if "polling" in modes:
             if not all(i.connected for i in self.interfaces):
-                time.sleep(LINK_DOWN_NAP / 10)      # nothing to forward to: no spin
+                self._nap(LINK_DOWN_NAP / 10)       # nothing to forward to: no spin
             return
         if "adaptive" in modes:
             if time.monotonic() - self.last_traffic < self.quiet:
@@ -62,6 +62,12 @@ class Idler:
             if not self.armed and self._arm():
                 return                              # something arrived meanwhile
         self._sleep()
+
+    def _nap(self, seconds):
+        if self.wake_fds:
+            select.select(self.wake_fds, [], [], seconds)
+        else:
+            time.sleep(seconds)
 
     def _adaptive_queues(self):
         for intf in self.interfaces:
@@ -85,9 +91,9 @@ class Idler:
 
     def _sleep(self):
         queues = [q for i in self.interfaces for q in i.active_queues("rx")]
-        fds = [q.fd for q in queues]
+        fds = [q.fd for q in queues] + self.wake_fds
         if not fds:
-            time.sleep(LINK_DOWN_NAP)
+            self._nap(LINK_DOWN_NAP)
             return
         try:
             ready, _, _ = select.select(fds, [], [], self.backstop)

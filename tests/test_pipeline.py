@@ -18,17 +18,30 @@ MEMIFX = [sys.executable, "-m", "memifx.cli.main"]
 
 
 def run_gen(a, b, *args, timeout=60):
+    """The tester: pinned to CPU 0 (the DUT's worker gets CPU 1), as every
+    busy poller must have a CPU of its own to measure anything."""
     import subprocess
-    r = subprocess.run(MEMIFX + ["gen", "socket=%s,name=tester,ring-size=4096" % a, "--receive",
-                                 "socket=%s,name=tester-rx,ring-size=16384" % b, "--json"] + list(args),
-                       capture_output=True, text=True, timeout=timeout, start_new_session=True)
-    assert r.returncode == 0, r.stdout + r.stderr
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    import psutil
+    p = subprocess.Popen(MEMIFX + ["gen", "socket=%s,name=tester,ring-size=4096" % a,
+                                   "--receive", "socket=%s,name=tester-rx,ring-size=16384" % b,
+                                   "--json"] + list(args),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    try:
+        psutil.Process(p.pid).cpu_affinity([0])
+        out, err = p.communicate(timeout=timeout)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 0, out + err
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def xconnect(procs, a, b, mode="polling"):
     p = procs.start(MEMIFX + ["xconnect", "socket=%s,role=master,name=A,rx-mode=%s" % (a, mode),
-                              "socket=%s,role=master,name=B,rx-mode=%s" % (b, mode)])
+                              "socket=%s,role=master,name=B,rx-mode=%s" % (b, mode),
+                              "--workers", "1", "--cpus", "1"])
     read_until(p, "xconnect")
     return p
 

@@ -1,0 +1,107 @@
+"""``memifx show``: every running memifx process on this host, from the stats
+files they keep (memifx/stats.py); the processes are not asked anything."""
+import time
+
+import click
+
+from memifx import stats
+from memifx.cli.common import emit_json
+
+QUEUE_COLUMNS = ("INTERFACE", "QUEUE", "DIR", "PACKETS", "BYTES", "DROPS", "RING-FULL",
+                 "IRQ-SENT", "IRQ-RECV", "MODE-SW", "RX-MODE", "WORKER", "CPU")
+
+
+def table(header, rows, indent="  "):
+    rows = [[("-" if v is None else str(v)) for v in r] for r in rows]
+    widths = [max(len(str(h)), *(len(r[i]) for r in rows)) if rows else len(str(h))
+              for i, h in enumerate(header)]
+    out = []
+    for r in [list(header)] + rows:
+        out.append(indent + "  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+    return out
+
+
+def _queue_row(name, queue, kind, c, q=None):
+    q = q or {}
+    return [name, queue, kind, c["packets"], c["bytes"], sum(c["drops"].values()),
+            c.get("ring_full"), c.get("irq_sent"), c.get("irq_received"),
+            c.get("mode_switches"), q.get("rx_mode") if kind == "rx" else None,
+            q.get("worker"), q.get("cpu")]
+
+
+def _uptime(started):
+    s = max(0, int(time.time() - started))
+    return "%dd %02d:%02d:%02d" % (s // 86400, s // 3600 % 24, s // 60 % 60, s % 60) \
+        if s >= 86400 else "%02d:%02d:%02d" % (s // 3600, s // 60 % 60, s % 60)
+
+
+def _node_line(n):
+    labels = " ".join(str(n[k]) if k != "queue" else "q%s" % n[k]
+                      for k in ("interface", "queue", "direction") if n.get(k) is not None)
+    keys = [k for k in ("packets", "bytes") if k in n] + \
+        [k for k in n if k not in ("node", "interface", "queue", "direction", "drops",
+                                   "packets", "bytes")]
+    nums = ["%s %s" % (k, n[k]) for k in keys]
+    drops = ["%s %d" % (r, v) for r, v in (n.get("drops") or {}).items() if v]
+    text = "%s%s: %s" % (n.get("node"), " " + labels if labels else "", ", ".join(nums) or "-")
+    if n.get("drops") is not None:
+        text += "; drops: %s" % (", ".join(drops) or "none")
+    return text
+
+
+def lines(proc):
+    yield "pid %d, up %s: %s" % (proc["pid"], _uptime(proc["started"]), proc["command"])
+    rows = []
+    for i in proc["interfaces"]:
+        conf = i.get("configured") or {}
+        queues = "%s/%s" % (i["rx_queues"], i["tx_queues"]) if i.get("rx_queues") is not None \
+            else "(%s/%s)" % (conf.get("rx_queues"), conf.get("tx_queues"))
+        rows.append([i["name"], i["role"], i["mode"], i["state"], i.get("peer_name"), queues,
+                     i.get("link_flaps"), "%s id %s" % (i["socket"], i["id"])])
+    yield from table(("INTERFACE", "ROLE", "MODE", "STATE", "PEER", "QUEUES RX/TX", "FLAPS",
+                      "SOCKET"), rows)
+    yield ""
+    rows, drops = [], []
+    for i in proc["interfaces"]:
+        for kind in ("rx", "tx"):
+            qs = i["queues"][kind]
+            for q in qs:
+                rows.append(_queue_row(i["name"], q["queue"], kind, q["counters"], q))
+                for reason, n in q["counters"]["drops"].items():
+                    if n:
+                        drops.append("%s %s%d %s: %d" % (i["name"], kind, q["queue"], reason, n))
+            if len(qs) > 1:
+                rows.append(_queue_row(i["name"], "all", kind, i["totals"][kind]))
+    if rows:
+        yield from table(QUEUE_COLUMNS, rows)
+    for d in drops:
+        yield "  drop  " + d
+    if proc.get("nodes"):
+        yield ""
+        for n in proc["nodes"]:
+            yield "  node  " + _node_line(n)
+
+
+@click.command()
+@click.option("--json", "json_out", is_flag=True, help="Print one JSON object.")
+def show(json_out):
+    """Every running memifx process on this host: its interfaces (link state,
+    peer, queues, rx mode, worker and CPU) and counters (per queue and in
+    total, drops by reason, link flaps, mode switches, node counters).
+
+    Read from the stats files the processes keep in $MEMIFX_STATS_DIR, else
+    /run/memifx (root) or $XDG_RUNTIME_DIR/memifx; files of processes that
+    are gone are removed."""
+    d = stats.stats_dir()
+    procs = stats.scan(d)
+    if json_out:
+        emit_json({"dir": d, "processes": procs})
+        return
+    if not procs:
+        click.echo("no running memifx processes (%s)" % d)
+        return
+    for k, p in enumerate(procs):
+        if k:
+            click.echo("")
+        for line in lines(p):
+            click.echo(line)

@@ -1,0 +1,491 @@
+"""Worker processes: the data path of a run loop, pinned to CPUs.
+
+The main process keeps the control plane (sockets, handshakes, reconnects).
+Each worker is ``python -m memifx.worker``, pinned to one CPU with psutil,
+connected to the main process by a SOCK_SEQPACKET socketpair.  Messages are
+JSON; fds travel with them as SCM_RIGHTS.
+
+When a link comes up the main process sends every worker an ``attach``: the
+region fds (the worker maps them itself), the geometry and private positions
+of the queues that worker owns, and their eventfds.  When it goes down it
+sends ``detach``; the worker stops using those queues, drops its mapping and
+answers ``detached`` with their final counters.  Each worker unmaps only
+memory it no longer touches, and every message carries the link's generation,
+so a late message about an old link is never applied to a new one.
+
+Who owns what: in a direction ``src -> dst``, receive queue i of src feeds
+transmit queue ``t = i mod (dst's configured tx queues)``; the pair belongs to
+worker ``t mod W``.  So every transmit ring has exactly one producer, and a
+receive ring exactly one consumer, whatever the links do.  While dst is down
+the owner drains src's receive ring and counts the frames "tx link down", as
+the in-process loop does.
+
+A worker that dies is restarted; the links it served are flapped (its private
+ring positions died with it), which shows in link_flaps.
+"""
+import array
+import json
+import logging
+import os
+import select
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+log = logging.getLogger("memifx")
+
+MAX_MSG = 1 << 16
+COUNTERS_EVERY = 0.5        # seconds between counter snapshots from a worker
+CONTROL_EVERY = 256         # busy passes between looks at the control socket
+DETACH_WAIT = 1.0           # seconds a link-down waits for each worker to let go
+
+
+# ------------------------------------------------------------------ wire
+
+def send(sock, msg, fds=()):
+    data = json.dumps(msg).encode()
+    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+    sock.sendmsg([data], anc)
+
+
+def recv(sock, flags=0):
+    """One message and its fds, or (None, []) on EOF; BlockingIOError if none
+    (with MSG_DONTWAIT)."""
+    data, anc, _, _ = sock.recvmsg(MAX_MSG, socket.CMSG_SPACE(256 * 4), flags)
+    fds = []
+    for level, kind, payload in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            a = array.array("i")
+            a.frombytes(payload[:len(payload) - len(payload) % a.itemsize])
+            fds.extend(a)
+    if not data:
+        for fd in fds:
+            os.close(fd)
+        return None, []
+    return json.loads(data), fds
+
+
+def owner(tx_index, workers):
+    return tx_index % workers
+
+
+def parse_cpus(text):
+    """'2-5,8' -> [2, 3, 4, 5, 8]"""
+    cpus = []
+    for part in filter(None, text.split(",")):
+        lo, _, hi = part.partition("-")
+        cpus.extend(range(int(lo), int(hi or lo) + 1))
+    if not cpus:
+        raise ValueError("empty CPU list")
+    return sorted(set(cpus))
+
+
+# ------------------------------------------------------------- main side
+
+class Worker:
+    """One worker process, seen from the main process."""
+
+    def __init__(self, index, cpu, plan, handle, stats_fd=None):
+        self.index, self.cpu = index, cpu
+        self.handle = handle            # handle(worker, msg): the pool's dispatcher
+        self.recv_lock = threading.Lock()
+        self.detached = set()           # (key, gen) the worker has let go of
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "memifx.worker", str(theirs.fileno())],
+            pass_fds=[theirs.fileno()])
+        theirs.close()
+        self.sock = ours
+        self.lock = threading.Lock()
+        self.counters = {}              # the latest snapshot: {"nodes": ..., "queues": ...}
+        if cpu is not None:
+            import psutil
+            try:
+                psutil.Process(self.proc.pid).cpu_affinity([cpu])
+            except (psutil.Error, OSError) as e:
+                log.warning("worker %d: cannot pin to CPU %d: %s", index, cpu, e)
+        self.send(dict(plan, op="plan", worker=index, stats=stats_fd is not None),
+                  [stats_fd] if stats_fd is not None else ())
+
+    def send(self, msg, fds=()):
+        with self.lock:
+            try:
+                send(self.sock, msg, fds)
+            except OSError:
+                pass                    # it died: poll() notices and restarts it
+
+    def pump(self, timeout):
+        """Read and dispatch what the worker sent (waiting up to ``timeout``
+        for the first message).  Any thread may pump; one at a time."""
+        with self.recv_lock:
+            try:
+                if not select.select([self.sock], [], [], timeout)[0]:
+                    return
+            except (OSError, ValueError):
+                return
+            while True:
+                try:
+                    msg, fds = recv(self.sock, socket.MSG_DONTWAIT)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError:
+                    return
+                for fd in fds:
+                    os.close(fd)
+                if msg is None:
+                    return
+                self.handle(self, msg)
+
+    def wait_detached(self, key, gen, timeout):
+        end = time.monotonic() + timeout
+        while (key, gen) not in self.detached and self.alive() and time.monotonic() < end:
+            self.pump(min(0.05, max(0.0, end - time.monotonic())))
+        return (key, gen) in self.detached
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def close(self):
+        self.send({"op": "stop"})
+
+
+class WorkerPool:
+    """The workers of one command: who owns which queue, attach/detach on link
+    changes, counters, restarts."""
+
+    def __init__(self, interfaces, directions, workers, cpus, quiet=100e-6, node="xconnect",
+                 stats=None):
+        self.interfaces = {i.name: i for i in interfaces}
+        self.directions = [(s.name, d.name) for s, d in directions]
+        self.nworkers = workers
+        self.cpus = cpus
+        self.node = node
+        self.gens = {name: 0 for name in self.interfaces}
+        self.restarts = 0
+        self.stopping = False
+        self.retired = []               # counter snapshots of workers that died
+        self.plan = {"directions": self.directions, "workers": workers, "node": node,
+                     "tx_queues": {n: i.tx_queues for n, i in self.interfaces.items()},
+                     "modes": {n: list(i._rx_modes) for n, i in self.interfaces.items()},
+                     "quiet": quiet}
+        self.stats = stats              # StatsFile: workers count straight into it
+        self.lock = threading.RLock()
+        self.workers = [self._spawn(w) for w in range(workers)]
+        for intf in interfaces:
+            intf.on_link(self._on_down, first=True)     # quiesce before anyone folds
+            intf.on_link(self._on_up)
+
+    def _spawn(self, w):
+        worker = Worker(w, self._cpu(w), self.plan, self._handle,
+                        self.stats.fileno() if self.stats is not None else None)
+        if self.stats is not None:
+            for name, intf in self.interfaces.items():
+                rx, tx = self._needs(name, w)
+                for kind, need in (("rx", rx), ("tx", tx)):
+                    for i in need:
+                        self.stats.set_worker(intf, kind, i, w, worker.cpu)
+        return worker
+
+    def _cpu(self, w):
+        return self.cpus[w % len(self.cpus)] if self.cpus else None
+
+    def mapping(self):
+        """Human-readable: which worker serves which queue pairs."""
+        lines = []
+        for w in self.workers:
+            pairs = []
+            for src, dst in self.directions:
+                ntx = self.interfaces[dst].tx_queues
+                for i in range(self.interfaces[src].rx_queues):
+                    if owner(i % ntx, self.nworkers) == w.index:
+                        pairs.append("%s rx%d -> %s tx%d" % (src, i, dst, i % ntx))
+            lines.append("worker %d (pid %d, cpu %s): %s" % (
+                w.index, w.pid, "any" if w.cpu is None else w.cpu, ", ".join(pairs) or "idle"))
+        return lines
+
+    # ------------------------------------------------------- link changes
+
+    def _needs(self, name, w):
+        """Indices of the rx and tx queues of interface ``name`` worker w owns."""
+        rx, tx = set(), set()
+        intf = self.interfaces[name]
+        for src, dst in self.directions:
+            ntx = self.interfaces[dst].tx_queues
+            if src == name:
+                rx.update(i for i in range(intf.rx_queues)
+                          if owner(i % ntx, self.nworkers) == w)
+            if dst == name:
+                tx.update(t for t in range(intf.tx_queues)
+                          if owner(t, self.nworkers) == w)
+        return rx, tx
+
+    def _attach(self, intf, worker):
+        conn = intf._conn
+        if conn is None:
+            return
+        rx_need, tx_need = self._needs(intf.name, worker.index)
+        queues, fds = [], list(conn.memory.fds)
+        for kind, qs, need in (("rx", conn.rx, rx_need), ("tx", conn.tx, tx_need)):
+            for q in qs:
+                if q.index in need:
+                    slot = (self.stats.live_slot(intf, kind, q.index)
+                            if self.stats is not None else None)
+                    queues.append(dict(q.geometry(), kind=kind, state=q.state(), slot=slot))
+                    fds.append(q.fd)
+        worker.send({"op": "attach", "key": intf.name, "gen": self.gens[intf.name],
+                     "regions": conn.memory.sizes(), "queues": queues}, fds)
+
+    def _on_up(self, intf, up):
+        if not up:
+            return
+        with self.lock:
+            self.gens[intf.name] += 1
+            if self.stats is not None:
+                self.stats._on_link(intf, True)     # live slots exist before we hand them out
+            for w in self.workers:
+                self._attach(intf, w)
+
+    def _on_down(self, intf, up):
+        """Before the interface and the stats file fold this link's counters:
+        every worker stops using its queues and says so (bounded wait)."""
+        if up:
+            return
+        with self.lock:
+            gen = self.gens[intf.name]
+            for w in self.workers:
+                w.send({"op": "detach", "key": intf.name, "gen": gen})
+            for w in self.workers:
+                if not w.wait_detached(intf.name, gen, DETACH_WAIT):
+                    log.warning("worker %d did not let go of %s in time", w.index, intf.name)
+
+    # ----------------------------------------------------------- running
+
+    def poll(self, timeout):
+        """Handle worker messages for up to ``timeout`` seconds; restart dead workers."""
+        socks = {w.sock: w for w in self.workers}
+        try:
+            ready, _, _ = select.select(list(socks), [], [], timeout)
+        except (OSError, ValueError):
+            ready = []
+        for s in ready:
+            socks[s].pump(0)
+        if not self.stopping:
+            for w in list(self.workers):
+                if not w.alive():
+                    self._restart(w)
+
+    def _handle(self, w, msg):
+        op = msg.get("op")
+        if op == "counters":
+            w.counters = msg
+        elif op == "detached":
+            intf = self.interfaces.get(msg["key"])
+            if intf is not None:        # queues that had no stats slot report here
+                for kind in ("rx", "tx"):
+                    for index, counters in msg["queues"].get(kind, {}).items():
+                        intf._add_counters(kind, int(index), counters)
+            w.counters = msg.get("snapshot", w.counters)
+            w.detached.add((msg["key"], msg["gen"]))
+        elif op == "fault":
+            intf = self.interfaces.get(msg["key"])
+            if intf is not None and msg["gen"] == self.gens[msg["key"]] and intf._conn:
+                intf._report_fault(intf._conn, msg["reason"])
+
+    def _restart(self, w):
+        code = w.proc.returncode
+        log.warning("worker %d (pid %d) died (%s); restarting", w.index, w.pid,
+                    "signal %d" % -code if code and code < 0 else "exit %s" % code)
+        self.restarts += 1
+        self.retired.append(w.counters)
+        w.sock.close()
+        with self.lock:
+            self.workers[w.index] = self._spawn(w.index)
+            # Its private ring positions died with it: flap what it served.
+            for name, intf in self.interfaces.items():
+                rx, tx = self._needs(name, w.index)
+                if (rx or tx) and intf._conn is not None:
+                    intf._report_fault(intf._conn, "worker %d restarted" % w.index)
+        self.on_restart(w.index)
+
+    def on_restart(self, index):
+        """Hook for the command (it prints the event)."""
+
+    def node_counters(self):
+        """Node counters summed over live and retired workers."""
+        total = {}
+        for snap in [w.counters for w in self.workers] + self.retired:
+            for name, c in (snap or {}).get("nodes", {}).items():
+                t = total.setdefault(name, {"packets": 0, "bytes": 0, "drops": {}})
+                t["packets"] += c["packets"]
+                t["bytes"] += c["bytes"]
+                for r, n in c["drops"].items():
+                    t["drops"][r] = t["drops"].get(r, 0) + n
+        return total
+
+    def stop(self, timeout=5.0):
+        self.stopping = True
+        for w in self.workers:
+            w.close()
+        end = time.monotonic() + timeout
+        for w in self.workers:
+            while w.alive() and time.monotonic() < end:
+                self.poll(0.05)
+            if w.alive():
+                w.proc.kill()
+                w.proc.wait()
+            else:                         # the final snapshot it sent on stop
+                self.poll(0)
+            w.sock.close()
+
+
+# ----------------------------------------------------------- worker side
+
+class Attached:
+    """One interface's link as a worker holds it (quacks like Interface for Idler)."""
+
+    def __init__(self, gen, memory, rx, tx, modes):
+        self.gen, self.memory, self.rx, self.tx = gen, memory, rx, tx
+        self._rx_modes = modes
+        self.connected = True
+
+    def active_queues(self, kind):
+        return list((self.rx if kind == "rx" else self.tx).values())
+
+    def counters(self):
+        return {"rx": {i: q.counters() for i, q in self.rx.items()},
+                "tx": {i: q.counters() for i, q in self.tx.items()}}
+
+
+def worker_main(fd):
+    from memifx.memory import Memory
+    from memifx.ring import Queue
+    from memifx.rxmode import Idler
+    from memifx.xconnect import XConnect
+
+    from memifx import stats as stats_file
+    sock = socket.socket(fileno=fd)
+    plan = None
+    stats_fd = None
+    links = {}
+    nodes = {}
+    idler = None
+    last_counters = 0.0
+
+    def snapshot():
+        return {"op": "counters",
+                "nodes": {n: node.counters() for n, node in nodes.items()},
+                "queues": {k: link.counters() for k, link in links.items()}}
+
+    def attach(msg, fds):
+        memory = Memory()
+        nreg = len(msg["regions"])
+        for fd_, size in zip(fds[:nreg], msg["regions"]):
+            memory.add_peer_region(fd_, size)
+        rx, tx = {}, {}
+        unslotted = set()
+        modes = plan["modes"][msg["key"]]
+        for q, qfd in zip(msg["queues"], fds[nreg:]):
+            fds.remove(qfd)
+            g = dict(q)
+            kind, state = g.pop("kind"), g.pop("state")
+            queue = Queue(memory, g["region"], g["ring_offset"], g["log2_size"],
+                          slave=g["slave"], tx=g["tx"], index=g["index"], fd=qfd,
+                          buffer_size=g["buffer_size"], buf_offset=g["buf_offset"])
+            queue.restore(*state)
+            slot = g.pop("slot", None)
+            if slot is not None and stats_fd is not None:
+                stats_file.attach_fd(queue, stats_fd, slot)     # counted where show reads
+            else:
+                unslotted.add((kind, g["index"]))
+            if kind == "rx":
+                queue.set_interrupt(modes[g["index"]] == "interrupt")
+                rx[g["index"]] = queue
+            else:
+                tx[g["index"]] = queue
+        links[msg["key"]] = Attached(msg["gen"], memory, rx, tx, modes)
+        links[msg["key"]].unslotted = unslotted
+
+    def detach(msg):
+        link = links.get(msg["key"])
+        if link is None or link.gen != msg["gen"]:
+            send(sock, {"op": "detached", "key": msg["key"], "gen": msg["gen"],
+                        "queues": {}})
+            return
+        del links[msg["key"]]
+        for q in link.active_queues("rx") + link.active_queues("tx"):
+            q.close()
+        report = {kind: {i: c for i, c in per.items() if (kind, i) in link.unslotted}
+                  for kind, per in link.counters().items()}
+        send(sock, {"op": "detached", "key": msg["key"], "gen": msg["gen"],
+                    "queues": report, "snapshot": snapshot()})
+
+    passes = 0
+    moved = 0
+    while True:
+        # Control messages: before the plan, block for it; then look only
+        # when a pass found nothing, or every CONTROL_EVERY passes.
+        passes += 1
+        while plan is None or not moved or passes % CONTROL_EVERY == 0:
+            try:
+                msg, fds = recv(sock, 0 if plan is None else socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                break
+            if msg is None or msg.get("op") == "stop":
+                if plan is not None:
+                    send(sock, snapshot())
+                return 0
+            try:
+                if msg["op"] == "plan":
+                    plan = msg
+                    if plan.get("stats") and fds:
+                        stats_fd = fds.pop()
+                    nodes = {"%s->%s" % (s, d): XConnect() for s, d in plan["directions"]}
+                    idler = Idler([], plan["quiet"], wake_fds=[sock.fileno()])
+                elif msg["op"] == "attach":
+                    attach(msg, fds)
+                elif msg["op"] == "detach":
+                    detach(msg)
+            finally:
+                for fd_ in fds:         # what no queue took: region fds are dup'd
+                    os.close(fd_)
+            idler.interfaces = list(links.values())
+            idler.armed = [q for q in idler.armed if not q.closed]
+        moved = 0
+        for src, dst in plan["directions"]:
+            a, b = links.get(src), links.get(dst)
+            if a is None:
+                continue
+            node = nodes["%s->%s" % (src, dst)]
+            ntx = plan["tx_queues"][dst]
+            for i, rxq in a.rx.items():
+                txq = b.tx.get(i % ntx) if b is not None else None
+                if txq is not None:
+                    moved += node.poll(rxq, txq, 256, 64)
+                else:
+                    moved += node.discard(rxq)      # counted "tx link down"
+        for key, link in links.items() if (not moved or passes % CONTROL_EVERY == 0) else ():
+            for q in link.active_queues("rx") + link.active_queues("tx"):
+                if q.fault:
+                    send(sock, {"op": "fault", "key": key, "gen": link.gen,
+                                "reason": q.fault_reason()})
+                    break
+        if not moved or passes % CONTROL_EVERY == 0:
+            now = time.monotonic()
+            if now - last_counters >= COUNTERS_EVERY:
+                send(sock, snapshot())
+                last_counters = now
+        if links:
+            idler.after(moved)
+        else:
+            select.select([sock], [], [], 0.1)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING)
+    sys.exit(worker_main(int(sys.argv[1])))

@@ -1,0 +1,299 @@
+"""Live statistics: the per-process stats file, ``memifx show`` and /metrics.
+
+An xconnect DUT (interrupt mode, the test process is the only poller) runs
+with its stats file in a private directory; the test pushes known traffic
+through it from two slave Interfaces and compares what ``memifx show`` reads
+from the file, what /metrics serves, and what the DUT prints at exit."""
+import json
+import os
+import re
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import urllib.request
+
+import psutil
+import pytest
+
+import memifx
+from memifx import slots, stats
+from conftest import read_until, wait_for
+from test_link import frame
+from test_xconnect import pump
+
+pytestmark = pytest.mark.timeout(60)
+MEMIFX = [sys.executable, "-m", "memifx.cli.main"]
+SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
+LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"(?:,|$)')
+
+
+@pytest.fixture
+def statsdir(sockdir, monkeypatch):
+    d = os.path.join(sockdir, "stats")
+    monkeypatch.setenv("MEMIFX_STATS_DIR", d)
+    return d
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def show_json():
+    out = subprocess.run(MEMIFX + ["show", "--json"], capture_output=True, text=True,
+                         timeout=30, check=True).stdout
+    return json.loads(out)
+
+
+def process(procs_list, pid):
+    for p in procs_list:
+        if p["pid"] == pid:
+            return p
+    return None
+
+
+def scan_pid(pid):
+    return process(stats.scan(), pid)
+
+
+def interface(proc, name):
+    return next(i for i in proc["interfaces"] if i["name"] == name)
+
+
+def node(proc, direction):
+    return next(n for n in proc["nodes"] if n.get("direction") == direction)
+
+
+def metrics(port):
+    text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=5).read()
+    samples = {}
+    for line in text.decode().splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = SAMPLE.match(line)
+        assert m, "not a sample line: %r" % line
+        labels = dict(LABEL.findall(m.group(2) or ""))
+        assert ",".join('%s="%s"' % kv for kv in labels.items()) == (m.group(2) or "")
+        samples[(m.group(1), tuple(sorted(labels.items())))] = float(m.group(3))
+    return samples
+
+
+def sample(samples, name, **labels):
+    return samples[(name, tuple(sorted((k, str(v)) for k, v in labels.items())))]
+
+
+def xconnect_args(a, b, port):
+    args = ["xconnect", "socket=%s,role=master,rx-mode=interrupt,name=A" % a,
+            "socket=%s,role=master,rx-mode=interrupt,name=B" % b,
+            "--json", "--prometheus-port", str(port)]
+    if "--workers" in subprocess.run(MEMIFX + ["xconnect", "-h"], capture_output=True,
+                                     text=True).stdout:
+        args += ["--workers", "0"]      # queue counters counted in this process
+    return args
+
+
+def test_show_metrics_and_exit_json_agree(procs, sockdir, statsdir):
+    a, b = os.path.join(sockdir, "a.sock"), os.path.join(sockdir, "b.sock")
+    port = free_port()
+    p = procs.start(MEMIFX + xconnect_args(a, b, port))
+    assert wait_for(lambda: os.path.exists(a) and os.path.exists(b), 10)
+    assert wait_for(lambda: scan_pid(p.pid) is not None, 10)
+    assert os.path.exists(os.path.join(statsdir, "%d.stats" % p.pid))
+
+    sa = memifx.Interface(socket=a, name="sa").connect()
+    sb = memifx.Interface(socket=b, name="sb").connect()
+    try:
+        assert sa.wait_connected(5) and sb.wait_connected(5)
+        fwd = [frame(i, 64 + i % 200) for i in range(300)]
+        back = [frame(5000 + i, 100) for i in range(200)]
+        assert pump(sa, sb, fwd) == fwd
+        assert pump(sb, sa, back) == back
+        fwd_bytes, back_bytes = sum(map(len, fwd)), sum(map(len, back))
+
+        assert wait_for(lambda: node(scan_pid(p.pid), "A->B")["packets"] == 300, 5)
+        proc = process(show_json()["processes"], p.pid)
+        assert "xconnect" in proc["command"]
+        ia, ib = interface(proc, "A"), interface(proc, "B")
+        assert (ia["state"], ia["peer_name"], ia["role"]) == ("up", "sa", "master")
+        assert (ib["state"], ib["peer_name"]) == ("up", "sb")
+        assert ia["queues"]["rx"][0]["rx_mode"] == "interrupt"
+        assert ia["stats"]["rx"][0]["packets"] == 300
+        assert ia["stats"]["rx"][0]["bytes"] == fwd_bytes
+        assert ib["stats"]["tx"][0]["packets"] == 300
+        assert ib["stats"]["rx"][0]["packets"] == 200
+        assert ia["totals"]["tx"]["packets"] == 200
+        assert ia["totals"]["tx"]["bytes"] == back_bytes
+        assert ia["stats"]["rx"][0]["irq_received"] > 0       # interrupt mode
+        assert sum(ia["stats"]["rx"][0]["drops"].values()) == 0
+        assert node(proc, "B->A")["packets"] == 200
+        assert set(node(proc, "A->B")["drops"]) == {"tx ring full", "tx link down"}
+
+        text = subprocess.run(MEMIFX + ["show"], capture_output=True, text=True,
+                              timeout=30).stdout
+        assert "pid %d" % p.pid in text and "xconnect A->B: packets 300" in text
+
+        m = metrics(port)
+        assert sample(m, "memifx_packets_total", interface="A", queue=0, direction="rx") == 300
+        assert sample(m, "memifx_bytes_total", interface="B", queue=0, direction="tx") == fwd_bytes
+        assert sample(m, "memifx_drops_total", interface="A", queue=0, direction="rx",
+                      reason="bad descriptor") == 0
+        assert sample(m, "memifx_link_up", interface="A") == 1
+        assert sample(m, "memifx_node_packets_total", node="xconnect", direction="A->B") == 300
+        assert sample(m, "memifx_node_drops_total", node="xconnect", direction="B->A",
+                      reason="tx ring full") == 0
+
+        # the slave goes away and comes back: the totals keep adding up
+        sa.close()
+        assert wait_for(lambda: interface(scan_pid(p.pid), "A")["state"] != "up", 5)
+        proc = scan_pid(p.pid)
+        assert interface(proc, "A")["stats"]["rx"][0]["packets"] == 300
+        assert interface(proc, "A")["link_flaps"] == 1
+        sa = memifx.Interface(socket=a, name="sa2").connect()
+        assert sa.wait_connected(5)
+        more = [frame(9000 + i, 80) for i in range(100)]
+        assert pump(sa, sb, more) == more
+        assert wait_for(lambda: node(scan_pid(p.pid), "A->B")["packets"] == 400, 5)
+        ia = interface(scan_pid(p.pid), "A")
+        assert (ia["state"], ia["peer_name"]) == ("up", "sa2")
+        assert ia["stats"]["rx"][0]["packets"] == 400
+        assert ia["stats"]["rx"][0]["bytes"] == fwd_bytes + 8000
+        assert sample(metrics(port), "memifx_packets_total", interface="A", queue=0,
+                      direction="rx") == 400
+        assert sample(metrics(port), "memifx_link_flaps_total", interface="A") == 1
+    finally:
+        sa.close()
+        sb.close()
+
+    # links down on both sides: the last reading, then the DUT's own report
+    assert wait_for(lambda: all(i["state"] != "up" for i in scan_pid(p.pid)["interfaces"]), 5)
+    last = process(show_json()["processes"], p.pid)
+    p.send_signal(signal.SIGTERM)
+    out, _ = p.communicate(timeout=10)
+    result = json.loads(out.strip().splitlines()[-1])
+    for name in ("A", "B"):
+        mine = interface(last, name)["stats"]
+        assert result["interfaces"][name]["rx"] == mine["rx"]
+        assert result["interfaces"][name]["tx"] == mine["tx"]
+        assert result["interfaces"][name]["link_flaps"] == interface(last, name)["link_flaps"]
+    for direction, c in result["directions"].items():
+        n = node(last, direction)
+        assert (n["packets"], n["bytes"], n["drops"]) == (c["packets"], c["bytes"], c["drops"])
+    assert result["interfaces"]["A"]["rx"][0]["packets"] == 400
+    assert not os.path.exists(os.path.join(statsdir, "%d.stats" % p.pid))
+    assert os.listdir(statsdir) == []
+    assert process(show_json()["processes"], p.pid) is None
+
+
+def _dead_pid():
+    pid = 4_000_000
+    while psutil.pid_exists(pid):
+        pid -= 1
+    return pid
+
+
+def test_stale_files_ignored_and_removed(procs, statsdir):
+    # a process that dies without cleaning up (SIGKILL): a real dead pid
+    code = ("from memifx import stats; stats.process_stats(); print('ready', flush=True); "
+            "import time; time.sleep(60)")
+    child = procs.start([sys.executable, "-c", code])
+    read_until(child, "ready")
+    leftover = os.path.join(statsdir, "%d.stats" % child.pid)
+    assert stats.scan(clean=False)[0]["pid"] == child.pid
+    child.kill()
+    child.wait(5)
+    assert os.path.exists(leftover)
+    data = bytearray(open(leftover, "rb").read())
+
+    # a pid that does not exist, and our own pid with another start time (reuse)
+    fake = _dead_pid()
+    struct.pack_into("=Q", data, 16, fake)
+    with open(os.path.join(statsdir, "%d.stats" % fake), "wb") as f:
+        f.write(data)
+    struct.pack_into("=Qd", data, 16, os.getpid(), psutil.Process().create_time() - 100)
+    with open(os.path.join(statsdir, "%d.stats" % os.getpid()), "wb") as f:
+        f.write(data)
+    with open(os.path.join(statsdir, ".%d.tmp" % fake), "wb") as f:
+        f.write(b"half written")
+    with open(os.path.join(statsdir, "notes.txt"), "w") as f:
+        f.write("not ours")
+
+    assert show_json()["processes"] == []
+    assert sorted(os.listdir(statsdir)) == ["notes.txt"]
+    out = subprocess.run(MEMIFX + ["show"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and "no running memifx processes" in out.stdout
+
+
+def test_unwritable_dir_warns_and_metrics_still_work(procs, sockdir, monkeypatch):
+    monkeypatch.setenv("MEMIFX_STATS_DIR", "/dev/null/memifx")
+    port = free_port()
+    sock = os.path.join(sockdir, "e.sock")
+    p = procs.start(MEMIFX + ["echo", "socket=%s,role=master,rx-mode=interrupt,name=E" % sock,
+                              "--prometheus-port", str(port)], stderr=subprocess.PIPE)
+    read_until(p, "echoing")
+    with memifx.Interface(socket=sock, name="peer") as peer:
+        assert peer.wait_connected(5)
+        frames = [frame(i, 70) for i in range(50)]
+        assert pump(peer, peer, frames) == frames
+        assert wait_for(lambda: sample(metrics(port), "memifx_node_packets_total",
+                                       node="echo", interface="E") == 50, 5)
+        m = metrics(port)
+        assert sample(m, "memifx_packets_total", interface="E", queue=0, direction="rx") == 50
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=10)
+    assert err.count("no stats file") == 1 and p.returncode == 0
+
+
+def test_in_process_file_follows_reconnects(sock, statsdir):
+    """StatsFile directly: base + live equals Interface.stats() through a
+    reconnect; every u64 of counters_t has a name."""
+    assert not [n for n, _ in slots.COUNTER_FIELDS if n.startswith("extra")]
+    sf = stats.StatsFile()
+    master = memifx.Interface(socket=sock, role="master", name="m").connect()
+    try:
+        sf.track(master)
+        for round_ in range(3):
+            with memifx.Interface(socket=sock, name="s%d" % round_) as slave:
+                assert slave.wait_connected(5) and master.wait_connected(5)
+                frames = [frame(i, 60 + round_) for i in range(40)]
+                got, sent, end = [], 0, time.monotonic() + 5
+                while len(got) < len(frames) and time.monotonic() < end:
+                    sent += slave.tx_burst(frames[sent:])
+                    got += master.rx_burst()
+                assert got == frames
+                assert master.stats()["rx"][0]["packets"] == 40 * (round_ + 1)
+                mine = stats.read_file(sf.path)[0]
+                assert interface_stats(mine, "m") == strip(master.stats())
+            assert wait_for(lambda: not master.connected)
+        assert wait_for(lambda: stats.read_file(sf.path)[0]["interfaces"][0]["state"] != "up")
+        mine = stats.read_file(sf.path)[0]
+        assert interface_stats(mine, "m") == strip(master.stats())
+        assert mine["interfaces"][0]["stats"]["rx"][0]["packets"] == 120
+        assert mine["interfaces"][0]["link_flaps"] == 3
+    finally:
+        master.close()
+        sf.close()
+    assert not os.path.exists(sf.path)
+
+
+def interface_stats(proc, name):
+    s = interface(proc, name)["stats"]
+    return {"rx": s["rx"], "tx": s["tx"]}
+
+
+def strip(s):
+    return {"rx": s["rx"], "tx": s["tx"]}
+
+
+def test_stats_dir_choice(monkeypatch):
+    monkeypatch.delenv("MEMIFX_STATS_DIR", raising=False)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert stats.stats_dir() == "/run/memifx"
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "/run/user/1000")
+    assert stats.stats_dir() == "/run/user/1000/memifx"
+    monkeypatch.delenv("XDG_RUNTIME_DIR")
+    assert stats.stats_dir() == "/tmp/memifx-1000"
