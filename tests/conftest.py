@@ -92,22 +92,36 @@ def wait_for(pred, timeout=10.0, interval=0.01):
 
 
 def read_until(proc, token, timeout=10.0):
-    """Read a process's stdout lines until one contains ``token``."""
+    """Read a process's stdout lines until one contains ``token``.
+
+    Reads the pipe itself, a byte at a time: the text wrapper of
+    ``proc.stdout`` would read ahead, and a line it buffered is a line
+    ``select`` no longer sees (two lines written together, the second never
+    found).  Nothing past the returned line is consumed, so readline() or
+    communicate() later still get the rest."""
     import selectors
+    fd = proc.stdout.fileno()
     sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
+    sel.register(fd, selectors.EVENT_READ)
     end = time.monotonic() + timeout
     seen = []
+    line = bytearray()
     try:
         while time.monotonic() < end:
             if not sel.select(max(0.0, end - time.monotonic())):
                 continue
-            line = proc.stdout.readline()
-            if not line:
+            b = os.read(fd, 1)
+            if not b:
                 break
-            seen.append(line)
-            if token in line:
-                return line
+            line += b
+            if b != b"\n":
+                continue
+            text = line.decode(errors="replace")
+            line.clear()
+            seen.append(text)
+            if token in text:
+                return text
     finally:
         sel.close()
+    seen.append(line.decode(errors="replace"))
     raise AssertionError("%r not seen; output was:\n%s" % (token, "".join(seen)))

@@ -1,39 +1,140 @@
 """Workload for tests/test_cost.py, meant to run under callgrind.
 
-    python tests/cost_burst.py N [FRAME_SIZE [BURST]]
+    python tests/cost_burst.py N [FRAME_SIZE [BURST [MODE]]]
 
-Pushes N frames (default 64 bytes) through an in-process S2M loopback
-(slave tx_batch -> master rx_batch) in bursts of BURST (default 256), then
-checks that everything arrived.  Everything else the script does (interpreter
-start, imports, building the ring) is the same for every N, so the difference
+Pushes N frames (default 64 bytes) in bursts of BURST (default 256) through
+in-process loopback rings (tests/loopback.py), then checks that everything
+arrived.  MODE says what sits between the slave's transmit and receive:
+
+- ``ring`` (default): nothing; one S2M ring, slave tx_batch -> master rx_batch.
+- ``xconnect``: the l2-xconnect node; slave tx_batch -> S2M ring -> master
+  rx queue -> XConnect.poll -> master tx queue -> M2S ring -> slave rx_batch.
+- ``ip4``: the IPv4 router's nodes, driven as ``memifx ip4-forward`` drives
+  them (Router.poll on one receive queue, a transmit Queue per output
+  interface); slave tx_batch -> S2M ring -> Router.poll (interface 0 in,
+  interface 1 out) -> M2S ring -> slave rx_batch.  Every frame is an
+  IPv4/UDP frame to our MAC with a valid checksum and a route with a static
+  neighbor, so every one is forwarded (TTL 64 -> 63, MACs rewritten).
+
+Everything else the script does (interpreter start, imports, building the
+rings, the router and its FIB) is the same for every N, so the difference
 between two runs with different N is the cost of the frames alone.
 """
 import os
+import struct
 import sys
 from array import array
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from loopback import Loopback  # noqa: E402
 
+# ip4 mode: interface 0 (frames in) and 1 (frames out), one route, one neighbor
+MAC_IN = bytes.fromhex("020000000101")
+MAC_OUT = bytes.fromhex("020000000102")
+HOST = bytes.fromhex("02aa00000005")        # the sender, 10.0.1.5
+NEXT_HOP = bytes.fromhex("0a00000000fd")    # 10.0.2.253
+IP_IN, IP_OUT, SRC, GW, DST = (bytes(map(int, a.split("."))) for a in
+                               ("10.0.1.1", "10.0.2.1", "10.0.1.5", "10.0.2.253", "172.16.5.1"))
+
+
+def ip_checksum(header):
+    s = sum(struct.unpack("!%dH" % (len(header) // 2), header))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def udp_frame(size, ttl=64):
+    """An Ethernet/IPv4/UDP frame of ``size`` bytes (no FCS) from HOST to
+    DST, addressed to MAC_IN, with a valid header checksum."""
+    total = size - 14
+    ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, total, 0x1234, 0, ttl, 17, 0, SRC, DST))
+    struct.pack_into("!H", ip, 10, ip_checksum(bytes(ip)))
+    payload = bytes(range(total - 28))
+    udp = struct.pack("!HHHH", 1234, 5678, total - 20, 0)
+    return MAC_IN + HOST + b"\x08\x00" + bytes(ip) + udp + payload
+
+
+def forwarded(frame):
+    """What the router makes of ``frame``: new MACs, TTL - 1, checksum fixed."""
+    ip = bytearray(frame[14:34])
+    ip[8] -= 1
+    ip[10:12] = b"\0\0"
+    struct.pack_into("!H", ip, 10, ip_checksum(bytes(ip)))
+    return NEXT_HOP + MAC_OUT + b"\x08\x00" + bytes(ip) + frame[34:]
+
+
+def make_router():
+    from memifx.fib import Fib
+    from memifx.ip4 import Router
+    fib = Fib()
+    fib.add_route("10.0.1.0/24", "connected", ifindex=0)
+    fib.add_route("10.0.2.0/24", "connected", ifindex=1)
+    fib.add_route("10.0.1.1/32", "local", ifindex=0)
+    fib.add_route("10.0.2.1/32", "local", ifindex=1)
+    fib.add_route("172.16.0.0/12", "gateway", gw=int.from_bytes(GW, "big"), ifindex=1)
+    router = Router(fib)
+    router.add_interface(0, MAC_IN, int.from_bytes(IP_IN, "big"))
+    router.add_interface(1, MAC_OUT, int.from_bytes(IP_OUT, "big"))
+    router.add_neighbor(1, int.from_bytes(GW, "big"), NEXT_HOP)
+    router.set_time(1000)
+    return router
+
 
 def main():
     n = int(sys.argv[1])
     size = int(sys.argv[2]) if len(sys.argv) > 2 else 64
     burst = int(sys.argv[3]) if len(sys.argv) > 3 else 256
+    mode = sys.argv[4] if len(sys.argv) > 4 else "ring"
     assert n % burst == 0
-    lb = Loopback(log2=10, buffer_size=2048, n_m2s=0)
+    assert mode in ("ring", "xconnect", "ip4"), mode
+    lb = Loopback(log2=10, buffer_size=2048, n_m2s=0 if mode == "ring" else 1)
     tx, rx = lb.s2m
-    src = bytes(range(256)) * (burst * size // 256 + 1)
-    src = src[:burst * size]
+    if mode == "ip4":
+        frame = udp_frame(size)
+        src = frame * burst
+        expect = forwarded(frame) * burst
+    else:
+        src = bytes(range(256)) * (burst * size // 256 + 1)
+        src = src[:burst * size]
+        expect = src
     lens = array("I", [size]) * burst
     dst = bytearray(burst * size)
     out = array("I", [0]) * burst
-    for _ in range(n // burst):
-        if tx.tx_batch(src, lens) != burst:
-            raise SystemExit("short tx")
-        if rx.rx_batch(dst, out) != burst:
-            raise SystemExit("short rx")
-    if dst != src or rx.counters()["packets"] != n:
+    if mode == "ring":
+        for _ in range(n // burst):
+            if tx.tx_batch(src, lens) != burst:
+                raise SystemExit("short tx")
+            if rx.rx_batch(dst, out) != burst:
+                raise SystemExit("short rx")
+    else:
+        mtx, srx = lb.m2s
+        if mode == "xconnect":
+            from memifx.xconnect import XConnect
+            node = XConnect()
+
+            def forward():
+                return node.poll(rx, mtx, burst, 1)
+        else:
+            node = make_router()
+            txqs = [None, mtx]
+
+            def forward():
+                return node.poll(0, rx, txqs, burst, 1)
+        for _ in range(n // burst):
+            if tx.tx_batch(src, lens) != burst:
+                raise SystemExit("short tx")
+            if forward() != burst:
+                raise SystemExit("short forward")
+            if srx.rx_batch(dst, out) != burst:
+                raise SystemExit("short rx")
+        if mode == "ip4":
+            c = node.counters(0)["rx"][0]
+            if c["forwarded"] != n or any(c["drops"].values()):
+                raise SystemExit("router: %r" % c)
+        if mtx.counters()["packets"] != n:
+            raise SystemExit("node moved %r" % mtx.counters())
+    if dst != expect or rx.counters()["packets"] != n:
         raise SystemExit("data mismatch")
     lb.close()
 

@@ -1,6 +1,7 @@
 """What the data path costs: instructions per packet (callgrind), and that
 burst calls let other Python threads run (the GIL is released)."""
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -36,22 +37,31 @@ C_BURST_CEILING = 290
 WHOLE_CEILING = 460
 
 
-def callgrind_ir(tmp_path, n, toggles):
-    out = tmp_path / ("cg.%d.%d" % (n, len(toggles)))
+def run_callgrind(tmp_path, n, toggles=(), mode="ring"):
+    """Run the workload under callgrind; return the output file."""
+    out = tmp_path / ("cg.%s.%d.%d" % (mode, n, len(toggles)))
     cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=%s" % out]
     cmd += ["--toggle-collect=%s" % f for f in toggles]
-    cmd += [sys.executable, WORKLOAD, str(n), "64", str(BURST)]
+    cmd += [sys.executable, WORKLOAD, str(n), "64", str(BURST), mode]
     env = dict(os.environ, PYTHONHASHSEED="0",
                PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
-    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=150)
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=80)
     assert r.returncode == 0, r.stderr[-3000:]
+    return out
+
+
+def totals(out):
     for line in out.read_text().splitlines():
         if line.startswith(("totals:", "summary:")):
             return int(line.split()[1])
     raise AssertionError("no totals in callgrind output")
 
 
-@pytest.mark.timeout(240)
+def callgrind_ir(tmp_path, n, toggles):
+    return totals(run_callgrind(tmp_path, n, toggles))
+
+
+@pytest.mark.timeout(90)
 @pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind not installed")
 def test_instructions_per_packet(tmp_path):
     """64-byte frames, tx_batch + rx_batch in bursts of 256 over an S2M
@@ -69,6 +79,117 @@ def test_instructions_per_packet(tmp_path):
     assert burst[0] > 20 * N, "callgrind collected nothing: check BURST_FUNCTIONS"
     assert c_per_packet < C_BURST_CEILING
     assert whole_per_packet < WHOLE_CEILING
+
+
+# ------------------------------------------------------------ the nodes
+#
+# The same two-run difference with the xconnect node and the ip4 router
+# between the slave's transmit and receive (cost_burst.py modes "xconnect"
+# and "ip4"; 64-byte frames, bursts of 256, every frame forwarded).  One
+# uncollected run per N; callgrind_annotate --inclusive gives each C
+# function's inclusive cost (what --toggle-collect on it would count: ring
+# work it calls, gather / tx_copy / commit / memcpy, included).
+
+XC = "__pyx_f_6memifx_8xconnect_8XConnect_"
+R = "__pyx_f_6memifx_3ip4_6Router_"
+IP4_TOP = ["memif_input", "run", "transmit"]      # what Router.poll calls per burst
+IP4_NODES = ["ethernet_input", "arp_input", "ip4_input", "ip4_lookup", "ip4_local",
+             "ip4_rewrite", "ip4_icmp_error", "arp_request", "interface_output"]
+
+# Ceilings, about 1.5x what was measured (Ir per 64-byte packet, burst 256,
+# x86-64, gcc -O3, CPython 3.11):
+#   XConnect.forward (gather on the master's S2M ring, one memcpy per frame
+#   into the M2S ring with tx_copy, commit):   measured 240.2 -> ceiling 360
+#   whole program (adds the slave's tx_batch and rx_batch):
+#                                              measured 561.5 -> ceiling 845
+XC_CEILING = 360
+XC_WHOLE_CEILING = 845
+#   ip4, everything Router.poll runs per burst:  measured 629.2 -> ceiling 945
+#     memif_input (gather, copy into the arena, commit)  179.5 -> 270
+#     run (the graph below)                              319.8 -> 480
+#       ethernet_input 29.1 -> 45, ip4_input 104.1 -> 160, ip4_lookup 49.1 -> 75,
+#       ip4_rewrite 121.1 -> 185 (neighbor_find 26.0 included),
+#       interface_output 16.1 -> 25; the nodes with empty vectors (arp_input,
+#       ip4_local, ip4_icmp_error, arp_request) cost < 0.1 together
+#     transmit (tx_copy into the M2S ring)               129.9 -> 195
+#   whole program (adds the slave's tx_batch and rx_batch, building the
+#   frames is outside the loop):               measured 953.3 -> ceiling 1430
+IP4_CEILING = 945
+IP4_CEILINGS = {"memif_input": 270, "run": 480, "transmit": 195, "ethernet_input": 45,
+                "ip4_input": 160, "ip4_lookup": 75, "ip4_rewrite": 185,
+                "interface_output": 25}
+IP4_WHOLE_CEILING = 1430
+
+
+ANNOTATE_LINE = re.compile(r"^\s*([\d,]+)\s+\(\s*[\d.]+%\)\s+\S*:(\w+)(\s|$)")
+
+
+def inclusive(out, names):
+    """{name: inclusive Ir} of C functions, from callgrind_annotate."""
+    r = subprocess.run(["callgrind_annotate", "--inclusive=yes", "--threshold=100",
+                        "--auto=no", str(out)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = dict.fromkeys(names, 0)
+    for line in r.stdout.splitlines():
+        # "  6,549,920 ( 2.62%)  /path/ip4.c:__pyx_f_..._run [/path/ip4...so]";
+        # code inlined from other files has lines of its own: keep the largest
+        m = ANNOTATE_LINE.match(line)
+        if m and m.group(2) in got:
+            got[m.group(2)] = max(got[m.group(2)], int(m.group(1).replace(",", "")))
+    return got
+
+
+def node_profile(tmp_path, mode, names):
+    """Per packet: (whole program, {function: inclusive Ir})."""
+    runs = []
+    for n in (N, 2 * N):
+        out = run_callgrind(tmp_path, n, mode=mode)
+        runs.append((totals(out), inclusive(out, names)))
+    (w0, f0), (w1, f1) = runs
+    # Zero would mean no such function (renamed, or inlined away).
+    assert f0[names[0]] > 20 * N, "callgrind saw nothing of %s" % names[0]
+    return (w1 - w0) / N, {k: (f1[k] - f0[k]) / N for k in names}
+
+
+needs_callgrind = pytest.mark.skipif(
+    shutil.which("valgrind") is None or shutil.which("callgrind_annotate") is None,
+    reason="valgrind / callgrind_annotate not installed")
+
+
+@pytest.mark.timeout(90)
+@needs_callgrind
+def test_xconnect_node_instructions_per_packet(tmp_path):
+    """64-byte frames through XConnect.poll between two loopback rings.
+    Measured: 240.2 Ir/packet inclusive in XConnect.forward, 561.5 for the
+    whole program."""
+    whole, f = node_profile(tmp_path, "xconnect", [XC + "forward"])
+    node = f[XC + "forward"]
+    print("\nxconnect, instructions per 64-byte packet (burst %d): XConnect.forward %.1f, "
+          "whole program %.1f" % (BURST, node, whole))
+    assert node < XC_CEILING
+    assert whole < XC_WHOLE_CEILING
+
+
+@pytest.mark.timeout(90)
+@needs_callgrind
+def test_ip4_nodes_instructions_per_packet(tmp_path):
+    """64-byte IPv4/UDP frames forwarded by Router.poll (interface 0 in,
+    interface 1 out, a /12 route via a static neighbor).  Measured: 629.2
+    Ir/packet in memif_input + run + transmit (the graph's nodes inside run:
+    319.8), 953.3 for the whole program."""
+    names = [R + k for k in IP4_TOP + IP4_NODES] + [R + "neighbor_find"]
+    whole, f = node_profile(tmp_path, "ip4", names)
+    f = {k[len(R):]: v for k, v in f.items()}
+    graph = sum(f[k] for k in IP4_TOP)
+    print("\nip4, instructions per 64-byte packet (burst %d): Router.poll nodes %.1f "
+          "(%s), whole program %.1f" % (BURST, graph, ", ".join(
+              "%s %.1f" % (k, f[k]) for k in IP4_TOP + IP4_NODES + ["neighbor_find"]), whole))
+    # the nodes of run are all of run (its own loop over them is per burst)
+    assert 0 <= f["run"] - sum(f[k] for k in IP4_NODES) < 1
+    assert graph < IP4_CEILING
+    for k, ceiling in IP4_CEILINGS.items():
+        assert f[k] < ceiling, (k, f[k], ceiling)
+    assert whole < IP4_WHOLE_CEILING
 
 
 # ------------------------------------------------------------------- GIL
