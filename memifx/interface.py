@@ -386,7 +386,9 @@ class Interface:
         q, conn = self._q("tx", queue)
         if q is None:
             return 0
-        return q.tx_commit(list(bufs), list(lengths))
+        n = q.tx_commit(list(bufs), list(lengths))
+        self._after(q, conn)
+        return n
 
     # ---------------------------------------------------------- interrupts
 
@@ -416,8 +418,12 @@ class Interface:
 
     def rx_ack(self, queue=0):
         """Clear rx_fd(queue) after it was readable."""
-        q, _ = self._q("rx", queue)
-        return q is not None and q.drain()
+        q, conn = self._q("rx", queue)
+        if q is None:
+            return False
+        woken = q.drain()
+        self._after(q, conn)
+        return woken
 
     def __repr__(self):
         return "<memifx.Interface %s %s %s id=%d %s>" % (
