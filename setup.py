@@ -7,7 +7,7 @@ extensions = [
         "memifx.%s" % name,
         ["memifx/%s.pyx" % name],
         include_dirs=["csrc"],
-        extra_compile_args=["-O3", "-Wno-unused-function"],
+        extra_compile_args=["-O3", "-Wno-unused-function", "-Wno-sign-compare"],
     )
     for name in ("memory", "ring", "xconnect", "traffic", "fib", "ip4", "slots")
 ]
