@@ -24,6 +24,7 @@ log = logging.getLogger("memifx")
 HANDSHAKE_TIMEOUT = 3.0
 MAX_LOG2_RING_SIZE = 14
 MAX_REGIONS = 256
+RX_POOL = 2             # receive buffers per ring slot (slave side)
 PAGE = 4096
 
 
@@ -413,7 +414,12 @@ class SlaveChannel(Channel):
         size = 1 << log2
         ring_bytes = 128 + 16 * size
         buffers_at = -(-(n_s2m + n_m2s) * ring_bytes // PAGE) * PAGE
-        total = buffers_at + (n_s2m + n_m2s) * size * intf.buffer_size
+        # a transmit ring has one buffer per slot; a receive ring a pool of
+        # RX_POOL buffers per slot, so that zero-copy buffers the application
+        # holds do not leave the ring empty
+        nbufs = [size] * n_s2m + [RX_POOL * size] * n_m2s
+        offsets = [buffers_at + sum(nbufs[:i]) * intf.buffer_size for i in range(len(nbufs))]
+        total = buffers_at + sum(nbufs) * intf.buffer_size
         if total >= 1 << 32:
             raise MemifError("memory region would exceed 4 GiB")
         self.memory = Memory()
@@ -426,7 +432,7 @@ class SlaveChannel(Channel):
             try:
                 q = Queue(self.memory, 0, i * ring_bytes, log2, slave=True, tx=tx,
                           index=index, fd=fd, buffer_size=intf.buffer_size,
-                          buf_offset=buffers_at + i * size * intf.buffer_size)
+                          buf_offset=offsets[i], nbufs=nbufs[i])
             except BaseException:
                 os.close(fd)
                 raise

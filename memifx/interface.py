@@ -26,6 +26,9 @@ Chained frames
     over as many buffers as needed.  Zero-copy calls show the wire: one
     ``Buffer`` per descriptor, ``buf.chained`` set on all but the last of a
     frame; ``tx_alloc`` buffers each carry one frame of at most buffer_size.
+    A slave's receive ring draws on a pool of two buffers per slot: while the
+    application holds zero-copy buffers the ring is reposted from the pool,
+    and held buffers may be handed back in any order.
 
 Disconnect safety
     A link going down never unmaps memory under a running burst or a held

@@ -50,7 +50,10 @@ cdef class Queue:
     cdef readonly int index
     cdef uint16_t pos               # our own counter: see the module docstring
     cdef uint16_t posted            # slave rx: head we published
-    cdef uint16_t released          # slave rx: slots the application gave back
+    cdef readonly uint32_t nbufs    # slave: buffers of this queue (rx: its pool)
+    cdef uint32_t *slot_buf         # slave rx: which pool buffer each slot holds
+    cdef uint32_t *free_bufs        # slave rx: stack of pool buffers not in use
+    cdef uint32_t nfree
     cdef uint16_t reserved          # slave tx: slots lent out by tx_alloc
     cdef readonly uint32_t zc_held      # slave rx: zero-copy buffers lent out
     cdef char *bufs                 # slave: this ring's buffers
@@ -75,6 +78,7 @@ cdef class Queue:
     cdef void kick(self) noexcept nogil
 
     cdef _check_tx(self)
+    cdef void _fill_pool(self, uint32_t in_use) noexcept
     cdef void attach_counters(self, counters_t *slot, object owner) noexcept
 
 

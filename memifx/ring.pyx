@@ -77,9 +77,10 @@ cdef class Queue:
 
     def __cinit__(self, Memory mem not None, uint16_t region, uint64_t ring_offset, uint32_t log2_size,
                   bint slave, bint tx, int index, int fd,
-                  uint32_t buffer_size=0, uint64_t buf_offset=0):
+                  uint32_t buffer_size=0, uint64_t buf_offset=0, uint32_t nbufs=0):
         self.fd = -1
         self.segs = NULL
+        self.slot_buf = self.free_bufs = NULL
         self.c = &self.own
         if region >= mem.count:
             raise MemifError("unexpected region index")
@@ -102,10 +103,19 @@ cdef class Queue:
         if slave:
             if buffer_size == 0:
                 raise MemifError("a slave queue needs a buffer size")
-            if buf_offset + <uint64_t>self.size * buffer_size > mem.regions[0].size:
+            self.nbufs = nbufs if nbufs else self.size
+            if self.nbufs < self.size or (tx and self.nbufs != self.size):
+                raise MemifError("a receive pool needs at least one buffer per slot; "
+                                 "a transmit ring exactly one")
+            if buf_offset + <uint64_t>self.nbufs * buffer_size > mem.regions[0].size:
                 raise MemifError("buffers outside memory region")
             self.bufs = mem.regions[0].base + buf_offset
             self.buf_offset = <uint32_t>buf_offset
+            if not tx:
+                self.slot_buf = <uint32_t *>PyMem_Malloc(self.size * sizeof(uint32_t))
+                self.free_bufs = <uint32_t *>PyMem_Malloc(self.nbufs * sizeof(uint32_t))
+                if not (self.slot_buf and self.free_bufs):
+                    raise MemoryError()
         self.segs = <seg_t *>PyMem_Malloc(self.size * sizeof(seg_t))
         self.frames = <frame_t *>PyMem_Malloc(self.size * sizeof(frame_t))
         self.src = <const uint8_t **>PyMem_Malloc(self.size * sizeof(uint8_t *))
@@ -121,6 +131,8 @@ cdef class Queue:
         PyMem_Free(self.frames)
         PyMem_Free(<void *>self.src)
         PyMem_Free(self.lens)
+        PyMem_Free(self.slot_buf)
+        PyMem_Free(self.free_bufs)
         if self.fd >= 0:
             close(self.fd)
 
@@ -146,7 +158,8 @@ cdef class Queue:
     def start(self):
         """Called when the link comes up.  The master resets both counters
         (the slave has written nothing yet); the slave posts its receive buffers."""
-        self.pos = self.posted = self.released = 0
+        self.pos = self.posted = 0
+        self._fill_pool(0)
         if not self.slave:
             self.ring.head = 0
             self.ring.tail = 0
@@ -156,21 +169,38 @@ cdef class Queue:
             with nogil:
                 self.refill()
 
+    cdef void _fill_pool(self, uint32_t in_use) noexcept:
+        """Slave rx: buffers 0..in_use-1 sit in the slots from pos on (as
+        start() posts them); every other buffer is free."""
+        cdef uint32_t i
+        if self.free_bufs == NULL:
+            return
+        for i in range(in_use):
+            self.slot_buf[<uint16_t>(self.pos + i) & self.mask] = i
+        self.nfree = self.nbufs - in_use
+        for i in range(self.nfree):             # a stack: pops come out in_use, in_use+1...
+            self.free_bufs[i] = self.nbufs - 1 - i
+        self.zc_held = 0
+
     def geometry(self):
         """Constructor arguments (but memory and fd) that rebuild this queue
         in another process over the same regions."""
         return dict(region=self.region_index, ring_offset=self.ring_offset,
                     log2_size=self.log2_size, slave=self.slave, tx=self.tx,
                     index=self.index, buffer_size=self.buffer_size,
-                    buf_offset=self.buf_offset)
+                    buf_offset=self.buf_offset, nbufs=self.nbufs)
 
     def state(self):
-        """Our private ring positions (pos, posted, released): what a queue
-        rebuilt elsewhere must continue from."""
-        return (self.pos, self.posted, self.released)
+        """Our private ring positions (pos, posted): what a queue rebuilt in
+        another process continues from.  Only for a queue handed over before
+        it received anything (at link up): then slot i holds buffer i."""
+        if self.free_bufs != NULL and (self.zc_held or self.c.packets or self.c.drops[0]):
+            raise MemifError("a receive queue can be handed over only before it is used")
+        return (self.pos, self.posted)
 
-    def restore(self, uint16_t pos, uint16_t posted, uint16_t released):
-        self.pos, self.posted, self.released = pos, posted, released
+    def restore(self, uint16_t pos, uint16_t posted):
+        self.pos, self.posted = pos, posted
+        self._fill_pool(<uint16_t>(posted - pos))
 
     def close(self):
         """Link down: no burst starts on this queue again; lent buffers die."""
@@ -337,7 +367,7 @@ cdef class Queue:
                         # length comes from the peer.
                         if d.length > self.buffer_size:
                             drop = DROP_BAD_DESC
-                        ptr = self.bufs + <uint64_t>slot * self.buffer_size
+                        ptr = self.bufs + <uint64_t>self.slot_buf[slot] * self.buffer_size
                     elif desc_in_region(regions, nregions, &d):
                         ptr = regions[d.region].base + d.offset
                     else:
@@ -364,9 +394,10 @@ cdef class Queue:
 
     cdef void commit(self, uint32_t nframes, bint hold) noexcept nogil:
         """Consume the first ``nframes`` gathered frames and count them.
-        ``hold``: the slots' buffers are lent to the application (zero-copy;
-        the caller has added them to zc_held)."""
-        cdef uint32_t i
+        ``hold``: the buffers of the frames delivered are lent to the
+        application (zero-copy) and come back through release_buffers; the
+        buffers of dropped frames go back to the pool at once."""
+        cdef uint32_t i, start = 0, j
         cdef uint16_t used
         if nframes == 0:
             return
@@ -376,32 +407,41 @@ cdef class Queue:
                 self.c.bytes += self.frames[i].length
             else:
                 self.c.drops[self.frames[i].drop] += 1
+            if self.slave and not (hold and self.frames[i].drop < 0):
+                for j in range(start, self.frames[i].end):
+                    self.free_bufs[self.nfree] = self.slot_buf[<uint16_t>(self.pos + j) & self.mask]
+                    self.nfree += 1
+            elif self.slave:
+                self.zc_held += self.frames[i].end - start
+            start = self.frames[i].end
         used = <uint16_t>self.frames[nframes - 1].end
         self.pos = <uint16_t>(self.pos + used)
         if not self.slave:
             memif_store_release(&self.ring.tail, self.pos)
             return
-        if not hold and self.zc_held == 0:
-            self.released = self.pos
-            self.refill()
+        self.refill()
 
     cdef void refill(self) noexcept nogil:
-        """Slave rx: post every free buffer (our record, never the peer's)."""
-        cdef uint16_t target = <uint16_t>(self.released + self.size)
-        cdef uint16_t slot
+        """Slave rx: post free pool buffers into every empty slot (our record
+        of where each buffer is, never the peer's)."""
+        cdef uint16_t target = <uint16_t>(self.pos + self.size)
+        cdef uint16_t slot, start = self.posted
+        cdef uint32_t b
         cdef memif_desc_t *w
-        if self.posted == target:
-            return
-        while self.posted != target:
+        while self.posted != target and self.nfree:
+            self.nfree -= 1
+            b = self.free_bufs[self.nfree]
             slot = self.posted & self.mask
+            self.slot_buf[slot] = b
             w = &self.ring.desc[slot]
             w.flags = 0
             w.region = 0
             w.length = self.buffer_size
-            w.offset = self.buf_offset + <uint32_t>slot * self.buffer_size
+            w.offset = self.buf_offset + b * self.buffer_size
             w.metadata = 0
             self.posted += 1
-        memif_store_release(&self.ring.head, self.posted)
+        if self.posted != start:
+            memif_store_release(&self.ring.head, self.posted)
 
     # ------------------------------------------------- Python front ends
 
@@ -551,11 +591,7 @@ cdef class Queue:
             max_frames = self.size
         with nogil:
             n = self.gather(max_frames)
-            s = 0
-            for i in range(n):
-                s += self.frames[i].nsegs
-            self.zc_held += s
-            self.commit(n, s != 0)
+            self.commit(n, True)
         out = []
         for i in range(n):
             f = &self.frames[i]
@@ -567,11 +603,9 @@ cdef class Queue:
         return out
 
     def release_buffers(self, list bufs):
-        """Give zero-copy receive buffers back to the ring.  The ring reuses
-        them once every buffer lent out has come back, so a batch may be
-        released whole or piece by piece."""
+        """Give zero-copy receive buffers back to the pool, in any order and
+        any grouping; the ring is refilled with them at once."""
         cdef Buffer b
-        cdef uint32_t k = 0
         if not bufs or not any(b.valid for b in bufs):
             return                      # empty, or released already
         for b in bufs:
@@ -580,14 +614,13 @@ cdef class Queue:
             if b.exports:
                 raise BufferError("a view of a zero-copy buffer is still alive")
         for b in bufs:
-            if b.valid:                 # count each live buffer once
+            if b.valid:                 # each live buffer once
+                if not self.closed and self.zc_held:
+                    self.free_bufs[self.nfree] = <uint32_t>((b.ptr - self.bufs) // self.buffer_size)
+                    self.nfree += 1
+                    self.zc_held -= 1
                 b._invalidate()
-                k += 1
-        if self.closed or self.zc_held == 0:
-            return
-        self.zc_held -= k if k < self.zc_held else self.zc_held
-        if self.zc_held == 0:
-            self.released = self.pos
+        if not self.closed:
             with nogil:
                 self.refill()
 

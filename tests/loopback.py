@@ -47,17 +47,21 @@ def ring_bytes(log2):
 class Loopback:
     """``n_s2m`` + ``n_m2s`` rings of ``1 << log2`` slots, ``buffer_size``
     bytes per slave buffer.  ``share_memory``: the master uses the slave's own
-    ``Memory`` object instead of a second mapping of the memfd."""
+    ``Memory`` object instead of a second mapping of the memfd.  ``rx_pool``:
+    receive buffers per slot of each M2S ring (the slave's receive pool)."""
 
     def __init__(self, log2=4, buffer_size=2048, n_s2m=1, n_m2s=1, share_memory=False,
-                 start=True):
+                 start=True, rx_pool=1):
         self.log2 = log2
         self.size = 1 << log2
         self.buffer_size = buffer_size
         nrings = n_s2m + n_m2s
         rb = ring_bytes(log2)
         self.buffers_at = -(-nrings * rb // PAGE) * PAGE
-        self.region_size = self.buffers_at + nrings * self.size * buffer_size
+        self.nbufs = [self.size] * n_s2m + [rx_pool * self.size] * n_m2s
+        self.buf_offsets = [self.buffers_at + sum(self.nbufs[:i]) * buffer_size
+                            for i in range(nrings)]
+        self.region_size = self.buffers_at + sum(self.nbufs) * buffer_size
         self.ring_offsets = [i * rb for i in range(nrings)]
 
         self.slave_mem = Memory()
@@ -82,7 +86,7 @@ class Loopback:
             # Each Queue owns (and closes) its fd; the two sides share one eventfd.
             sq = Queue(self.slave_mem, 0, self.ring_offsets[i], log2, slave=True, tx=s2m,
                        index=index, fd=efd, buffer_size=buffer_size,
-                       buf_offset=self.buffers_at + i * self.size * buffer_size)
+                       buf_offset=self.buf_offsets[i], nbufs=self.nbufs[i])
             mq = Queue(self.master_mem, 0, self.ring_offsets[i], log2, slave=False,
                        tx=not s2m, index=index, fd=mfd)
             if s2m:

@@ -361,13 +361,14 @@ def test_rx_buffers_released_piecewise():
     srx.release_buffers(bufs[:1])
     assert srx.zc_held == 3
     assert not bufs[0].valid and bufs[1].valid
-    # Nothing reposted while three are held: the master gets the 4 never used.
-    assert mtx.tx_frames([b"\xff" * 128] * 8) == 4
+    # Only the released buffer is reposted: the master gets it and the 4
+    # never used, and the three still held are not touched.
+    assert mtx.tx_frames([b"\xff" * 128] * 8) == 5
     assert [bytes(b) for b in bufs[1:]] == frames[1:]
     srx.release_buffers(bufs[1:3])
     srx.release_buffers(bufs)                    # the last live one, and some dead
     assert srx.zc_held == 0
-    assert srx.rx_frames(8) == [b"\xff" * 128] * 4
+    assert srx.rx_frames(8) == [b"\xff" * 128] * 5
     assert mtx.tx_frames([b"\xee" * 128] * 8) == 8
 
 
@@ -394,11 +395,59 @@ def test_rx_buffers_mixed_with_copy_receive():
     assert mtx.tx_frames([b"1", b"2"]) == 2
     bufs = srx.rx_buffers(1)
     assert [bytes(b) for b in bufs] == [b"1"]
-    assert srx.rx_frames(4) == [b"2"]            # copied; its slot waits for bufs
-    assert mtx.tx_frames([b"x"] * 8) == 6
+    assert srx.rx_frames(4) == [b"2"]            # copied: its buffer is free again
+    assert mtx.tx_frames([b"x"] * 8) == 7        # all but the one held
     srx.release_buffers(bufs)
-    assert srx.rx_frames(8) == [b"x"] * 6
+    assert srx.rx_frames(8) == [b"x"] * 7
     assert mtx.tx_frames([b"y"] * 8) == 8
+
+
+@pytest.mark.timeout(30)
+def test_rx_pool_keeps_the_ring_full_while_buffers_are_held():
+    """With a pool of two buffers per slot, a whole ring's worth of held
+    zero-copy buffers leaves the ring fully posted: the master can fill it
+    again, the held buffers are never overwritten, and they come back in any
+    order."""
+    lb = Loopback(log2=3, buffer_size=128, rx_pool=2)
+    mtx, srx = lb.m2s
+    first = [frame(128, i) for i in range(8)]
+    assert mtx.tx_frames(first) == 8
+    held = srx.rx_buffers(8)
+    assert [bytes(b) for b in held] == first and srx.zc_held == 8
+    second = [frame(100, 100 + i) for i in range(8)]
+    assert mtx.tx_frames(second) == 8                # the ring was posted again at once
+    assert [bytes(b) for b in held] == first         # held buffers untouched
+    assert srx.rx_frames(8) == second
+    # back in a scrambled order, a few at a time
+    for group in (held[5:], held[:2], held[2:5]):
+        srx.release_buffers(list(reversed(group)))
+    assert srx.zc_held == 0
+    for round in range(40):                          # every buffer cycles through
+        batch = [frame(64 + round % 60, 1000 + round * 8 + i) for i in range(8)]
+        assert mtx.tx_frames(batch) == 8
+        with_views = srx.rx_buffers(8)
+        assert [bytes(b) for b in with_views] == batch
+        srx.release_buffers(with_views[::-1])
+
+
+@pytest.mark.timeout(30)
+def test_rx_pool_exhausted_is_back_pressure_not_loss():
+    """Hold more than the pool can spare: the ring runs dry (the master sees
+    a full ring), nothing is overwritten, and releasing refills it."""
+    lb = Loopback(log2=2, buffer_size=128, rx_pool=2)
+    mtx, srx = lb.m2s
+    held = []
+    for i in range(2):
+        assert mtx.tx_frames([frame(64, 10 * i + k) for k in range(4)]) == 4
+        held += srx.rx_buffers(4)
+    assert srx.zc_held == 8
+    assert mtx.tx_frames([b"z" * 64]) == 0          # all 8 pool buffers are lent out
+    assert [bytes(b) for b in held] == [frame(64, 10 * i + k) for i in range(2) for k in range(4)]
+    srx.release_buffers(held[:3])
+    assert mtx.tx_frames([b"z" * 64] * 8) == 3
+    srx.release_buffers(held)
+    assert srx.rx_frames(8) == [b"z" * 64] * 3
+    assert mtx.tx_frames([b"y" * 64] * 8) == 4
 
 
 @pytest.mark.timeout(30)
