@@ -10,7 +10,7 @@ import psutil
 import pytest
 
 import memifx
-from conftest import read_until, wait_for
+from conftest import wait_for
 from test_link import frame
 from test_xconnect import pump, slaves
 
