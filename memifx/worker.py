@@ -22,6 +22,18 @@ the in-process loop does.
 
 A worker that dies is restarted; the links it served are flapped (its private
 ring positions died with it), which shows in link_flaps.
+
+Two node kinds run in workers: ``xconnect`` (above) and ``ip4``, the router
+of ``ip4-forward`` (RouterPool).  For ip4 the plan also carries the
+interfaces (index, MAC, address, ip mode), the neighbor table as it is, and
+the FIB as a sealed memfd (Fib.export) that every worker maps read-only
+(Fib.from_shared): one copy of the tables however many workers.  Ownership:
+worker w has receive queue i of every interface with ``i mod W == w`` and
+transmit queue ``w`` of every interface (RouterPool makes W no larger than
+any interface's transmit queue count), so again one producer per transmit
+ring.  The main process keeps the neighbor table: each change goes to every
+worker as ``neighbor``; the ARP replies a worker's data path queued come back
+as ``arp`` for the control plane to judge.
 """
 import array
 import json
@@ -87,7 +99,7 @@ def parse_cpus(text):
 class Worker:
     """One worker process, seen from the main process."""
 
-    def __init__(self, index, cpu, plan, handle, stats_fd=None):
+    def __init__(self, index, cpu, plan, handle, stats_fd=None, plan_fds=()):
         self.index, self.cpu = index, cpu
         self.handle = handle            # handle(worker, msg): the pool's dispatcher
         self.recv_lock = threading.Lock()
@@ -107,7 +119,7 @@ class Worker:
             except (psutil.Error, OSError) as e:
                 log.warning("worker %d: cannot pin to CPU %d: %s", index, cpu, e)
         self.send(dict(plan, op="plan", worker=index, stats=stats_fd is not None),
-                  [stats_fd] if stats_fd is not None else ())
+                  ([stats_fd] if stats_fd is not None else []) + list(plan_fds))
 
     def send(self, msg, fds=()):
         with self.lock:
@@ -181,9 +193,14 @@ class WorkerPool:
             intf.on_link(self._on_down, first=True)     # quiesce before anyone folds
             intf.on_link(self._on_up)
 
+    def _plan_for_spawn(self):
+        """The plan message and the fds that go with it (after the stats fd)."""
+        return self.plan, ()
+
     def _spawn(self, w):
-        worker = Worker(w, self._cpu(w), self.plan, self._handle,
-                        self.stats.fileno() if self.stats is not None else None)
+        plan, plan_fds = self._plan_for_spawn()
+        worker = Worker(w, self._cpu(w), plan, self._handle,
+                        self.stats.fileno() if self.stats is not None else None, plan_fds)
         if self.stats is not None:
             for name, intf in self.interfaces.items():
                 rx, tx = self._needs(name, w)
@@ -344,6 +361,93 @@ class WorkerPool:
             w.sock.close()
 
 
+
+class RouterPool(WorkerPool):
+    """The workers of ip4-forward: the ``ip4`` node kind.
+
+    ``interfaces`` in router order (list index = ifindex); ``router_info``
+    one dict per interface: ``mac`` (hex string), ``ip`` (int), ``ip_mode``;
+    ``fib_fd, fib_layout`` from Fib.export (the pool keeps the fd, for
+    workers started later); ``neighbors`` {(ifindex, ip): mac bytes}, the
+    table at start.  ``workers`` must not exceed any interface's transmit
+    queue count (the command reduces it)."""
+
+    def __init__(self, interfaces, workers, cpus, router_info, fib_fd, fib_layout,
+                 neighbors=(), quiet=100e-6, stats=None):
+        if any(i.tx_queues < workers for i in interfaces):
+            raise ValueError("every interface needs at least %d transmit queues" % workers)
+        self.order = [i.name for i in interfaces]
+        self.fib_fd = fib_fd
+        self.neighbor_table = dict(neighbors)
+        self.arp_pending = []           # (ifindex, ip, mac) from the workers' data paths
+        self.ip4 = {"names": self.order, "info": list(router_info), "fib": fib_layout,
+                    "rx_queues": [i.rx_queues for i in interfaces]}
+        super().__init__(interfaces, [], workers, cpus, quiet, node="ip4", stats=stats)
+
+    def _plan_for_spawn(self):
+        nbrs = [[i, ip, mac.hex()] for (i, ip), mac in sorted(self.neighbor_table.items())]
+        return dict(self.plan, ip4=dict(self.ip4, neighbors=nbrs)), [self.fib_fd]
+
+    def _needs(self, name, w):
+        intf = self.interfaces[name]
+        rx = {i for i in range(intf.rx_queues) if i % self.nworkers == w}
+        return rx, {w % intf.tx_queues}
+
+    def mapping(self):
+        lines = []
+        for w in self.workers:
+            parts = []
+            for name in self.order:
+                rx, tx = self._needs(name, w.index)
+                parts.append("%s rx%s tx%s" % (name, ",".join(map(str, sorted(rx))) or "-",
+                                               ",".join(map(str, sorted(tx)))))
+            lines.append("worker %d (pid %d, cpu %s): ip4 %s" % (
+                w.index, w.pid, "any" if w.cpu is None else w.cpu, ", ".join(parts)))
+        return lines
+
+    def set_neighbor(self, ifindex, ip, mac):
+        """Add or change a neighbor (mac bytes), or remove it (mac None), everywhere."""
+        with self.lock:
+            if mac is None:
+                self.neighbor_table.pop((ifindex, ip), None)
+            else:
+                self.neighbor_table[(ifindex, ip)] = bytes(mac)
+            msg = {"op": "neighbor", "ifindex": ifindex, "ip": ip,
+                   "mac": None if mac is None else bytes(mac).hex()}
+            for w in self.workers:
+                w.send(msg)
+
+    def take_arp(self):
+        """ARP replies the workers reported since the last call (as Router.take_arp)."""
+        out, self.arp_pending = self.arp_pending, []
+        return out
+
+    def _handle(self, w, msg):
+        if msg.get("op") == "arp":
+            self.arp_pending.extend((i, ip, bytes.fromhex(mac)) for i, ip, mac in msg["entries"])
+        else:
+            super()._handle(w, msg)
+
+    def router_counters(self, ifindex, base):
+        """Router.counters of interface ``ifindex`` summed over live and retired
+        workers; ``base`` (all zeros, the right shape) when none reported yet."""
+        total = base
+        for snap in [w.counters for w in self.workers] + self.retired:
+            per = (snap or {}).get("router")
+            if per and ifindex < len(per):
+                total = _add(total, per[ifindex])
+        return total
+
+
+def _add(a, b):
+    """Sum two counter trees of the same shape (dicts, lists, numbers)."""
+    if isinstance(a, dict):
+        return {k: _add(v, b.get(k, 0) if isinstance(b, dict) else 0) for k, v in a.items()}
+    if isinstance(a, list):
+        return [_add(x, y) for x, y in zip(a, b)] + a[len(b):]
+    return a + b
+
+
 # ----------------------------------------------------------- worker side
 
 class Attached:
@@ -376,11 +480,51 @@ def worker_main(fd):
     nodes = {}
     idler = None
     last_counters = 0.0
+    router = None                       # the ip4 node kind: a Router over the shared FIB
 
     def snapshot():
-        return {"op": "counters",
+        snap = {"op": "counters",
                 "nodes": {n: node.counters() for n, node in nodes.items()},
                 "queues": {k: link.counters() for k, link in links.items()}}
+        if router is not None:
+            ip4 = plan["ip4"]
+            snap["router"] = [router.counters(i, ip4["rx_queues"][i], plan["tx_queues"][name])
+                              for i, name in enumerate(ip4["names"])]
+        return snap
+
+    def start_router(msg, fib_fd):
+        """The ip4 plan: our own Router (neighbors are private to each worker,
+        kept in step by the main process) over the FIB the main process shares."""
+        from memifx.fib import Fib
+        from memifx.ip4 import Router
+        ip4 = msg["ip4"]
+        r = Router(Fib.from_shared(fib_fd, ip4["fib"]))
+        for i, info in enumerate(ip4["info"]):
+            r.add_interface(i, bytes.fromhex(info["mac"]), info["ip"], info["ip_mode"])
+        for i, ip, mac in ip4["neighbors"]:
+            r.add_neighbor(i, ip, bytes.fromhex(mac))
+        return r
+
+    def ip4_pass():
+        """Every receive queue this worker owns once, through the router; the
+        transmit queue of each interface is ours alone (index = worker mod n)."""
+        ip4 = plan["ip4"]
+        router.set_time(int(time.monotonic() * 1000))
+        txqs = []
+        for name in ip4["names"]:
+            link = links.get(name)
+            txqs.append(None if link is None
+                        else link.tx.get(plan["worker"] % plan["tx_queues"][name]))
+        n = 0
+        for ifindex, name in enumerate(ip4["names"]):
+            link = links.get(name)
+            if link is not None:
+                for rxq in link.rx.values():
+                    n += router.poll(ifindex, rxq, txqs, 256, 64)
+        learned = router.take_arp()
+        if learned:
+            send(sock, {"op": "arp", "entries": [[i, ip, mac.hex()] for i, ip, mac in learned]})
+        return n
 
     def attach(msg, fds):
         memory = Memory()
@@ -396,7 +540,8 @@ def worker_main(fd):
             kind, state = g.pop("kind"), g.pop("state")
             queue = Queue(memory, g["region"], g["ring_offset"], g["log2_size"],
                           slave=g["slave"], tx=g["tx"], index=g["index"], fd=qfd,
-                          buffer_size=g["buffer_size"], buf_offset=g["buf_offset"])
+                          buffer_size=g["buffer_size"], buf_offset=g["buf_offset"],
+                          nbufs=g["nbufs"])
             queue.restore(*state)
             slot = g.pop("slot", None)
             if slot is not None and stats_fd is not None:
@@ -444,19 +589,26 @@ def worker_main(fd):
                 if msg["op"] == "plan":
                     plan = msg
                     if plan.get("stats") and fds:
-                        stats_fd = fds.pop()
+                        stats_fd = fds.pop(0)
+                    if plan["node"] == "ip4":
+                        router = start_router(plan, fds[0])     # the FIB fd: closed below
                     nodes = {"%s->%s" % (s, d): XConnect() for s, d in plan["directions"]}
                     idler = Idler([], plan["quiet"], wake_fds=[sock.fileno()])
                 elif msg["op"] == "attach":
                     attach(msg, fds)
                 elif msg["op"] == "detach":
                     detach(msg)
+                elif msg["op"] == "neighbor" and router is not None:
+                    if msg["mac"] is None:
+                        router.remove_neighbor(msg["ifindex"], msg["ip"])
+                    else:
+                        router.add_neighbor(msg["ifindex"], msg["ip"], bytes.fromhex(msg["mac"]))
             finally:
                 for fd_ in fds:         # what no queue took: region fds are dup'd
                     os.close(fd_)
             idler.interfaces = list(links.values())
             idler.armed = [q for q in idler.armed if not q.closed]
-        moved = 0
+        moved = ip4_pass() if router is not None else 0
         for src, dst in plan["directions"]:
             a, b = links.get(src), links.get(dst)
             if a is None:

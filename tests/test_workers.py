@@ -180,3 +180,28 @@ def test_peer_sigkilled_mid_traffic_50_cycles(procs, sockdir):
 @pytest.mark.timeout(3600)
 def test_peer_sigkilled_mid_traffic_1000_cycles(procs, sockdir):
     sigkill_cycles(procs, sockdir, 1000)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_slave_side_worker_uses_the_whole_receive_pool(procs, sockdir, workers):
+    """xconnect as a slave, in the main process and in a worker: the receive
+    pool (two buffers per slot) cycles many times over a small ring and every
+    frame arrives intact, both ways."""
+    a, b = os.path.join(sockdir, "a"), os.path.join(sockdir, "b")
+    ma = memifx.Interface(socket=a, role="master", name="ma", ring_size=64).connect()
+    mb = memifx.Interface(socket=b, role="master", name="mb").connect()
+    p = procs.start(MEMIFX + ["xconnect", "socket=%s,name=A,rx-mode=interrupt,ring-size=64" % a,
+                              "socket=%s,name=B,rx-mode=interrupt" % b,
+                              "--workers", workers])
+    try:
+        assert ma.wait_connected(5) and mb.wait_connected(5)
+        read_until(p, "B: link up")
+        # many rounds: every pool buffer (2 x 64) is used, content intact
+        f = [frame(i, 60 + i % 1400) for i in range(3000)]
+        assert pump(ma, mb, f, pace=16) == f
+        g = [frame(9000 + i, 200) for i in range(3000)]
+        assert pump(mb, ma, g, pace=16) == g
+    finally:
+        ma.close()
+        mb.close()
