@@ -93,9 +93,11 @@ CPUS = CpuListType()
 
 
 def start_workers(interfaces, directions, workers, cpus, quiet, queue_pairs, specs, json_out,
-                  stats=None):
+                  stats=None, make_pool=None):
     """The WorkerPool for --workers/--cpus (None when the data path stays in
-    this process).  Prints the mapping, warns about too many busy pollers."""
+    this process).  Prints the mapping, warns about too many busy pollers.
+    ``make_pool(workers, allowed_cpus)``, if given, builds the pool instead
+    (ip4-forward's RouterPool; it may use fewer workers)."""
     import os
     from memifx.worker import WorkerPool
     allowed = cpus or sorted(os.sched_getaffinity(0))
@@ -103,7 +105,11 @@ def start_workers(interfaces, directions, workers, cpus, quiet, queue_pairs, spe
         workers = min(queue_pairs, len(allowed))
     if workers == 0:
         return None
-    pool = WorkerPool(interfaces, directions, workers, allowed, quiet, stats=stats)
+    if make_pool is not None:
+        pool = make_pool(workers, allowed)
+        workers = pool.nworkers
+    else:
+        pool = WorkerPool(interfaces, directions, workers, allowed, quiet, stats=stats)
     polling = any(s.rx_mode != "interrupt" for s in specs)
     if polling and workers > len(allowed):
         click.echo("warning: %d busy-polling workers on %d CPUs: they will starve "

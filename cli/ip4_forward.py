@@ -6,8 +6,16 @@ interface outputs with the GIL released.  This module is the control plane:
 it builds the FIB (connected, static and file routes), keeps the neighbor
 table (static entries and ARP replies the data path queues for it), drives
 the passes over the receive queues and reports.
+
+With --workers N (N > 0) the passes run in worker processes (memifx/worker.py,
+RouterPool): the FIB is exported once into shared memory that every worker
+maps read-only (routes never change at run time), the neighbor table stays
+here and every change is sent to the workers, and the ARP replies their data
+paths queue come back here to be judged by the same Learner.  The counters
+of the report are the workers' summed, in the same shape as in-process.
 """
 import ipaddress
+import os
 import re
 import time
 
@@ -15,8 +23,8 @@ import click
 
 from memifx.fib import Fib, RouteError
 from memifx.ip4 import Router, DROP_REASONS
-from memifx.cli.common import (Stop, Ticker, connect_all, emit_json, prometheus_option,
-                               router_nodes, start_stats)
+from memifx.cli.common import (CPUS, Stop, Ticker, connect_all, emit_json, prometheus_option,
+                               router_nodes, start_stats, start_workers)
 from memifx.rxmode import Idler
 from memifx.cli.spec import SPEC
 
@@ -130,12 +138,14 @@ class Learner:
     sender inside the receiving interface's subnet (not our own address);
     static --neighbor entries are never overwritten."""
 
-    def __init__(self, specs, router, static):
+    def __init__(self, specs, router, static, source=None, on_learn=None):
         self.specs, self.router, self.static = specs, router, set(static)
         self.learned = self.ignored = 0
+        self.source = source or router      # what .take_arp() comes from (a RouterPool)
+        self.on_learn = on_learn            # also told every learned entry
 
     def run(self):
-        for ifindex, ip, mac in self.router.take_arp():
+        for ifindex, ip, mac in self.source.take_arp():
             s = self.specs[ifindex]
             addr = ipaddress.IPv4Address(ip)
             if (ifindex, ip) in self.static or addr not in s.ip.network or addr == s.ip.ip \
@@ -143,6 +153,8 @@ class Learner:
                 self.ignored += 1
                 continue
             self.router.add_neighbor(ifindex, ip, mac)
+            if self.on_learn is not None:
+                self.on_learn(ifindex, ip, mac)
             self.learned += 1
 
 
@@ -162,7 +174,18 @@ def forward_pass(ifaces, router):
     return moved
 
 
-def report(specs, ifaces, router, learner, fib, seconds):
+class SummedCounters:
+    """Router.counters() as the sum of what the workers of a RouterPool report."""
+
+    def __init__(self, pool, router):
+        self.pool, self.router = pool, router
+
+    def counters(self, ifindex, rx_queues=1, tx_queues=1):
+        return self.pool.router_counters(ifindex, self.router.counters(ifindex, rx_queues,
+                                                                       tx_queues))
+
+
+def report(specs, ifaces, router, learner, fib, seconds, counters=None):
     out = {"seconds": seconds, "routes": fib.routes, "interfaces": {},
            "drops": dict({r: 0 for r in DROP_REASONS}, **{"tx ring full": 0, "tx link down": 0}),
            "arp": {"learned": learner.learned, "ignored": learner.ignored},
@@ -170,7 +193,7 @@ def report(specs, ifaces, router, learner, fib, seconds):
                           "mac": ":".join("%02x" % b for b in mac)}
                          for i, ip, mac in sorted(router.neighbors())]}
     for i, (s, intf) in enumerate(zip(specs, ifaces)):
-        c = router.counters(i, s.rx_queues, s.tx_queues)
+        c = (counters or router).counters(i, s.rx_queues, s.tx_queues)
         c["ring"] = intf.stats()
         out["interfaces"][s.name] = c
         for q in c["rx"]:
@@ -211,9 +234,15 @@ def summary_lines(result):
 @click.option("--stats-interval", type=float, default=0,
               help="Print per-interface rates every S seconds.")
 @click.option("--json", "json_out", is_flag=True, help="Print one JSON object with all counters at exit.")
+@click.option("--workers", type=click.IntRange(0, 64), default=None,
+              help="Worker processes running the data path (default: min(receive queues, "
+                   "allowed CPUs), at most the smallest transmit queue count); 0: run it "
+                   "in this process.")
+@click.option("--cpus", type=CPUS, default=None,
+              help="CPUs for the workers, e.g. 2-5,8 (default: those this process may use).")
 @prometheus_option
 def ip4_forward(specs, routes, routes_file, neighbors, duration, stats_interval, json_out,
-                prometheus_port):
+                workers, cpus, prometheus_port):
     """Route IPv4 between memif interfaces (longest-prefix match, ARP, ICMP echo)."""
     check_interfaces(specs)
     static = [parse_neighbor(n, specs) for n in neighbors]
@@ -223,18 +252,41 @@ def ip4_forward(specs, routes, routes_file, neighbors, duration, stats_interval,
         router.add_interface(i, s.mac_bytes(), int(s.ip.ip), s.mode == "ip")
     for i, ip, mac in static:
         router.add_neighbor(i, ip, mac)
-    learner = Learner(specs, router, [(i, ip) for i, ip, _ in static])
-
     ifaces = [s.interface() for s in specs]
     stop = Stop(duration)
-    start_stats(ifaces, prometheus_port, lambda: router_nodes(specs, router))
+    pool = None
+    counters = router                   # what .counters() is read from: the pool's sums
+    quiet = min(s.quiet for s in specs)
+    sf = start_stats(ifaces, prometheus_port, lambda: router_nodes(specs, counters))
+
+    def make_pool(n, allowed):
+        from memifx.worker import RouterPool
+        most = min(s.tx_queues for s in specs)
+        if n > most:
+            click.echo("note: %d workers reduced to %d: every worker needs its own transmit "
+                       "queue on each interface (the smallest has %d)" % (n, most, most),
+                       err=True)
+            n = most
+        fd, layout = fib.export()
+        info = [{"mac": s.mac_bytes().hex(), "ip": int(s.ip.ip), "ip_mode": s.mode == "ip"}
+                for s in specs]
+        return RouterPool(ifaces, n, allowed, info, fd, layout,
+                          {(i, ip): bytes(mac) for i, ip, mac in static}, quiet, sf)
+    pool = start_workers(ifaces, [], workers, cpus, quiet, max(s.rx_queues for s in specs),
+                         specs, json_out, sf, make_pool)
+    if pool is not None:
+        counters = SummedCounters(pool, router)
+        learner = Learner(specs, router, [(i, ip) for i, ip, _ in static], source=pool,
+                          on_learn=pool.set_neighbor)
+    else:
+        learner = Learner(specs, router, [(i, ip) for i, ip, _ in static])
     connect_all(ifaces, json_out)
     names = ["%s rx" % s.name for s in specs] + ["%s tx" % s.name for s in specs]
 
     def packets():
         rx, tx = [], []
         for i, s in enumerate(specs):
-            c = router.counters(i, s.rx_queues, s.tx_queues)
+            c = counters.counters(i, s.rx_queues, s.tx_queues)
             rx.append(sum(q["packets"] for q in c["rx"]))
             tx.append(sum(q["packets"] for q in c["tx"]))
         return rx + tx
@@ -243,20 +295,31 @@ def ip4_forward(specs, routes, routes_file, neighbors, duration, stats_interval,
         click.echo("ip4-forward: %d interfaces (%s), %d routes%s"
                    % (len(specs), ", ".join("%s %s %s" % (s.name, s.mode, s.ip) for s in specs),
                       fib.routes, " (file loaded in %.2f s)" % load_seconds if routes_file else ""))
-    idle = Idler(ifaces, min(s.quiet for s in specs))
+    idle = Idler(ifaces, quiet)
     try:
         while not stop:
-            router.set_time(int(time.monotonic() * 1000))
-            moved = forward_pass(ifaces, router)
-            learner.run()
-            idle.after(moved)
+            if pool is not None:
+                pool.poll(0.1)
+                learner.run()
+            else:
+                router.set_time(int(time.monotonic() * 1000))
+                moved = forward_pass(ifaces, router)
+                learner.run()
+                idle.after(moved)
             ticker.maybe()
     finally:
         for intf in ifaces:
             intf.close("ip4-forward stopped")
-    result = report(specs, ifaces, router, learner, fib, stop.elapsed)
+        if pool is not None:
+            pool.stop()
+            os.close(pool.fib_fd)
+    result = report(specs, ifaces, router, learner, fib, stop.elapsed, counters)
+    if pool is not None:
+        result["workers"] = {"count": pool.nworkers, "restarts": pool.restarts}
     if json_out:
         emit_json(result)
     else:
         for line in summary_lines(result):
             click.echo(line)
+        if pool is not None:
+            click.echo("workers: %d, restarts: %d" % (pool.nworkers, pool.restarts))

@@ -41,6 +41,8 @@ cdef class Fib:
     cdef uint32_t *nh_hash          # open addressing: slot -> next-hop index + 1
     cdef uint32_t nh_hash_cap
     cdef readonly uint64_t routes   # insertions (replacing one counts again)
+    cdef void *view_map             # a read-only view (from_shared): the mapping, else NULL
+    cdef size_t view_size
 
     cdef int insert_c(self, uint32_t prefix, uint32_t length, uint32_t index) noexcept nogil
     cdef int64_t nexthop_c(self, uint8_t kind, uint32_t gw, uint16_t ifindex) noexcept nogil

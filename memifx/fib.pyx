@@ -21,12 +21,25 @@ cost a handful of next-hop records.
 
 The routes-file loader parses the whole file in C with the GIL released:
 one route a line, ``PREFIX[,/ ]via[= ]GW[,/ ]dev[= ]NAME``, '#' comments.
+
+Sharing with worker processes: ``export()`` copies the finished tables into
+one sealed memfd and ``Fib.from_shared(fd, layout)`` maps it read-only in
+another process, a Fib whose lookups (and the Router over it) work as usual
+but which refuses every change.  The routes of ip4-forward are static after
+start, so one export at start is all the workers need; a command that changed
+routes at run time would have to export a new table and swap it in.
 """
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.stdlib cimport calloc, realloc, free
-from libc.string cimport memset, memcmp, memchr
+from libc.string cimport memset, memcmp, memchr, memcpy
+from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FAILED
 
+import fcntl
 import ipaddress
+import os
+
+cdef enum:
+    PAGE = 4096
 
 KINDS = ("connected", "gateway", "local", "broadcast")
 
@@ -231,17 +244,108 @@ cdef int parse_line(Fib fib, const char *s, size_t n, names_t *names) noexcept n
 cdef class Fib:
     """IPv4 routes: prefix -> next-hop index; next-hop index -> (kind, gateway, interface)."""
 
-    def __cinit__(self):
+    def __cinit__(self, *, bint _view=False):
+        if _view:
+            return                  # from_shared points the tables into its mapping
         # calloc of this size is an anonymous mapping: zero pages until written.
         self.tbl24 = <uint32_t *>calloc(TBL24_SIZE, sizeof(uint32_t))
         if self.tbl24 == NULL:
             raise MemoryError()
 
     def __dealloc__(self):
+        if self.view_map != NULL:
+            munmap(self.view_map, self.view_size)
+            return
         free(self.tbl24)
         free(self.tbl8)
         free(self.nh)
         free(self.nh_hash)
+
+    def check_writable(self):
+        """Raises ValueError on a read-only view (from_shared)."""
+        if self.view_map != NULL:
+            raise ValueError("a shared FIB view is read-only")
+
+    # ------------------------------------------------------ shared memory
+
+    def export(self):
+        """Copy the tables into a new sealed memfd: returns (fd, layout), the
+        layout a JSON-able dict for ``Fib.from_shared``.  The caller owns the
+        fd.  First-level pages that hold only zeros are not copied, so they
+        stay holes in the file (a small FIB costs little memory)."""
+        cdef size_t off24 = 0
+        cdef size_t off8 = <size_t>TBL24_SIZE * 4
+        cdef size_t size8 = <size_t>self.ngroups * 256 * 4
+        cdef size_t offnh = (off8 + size8 + PAGE - 1) & ~(<size_t>PAGE - 1)
+        cdef size_t sizenh = <size_t>self.nnh * sizeof(nexthop_t)
+        cdef size_t total = (offnh + sizenh + PAGE - 1) & ~(<size_t>PAGE - 1)
+        cdef size_t p, k
+        cdef uint8_t *base
+        cdef const uint64_t *w
+        cdef bint zero
+        if total == 0:
+            total = PAGE
+        fd = os.memfd_create("memifx-fib", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        try:
+            os.ftruncate(fd, total)
+            base = <uint8_t *>mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+            if <void *>base == MAP_FAILED:
+                raise OSError("cannot map the shared FIB")
+            with nogil:
+                p = 0
+                while p < <size_t>TBL24_SIZE * 4:
+                    w = <const uint64_t *>(<uint8_t *>self.tbl24 + p)
+                    zero = True
+                    for k in range(PAGE // 8):
+                        if w[k]:
+                            zero = False
+                            break
+                    if not zero:
+                        memcpy(base + off24 + p, w, PAGE)
+                    p += PAGE
+                if size8:
+                    memcpy(base + off8, self.tbl8, size8)
+                if sizenh:
+                    memcpy(base + offnh, self.nh, sizenh)
+            munmap(base, total)
+            # No one may change or resize it from now on (writers included).
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK
+                        | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, {"size": total, "tbl24": off24, "tbl8": off8, "ngroups": self.ngroups,
+                    "nh": offnh, "nnh": self.nnh, "routes": self.routes}
+
+    @staticmethod
+    def from_shared(fd, layout):
+        """A read-only Fib over a table ``export`` wrote (mapped PROT_READ,
+        MAP_SHARED; the fd may be closed afterwards)."""
+        cdef Fib f = Fib.__new__(Fib, _view=True)
+        cdef size_t size = layout["size"]
+        cdef uint8_t *base
+        st = os.fstat(fd)
+        if st.st_size < size or layout["nh"] + layout["nnh"] * sizeof(nexthop_t) > size:
+            raise ValueError("shared FIB: the file is smaller than its layout")
+        if not fcntl.fcntl(fd, fcntl.F_GET_SEALS) & fcntl.F_SEAL_WRITE:
+            raise ValueError("shared FIB: the file is not sealed against writes")
+        base = <uint8_t *>mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0)
+        if <void *>base == MAP_FAILED:
+            raise OSError("cannot map the shared FIB")
+        f.view_map = base
+        f.view_size = size
+        f.tbl24 = <uint32_t *>(base + <size_t>layout["tbl24"])
+        f.tbl8 = <uint32_t *>(base + <size_t>layout["tbl8"])
+        f.ngroups = f.groups_cap = layout["ngroups"]
+        f.nh = <nexthop_t *>(base + <size_t>layout["nh"])
+        f.nnh = f.nh_cap = layout["nnh"]
+        f.routes = layout["routes"]
+        return f
+
+    @property
+    def shared(self):
+        """Whether this is a read-only view from ``from_shared``."""
+        return self.view_map != NULL
 
     # ------------------------------------------------------------ next hops
 
@@ -300,6 +404,7 @@ cdef class Fib:
     def add_nexthop(self, kind, uint32_t gw=0, uint16_t ifindex=0):
         """Index of the next hop (kind: a name from KINDS or its number)."""
         cdef int64_t r
+        self.check_writable()
         if isinstance(kind, str):
             kind = KINDS.index(kind)
         if not 0 <= kind < N_NH_KINDS:
@@ -369,6 +474,7 @@ cdef class Fib:
 
     def insert(self, uint32_t prefix, uint32_t length, uint32_t index):
         """Route prefix/length (ints; host bits must be clear) to next hop ``index``."""
+        self.check_writable()
         if length > 32:
             raise ValueError("prefix length %d out of range 0..32" % length)
         if prefix & ~netmask(length):
@@ -425,6 +531,7 @@ cdef class Fib:
         cdef const char *eol
         cdef uint64_t line = 0, added = 0
         cdef int r = 0
+        self.check_writable()
         if len(names) > MAX_NAMES:
             raise ValueError("at most %d interfaces" % MAX_NAMES)
         nm.count = 0

@@ -664,7 +664,8 @@ def test_e2e_forwarding_lpm_and_drops(procs, sock, tmp_path):
 
 @pytest.mark.timeout(90)
 def test_e2e_arp_icmp_learning_and_link_events(procs, sock):
-    p = procs.start(router_args(sock, ["--stats-interval", "0.5"], json_out=False))
+    p = procs.start(router_args(sock, ["--stats-interval", "0.5", "--workers", "0"],
+                                json_out=False))
     read_until(p, "ip4-forward: 3 interfaces", 15)
     a, b, c = ifs = slaves(sock)
     try:

@@ -1,0 +1,271 @@
+"""ip4-forward with --workers: the router's passes in pinned worker processes.
+
+The router of tests/test_ip4.py (same interfaces, routes, neighbors), every
+interface with two queue pairs and two workers, rx-mode=interrupt so no more
+than the two workers are ever busy.  Worker w serves receive queue w of each
+interface and transmits on transmit queue w of each, so what a slave sends on
+queue q comes back on its queue q.  Checked here: forwarding on both queues
+(TTL, checksum, MACs), ICMP echo, drop counters summed over the workers in
+--json, ARP learning through a worker (the reply reaches one worker, the
+main process learns it, the other worker forwards with it), the FIB mapped
+read-only and shared by every worker, and a SIGKILLed worker restarted with
+traffic resuming.
+"""
+import os
+import signal
+import time
+
+import psutil
+import pytest
+from scapy.all import ARP, ICMP, IP, Ether, raw
+
+from conftest import read_until, wait_for
+from test_ip4 import (DROP_CASES, HOST_A, LPM, MAC_A, MAC_B, PROBES, SPECS, ROUTES, NEIGHBORS,
+                      MEMIFX, close_all, collect, eth, recomputed, slaves, stop_json, udp)
+from memifx.ip4 import DROP_REASONS
+
+QUEUES = 2
+LEARNED_MAC = "0a:00:00:00:00:77"
+
+
+def router(procs, sock, *extra):
+    args = MEMIFX + ["ip4-forward", "--json", "--workers", "2", "--cpus", "0-1"]
+    for i, s in enumerate(SPECS):
+        args += ["--interface", "socket=%s,id=%d,role=master,rx-mode=interrupt,queues=%d,%s"
+                 % (sock, i, QUEUES, s)]
+    for r in ROUTES:
+        args += ["--route", r]
+    for n in NEIGHBORS:
+        args += ["--neighbor", n]
+    p = procs.start(args + list(extra))
+    assert wait_for(lambda: os.path.exists(sock), 15)
+    return p
+
+
+def workers_of(p):
+    return [c for c in psutil.Process(p.pid).children()
+            if "memifx.worker" in " ".join(c.cmdline())]
+
+
+def fib_maps(pid):
+    """The lines of /proc/PID/maps that map the shared FIB."""
+    with open("/proc/%d/maps" % pid) as f:
+        return [line.split() for line in f if "memifx-fib" in line]
+
+
+def ping_frame(intf_index):
+    addr, mac, host = PROBES[intf_index]
+    ping = IP(src=host, dst=addr) / ICMP(id=0x78)
+    return raw(ping) if mac is None else raw(Ether(dst=mac, src=HOST_A) / ping)
+
+
+def up_on_every_queue(ifs):
+    """Ping the router on each queue of each link until that queue's worker
+    answers (it attaches a moment after the slave sees the link), then drain."""
+    for k, intf in enumerate(ifs):
+        for q in range(QUEUES):
+            assert wait_for(lambda: intf.tx_burst([ping_frame(k)], queue=q)
+                            and collect(intf, 1, 0.5, queue=q), 10, 0.01), (k, q)
+    for intf in ifs:
+        for q in range(QUEUES):
+            while intf.rx_burst(q):
+                pass
+
+
+def forward_both_queues(a, b, c, base):
+    """Frames to every LPM destination on each queue of a; each arrives on the
+    same queue index of its output link, in order, rewritten correctly."""
+    for q in range(QUEUES):
+        frames, want = [], {0: [], 1: [], 2: []}
+        for k in range(120):
+            dst = sorted(LPM)[k % len(LPM)]
+            ident = base + q * 1000 + k
+            frames.append(raw(eth() / IP(src="10.0.1.5", dst=dst, ttl=3 + k, id=ident)
+                              / (b"%05d" % k)))
+            want[LPM[dst][0]].append((ident, dst, 2 + k))
+        assert a.tx_burst(frames, queue=q) == len(frames)
+        for o, intf in enumerate((a, b, c)):
+            got = collect(intf, len(want[o]), queue=q)
+            assert len(got) == len(want[o]), (q, o)
+            for raw_out, (ident, dst, ttl) in zip(got, want[o]):
+                pkt = IP(raw_out) if o == 2 else Ether(raw_out)
+                if o != 2:
+                    assert (pkt.dst, pkt.src) == (LPM[dst][1], [MAC_A, MAC_B][o])
+                assert (pkt[IP].id, pkt[IP].dst, pkt[IP].ttl) == (ident, dst, ttl)
+                assert raw(pkt) == raw(recomputed(pkt))          # checksum updated right
+    return 120
+
+
+@pytest.mark.timeout(90)
+def test_two_workers_forward_echo_and_sum_drops(procs, sock):
+    p = router(procs, sock)
+    assert wait_for(lambda: len(workers_of(p)) == 2, 10)
+    ws = workers_of(p)
+    assert sorted(tuple(w.cpu_affinity()) for w in ws) == [(0,), (1,)]
+    a, b, c = ifs = slaves(sock, rx_queues=QUEUES, tx_queues=QUEUES)
+    try:
+        up_on_every_queue(ifs)
+        # one FIB, shared: every worker maps the same memfd, read-only, shared
+        maps = {w.pid: fib_maps(w.pid) for w in ws}
+        for pid, lines in maps.items():
+            assert lines, "worker %d maps no FIB" % pid
+            assert all(line[1] == "r--s" for line in lines), lines
+        inodes = {line[4] for lines in maps.values() for line in lines}
+        assert len(inodes) == 1, maps
+        assert all(line[1] != "rw-s" for line in fib_maps(p.pid))
+        sent = forward_both_queues(a, b, c, 0)
+        # ICMP echo on each queue, answered on that queue
+        for q in range(QUEUES):
+            a.tx_burst([raw(eth() / IP(src="10.0.1.5", dst="10.0.1.1") / ICMP(id=5, seq=q)
+                            / b"xyz")], queue=q)
+            (rep,) = collect(a, 1, queue=q)
+            rep = Ether(rep)
+            assert (rep[ICMP].type, rep[ICMP].seq, rep[IP].src, rep.src) == \
+                (0, q, "10.0.1.1", MAC_A)
+            assert raw(rep) == raw(recomputed(rep))
+        # one of each drop, spread over both queues (so over both workers)
+        for k, (reason, i, frame) in enumerate(DROP_CASES):
+            assert ifs[i].tx_burst([frame], queue=k % QUEUES) == 1
+        # what the drops provoke: 2 time exceeded back to a, 1 ARP request out b
+        te = collect(a, 1, queue=0) + collect(a, 1, queue=1)
+        assert len(te) == 2 and all(Ether(f)[ICMP].type == 11 for f in te)
+        arp = []
+        assert wait_for(lambda: arp.extend(Ether(f) for q in range(QUEUES)
+                                           for f in b.rx_burst(q)) or arp, 5)
+        time.sleep(0.2)
+        arp += [Ether(f) for q in range(QUEUES) for f in b.rx_burst(q)]
+        assert [f[ARP].pdst for f in arp] == ["10.0.2.77"]
+    finally:
+        close_all(ifs)
+    result = stop_json(p)
+    assert result["workers"] == {"count": 2, "restarts": 0}
+    expected = dict({r: 0 for r in DROP_REASONS}, **{"tx ring full": 0, "tx link down": 0})
+    for reason, _, _ in DROP_CASES:
+        expected[reason] += 1
+    assert result["drops"] == expected
+    ra = result["interfaces"]["a"]
+    assert [q["forwarded"] for q in ra["rx"]] == [sent, sent]         # one per worker
+    assert all(q["echo replies"] >= 2 for q in ra["rx"])               # probes and pings
+    assert sum(q["icmp errors sent"] for q in ra["rx"]) == 2
+    for name in ("a", "b", "c"):                 # the ring counters agree with the router's
+        r = result["interfaces"][name]
+        assert [q["packets"] for q in r["ring"]["rx"]] == [q["packets"] for q in r["rx"]]
+        assert [q["packets"] for q in r["ring"]["tx"]] == [q["packets"] for q in r["tx"]]
+    assert not os.path.exists(sock)
+
+
+def learn_through_a_worker(a, b):
+    """Traffic from a's queue 0 (worker 0) to an unresolved host: an ARP
+    request; the host answers on b's queue 1 (worker 1); the main process
+    learns it and tells every worker; worker 0's traffic then flows."""
+    a.tx_burst([raw(udp("10.0.2.77", id=1))], queue=0)
+    (q,) = collect(b, 1, queue=0)
+    q = Ether(q)
+    assert (q.dst, q[ARP].op, q[ARP].pdst, q[ARP].psrc) == \
+        ("ff:ff:ff:ff:ff:ff", 1, "10.0.2.77", "10.0.2.1")
+    b.tx_burst([raw(Ether(dst=MAC_B, src=LEARNED_MAC) /
+                    ARP(op=2, hwsrc=LEARNED_MAC, psrc="10.0.2.77", hwdst=MAC_B,
+                        pdst="10.0.2.1"))], queue=1)
+    got = []
+
+    def flows():
+        a.tx_burst([raw(udp("10.0.2.77", id=2))], queue=0)
+        got.extend(f for f in collect(b, 1, 0.2, queue=0) if Ether(f).type == 0x0800)
+        return got
+    assert wait_for(flows, 10, 0.05)
+    assert Ether(got[0]).dst == LEARNED_MAC and Ether(got[0])[IP].id == 2
+
+
+def to_learned(a, b, q, n=20):
+    a.tx_burst([raw(udp("10.0.2.77", id=500 + k)) for k in range(n)], queue=q)
+    got = [Ether(f) for f in collect(b, n, queue=q)]
+    assert [(f.dst, f[IP].id, f[IP].ttl) for f in got] == \
+        [(LEARNED_MAC, 500 + k, 63) for k in range(n)]
+
+
+@pytest.mark.timeout(90)
+def test_arp_learning_through_a_worker_and_worker_restart(procs, sock):
+    p = router(procs, sock)
+    assert wait_for(lambda: len(workers_of(p)) == 2, 10)
+    a, b, c = ifs = slaves(sock, rx_queues=QUEUES, tx_queues=QUEUES)
+    try:
+        up_on_every_queue(ifs)
+        learn_through_a_worker(a, b)
+        for q in range(QUEUES):                  # both workers know the learned neighbor
+            to_learned(a, b, q)
+        # SIGKILL worker 1: reported, restarted; the links flap and come back
+        victim = [w for w in workers_of(p) if w.cpu_affinity() == [1]][0]
+        os.kill(victim.pid, signal.SIGKILL)
+        read_until(p, "worker 1 died: restarted", 10)
+        assert wait_for(lambda: all(i.info()["link_flaps"] >= 1 for i in ifs), 10)
+        for i in ifs:
+            assert i.wait_connected(10)
+        assert wait_for(lambda: len(workers_of(p)) == 2
+                        and victim.pid not in [w.pid for w in workers_of(p)], 10)
+        new = [w for w in workers_of(p) if w.pid != victim.pid and w.cpu_affinity() == [1]]
+        assert len(new) == 1 and [l[1] for l in fib_maps(new[0].pid)] == ["r--s"]
+        up_on_every_queue(ifs)
+        # traffic resumes on both queues; the new worker got the learned neighbor
+        forward_both_queues(a, b, c, 10000)
+        for q in range(QUEUES):
+            to_learned(a, b, q)
+    finally:
+        close_all(ifs)
+    result = stop_json(p)
+    assert result["workers"] == {"count": 2, "restarts": 1}
+    assert result["arp"]["learned"] == 1
+    assert {"dev": "b", "ip": "10.0.2.77", "mac": LEARNED_MAC} in result["neighbors"]
+    ra = result["interfaces"]["a"]
+    # the dead worker's counters, as last reported, are part of the sums
+    assert ra["rx"][0]["forwarded"] >= 120 + 1 + 20 and ra["rx"][1]["forwarded"] >= 120
+
+
+@pytest.mark.timeout(60)
+def test_workers_reduced_to_the_smallest_tx_queue_count(procs, sock):
+    args = MEMIFX + ["ip4-forward", "--workers", "2", "--duration", "0.5",
+                     "--interface", "socket=%s,id=0,role=master,rx-mode=interrupt,queues=2,%s"
+                     % (sock, SPECS[0]),
+                     "--interface", "socket=%s,id=1,role=master,rx-mode=interrupt,%s"
+                     % (sock, SPECS[1])]
+    out, _ = procs.start(args).communicate(timeout=30)
+    assert "2 workers reduced to 1" in out
+    assert "worker 0 (pid" in out and "worker 1 (pid" not in out
+    assert "workers: 1, restarts: 0" in out
+
+
+@pytest.mark.timeout(60)
+def test_fib_export_and_shared_view_agree():
+    """export() -> sealed memfd; from_shared() maps it read-only and answers
+    every lookup as the original does; the view refuses changes."""
+    import fcntl
+    import random
+    from memifx.fib import Fib
+    rnd = random.Random(3)
+    fib = Fib()
+    for k in range(3000):
+        length = rnd.choice([8, 16, 20, 24, 24, 26, 28, 32])
+        net = rnd.getrandbits(32) & ((0xFFFFFFFF << (32 - length)) & 0xFFFFFFFF)
+        fib.insert(net, length, fib.add_nexthop("gateway", rnd.getrandbits(32), k % 4))
+    fd, layout = fib.export()
+    try:
+        seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+        assert seals & fcntl.F_SEAL_WRITE and seals & fcntl.F_SEAL_GROW
+        with pytest.raises(OSError):
+            os.pwrite(fd, b"x", 0)
+        view = Fib.from_shared(fd, layout)
+    finally:
+        os.close(fd)
+    assert view.shared and not fib.shared
+    assert (view.routes, view.nnh, view.blocks) == (fib.routes, fib.nnh, fib.blocks)
+    for _ in range(20000):
+        a = rnd.getrandbits(32)
+        i = fib.lookup(a)
+        assert view.lookup(a) == i and (i < 0 or view.nexthop(i) == fib.nexthop(i))
+    maps = fib_maps(os.getpid())
+    assert maps and all(line[1] == "r--s" for line in maps)
+    for change in (lambda: view.add_route("1.0.0.0/8", "connected"),
+                   lambda: view.insert(0, 0, 0), lambda: view.load_routes(b"1.0.0.0/8,dev=a", ["a"])):
+        with pytest.raises(ValueError, match="read-only"):
+            change()
+    del view
+    assert not fib_maps(os.getpid())            # unmapped with the view
