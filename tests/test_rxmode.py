@@ -27,8 +27,9 @@ def start(procs, a, b, mode, *extra):
 
 
 def cpu_seconds(pid):
-    t = psutil.Process(pid).cpu_times()
-    return t.user + t.system
+    """CPU time of the process and its workers (children)."""
+    procs = [psutil.Process(pid)] + psutil.Process(pid).children(recursive=True)
+    return sum(p.cpu_times().user + p.cpu_times().system for p in procs)
 
 
 def finish(p):
@@ -44,6 +45,7 @@ def test_idle_dut_sleeps_and_a_single_frame_crosses(procs, sockdir, mode):
     sa, sb = slaves(a, b)
     try:
         time.sleep(0.5)                         # start-up and handshakes settle
+        assert psutil.Process(p.pid).children(), "expected a worker process"
         c0, t0 = cpu_seconds(p.pid), time.monotonic()
         time.sleep(5)
         share = (cpu_seconds(p.pid) - c0) / (time.monotonic() - t0)
