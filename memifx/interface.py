@@ -107,7 +107,6 @@ class Interface:
         self._rx_modes = ["polling"] * rx_queues
         self._up = threading.Condition()
         self._last_reason = None
-        self._warnings = []
         self._totals = {"rx": [None] * rx_queues, "tx": [None] * tx_queues}
         self._flaps = 0
 
@@ -178,7 +177,6 @@ class Interface:
 
     def _channel_up(self, channel, conn):
         self._backoff = RECONNECT_MIN
-        self._warnings = conn.warnings
         for i, q in enumerate(conn.rx):
             if self._rx_modes[i] == "interrupt":
                 q.set_interrupt(True)
