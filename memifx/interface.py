@@ -28,7 +28,9 @@ Chained frames
     frame; ``tx_alloc`` buffers each carry one frame of at most buffer_size.
     A slave's receive ring draws on a pool of two buffers per slot: while the
     application holds zero-copy buffers the ring is reposted from the pool,
-    and held buffers may be handed back in any order.
+    and held buffers may be handed back in any order.  A buffer must be
+    handed back (``rx_zero_copy`` does it on exit): one that is dropped without
+    release stays out of the pool until the link goes down.
 
 Disconnect safety
     A link going down never unmaps memory under a running burst or a held
