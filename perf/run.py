@@ -303,8 +303,9 @@ def tester(s, cfg, size, a, b, role="slave", rate=None, extra=()):
     return s.start(args, [TESTER_CPU])
 
 
-def measure_tester(s, cfg, size, a, b, role="slave"):
-    t = tester(s, cfg, size, a, b, role)
+def measure_tester(s, cfg, size, a, b, role="slave", extra=()):
+    """Run the tester through a DUT already listening on a and b; its receive rate."""
+    t = tester(s, cfg, size, a, b, role, extra=extra)
     mpps, raw = wait_window(lambda: memifx_samples(t, "tester-rx rx"), cfg.warm, cfg.trial,
                             cfg.warm + cfg.trial + 40)
     out = t.stop()
@@ -384,13 +385,9 @@ def ip4(cfg, size, nroutes, workers=0):
             raise RuntimeError("this ip4-forward has no --workers")
         r = s.start(args, [DUT_CPU] if not workers else None)
         r.wait_line(r"ip4-forward: \d+ interfaces", 300)
-        t = tester(s, cfg, size, a, b, extra=["--dst-mac", ROUTER_MAC_A,
-                                              "--src-ip", "10.0.1.5", "--dst-ip", "198.19.0.1"])
-        mpps, raw = wait_window(lambda: memifx_samples(t, "tester-rx rx"), cfg.warm, cfg.trial,
-                                cfg.warm + cfg.trial + 40)
-        out = t.stop()
-        m = re.search(r"corrupt (\d+)", out)
-        return {"mpps": mpps, "samples": raw, "corrupt": int(m.group(1)) if m else None}
+        return measure_tester(s, cfg, size, a, b,
+                              extra=["--dst-mac", ROUTER_MAC_A,
+                                     "--src-ip", "10.0.1.5", "--dst-ip", "198.19.0.1"])
 
 
 def pyapi(cfg, size, variant):
@@ -464,9 +461,9 @@ def irq_idle(cfg, size):
                               spec(b, role="master", name="B", **{"rx-mode": "interrupt"}),
                               "--workers", "0"], [DUT_CPU])
         x.wait_line(r"^xconnect ", 30)
-        t = s.start(MEMIFX + ["gen", spec(a, name="tester", **{"rx-mode": "interrupt"}),
-                              "--receive", spec(b, name="tester-rx", **{"rx-mode": "interrupt"}),
-                              "--rate", "1", "--stats-interval", "1"], [TESTER_CPU])
+        s.start(MEMIFX + ["gen", spec(a, name="tester", **{"rx-mode": "interrupt"}),
+                          "--receive", spec(b, name="tester-rx", **{"rx-mode": "interrupt"}),
+                          "--rate", "1", "--stats-interval", "1"], [TESTER_CPU])
         x.wait_line(r"B: link up", 20)
         time.sleep(1.0)
         px = psutil.Process(x.p.pid)
