@@ -22,21 +22,27 @@ def frame(seq, size):
     return struct.pack("<Q", seq) + PATTERN[k:k + size - 8]
 
 
-def exchange(intf, frames, tx_queue=0, rx_queues=(0,), timeout=10.0):
-    """Send ``frames`` (retrying on a full ring), return everything echoed back."""
+def pump(tx, rx, frames, tx_queue=0, rx_queues=(0,), timeout=10, pace=64):
+    """Send ``frames`` on ``tx`` (retrying on a full ring, at most 256 in
+    flight) and return everything that arrives on ``rx``'s queues meanwhile."""
     got, sent = [], 0
     end = time.monotonic() + timeout
     while (sent < len(frames) or len(got) < len(frames)) and time.monotonic() < end:
-        if sent < len(frames):
-            sent += intf.tx_burst(frames[sent:sent + 64], tx_queue)
+        if sent < len(frames) and sent - len(got) < 256:
+            sent += tx.tx_burst(frames[sent:sent + pace], tx_queue)
         moved = 0
         for q in rx_queues:
-            burst = intf.rx_burst(q)
-            got += burst
-            moved += len(burst)
+            b = rx.rx_burst(q)
+            got += b
+            moved += len(b)
         if not moved:
-            time.sleep(0.0005)
+            time.sleep(0.0002)
     return got
+
+
+def exchange(intf, frames, tx_queue=0, rx_queues=(0,), timeout=10.0):
+    """Send ``frames`` on ``intf`` and return what an echo peer sends back."""
+    return pump(intf, intf, frames, tx_queue, rx_queues, timeout)
 
 
 def start_echo(procs, sock, *extra, role="master"):

@@ -11,8 +11,8 @@ import pytest
 
 import memifx
 from conftest import wait_for
-from test_link import frame
-from test_xconnect import pump, slaves
+from test_link import frame, pump
+from test_xconnect import slaves
 
 pytestmark = pytest.mark.timeout(60)
 MEMIFX = [sys.executable, "-m", "memifx.cli.main"]

@@ -21,8 +21,7 @@ import pytest
 import memifx
 from memifx import slots, stats
 from conftest import read_until, wait_for
-from test_link import frame
-from test_xconnect import pump
+from test_link import frame, pump
 
 pytestmark = pytest.mark.timeout(60)
 MEMIFX = [sys.executable, "-m", "memifx.cli.main"]

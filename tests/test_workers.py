@@ -13,8 +13,7 @@ import pytest
 
 import memifx
 from conftest import read_until, wait_for
-from test_link import frame
-from test_xconnect import pump
+from test_link import frame, pump
 
 MEMIFX = [sys.executable, "-m", "memifx.cli.main"]
 

@@ -11,7 +11,7 @@ import pytest
 
 import memifx
 from conftest import read_until, wait_for
-from test_link import frame
+from test_link import frame, pump
 
 pytestmark = pytest.mark.timeout(60)
 MEMIFX = [sys.executable, "-m", "memifx.cli.main"]
@@ -26,22 +26,6 @@ def start_xconnect(procs, spec_a, spec_b, *extra):
     else:
         read_until(p, "xconnect")
     return p
-
-
-def pump(tx, rx, frames, tx_queue=0, rx_queues=(0,), timeout=10, pace=64):
-    got, sent = [], 0
-    end = time.monotonic() + timeout
-    while (sent < len(frames) or len(got) < len(frames)) and time.monotonic() < end:
-        if sent < len(frames) and sent - len(got) < 256:
-            sent += tx.tx_burst(frames[sent:sent + pace], tx_queue)
-        moved = 0
-        for q in rx_queues:
-            b = rx.rx_burst(q)
-            got += b
-            moved += len(b)
-        if not moved:
-            time.sleep(0.0002)
-    return got
 
 
 @pytest.fixture
