@@ -19,6 +19,7 @@ other, as a hardware tester does.  ``--capture FILE`` adds one on the
 generator's own interface that writes whatever arrives to a pcap file.
 """
 import ipaddress
+import os
 import re
 import time
 from array import array
@@ -98,8 +99,12 @@ class Pending:
 class Synth:
     restamp = True
 
-    def __init__(self, gen, nqueues, burst):
+    def __init__(self, gen, nqueues, burst, single_size):
         self.gen = gen
+        # Zeros after the stamp, one frame size: each staging buffer keeps
+        # its frames at the same offsets, so their payload stays zero and a
+        # refill writes headers and stamps only.
+        self.headers_only = gen.zeros and single_size
         groups = [[] for _ in range(nqueues)]
         for f in range(gen.flows):
             groups[flow_queue(f, nqueues)].append(f)
@@ -117,7 +122,8 @@ class Synth:
             lengths = array("I", bytes(4 * self.burst))
             st = self.staging[q] = (buf, memoryview(buf), lengths, memoryview(lengths))
         buf, view, lengths, lview = st
-        n, total = self.gen.fill(buf, lengths, n, self.flows[q], self.cursor[q])
+        n, total = self.gen.fill(buf, lengths, n, self.flows[q], self.cursor[q],
+                                 self.headers_only)
         self.cursor[q] = (self.cursor[q] + n) % len(self.flows[q])
         return Pending(view, lview[:n], n, total) if n else None
 
@@ -244,7 +250,7 @@ class Sender:
         elif self.pending:
             self.stalls += 1
             if self.stalls >= STALL_SPINS:
-                time.sleep(0.00002)
+                os.sched_yield()
                 self.stalls = 0
         elif self.rate:
             due = self.rate_t0 + (self.admitted + self.min_batch) / self.rate
@@ -266,7 +272,7 @@ class Sender:
 
 
 def make_source(spec, intf, sizes, count, duration, flows, src_mac, dst_mac, src_ip, dst_ip,
-                pcap_path):
+                pcap_path, payload="pattern"):
     """(source, burst) for the options given."""
     if pcap_path:
         return load_replay(pcap_path, intf, count, duration), BURST
@@ -275,11 +281,12 @@ def make_source(spec, intf, sizes, count, duration, flows, src_mac, dst_mac, src
     try:
         gen = Generator(sizes, ip_mode=intf.mode == "ip", flows=flows,
                         src_mac=src_mac or spec.mac_bytes(), dst_mac=dst_mac or b"\xff" * 6,
-                        src_ip=src_ip, dst_ip=dst_ip or bytes([198, 19, 0, 1]))
+                        src_ip=src_ip, dst_ip=dst_ip or bytes([198, 19, 0, 1]),
+                        payload=payload)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--size/--flows")
     burst = max(16, min(BURST, (4 << 20) // gen.max_size))
-    return Synth(gen, spec.tx_queues, burst), burst
+    return Synth(gen, spec.tx_queues, burst, len(set(sizes)) == 1), burst
 
 
 def drain(sender, receivers, waiting, quiet, limit):
@@ -301,10 +308,11 @@ def drain(sender, receivers, waiting, quiet, limit):
 
 
 def run_gen(spec, sizes, count, duration, rate, flows, src_mac, dst_mac, src_ip, dst_ip,
-            pcap_path, receive_spec, capture_path, stats_interval, json_out, prometheus_port=0):
+            pcap_path, receive_spec, capture_path, stats_interval, json_out, prometheus_port=0,
+            payload="pattern", verify="full"):
     intf = spec.interface()
     source, burst = make_source(spec, intf, sizes, count, duration, flows, src_mac, dst_mac,
-                                src_ip, dst_ip, pcap_path)
+                                src_ip, dst_ip, pcap_path, payload)
     interfaces = [intf]
     receiver = capturer = writer = None
     if receive_spec is not None:
@@ -312,10 +320,10 @@ def run_gen(spec, sizes, count, duration, rate, flows, src_mac, dst_mac, src_ip,
         if rx_intf.name == intf.name:
             rx_intf.name += "-rx"
         interfaces.append(rx_intf)
-        receiver = Receiver(rx_intf)
+        receiver = Receiver(rx_intf, verify=verify)
     if capture_path:
         writer = pcap.Writer(capture_path, linktype(intf))
-        capturer = Receiver(intf, writer)
+        capturer = Receiver(intf, writer, verify=verify)
     receivers = [r for r in (receiver, capturer) if r is not None]
     sender = Sender(intf, source, burst, count, rate)
 

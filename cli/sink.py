@@ -24,9 +24,9 @@ SLOT = 9216 + 64            # room per frame in the copy buffer (jumbo frames)
 class Receiver:
     """Drains every receive queue of one interface, a burst at a time."""
 
-    def __init__(self, intf, writer=None, burst=BURST):
+    def __init__(self, intf, writer=None, burst=BURST, verify="full"):
         self.intf = intf
-        self.checker = Checker(ip_mode=intf.mode == "ip")
+        self.checker = Checker(ip_mode=intf.mode == "ip", payload=verify == "full")
         self.buf = bytearray(burst * SLOT)
         self.lengths = array("I", bytes(4 * burst))
         self.writer = writer
@@ -92,10 +92,11 @@ def linktype(intf):
     return pcap.LINKTYPE_RAW if intf.mode == "ip" else pcap.LINKTYPE_ETHERNET
 
 
-def run_sink(spec, duration, count, pcap_path, stats_interval, json_out, prometheus_port=0):
+def run_sink(spec, duration, count, pcap_path, stats_interval, json_out, prometheus_port=0,
+             verify="full"):
     intf = spec.interface()
     writer = pcap.Writer(pcap_path, linktype(intf)) if pcap_path else None
-    rx = Receiver(intf, writer)
+    rx = Receiver(intf, writer, verify=verify)
     stop = Stop(duration)
     start_stats([intf], prometheus_port, lambda: [dict(rx.checker.counters(), node="sink",
                                                        interface=intf.name, direction="rx")])

@@ -1,3 +1,4 @@
+cimport cython
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from memifx.memif cimport memif_ring_t, memif_desc_t
 from memifx.memory cimport Memory
@@ -37,6 +38,7 @@ cdef struct frame_t:
     uint32_t end          # slots consumed up to and including this frame
     int drop              # -1, or the Drop reason
 
+@cython.final           # direct (inlinable) calls to its cdef methods
 cdef class Queue:
     cdef Memory mem                 # keeps every mapping alive while we exist
     cdef memif_ring_t *ring
