@@ -34,7 +34,8 @@ from memifx.cli.sink import Receiver, rates, summary, linktype
 BURST = 256
 IMIX = [64, 570, 64, 1518, 64, 570, 64, 64, 570, 64, 570, 64]     # 7:4:1, interleaved
 SLEEP_MIN = 0.0002          # seconds: shorter waits for the rate limiter spin
-STALL_SPINS = 8            # zero-progress passes before a short sleep
+STALL_SPINS = 8            # zero-progress passes before yielding the CPU (a sleep
+                           # would let a receiver on another CPU run dry: ~60 us)
 QUIET = 0.5                # end of run: seconds without arrivals before giving up
 QUIET_RECEIVE = 1.0
 DRAIN_MAX = 10.0           # end of run: longest wait for rings and receivers
@@ -242,8 +243,9 @@ class Sender:
         return moved
 
     def idle(self, moved):
-        """After a pass: yield to a slower peer, or sleep until the rate
-        limiter admits the next batch."""
+        """After a pass: yield the CPU when the ring stays full (to a peer
+        that shares it), or sleep until the rate limiter admits the next
+        batch."""
         if moved:
             self.t_last = time.monotonic()
             self.stalls = 0
