@@ -396,6 +396,7 @@ cdef class Checker:
         cdef const uint8_t *st
         cdef uint32_t ip_len, ihl, rest, avail = length
         cdef uint16_t magic, flow
+        cdef flow_t *f
         cdef uint64_t seq, ts, lat
         self.packets += 1
         self.bytes += length
@@ -443,17 +444,18 @@ cdef class Checker:
             self.lat_min = lat
         if lat > self.lat_max:
             self.lat_max = lat
-        self.track(flow, seq, ts)
+        f = self.flow[flow]
+        if f != NULL and seq == f.next and ts >= f.newest:     # in order: the usual case
+            f.newest = ts
+            f.next = seq + 1
+            f.seen[(seq % WINDOW) >> 6] |= 1ULL << (seq & 63)
+        else:
+            self.track(flow, seq, ts)
         return GOOD
 
     cdef void track(self, uint16_t flow, uint64_t seq, uint64_t ts) noexcept nogil:
         cdef flow_t *f = self.flow[flow]
         cdef uint64_t s, word = (seq % WINDOW) >> 6, bit = 1ULL << (seq & 63)
-        if f != NULL and seq == f.next and ts >= f.newest:    # the usual case: in order
-            f.newest = ts
-            f.next = seq + 1
-            f.seen[word] |= bit
-            return
         if f == NULL:
             f = <flow_t *>calloc(1, sizeof(flow_t))
             if f == NULL:

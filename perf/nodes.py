@@ -116,6 +116,18 @@ def measure(kind, pattern, frames, size, tmp):
     return (runs[1] - runs[0]) / frames
 
 
+def measure_all(frames=65536, size=64, only=None):
+    """[(node, Ir per frame)] for every node (whose name contains ``only``)."""
+    frames -= frames % BURST
+    out = []
+    with tempfile.TemporaryDirectory(prefix="mxnodes-") as tmp:
+        for name, kind, pattern in NODES:
+            if only and only not in name:
+                continue
+            out.append((name, measure(kind, pattern, frames, size, tmp)))
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", type=int, default=64)
@@ -129,13 +141,9 @@ def main():
         workload(a.run, a.frames, a.size)
         return 0
     lines = ["| node | Ir per %d-byte frame |" % a.size, "|---|---|"]
-    with tempfile.TemporaryDirectory(prefix="mxnodes-") as tmp:
-        for name, kind, pattern in NODES:
-            if a.only and a.only not in name:
-                continue
-            ir = measure(kind, pattern, a.frames, a.size, tmp)
-            lines.append("| %s | %.1f |" % (name, ir))
-            print(lines[-1], flush=True)
+    for name, ir in measure_all(a.frames, a.size, a.only):
+        lines.append("| %s | %.1f |" % (name, ir))
+        print(lines[-1], flush=True)
     if a.out:
         with open(a.out, "w") as f:
             f.write("\n".join(lines) + "\n")

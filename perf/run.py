@@ -645,6 +645,19 @@ def write_report(results, cfg):
              "testpmd io with its forwarding lcore 1 and its sleeping main lcore 0). "
              "The tester is the same for every DUT, so the DUT ratios are bounded by the "
              "tester's own rate.\n")
+    if results.get("nodes"):
+        L.append("## Instructions per frame, per node (callgrind, 64 B, bursts of 256)\n")
+        L.append("Counted by `perf/nodes.py` on in-process loopback rings: exact and "
+                 "repeatable where cycle counters are not available. A node's figure "
+                 "includes its share of the per-burst call, not the interpreter loop "
+                 "around it. The speed of a pair of pollers is bounded by the slower "
+                 "side's instructions per frame plus the cache-line transfers between "
+                 "the CPUs, which instructions do not show.\n")
+        L.append("| node | Ir per frame |")
+        L.append("|---|---|")
+        for name, ir in results["nodes"]:
+            L.append("| %s | %.0f |" % (name, ir))
+        L.append("")
     if results.get("chart"):
         L.append("![chart](results.png)\n")
     else:
@@ -712,6 +725,8 @@ def main():
                          "<!-- perf:begin --> and <!-- perf:end --> markers; appended if absent) "
                          "with this run's table")
     ap.add_argument("--list", action="store_true")
+    ap.add_argument("--no-nodes", action="store_true",
+                    help="skip the per-node instruction counts (perf/nodes.py, ~1 min)")
     cfg = ap.parse_args()
     RESULTS = os.path.abspath(cfg.out)
     os.makedirs(RESULTS, exist_ok=True)
@@ -770,6 +785,11 @@ def main():
                         cell[key] = summarize([t.get(key) for t in trials])
             results["tests"].setdefault(name, {})[size] = cell
     results["loadavg_end"] = "%.2f %.2f %.2f" % os.getloadavg()
+    if not cfg.no_nodes and not cfg.quick and shutil.which("valgrind"):
+        sys.path.insert(0, HERE)
+        import nodes
+        log("instructions per frame, per node (callgrind)...")
+        results["nodes"] = nodes.measure_all(frames=32768)
     results["chart"] = chart(results)
     table = write_report(results, cfg)
     print(table)
