@@ -568,8 +568,7 @@ cdef class Fib:
         if not 0 <= kind < N_NH_KINDS:
             raise ValueError("next-hop kind out of range")
         r = self.nexthop_c(<uint8_t>kind, gw, ifindex)
-        if r < 0:
-            raise FibFull(PARSE_ERRORS[PE_NO_NEXTHOPS] + " (%d)" % self.nh_cap)
+        self.raise_for(<int>r if r < 0 else FIB_OK)
         return r
 
     def nexthop(self, uint32_t index):

@@ -33,8 +33,11 @@ a bare IP packet) and room for the largest reply we generate in place
 
 Everything runs with the GIL released; the GIL comes back only between
 bursts, once per output interface, to pick that interface's transmit Queue.
-The control plane (Python) owns the FIB and the neighbor table and reads the
-ARP replies the data path queued for it once per pass.
+The control plane (Python) writes the FIB (memifx/fib.pyx) and the neighbor
+table (memifx/neighbor.pyx), both in shared memory that worker processes map
+read-only, and reads the ARP replies the data path queued for it once per
+pass.  The lookups here are safe while it changes them (csrc/fib.h,
+csrc/neighbor.h).
 """
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
@@ -196,7 +199,10 @@ memset(BROADCAST, 0xFF, 6)
 
 
 cdef class Router:
-    """Interfaces, neighbors and the node graph of one IPv4 router."""
+    """Interfaces, neighbors and the node graph of one IPv4 router.
+
+    ``Router(fib, neighbors=None)``: the FIB and the NeighborTable to read
+    (a new private table if None); in a worker both are read-only views."""
     cdef Fib fib
     cdef iface_t ifs[MAX_IF]
     cdef readonly uint32_t nif
