@@ -23,6 +23,7 @@ stays as it was.  Each reload prints one line (to stderr with --json) and is
 listed under "route reloads" in the --json report.
 """
 import ipaddress
+import logging
 import re
 import signal
 import time
@@ -31,11 +32,13 @@ import click
 
 from memifx.fib import Fib, FibFull, RouteError, pack_route
 from memifx.ip4 import Router, DROP_REASONS
-from memifx.neighbor import NeighborTable
+from memifx.neighbor import NeighborTable, NeighborTableFull
 from memifx.cli.common import (CPUS, Stop, Ticker, connect_all, emit_json, prometheus_option,
                                router_nodes, start_stats, start_workers)
 from memifx.rxmode import Idler
 from memifx.cli.spec import SPEC
+
+log = logging.getLogger("memifx")
 
 ROUNDS = 64             # bursts per receive queue per pass, with the GIL released
 MAX_INTERFACES = 64
@@ -239,7 +242,12 @@ class Learner:
                     or addr == s.ip.network.broadcast_address or mac[0] & 1:
                 self.ignored += 1
                 continue
-            self.router.add_neighbor(ifindex, ip, mac)     # the shared table: workers see it
+            try:
+                self.router.add_neighbor(ifindex, ip, mac)     # the shared table: workers see it
+            except NeighborTableFull as e:
+                log.warning("not learned: %s", e)
+                self.ignored += 1
+                continue
             self.learned += 1
 
 
