@@ -25,15 +25,26 @@ ring positions died with it), which shows in link_flaps.
 
 Two node kinds run in workers: ``xconnect`` (above) and ``ip4``, the router
 of ``ip4-forward`` (RouterPool).  For ip4 the plan also carries the
-interfaces (index, MAC, address, ip mode), the neighbor table as it is, and
-the FIB as a sealed memfd (Fib.export) that every worker maps read-only
-(Fib.from_shared): one copy of the tables however many workers.  Ownership:
+interfaces (index, MAC, address, ip mode) and two fds: the FIB and the
+neighbor table, each one sealed memfd that the main process created, maps
+writable and changes in place, and every worker maps read-only
+(Fib.from_shared, NeighborTable.from_shared): one copy of the tables however
+many workers, and a change (a route added or deleted at run time, a neighbor
+learned) is seen by every worker at once, without a message.  Ownership:
 worker w has receive queue i of every interface with ``i mod W == w`` and
 transmit queue ``w`` of every interface (RouterPool makes W no larger than
 any interface's transmit queue count), so again one producer per transmit
-ring.  The main process keeps the neighbor table: each change goes to every
-worker as ``neighbor``; the ARP replies a worker's data path queued come back
-as ``arp`` for the control plane to judge.
+ring.  The ARP replies a worker's data path queued come back as ``arp`` for
+the control plane to judge.
+
+Workers read the FIB without locks, so a second-level block or next-hop
+record the main process unlinks must not be reused while a worker may still
+be looking at it.  The main process retires such items and, when some are
+waiting, sends every worker ``sync`` with a token; a worker answers
+``synced`` when it reads the message, between two passes, where it holds no
+pointer into the tables; once every live worker has answered, the items
+retired before the token are free again (Fib.sync_begin / sync_done).  A
+worker started later never saw them, so it counts as synced from birth.
 """
 import array
 import json
@@ -367,26 +378,39 @@ class RouterPool(WorkerPool):
 
     ``interfaces`` in router order (list index = ifindex); ``router_info``
     one dict per interface: ``mac`` (hex string), ``ip`` (int), ``ip_mode``;
-    ``fib_fd, fib_layout`` from Fib.export (the pool keeps the fd, for
-    workers started later); ``neighbors`` {(ifindex, ip): mac bytes}, the
-    table at start.  ``workers`` must not exceed any interface's transmit
-    queue count (the command reduces it)."""
+    ``fib`` the Fib and ``neighbors`` the NeighborTable this process writes
+    (the workers map both read-only).  ``workers`` must not exceed any
+    interface's transmit queue count (the command reduces it).
 
-    def __init__(self, interfaces, workers, cpus, router_info, fib_fd, fib_layout,
-                 neighbors=(), quiet=100e-6, stats=None):
+    Routes and neighbors may change while the workers run: change ``fib``
+    (add_route, delete_route, apply_routes) and ``neighbors`` directly, from
+    the thread that calls poll().  The pool then makes the fib hold retired
+    blocks back until every worker has moved on (reclaimed in poll(), or at
+    once with synchronize())."""
+
+    def __init__(self, interfaces, workers, cpus, router_info, fib, neighbors,
+                 quiet=100e-6, stats=None):
         if any(i.tx_queues < workers for i in interfaces):
             raise ValueError("every interface needs at least %d transmit queues" % workers)
         self.order = [i.name for i in interfaces]
-        self.fib_fd = fib_fd
-        self.neighbor_table = dict(neighbors)
+        self.fib = fib
+        self.neighbors = neighbors
+        fib.defer_reuse = True          # readers in other processes from now on
+        self.sync_token = None          # the sync the workers are answering, if any
         self.arp_pending = []           # (ifindex, ip, mac) from the workers' data paths
-        self.ip4 = {"names": self.order, "info": list(router_info), "fib": fib_layout,
+        self.ip4 = {"names": self.order, "info": list(router_info),
                     "rx_queues": [i.rx_queues for i in interfaces]}
         super().__init__(interfaces, [], workers, cpus, quiet, node="ip4", stats=stats)
 
     def _plan_for_spawn(self):
-        nbrs = [[i, ip, mac.hex()] for (i, ip), mac in sorted(self.neighbor_table.items())]
-        return dict(self.plan, ip4=dict(self.ip4, neighbors=nbrs)), [self.fib_fd]
+        return dict(self.plan, ip4=self.ip4), [self.fib.fd, self.neighbors.fd]
+
+    def _spawn(self, w):
+        # It maps the tables after everything retired so far was unlinked.
+        synced = self.fib.sync_begin()
+        worker = super()._spawn(w)
+        worker.synced = synced
+        return worker
 
     def _needs(self, name, w):
         intf = self.interfaces[name]
@@ -406,16 +430,12 @@ class RouterPool(WorkerPool):
         return lines
 
     def set_neighbor(self, ifindex, ip, mac):
-        """Add or change a neighbor (mac bytes), or remove it (mac None), everywhere."""
-        with self.lock:
-            if mac is None:
-                self.neighbor_table.pop((ifindex, ip), None)
-            else:
-                self.neighbor_table[(ifindex, ip)] = bytes(mac)
-            msg = {"op": "neighbor", "ifindex": ifindex, "ip": ip,
-                   "mac": None if mac is None else bytes(mac).hex()}
-            for w in self.workers:
-                w.send(msg)
+        """Add or change a neighbor (mac bytes), or remove it (mac None): the
+        shared table changes, every worker sees it at once."""
+        if mac is None:
+            self.neighbors.discard(ifindex, ip)
+        else:
+            self.neighbors.add(ifindex, ip, bytes(mac))
 
     def take_arp(self):
         """ARP replies the workers reported since the last call (as Router.take_arp)."""
@@ -423,10 +443,50 @@ class RouterPool(WorkerPool):
         return out
 
     def _handle(self, w, msg):
-        if msg.get("op") == "arp":
+        op = msg.get("op")
+        if op == "arp":
             self.arp_pending.extend((i, ip, bytes.fromhex(mac)) for i, ip, mac in msg["entries"])
+        elif op == "synced":
+            w.synced = max(w.synced, msg["gen"])
         else:
             super()._handle(w, msg)
+
+    # ------------------------------------------- reclaiming retired items
+
+    def poll(self, timeout):
+        super().poll(timeout)
+        self.reclaim()
+
+    def reclaim(self):
+        """One step of the handshake: finish the sync in flight if every live
+        worker answered, else start one if the fib holds retired items.
+        Returns whether items are still waiting."""
+        with self.lock:
+            if self.sync_token is not None:
+                if any(w.synced < self.sync_token for w in self.workers if w.alive()):
+                    return True
+                freed = self.fib.sync_done(self.sync_token)
+                log.debug("fib: %d retired items free again (sync %d)", freed, self.sync_token)
+                self.sync_token = None
+            if not self.fib.retired:
+                return False
+            self.sync_token = self.fib.sync_begin()
+            for w in self.workers:
+                w.send({"op": "sync", "gen": self.sync_token})
+            return True
+
+    def synchronize(self, timeout=1.0):
+        """Wait (up to ``timeout`` seconds) until every worker has moved past
+        the FIB changes made so far, so what they retired is free again.
+        Returns whether nothing is left waiting."""
+        end = time.monotonic() + timeout
+        while self.reclaim():
+            left = end - time.monotonic()
+            if left <= 0:
+                return False
+            for w in self.workers:
+                w.pump(min(0.01, left))
+        return True
 
     def router_counters(self, ifindex, base):
         """Router.counters of interface ``ifindex`` summed over live and retired
@@ -492,17 +552,16 @@ def worker_main(fd):
                               for i, name in enumerate(ip4["names"])]
         return snap
 
-    def start_router(msg, fib_fd):
-        """The ip4 plan: our own Router (neighbors are private to each worker,
-        kept in step by the main process) over the FIB the main process shares."""
+    def start_router(msg, fib_fd, neighbors_fd):
+        """The ip4 plan: our own Router over the FIB and the neighbor table
+        the main process shares (both mapped read-only)."""
         from memifx.fib import Fib
         from memifx.ip4 import Router
+        from memifx.neighbor import NeighborTable
         ip4 = msg["ip4"]
-        r = Router(Fib.from_shared(fib_fd, ip4["fib"]))
+        r = Router(Fib.from_shared(fib_fd), NeighborTable.from_shared(neighbors_fd))
         for i, info in enumerate(ip4["info"]):
             r.add_interface(i, bytes.fromhex(info["mac"]), info["ip"], info["ip_mode"])
-        for i, ip, mac in ip4["neighbors"]:
-            r.add_neighbor(i, ip, bytes.fromhex(mac))
         return r
 
     def ip4_pass():
@@ -591,18 +650,16 @@ def worker_main(fd):
                     if plan.get("stats") and fds:
                         stats_fd = fds.pop(0)
                     if plan["node"] == "ip4":
-                        router = start_router(plan, fds[0])     # the FIB fd: closed below
+                        router = start_router(plan, fds[0], fds[1])     # closed below
                     nodes = {"%s->%s" % (s, d): XConnect() for s, d in plan["directions"]}
                     idler = Idler([], plan["quiet"], wake_fds=[sock.fileno()])
                 elif msg["op"] == "attach":
                     attach(msg, fds)
                 elif msg["op"] == "detach":
                     detach(msg)
-                elif msg["op"] == "neighbor" and router is not None:
-                    if msg["mac"] is None:
-                        router.remove_neighbor(msg["ifindex"], msg["ip"])
-                    else:
-                        router.add_neighbor(msg["ifindex"], msg["ip"], bytes.fromhex(msg["mac"]))
+                elif msg["op"] == "sync":
+                    # Between passes: nothing of the FIB is held from before.
+                    send(sock, {"op": "synced", "gen": msg["gen"]})
             finally:
                 for fd_ in fds:         # what no queue took: region fds are dup'd
                     os.close(fd_)
