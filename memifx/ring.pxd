@@ -53,7 +53,7 @@ cdef class Queue:
     cdef uint16_t pos               # our own counter: see the module docstring
     cdef uint16_t posted            # slave rx: head we published
     cdef readonly uint32_t nbufs    # slave: buffers of this queue (rx: its pool)
-    cdef uint32_t *slot_buf         # slave rx: which pool buffer each slot holds
+    cdef uint32_t *slot_buf         # slave: where the buffer of each slot sits (tx: fixed)
     cdef uint32_t *free_bufs        # slave rx: stack of pool buffers not in use
     cdef uint32_t nfree
     cdef uint16_t reserved          # slave tx: slots lent out by tx_alloc
