@@ -692,3 +692,30 @@ def test_any_burst_pattern_preserves_order_and_content(sc):
         assert (c["packets"], c["bytes"]) == (len(frames), total)
         assert no_drops(q)
     assert rx.zc_held == 0
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("log2, rx_pool", [(4, 1), (10, 2), (4, 3)])
+def test_slave_buffers_are_scattered(log2, rx_pool):
+    """Every buffer of the slave's area is used exactly once per ring, but
+    neighbouring slots do not sit at a fixed stride (a receiver's stride
+    prefetcher would pull the sender's next buffers across CPUs), for
+    transmit rings, receive pools of any size, and frames still arrive."""
+    lb = Loopback(log2=log2, buffer_size=256, rx_pool=rx_pool)
+    size = 1 << log2
+    for ring, nbufs in ((0, size), (1, size * rx_pool)):
+        base = lb.buf_offsets[ring]
+        offs = [lb.desc(ring, s).offset for s in range(size)]
+        idx = [(o - base) // 256 for o in offs]
+        assert all((o - base) % 256 == 0 and 0 <= i < nbufs for o, i in zip(offs, idx))
+        assert len(set(idx)) == size
+        steps = {b - a for a, b in zip(idx, idx[1:])}
+        assert len(steps) > 1, steps
+    tx, rx = lb.s2m
+    mtx, srx = lb.m2s
+    for q_tx, q_rx in ((tx, rx), (mtx, srx)):
+        for burst in range(3):
+            frames = [frame(60 + i % 100, burst * size + i) for i in range(size)]
+            assert q_tx.tx_frames(frames) == size
+            assert q_rx.rx_frames(size) == frames
+    lb.close()
