@@ -22,13 +22,15 @@ def frame(seq, size):
     return struct.pack("<Q", seq) + PATTERN[k:k + size - 8]
 
 
-def pump(tx, rx, frames, tx_queue=0, rx_queues=(0,), timeout=10, pace=64):
-    """Send ``frames`` on ``tx`` (retrying on a full ring, at most 256 in
-    flight) and return everything that arrives on ``rx``'s queues meanwhile."""
+def pump(tx, rx, frames, tx_queue=0, rx_queues=(0,), timeout=10, pace=64, window=256):
+    """Send ``frames`` on ``tx`` (retrying on a full ring, at most ``window``
+    in flight) and return everything that arrives on ``rx``'s queues meanwhile.
+    Through a forwarder that drops on a full transmit ring (xconnect), keep
+    ``window`` below that ring's size, or a slow poll here loses frames."""
     got, sent = [], 0
     end = time.monotonic() + timeout
     while (sent < len(frames) or len(got) < len(frames)) and time.monotonic() < end:
-        if sent < len(frames) and sent - len(got) < 256:
+        if sent < len(frames) and sent - len(got) < window:
             sent += tx.tx_burst(frames[sent:sent + pace], tx_queue)
         moved = 0
         for q in rx_queues:
