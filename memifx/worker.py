@@ -40,6 +40,7 @@ import json
 import logging
 import os
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -101,7 +102,7 @@ class Worker:
 
     def __init__(self, index, cpu, plan, handle, stats_fd=None, plan_fds=()):
         self.index, self.cpu = index, cpu
-        self.handle = handle            # handle(worker, msg): the pool's dispatcher
+        self.handle = handle            # handle(worker, msg, fds): the pool's dispatcher
         self.recv_lock = threading.Lock()
         self.detached = set()           # (key, gen) the worker has let go of
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -144,11 +145,13 @@ class Worker:
                     return
                 except OSError:
                     return
-                for fd in fds:
-                    os.close(fd)
-                if msg is None:
-                    return
-                self.handle(self, msg)
+                try:
+                    if msg is None:
+                        return
+                    self.handle(self, msg, fds)     # it reads what it needs of the fds
+                finally:
+                    for fd in fds:
+                        os.close(fd)
 
     def wait_detached(self, key, gen, timeout):
         end = time.monotonic() + timeout
@@ -193,12 +196,13 @@ class WorkerPool:
             intf.on_link(self._on_down, first=True)     # quiesce before anyone folds
             intf.on_link(self._on_up)
 
-    def _plan_for_spawn(self):
-        """The plan message and the fds that go with it (after the stats fd)."""
+    def _plan_for_spawn(self, w):
+        """The plan message for worker w and the fds that go with it (after
+        the stats fd)."""
         return self.plan, ()
 
     def _spawn(self, w):
-        plan, plan_fds = self._plan_for_spawn()
+        plan, plan_fds = self._plan_for_spawn(w)
         worker = Worker(w, self._cpu(w), plan, self._handle,
                         self.stats.fileno() if self.stats is not None else None, plan_fds)
         if self.stats is not None:
@@ -297,7 +301,7 @@ class WorkerPool:
                 if not w.alive():
                     self._restart(w)
 
-    def _handle(self, w, msg):
+    def _handle(self, w, msg, fds=()):
         op = msg.get("op")
         if op == "counters":
             w.counters = msg
@@ -384,7 +388,7 @@ class RouterPool(WorkerPool):
                     "rx_queues": [i.rx_queues for i in interfaces]}
         super().__init__(interfaces, [], workers, cpus, quiet, node="ip4", stats=stats)
 
-    def _plan_for_spawn(self):
+    def _plan_for_spawn(self, w):
         nbrs = [[i, ip, mac.hex()] for (i, ip), mac in sorted(self.neighbor_table.items())]
         return dict(self.plan, ip4=dict(self.ip4, neighbors=nbrs)), [self.fib_fd]
 
@@ -422,11 +426,11 @@ class RouterPool(WorkerPool):
         out, self.arp_pending = self.arp_pending, []
         return out
 
-    def _handle(self, w, msg):
+    def _handle(self, w, msg, fds=()):
         if msg.get("op") == "arp":
             self.arp_pending.extend((i, ip, bytes.fromhex(mac)) for i, ip, mac in msg["entries"])
         else:
-            super()._handle(w, msg)
+            super()._handle(w, msg, fds)
 
     def router_counters(self, ifindex, base):
         """Router.counters of interface ``ifindex`` summed over live and retired
@@ -451,7 +455,8 @@ def _add(a, b):
 # ----------------------------------------------------------- worker side
 
 class Attached:
-    """One interface's link as a worker holds it (quacks like Interface for Idler)."""
+    """One interface's link as a worker holds it (quacks like Interface for
+    Idler and memifx.tester.Receiver)."""
 
     def __init__(self, gen, memory, rx, tx, modes):
         self.gen, self.memory, self.rx, self.tx = gen, memory, rx, tx
@@ -461,70 +466,172 @@ class Attached:
     def active_queues(self, kind):
         return list((self.rx if kind == "rx" else self.tx).values())
 
+    def check_faults(self):
+        """The worker loop reports faults of every attached queue itself."""
+
     def counters(self):
         return {"rx": {i: q.counters() for i, q in self.rx.items()},
                 "tx": {i: q.counters() for i, q in self.tx.items()}}
 
 
-def worker_main(fd):
-    from memifx.memory import Memory
-    from memifx.ring import Queue
-    from memifx.rxmode import Idler
-    from memifx.xconnect import XConnect
+class Node:
+    """A node kind: what a worker runs on the queues it holds.  Made from
+    the plan and the plan's fds (after the stats fd; those left in the list
+    are closed after the constructor); ``tell(msg, fds=())`` writes to the
+    main process.  Setting ``report_now`` sends a counters snapshot after
+    the pass."""
+    report_now = False
 
-    from memifx import stats as stats_file
-    sock = socket.socket(fileno=fd)
-    plan = None
-    stats_fd = None
-    links = {}
-    nodes = {}
-    idler = None
-    last_counters = 0.0
-    router = None                       # the ip4 node kind: a Router over the shared FIB
+    def __init__(self, plan, fds, tell):
+        self.plan, self.tell = plan, tell
 
-    def snapshot():
-        snap = {"op": "counters",
-                "nodes": {n: node.counters() for n, node in nodes.items()},
-                "queues": {k: link.counters() for k, link in links.items()}}
-        if router is not None:
-            ip4 = plan["ip4"]
-            snap["router"] = [router.counters(i, ip4["rx_queues"][i], plan["tx_queues"][name])
-                              for i, name in enumerate(ip4["names"])]
-        return snap
+    def run(self, links):
+        """One pass over ``links`` ({interface name: Attached}); frames moved."""
+        return 0
 
-    def start_router(msg, fib_fd):
-        """The ip4 plan: our own Router (neighbors are private to each worker,
-        kept in step by the main process) over the FIB the main process shares."""
+    def idle(self, moved):
+        """After a pass: True if the node waited itself, False to let the
+        worker's Idler decide (sleep on the receive queues' eventfds)."""
+        return False
+
+    def snapshot(self):
+        """(fields for the counters message, fds to send with it)."""
+        return {"nodes": {}}, []
+
+    def message(self, msg):
+        """A control message for this kind."""
+
+
+class XConnectNode(Node):
+    """``xconnect``: receive queue i of src into transmit queue i mod n of dst."""
+
+    def __init__(self, plan, fds, tell):
+        from memifx.xconnect import XConnect
+        super().__init__(plan, fds, tell)
+        self.nodes = {"%s->%s" % (s, d): XConnect() for s, d in plan["directions"]}
+
+    def run(self, links):
+        moved = 0
+        for src, dst in self.plan["directions"]:
+            a, b = links.get(src), links.get(dst)
+            if a is None:
+                continue
+            node = self.nodes["%s->%s" % (src, dst)]
+            ntx = self.plan["tx_queues"][dst]
+            for i, rxq in a.rx.items():
+                txq = b.tx.get(i % ntx) if b is not None else None
+                if txq is not None:
+                    moved += node.poll(rxq, txq, 256, 64)
+                else:
+                    moved += node.discard(rxq)      # counted "tx link down"
+        return moved
+
+    def snapshot(self):
+        return {"nodes": {n: node.counters() for n, node in self.nodes.items()}}, []
+
+
+class RouterNode(Node):
+    """``ip4``: our own Router (neighbors are private to each worker, kept in
+    step by the main process) over the FIB the main process shares."""
+
+    def __init__(self, plan, fds, tell):
         from memifx.fib import Fib
         from memifx.ip4 import Router
-        ip4 = msg["ip4"]
-        r = Router(Fib.from_shared(fib_fd, ip4["fib"]))
+        super().__init__(plan, fds, tell)
+        ip4 = plan["ip4"]
+        self.router = r = Router(Fib.from_shared(fds[0], ip4["fib"]))   # closed after
         for i, info in enumerate(ip4["info"]):
             r.add_interface(i, bytes.fromhex(info["mac"]), info["ip"], info["ip_mode"])
         for i, ip, mac in ip4["neighbors"]:
             r.add_neighbor(i, ip, bytes.fromhex(mac))
-        return r
 
-    def ip4_pass():
+    def run(self, links):
         """Every receive queue this worker owns once, through the router; the
         transmit queue of each interface is ours alone (index = worker mod n)."""
-        ip4 = plan["ip4"]
+        plan, router = self.plan, self.router
+        names = plan["ip4"]["names"]
         router.set_time(int(time.monotonic() * 1000))
         txqs = []
-        for name in ip4["names"]:
+        for name in names:
             link = links.get(name)
             txqs.append(None if link is None
                         else link.tx.get(plan["worker"] % plan["tx_queues"][name]))
         n = 0
-        for ifindex, name in enumerate(ip4["names"]):
+        for ifindex, name in enumerate(names):
             link = links.get(name)
             if link is not None:
                 for rxq in link.rx.values():
                     n += router.poll(ifindex, rxq, txqs, 256, 64)
         learned = router.take_arp()
         if learned:
-            send(sock, {"op": "arp", "entries": [[i, ip, mac.hex()] for i, ip, mac in learned]})
+            self.tell({"op": "arp", "entries": [[i, ip, mac.hex()] for i, ip, mac in learned]})
         return n
+
+    def snapshot(self):
+        ip4 = self.plan["ip4"]
+        return {"nodes": {}, "router": [
+            self.router.counters(i, ip4["rx_queues"][i], self.plan["tx_queues"][name])
+            for i, name in enumerate(ip4["names"])]}, []
+
+    def message(self, msg):
+        if msg["op"] == "neighbor":
+            if msg["mac"] is None:
+                self.router.remove_neighbor(msg["ifindex"], msg["ip"])
+            else:
+                self.router.add_neighbor(msg["ifindex"], msg["ip"], bytes.fromhex(msg["mac"]))
+
+
+def node_kind(name):
+    """The Node class of a plan's ``node``."""
+    if name == "xconnect":
+        return XConnectNode
+    if name == "ip4":
+        return RouterNode
+    if name in ("gen", "sink"):
+        from memifx.tester_workers import TesterNode
+        return TesterNode
+    raise ValueError("unknown node kind %r" % name)
+
+
+def worker_main(fd):
+    from memifx.memory import Memory
+    from memifx.ring import Queue
+    from memifx.rxmode import Idler
+
+    from memifx import stats as stats_file
+    # Ctrl-C reaches the whole process group: the main process decides when
+    # we stop (a "stop" message, or its end of the socket closing).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sock = socket.socket(fileno=fd)
+    plan = None
+    stats_fd = None
+    links = {}
+    node = None
+    idler = None
+    last_counters = 0.0
+
+    def tell(msg, fds=()):
+        send(sock, msg, fds)
+
+    def snapshot():
+        """The counters message and the fds that go with it (ours to close)."""
+        fields, fds = node.snapshot()
+        msg = {"op": "counters", "queues": {k: link.counters() for k, link in links.items()}}
+        msg.update(fields)
+        return msg, fds
+
+    def report(msg=None):
+        """Send a counters snapshot, alone or inside ``msg`` as "snapshot"."""
+        snap, fds = snapshot()
+        try:
+            if msg is None:
+                send(sock, snap, fds)
+            else:
+                msg["snapshot"] = snap
+                send(sock, msg, fds)
+        finally:
+            for fd_ in fds:
+                os.close(fd_)
 
     def attach(msg, fds):
         memory = Memory()
@@ -565,10 +672,9 @@ def worker_main(fd):
         del links[msg["key"]]
         for q in link.active_queues("rx") + link.active_queues("tx"):
             q.close()
-        report = {kind: {i: c for i, c in per.items() if (kind, i) in link.unslotted}
+        queues = {kind: {i: c for i, c in per.items() if (kind, i) in link.unslotted}
                   for kind, per in link.counters().items()}
-        send(sock, {"op": "detached", "key": msg["key"], "gen": msg["gen"],
-                    "queues": report, "snapshot": snapshot()})
+        report({"op": "detached", "key": msg["key"], "gen": msg["gen"], "queues": queues})
 
     passes = 0
     moved = 0
@@ -583,56 +689,44 @@ def worker_main(fd):
                 break
             if msg is None or msg.get("op") == "stop":
                 if plan is not None:
-                    send(sock, snapshot())
+                    report()
                 return 0
             try:
                 if msg["op"] == "plan":
                     plan = msg
                     if plan.get("stats") and fds:
                         stats_fd = fds.pop(0)
-                    if plan["node"] == "ip4":
-                        router = start_router(plan, fds[0])     # the FIB fd: closed below
-                    nodes = {"%s->%s" % (s, d): XConnect() for s, d in plan["directions"]}
+                    node = node_kind(plan["node"])(plan, fds, tell)
                     idler = Idler([], plan["quiet"], wake_fds=[sock.fileno()])
                 elif msg["op"] == "attach":
                     attach(msg, fds)
                 elif msg["op"] == "detach":
                     detach(msg)
-                elif msg["op"] == "neighbor" and router is not None:
-                    if msg["mac"] is None:
-                        router.remove_neighbor(msg["ifindex"], msg["ip"])
-                    else:
-                        router.add_neighbor(msg["ifindex"], msg["ip"], bytes.fromhex(msg["mac"]))
+                elif msg["op"] == "report":
+                    report()
+                else:
+                    node.message(msg)
             finally:
                 for fd_ in fds:         # what no queue took: region fds are dup'd
                     os.close(fd_)
             idler.interfaces = list(links.values())
             idler.armed = [q for q in idler.armed if not q.closed]
-        moved = ip4_pass() if router is not None else 0
-        for src, dst in plan["directions"]:
-            a, b = links.get(src), links.get(dst)
-            if a is None:
-                continue
-            node = nodes["%s->%s" % (src, dst)]
-            ntx = plan["tx_queues"][dst]
-            for i, rxq in a.rx.items():
-                txq = b.tx.get(i % ntx) if b is not None else None
-                if txq is not None:
-                    moved += node.poll(rxq, txq, 256, 64)
-                else:
-                    moved += node.discard(rxq)      # counted "tx link down"
+        moved = node.run(links)
         for key, link in links.items() if (not moved or passes % CONTROL_EVERY == 0) else ():
             for q in link.active_queues("rx") + link.active_queues("tx"):
                 if q.fault:
                     send(sock, {"op": "fault", "key": key, "gen": link.gen,
                                 "reason": q.fault_reason()})
                     break
-        if not moved or passes % CONTROL_EVERY == 0:
+        if node.report_now or not moved or passes % CONTROL_EVERY == 0:
             now = time.monotonic()
-            if now - last_counters >= COUNTERS_EVERY:
-                send(sock, snapshot())
+            if node.report_now or now - last_counters >= COUNTERS_EVERY:
+                node.report_now = False
+                report()
                 last_counters = now
-        if links:
+        if node.idle(moved):
+            pass
+        elif links:
             idler.after(moved)
         else:
             select.select([sock], [], [], 0.1)
