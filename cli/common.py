@@ -99,6 +99,19 @@ class CpuListType(click.ParamType):
 CPUS = CpuListType()
 
 
+def tester_worker_options(work, not_with):
+    """--workers and --cpus of gen and sink; ``work``: what the workers do."""
+    def add(f):
+        f = click.option("--cpus", type=CPUS, default=None,
+                         help="CPUs to pin the workers to, e.g. 2-5,8 (default: those this "
+                              "process may use).")(f)
+        return click.option("--workers", type=click.IntRange(0, 64), default=None,
+                            help="Worker processes that %s.  Default: this process, unless "
+                                 "--cpus is given (then min(queues, those CPUs)).  Not with "
+                                 "%s." % (work, not_with))(f)
+    return add
+
+
 def tester_workers(workers, cpus):
     """gen and sink keep their data path in this process unless --workers or
     --cpus is given: 0 then, else --workers as start_workers takes it (None:

@@ -6,8 +6,8 @@ import click
 
 import memifx
 from memifx.cli.spec import SPEC
-from memifx.cli.common import (CPUS, Stop, connect_all, emit_json, prometheus_option,
-                               start_stats)
+from memifx.cli.common import (Stop, connect_all, emit_json, prometheus_option, start_stats,
+                               tester_worker_options)
 from memifx.rxmode import Idler
 from memifx.cli.xconnect import forward_pass
 from memifx.xconnect import XConnect
@@ -102,21 +102,20 @@ def demo(duration, size, json_out):
               help="Print rates every S seconds.")
 @click.option("--json", "json_out", is_flag=True,
               help="Print one JSON object at exit (packets, bytes, seconds, mpps, gbps, ...).")
-@click.option("--workers", type=click.IntRange(0, 64), default=None,
-              help="Worker processes that generate (and, with --receive, check) the "
-                   "traffic, transmit queue q in worker q mod N; --count and --rate are "
-                   "split between them.  Default: this process, unless --cpus is given "
-                   "(then min(queues, those CPUs)).  Not with --pcap or --capture.")
-@click.option("--cpus", type=CPUS, default=None,
-              help="CPUs to pin the workers to, e.g. 2-5,8 (default: those this process "
-                   "may use).")
+@tester_worker_options("generate (and, with --receive, check) the traffic, transmit queue q "
+                       "in worker q mod N; --count and --rate are split between them",
+                       "--pcap or --capture")
 @prometheus_option
 def gen(spec, sizes, count, duration, rate, flows, src_mac, dst_mac, src_ip, dst_ip,
         pcap_path, receive_spec, capture_path, stats_interval, json_out, workers, cpus,
         prometheus_port):
     """Traffic generator: IPv4/UDP frames stamped with a sequence number per
     flow and a timestamp, a pattern over the rest of every frame; or a pcap
-    replay.  Without --count or --duration it runs until SIGINT/SIGTERM."""
+    replay.  Without --count or --duration it runs until SIGINT/SIGTERM.
+
+    With --workers the frames are made and sent by worker processes, each
+    owning some transmit queues (and the --receive queues of the same
+    numbers); the report adds up theirs and is shaped as without."""
     run_gen(spec, sizes, count, duration, rate, flows, src_mac, dst_mac, src_ip, dst_ip,
             pcap_path, receive_spec, capture_path, stats_interval, json_out,
             prometheus_port=prometheus_port, workers=workers, cpus=cpus)
@@ -136,14 +135,8 @@ def gen(spec, sizes, count, duration, rate, flows, src_mac, dst_mac, src_ip, dst
 @click.option("--json", "json_out", is_flag=True,
               help="Print one JSON object at exit (packets, bytes, seconds, mpps, gbps, "
                    "received, lost, reordered, duplicated, corrupt, latency_us, ...).")
-@click.option("--workers", type=click.IntRange(0, 64), default=None,
-              help="Worker processes that receive and check, receive queue q in worker "
-                   "q mod N; the report adds up their results.  Default: this process, "
-                   "unless --cpus is given (then min(queues, those CPUs)).  Not with "
-                   "--pcap.")
-@click.option("--cpus", type=CPUS, default=None,
-              help="CPUs to pin the workers to, e.g. 2-5,8 (default: those this process "
-                   "may use).")
+@tester_worker_options("receive and check, receive queue q in worker q mod N; the report "
+                       "adds up their results", "--pcap")
 @prometheus_option
 def sink(spec, duration, count, pcap_path, stats_interval, json_out, workers, cpus,
          prometheus_port):
@@ -155,7 +148,12 @@ def sink(spec, duration, count, pcap_path, stats_interval, json_out, workers, cp
     checked byte for byte: the measured rate includes that copy.  With
     rx-mode=interrupt in SPEC the sink sleeps on the queue's eventfd when
     idle; in polling mode it busy-polls.  Sequence numbers start at 0 per
-    flow: frames gen sent before the sink started count as lost."""
+    flow: frames gen sent before the sink started count as lost.
+
+    With --workers the receive queues are checked in worker processes and
+    the report merges their checkers (counters, sequence windows, latency
+    histograms); --count then stops the run once they have seen N frames
+    together (they report twice a second, so a few more may be counted)."""
     run_sink(spec, duration, count, pcap_path, stats_interval, json_out,
              prometheus_port=prometheus_port, workers=workers, cpus=cpus)
 

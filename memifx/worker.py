@@ -23,8 +23,9 @@ the in-process loop does.
 A worker that dies is restarted; the links it served are flapped (its private
 ring positions died with it), which shows in link_flaps.
 
-Two node kinds run in workers: ``xconnect`` (above) and ``ip4``, the router
-of ``ip4-forward`` (RouterPool).  For ip4 the plan also carries the
+What a worker runs is its plan's node kind, a ``Node`` class: ``xconnect``
+(above), ``ip4``, the router of ``ip4-forward`` (RouterPool), and ``gen`` and
+``sink``, the traffic tester (memifx/tester_workers.py, TesterPool).  For ip4 the plan also carries the
 interfaces (index, MAC, address, ip mode), the neighbor table as it is, and
 the FIB as a sealed memfd (Fib.export) that every worker maps read-only
 (Fib.from_shared): one copy of the tables however many workers.  Ownership:
@@ -34,6 +35,10 @@ any interface's transmit queue count), so again one producer per transmit
 ring.  The main process keeps the neighbor table: each change goes to every
 worker as ``neighbor``; the ARP replies a worker's data path queued come back
 as ``arp`` for the control plane to judge.
+
+A worker's counters snapshot (every COUNTERS_EVERY seconds, on ``report``,
+and in its ``detached`` and final messages) may carry fds: the pool's
+handler reads what it needs of them before they are closed.
 """
 import array
 import json
