@@ -30,7 +30,7 @@ import click
 
 from memifx import pcap
 from memifx.tester import BURST, Pending, Receiver, Sender, Synth, arrived, in_flight, \
-    make_generator, receive_result
+    make_generator, receive_result, single_size
 from memifx.traffic import span
 from memifx.cli.common import (Stop, Ticker, connect_all, emit_json, start_stats,
                                start_workers, tester_workers)
@@ -130,7 +130,7 @@ def load_replay(path, intf, count, duration):
 
 
 def make_source(spec, intf, sizes, count, duration, flows, src_mac, dst_mac, src_ip, dst_ip,
-                pcap_path):
+                pcap_path, payload="pattern"):
     """(source, burst, the Generator's arguments or None) for the options given."""
     if pcap_path:
         return load_replay(pcap_path, intf, count, duration), BURST, None
@@ -139,14 +139,14 @@ def make_source(spec, intf, sizes, count, duration, flows, src_mac, dst_mac, src
     args = {"sizes": list(sizes), "ip_mode": intf.mode == "ip", "flows": flows,
             "src_mac": (src_mac or spec.mac_bytes()).hex(),
             "dst_mac": (dst_mac or b"\xff" * 6).hex(), "src_ip": bytes(src_ip).hex(),
-            "dst_ip": (dst_ip or bytes([198, 19, 0, 1])).hex()}
+            "dst_ip": (dst_ip or bytes([198, 19, 0, 1])).hex(), "payload": payload}
     try:
         gen = make_generator(args)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--size/--flows")
     burst = max(16, min(BURST, (4 << 20) // gen.max_size))
     args.update(queues=spec.tx_queues, burst=burst)
-    return Synth(gen, spec.tx_queues, burst), burst, args
+    return Synth(gen, spec.tx_queues, burst, single_size(args)), burst, args
 
 
 def drain(poll, pending, missing, quiet, limit):
@@ -169,14 +169,14 @@ def drain(poll, pending, missing, quiet, limit):
 
 def run_gen(spec, sizes, count, duration, rate, flows, src_mac, dst_mac, src_ip, dst_ip,
             pcap_path, receive_spec, capture_path, stats_interval, json_out, prometheus_port=0,
-            workers=None, cpus=None):
+            payload="pattern", verify="full", workers=None, cpus=None):
     workers = tester_workers(workers, cpus)
     if workers != 0 and (pcap_path or capture_path):
         raise click.UsageError("--pcap and --capture run in the main process only: "
                                "leave out --workers and --cpus")
     intf = spec.interface()
     source, burst, gen_args = make_source(spec, intf, sizes, count, duration, flows, src_mac,
-                                          dst_mac, src_ip, dst_ip, pcap_path)
+                                          dst_mac, src_ip, dst_ip, pcap_path, payload)
     interfaces = [intf]
     rx_intf = writer = None
     if receive_spec is not None:
@@ -187,7 +187,7 @@ def run_gen(spec, sizes, count, duration, rate, flows, src_mac, dst_mac, src_ip,
     if capture_path:
         writer = pcap.Writer(capture_path, linktype(intf))
     pool = None
-    run = GenHere(intf, rx_intf, writer, Sender(source, burst, count, rate), pcap_path)
+    run = GenHere(intf, rx_intf, writer, Sender(source, burst, count, rate), pcap_path, verify)
 
     def nodes():
         out = [{"node": "gen", "interface": intf.name, "direction": "tx",
@@ -200,7 +200,8 @@ def run_gen(spec, sizes, count, duration, rate, flows, src_mac, dst_mac, src_ip,
 
         def make_pool(n, allowed):
             return TesterPool(n, allowed, spec.quiet, sf, send=intf, receive=rx_intf,
-                              gen=gen_args, count=count, rate=rate, duration=duration)
+                              gen=gen_args, count=count, rate=rate, duration=duration,
+                              verify=verify)
         specs = [s for s in (receive_spec,) if s is not None]
         pool = start_workers(interfaces, [], workers, cpus, spec.quiet,
                              max([spec.tx_queues] + [s.rx_queues for s in specs]), specs,
@@ -238,10 +239,12 @@ def run_gen(spec, sizes, count, duration, rate, flows, src_mac, dst_mac, src_ip,
 class GenHere:
     """gen's data path in this process: one loop sends and receives."""
 
-    def __init__(self, intf, rx_intf, writer, sender, pcap_path):
+    def __init__(self, intf, rx_intf, writer, sender, pcap_path, verify="full"):
         self.intf, self.sender, self.replay = intf, sender, bool(pcap_path)
-        self.receiver = Receiver(rx_intf, rx_intf.mode == "ip") if rx_intf is not None else None
-        self.capturer = Receiver(intf, intf.mode == "ip", writer) if writer is not None else None
+        self.receiver = (Receiver(rx_intf, rx_intf.mode == "ip", verify=verify)
+                         if rx_intf is not None else None)
+        self.capturer = (Receiver(intf, intf.mode == "ip", writer, verify=verify)
+                         if writer is not None else None)
         self.receivers = [r for r in (self.receiver, self.capturer) if r is not None]
 
     def sent(self):

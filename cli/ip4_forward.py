@@ -7,26 +7,38 @@ it builds the FIB (connected, static and file routes), keeps the neighbor
 table (static entries and ARP replies the data path queues for it), drives
 the passes over the receive queues and reports.
 
-With --workers N (N > 0) the passes run in worker processes (memifx/worker.py,
-RouterPool): the FIB is exported once into shared memory that every worker
-maps read-only (routes never change at run time), the neighbor table stays
-here and every change is sent to the workers, and the ARP replies their data
-paths queue come back here to be judged by the same Learner.  The counters
-of the report are the workers' summed, in the same shape as in-process.
+The FIB and the neighbor table each live in one shared memory file that
+this process writes.  With --workers N (N > 0) the passes run in worker
+processes (memifx/worker.py, RouterPool) that map both read-only: one copy of
+the tables in all, and every change made here (a learned neighbor, a route
+reload) is seen by every worker at once.  The ARP replies their data paths
+queue come back here to be judged by the same Learner.  The counters of the
+report are the workers' summed, in the same shape as in-process.
+
+SIGHUP re-reads --routes-file and applies only the difference to the live
+FIB (new routes, changed next hops, removed routes; addresses a removed
+route covered fall back to the next shorter route), with no restart and no
+pause in forwarding.  A file with a bad line is rejected whole and the FIB
+stays as it was.  Each reload prints one line (to stderr with --json) and is
+listed under "route reloads" in the --json report.
 """
 import ipaddress
-import os
+import logging
 import re
+import signal
 import time
 
 import click
 
-from memifx.fib import Fib, RouteError
+from memifx.fib import Fib, FibFull, RouteError, pack_route
 from memifx.ip4 import Router, DROP_REASONS
+from memifx.neighbor import NeighborTable, NeighborTableFull
 from memifx.cli.common import (CPUS, Stop, Ticker, connect_all, emit_json, prometheus_option,
                                router_nodes, start_stats, start_workers)
 from memifx.rxmode import Idler
 from memifx.cli.spec import SPEC
+
+log = logging.getLogger("memifx")
 
 ROUNDS = 64             # bursts per receive queue per pass, with the GIL released
 MAX_INTERFACES = 64
@@ -57,47 +69,126 @@ def check_interfaces(specs):
         names.add(s.name)
 
 
-def build_fib(specs, routes, routes_file):
-    """Connected routes, then --route, then the routes file, then our own
-    addresses again (no static route may shadow them).  Returns (fib, seconds
-    spent loading the file)."""
-    fib = Fib()
-    names = [s.name for s in specs]
+def own_records(specs):
+    """Our addresses and the broadcast ones, as route records."""
+    out = []
     for i, s in enumerate(specs):
-        fib.add_route(s.ip.network, "connected", ifindex=i)
+        net = s.ip.network
+        if net.prefixlen <= 30:
+            out.append(pack_route(int(net.broadcast_address), 32, "broadcast", ifindex=i))
+        out.append(pack_route(int(s.ip.ip), 32, "local", ifindex=i))
+    out.append(pack_route(LIMITED_BROADCAST, 32, "broadcast"))
+    return b"".join(out)
 
-    def own_addresses():
-        for i, s in enumerate(specs):
-            net = s.ip.network
-            if net.prefixlen <= 30:
-                fib.add_route("%s/32" % net.broadcast_address, "broadcast", ifindex=i)
-            fib.add_route("%s/32" % s.ip.ip, "local", ifindex=i)
-        fib.add_route("255.255.255.255/32", "broadcast")
-    own_addresses()
-    for r in routes:
-        if "\n" in r:
-            raise _bad("--route", "%r: one route per --route" % r)
-        if not r.strip():
-            raise _bad("--route", "empty route")
-        try:
-            fib.load_routes(r.encode(), names)
-        except RouteError as e:
-            raise _bad("--route", "%s: %s" % (r, e.reason))
-    seconds = 0.0
-    if routes_file:
+
+def connected_records(specs):
+    return b"".join(pack_route(int(s.ip.network.network_address), s.ip.network.prefixlen,
+                               "connected", ifindex=i) for i, s in enumerate(specs))
+
+
+def read_routes_file(fib, names, routes_file):
+    """The routes of the file as records (RouteError, OSError)."""
+    with open(routes_file, "rb") as f:
+        data = f.read()
+    return fib.parse_routes(data, names)
+
+
+class Routes:
+    """What the FIB should hold, in order (a later route for the same prefix
+    wins): connected routes, our addresses, --route, the routes file, our
+    addresses again (no static route may shadow them).  Building the FIB at
+    start and a reload are the same operation: apply_routes of that list."""
+
+    def __init__(self, fib, specs, routes, routes_file):
+        self.fib, self.routes_file = fib, routes_file
+        self.names = [s.name for s in specs]
+        self.own = own_records(specs)
+        self.base = connected_records(specs) + self.own
+        fib.apply_routes(self.base)         # gateways resolve against connected routes
+        static = []
+        for r in routes:
+            if "\n" in r:
+                raise _bad("--route", "%r: one route per --route" % r)
+            if not r.strip():
+                raise _bad("--route", "empty route")
+            try:
+                static.append(fib.parse_routes(r.encode(), self.names))
+            except RouteError as e:
+                raise _bad("--route", "%s: %s" % (r, e.reason))
+        self.static = b"".join(static)
+
+    def target(self, file_records):
+        return self.base + self.static + file_records + self.own
+
+    def read_file(self):
+        """Records of the routes file (b"" without one)."""
+        if not self.routes_file:
+            return b""
+        return read_routes_file(self.fib, self.names, self.routes_file)
+
+
+def build_fib(specs, routes, routes_file):
+    """The FIB of the command.  Returns (fib, seconds spent on the file, Routes)."""
+    fib = Fib()
+    wanted = Routes(fib, specs, routes, routes_file)
+    start = time.monotonic()
+    try:
+        records = wanted.read_file()
+    except OSError as e:
+        raise _bad("--routes-file", "%s: %s" % (routes_file, e.strerror))
+    except RouteError as e:
+        raise _bad("--routes-file", "%s line %d: %s: %r" % (routes_file, e.line, e.reason, e.text))
+    try:
+        fib.apply_routes(wanted.target(records))
+    except FibFull as e:
+        raise click.ClickException(str(e))
+    return fib, time.monotonic() - start if routes_file else 0.0, wanted
+
+
+class Reloader:
+    """SIGHUP: re-read the routes file and apply the difference to the live
+    FIB (see the module docstring)."""
+
+    def __init__(self, wanted, json_out):
+        self.wanted, self.json_out = wanted, json_out
+        self.requested = False
+        self.events = []            # one dict per reload, for the --json report
+        signal.signal(signal.SIGHUP, self._handler)
+
+    def _handler(self, signum, frame):
+        self.requested = True
+
+    def say(self, line):
+        click.echo(line, err=self.json_out)
+
+    def maybe(self):
+        """Reload if SIGHUP came since the last call."""
+        if not self.requested:
+            return
+        self.requested = False
+        w = self.wanted
         start = time.monotonic()
+        if not w.routes_file:
+            self.say("routes reload: no --routes-file to read")
+            return
         try:
-            with open(routes_file, "rb") as f:
-                data = f.read()
-        except OSError as e:
-            raise _bad("--routes-file", "%s: %s" % (routes_file, e.strerror))
+            records = w.read_file()
+        except (OSError, RouteError) as e:
+            why = ("%s: %s" % (w.routes_file, e.strerror) if isinstance(e, OSError) else
+                   "%s line %d: %s: %r" % (w.routes_file, e.line, e.reason, e.text))
+            self.say("routes reload rejected: %s (routes unchanged)" % why)
+            self.events.append({"ok": False, "error": why})
+            return
         try:
-            fib.load_routes(data, names)
-        except RouteError as e:
-            raise _bad("--routes-file", "%s line %d: %s: %r" % (routes_file, e.line, e.reason, e.text))
+            added, removed, changed = w.fib.apply_routes(w.target(records))
+        except FibFull as e:
+            self.say("routes reload failed: %s" % e)
+            self.events.append({"ok": False, "error": str(e)})
+            return
         seconds = time.monotonic() - start
-    own_addresses()
-    return fib, seconds
+        self.say("routes reloaded: +%d -%d ~%d (%.2f s)" % (added, removed, changed, seconds))
+        self.events.append({"ok": True, "added": added, "removed": removed,
+                            "changed": changed, "seconds": seconds, "routes": w.fib.routes})
 
 
 def parse_neighbor(text, specs):
@@ -138,11 +229,10 @@ class Learner:
     sender inside the receiving interface's subnet (not our own address);
     static --neighbor entries are never overwritten."""
 
-    def __init__(self, specs, router, static, source=None, on_learn=None):
+    def __init__(self, specs, router, static, source=None):
         self.specs, self.router, self.static = specs, router, set(static)
         self.learned = self.ignored = 0
         self.source = source or router      # what .take_arp() comes from (a RouterPool)
-        self.on_learn = on_learn            # also told every learned entry
 
     def run(self):
         for ifindex, ip, mac in self.source.take_arp():
@@ -152,9 +242,12 @@ class Learner:
                     or addr == s.ip.network.broadcast_address or mac[0] & 1:
                 self.ignored += 1
                 continue
-            self.router.add_neighbor(ifindex, ip, mac)
-            if self.on_learn is not None:
-                self.on_learn(ifindex, ip, mac)
+            try:
+                self.router.add_neighbor(ifindex, ip, mac)     # the shared table: workers see it
+            except NeighborTableFull as e:
+                log.warning("not learned: %s", e)
+                self.ignored += 1
+                continue
             self.learned += 1
 
 
@@ -246,8 +339,8 @@ def ip4_forward(specs, routes, routes_file, neighbors, duration, stats_interval,
     """Route IPv4 between memif interfaces (longest-prefix match, ARP, ICMP echo)."""
     check_interfaces(specs)
     static = [parse_neighbor(n, specs) for n in neighbors]
-    fib, load_seconds = build_fib(specs, routes, routes_file)
-    router = Router(fib)
+    fib, load_seconds, wanted = build_fib(specs, routes, routes_file)
+    router = Router(fib, NeighborTable())
     for i, s in enumerate(specs):
         router.add_interface(i, s.mac_bytes(), int(s.ip.ip), s.mode == "ip")
     for i, ip, mac in static:
@@ -267,17 +360,14 @@ def ip4_forward(specs, routes, routes_file, neighbors, duration, stats_interval,
                        "queue on each interface (the smallest has %d)" % (n, most, most),
                        err=True)
             n = most
-        fd, layout = fib.export()
         info = [{"mac": s.mac_bytes().hex(), "ip": int(s.ip.ip), "ip_mode": s.mode == "ip"}
                 for s in specs]
-        return RouterPool(ifaces, n, allowed, info, fd, layout,
-                          {(i, ip): bytes(mac) for i, ip, mac in static}, quiet, sf)
+        return RouterPool(ifaces, n, allowed, info, fib, router.neighbor_table, quiet, sf)
     pool = start_workers(ifaces, [], workers, cpus, quiet, max(s.rx_queues for s in specs),
                          specs, json_out, sf, make_pool)
     if pool is not None:
         counters = SummedCounters(pool, router)
-        learner = Learner(specs, router, [(i, ip) for i, ip, _ in static], source=pool,
-                          on_learn=pool.set_neighbor)
+        learner = Learner(specs, router, [(i, ip) for i, ip, _ in static], source=pool)
     else:
         learner = Learner(specs, router, [(i, ip) for i, ip, _ in static])
     connect_all(ifaces, json_out)
@@ -296,6 +386,7 @@ def ip4_forward(specs, routes, routes_file, neighbors, duration, stats_interval,
                    % (len(specs), ", ".join("%s %s %s" % (s.name, s.mode, s.ip) for s in specs),
                       fib.routes, " (file loaded in %.2f s)" % load_seconds if routes_file else ""))
     idle = Idler(ifaces, quiet)
+    reloader = Reloader(wanted, json_out)
     try:
         while not stop:
             if pool is not None:
@@ -306,14 +397,15 @@ def ip4_forward(specs, routes, routes_file, neighbors, duration, stats_interval,
                 moved = forward_pass(ifaces, router)
                 learner.run()
                 idle.after(moved)
+            reloader.maybe()
             ticker.maybe()
     finally:
         for intf in ifaces:
             intf.close("ip4-forward stopped")
         if pool is not None:
             pool.stop()
-            os.close(pool.fib_fd)
     result = report(specs, ifaces, router, learner, fib, stop.elapsed, counters)
+    result["route reloads"] = reloader.events
     if pool is not None:
         result["workers"] = {"count": pool.nworkers, "restarts": pool.restarts}
     if json_out:

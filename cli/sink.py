@@ -41,14 +41,14 @@ def linktype(intf):
 
 
 def run_sink(spec, duration, count, pcap_path, stats_interval, json_out, prometheus_port=0,
-             workers=None, cpus=None):
+             verify="full", workers=None, cpus=None):
     workers = tester_workers(workers, cpus)
     if workers != 0 and pcap_path:
         raise click.UsageError("--pcap runs in the main process only: leave out --workers "
                                "and --cpus")
     intf = spec.interface()
     writer = pcap.Writer(pcap_path, linktype(intf)) if pcap_path else None
-    rx = Receiver(intf, intf.mode == "ip", writer)
+    rx = Receiver(intf, intf.mode == "ip", writer, verify=verify)
     pool = None
     stop = Stop(duration)
 

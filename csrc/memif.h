@@ -80,6 +80,19 @@ static inline void memif_fence(void)
 
 /* Read one descriptor from shared memory exactly once.  The peer may rewrite
  * it at any moment; callers validate and use only the returned copy. */
+/* Ask for a cache line we are about to write (exclusive) or read.  On a
+ * ring the other CPU touched the line last: the transfer then overlaps
+ * with the work on the frames before it instead of stalling a store. */
+static inline void memif_prefetch_write(const void *p)
+{
+    __builtin_prefetch(p, 1, 3);
+}
+
+static inline void memif_prefetch_read(const void *p)
+{
+    __builtin_prefetch(p, 0, 3);
+}
+
 static inline memif_desc_t memif_desc_read(const memif_desc_t *d)
 {
     const volatile uint64_t *w = (const volatile uint64_t *)d;

@@ -1,5 +1,34 @@
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 
+# The shared-memory layout of the FIB and its atomics (csrc/fib.h).
+cdef extern from "fib.h" nogil:
+    const uint64_t FIB_MAGIC
+    const uint32_t FIB_PAGE
+
+    ctypedef struct nexthop_t "fib_nexthop_t":
+        uint32_t gw         # host byte order; 0 unless NH_GATEWAY
+        uint16_t ifindex
+        uint8_t kind
+
+    ctypedef struct fib_header_t:
+        uint64_t magic
+        uint64_t size
+        uint64_t tbl24_offset
+        uint64_t tbl8_offset
+        uint64_t nh_offset
+        uint32_t groups_cap
+        uint32_t nh_cap
+        uint32_t nh_count
+        uint32_t groups_used
+        uint64_t routes
+
+    uint32_t fib_entry_load(const uint32_t *p)
+    void fib_entry_publish(uint32_t *p, uint32_t v)
+    uint32_t fib_u32_load_acquire(const uint32_t *p)
+    void fib_u32_store_release(uint32_t *p, uint32_t v)
+    uint64_t fib_u64_load_relaxed(const uint64_t *p)
+    void fib_u64_store_relaxed(uint64_t *p, uint64_t v)
+
 # What a route leads to.
 cdef enum:  # Next-hop kinds
     NH_CONNECTED = 0    # the destination is on the link: resolve the destination itself
@@ -8,16 +37,13 @@ cdef enum:  # Next-hop kinds
     NH_BROADCAST = 3    # a broadcast address: received, never forwarded
     N_NH_KINDS = 4
 
-cdef struct nexthop_t:
-    uint32_t gw         # host byte order; 0 unless NH_GATEWAY
-    uint16_t ifindex
-    uint8_t kind
-
 # A table entry is one u32:
 #   bit 0      valid (a route covers this entry)
 #   bit 1      group: bits 8..31 name a 256-entry second-level block
 #   bits 2..7  prefix length of the route that wrote the entry (0..32)
 #   bits 8..31 next-hop index (or block number)
+# A first-level entry that is not a group always has a length of 24 or less:
+# a /24 holds a block exactly while some route longer than /24 lies in it.
 cdef enum:
     E_VALID = 1
     E_GROUP = 2
@@ -30,30 +56,83 @@ cdef enum:
 cdef enum:
     FIB_MISS = -1
 
+# Results of the writer's C routines (0 is success).
+cdef enum:
+    FIB_OK = 0
+    FIB_NOMEM = -1          # out of heap memory (the writer's private indexes)
+    FIB_NO_GROUPS = -2      # every second-level block is in use
+    FIB_NO_NEXTHOPS = -3    # every next-hop record is in use
+    FIB_NOT_FOUND = -4      # no such route
+
+# A route as parse_routes hands it out and apply_routes takes it (16 bytes).
+cdef struct route_t:
+    uint32_t prefix
+    uint8_t length
+    uint8_t kind
+    uint16_t ifindex
+    uint32_t gw
+    uint32_t line           # of the routes text, for messages (0: none)
+
+# A block or next-hop record unlinked from the tables, waiting for every
+# reader to pass a quiescent point before it may be written again.
+cdef struct retired_t:
+    uint32_t what           # index | RETIRED_NEXTHOP for a next-hop record
+    uint64_t epoch
+
 cdef class Fib:
+    # the shared file: header page, then the tables
+    cdef int memfd                  # -1 in a read-only view (it keeps only the mapping)
+    cdef uint8_t *base
+    cdef size_t size
+    cdef fib_header_t *hdr
     cdef uint32_t *tbl24            # indexed by the top 24 bits of the address
     cdef uint32_t *tbl8             # blocks of 256, indexed by the low 8 bits
-    cdef uint32_t ngroups
-    cdef uint32_t groups_cap
     cdef nexthop_t *nh
-    cdef readonly uint32_t nnh
-    cdef uint32_t nh_cap
+    cdef readonly bint shared       # a read-only view (from_shared)
+    cdef readonly uint32_t groups_cap
+    cdef readonly uint32_t nh_cap
+    # the writer's private state (heap; none of it in a view)
+    cdef uint32_t ngroups           # blocks ever handed out (high-water mark)
+    cdef uint32_t *free_groups      # blocks free to reuse now (a stack)
+    cdef uint32_t nfree_groups
+    cdef uint32_t *free_nh          # next-hop records free to reuse now (a stack)
+    cdef uint32_t nfree_nh
+    cdef uint32_t *nh_refs          # routes per next hop; NH_FREE: not in use
     cdef uint32_t *nh_hash          # open addressing: slot -> next-hop index + 1
     cdef uint32_t nh_hash_cap
-    cdef readonly uint64_t routes   # insertions (replacing one counts again)
-    cdef void *view_map             # a read-only view (from_shared): the mapping, else NULL
-    cdef size_t view_size
+    cdef uint64_t *rules            # every route: (prefix, length) -> next hop; see rule_word
+    cdef uint64_t rules_cap
+    cdef uint64_t rules_count
+    cdef retired_t *limbo           # unlinked, not yet reusable
+    cdef uint64_t nlimbo
+    cdef uint64_t limbo_cap
+    cdef readonly uint64_t epoch    # tag of what is retired now (see sync_begin)
+    cdef public bint defer_reuse    # readers in other processes: hold retired items back
 
-    cdef int insert_c(self, uint32_t prefix, uint32_t length, uint32_t index) noexcept nogil
+    cdef void point(self)
+    cdef void retire(self, uint32_t what) noexcept nogil
+    cdef void release(self, uint32_t what) noexcept nogil
+    cdef uint32_t nh_home(self, uint8_t kind, uint32_t gw, uint16_t ifindex) noexcept nogil
     cdef int64_t nexthop_c(self, uint8_t kind, uint32_t gw, uint16_t ifindex) noexcept nogil
+    cdef void nh_unref(self, uint32_t i) noexcept nogil
+    cdef uint64_t rule_slot(self, uint32_t prefix, uint32_t length) noexcept nogil
+    cdef int64_t rule_find(self, uint32_t prefix, uint32_t length) noexcept nogil
+    cdef int rules_reserve(self) noexcept nogil
+    cdef void rule_remove(self, uint64_t s) noexcept nogil
+    cdef int64_t group_alloc(self) noexcept nogil
+    cdef int route_set_c(self, uint32_t prefix, uint32_t length, uint32_t index) noexcept nogil
+    cdef int route_delete_c(self, uint32_t prefix, uint32_t length) noexcept nogil
+    cdef int check_route(self, uint32_t prefix, uint32_t length) except -1
+    cdef int raise_for(self, int rc) except -1
 
 
 cdef inline int64_t fib_lookup(const uint32_t *tbl24, const uint32_t *tbl8,
                                uint32_t addr) noexcept nogil:
-    """Longest-prefix match: the next-hop index, or FIB_MISS."""
-    cdef uint32_t e = tbl24[addr >> 8]
+    """Longest-prefix match: the next-hop index, or FIB_MISS.  Safe while the
+    main process changes the tables (see csrc/fib.h)."""
+    cdef uint32_t e = fib_entry_load(&tbl24[addr >> 8])
     if e & E_GROUP:
-        e = tbl8[((e >> E_INDEX_SHIFT) << 8) | (addr & 0xFF)]
+        e = fib_entry_load(&tbl8[((e >> E_INDEX_SHIFT) << 8) | (addr & 0xFF)])
     if e & E_VALID:
         return e >> E_INDEX_SHIFT
     return FIB_MISS

@@ -1,55 +1,97 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
-"""ip4-fib: IPv4 longest-prefix match in a two-level (DIR-24-8 style) table.
+"""ip4-fib: IPv4 longest-prefix match in a two-level (DIR-24-8 style) table
+that lives in shared memory and changes while workers read it.
 
-The first level has one u32 entry for each /24 (2^24 entries, 64 MiB, mapped
-lazily by the kernel until touched).  A route of length 24 or less writes
-every first-level entry it covers; a longer route turns its /24's entry into
-a pointer to a 256-entry second-level block and writes the block entries it
-covers.  A lookup is therefore one memory read, two when the /24 holds longer
-prefixes.
+The first level has one u32 entry for each /24 (2^24 entries, 64 MiB).  A
+route of length 24 or less writes every first-level entry it covers; a longer
+route turns its /24's entry into a pointer to a 256-entry second-level block
+and writes the block entries it covers.  A lookup is therefore one memory
+read, two when the /24 holds longer prefixes.
 
-Every entry remembers the prefix length of the route that wrote it, and an
-insertion only writes entries whose current length is not longer than its
-own.  So a /16 added after a /24 inside it leaves the /24's entries alone,
-and the table ends the same whatever order the routes arrive in (a second
-insertion of the same prefix replaces the first).  There is no delete: a
-router that needs one rebuilds the table.
+Every entry remembers the prefix length of the route that wrote it, and a
+route only writes entries whose current length is not longer than its own,
+so the table ends the same whatever order routes arrive in.  Deleting a route
+gives the entries it owned (those with its length, in its range) to the
+longest shorter route that covers it, found in the rule store: every route
+(prefix, length -> next hop) in a private hash of the main process.  A block
+whose last route longer than /24 goes is folded back into its first-level
+entry.
+
+The tables are one memfd (csrc/fib.h has the layout), sparse, with fixed
+room for ``groups`` second-level blocks and ``nexthops`` next-hop records set
+at creation: unused room costs no memory, running out raises FibFull.  The
+process that creates a Fib maps it writable and seals it (memifx/sealed.py):
+no one else can ever map it writable.  ``Fib.from_shared(fd)`` maps it
+read-only in a worker: a Fib whose lookups (and the Router over it) follow
+every change the writer makes, and which refuses changes itself.
+
+Changes are safe against those lock-free readers: entries are stored whole
+with release order, a new block is filled before it is linked, and a block or
+next-hop record that was unlinked is retired, not reused, until every reader
+has passed a quiescent point.  Without readers elsewhere (``defer_reuse``
+false, the default) retired items are free again at once; a RouterPool sets
+it and runs the handshake: ``sync_begin()`` names the retired items so far,
+the workers acknowledge between bursts, ``sync_done()`` frees them.  Changes
+come from one thread at a time.
 
 Next hops live in a separate array (index -> kind, gateway, output
-interface), deduplicated, so a million routes via a handful of gateways
-cost a handful of next-hop records.
+interface), deduplicated and counted, so a million routes via a handful of
+gateways cost a handful of next-hop records, and a record no route uses any
+more is retired like a block.
 
-The routes-file loader parses the whole file in C with the GIL released:
-one route a line, ``PREFIX[,/ ]via[= ]GW[,/ ]dev[= ]NAME``, '#' comments.
-
-Sharing with worker processes: ``export()`` copies the finished tables into
-one sealed memfd and ``Fib.from_shared(fd, layout)`` maps it read-only in
-another process, a Fib whose lookups (and the Router over it) work as usual
-but which refuses every change.  The routes of ip4-forward are static after
-start, so one export at start is all the workers need; a command that changed
-routes at run time would have to export a new table and swap it in.
+The routes-file parser runs in C with the GIL released: one route a line,
+``PREFIX[,/ ]via[= ]GW[,/ ]dev[= ]NAME``, '#' comments.  ``load_routes``
+adds as it parses; ``parse_routes`` only checks and collects (a whole file
+or nothing) and ``apply_routes`` then makes the table hold exactly a set of
+routes, changing only what differs.
 """
+from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
-from libc.stdlib cimport calloc, realloc, free
+from libc.stdlib cimport calloc, malloc, realloc, free
 from libc.string cimport memset, memcmp, memchr, memcpy
+from libc.errno cimport errno
 from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FAILED
 
-import fcntl
 import ipaddress
 import os
+import struct
+
+from memifx import sealed
 
 cdef enum:
     PAGE = 4096
+    NH_FREE = 0xFFFFFFFF            # nh_refs of a record not in use
+    RETIRED_NEXTHOP = 0x80000000    # retired_t.what: a next-hop record, not a block
+    MIN_RULES = 1024
+
+DEFAULT_GROUPS = 1 << 18        # 256 MiB of room, used as needed: ~100K blocks for a
+                                # million routes with 10% longer than /24
+DEFAULT_NEXTHOPS = 1 << 16      # 512 KiB of room
 
 KINDS = ("connected", "gateway", "local", "broadcast")
+ROUTE_RECORD = struct.Struct("=IBBHII")     # route_t
 
 
 class RouteError(ValueError):
-    """A bad line of routes text: .line (from 1), .reason, .text."""
+    """A route that cannot go in: .reason, and for routes text .line (from 1)
+    and .text (0 and "" otherwise)."""
 
-    def __init__(self, line, reason, text):
-        super().__init__("line %d: %s: %r" % (line, reason, text))
+    def __init__(self, reason, line=0, text=""):
+        super().__init__("line %d: %s: %r" % (line, reason, text) if line else reason)
         self.line, self.reason, self.text = line, reason, text
+
+
+class FibFull(RouteError):
+    """The FIB has no room left for a second-level block or a next-hop
+    record (the capacities are fixed when it is created)."""
+
+
+def pack_route(uint32_t prefix, uint32_t length, kind, uint32_t gw=0, uint32_t ifindex=0):
+    """One route record for apply_routes (kind: a name from KINDS or its number)."""
+    if isinstance(kind, str):
+        kind = KINDS.index(kind)
+    return ROUTE_RECORD.pack(prefix, length, kind, ifindex, gw if kind == NH_GATEWAY else 0, 0)
+
 
 # Routes-file parse errors
 cdef enum:
@@ -63,6 +105,8 @@ cdef enum:
     PE_UNREACHABLE = 7
     PE_NOMEM = 8
     PE_TWICE = 9
+    PE_NO_GROUPS = 10
+    PE_NO_NEXTHOPS = 11
 
 PARSE_ERRORS = {
     PE_PREFIX: "expected a prefix A.B.C.D/LEN first",
@@ -74,7 +118,18 @@ PARSE_ERRORS = {
     PE_UNREACHABLE: "gateway is in no connected subnet (give dev=NAME)",
     PE_NOMEM: "out of memory",
     PE_TWICE: "via or dev given twice",
+    PE_NO_GROUPS: "FIB full: every second-level block is in use",
+    PE_NO_NEXTHOPS: "FIB full: every next-hop record is in use",
 }
+
+
+cdef int pe_of(int rc) noexcept nogil:
+    if rc == FIB_NO_GROUPS:
+        return PE_NO_GROUPS
+    if rc == FIB_NO_NEXTHOPS:
+        return PE_NO_NEXTHOPS
+    return PE_NOMEM
+
 
 cdef enum:
     MAX_NAMES = 64
@@ -89,12 +144,6 @@ cdef struct names_t:
 cdef inline bint replaces(uint32_t e, uint32_t length) noexcept nogil:
     """May a route of ``length`` overwrite entry ``e``?"""
     return not (e & E_VALID) or ((e >> E_DEPTH_SHIFT) & E_DEPTH_MASK) <= length
-
-
-cdef inline uint32_t nh_slot(uint8_t kind, uint32_t gw, uint16_t ifindex, uint32_t mask) noexcept nogil:
-    cdef uint64_t k = (<uint64_t>gw << 32) | (<uint64_t>ifindex << 8) | kind
-    k *= 0x9E3779B97F4A7C15ULL
-    return <uint32_t>(k >> 40) & mask
 
 
 cdef inline bint is_sep(char c) noexcept nogil:
@@ -156,8 +205,30 @@ cdef inline uint32_t netmask(uint32_t length) noexcept nogil:
     return 0 if length == 0 else (<uint32_t>0xFFFFFFFFu) << (32 - length)
 
 
-cdef int parse_line(Fib fib, const char *s, size_t n, names_t *names) noexcept nogil:
-    """Parse and insert one line; 0 or a PE_ code.  Blank and comment lines are fine."""
+cdef inline uint32_t depth_of(uint32_t e) noexcept nogil:
+    return (e >> E_DEPTH_SHIFT) & E_DEPTH_MASK
+
+
+cdef inline uint64_t mix64(uint64_t k) noexcept nogil:
+    return k * 0x9E3779B97F4A7C15ULL
+
+
+cdef inline uint64_t route_key(uint32_t prefix, uint32_t length) noexcept nogil:
+    return (<uint64_t>prefix << 6) | length
+
+
+# A rule-store slot: bit 63 used, bits 30..61 prefix, 24..29 length, 0..23 next hop.
+cdef inline uint64_t rule_word(uint32_t prefix, uint32_t length, uint32_t index) noexcept nogil:
+    return (1ULL << 63) | (<uint64_t>prefix << 30) | (<uint64_t>length << 24) | index
+
+
+cdef inline uint64_t rule_key(uint64_t w) noexcept nogil:
+    return route_key(<uint32_t>(w >> 30), <uint32_t>((w >> 24) & 0x3F))
+
+
+cdef int parse_line(Fib fib, const char *s, size_t n, names_t *names, route_t *out) noexcept nogil:
+    """Parse one line into ``out``: -1 if it holds a route, 0 if blank or a
+    comment, else a PE_ code.  Gateways resolve against fib's routes."""
     cdef size_t i = 0, start, tl
     cdef const char *tok
     cdef uint32_t prefix = 0, length = 0, gw = 0, k
@@ -235,171 +306,258 @@ cdef int parse_line(Fib fib, const char *s, size_t n, names_t *names) noexcept n
         kind = NH_CONNECTED
     else:
         return PE_NO_TARGET
-    nh = fib.nexthop_c(kind, gw, <uint16_t>dev)
-    if nh < 0 or fib.insert_c(prefix, length, <uint32_t>nh) < 0:
-        return PE_NOMEM
-    return -1                   # a route was added
+    out.prefix = prefix
+    out.length = <uint8_t>length
+    out.kind = kind
+    out.ifindex = <uint16_t>dev
+    out.gw = gw
+    return -1
+
+
+cdef int fill_names(names_t *nm, names) except -1:
+    if len(names) > MAX_NAMES:
+        raise ValueError("at most %d interfaces" % MAX_NAMES)
+    nm.count = 0
+    for name in names:
+        b = name.encode() if isinstance(name, str) else bytes(name)
+        if len(b) >= NAME_LEN:
+            raise ValueError("interface name longer than %d bytes" % (NAME_LEN - 1))
+        memset(nm.name[nm.count], 0, NAME_LEN)
+        for i, c in enumerate(b):
+            nm.name[nm.count][i] = c
+        nm.length[nm.count] = len(b)
+        nm.count += 1
+    return 0
+
+
+cdef uint32_t pow2_at_least(uint64_t n) noexcept nogil:
+    cdef uint64_t c = 16
+    while c < n:
+        c <<= 1
+    return <uint32_t>c
 
 
 cdef class Fib:
-    """IPv4 routes: prefix -> next-hop index; next-hop index -> (kind, gateway, interface)."""
+    """IPv4 routes in shared memory: prefix -> next-hop index; next-hop index
+    -> (kind, gateway, interface).  ``Fib()`` creates the tables (this process
+    is their only writer); ``Fib.from_shared(fd)`` maps them read-only."""
 
-    def __cinit__(self, *, bint _view=False):
+    def __cinit__(self, uint32_t groups=DEFAULT_GROUPS, uint32_t nexthops=DEFAULT_NEXTHOPS,
+                  *, bint _view=False):
+        cdef size_t off8, offnh, total
+        self.memfd = -1
         if _view:
-            return                  # from_shared points the tables into its mapping
-        # calloc of this size is an anonymous mapping: zero pages until written.
-        self.tbl24 = <uint32_t *>calloc(TBL24_SIZE, sizeof(uint32_t))
-        if self.tbl24 == NULL:
+            return                  # from_shared maps the file
+        if not 1 <= groups <= MAX_INDEX + 1:
+            raise ValueError("groups must be 1..%d" % (MAX_INDEX + 1))
+        if not 1 <= nexthops <= MAX_INDEX + 1:
+            raise ValueError("nexthops must be 1..%d" % (MAX_INDEX + 1))
+        off8 = PAGE + <size_t>TBL24_SIZE * 4
+        offnh = off8 + <size_t>groups * 1024
+        total = (offnh + <size_t>nexthops * sizeof(nexthop_t) + PAGE - 1) & ~(<size_t>PAGE - 1)
+        self.memfd = sealed.create("memifx-fib", total)
+        self.base = <uint8_t *>mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED, self.memfd, 0)
+        if <void *>self.base == MAP_FAILED:
+            self.base = NULL
+            raise OSError(errno, "cannot map the FIB (%d bytes)" % total)
+        self.size = total
+        sealed.seal(self.memfd)
+        self.hdr = <fib_header_t *>self.base
+        self.hdr.magic = FIB_MAGIC
+        self.hdr.size = total
+        self.hdr.tbl24_offset = PAGE
+        self.hdr.tbl8_offset = off8
+        self.hdr.nh_offset = offnh
+        self.hdr.groups_cap = groups
+        self.hdr.nh_cap = nexthops
+        self.point()
+        self.free_groups = <uint32_t *>malloc(<size_t>groups * 4)
+        self.free_nh = <uint32_t *>malloc(<size_t>nexthops * 4)
+        self.nh_refs = <uint32_t *>malloc(<size_t>nexthops * 4)
+        self.nh_hash_cap = pow2_at_least(<uint64_t>nexthops * 2)
+        self.nh_hash = <uint32_t *>calloc(self.nh_hash_cap, 4)
+        self.rules_cap = MIN_RULES
+        self.rules = <uint64_t *>calloc(self.rules_cap, 8)
+        if (self.free_groups == NULL or self.free_nh == NULL or self.nh_refs == NULL
+                or self.nh_hash == NULL or self.rules == NULL):
             raise MemoryError()
+        memset(self.nh_refs, 0xFF, <size_t>nexthops * 4)
+
+    cdef void point(self):
+        self.tbl24 = <uint32_t *>(self.base + self.hdr.tbl24_offset)
+        self.tbl8 = <uint32_t *>(self.base + self.hdr.tbl8_offset)
+        self.nh = <nexthop_t *>(self.base + self.hdr.nh_offset)
+        self.groups_cap = self.hdr.groups_cap
+        self.nh_cap = self.hdr.nh_cap
 
     def __dealloc__(self):
-        if self.view_map != NULL:
-            munmap(self.view_map, self.view_size)
-            return
-        free(self.tbl24)
-        free(self.tbl8)
-        free(self.nh)
+        if self.base != NULL:
+            munmap(self.base, self.size)
+        if self.memfd >= 0:
+            os.close(self.memfd)
+        free(self.free_groups)
+        free(self.free_nh)
+        free(self.nh_refs)
         free(self.nh_hash)
+        free(self.rules)
+        free(self.limbo)
 
     def check_writable(self):
         """Raises ValueError on a read-only view (from_shared)."""
-        if self.view_map != NULL:
+        if self.shared:
             raise ValueError("a shared FIB view is read-only")
 
     # ------------------------------------------------------ shared memory
 
-    def export(self):
-        """Copy the tables into a new sealed memfd: returns (fd, layout), the
-        layout a JSON-able dict for ``Fib.from_shared``.  The caller owns the
-        fd.  First-level pages that hold only zeros are not copied, so they
-        stay holes in the file (a small FIB costs little memory)."""
-        cdef size_t off24 = 0
-        cdef size_t off8 = <size_t>TBL24_SIZE * 4
-        cdef size_t size8 = <size_t>self.ngroups * 256 * 4
-        cdef size_t offnh = (off8 + size8 + PAGE - 1) & ~(<size_t>PAGE - 1)
-        cdef size_t sizenh = <size_t>self.nnh * sizeof(nexthop_t)
-        cdef size_t total = (offnh + sizenh + PAGE - 1) & ~(<size_t>PAGE - 1)
-        cdef size_t p, k
-        cdef uint8_t *base
-        cdef const uint64_t *w
-        cdef bint zero
-        if total == 0:
-            total = PAGE
-        fd = os.memfd_create("memifx-fib", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-        try:
-            os.ftruncate(fd, total)
-            base = <uint8_t *>mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
-            if <void *>base == MAP_FAILED:
-                raise OSError("cannot map the shared FIB")
-            with nogil:
-                p = 0
-                while p < <size_t>TBL24_SIZE * 4:
-                    w = <const uint64_t *>(<uint8_t *>self.tbl24 + p)
-                    zero = True
-                    for k in range(PAGE // 8):
-                        if w[k]:
-                            zero = False
-                            break
-                    if not zero:
-                        memcpy(base + off24 + p, w, PAGE)
-                    p += PAGE
-                if size8:
-                    memcpy(base + off8, self.tbl8, size8)
-                if sizenh:
-                    memcpy(base + offnh, self.nh, sizenh)
-            munmap(base, total)
-            # No one may change or resize it from now on (writers included).
-            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK
-                        | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd, {"size": total, "tbl24": off24, "tbl8": off8, "ngroups": self.ngroups,
-                    "nh": offnh, "nnh": self.nnh, "routes": self.routes}
+    @property
+    def fd(self):
+        """The memfd of the tables, to send to readers (owned by this Fib;
+        -1 in a view)."""
+        return self.memfd
 
     @staticmethod
-    def from_shared(fd, layout):
-        """A read-only Fib over a table ``export`` wrote (mapped PROT_READ,
-        MAP_SHARED; the fd may be closed afterwards)."""
+    def from_shared(int fd):
+        """A read-only Fib over the tables of the Fib whose ``fd`` this is:
+        seals and size checked before mapping (PROT_READ, MAP_SHARED), the
+        header checked after.  The fd may be closed afterwards."""
         cdef Fib f = Fib.__new__(Fib, _view=True)
-        cdef size_t size = layout["size"]
-        cdef uint8_t *base
-        st = os.fstat(fd)
-        if st.st_size < size or layout["nh"] + layout["nnh"] * sizeof(nexthop_t) > size:
-            raise ValueError("shared FIB: the file is smaller than its layout")
-        if not fcntl.fcntl(fd, fcntl.F_GET_SEALS) & fcntl.F_SEAL_WRITE:
-            raise ValueError("shared FIB: the file is not sealed against writes")
-        base = <uint8_t *>mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0)
-        if <void *>base == MAP_FAILED:
-            raise OSError("cannot map the shared FIB")
-        f.view_map = base
-        f.view_size = size
-        f.tbl24 = <uint32_t *>(base + <size_t>layout["tbl24"])
-        f.tbl8 = <uint32_t *>(base + <size_t>layout["tbl8"])
-        f.ngroups = f.groups_cap = layout["ngroups"]
-        f.nh = <nexthop_t *>(base + <size_t>layout["nh"])
-        f.nnh = f.nh_cap = layout["nnh"]
-        f.routes = layout["routes"]
+        cdef size_t size = sealed.check(fd, "FIB")
+        cdef fib_header_t *h
+        if size < PAGE:
+            raise sealed.SharedTableError("shared FIB: the file is too small (%d bytes)" % size)
+        f.base = <uint8_t *>mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0)
+        if <void *>f.base == MAP_FAILED:
+            f.base = NULL
+            raise OSError(errno, "cannot map the shared FIB")
+        f.size = size
+        f.shared = True
+        h = f.hdr = <fib_header_t *>f.base
+        if (h.magic != FIB_MAGIC or h.size != size or h.tbl24_offset % PAGE
+                or h.tbl8_offset % PAGE or h.nh_offset % 8
+                or h.groups_cap > MAX_INDEX + 1 or h.nh_cap > MAX_INDEX + 1
+                or h.tbl24_offset + <uint64_t>TBL24_SIZE * 4 > size
+                or h.tbl8_offset + <uint64_t>h.groups_cap * 1024 > size
+                or h.nh_offset + <uint64_t>h.nh_cap * sizeof(nexthop_t) > size):
+            raise sealed.SharedTableError("shared FIB: the header does not describe the file")
+        f.point()
         return f
 
+    # ------------------------------------------------------ retired items
+
+    cdef void retire(self, uint32_t what) noexcept nogil:
+        """``what`` is unlinked: free now, or once every reader moved on."""
+        cdef retired_t *t
+        cdef uint64_t cap
+        if self.defer_reuse:
+            if self.nlimbo == self.limbo_cap:
+                cap = self.limbo_cap * 2 if self.limbo_cap else 64
+                t = <retired_t *>realloc(self.limbo, cap * sizeof(retired_t))
+                if t == NULL:
+                    return          # never reused: a leak, never a hazard
+                self.limbo = t
+                self.limbo_cap = cap
+            self.limbo[self.nlimbo].what = what
+            self.limbo[self.nlimbo].epoch = self.epoch
+            self.nlimbo += 1
+        else:
+            self.release(what)
+
+    cdef void release(self, uint32_t what) noexcept nogil:
+        if what & RETIRED_NEXTHOP:
+            self.free_nh[self.nfree_nh] = what & ~(<uint32_t>RETIRED_NEXTHOP)
+            self.nfree_nh += 1
+        else:
+            self.free_groups[self.nfree_groups] = what
+            self.nfree_groups += 1
+
+    def sync_begin(self):
+        """A token for everything retired so far; what is retired later gets
+        the next one.  Once every reader has passed a quiescent point after
+        this call, hand the token to sync_done."""
+        self.epoch += 1
+        return self.epoch - 1
+
+    def sync_done(self, uint64_t token):
+        """Every reader has passed a quiescent point since sync_begin returned
+        ``token``: what was retired up to then may be reused.  Returns how
+        many items became free."""
+        cdef uint64_t i, kept = 0, n = 0
+        for i in range(self.nlimbo):
+            if self.limbo[i].epoch <= token:
+                self.release(self.limbo[i].what)
+                n += 1
+            else:
+                self.limbo[kept] = self.limbo[i]
+                kept += 1
+        self.nlimbo = kept
+        return n
+
     @property
-    def shared(self):
-        """Whether this is a read-only view from ``from_shared``."""
-        return self.view_map != NULL
+    def retired(self):
+        """Blocks and next-hop records unlinked but not yet free to reuse."""
+        return self.nlimbo
 
     # ------------------------------------------------------------ next hops
 
+    cdef uint32_t nh_home(self, uint8_t kind, uint32_t gw, uint16_t ifindex) noexcept nogil:
+        cdef uint64_t k = (<uint64_t>gw << 32) | (<uint64_t>ifindex << 8) | kind
+        return <uint32_t>(mix64(k) >> 40) & (self.nh_hash_cap - 1)
+
     cdef int64_t nexthop_c(self, uint8_t kind, uint32_t gw, uint16_t ifindex) noexcept nogil:
-        """The index of this next hop, added if new; -1 if out of memory or indices."""
-        cdef uint32_t mask, s, i, cap
-        cdef uint32_t *h
-        cdef nexthop_t *a
+        """The index of this next hop, added if new (with no routes yet);
+        FIB_NO_NEXTHOPS when every record is in use."""
+        cdef uint32_t mask = self.nh_hash_cap - 1, s, i
         cdef nexthop_t *x
         if kind != NH_GATEWAY:
             gw = 0
-        if self.nh_hash_cap:
-            mask = self.nh_hash_cap - 1
-            s = nh_slot(kind, gw, ifindex, mask)
-            while self.nh_hash[s]:
-                x = &self.nh[self.nh_hash[s] - 1]
-                if x.kind == kind and x.gw == gw and x.ifindex == ifindex:
-                    return self.nh_hash[s] - 1
-                s = (s + 1) & mask
-        if self.nnh >= MAX_INDEX:
-            return -1
-        if self.nnh == self.nh_cap:
-            cap = self.nh_cap * 2 if self.nh_cap else 16
-            a = <nexthop_t *>realloc(self.nh, cap * sizeof(nexthop_t))
-            if a == NULL:
-                return -1
-            self.nh = a
-            self.nh_cap = cap
-        if (self.nnh + 1) * 2 > self.nh_hash_cap:
-            # Rebuild the index at twice the size (at most half full).
-            cap = self.nh_hash_cap * 2 if self.nh_hash_cap else 64
-            h = <uint32_t *>calloc(cap, sizeof(uint32_t))
-            if h == NULL:
-                return -1
-            for i in range(self.nnh):
-                x = &self.nh[i]
-                s = nh_slot(x.kind, x.gw, x.ifindex, cap - 1)
-                while h[s]:
-                    s = (s + 1) & (cap - 1)
-                h[s] = i + 1
-            free(self.nh_hash)
-            self.nh_hash = h
-            self.nh_hash_cap = cap
-        i = self.nnh
+        s = self.nh_home(kind, gw, ifindex)
+        while self.nh_hash[s]:
+            x = &self.nh[self.nh_hash[s] - 1]
+            if x.kind == kind and x.gw == gw and x.ifindex == ifindex:
+                return self.nh_hash[s] - 1
+            s = (s + 1) & mask
+        if self.nfree_nh:
+            self.nfree_nh -= 1
+            i = self.free_nh[self.nfree_nh]
+        elif self.hdr.nh_count < self.nh_cap:
+            i = self.hdr.nh_count
+        else:
+            return FIB_NO_NEXTHOPS
+        # No reader reaches record i until a route leading to it is published.
         self.nh[i].kind = kind
         self.nh[i].gw = gw
         self.nh[i].ifindex = ifindex
-        mask = self.nh_hash_cap - 1
-        s = nh_slot(kind, gw, ifindex, mask)
-        while self.nh_hash[s]:
-            s = (s + 1) & mask
+        if i == self.hdr.nh_count:
+            fib_u32_store_release(&self.hdr.nh_count, i + 1)
+        self.nh_refs[i] = 0
         self.nh_hash[s] = i + 1
-        self.nnh += 1
         return i
+
+    cdef void nh_unref(self, uint32_t i) noexcept nogil:
+        """One route less leads to next hop i; the last one retires it."""
+        cdef uint32_t mask = self.nh_hash_cap - 1, s, j, home
+        cdef nexthop_t *x
+        self.nh_refs[i] -= 1
+        if self.nh_refs[i]:
+            return
+        s = self.nh_home(self.nh[i].kind, self.nh[i].gw, self.nh[i].ifindex)
+        while self.nh_hash[s] != i + 1:
+            s = (s + 1) & mask
+        # Backward-shift delete (the index is ours alone: no reader to mind).
+        j = s
+        while True:
+            j = (j + 1) & mask
+            if not self.nh_hash[j]:
+                break
+            x = &self.nh[self.nh_hash[j] - 1]
+            home = self.nh_home(x.kind, x.gw, x.ifindex)
+            if (s <= j and s < home <= j) or (s > j and (home > s or home <= j)):
+                continue
+            self.nh_hash[s] = self.nh_hash[j]
+            s = j
+        self.nh_hash[s] = 0
+        self.nh_refs[i] = NH_FREE
+        self.retire(i | RETIRED_NEXTHOP)
 
     def add_nexthop(self, kind, uint32_t gw=0, uint16_t ifindex=0):
         """Index of the next hop (kind: a name from KINDS or its number)."""
@@ -410,24 +568,97 @@ cdef class Fib:
         if not 0 <= kind < N_NH_KINDS:
             raise ValueError("next-hop kind out of range")
         r = self.nexthop_c(<uint8_t>kind, gw, ifindex)
-        if r < 0:
-            raise MemoryError()
+        self.raise_for(<int>r if r < 0 else FIB_OK)
         return r
 
     def nexthop(self, uint32_t index):
         """(kind name, gateway as int, interface index)."""
-        if index >= self.nnh:
+        if index >= fib_u32_load_acquire(&self.hdr.nh_count) or (
+                not self.shared and self.nh_refs[index] == NH_FREE):
             raise IndexError("no next hop %d" % index)
         return KINDS[self.nh[index].kind], self.nh[index].gw, self.nh[index].ifindex
 
+    @property
+    def nnh(self):
+        """Next-hop records handed out so far (the high-water mark)."""
+        return fib_u32_load_acquire(&self.hdr.nh_count)
+
+    # ---------------------------------------------------------- rule store
+
+    cdef uint64_t rule_slot(self, uint32_t prefix, uint32_t length) noexcept nogil:
+        """The slot of the route, or of the empty slot where it would go."""
+        cdef uint64_t mask = self.rules_cap - 1, key = route_key(prefix, length)
+        cdef uint64_t s = (mix64(key) >> 32) & mask
+        while self.rules[s] and rule_key(self.rules[s]) != key:
+            s = (s + 1) & mask
+        return s
+
+    cdef int64_t rule_find(self, uint32_t prefix, uint32_t length) noexcept nogil:
+        """The next hop of route prefix/length, or -1."""
+        cdef uint64_t w = self.rules[self.rule_slot(prefix, length)]
+        return <int64_t>(w & MAX_INDEX) if w else -1
+
+    cdef int rules_reserve(self) noexcept nogil:
+        """Room for one more route (at most 3/4 full)."""
+        cdef uint64_t cap, i, s, w
+        cdef uint64_t *t
+        if (self.rules_count + 1) * 4 <= self.rules_cap * 3:
+            return FIB_OK
+        cap = self.rules_cap * 2
+        t = <uint64_t *>calloc(cap, 8)
+        if t == NULL:
+            return FIB_NOMEM
+        for i in range(self.rules_cap):
+            w = self.rules[i]
+            if w:
+                s = (mix64(rule_key(w)) >> 32) & (cap - 1)
+                while t[s]:
+                    s = (s + 1) & (cap - 1)
+                t[s] = w
+        free(self.rules)
+        self.rules = t
+        self.rules_cap = cap
+        return FIB_OK
+
+    cdef void rule_remove(self, uint64_t s) noexcept nogil:
+        """Backward-shift delete of slot s."""
+        cdef uint64_t mask = self.rules_cap - 1, j = s, home
+        while True:
+            j = (j + 1) & mask
+            if not self.rules[j]:
+                break
+            home = (mix64(rule_key(self.rules[j])) >> 32) & mask
+            if (s <= j and s < home <= j) or (s > j and (home > s or home <= j)):
+                continue
+            self.rules[s] = self.rules[j]
+            s = j
+        self.rules[s] = 0
+        self.rules_count -= 1
+
     # --------------------------------------------------------------- routes
 
-    cdef int insert_c(self, uint32_t prefix, uint32_t length, uint32_t index) noexcept nogil:
-        """Route prefix/length (host bits clear) to next hop ``index``; -1: no memory."""
+    cdef int64_t group_alloc(self) noexcept nogil:
+        if self.nfree_groups:
+            self.nfree_groups -= 1
+            return self.free_groups[self.nfree_groups]
+        if self.ngroups < self.groups_cap:
+            self.ngroups += 1
+            return self.ngroups - 1
+        return FIB_NO_GROUPS
+
+    cdef int route_set_c(self, uint32_t prefix, uint32_t length, uint32_t index) noexcept nogil:
+        """Add route prefix/length (host bits clear) via next hop ``index`` (in
+        use), or move it there: FIB_OK or an error, the table unchanged then."""
         cdef uint32_t word = E_VALID | (length << E_DEPTH_SHIFT) | (index << E_INDEX_SHIFT)
-        cdef uint32_t i, j, first, count, e, grp
+        cdef uint32_t i, j, first, count, e
         cdef uint32_t *g
-        cdef uint32_t *t
+        cdef int64_t grp
+        cdef int64_t old = self.rule_find(prefix, length)
+        cdef uint64_t s
+        if old == index:
+            return FIB_OK
+        if old < 0 and self.rules_reserve() < 0:
+            return FIB_NOMEM
         if length <= 24:
             first = prefix >> 8
             count = 1u << (24 - length)
@@ -437,62 +668,160 @@ cdef class Fib:
                     g = self.tbl8 + (<uint64_t>(e >> E_INDEX_SHIFT) << 8)
                     for j in range(256):
                         if replaces(g[j], length):
-                            g[j] = word
+                            fib_entry_publish(&g[j], word)
                 elif replaces(e, length):
-                    self.tbl24[i] = word
+                    fib_entry_publish(&self.tbl24[i], word)
         else:
             i = prefix >> 8
             e = self.tbl24[i]
-            if not (e & E_GROUP):
-                # Split the /24: the new block starts as copies of the entry.
-                if self.ngroups == self.groups_cap:
-                    if self.groups_cap >= MAX_INDEX:
-                        return -1
-                    count = self.groups_cap * 2 if self.groups_cap else 256
-                    if count > MAX_INDEX:
-                        count = MAX_INDEX
-                    t = <uint32_t *>realloc(self.tbl8, <uint64_t>count * 256 * sizeof(uint32_t))
-                    if t == NULL:
-                        return -1
-                    self.tbl8 = t
-                    self.groups_cap = count
-                grp = self.ngroups
-                self.ngroups += 1
+            first = prefix & 0xFF
+            count = 1u << (32 - length)
+            if e & E_GROUP:
+                g = self.tbl8 + (<uint64_t>(e >> E_INDEX_SHIFT) << 8)
+                for j in range(first, first + count):
+                    if replaces(g[j], length):
+                        fib_entry_publish(&g[j], word)
+            else:
+                # Split the /24: a fresh block, complete before anyone can see it.
+                grp = self.group_alloc()
+                if grp < 0:
+                    return <int>grp
                 g = self.tbl8 + (<uint64_t>grp << 8)
                 for j in range(256):
-                    g[j] = e
-                self.tbl24[i] = (grp << E_INDEX_SHIFT) | E_GROUP
-            else:
-                g = self.tbl8 + (<uint64_t>(e >> E_INDEX_SHIFT) << 8)
+                    g[j] = word if first <= j < first + count else e
+                fib_entry_publish(&self.tbl24[i], (<uint32_t>grp << E_INDEX_SHIFT) | E_GROUP)
+                self.hdr.groups_used += 1
+        s = self.rule_slot(prefix, length)
+        if not self.rules[s]:
+            self.rules_count += 1
+            fib_u64_store_relaxed(&self.hdr.routes, self.rules_count)
+        self.rules[s] = rule_word(prefix, length, index)
+        self.nh_refs[index] += 1
+        if old >= 0:
+            self.nh_unref(<uint32_t>old)
+        return FIB_OK
+
+    cdef int route_delete_c(self, uint32_t prefix, uint32_t length) noexcept nogil:
+        """Remove route prefix/length: its entries go to the covering route."""
+        cdef uint64_t s = self.rule_slot(prefix, length)
+        cdef uint32_t old, word = 0, i, j, first, count, e, l
+        cdef uint32_t *g
+        cdef int64_t c
+        cdef bint fold
+        if not self.rules[s]:
+            return FIB_NOT_FOUND
+        old = <uint32_t>(self.rules[s] & MAX_INDEX)
+        self.rule_remove(s)
+        fib_u64_store_relaxed(&self.hdr.routes, self.rules_count)
+        l = length
+        while l > 0:
+            l -= 1
+            c = self.rule_find(prefix & netmask(l), l)
+            if c >= 0:
+                word = E_VALID | (l << E_DEPTH_SHIFT) | (<uint32_t>c << E_INDEX_SHIFT)
+                break
+        if length <= 24:
+            first = prefix >> 8
+            count = 1u << (24 - length)
+            for i in range(first, first + count):
+                e = self.tbl24[i]
+                if e & E_GROUP:
+                    g = self.tbl8 + (<uint64_t>(e >> E_INDEX_SHIFT) << 8)
+                    for j in range(256):
+                        if g[j] & E_VALID and depth_of(g[j]) == length:
+                            fib_entry_publish(&g[j], word)
+                elif e & E_VALID and depth_of(e) == length:
+                    fib_entry_publish(&self.tbl24[i], word)
+        else:
+            i = prefix >> 8
+            e = self.tbl24[i]
+            g = self.tbl8 + (<uint64_t>(e >> E_INDEX_SHIFT) << 8)
             first = prefix & 0xFF
             count = 1u << (32 - length)
             for j in range(first, first + count):
-                if replaces(g[j], length):
-                    g[j] = word
-        self.routes += 1
-        return 0
+                if g[j] & E_VALID and depth_of(g[j]) == length:
+                    fib_entry_publish(&g[j], word)
+            # No route longer than /24 left in the block: fold it back.
+            # (Then every entry is the one covering route, or none.)
+            fold = True
+            for j in range(256):
+                if g[j] & E_VALID and depth_of(g[j]) > 24:
+                    fold = False
+                    break
+            if fold:
+                fib_entry_publish(&self.tbl24[i], g[0])
+                self.hdr.groups_used -= 1
+                self.retire(e >> E_INDEX_SHIFT)
+        self.nh_unref(old)
+        return FIB_OK
 
-    def insert(self, uint32_t prefix, uint32_t length, uint32_t index):
-        """Route prefix/length (ints; host bits must be clear) to next hop ``index``."""
+    cdef int check_route(self, uint32_t prefix, uint32_t length) except -1:
         self.check_writable()
         if length > 32:
             raise ValueError("prefix length %d out of range 0..32" % length)
         if prefix & ~netmask(length):
             raise ValueError("%s/%d has host bits set" % (ipaddress.IPv4Address(prefix), length))
-        if index >= self.nnh:
-            raise ValueError("no next hop %d" % index)
-        cdef int r
-        with nogil:
-            r = self.insert_c(prefix, length, index)
-        if r < 0:
+        return 0
+
+    cdef int raise_for(self, int rc) except -1:
+        if rc == FIB_NO_GROUPS:
+            raise FibFull("FIB full: all %d second-level blocks in use (%d waiting for "
+                          "readers to move on)" % (self.groups_cap, self.nlimbo))
+        if rc == FIB_NO_NEXTHOPS:
+            raise FibFull("FIB full: all %d next-hop records in use" % self.nh_cap)
+        if rc == FIB_NOMEM:
             raise MemoryError()
+        return 0
+
+    def insert(self, uint32_t prefix, uint32_t length, uint32_t index):
+        """Route prefix/length (ints; host bits must be clear) to next hop
+        ``index``, replacing the route's next hop if it is there already."""
+        cdef int r
+        self.check_route(prefix, length)
+        if index >= self.hdr.nh_count or self.nh_refs[index] == NH_FREE:
+            raise ValueError("no next hop %d" % index)
+        r = self.route_set_c(prefix, length, index)
+        self.raise_for(r)
 
     def add_route(self, network, kind, gw=0, uint16_t ifindex=0):
-        """Convenience: network as "A.B.C.D/LEN" or an IPv4Network."""
+        """Add or replace a route: network as "A.B.C.D/LEN" or an IPv4Network,
+        kind a name from KINDS.  Takes effect in every reader at once (safe
+        while workers run).  Returns the next-hop index."""
         net = ipaddress.IPv4Network(network)
         nh = self.add_nexthop(kind, int(gw), ifindex)
         self.insert(int(net.network_address), net.prefixlen, nh)
         return nh
+
+    def delete(self, uint32_t prefix, uint32_t length):
+        """Remove route prefix/length (ints); addresses it covered fall back to
+        the longest shorter route that covers them.  Returns whether it was there."""
+        self.check_route(prefix, length)
+        return self.route_delete_c(prefix, length) == FIB_OK
+
+    def delete_route(self, network):
+        """Remove a route (network as for add_route); safe while workers run.
+        Returns whether it was there."""
+        net = ipaddress.IPv4Network(network)
+        return self.delete(int(net.network_address), net.prefixlen)
+
+    def route(self, network):
+        """The next-hop index of exactly this route, or None."""
+        net = ipaddress.IPv4Network(network)
+        self.check_writable()
+        r = self.rule_find(int(net.network_address), net.prefixlen)
+        return None if r < 0 else r
+
+    def route_list(self):
+        """[(prefix int, length, next-hop index)] of every route, in no order."""
+        self.check_writable()
+        out = []
+        cdef uint64_t i, w
+        for i in range(self.rules_cap):
+            w = self.rules[i]
+            if w:
+                out.append((<uint32_t>(w >> 30), <uint32_t>((w >> 24) & 0x3F),
+                            <uint32_t>(w & MAX_INDEX)))
+        return out
 
     def lookup(self, addr):
         """Next-hop index for an address (int or str), or -1."""
@@ -509,54 +838,187 @@ cdef class Fib:
                 out[i] = fib_lookup(self.tbl24, self.tbl8, addrs[i])
 
     @property
+    def routes(self):
+        """Routes in the table."""
+        return fib_u64_load_relaxed(&self.hdr.routes)
+
+    @property
     def memory(self):
-        """Bytes of table allocated (the first level is touched lazily)."""
-        return TBL24_SIZE * 4 + <uint64_t>self.groups_cap * 1024 + self.nh_cap * sizeof(nexthop_t)
+        """Bytes of the shared file (sparse: only what was written is memory)."""
+        return self.size
 
     @property
     def blocks(self):
         """Second-level blocks in use (/24s holding longer prefixes)."""
-        return self.ngroups
+        return self.hdr.groups_used
 
-    # ---------------------------------------------------------- routes file
+    # ---------------------------------------------------------- routes text
 
     def load_routes(self, const unsigned char[::1] data, names=()):
         """Add every route of a routes file's contents; ``names[i]`` is the
         name of interface index i.  Returns the number of routes added.
         Raises RouteError (a ValueError) at the first bad line (routes of the
-        lines before it stay in)."""
+        lines before it stay in), FibFull when the table has no room."""
         cdef names_t nm
-        cdef size_t n = data.shape[0], pos = 0, end
+        cdef size_t n = data.shape[0], pos = 0, end = 0
         cdef const char *p = <const char *>&data[0] if n else NULL
         cdef const char *eol
         cdef uint64_t line = 0, added = 0
         cdef int r = 0
+        cdef int64_t nh
+        cdef route_t rt
         self.check_writable()
-        if len(names) > MAX_NAMES:
-            raise ValueError("at most %d interfaces" % MAX_NAMES)
-        nm.count = 0
-        for name in names:
-            b = name.encode() if isinstance(name, str) else bytes(name)
-            if len(b) >= NAME_LEN:
-                raise ValueError("interface name longer than %d bytes" % (NAME_LEN - 1))
-            memset(nm.name[nm.count], 0, NAME_LEN)
-            for i, c in enumerate(b):
-                nm.name[nm.count][i] = c
-            nm.length[nm.count] = len(b)
-            nm.count += 1
+        fill_names(&nm, names)
         with nogil:
             while pos < n:
                 line += 1
                 eol = <const char *>memchr(p + pos, c'\n', n - pos)
                 end = <size_t>(eol - p) if eol != NULL else n
-                r = parse_line(self, p + pos, end - pos, &nm)
+                r = parse_line(self, p + pos, end - pos, &nm, &rt)
                 if r > 0:
                     break
                 if r < 0:
+                    nh = self.nexthop_c(rt.kind, rt.gw, rt.ifindex)
+                    r = <int>nh if nh < 0 else self.route_set_c(rt.prefix, rt.length, <uint32_t>nh)
+                    if r < 0:
+                        r = pe_of(r)
+                        break
                     added += 1
-                    r = 0
                 pos = end + 1
         if r > 0:
             text = bytes(data[pos:end]).decode(errors="replace").strip()
-            raise RouteError(line, PARSE_ERRORS[r], text[:80])
+            cls = FibFull if r in (PE_NO_GROUPS, PE_NO_NEXTHOPS) else RouteError
+            raise cls(PARSE_ERRORS[r], line, text[:80])
         return added
+
+    def parse_routes(self, const unsigned char[::1] data, names=()):
+        """Check a routes file's contents and return its routes as records
+        for apply_routes (bytes, 16 per route), changing nothing.  Raises
+        RouteError at the first bad line.  Gateways without dev= resolve
+        against the connected routes this FIB holds now."""
+        cdef names_t nm
+        cdef size_t n = data.shape[0], pos = 0, end = 0
+        cdef const char *p = <const char *>&data[0] if n else NULL
+        cdef const char *eol
+        cdef uint64_t line = 0, count = 0, cap = 0
+        cdef int r = 0
+        cdef route_t *out = NULL
+        cdef route_t *t
+        fill_names(&nm, names)
+        try:
+            with nogil:
+                while pos < n:
+                    line += 1
+                    eol = <const char *>memchr(p + pos, c'\n', n - pos)
+                    end = <size_t>(eol - p) if eol != NULL else n
+                    if count == cap:
+                        cap = cap * 2 if cap else 1024
+                        t = <route_t *>realloc(out, cap * sizeof(route_t))
+                        if t == NULL:
+                            r = PE_NOMEM
+                            break
+                        out = t
+                    r = parse_line(self, p + pos, end - pos, &nm, &out[count])
+                    if r > 0:
+                        break
+                    if r < 0:
+                        out[count].line = <uint32_t>line
+                        count += 1
+                        r = 0
+                    pos = end + 1
+            if r > 0:
+                text = bytes(data[pos:end]).decode(errors="replace").strip()
+                raise RouteError(PARSE_ERRORS[r], line, text[:80])
+            return PyBytes_FromStringAndSize(<const char *>out, count * sizeof(route_t))
+        finally:
+            free(out)
+
+    def apply_routes(self, const unsigned char[::1] records):
+        """Make the table hold exactly these routes (records from
+        parse_routes or pack_route, concatenated; for a prefix given twice
+        the later one counts), touching only what differs: new routes are
+        added, routes whose next hop differs are moved, routes not among
+        them are deleted (in that order, so traffic covered before and after
+        never misses).  Safe while workers run.  Returns (added, removed,
+        changed).  A bad record raises ValueError before anything changes;
+        FibFull can leave the change half done."""
+        cdef const route_t *rec = <const route_t *>&records[0] if records.shape[0] else NULL
+        cdef uint64_t n = records.shape[0] // sizeof(route_t), k, i, ndel = 0
+        cdef uint64_t added = 0, removed = 0, changed = 0
+        cdef uint32_t cap, mask, s, prefix, length
+        cdef uint32_t *th = NULL
+        cdef uint64_t *dels = NULL
+        cdef const route_t *r
+        cdef int64_t nh, old
+        cdef int rc = FIB_OK
+        self.check_writable()
+        if records.shape[0] % sizeof(route_t):
+            raise ValueError("route records are %d bytes each" % sizeof(route_t))
+        for k in range(n):
+            r = &rec[k]
+            if r.length > 32 or r.prefix & ~netmask(r.length) or r.kind >= N_NH_KINDS:
+                raise ValueError("route record %d is not a route (%s/%d kind %d)"
+                                 % (k, ipaddress.IPv4Address(r.prefix), r.length, r.kind))
+        cap = pow2_at_least(n * 2)
+        mask = cap - 1
+        th = <uint32_t *>calloc(cap, 4)
+        dels = <uint64_t *>malloc(max(self.rules_count, 1) * 8)
+        if th == NULL or dels == NULL:
+            free(th)
+            free(dels)
+            raise MemoryError()
+        try:
+            with nogil:
+                # The wanted set, by prefix: slot -> record index + 1.
+                for k in range(n):
+                    s = <uint32_t>(mix64(route_key(rec[k].prefix, rec[k].length)) >> 32) & mask
+                    while th[s] and not (rec[th[s] - 1].prefix == rec[k].prefix
+                                         and rec[th[s] - 1].length == rec[k].length):
+                        s = (s + 1) & mask
+                    th[s] = <uint32_t>k + 1
+                # Adds and moves.
+                for s in range(cap):
+                    if not th[s]:
+                        continue
+                    r = &rec[th[s] - 1]
+                    nh = self.nexthop_c(r.kind, r.gw, r.ifindex)
+                    if nh < 0:
+                        rc = <int>nh
+                        break
+                    old = self.rule_find(r.prefix, r.length)
+                    if old == nh:
+                        continue
+                    rc = self.route_set_c(r.prefix, r.length, <uint32_t>nh)
+                    if rc < 0:
+                        break
+                    if old < 0:
+                        added += 1
+                    else:
+                        changed += 1
+                # Deletes: what is not wanted (collected first: deleting reorders the store).
+                if rc == FIB_OK:
+                    for i in range(self.rules_cap):
+                        if not self.rules[i]:
+                            continue
+                        prefix = <uint32_t>(self.rules[i] >> 30)
+                        length = <uint32_t>((self.rules[i] >> 24) & 0x3F)
+                        s = <uint32_t>(mix64(route_key(prefix, length)) >> 32) & mask
+                        while th[s] and not (rec[th[s] - 1].prefix == prefix
+                                             and rec[th[s] - 1].length == length):
+                            s = (s + 1) & mask
+                        if not th[s]:
+                            dels[ndel] = route_key(prefix, length)
+                            ndel += 1
+                    for i in range(ndel):
+                        self.route_delete_c(<uint32_t>(dels[i] >> 6), <uint32_t>(dels[i] & 0x3F))
+                        removed += 1
+        finally:
+            free(th)
+            free(dels)
+        if rc < 0:
+            try:
+                self.raise_for(rc)
+            except FibFull as e:
+                raise FibFull("%s; applied +%d ~%d before that, deleted nothing"
+                              % (e, added, changed)) from None
+        return added, removed, changed

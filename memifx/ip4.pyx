@@ -33,8 +33,11 @@ a bare IP packet) and room for the largest reply we generate in place
 
 Everything runs with the GIL released; the GIL comes back only between
 bursts, once per output interface, to pick that interface's transmit Queue.
-The control plane (Python) owns the FIB and the neighbor table and reads the
-ARP replies the data path queued for it once per pass.
+The control plane (Python) writes the FIB (memifx/fib.pyx) and the neighbor
+table (memifx/neighbor.pyx), both in shared memory that worker processes map
+read-only, and reads the ARP replies the data path queued for it once per
+pass.  The lookups here are safe while it changes them (csrc/fib.h,
+csrc/neighbor.h).
 """
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
@@ -44,6 +47,7 @@ from libc.string cimport memcpy, memset, memcmp
 from memifx.ring cimport Queue, frame_t
 from memifx.fib cimport (Fib, nexthop_t, fib_lookup,
                          NH_CONNECTED, NH_GATEWAY, NH_LOCAL, NH_BROADCAST)
+from memifx.neighbor cimport NeighborTable, nbr_entry_t, nbr_find, nbr_key
 
 cdef enum:
     MAX_IF = 64
@@ -126,10 +130,6 @@ cdef struct iface_t:
     rx_counters_t *rx           # [MAX_QUEUES]
     tx_counters_t *tx           # [MAX_QUEUES]
 
-cdef struct neighbor_t:
-    uint64_t key                # nkey(ifindex, ip); 0: empty slot
-    uint8_t mac[6]
-
 cdef struct learned_t:
     uint32_t ifindex
     uint32_t ip
@@ -188,9 +188,6 @@ cdef inline uint16_t checksum_update(uint16_t hc, uint16_t old, uint16_t new) no
     s = (s & 0xFFFF) + (s >> 16)
     return <uint16_t>(~s & 0xFFFF)
 
-cdef inline uint64_t nkey(uint32_t ifindex, uint32_t ip) noexcept nogil:
-    return ((<uint64_t>ifindex << 32) | ip) + 1
-
 cdef inline uint32_t mix(uint64_t k) noexcept nogil:
     return <uint32_t>((k * 0x9E3779B97F4A7C15ULL) >> 32)
 
@@ -202,14 +199,17 @@ memset(BROADCAST, 0xFF, 6)
 
 
 cdef class Router:
-    """Interfaces, neighbors and the node graph of one IPv4 router."""
+    """Interfaces, neighbors and the node graph of one IPv4 router.
+
+    ``Router(fib, neighbors=None)``: the FIB and the NeighborTable to read
+    (a new private table if None); in a worker both are read-only views."""
     cdef Fib fib
     cdef iface_t ifs[MAX_IF]
     cdef readonly uint32_t nif
-    # neighbor table: open addressing, linear probing
-    cdef neighbor_t *nbr
-    cdef uint32_t nbr_cap
-    cdef readonly uint32_t nbr_count
+    # neighbor table (shared memory; read-only in a worker)
+    cdef readonly NeighborTable neighbor_table
+    cdef const nbr_entry_t *nbr
+    cdef uint32_t nbr_mask
     # ARP replies for the control plane
     cdef learned_t learned[LEARN_MAX]
     cdef uint32_t nlearned
@@ -230,8 +230,11 @@ cdef class Router:
     cdef uint16_t out_idx[MAX_IF][MAX_BURST]
     cdef uint32_t out_n[MAX_IF]
 
-    def __cinit__(self, Fib fib not None):
+    def __cinit__(self, Fib fib not None, NeighborTable neighbors=None):
         self.fib = fib
+        self.neighbor_table = neighbors if neighbors is not None else NeighborTable()
+        self.nbr = self.neighbor_table.entries
+        self.nbr_mask = self.neighbor_table.mask
         self.arp_tokens = self.icmp_tokens = TOKENS_MAX
 
     def __dealloc__(self):
@@ -239,7 +242,6 @@ cdef class Router:
         for i in range(MAX_IF):
             free(self.ifs[i].rx)
             free(self.ifs[i].tx)
-        free(self.nbr)
         free(self.arena)
 
     # ------------------------------------------------------ control plane
@@ -264,87 +266,26 @@ cdef class Router:
         if ifindex >= self.nif:
             self.nif = ifindex + 1
 
-    cdef const uint8_t *neighbor_find(self, uint32_t ifindex, uint32_t ip) noexcept nogil:
-        cdef uint64_t key = nkey(ifindex, ip)
-        cdef uint32_t mask, s
-        if self.nbr_cap == 0:
-            return NULL
-        mask = self.nbr_cap - 1
-        s = mix(key) & mask
-        while self.nbr[s].key:
-            if self.nbr[s].key == key:
-                return self.nbr[s].mac
-            s = (s + 1) & mask
-        return NULL
-
-    cdef int neighbor_put(self, uint64_t key, const uint8_t *mac) noexcept nogil:
-        """Insert or update; -1 if out of memory."""
-        cdef uint32_t mask, s, cap, i
-        cdef neighbor_t *t
-        cdef neighbor_t *old
-        if (self.nbr_count + 1) * 2 > self.nbr_cap:
-            cap = self.nbr_cap * 2 if self.nbr_cap else 64
-            t = <neighbor_t *>calloc(cap, sizeof(neighbor_t))
-            if t == NULL:
-                return -1
-            old = self.nbr
-            for i in range(self.nbr_cap):
-                if old[i].key:
-                    s = mix(old[i].key) & (cap - 1)
-                    while t[s].key:
-                        s = (s + 1) & (cap - 1)
-                    t[s] = old[i]
-            free(old)
-            self.nbr = t
-            self.nbr_cap = cap
-        mask = self.nbr_cap - 1
-        s = mix(key) & mask
-        while self.nbr[s].key and self.nbr[s].key != key:
-            s = (s + 1) & mask
-        if not self.nbr[s].key:
-            self.nbr[s].key = key
-            self.nbr_count += 1
-        memcpy(self.nbr[s].mac, mac, 6)
-        return 0
-
     def add_neighbor(self, uint32_t ifindex, uint32_t ip, const uint8_t[:] mac):
-        """Set the MAC of neighbor ``ip`` on interface ``ifindex``."""
-        if mac.shape[0] != 6:
-            raise ValueError("a MAC is 6 bytes")
-        cdef uint8_t m[6]
-        for i in range(6):
-            m[i] = mac[i]
-        if self.neighbor_put(nkey(ifindex, ip), m) < 0:
-            raise MemoryError()
+        """Set the MAC of neighbor ``ip`` on interface ``ifindex`` (in the
+        neighbor table, which workers sharing it see at once)."""
+        self.neighbor_table.add(ifindex, ip, mac)
 
     def remove_neighbor(self, uint32_t ifindex, uint32_t ip):
         """Forget a neighbor; returns whether it was there."""
-        entries = [e for e in self.neighbors() if (e[0], e[1]) != (ifindex, ip)]
-        if len(entries) == self.nbr_count:
-            return False
-        memset(self.nbr, 0, self.nbr_cap * sizeof(neighbor_t))
-        self.nbr_count = 0
-        for i, a, mac in entries:
-            self.add_neighbor(i, a, mac)
-        return True
+        return self.neighbor_table.discard(ifindex, ip)
 
     def neighbor(self, uint32_t ifindex, uint32_t ip):
         """The MAC of a neighbor as bytes, or None."""
-        cdef const uint8_t *m = self.neighbor_find(ifindex, ip)
-        return None if m == NULL else PyBytes_FromStringAndSize(<const char *>m, 6)
+        return self.neighbor_table.get(ifindex, ip)
 
     def neighbors(self):
         """[(ifindex, ip, mac bytes)] in no particular order."""
-        out = []
-        cdef uint32_t i
-        cdef uint64_t k
-        for i in range(self.nbr_cap):
-            k = self.nbr[i].key
-            if k:
-                k -= 1
-                out.append((<uint32_t>(k >> 32), <uint32_t>(k & 0xFFFFFFFF),
-                            PyBytes_FromStringAndSize(<const char *>self.nbr[i].mac, 6)))
-        return out
+        return self.neighbor_table.items()
+
+    @property
+    def nbr_count(self):
+        return len(self.neighbor_table)
 
     def take_arp(self):
         """ARP replies received since the last call: [(ifindex, sender ip, sender mac)].
@@ -636,7 +577,7 @@ cdef class Router:
         cdef iface_t *o
         cdef uint8_t *h
         cdef uint8_t *e
-        cdef const uint8_t *mac = NULL
+        cdef uint64_t mac = 0
         for j in range(self.nvec[V_IP4_REWRITE]):
             k = self.vec[V_IP4_REWRITE][j]
             p = &self.pkts[k]
@@ -647,8 +588,7 @@ cdef class Router:
                 continue
             o = &self.ifs[p.out]
             if not o.ip_mode:
-                mac = self.neighbor_find(p.out, p.nh_ip)
-                if mac == NULL:
+                if not nbr_find(self.nbr, self.nbr_mask, nbr_key(p.out, p.nh_ip), &mac):
                     self.drop(rc, D_ARP_UNRESOLVED)
                     self.push(V_ARP_REQUEST, k)
                     continue
@@ -660,7 +600,7 @@ cdef class Router:
                 p.len = p.l3_len
             else:
                 e = h - ETH_HLEN
-                memcpy(e, mac, 6)
+                memcpy(e, &mac, 6)
                 memcpy(e + 6, o.mac, 6)
                 e[12] = 0x08
                 e[13] = 0x00
@@ -739,7 +679,7 @@ cdef class Router:
             k = self.vec[V_ARP_REQUEST][j]
             p = &self.pkts[k]
             o = &self.ifs[p.out]
-            key = nkey(p.out, p.nh_ip)
+            key = nbr_key(p.out, p.nh_ip)
             s = mix(key) & (PENDING_SIZE - 1)
             if self.pend_key[s] == key and self.now_ms - self.pend_ms[s] < ARP_RETRY_MS:
                 continue

@@ -31,5 +31,7 @@ cdef extern from "memif.h" nogil:
     void memif_store_relaxed(uint16_t *p, uint16_t v)
     void memif_fence()
     memif_desc_t memif_desc_read(const memif_desc_t *d)
+    void memif_prefetch_write(const void *p)
+    void memif_prefetch_read(const void *p)
     uint16_t memif_ring_flags(const memif_ring_t *r)
     void memif_set_ring_flags(memif_ring_t *r, uint16_t v)

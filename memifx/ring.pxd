@@ -1,3 +1,4 @@
+cimport cython
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from memifx.memif cimport memif_ring_t, memif_desc_t
 from memifx.memory cimport Memory
@@ -37,6 +38,7 @@ cdef struct frame_t:
     uint32_t end          # slots consumed up to and including this frame
     int drop              # -1, or the Drop reason
 
+@cython.final           # direct (inlinable) calls to its cdef methods
 cdef class Queue:
     cdef Memory mem                 # keeps every mapping alive while we exist
     cdef memif_ring_t *ring
@@ -51,7 +53,7 @@ cdef class Queue:
     cdef uint16_t pos               # our own counter: see the module docstring
     cdef uint16_t posted            # slave rx: head we published
     cdef readonly uint32_t nbufs    # slave: buffers of this queue (rx: its pool)
-    cdef uint32_t *slot_buf         # slave rx: which pool buffer each slot holds
+    cdef uint32_t *slot_buf         # slave: where the buffer of each slot sits (tx: fixed)
     cdef uint32_t *free_bufs        # slave rx: stack of pool buffers not in use
     cdef uint32_t nfree
     cdef uint16_t reserved          # slave tx: slots lent out by tx_alloc

@@ -63,6 +63,36 @@ FAULT_REASONS = {
 }
 
 
+cdef uint32_t scatter(uint32_t i, uint32_t n) noexcept:
+    """Where buffer ``i`` of ``n`` sits (a permutation of 0..n-1): slot order
+    is not address order.  A consumer walking a ring whose buffers lay at a
+    fixed stride trains the CPU's stride prefetcher, which then pulls in the
+    buffers the producer is writing that moment; every such line goes back
+    and forth between the CPUs.  Measured on a 2-vCPU VM at 64 B, S2M: a
+    receiver that keeps up with the sender dropped the pair from ~20 to ~7
+    Mpps; scattered buffers keep it at 16-30.  Bit reversal for a power of
+    two (neighbouring slots land far apart, at varying distances), else a
+    step that shares no factor with n."""
+    cdef uint32_t bits = 0, r = 0, k, step
+    if n & (n - 1) == 0:
+        while (1u << bits) < n:
+            bits += 1
+        for k in range(bits):
+            if i & (1u << k):
+                r |= 1u << (bits - 1 - k)
+        return r
+    step = <uint32_t>(n * 0.618) | 1
+    while gcd(step, n) != 1:
+        step += 2
+    return <uint32_t>((<uint64_t>i * step) % n)
+
+
+cdef uint32_t gcd(uint32_t a, uint32_t b) noexcept:
+    while b:
+        a, b = b, a % b
+    return a
+
+
 cdef inline bint desc_in_region(const region_t *regions, uint16_t count,
                                 const memif_desc_t *d) noexcept nogil:
     # 64-bit sum: offset and length are both u32 from the peer.
@@ -78,6 +108,7 @@ cdef class Queue:
     def __cinit__(self, Memory mem not None, uint16_t region, uint64_t ring_offset, uint32_t log2_size,
                   bint slave, bint tx, int index, int fd,
                   uint32_t buffer_size=0, uint64_t buf_offset=0, uint32_t nbufs=0):
+        cdef uint32_t i
         self.fd = -1
         self.segs = NULL
         self.slot_buf = self.free_bufs = NULL
@@ -111,10 +142,15 @@ cdef class Queue:
                 raise MemifError("buffers outside memory region")
             self.bufs = mem.regions[0].base + buf_offset
             self.buf_offset = <uint32_t>buf_offset
-            if not tx:
-                self.slot_buf = <uint32_t *>PyMem_Malloc(self.size * sizeof(uint32_t))
+            self.slot_buf = <uint32_t *>PyMem_Malloc(self.size * sizeof(uint32_t))
+            if self.slot_buf == NULL:
+                raise MemoryError()
+            if tx:
+                for i in range(self.size):          # each slot has its own buffer for good
+                    self.slot_buf[i] = scatter(i, self.size)
+            else:
                 self.free_bufs = <uint32_t *>PyMem_Malloc(self.nbufs * sizeof(uint32_t))
-                if not (self.slot_buf and self.free_bufs):
+                if self.free_bufs == NULL:
                     raise MemoryError()
         self.segs = <seg_t *>PyMem_Malloc(self.size * sizeof(seg_t))
         self.frames = <frame_t *>PyMem_Malloc(self.size * sizeof(frame_t))
@@ -149,7 +185,8 @@ cdef class Queue:
             self.ring.desc[i].flags = 0
             self.ring.desc[i].region = 0
             self.ring.desc[i].length = self.buffer_size if not self.tx else 0
-            self.ring.desc[i].offset = self.buf_offset + i * self.buffer_size
+            self.ring.desc[i].offset = self.buf_offset + (
+                self.slot_buf[i] if self.tx else i) * self.buffer_size
             self.ring.desc[i].metadata = 0
 
     def check_cookie(self):
@@ -176,10 +213,10 @@ cdef class Queue:
         if self.free_bufs == NULL:
             return
         for i in range(in_use):
-            self.slot_buf[<uint16_t>(self.pos + i) & self.mask] = i
+            self.slot_buf[<uint16_t>(self.pos + i) & self.mask] = scatter(i, self.nbufs)
         self.nfree = self.nbufs - in_use
-        for i in range(self.nfree):             # a stack: pops come out in_use, in_use+1...
-            self.free_bufs[i] = self.nbufs - 1 - i
+        for i in range(self.nfree):             # a stack: pops come out as buffers in_use, in_use+1...
+            self.free_bufs[i] = scatter(self.nbufs - 1 - i, self.nbufs)
         self.zc_held = 0
 
     def geometry(self):
@@ -256,7 +293,7 @@ cdef class Queue:
                 slot = <uint16_t>(self.pos + used) & self.mask
                 w = &ring.desc[slot]
                 if self.slave:
-                    dst = self.bufs + <uint64_t>slot * bs
+                    dst = self.bufs + <uint64_t>self.slot_buf[slot] * bs
                     cap = bs
                 else:
                     d = memif_desc_read(w)
@@ -273,10 +310,10 @@ cdef class Queue:
                 remaining -= c
                 p += c
                 used += 1
-                if self.slave:
-                    w.region = 0
-                    w.offset = self.buf_offset + <uint32_t>slot * bs
-                    w.metadata = 0
+                # Slave: region, offset and metadata of each slot were written
+                # once (init_ring) and only the peer could change them, to
+                # its own harm: we never read them back.  Storing just what
+                # changes keeps the descriptor lines' traffic to a minimum.
                 w.length = c
                 w.flags = MEMIF_DESC_FLAG_NEXT if remaining else 0
                 if remaining == 0:
@@ -643,7 +680,8 @@ cdef class Queue:
         for k in range(n):
             slot = <uint16_t>(self.pos + self.reserved + k) & self.mask
             b = Buffer.__new__(Buffer)
-            b._bind(self, self.bufs + <uint64_t>slot * self.buffer_size, self.buffer_size,
+            b._bind(self, self.bufs + <uint64_t>self.slot_buf[slot] * self.buffer_size,
+                    self.buffer_size,
                     self.buffer_size, False)
             b.slot = slot
             out.append(b)
@@ -678,7 +716,7 @@ cdef class Queue:
             w = &self.ring.desc[b.slot]
             w.flags = 0
             w.region = 0
-            w.offset = self.buf_offset + <uint32_t>b.slot * self.buffer_size
+            w.offset = self.buf_offset + self.slot_buf[b.slot] * self.buffer_size
             w.length = length
             w.metadata = 0
             self.c.packets += 1

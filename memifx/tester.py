@@ -1,20 +1,23 @@
 """The data path of ``memifx gen`` and ``memifx sink``, wherever it runs.
 
 - ``Synth``: memifx.traffic.Generator writes stamped frames (sequence number
-  per flow, timestamp, pattern over the rest) into a staging buffer per
-  transmit queue; flows are spread over the queues by a hash of the flow id.
+  per flow, timestamp, a pattern or zeros over the rest) into a staging
+  buffer per transmit queue; flows are spread over the queues by a hash of
+  the flow id.
 - ``Sender``: moves bursts from a source into transmit rings: admission by
   count and rate, back-pressure (a burst the ring does not take at once stays
   pending and is offered again, its stamps refreshed), and the counters of
   what went out.
 - ``Receiver``: copies a burst per receive queue out of the ring (frames back
-  to back in one buffer) and hands it to memifx.traffic.Checker; optionally
-  appends it to a pcap file.
+  to back in one buffer) and hands it to memifx.traffic.Checker (every byte,
+  or with ``verify="stamp"`` headers and stamp only); optionally appends it
+  to a pcap file.
 
 They work on Queue objects, not on an Interface, so the same classes run in
 the main process (cli/gen.py, cli/sink.py) and in worker processes
 (memifx/tester_workers.py).
 """
+import os
 import time
 from array import array
 
@@ -23,7 +26,8 @@ from memifx.traffic import Checker, Generator, span
 BURST = 256
 SLOT = 9216 + 64            # room per frame in the receive copy buffer (jumbo frames)
 SLEEP_MIN = 0.0002          # seconds: shorter waits for the rate limiter spin
-STALL_SPINS = 8             # zero-progress passes before a short sleep
+STALL_SPINS = 8             # zero-progress passes before yielding the CPU (a sleep
+                            # would let a receiver on another CPU run dry: ~60 us)
 
 
 def flow_queue(flow, nqueues):
@@ -40,12 +44,18 @@ def queue_flows(flows, nqueues):
 
 
 def make_generator(args):
-    """A Generator from a plain dict (sizes, ip_mode, flows, and the
+    """A Generator from a plain dict (sizes, ip_mode, flows, payload, and the
     addresses as hex strings): how a worker gets the main process's."""
     return Generator(args["sizes"], ip_mode=args["ip_mode"], flows=args["flows"],
                      src_mac=bytes.fromhex(args["src_mac"]),
                      dst_mac=bytes.fromhex(args["dst_mac"]),
-                     src_ip=bytes.fromhex(args["src_ip"]), dst_ip=bytes.fromhex(args["dst_ip"]))
+                     src_ip=bytes.fromhex(args["src_ip"]), dst_ip=bytes.fromhex(args["dst_ip"]),
+                     payload=args.get("payload", "pattern"))
+
+
+def single_size(args):
+    """Whether the Generator of these arguments makes frames of one size."""
+    return len(set(args["sizes"])) == 1
 
 
 class Pending:
@@ -58,12 +68,17 @@ class Pending:
 
 
 class Synth:
-    """Stamped frames, a staging buffer per queue.  ``owned(q)``, if given,
-    picks the queues this process sends on (a worker's share)."""
+    """Stamped frames, a staging buffer per queue.  ``single_size``: the
+    generator makes frames of one size.  ``owned(q)``, if given, picks the
+    queues this process sends on (a worker's share)."""
     restamp = True
 
-    def __init__(self, gen, nqueues, burst, owned=None):
+    def __init__(self, gen, nqueues, burst, single_size, owned=None):
         self.gen = gen
+        # Zeros after the stamp, one frame size: each staging buffer keeps
+        # its frames at the same offsets, so their payload stays zero and a
+        # refill writes headers and stamps only.
+        self.headers_only = gen.zeros and single_size
         groups = queue_flows(gen.flows, nqueues)
         self.queues = [q for q, g in enumerate(groups) if g and (owned is None or owned(q))]
         self.flows = {q: array("I", groups[q]) for q in self.queues}
@@ -79,7 +94,8 @@ class Synth:
             lengths = array("I", bytes(4 * self.burst))
             st = self.staging[q] = (buf, memoryview(buf), lengths, memoryview(lengths))
         buf, view, lengths, lview = st
-        n, total = self.gen.fill(buf, lengths, n, self.flows[q], self.cursor[q])
+        n, total = self.gen.fill(buf, lengths, n, self.flows[q], self.cursor[q],
+                                 self.headers_only)
         self.cursor[q] = (self.cursor[q] + n) % len(self.flows[q])
         return Pending(view, lview[:n], n, total) if n else None
 
@@ -169,15 +185,16 @@ class Sender:
         return moved
 
     def idle(self, moved):
-        """After a pass: yield to a slower peer, or sleep until the rate
-        limiter admits the next batch."""
+        """After a pass: yield the CPU when the ring stays full (to a peer
+        that shares it), or sleep until the rate limiter admits the next
+        batch."""
         if moved:
             self.t_last = time.monotonic()
             self.stalls = 0
         elif self.pending:
             self.stalls += 1
             if self.stalls >= STALL_SPINS:
-                time.sleep(0.00002)
+                os.sched_yield()
                 self.stalls = 0
         elif self.rate:
             due = self.rate_t0 + (self.admitted + self.min_batch) / self.rate
@@ -212,11 +229,12 @@ def in_flight(txqs):
 
 class Receiver:
     """Drains every receive queue ``port.active_queues("rx")`` offers, a
-    burst at a time.  ``port``: an Interface, or a worker's share of one."""
+    burst at a time.  ``port``: an Interface, or a worker's share of one.
+    ``verify``: "full" checks every byte, "stamp" headers and stamp only."""
 
-    def __init__(self, port, ip_mode, writer=None, burst=BURST):
+    def __init__(self, port, ip_mode, writer=None, burst=BURST, verify="full"):
         self.port = port
-        self.checker = Checker(ip_mode=ip_mode)
+        self.checker = Checker(ip_mode=ip_mode, payload=verify == "full")
         self.buf = bytearray(burst * SLOT)
         self.lengths = array("I", bytes(4 * burst))
         self.writer = writer

@@ -30,7 +30,7 @@ import os
 import time
 
 from memifx.tester import (Receiver, Sender, Synth, in_flight, make_generator, queue_flows,
-                           send_result)
+                           send_result, single_size)
 from memifx.traffic import Checker
 from memifx.worker import Node, WorkerPool
 
@@ -69,10 +69,11 @@ class TesterPool(WorkerPool):
     (``send`` None); ``receive``: the interface whose frames are checked
     (gen --receive, or sink's).  ``gen``: the Generator's arguments (see
     memifx.tester.make_generator) plus ``queues`` (gen's configured transmit
-    queues) and ``burst``."""
+    queues) and ``burst``; ``verify``: what the receivers check (as
+    memifx.tester.Receiver)."""
 
     def __init__(self, workers, cpus, quiet=100e-6, stats=None, send=None, receive=None,
-                 gen=None, count=0, rate=0.0, duration=0.0):
+                 gen=None, count=0, rate=0.0, duration=0.0, verify="full"):
         self.send_intf, self.receive_intf = send, receive
         self.states = {}                # worker index -> its latest tester state
         self.reports = {}               # worker index -> counters messages received
@@ -90,6 +91,7 @@ class TesterPool(WorkerPool):
                       for c, n in zip(split(count, weights), weights)]
         self.tester = {"send": send and send.name, "receive": receive and receive.name,
                        "receive_ip": receive is not None and receive.mode == "ip",
+                       "verify": verify,
                        "gen": gen, "count": count, "duration": duration, "shares": shares}
         interfaces = [i for i in (send, receive) if i is not None]
         super().__init__(interfaces, [], workers, cpus, quiet,
@@ -227,7 +229,8 @@ class TesterPool(WorkerPool):
 
     def merged_checker(self):
         """(Checker holding every worker's state, first burst, last burst)."""
-        checker = Checker(ip_mode=self.tester["receive_ip"])
+        checker = Checker(ip_mode=self.tester["receive_ip"],
+                          payload=self.tester["verify"] == "full")
         for s in self.states.values():
             if s.get("checker"):
                 checker.merge(s["checker"])
@@ -269,7 +272,7 @@ class TesterNode(Node):
         self.txqs = []
         if self.send_key:
             g = t["gen"]
-            source = Synth(make_generator(g), g["queues"], g["burst"],
+            source = Synth(make_generator(g), g["queues"], g["burst"], single_size(g),
                            owned=lambda q: q % workers == w)
             count, rate = t["shares"][w]
             if source.queues and (count or not t["count"]):
@@ -278,7 +281,8 @@ class TesterNode(Node):
                 if "sender" in resume:
                     self._resume_sender(resume["sender"])
         self.done = self.sender is None or t["finished"] or self.sender.done
-        self.receiver = Receiver(NO_LINK, t["receive_ip"]) if self.receive_key else None
+        self.receiver = (Receiver(NO_LINK, t["receive_ip"], verify=t["verify"])
+                         if self.receive_key else None)
         if self.receiver is not None and "receiver" in resume:
             r = resume["receiver"]
             self.receiver.first, self.receiver.last = r["first"], r["last"]

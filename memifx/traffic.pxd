@@ -1,3 +1,4 @@
+cimport cython
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 
 # Test traffic: what `memifx gen` writes and `memifx sink` checks.
@@ -6,7 +7,8 @@ cdef enum:
     IP_HLEN = 20
     UDP_HLEN = 8
     STAMP_LEN = 20          # magic u16, flow u16, seq u64, timestamp u64
-    STAMP_MAGIC = 0x584d    # "MX" in the first two payload bytes
+    STAMP_MAGIC = 0x584d    # "MX" in the first two payload bytes: a pattern follows
+    STAMP_MAGIC_ZEROS = 0x5a4d  # "MZ": zeros follow
     UDP_PORT = 28024        # destination port of every stamped frame ("mx")
     SPORT_BASE = 1024       # UDP source port = SPORT_BASE + flow % SPORT_SPAN
     SPORT_SPAN = 64512
@@ -22,24 +24,30 @@ cdef struct flow_t:
     uint64_t seen[WINDOW_WORDS]  # bit (s % WINDOW): s in [next - WINDOW, next) arrived
 
 
+cdef enum:
+    HDR_MAX = 48            # room for one header template (Ethernet + IPv4 + UDP = 42)
+
+@cython.final           # direct (inlinable) calls to its cdef methods
 cdef class Generator:
-    cdef uint8_t eth[ETH_HLEN]
-    cdef uint8_t src_ip[4]
-    cdef uint8_t dst_ip[4]
     cdef readonly bint ip_mode
     cdef readonly uint32_t flows
     cdef uint64_t *seq              # next sequence number, per flow
     cdef uint32_t *sizes            # frame sizes, used in turn
+    cdef uint8_t *hdr               # per size: the headers of flow 0, sequence 0
+    cdef uint32_t hlen              # bytes of each template
     cdef uint32_t nsizes
     cdef uint32_t size_pos
     cdef readonly uint32_t max_size
+    cdef readonly bint zeros        # payload: zeros (else the pattern)
 
-    cdef void write_frame(self, uint8_t *p, uint32_t size, uint32_t flow, uint64_t seq,
-                          uint64_t ts) noexcept nogil
+    cdef void write_frame(self, uint8_t *p, uint32_t si, uint32_t flow, uint64_t seq,
+                          uint64_t ts, bint payload) noexcept nogil
 
 
+@cython.final           # direct (inlinable) calls to its cdef methods
 cdef class Checker:
     cdef readonly bint ip_mode
+    cdef readonly bint payload      # verify the payload too (else headers and stamp only)
     cdef flow_t **flow              # MAX_FLOWS entries, allocated on first sight
     cdef readonly uint64_t packets      # every frame looked at
     cdef readonly uint64_t bytes

@@ -8,15 +8,23 @@ A stamped frame, as ``memifx gen`` sends it::
     IPv4, 20        no options, DF, TTL 64, proto UDP, header checksum, id = seq
     UDP, 8          source port 1024 + flow, destination port 28024, checksum 0
     stamp, 20       magic "MX", flow u16, sequence u64, CLOCK_MONOTONIC ns u64
-    pattern         the rest of the frame: 64-bit words seed(seq, flow) + k * STEP
+    payload         the rest of the frame: 64-bit words seed(seq, flow) + k * STEP
+                    (magic "MX"), or zeros (magic "MZ", ``payload="zeros"``)
+
+The pattern makes every byte of every frame checkable.  Zeros are the cheap
+payload of a load test: a burst staged in the same buffer as the last one
+only needs its headers written (``fill(headers_only=True)``), so each frame
+costs the sender little more than the copy into the ring, as a DPDK txonly
+frame does.
 
 Stamp fields are in host byte order: both ends of a memif share a host, and
 CLOCK_MONOTONIC is one clock for every process on it, so ``now - timestamp``
 at the receiver is the one-way latency.
 
 The checker treats an IPv4/UDP frame to port 28024 as ours.  Ours with a
-wrong magic, IP header checksum, IP or UDP length, or a single pattern byte
-off is *corrupt*.  Anything else is *other* (ARP, ICMP, replayed captures).
+wrong magic, IP header checksum, IP or UDP length, or (unless it was made
+with ``payload=False``: headers and stamp only) a single payload byte off is
+*corrupt*.  Anything else is *other* (ARP, ICMP, replayed captures).
 Good frames feed a per-flow sequence window (lost, reordered, duplicated) and
 a latency histogram (64 buckets per power of two: about 1.5% resolution);
 a frame whose stamp is sound but whose pattern is not is corrupt, yet still
@@ -74,10 +82,17 @@ cdef inline uint16_t get16(const uint8_t *p) noexcept nogil:
 
 
 cdef inline uint16_t ip_checksum(const uint8_t *p, uint32_t length) noexcept nogil:
-    """Ones' complement sum of ``length`` (even) bytes, folded, complemented."""
-    cdef uint32_t s = 0, i
-    for i in range(0, length, 2):
-        s += get16(p + i)
+    """The Internet checksum of ``length`` bytes (a multiple of 4), summed a
+    32-bit word at a time in memory order.  The ones' complement sum does not
+    care about byte order (RFC 1071), so the result is in memory order too:
+    store it with memcpy.  Over a header that holds its checksum it is 0."""
+    cdef uint64_t s = 0
+    cdef uint32_t w, i
+    for i in range(0, length, 4):
+        memcpy(&w, p + i, 4)
+        s += w
+    s = (s & 0xffffffffULL) + (s >> 32)
+    s = (s & 0xffff) + (s >> 16)
     s = (s & 0xffff) + (s >> 16)
     s = (s & 0xffff) + (s >> 16)
     return <uint16_t>(~s & 0xffff)
@@ -110,6 +125,17 @@ cdef inline bint pattern_ok(const uint8_t *p, uint32_t length, uint64_t w) noexc
         # the bytes present, in memory order, as write_pattern() cut them
         return memcmp(&v, &w, length & 7) == 0
     return True
+
+
+cdef inline bint zeros_ok(const uint8_t *p, uint32_t length) noexcept nogil:
+    cdef uint32_t k, words = length >> 3
+    cdef uint64_t v, acc = 0
+    for k in range(words):
+        memcpy(&v, p + 8 * k, 8)
+        acc |= v
+    for k in range(words * 8, length):
+        acc |= p[k]
+    return acc == 0
 
 
 cdef inline uint32_t lat_bucket(uint64_t v) noexcept nogil:
@@ -148,17 +174,20 @@ cdef class Generator:
 
     ``sizes``: frame sizes used in turn (one size, or a mix such as IMIX);
     a size is the L2 frame without FCS (ethernet) or the IP packet (ip mode).
-    Each flow has its own sequence, starting at 0.
+    Each flow has its own sequence, starting at 0.  ``payload``: "pattern"
+    (every byte checkable) or "zeros".
     """
 
     def __cinit__(self):
         self.seq = NULL
         self.sizes = NULL
+        self.hdr = NULL
 
     def __init__(self, sizes, *, bint ip_mode=False, uint32_t flows=1,
                  src_mac=b"\x02\0\0\0\0\x01", dst_mac=b"\xff" * 6,
-                 src_ip=b"\xc6\x12\0\x01", dst_ip=b"\xc6\x13\0\x01"):
+                 src_ip=b"\xc6\x12\0\x01", dst_ip=b"\xc6\x13\0\x01", payload="pattern"):
         cdef uint32_t i, l2 = 0 if ip_mode else ETH_HLEN
+        cdef uint16_t csum
         sizes = [int(s) for s in sizes]
         if not sizes:
             raise ValueError("no frame sizes")
@@ -168,29 +197,42 @@ cdef class Generator:
             if s < l2 + HEADER_BYTES or s - l2 > 65535:
                 raise ValueError("frame size %d out of range (%d..%d)"
                                  % (s, l2 + HEADER_BYTES, l2 + 65535))
+        if payload not in ("pattern", "zeros"):
+            raise ValueError("payload must be 'pattern' or 'zeros'")
+        self.zeros = payload == "zeros"
         self.ip_mode = ip_mode
         self.flows = flows
-        header = _mac(dst_mac, "dst_mac") + _mac(src_mac, "src_mac") + b"\x08\x00"
-        memcpy(self.eth, <const char *>header, ETH_HLEN)
-        sip = _ip4(src_ip, "src_ip")
-        dip = _ip4(dst_ip, "dst_ip")
-        memcpy(self.src_ip, <const char *>sip, 4)
-        memcpy(self.dst_ip, <const char *>dip, 4)
+        eth = b"" if ip_mode else (_mac(dst_mac, "dst_mac") + _mac(src_mac, "src_mac")
+                                   + b"\x08\x00")
+        addrs = _ip4(src_ip, "src_ip") + _ip4(dst_ip, "dst_ip")
         free(self.seq)
         free(self.sizes)
+        free(self.hdr)
         self.seq = <uint64_t *>calloc(flows, sizeof(uint64_t))
         self.sizes = <uint32_t *>calloc(len(sizes), sizeof(uint32_t))
-        if self.seq == NULL or self.sizes == NULL:
+        self.hdr = <uint8_t *>calloc(len(sizes), HDR_MAX)
+        if self.seq == NULL or self.sizes == NULL or self.hdr == NULL:
             raise MemoryError()
         self.nsizes = len(sizes)
         self.size_pos = 0
+        self.hlen = l2 + IP_HLEN + UDP_HLEN
         for i in range(self.nsizes):
             self.sizes[i] = sizes[i]
+            # IPv4: DF, TTL 64, UDP, id and checksum written per frame; UDP
+            # checksum 0; the source port is flow 0's
+            ip_len = sizes[i] - l2
+            t = (eth + bytes([0x45, 0]) + ip_len.to_bytes(2, "big") + b"\0\0\x40\0\x40\x11\0\0"
+                 + addrs + SPORT_BASE.to_bytes(2, "big") + UDP_PORT.to_bytes(2, "big")
+                 + (ip_len - IP_HLEN).to_bytes(2, "big") + b"\0\0")
+            memcpy(self.hdr + i * HDR_MAX, <const char *>t, self.hlen)
+            csum = ip_checksum(self.hdr + i * HDR_MAX + l2, IP_HLEN)
+            memcpy(self.hdr + i * HDR_MAX + l2 + 10, &csum, 2)
         self.max_size = max(sizes)
 
     def __dealloc__(self):
         free(self.seq)
         free(self.sizes)
+        free(self.hdr)
 
     def sequence(self, uint32_t flow):
         """The next sequence number of ``flow``."""
@@ -206,11 +248,17 @@ cdef class Generator:
         self.seq[flow] = seq
 
     def fill(self, uint8_t[::1] buf, uint32_t[::1] lengths, uint32_t n,
-             const uint32_t[::1] flows, uint32_t cursor=0):
+             const uint32_t[::1] flows, uint32_t cursor=0, bint headers_only=False):
         """Write ``n`` frames back to back into ``buf``, their sizes into
         ``lengths``; frame i belongs to flow ``flows[(cursor + i) % len(flows)]``.
-        Stops early when ``buf`` is full.  Returns (frames, bytes)."""
-        cdef uint32_t nflows = flows.shape[0], i = 0, size, flow
+        Stops early when ``buf`` is full.  Returns (frames, bytes).
+
+        ``headers_only`` (zeros payload): the caller knows the payload bytes
+        of these frames are zeros already (a zeroed buffer that only ever held
+        frames of this one size at these offsets); only headers and stamps
+        are written."""
+        cdef bint payload = not (headers_only and self.zeros)
+        cdef uint32_t nflows = flows.shape[0], i = 0, size, flow, si
         cdef uint64_t off = 0, room = buf.shape[0], ts
         cdef uint8_t *base
         if n > <uint32_t>lengths.shape[0]:
@@ -228,7 +276,8 @@ cdef class Generator:
             ts = now_ns()
             cursor = cursor % nflows
             while i < n:
-                size = self.sizes[self.size_pos]
+                si = self.size_pos
+                size = self.sizes[si]
                 if off + size > room:
                     break
                 self.size_pos += 1
@@ -238,53 +287,44 @@ cdef class Generator:
                 cursor += 1
                 if cursor == nflows:
                     cursor = 0
-                self.write_frame(base + off, size, flow, self.seq[flow], ts)
+                self.write_frame(base + off, si, flow, self.seq[flow], ts, payload)
                 self.seq[flow] += 1
                 lengths[i] = size
                 off += size
                 i += 1
         return i, off
 
-    cdef void write_frame(self, uint8_t *p, uint32_t size, uint32_t flow, uint64_t seq,
-                          uint64_t ts) noexcept nogil:
-        cdef uint8_t *ip
-        cdef uint8_t *udp
-        cdef uint8_t *st
-        cdef uint32_t ip_len
-        cdef uint16_t f16 = <uint16_t>flow, magic = STAMP_MAGIC
-        if self.ip_mode:
-            ip = p
-            ip_len = size
-        else:
-            memcpy(p, self.eth, ETH_HLEN)
-            ip = p + ETH_HLEN
-            ip_len = size - ETH_HLEN
-        ip[0] = 0x45
-        ip[1] = 0
-        put16(ip + 2, <uint16_t>ip_len)
+    cdef void write_frame(self, uint8_t *p, uint32_t si, uint32_t flow, uint64_t seq,
+                          uint64_t ts, bint payload) noexcept nogil:
+        """Frame ``si`` of the size list: the template, then what is per
+        frame (IP id and checksum, source port, stamp) and the payload."""
+        cdef uint8_t *ip = p + self.hlen - IP_HLEN - UDP_HLEN
+        cdef uint8_t *st = p + self.hlen
+        cdef const uint8_t *t = self.hdr + si * HDR_MAX
+        cdef uint32_t rest = self.sizes[si] - self.hlen - STAMP_LEN, sum
+        cdef uint16_t f16 = <uint16_t>flow, id16, csum
+        cdef uint16_t magic = STAMP_MAGIC_ZEROS if self.zeros else STAMP_MAGIC
+        # A fixed-size copy (inlined); the stamp overwrites what lies beyond
+        # the template (every frame has room for template and stamp).
+        memcpy(p, t, HDR_MAX)
         put16(ip + 4, <uint16_t>seq)
-        ip[6] = 0x40                    # don't fragment
-        ip[7] = 0
-        ip[8] = 64
-        ip[9] = 17
-        ip[10] = 0
-        ip[11] = 0
-        memcpy(ip + 12, self.src_ip, 4)
-        memcpy(ip + 16, self.dst_ip, 4)
-        put16(ip + 10, ip_checksum(ip, IP_HLEN))
-        udp = ip + IP_HLEN
-        put16(udp, <uint16_t>(SPORT_BASE + flow % SPORT_SPAN))
-        put16(udp + 2, UDP_PORT)
-        put16(udp + 4, <uint16_t>(ip_len - IP_HLEN))
-        udp[6] = 0
-        udp[7] = 0
-        st = udp + UDP_HLEN
+        # The template's checksum is for id 0: add the id (RFC 1624), all in
+        # memory order as ip_checksum() works.
+        memcpy(&csum, ip + 10, 2)
+        memcpy(&id16, ip + 4, 2)
+        sum = <uint32_t>(~csum & 0xffff) + id16
+        sum = (sum & 0xffff) + (sum >> 16)
+        csum = <uint16_t>~sum
+        memcpy(ip + 10, &csum, 2)
+        put16(ip + IP_HLEN, <uint16_t>(SPORT_BASE + (flow if flow < SPORT_SPAN else flow - SPORT_SPAN)))
         memcpy(st, &magic, 2)
         memcpy(st + 2, &f16, 2)
         memcpy(st + 4, &seq, 8)
         memcpy(st + 12, &ts, 8)
-        write_pattern(st + STAMP_LEN, ip_len - IP_HLEN - UDP_HLEN - STAMP_LEN,
-                      pattern_seed(seq, f16))
+        if not self.zeros:
+            write_pattern(st + STAMP_LEN, rest, pattern_seed(seq, f16))
+        elif payload:
+            memset(st + STAMP_LEN, 0, rest)
 
     def restamp(self, uint8_t[::1] buf, const uint32_t[::1] lengths):
         """Write the current time into frames made by fill() that are still
@@ -316,10 +356,12 @@ def span(const uint32_t[::1] lengths, uint32_t first, uint32_t n):
 
 
 cdef class Checker:
-    """Verifies bursts of received frames and keeps the counters."""
+    """Verifies bursts of received frames and keeps the counters.
+    ``payload``: check every payload byte (else headers and stamp only)."""
 
-    def __cinit__(self, bint ip_mode=False):
+    def __cinit__(self, bint ip_mode=False, bint payload=True):
         self.ip_mode = ip_mode
+        self.payload = payload
         self.flow = <flow_t **>calloc(MAX_FLOWS, sizeof(flow_t *))
         if self.flow == NULL:
             raise MemoryError()
@@ -361,8 +403,9 @@ cdef class Checker:
         cdef const uint8_t *ip = p
         cdef const uint8_t *udp
         cdef const uint8_t *st
-        cdef uint32_t ip_len, ihl, avail = length
+        cdef uint32_t ip_len, ihl, rest, avail = length
         cdef uint16_t magic, flow
+        cdef flow_t *f
         cdef uint64_t seq, ts, lat
         self.packets += 1
         self.bytes += length
@@ -391,11 +434,13 @@ cdef class Checker:
         memcpy(&flow, st + 2, 2)
         memcpy(&seq, st + 4, 8)
         memcpy(&ts, st + 12, 8)
-        if magic != STAMP_MAGIC or get16(udp) != SPORT_BASE + flow % SPORT_SPAN:
+        if ((magic != STAMP_MAGIC and magic != STAMP_MAGIC_ZEROS) or
+                get16(udp) != SPORT_BASE + (flow if flow < SPORT_SPAN else flow - SPORT_SPAN)):
             self.corrupt += 1
             return CORRUPT
-        if not pattern_ok(st + STAMP_LEN, ip_len - ihl - UDP_HLEN - STAMP_LEN,
-                          pattern_seed(seq, flow)):
+        rest = ip_len - ihl - UDP_HLEN - STAMP_LEN
+        if self.payload and not (zeros_ok(st + STAMP_LEN, rest) if magic == STAMP_MAGIC_ZEROS
+                                 else pattern_ok(st + STAMP_LEN, rest, pattern_seed(seq, flow))):
             # The stamp looks sound: the frame arrived, damaged (not lost).
             self.corrupt += 1
             self.track(flow, seq, ts)
@@ -408,7 +453,13 @@ cdef class Checker:
             self.lat_min = lat
         if lat > self.lat_max:
             self.lat_max = lat
-        self.track(flow, seq, ts)
+        f = self.flow[flow]
+        if f != NULL and seq == f.next and ts >= f.newest:     # in order: the usual case
+            f.newest = ts
+            f.next = seq + 1
+            f.seen[(seq % WINDOW) >> 6] |= 1ULL << (seq & 63)
+        else:
+            self.track(flow, seq, ts)
         return GOOD
 
     cdef void track(self, uint16_t flow, uint64_t seq, uint64_t ts) noexcept nogil:

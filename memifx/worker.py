@@ -25,16 +25,30 @@ ring positions died with it), which shows in link_flaps.
 
 What a worker runs is its plan's node kind, a ``Node`` class: ``xconnect``
 (above), ``ip4``, the router of ``ip4-forward`` (RouterPool), and ``gen`` and
-``sink``, the traffic tester (memifx/tester_workers.py, TesterPool).  For ip4 the plan also carries the
-interfaces (index, MAC, address, ip mode), the neighbor table as it is, and
-the FIB as a sealed memfd (Fib.export) that every worker maps read-only
-(Fib.from_shared): one copy of the tables however many workers.  Ownership:
-worker w has receive queue i of every interface with ``i mod W == w`` and
-transmit queue ``w`` of every interface (RouterPool makes W no larger than
-any interface's transmit queue count), so again one producer per transmit
-ring.  The main process keeps the neighbor table: each change goes to every
-worker as ``neighbor``; the ARP replies a worker's data path queued come back
-as ``arp`` for the control plane to judge.
+``sink``, the traffic tester (memifx/tester_workers.py, TesterPool).
+
+For ip4 the plan also carries the interfaces (index, MAC, address, ip mode)
+and two fds: the FIB and the neighbor table, each one sealed memfd that the
+main process created, maps writable and changes in place, and every worker
+maps read-only (Fib.from_shared, NeighborTable.from_shared): one copy of the
+tables however many workers, and a change (a route added or deleted at run
+time, a neighbor learned) is seen by every worker at once, without a
+message.  Ownership: worker w has receive queue i of every interface with
+``i mod W == w`` and transmit queue ``w`` of every interface (RouterPool
+makes W no larger than any interface's transmit queue count), so again one
+producer per transmit ring.  The ARP replies a worker's data path queued
+come back as ``arp`` for the control plane to judge.
+
+Workers read the FIB without locks, so a second-level block or next-hop
+record the main process unlinks must not be reused while a worker may still
+be looking at it.  The main process retires such items and, when some are
+waiting, sends every worker ``sync`` with a token; a worker answers
+``synced`` when it reads the message, between two passes, where it holds no
+pointer into the tables; once every live worker has answered, the items
+retired before the token are free again (Fib.sync_begin / sync_done).  A
+worker started later never saw them, so it counts as synced from birth.
+The worker loop answers ``sync`` whatever its node kind (only RouterPool
+sends it).
 
 A worker's counters snapshot (every COUNTERS_EVERY seconds, on ``report``,
 and in its ``detached`` and final messages) may carry fds: the pool's
@@ -370,32 +384,44 @@ class WorkerPool:
             w.sock.close()
 
 
-
 class RouterPool(WorkerPool):
     """The workers of ip4-forward: the ``ip4`` node kind.
 
     ``interfaces`` in router order (list index = ifindex); ``router_info``
     one dict per interface: ``mac`` (hex string), ``ip`` (int), ``ip_mode``;
-    ``fib_fd, fib_layout`` from Fib.export (the pool keeps the fd, for
-    workers started later); ``neighbors`` {(ifindex, ip): mac bytes}, the
-    table at start.  ``workers`` must not exceed any interface's transmit
-    queue count (the command reduces it)."""
+    ``fib`` the Fib and ``neighbors`` the NeighborTable this process writes
+    (the workers map both read-only).  ``workers`` must not exceed any
+    interface's transmit queue count (the command reduces it).
 
-    def __init__(self, interfaces, workers, cpus, router_info, fib_fd, fib_layout,
-                 neighbors=(), quiet=100e-6, stats=None):
+    Routes and neighbors may change while the workers run: change ``fib``
+    (add_route, delete_route, apply_routes) and ``neighbors`` directly, from
+    the thread that calls poll().  The pool then makes the fib hold retired
+    blocks back until every worker has moved on (reclaimed in poll(), or at
+    once with synchronize())."""
+
+    def __init__(self, interfaces, workers, cpus, router_info, fib, neighbors,
+                 quiet=100e-6, stats=None):
         if any(i.tx_queues < workers for i in interfaces):
             raise ValueError("every interface needs at least %d transmit queues" % workers)
         self.order = [i.name for i in interfaces]
-        self.fib_fd = fib_fd
-        self.neighbor_table = dict(neighbors)
+        self.fib = fib
+        self.neighbors = neighbors
+        fib.defer_reuse = True          # readers in other processes from now on
+        self.sync_token = None          # the sync the workers are answering, if any
         self.arp_pending = []           # (ifindex, ip, mac) from the workers' data paths
-        self.ip4 = {"names": self.order, "info": list(router_info), "fib": fib_layout,
+        self.ip4 = {"names": self.order, "info": list(router_info),
                     "rx_queues": [i.rx_queues for i in interfaces]}
         super().__init__(interfaces, [], workers, cpus, quiet, node="ip4", stats=stats)
 
     def _plan_for_spawn(self, w):
-        nbrs = [[i, ip, mac.hex()] for (i, ip), mac in sorted(self.neighbor_table.items())]
-        return dict(self.plan, ip4=dict(self.ip4, neighbors=nbrs)), [self.fib_fd]
+        return dict(self.plan, ip4=self.ip4), [self.fib.fd, self.neighbors.fd]
+
+    def _spawn(self, w):
+        # It maps the tables after everything retired so far was unlinked.
+        synced = self.fib.sync_begin()
+        worker = super()._spawn(w)
+        worker.synced = synced
+        return worker
 
     def _needs(self, name, w):
         intf = self.interfaces[name]
@@ -415,16 +441,12 @@ class RouterPool(WorkerPool):
         return lines
 
     def set_neighbor(self, ifindex, ip, mac):
-        """Add or change a neighbor (mac bytes), or remove it (mac None), everywhere."""
-        with self.lock:
-            if mac is None:
-                self.neighbor_table.pop((ifindex, ip), None)
-            else:
-                self.neighbor_table[(ifindex, ip)] = bytes(mac)
-            msg = {"op": "neighbor", "ifindex": ifindex, "ip": ip,
-                   "mac": None if mac is None else bytes(mac).hex()}
-            for w in self.workers:
-                w.send(msg)
+        """Add or change a neighbor (mac bytes), or remove it (mac None): the
+        shared table changes, every worker sees it at once."""
+        if mac is None:
+            self.neighbors.discard(ifindex, ip)
+        else:
+            self.neighbors.add(ifindex, ip, bytes(mac))
 
     def take_arp(self):
         """ARP replies the workers reported since the last call (as Router.take_arp)."""
@@ -432,10 +454,50 @@ class RouterPool(WorkerPool):
         return out
 
     def _handle(self, w, msg, fds=()):
-        if msg.get("op") == "arp":
+        op = msg.get("op")
+        if op == "arp":
             self.arp_pending.extend((i, ip, bytes.fromhex(mac)) for i, ip, mac in msg["entries"])
+        elif op == "synced":
+            w.synced = max(w.synced, msg["gen"])
         else:
             super()._handle(w, msg, fds)
+
+    # ------------------------------------------- reclaiming retired items
+
+    def poll(self, timeout):
+        super().poll(timeout)
+        self.reclaim()
+
+    def reclaim(self):
+        """One step of the handshake: finish the sync in flight if every live
+        worker answered, else start one if the fib holds retired items.
+        Returns whether items are still waiting."""
+        with self.lock:
+            if self.sync_token is not None:
+                if any(w.synced < self.sync_token for w in self.workers if w.alive()):
+                    return True
+                freed = self.fib.sync_done(self.sync_token)
+                log.debug("fib: %d retired items free again (sync %d)", freed, self.sync_token)
+                self.sync_token = None
+            if not self.fib.retired:
+                return False
+            self.sync_token = self.fib.sync_begin()
+            for w in self.workers:
+                w.send({"op": "sync", "gen": self.sync_token})
+            return True
+
+    def synchronize(self, timeout=1.0):
+        """Wait (up to ``timeout`` seconds) until every worker has moved past
+        the FIB changes made so far, so what they retired is free again.
+        Returns whether nothing is left waiting."""
+        end = time.monotonic() + timeout
+        while self.reclaim():
+            left = end - time.monotonic()
+            if left <= 0:
+                return False
+            for w in self.workers:
+                w.pump(min(0.01, left))
+        return True
 
     def router_counters(self, ifindex, base):
         """Router.counters of interface ``ifindex`` summed over live and retired
@@ -536,19 +598,18 @@ class XConnectNode(Node):
 
 
 class RouterNode(Node):
-    """``ip4``: our own Router (neighbors are private to each worker, kept in
-    step by the main process) over the FIB the main process shares."""
+    """``ip4``: our own Router over the FIB and the neighbor table the main
+    process shares (both mapped read-only; the plan's fds, closed after)."""
 
     def __init__(self, plan, fds, tell):
         from memifx.fib import Fib
         from memifx.ip4 import Router
+        from memifx.neighbor import NeighborTable
         super().__init__(plan, fds, tell)
         ip4 = plan["ip4"]
-        self.router = r = Router(Fib.from_shared(fds[0], ip4["fib"]))   # closed after
+        self.router = r = Router(Fib.from_shared(fds[0]), NeighborTable.from_shared(fds[1]))
         for i, info in enumerate(ip4["info"]):
             r.add_interface(i, bytes.fromhex(info["mac"]), info["ip"], info["ip_mode"])
-        for i, ip, mac in ip4["neighbors"]:
-            r.add_neighbor(i, ip, bytes.fromhex(mac))
 
     def run(self, links):
         """Every receive queue this worker owns once, through the router; the
@@ -577,13 +638,6 @@ class RouterNode(Node):
         return {"nodes": {}, "router": [
             self.router.counters(i, ip4["rx_queues"][i], self.plan["tx_queues"][name])
             for i, name in enumerate(ip4["names"])]}, []
-
-    def message(self, msg):
-        if msg["op"] == "neighbor":
-            if msg["mac"] is None:
-                self.router.remove_neighbor(msg["ifindex"], msg["ip"])
-            else:
-                self.router.add_neighbor(msg["ifindex"], msg["ip"], bytes.fromhex(msg["mac"]))
 
 
 def node_kind(name):
@@ -709,6 +763,9 @@ def worker_main(fd):
                     detach(msg)
                 elif msg["op"] == "report":
                     report()
+                elif msg["op"] == "sync":
+                    # Between passes: nothing of the FIB is held from before.
+                    send(sock, {"op": "synced", "gen": msg["gen"]})
                 else:
                     node.message(msg)
             finally:

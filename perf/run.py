@@ -61,10 +61,17 @@ MEMIFX = [PY, "-m", "memifx.cli.main"]
 TESTER_CPU, DUT_CPU = 0, 1
 IMIX_AVG = (7 * 64 + 4 * 570 + 1518) / 12.0
 RING, BUF = 1024, 2048
+# The load-test modes: the same work per frame as testpmd's txonly/rxonly (one
+# copy each way, headers written and read); the sink's full check is a
+# correctness tool, measured by tests, not here.
+LEAN_TX = ["--payload", "zeros"]
+LEAN_RX = ["--verify", "stamp"]
 
 # Work per frame on each side, stated next to every ratio.
 WORK = {
-    "memifx-uni": "tx: gen writes every byte; rx: sink copies every byte out and checks it",
+    "memifx-uni": "tx: gen writes headers and stamp, copies every byte into the ring "
+                  "(--payload zeros); rx: sink copies every byte out, checks headers, "
+                  "stamp, sequence and latency (--verify stamp)",
     "testpmd-uni": "tx: txonly builds an mbuf, PMD copies it in; rx: PMD copies into an "
                    "mbuf, rxonly frees it unread",
     "memifx-xc": "1 copy, ring A → ring B (no intermediate buffer; chained frames 2)",
@@ -256,8 +263,8 @@ def uni_memifx(cfg, size, gen_role):
         # start the master first
         ssink = spec(sock, role=sink_role, name="snk")
         sgen = spec(sock, role=gen_role, name="gen")
-        sink_args = MEMIFX + ["sink", ssink, "--stats-interval", "1"]
-        gen_args = MEMIFX + ["gen", sgen, "--size", str(size), "--stats-interval", "1"]
+        sink_args = MEMIFX + ["sink", ssink, "--stats-interval", "1"] + LEAN_RX
+        gen_args = MEMIFX + ["gen", sgen, "--size", str(size), "--stats-interval", "1"] + LEAN_TX
         first, second = (sink_args, DUT_CPU), (gen_args, TESTER_CPU)
         if gen_role == "master":
             first, second = second, first
@@ -272,21 +279,32 @@ def uni_memifx(cfg, size, gen_role):
         return {"mpps": mpps, "samples": raw, "corrupt": int(m.group(1)) if m else None}
 
 
-def uni_testpmd(cfg, size):
+def uni_testpmd(cfg, size, tx_role="client"):
+    """txonly -> rxonly; tx_role "client" (slave) like uni-memifx-gen-slave,
+    "server" (master) like uni-memifx-gen-master.  The sender's forwarding
+    lcore polls on CPU 0, the receiver's on CPU 1."""
+    rx_role = "server" if tx_role == "client" else "client"
     with Session() as s:
         sock = s.sock("t")
-        srv = s.testpmd(["net_memif0,role=server,id=0,socket=%s,socket-abstract=no" % sock],
-                        "rxonly", cpus="%d,%d" % (TESTER_CPU, DUT_CPU))
-        srv.wait_line(r"Port statistics|Press enter", 30)
-        cli = s.testpmd(["net_memif0,role=client,id=0,socket=%s,socket-abstract=no,"
-                         "rsize=%d,bsize=%d" % (sock, RING.bit_length() - 1, BUF)],
-                        "txonly", cpus="%d,%d" % (TESTER_CPU, DUT_CPU), main_lcore=DUT_CPU,
-                        extra=["--txpkts=%s" % size])
-        mpps, raw = wait_window(lambda: testpmd_samples(srv, 0), cfg.warm, cfg.trial,
+        server = "net_memif0,role=server,id=0,socket=%s,socket-abstract=no" % sock
+        # the client (slave) sets the ring and buffer sizes of the connection
+        client = "net_memif0,role=client,id=0,socket=%s,socket-abstract=no,rsize=%d,bsize=%d" % (
+            sock, RING.bit_length() - 1, BUF)
+        first = s.testpmd([server], "rxonly" if rx_role == "server" else "txonly",
+                          cpus="%d,%d" % (TESTER_CPU, DUT_CPU),
+                          main_lcore=TESTER_CPU if rx_role == "server" else DUT_CPU,
+                          extra=[] if rx_role == "server" else ["--txpkts=%s" % size])
+        first.wait_line(r"Port statistics|Press enter", 30)
+        second = s.testpmd([client], "txonly" if tx_role == "client" else "rxonly",
+                           cpus="%d,%d" % (TESTER_CPU, DUT_CPU),
+                           main_lcore=DUT_CPU if tx_role == "client" else TESTER_CPU,
+                           extra=["--txpkts=%s" % size] if tx_role == "client" else [])
+        rx, tx = (first, second) if rx_role == "server" else (second, first)
+        mpps, raw = wait_window(lambda: testpmd_samples(rx, 0), cfg.warm, cfg.trial,
                                 cfg.warm + cfg.trial + 40)
-        cli.stop()          # the sender first: testpmd dislikes a vanishing peer
+        tx.stop()           # the sender first: testpmd dislikes a vanishing peer
         # a check on what was counted: bytes per frame from testpmd's own byte rate
-        bps = [b for b in testpmd_samples(srv, 0, "Rx-bps") if b > 0]
+        bps = [b for b in testpmd_samples(rx, 0, "Rx-bps") if b > 0]
         pps = [p for p in raw if p > 0]
         bpf = (sum(bps) / sum(pps) / 8) if bps and pps else None
         return {"mpps": mpps, "samples": raw,
@@ -297,7 +315,8 @@ def tester(s, cfg, size, a, b, role="slave", rate=None, extra=()):
     """memifx gen --receive pinned to CPU 0: sends on a, receives on b."""
     args = MEMIFX + ["gen", spec(a, role=role, name="tester", **{"ring-size": 4096}),
                      "--receive", spec(b, role=role, name="tester-rx", **{"ring-size": 16384}),
-                     "--size", str(size), "--stats-interval", "1"] + list(extra)
+                     "--size", str(size), "--stats-interval", "1"] + LEAN_TX + LEAN_RX
+    args += list(extra)
     if rate:
         args += ["--rate", str(rate)]
     return s.start(args, [TESTER_CPU])
@@ -479,6 +498,7 @@ TESTS = [
     ("uni-memifx-gen-slave", "uni", ["64", "1518", "imix", "9000"], lambda c, z: uni_memifx(c, z, "slave")),
     ("uni-memifx-gen-master", "uni", ["64", "1518", "imix", "9000"], lambda c, z: uni_memifx(c, z, "master")),
     ("uni-testpmd", "uni", ["64", "1518"], uni_testpmd),
+    ("uni-testpmd-master-tx", "uni", ["64", "1518"], lambda c, z: uni_testpmd(c, z, "server")),
     ("xc-memifx-worker", "xc", ["64", "1518", "imix", "9000"], lambda c, z: xc_memifx(c, z, 1)),
     ("xc-memifx-inproc", "xc", ["64", "1518"], lambda c, z: xc_memifx(c, z, 0)),
     ("xc-testpmd", "xc", ["64", "1518"], xc_testpmd),
@@ -497,7 +517,7 @@ TESTS = [
 # (memifx test, testpmd test, work key memifx, work key testpmd, target)
 RATIOS = [
     ("uni-memifx-gen-slave", "uni-testpmd", "memifx-uni", "testpmd-uni", 1.3),
-    ("uni-memifx-gen-master", "uni-testpmd", "memifx-uni", "testpmd-uni", 1.3),
+    ("uni-memifx-gen-master", "uni-testpmd-master-tx", "memifx-uni", "testpmd-uni", 1.3),
     ("xc-memifx-worker", "xc-testpmd", "memifx-xc", "testpmd-xc", 1.2),
     ("xc-memifx-inproc", "xc-testpmd", "memifx-xc", "testpmd-xc", 1.2),
 ]
@@ -625,6 +645,19 @@ def write_report(results, cfg):
              "testpmd io with its forwarding lcore 1 and its sleeping main lcore 0). "
              "The tester is the same for every DUT, so the DUT ratios are bounded by the "
              "tester's own rate.\n")
+    if results.get("nodes"):
+        L.append("## Instructions per frame, per node (callgrind, 64 B, bursts of 256)\n")
+        L.append("Counted by `perf/nodes.py` on in-process loopback rings: exact and "
+                 "repeatable where cycle counters are not available. A node's figure "
+                 "includes its share of the per-burst call, not the interpreter loop "
+                 "around it. The speed of a pair of pollers is bounded by the slower "
+                 "side's instructions per frame plus the cache-line transfers between "
+                 "the CPUs, which instructions do not show.\n")
+        L.append("| node | Ir per frame |")
+        L.append("|---|---|")
+        for name, ir in results["nodes"]:
+            L.append("| %s | %.0f |" % (name, ir))
+        L.append("")
     if results.get("chart"):
         L.append("![chart](results.png)\n")
     else:
@@ -683,7 +716,8 @@ def main():
                     help="a test name, a name prefix or a group (uni, xc, ip4, py, irq); repeatable")
     ap.add_argument("--sizes", help="comma-separated subset of frame sizes")
     ap.add_argument("--trials", type=int, default=None)
-    ap.add_argument("--trial-seconds", type=float, default=None)
+    ap.add_argument("--trial-seconds", type=int, default=None,
+                    help="seconds per trial (the receivers report once a second)")
     ap.add_argument("--out", default=os.path.join(HERE, "results"),
                     help="directory for results.{md,json,png} (default perf/results)")
     ap.add_argument("--update-readme", action="store_true",
@@ -691,6 +725,8 @@ def main():
                          "<!-- perf:begin --> and <!-- perf:end --> markers; appended if absent) "
                          "with this run's table")
     ap.add_argument("--list", action="store_true")
+    ap.add_argument("--no-nodes", action="store_true",
+                    help="skip the per-node instruction counts (perf/nodes.py, ~1 min)")
     cfg = ap.parse_args()
     RESULTS = os.path.abspath(cfg.out)
     os.makedirs(RESULTS, exist_ok=True)
@@ -749,6 +785,11 @@ def main():
                         cell[key] = summarize([t.get(key) for t in trials])
             results["tests"].setdefault(name, {})[size] = cell
     results["loadavg_end"] = "%.2f %.2f %.2f" % os.getloadavg()
+    if not cfg.no_nodes and not cfg.quick and shutil.which("valgrind"):
+        sys.path.insert(0, HERE)
+        import nodes
+        log("instructions per frame, per node (callgrind)...")
+        results["nodes"] = nodes.measure_all(frames=32768)
     results["chart"] = chart(results)
     table = write_report(results, cfg)
     print(table)

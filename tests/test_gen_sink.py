@@ -128,8 +128,8 @@ def packed(frames):
     return bytearray(buf), array("I", [len(f) for f in frames])
 
 
-def stamped(size, n, flows=1):
-    g = Generator([size], flows=flows)
+def stamped(size, n, flows=1, payload="pattern"):
+    g = Generator([size], flows=flows, payload=payload)
     buf = bytearray(n * size)
     lengths = array("I", bytes(4 * n))
     assert g.fill(buf, lengths, n, array("I", range(flows))) == (n, n * size)
@@ -157,6 +157,70 @@ def test_sink_counts_corrupt_frame(procs, sock, size, where):
     # damaged is not lost: the stamp still marked its sequence number
     assert (r["lost"], r["reordered"], r["duplicated"]) == (0, 0, 0)
     assert not os.path.exists(sock)
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("ip_mode", [False, True])
+def test_generator_headers_scapy_checks(ip_mode):
+    """Header templates patched per frame (IP id, checksum, source port) must
+    be what an independent decoder calls valid, for any flow and sequence."""
+    from scapy.all import IP, UDP, Ether
+    flows = array("I", [0, 1, 1000, 64511, 64512, 65535])
+    for payload in ("pattern", "zeros"):
+        g = Generator([64, 570, 1518], flows=65536, payload=payload, ip_mode=ip_mode)
+        buf, lengths = bytearray(40 * 1518), array("I", bytes(4 * 40))
+        for _ in range(2000):                 # sequence numbers past 16 bits
+            n, _ = g.fill(buf, lengths, 36, flows)
+        off = 0
+        for i in range(n):
+            frame = bytes(buf[off:off + lengths[i]])
+            off += lengths[i]
+            ip = (IP(frame) if ip_mode else Ether(frame)[IP])
+            want = ip.chksum
+            del ip.chksum
+            assert IP(bytes(ip)).chksum == want
+            assert ip.id == (1999 * 6 + i // 6) & 0xFFFF         # the flow's sequence
+            assert ip[UDP].sport == 1024 + flows[i % len(flows)] % 64512
+            assert ip[UDP].dport == 28024 and ip.len == lengths[i] - (0 if ip_mode else 14)
+
+
+@pytest.mark.timeout(10)
+def test_zeros_payload_headers_only_and_verify_modes():
+    size, n = 256, 8
+    full = Generator([size], payload="zeros")
+    lean = Generator([size], payload="zeros")
+    a, b = bytearray(n * size), bytearray(n * size)
+    la, lb = array("I", bytes(4 * n)), array("I", bytes(4 * n))
+    flows = array("I", [0])
+    full.fill(a, la, n, flows)
+    lean.fill(b, lb, n, flows, 0, True)       # a zeroed buffer: headers only
+    for k in range(n):                        # equal but for the timestamps
+        ts = slice(k * size + 54, k * size + 62)
+        assert a[k * size:ts.start] == b[k * size:ts.start]
+        assert a[ts.stop:(k + 1) * size] == b[ts.stop:(k + 1) * size] == bytes(size - 62)
+    # the receiver reads the payload kind from the stamp: zeros verify in full
+    c = Checker()
+    assert c.check(a, la) == n and c.received == n
+    a[3 * size + 100] = 1                     # one payload byte off
+    assert Checker().check(a, la) == n - 1
+    # headers and stamp only: the payload is not read
+    assert Checker(payload=False).check(a, la) == n
+    a[3 * size + 14 + 10] ^= 1                # but the IP header checksum still is
+    assert Checker(payload=False).check(a, la) == n - 1
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("gen_role", ["slave", "master"])
+def test_gen_zeros_to_sink_stamp(procs, sock, gen_role):
+    sink_role = "master" if gen_role == "slave" else "slave"
+    sink = procs.start(MEMIFX + ["sink", "socket=%s,role=%s,rx-mode=interrupt"
+                                 % (sock, sink_role), "--verify", "stamp", "--json"])
+    gen = procs.start(MEMIFX + ["gen", "socket=%s,role=%s" % (sock, gen_role), "--size", "1518",
+                                "--count", "50000", "--payload", "zeros", "--json"])
+    g = finish(gen)
+    s = stop(sink)
+    assert g["packets"] == 50000 and g["bytes"] == 50000 * 1518
+    assert_clean(s, 50000)
 
 
 @pytest.mark.timeout(10)

@@ -262,7 +262,7 @@ def node():
     """The router of the end-to-end tests, without rings: (router, fib)."""
     from memifx.cli.ip4_forward import parse_neighbor
     specs = [parse_spec(s) for s in SPECS]
-    fib, _ = build_fib(specs, ROUTES, None)
+    fib, _, _ = build_fib(specs, ROUTES, None)
     r = Router(fib)
     for i, s in enumerate(specs):
         r.add_interface(i, s.mac_bytes(), int(s.ip.ip), s.mode == "ip")

@@ -292,10 +292,10 @@ def test_tx_batch_limits(direction):
 
 # ------------------------------------------------------ zero-copy receive
 
-def held_slot_offsets(lb, bufs_from_slot0):
-    """Offsets in the region of slave-rx buffers numbered from slot 0."""
-    base = lb.buffers_at + len(lb.s2m_pairs) * lb.size * lb.buffer_size
-    return [base + s * lb.buffer_size for s in bufs_from_slot0]
+def held_slot_offsets(lb, slots):
+    """Region offsets of the buffers the slave posted in these M2S slots (as
+    its descriptors say: the slave scatters its buffers, see ring.scatter)."""
+    return [lb.desc(len(lb.s2m_pairs), s).offset for s in slots]
 
 
 @pytest.mark.timeout(30)

@@ -74,6 +74,61 @@ def test_gen_workers_to_sink_workers_exact(procs, sockdir, monkeypatch, size, co
     assert per_queue(s["interface"], "rx") == per_queue(g["interface"], "tx")
 
 
+@pytest.mark.timeout(90)
+def test_gen_workers_zeros_to_sink_workers_stamp(procs, sockdir):
+    """The load-test modes with workers: gen's workers write zeros after the
+    stamp (headers only), the sink's workers check headers and stamps; still
+    an exact count, nothing lost, reordered or corrupt."""
+    sock = os.path.join(sockdir, "s")
+    count = 40000
+    sink = procs.start(MEMIFX + ["sink", "socket=%s,role=master,rx-mode=interrupt,queues=2"
+                                 % sock, "--workers", "2", "--verify", "stamp", "--json"])
+    assert wait_for(lambda: os.path.exists(sock), 10)
+    gen = procs.start(MEMIFX + ["gen", "socket=%s,queues=2" % sock, "--workers", "2",
+                                "--size", "1518", "--payload", "zeros", "--count", str(count),
+                                "--flows", "16", "--rate", "60000", "--json"])
+    g = finish(gen)
+    assert g["packets"] == count and g["unsent"] == 0 and g["bytes"] == count * 1518
+    assert g["workers"] == {"count": 2, "restarts": 0}
+    assert all(n > 0 for n in per_queue(g["interface"], "tx"))
+    assert wait_for(lambda: sum(q["packets"] for q in
+                                (show(sink.pid) or {"interfaces": [{"stats": {"rx": []}}]})
+                                ["interfaces"][0]["stats"]["rx"]) >= count, 10)
+    s = stop(sink)
+    assert_clean(s, count)
+    assert s["bytes"] == g["bytes"]
+    assert s["workers"] == {"count": 2, "restarts": 0}
+    assert per_queue(s["interface"], "rx") == per_queue(g["interface"], "tx")
+
+
+def test_payload_and_verify_reach_the_workers(monkeypatch):
+    """The plan a TesterPool hands a worker makes the worker's Generator
+    write zeros (headers only, one size) and its Checker skip the payload."""
+    from memifx import tester_workers, worker
+    from memifx.tester import make_generator
+
+    def no_spawn(self, interfaces, directions, workers, cpus, quiet=100e-6, node="xconnect",
+                 stats=None):
+        self.nworkers = workers
+        self.plan = {"workers": workers, "node": node}
+    monkeypatch.setattr(worker.WorkerPool, "__init__", no_spawn)
+
+    class Port:
+        def __init__(self, name):
+            self.name, self.mode = name, "eth"
+    args = {"sizes": [64], "ip_mode": False, "flows": 4, "src_mac": "020000000001",
+            "dst_mac": "ffffffffffff", "src_ip": "c6120001", "dst_ip": "c6130001",
+            "payload": "zeros", "queues": 2, "burst": 32}
+    assert make_generator(args).zeros
+    for verify, payload in (("stamp", False), ("full", True)):
+        pool = tester_workers.TesterPool(2, None, send=Port("a"), receive=Port("b"), gen=args,
+                                         count=100, verify=verify)
+        plan, fds = pool._plan_for_spawn(1)
+        node = tester_workers.TesterNode(dict(plan, worker=1), list(fds), lambda *a: None)
+        assert node.sender.source.gen.zeros and node.sender.source.headers_only
+        assert node.receiver.checker.payload is payload
+
+
 @pytest.mark.timeout(60)
 def test_gen_workers_with_receive(procs, abstract_sock):
     """Both ends of one link in one gen: each worker sends on its transmit
