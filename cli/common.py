@@ -83,21 +83,52 @@ class CpuListType(click.ParamType):
         if isinstance(value, list):
             return value
         from memifx.worker import parse_cpus
+        import os
         try:
-            return parse_cpus(value)
+            cpus = parse_cpus(value)
         except ValueError:
             self.fail("%r: expected CPU numbers and ranges, e.g. 2-5,8" % value, param, ctx)
+        allowed = os.sched_getaffinity(0)
+        outside = [c for c in cpus if c not in allowed]
+        if outside:
+            self.fail("%s: not CPUs this process may use (%s)" % (
+                ",".join(map(str, outside)), ",".join(map(str, sorted(allowed)))), param, ctx)
+        return cpus
 
 
 CPUS = CpuListType()
 
 
+def tester_worker_options(work, not_with):
+    """--workers and --cpus of gen and sink; ``work``: what the workers do."""
+    def add(f):
+        f = click.option("--cpus", type=CPUS, default=None,
+                         help="CPUs to pin the workers to, e.g. 2-5,8 (default: those this "
+                              "process may use).")(f)
+        return click.option("--workers", type=click.IntRange(0, 64), default=None,
+                            help="Worker processes that %s.  Default: this process, unless "
+                                 "--cpus is given (then min(queues, those CPUs)).  Not with "
+                                 "%s." % (work, not_with))(f)
+    return add
+
+
+def tester_workers(workers, cpus):
+    """gen and sink keep their data path in this process unless --workers or
+    --cpus is given: 0 then, else --workers as start_workers takes it (None:
+    one per queue, up to the CPUs allowed)."""
+    if workers is None and cpus is None:
+        return 0
+    return workers
+
+
 def start_workers(interfaces, directions, workers, cpus, quiet, queue_pairs, specs, json_out,
-                  stats=None, make_pool=None):
+                  stats=None, make_pool=None, busy=None):
     """The WorkerPool for --workers/--cpus (None when the data path stays in
-    this process).  Prints the mapping, warns about too many busy pollers.
-    ``make_pool(workers, allowed_cpus)``, if given, builds the pool instead
-    (ip4-forward's RouterPool; it may use fewer workers)."""
+    this process).  Prints the mapping, warns about too many busy pollers
+    (``busy``: whether the workers spin; default: unless every spec is in
+    interrupt mode).  ``make_pool(workers, allowed_cpus)``, if given, builds
+    the pool instead (ip4-forward's RouterPool, gen's and sink's TesterPool;
+    it may use fewer workers)."""
     import os
     from memifx.worker import WorkerPool
     allowed = cpus or sorted(os.sched_getaffinity(0))
@@ -110,8 +141,9 @@ def start_workers(interfaces, directions, workers, cpus, quiet, queue_pairs, spe
         workers = pool.nworkers
     else:
         pool = WorkerPool(interfaces, directions, workers, allowed, quiet, stats=stats)
-    polling = any(s.rx_mode != "interrupt" for s in specs)
-    if polling and workers > len(allowed):
+    if busy is None:
+        busy = any(s.rx_mode != "interrupt" for s in specs)
+    if busy and workers > len(allowed):
         click.echo("warning: %d busy-polling workers on %d CPUs: they will starve "
                    "each other (use rx-mode=interrupt or fewer workers)"
                    % (workers, len(allowed)), err=True)

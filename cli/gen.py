@@ -2,40 +2,41 @@
 
 Frames come from a source, a burst at a time:
 
-- ``Synth``: memifx.traffic.Generator writes stamped frames (sequence number
-  per flow, timestamp, pattern over the rest) into a staging buffer per
-  transmit queue; flows are spread over the queues by a hash of the flow id.
+- ``Synth`` (memifx/tester.py): stamped frames, flows spread over the
+  transmit queues by a hash of the flow id.
 - ``Replay``: the frames of a pcap file, unchanged, on queue 0 (in order).
 
-A burst the ring does not take at once stays pending and is offered again
-(back-pressure, never loss); its stamps are refreshed before each retry.  The
-rate limiter admits frames by time: when it is ahead it sleeps until a batch
-worth at least ~100 us of traffic is due, so a limited generator idles
-instead of spinning.
+memifx.tester.Sender moves them into the rings: a burst the ring does not
+take at once stays pending and is offered again (back-pressure, never loss);
+its stamps are refreshed before each retry.  The rate limiter admits frames
+by time: when it is ahead it sleeps until a batch worth at least ~100 us of
+traffic is due, so a limited generator idles instead of spinning.
 
-``--receive SPEC2`` adds a Receiver (cli/sink.py) on a second interface in the
-same loop: one process sends on one port and checks what comes back on the
-other, as a hardware tester does.  ``--capture FILE`` adds one on the
-generator's own interface that writes whatever arrives to a pcap file.
+``--receive SPEC2`` adds a Receiver on a second interface in the same loop:
+one process sends on one port and checks what comes back on the other, as a
+hardware tester does.  ``--capture FILE`` adds one on the generator's own
+interface that writes whatever arrives to a pcap file.
+
+With ``--workers N`` the sending (and the receiving of --receive) runs in N
+worker processes (memifx/tester_workers.py); this process keeps the links,
+ends the run when every worker has sent its share, and reports the workers'
+results added up, in the same shape.
 """
 import ipaddress
-import os
 import re
 import time
-from array import array
 
 import click
 
 from memifx import pcap
-from memifx.traffic import Generator, span
-from memifx.cli.common import Stop, Ticker, connect_all, emit_json, start_stats
-from memifx.cli.sink import Receiver, rates, summary, linktype
+from memifx.tester import BURST, Pending, Receiver, Sender, Synth, arrived, in_flight, \
+    make_generator, receive_result, single_size
+from memifx.traffic import span
+from memifx.cli.common import (Stop, Ticker, connect_all, emit_json, start_stats,
+                               start_workers, tester_workers)
+from memifx.cli.sink import summary, linktype
 
-BURST = 256
 IMIX = [64, 570, 64, 1518, 64, 570, 64, 64, 570, 64, 570, 64]     # 7:4:1, interleaved
-SLEEP_MIN = 0.0002          # seconds: shorter waits for the rate limiter spin
-STALL_SPINS = 8            # zero-progress passes before yielding the CPU (a sleep
-                           # would let a receiver on another CPU run dry: ~60 us)
 QUIET = 0.5                # end of run: seconds without arrivals before giving up
 QUIET_RECEIVE = 1.0
 DRAIN_MAX = 10.0           # end of run: longest wait for rings and receivers
@@ -83,52 +84,6 @@ class Ip4Type(click.ParamType):
             self.fail("%r: expected an IPv4 address A.B.C.D" % value, param, ctx)
 
 
-def flow_queue(flow, nqueues):
-    """The transmit queue of a flow: a multiplicative hash, stable per flow."""
-    return ((flow * 2654435761) & 0xFFFFFFFF) * nqueues >> 32
-
-
-class Pending:
-    """A burst on its way out: frames k..n of a packed buffer remain."""
-    __slots__ = ("view", "lview", "n", "k", "off", "total")
-
-    def __init__(self, view, lview, n, total):
-        self.view, self.lview, self.n, self.total = view, lview, n, total
-        self.k = self.off = 0
-
-
-class Synth:
-    restamp = True
-
-    def __init__(self, gen, nqueues, burst, single_size):
-        self.gen = gen
-        # Zeros after the stamp, one frame size: each staging buffer keeps
-        # its frames at the same offsets, so their payload stays zero and a
-        # refill writes headers and stamps only.
-        self.headers_only = gen.zeros and single_size
-        groups = [[] for _ in range(nqueues)]
-        for f in range(gen.flows):
-            groups[flow_queue(f, nqueues)].append(f)
-        self.queues = [q for q, g in enumerate(groups) if g]
-        self.flows = {q: array("I", groups[q]) for q in self.queues}
-        self.cursor = dict.fromkeys(self.queues, 0)
-        self.staging = {}
-        self.burst = burst
-        self.exhausted = False
-
-    def next(self, q, n):
-        st = self.staging.get(q)
-        if st is None:
-            buf = bytearray(self.burst * self.gen.max_size)
-            lengths = array("I", bytes(4 * self.burst))
-            st = self.staging[q] = (buf, memoryview(buf), lengths, memoryview(lengths))
-        buf, view, lengths, lview = st
-        n, total = self.gen.fill(buf, lengths, n, self.flows[q], self.cursor[q],
-                                 self.headers_only)
-        self.cursor[q] = (self.cursor[q] + n) % len(self.flows[q])
-        return Pending(view, lview[:n], n, total) if n else None
-
-
 class Replay:
     restamp = False
 
@@ -174,136 +129,39 @@ def load_replay(path, intf, count, duration):
     return Replay(cap, repeat=bool(count or duration))
 
 
-class Sender:
-    """Moves bursts from a source into the transmit queues: admission by
-    --count and --rate, back-pressure, and the counters of what went out."""
-
-    def __init__(self, intf, source, burst, count, rate):
-        self.intf, self.source, self.burst = intf, source, burst
-        self.count, self.rate = count, rate
-        # a rate-limited sender waits for a batch worth ~100 us of traffic
-        self.min_batch = max(1, min(burst, int(rate * 2 * SLEEP_MIN))) if rate else 1
-        self.pending = {}               # queue -> Pending
-        self.sent = self.bytes = self.admitted = self.ring_full = 0
-        self.t_up = self.t_last = self.rate_t0 = None
-        self.start = self.stalls = 0
-
-    @property
-    def done(self):
-        return ((self.count and self.sent >= self.count) or
-                (self.source.exhausted and not self.pending))
-
-    def budget(self, now):
-        """Frames that may be admitted now."""
-        if self.t_up is None:
-            self.t_up = self.rate_t0 = now
-        budget = self.count - self.admitted if self.count else 1 << 62
-        if self.rate:
-            allowed = int((now - self.rate_t0) * self.rate) - self.admitted
-            if allowed > 2 * self.burst:        # after a stall: no catch-up flood
-                self.rate_t0 = now - (self.admitted + self.burst) / self.rate
-                allowed = self.burst
-            budget = min(budget, allowed)
-        return budget
-
-    def send_pass(self, txqs, budget):
-        """One burst per queue (pending ones first); returns frames sent."""
-        moved = 0
-        queues = self.source.queues
-        self.start = (self.start + 1) % len(queues)     # no queue always first
-        for q in queues[self.start:] + queues[:self.start]:
-            p = self.pending.get(q)
-            if p is None:
-                n = min(self.burst, budget)
-                last = self.count and 0 < n == self.count - self.admitted
-                if n < self.min_batch and not last:
-                    continue
-                p = self.source.next(q, n)
-                if p is None:
-                    continue
-                self.pending[q] = p
-                self.admitted += p.n
-                budget -= p.n
-            elif self.source.restamp:
-                self.source.gen.restamp(p.view[p.off:], p.lview[p.k:])
-            m = self.intf.tx_from(p.view[p.off:] if p.off else p.view,
-                                  p.lview[p.k:] if p.k else p.lview, q % txqs)
-            if m == p.n - p.k:
-                self.bytes += p.total - p.off
-                del self.pending[q]
-            else:
-                self.ring_full += 1
-                if m:
-                    b = span(p.lview, p.k, m)
-                    self.bytes += b
-                    p.off += b
-                    p.k += m
-            moved += m
-        self.sent += moved
-        return moved
-
-    def idle(self, moved):
-        """After a pass: yield the CPU when the ring stays full (to a peer
-        that shares it), or sleep until the rate limiter admits the next
-        batch."""
-        if moved:
-            self.t_last = time.monotonic()
-            self.stalls = 0
-        elif self.pending:
-            self.stalls += 1
-            if self.stalls >= STALL_SPINS:
-                os.sched_yield()
-                self.stalls = 0
-        elif self.rate:
-            due = self.rate_t0 + (self.admitted + self.min_batch) / self.rate
-            due -= time.monotonic()
-            # A sleep costs ~60 us or more of timer slack: worth it only when
-            # the next batch is far off; closer than that, poll again.
-            if due > SLEEP_MIN:
-                time.sleep(min(due - SLEEP_MIN / 2, 0.01))
-
-    def in_flight(self):
-        return sum(q.in_flight() for q in self.intf.active_queues("tx"))
-
-    def result(self):
-        seconds = (self.t_last - self.t_up) if self.t_last is not None else 0.0
-        r = rates(self.sent, self.bytes, seconds)
-        r.update({"ring_full": self.ring_full,
-                  "unsent": sum(p.n - p.k for p in self.pending.values())})
-        return r
-
-
 def make_source(spec, intf, sizes, count, duration, flows, src_mac, dst_mac, src_ip, dst_ip,
                 pcap_path, payload="pattern"):
-    """(source, burst) for the options given."""
+    """(source, burst, the Generator's arguments or None) for the options given."""
     if pcap_path:
-        return load_replay(pcap_path, intf, count, duration), BURST
+        return load_replay(pcap_path, intf, count, duration), BURST, None
     if src_ip is None:
         src_ip = spec.ip.ip.packed if spec.ip is not None else bytes([198, 18, 0, 1])
+    args = {"sizes": list(sizes), "ip_mode": intf.mode == "ip", "flows": flows,
+            "src_mac": (src_mac or spec.mac_bytes()).hex(),
+            "dst_mac": (dst_mac or b"\xff" * 6).hex(), "src_ip": bytes(src_ip).hex(),
+            "dst_ip": (dst_ip or bytes([198, 19, 0, 1])).hex(), "payload": payload}
     try:
-        gen = Generator(sizes, ip_mode=intf.mode == "ip", flows=flows,
-                        src_mac=src_mac or spec.mac_bytes(), dst_mac=dst_mac or b"\xff" * 6,
-                        src_ip=src_ip, dst_ip=dst_ip or bytes([198, 19, 0, 1]),
-                        payload=payload)
+        gen = make_generator(args)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--size/--flows")
     burst = max(16, min(BURST, (4 << 20) // gen.max_size))
-    return Synth(gen, spec.tx_queues, burst, len(set(sizes)) == 1), burst
+    args.update(queues=spec.tx_queues, burst=burst)
+    return Synth(gen, spec.tx_queues, burst, single_size(args)), burst, args
 
 
-def drain(sender, receivers, waiting, quiet, limit):
+def drain(poll, pending, missing, quiet, limit):
     """End of run: let the peer take what is still in our rings (or it is
     lost when the link goes down) and the receivers see what is still on its
-    way: until no receiver is ``waiting(r)``, or none heard anything for
+    way: until ``pending()`` (frames in our rings) is 0 and nothing is
+    ``missing()``, or ``poll()`` (frames that arrived) saw nothing for
     ``quiet`` seconds; ``limit`` seconds at most."""
     begin = last_arrival = time.monotonic()
     while time.monotonic() - begin < limit:
-        moved = sum(r.poll() for r in receivers)
+        moved = poll()
         now = time.monotonic()
         if moved:
             last_arrival = now
-        missing = any(waiting(r) for r in receivers)
-        if sender.in_flight() == 0 and (not missing or now - last_arrival > quiet):
+        if pending() == 0 and (not missing() or now - last_arrival > quiet):
             return
         if not moved:
             time.sleep(0.0005)
@@ -311,34 +169,46 @@ def drain(sender, receivers, waiting, quiet, limit):
 
 def run_gen(spec, sizes, count, duration, rate, flows, src_mac, dst_mac, src_ip, dst_ip,
             pcap_path, receive_spec, capture_path, stats_interval, json_out, prometheus_port=0,
-            payload="pattern", verify="full"):
+            payload="pattern", verify="full", workers=None, cpus=None):
+    workers = tester_workers(workers, cpus)
+    if workers != 0 and (pcap_path or capture_path):
+        raise click.UsageError("--pcap and --capture run in the main process only: "
+                               "leave out --workers and --cpus")
     intf = spec.interface()
-    source, burst = make_source(spec, intf, sizes, count, duration, flows, src_mac, dst_mac,
-                                src_ip, dst_ip, pcap_path, payload)
+    source, burst, gen_args = make_source(spec, intf, sizes, count, duration, flows, src_mac,
+                                          dst_mac, src_ip, dst_ip, pcap_path, payload)
     interfaces = [intf]
-    receiver = capturer = writer = None
+    rx_intf = writer = None
     if receive_spec is not None:
         rx_intf = receive_spec.interface()
         if rx_intf.name == intf.name:
             rx_intf.name += "-rx"
         interfaces.append(rx_intf)
-        receiver = Receiver(rx_intf, verify=verify)
     if capture_path:
         writer = pcap.Writer(capture_path, linktype(intf))
-        capturer = Receiver(intf, writer, verify=verify)
-    receivers = [r for r in (receiver, capturer) if r is not None]
-    sender = Sender(intf, source, burst, count, rate)
+    pool = None
+    run = GenHere(intf, rx_intf, writer, Sender(source, burst, count, rate), pcap_path, verify)
 
-    def arrived(r):
-        """Frames of ours that r has seen: stamped ones, unless we replay."""
-        return r.arrived if r is receiver and not pcap_path else r.packets
+    def nodes():
+        out = [{"node": "gen", "interface": intf.name, "direction": "tx",
+                "packets": run.sent(), "bytes": run.sent_bytes(), "ring_full": run.ring_full()}]
+        return out + [dict(c, node="gen-receive", interface=name, direction="rx")
+                      for name, c in run.receive_counters()]
+    sf = start_stats(interfaces, prometheus_port, nodes)
+    if workers != 0:
+        from memifx.tester_workers import TesterPool
 
+        def make_pool(n, allowed):
+            return TesterPool(n, allowed, spec.quiet, sf, send=intf, receive=rx_intf,
+                              gen=gen_args, count=count, rate=rate, duration=duration,
+                              verify=verify)
+        specs = [s for s in (receive_spec,) if s is not None]
+        pool = start_workers(interfaces, [], workers, cpus, spec.quiet,
+                             max([spec.tx_queues] + [s.rx_queues for s in specs]), specs,
+                             json_out, sf, make_pool,
+                             busy=not rate or any(s.rx_mode != "interrupt" for s in specs))
+        run = GenInWorkers(pool, rx_intf)
     stop = Stop(0)
-    start_stats(interfaces, prometheus_port, lambda: [
-        {"node": "gen", "interface": intf.name, "direction": "tx", "packets": sender.sent,
-         "bytes": sender.bytes, "ring_full": sender.ring_full}] + [
-        dict(r.checker.counters(), node="gen-receive", interface=r.intf.name, direction="rx")
-        for r in receivers])
     connect_all(interfaces, json_out)
     if not json_out:
         what = ("replaying %d frames of %s" % (len(source.cap), pcap_path) if pcap_path else
@@ -349,15 +219,54 @@ def run_gen(spec, sizes, count, duration, rate, flows, src_mac, dst_mac, src_ip,
                       "%g pps" % rate if rate else "unlimited",
                       ", count %d" % count if count else ""))
     ticker = Ticker(0 if json_out else stats_interval,
-                    [intf.name + " tx"] + [r.intf.name + " rx" for r in receivers],
-                    lambda: [sender.sent] + [r.packets for r in receivers])
+                    [intf.name + " tx"] + [name + " rx" for name, _ in run.receive_counters()],
+                    lambda: [run.sent()] + [c["packets"] for _, c in run.receive_counters()])
     try:
+        run.send(stop, ticker, duration, interfaces)
+        drain(run.poll, run.in_flight, run.missing,
+              QUIET_RECEIVE if rx_intf is not None else QUIET,
+              1.0 if stop.flag else DRAIN_MAX)
+    finally:
+        for i in interfaces:
+            i.close("gen finished")
+        if writer is not None:
+            writer.close()
+        if pool is not None:
+            pool.stop()
+    return report(run, intf, rx_intf, sizes, flows, rate, pcap_path, capture_path, json_out)
+
+
+class GenHere:
+    """gen's data path in this process: one loop sends and receives."""
+
+    def __init__(self, intf, rx_intf, writer, sender, pcap_path, verify="full"):
+        self.intf, self.sender, self.replay = intf, sender, bool(pcap_path)
+        self.receiver = (Receiver(rx_intf, rx_intf.mode == "ip", verify=verify)
+                         if rx_intf is not None else None)
+        self.capturer = (Receiver(intf, intf.mode == "ip", writer, verify=verify)
+                         if writer is not None else None)
+        self.receivers = [r for r in (self.receiver, self.capturer) if r is not None]
+
+    def sent(self):
+        return self.sender.sent
+
+    def sent_bytes(self):
+        return self.sender.bytes
+
+    def ring_full(self):
+        return self.sender.ring_full
+
+    def receive_counters(self):
+        return [(r.port.name, r.checker.counters()) for r in self.receivers]
+
+    def send(self, stop, ticker, duration, interfaces):
+        sender, intf = self.sender, self.intf
         while not stop and not sender.done:
-            for r in receivers:
+            for r in self.receivers:
                 r.poll()
             ticker.maybe()
             now = time.monotonic()
-            txqs = len(intf.active_queues("tx"))
+            txqs = intf.active_queues("tx")
             if not txqs or (sender.t_up is None and
                             not all(i.connected for i in interfaces)):
                 # link down: pending frames wait; and the first frame waits
@@ -368,36 +277,97 @@ def run_gen(spec, sizes, count, duration, rate, flows, src_mac, dst_mac, src_ip,
             budget = sender.budget(now)
             if duration and now - sender.t_up >= duration:
                 break
-            sender.idle(sender.send_pass(txqs, budget))
-        drain(sender, receivers, lambda r: arrived(r) < sender.sent,
-              QUIET_RECEIVE if receiver is not None else QUIET,
-              1.0 if stop.flag else DRAIN_MAX)
-    finally:
-        for i in interfaces:
-            i.close("gen finished")
-        if writer is not None:
-            writer.close()
-    report(sender, receiver, capturer, arrived, sizes, flows, rate, pcap_path,
-           capture_path, json_out)
+            moved = sender.send_pass(txqs, budget)
+            intf.check_faults()
+            sender.idle(moved)
+
+    def poll(self):
+        return sum(r.poll() for r in self.receivers)
+
+    def in_flight(self):
+        return in_flight(self.intf.active_queues("tx"))
+
+    def _arrived(self, r):
+        """Frames of ours that r has seen: stamped ones, unless we replay."""
+        return r.arrived if r is self.receiver and not self.replay else r.packets
+
+    def missing(self):
+        return any(self._arrived(r) < self.sender.sent for r in self.receivers)
+
+    def send_result(self):
+        return self.sender.result()
+
+    def receive_result(self):
+        """(sink's report, frames of ours that arrived), or None without --receive."""
+        r = self.receiver
+        return None if r is None else (r.result(), self._arrived(r))
+
+    def captured(self):
+        return self.capturer.writer.frames if self.capturer is not None else None
 
 
-def report(sender, receiver, capturer, arrived, sizes, flows, rate, pcap_path,
-           capture_path, json_out):
-    result = sender.result()
+class GenInWorkers:
+    """gen's data path in worker processes (a TesterPool): this process
+    waits for them, and reads their results."""
+
+    def __init__(self, pool, rx_intf):
+        self.pool, self.rx_intf = pool, rx_intf
+        self.sent, self.sent_bytes, self.ring_full = pool.sent, pool.sent_bytes, pool.ring_full
+        self.in_flight = pool.in_flight
+
+    def receive_counters(self):
+        if self.rx_intf is None:
+            return []
+        return [(self.rx_intf.name, self.pool.receive_counters())]
+
+    def send(self, stop, ticker, duration, interfaces):
+        while not stop and not self.pool.sending_done():
+            self.pool.poll(0.1)
+            ticker.maybe()
+        if not self.pool.sending_done():
+            self.pool.finish()
+
+    def poll(self):
+        before = self.pool.received()
+        self.pool.refresh(0.05)
+        return self.pool.received() - before
+
+    def missing(self):
+        return self.rx_intf is not None and arrived(self.pool.receive_counters()) < self.sent()
+
+    def send_result(self):
+        r = self.pool.send_result()
+        r["workers"] = {"count": self.pool.nworkers, "restarts": self.pool.restarts}
+        return r
+
+    def receive_result(self):
+        if self.rx_intf is None:
+            return None
+        checker, first, last = self.pool.merged_checker()
+        return receive_result(checker, first, last), arrived(checker.counters())
+
+    def captured(self):
+        return None
+
+
+def report(run, intf, rx_intf, sizes, flows, rate, pcap_path, capture_path, json_out):
+    result = run.send_result()
     result.update({"sizes": sorted(set(sizes)) if not pcap_path else None,
                    "flows": flows if not pcap_path else None, "rate": rate,
-                   "interface": sender.intf.stats()})
-    if receiver is not None:
-        r = receiver.result()
+                   "interface": intf.stats()})
+    received = run.receive_result()
+    if received is not None:
+        r, got = received
         # We know what was sent: frames still missing at the end are lost
         # too (the sequence window only sees gaps before the last arrival).
-        r["lost"] = max(0, sender.sent - arrived(receiver))
-        r["interface"] = receiver.intf.stats()
+        r["lost"] = max(0, result["packets"] - got)
+        r["interface"] = rx_intf.stats()
         result["receive"] = r
         for k in ("received", "lost", "reordered", "duplicated", "corrupt", "latency_us"):
             result[k] = r[k]
-    if capturer is not None:
-        result["captured"] = capturer.writer.frames
+    captured = run.captured()
+    if captured is not None:
+        result["captured"] = captured
     if json_out:
         emit_json(result)
     else:
@@ -405,9 +375,11 @@ def report(sender, receiver, capturer, arrived, sizes, flows, rate, pcap_path,
                    "(ring full %d times)" % (result["packets"], result["bytes"],
                                              result["seconds"], result["mpps"],
                                              result["gbps"], result["ring_full"]))
-        if receiver is not None:
+        if received is not None:
             click.echo(summary(result["receive"], "gen receive"))
-        if capturer is not None:
-            click.echo("gen: captured %d frames to %s"
-                       % (capturer.writer.frames, capture_path))
+        if captured is not None:
+            click.echo("gen: captured %d frames to %s" % (captured, capture_path))
+        if "workers" in result:
+            click.echo("workers: %d, restarts: %d" % (result["workers"]["count"],
+                                                      result["workers"]["restarts"]))
     return result

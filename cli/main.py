@@ -6,7 +6,8 @@ import click
 
 import memifx
 from memifx.cli.spec import SPEC
-from memifx.cli.common import Stop, connect_all, emit_json, prometheus_option, start_stats
+from memifx.cli.common import (Stop, connect_all, emit_json, prometheus_option, start_stats,
+                               tester_worker_options)
 from memifx.rxmode import Idler
 from memifx.cli.xconnect import forward_pass
 from memifx.xconnect import XConnect
@@ -114,16 +115,24 @@ VERIFY = click.option(
               help="Print rates every S seconds.")
 @click.option("--json", "json_out", is_flag=True,
               help="Print one JSON object at exit (packets, bytes, seconds, mpps, gbps, ...).")
+@tester_worker_options("generate (and, with --receive, check) the traffic, transmit queue q "
+                       "in worker q mod N; --count and --rate are split between them",
+                       "--pcap or --capture")
 @prometheus_option
 def gen(spec, sizes, count, duration, rate, flows, payload, src_mac, dst_mac, src_ip, dst_ip,
-        pcap_path, receive_spec, capture_path, verify, stats_interval, json_out,
+        pcap_path, receive_spec, capture_path, verify, stats_interval, json_out, workers, cpus,
         prometheus_port):
     """Traffic generator: IPv4/UDP frames stamped with a sequence number per
     flow and a timestamp, a pattern (or zeros) over the rest of every frame;
-    or a pcap replay.  Without --count or --duration it runs until SIGINT/SIGTERM."""
+    or a pcap replay.  Without --count or --duration it runs until SIGINT/SIGTERM.
+
+    With --workers the frames are made and sent by worker processes, each
+    owning some transmit queues (and the --receive queues of the same
+    numbers); the report adds up theirs and is shaped as without."""
     run_gen(spec, sizes, count, duration, rate, flows, src_mac, dst_mac, src_ip, dst_ip,
             pcap_path, receive_spec, capture_path, stats_interval, json_out,
-            prometheus_port=prometheus_port, payload=payload, verify=verify)
+            prometheus_port=prometheus_port, payload=payload, verify=verify,
+            workers=workers, cpus=cpus)
 
 
 @main.command()
@@ -141,8 +150,11 @@ def gen(spec, sizes, count, duration, rate, flows, payload, src_mac, dst_mac, sr
 @click.option("--json", "json_out", is_flag=True,
               help="Print one JSON object at exit (packets, bytes, seconds, mpps, gbps, "
                    "received, lost, reordered, duplicated, corrupt, latency_us, ...).")
+@tester_worker_options("receive and check, receive queue q in worker q mod N; the report "
+                       "adds up their results", "--pcap")
 @prometheus_option
-def sink(spec, duration, count, pcap_path, stats_interval, verify, json_out, prometheus_port):
+def sink(spec, duration, count, pcap_path, stats_interval, verify, json_out, workers, cpus,
+         prometheus_port):
     """Receiver: checks each frame's stamp and its full payload and reports
     received, lost, reordered, duplicated, corrupt and latency percentiles
     (frames that are not gen's are counted as "other").
@@ -152,9 +164,14 @@ def sink(spec, duration, count, pcap_path, stats_interval, verify, json_out, pro
     measured rate includes that copy.  With
     rx-mode=interrupt in SPEC the sink sleeps on the queue's eventfd when
     idle; in polling mode it busy-polls.  Sequence numbers start at 0 per
-    flow: frames gen sent before the sink started count as lost."""
+    flow: frames gen sent before the sink started count as lost.
+
+    With --workers the receive queues are checked in worker processes and
+    the report merges their checkers (counters, sequence windows, latency
+    histograms); --count then stops the run once they have seen N frames
+    together (they report twice a second, so a few more may be counted)."""
     run_sink(spec, duration, count, pcap_path, stats_interval, json_out,
-             prometheus_port=prometheus_port, verify=verify)
+             prometheus_port=prometheus_port, verify=verify, workers=workers, cpus=cpus)
 
 
 from memifx.cli.xconnect import xconnect  # noqa: E402

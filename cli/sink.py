@@ -1,78 +1,26 @@
 """``memifx sink SPEC``: receive, verify every stamped frame in full, report.
 
-The receive path is one ``Receiver``: each pass copies a burst per receive
-queue out of the ring (``rx_into``: frames back to back in one buffer), hands
+The receive path is one ``memifx.tester.Receiver``: each pass copies a burst
+per receive queue out of the ring (frames back to back in one buffer), hands
 the burst to ``memifx.traffic.Checker`` (stamps, full payload, sequence
 window, latency; GIL released, no Python object per frame) and, when asked,
 appends it to a pcap file.  ``memifx gen --receive`` and ``--capture`` use the
 same class.
-"""
-import time
-from array import array
 
+With ``--workers N`` (or ``--cpus``) the receive queues are spread over N
+worker processes (memifx/tester_workers.py, queue q to worker q mod N) and
+the report adds up their Checkers' states: the same numbers, counted in
+parallel.  ``--count`` then ends the run once the workers together have
+looked at N frames; they report every 0.5 s, so they may have taken a few
+more by the time they are stopped.
+"""
 import click
 
 from memifx import pcap
-from memifx.traffic import Checker
-from memifx.cli.common import Stop, Ticker, connect_all, emit_json, start_stats
+from memifx.tester import Receiver, receive_result
+from memifx.cli.common import (Stop, Ticker, connect_all, emit_json, start_stats,
+                               start_workers, tester_workers)
 from memifx.rxmode import Idler
-
-BURST = 256
-SLOT = 9216 + 64            # room per frame in the copy buffer (jumbo frames)
-
-
-class Receiver:
-    """Drains every receive queue of one interface, a burst at a time."""
-
-    def __init__(self, intf, writer=None, burst=BURST, verify="full"):
-        self.intf = intf
-        self.checker = Checker(ip_mode=intf.mode == "ip", payload=verify == "full")
-        self.buf = bytearray(burst * SLOT)
-        self.lengths = array("I", bytes(4 * burst))
-        self.writer = writer
-        self.first = self.last = None       # monotonic time of first/last burst
-
-    def poll(self):
-        """One burst from each receive queue; returns frames received."""
-        moved = 0
-        intf, buf, lengths = self.intf, self.buf, self.lengths
-        for q in range(len(intf.active_queues("rx"))):
-            n = intf.rx_into(buf, lengths, q)
-            if n:
-                self.checker.check(buf, lengths, n)
-                if self.writer is not None:
-                    self.writer.write_batch(buf, lengths, n)
-                moved += n
-        if moved:
-            self.last = time.monotonic()
-            if self.first is None:
-                self.first = self.last
-        return moved
-
-    @property
-    def packets(self):
-        return self.checker.packets
-
-    @property
-    def arrived(self):
-        """Distinct stamped frames that arrived (good or damaged)."""
-        c = self.checker
-        return c.received + c.corrupt - c.duplicated
-
-    def result(self):
-        c = self.checker
-        seconds = (self.last - self.first) if self.first is not None else 0.0
-        out = rates(c.packets, c.bytes, seconds)
-        out.update(c.counters())
-        lat = c.latency()
-        out["latency_us"] = {k: round(v / 1000.0, 3) for k, v in lat.items()} if lat else None
-        return out
-
-
-def rates(packets, nbytes, seconds):
-    return {"packets": packets, "bytes": nbytes, "seconds": round(seconds, 6),
-            "mpps": round(packets / seconds / 1e6, 6) if seconds > 0 else 0.0,
-            "gbps": round(nbytes * 8 / seconds / 1e9, 6) if seconds > 0 else 0.0}
 
 
 def summary(r, what="sink"):
@@ -93,32 +41,55 @@ def linktype(intf):
 
 
 def run_sink(spec, duration, count, pcap_path, stats_interval, json_out, prometheus_port=0,
-             verify="full"):
+             verify="full", workers=None, cpus=None):
+    workers = tester_workers(workers, cpus)
+    if workers != 0 and pcap_path:
+        raise click.UsageError("--pcap runs in the main process only: leave out --workers "
+                               "and --cpus")
     intf = spec.interface()
     writer = pcap.Writer(pcap_path, linktype(intf)) if pcap_path else None
-    rx = Receiver(intf, writer, verify=verify)
+    rx = Receiver(intf, intf.mode == "ip", writer, verify=verify)
+    pool = None
     stop = Stop(duration)
-    start_stats([intf], prometheus_port, lambda: [dict(rx.checker.counters(), node="sink",
-                                                       interface=intf.name, direction="rx")])
+
+    def counters():
+        return pool.receive_counters() if pool is not None else rx.checker.counters()
+    sf = start_stats([intf], prometheus_port, lambda: [dict(counters(), node="sink",
+                                                            interface=intf.name,
+                                                            direction="rx")])
+    if workers != 0:
+        from memifx.tester_workers import TesterPool
+
+        def make_pool(n, allowed):
+            return TesterPool(n, allowed, spec.quiet, sf, receive=intf)
+        pool = start_workers([intf], [], workers, cpus, spec.quiet, spec.rx_queues, [spec],
+                             json_out, sf, make_pool)
     connect_all([intf], json_out)
     if not json_out:
         click.echo("sink: %s %s on %s id %d, %s mode, receiving"
                    % (intf.name, intf.role, intf.socket, intf.id, spec.rx_mode))
     ticker = Ticker(0 if json_out else stats_interval, [intf.name],
-                    lambda: [rx.packets])
+                    lambda: [counters()["packets"]])
     idle = Idler([intf], spec.quiet)
     try:
-        while not stop and not (count and rx.packets >= count):
-            idle.after(rx.poll())
+        while not stop and not (count and counters()["packets"] >= count):
+            if pool is not None:
+                pool.poll(0.1)
+            else:
+                idle.after(rx.poll())
             ticker.maybe()
     finally:
         intf.close("sink stopped")
         if writer is not None:
             writer.close()
-    result = rx.result()
+        if pool is not None:
+            pool.stop()
+    result = receive_result(*pool.merged_checker()) if pool is not None else rx.result()
     result["interface"] = intf.stats()
     if writer is not None:
         result["captured"] = writer.frames
+    if pool is not None:
+        result["workers"] = {"count": pool.nworkers, "restarts": pool.restarts}
     if json_out:
         emit_json(result)
     else:
@@ -130,4 +101,6 @@ def run_sink(spec, duration, count, pcap_path, stats_interval, json_out, prometh
                     drops[k] = drops.get(k, 0) + v
         if drops:
             click.echo("sink: ring drops %s" % drops)
+        if pool is not None:
+            click.echo("workers: %d, restarts: %d" % (pool.nworkers, pool.restarts))
     return result

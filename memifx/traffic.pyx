@@ -38,6 +38,8 @@ from libc.stdlib cimport calloc, free
 from libc.string cimport memcmp, memcpy, memset
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
+import struct
+
 cdef extern from *:
     int __builtin_clzll(unsigned long long) nogil
 
@@ -237,6 +239,13 @@ cdef class Generator:
         if flow >= self.flows:
             raise IndexError("flow out of range")
         return self.seq[flow]
+
+    def set_sequence(self, uint32_t flow, uint64_t seq):
+        """Make ``seq`` the next sequence number of ``flow`` (a worker that
+        takes over a dead one's flows continues where the wire left off)."""
+        if flow >= self.flows:
+            raise IndexError("flow out of range")
+        self.seq[flow] = seq
 
     def fill(self, uint8_t[::1] buf, uint32_t[::1] lengths, uint32_t n,
              const uint32_t[::1] flows, uint32_t cursor=0, bint headers_only=False):
@@ -515,6 +524,75 @@ cdef class Checker:
                 "lost": self.lost, "reordered": self.reordered,
                 "duplicated": self.duplicated, "corrupt": self.corrupt,
                 "other": self.other, "resets": self.resets}
+
+
+    def export(self):
+        """Everything this checker knows as bytes: the counters, the latency
+        histogram and the sequence window of every flow it has seen.  A
+        Checker in another process takes it in with merge(): that is how the
+        results of worker processes are added up, and how a restarted worker
+        carries on with its predecessor's flows."""
+        cdef uint32_t b, f
+        head = [self.packets, self.bytes, self.received, self.corrupt, self.other,
+                self.lost, self.reordered, self.duplicated, self.resets,
+                self.lat_min, self.lat_max, self.lat_sum]
+        hist = [(b, self.lat_hist[b]) for b in range(LAT_BUCKETS) if self.lat_hist[b]]
+        flows = [f for f in range(MAX_FLOWS) if self.flow[f] != NULL]
+        parts = [_EXPORT_HEAD.pack(*head), _U64.pack(len(hist))]
+        parts.extend(_PAIR.pack(b, n) for b, n in hist)
+        parts.append(_U64.pack(len(flows)))
+        for f in flows:
+            parts.append(_U64.pack(f))
+            parts.append((<char *>self.flow[f])[:sizeof(flow_t)])
+        return b"".join(parts)
+
+    def merge(self, state):
+        """Add a state made by export(): counters and latency histograms add
+        up (minimum and maximum combine); a flow this checker has not seen
+        takes over the exported sequence window, one it has seen keeps its
+        own (a flow lives in one worker, so merged states do not overlap)."""
+        cdef const uint8_t[::1] v = state
+        cdef uint64_t off, n, i, f
+        cdef flow_t *fp
+        head = _EXPORT_HEAD.unpack_from(state, 0)
+        (self.packets, self.bytes, self.received, self.corrupt, self.other, self.lost,
+         self.reordered, self.duplicated, self.resets) = [
+            a + b for a, b in zip((self.packets, self.bytes, self.received, self.corrupt,
+                                   self.other, self.lost, self.reordered, self.duplicated,
+                                   self.resets), head[:9])]
+        self.lat_min = min(self.lat_min, head[9])
+        self.lat_max = max(self.lat_max, head[10])
+        self.lat_sum += head[11]
+        off = _EXPORT_HEAD.size
+        n = _U64.unpack_from(state, off)[0]
+        off += _U64.size
+        for i in range(n):
+            b, count = _PAIR.unpack_from(state, off)
+            if b >= LAT_BUCKETS:
+                raise ValueError("latency bucket %d out of range" % b)
+            self.lat_hist[b] += count
+            off += _PAIR.size
+        n = _U64.unpack_from(state, off)[0]
+        off += _U64.size
+        if off + n * (_U64.size + sizeof(flow_t)) > <uint64_t>v.shape[0]:
+            raise ValueError("truncated checker state")
+        for i in range(n):
+            f = _U64.unpack_from(state, off)[0]
+            off += _U64.size
+            if f >= MAX_FLOWS:
+                raise ValueError("flow %d out of range" % f)
+            if self.flow[f] == NULL:
+                fp = <flow_t *>calloc(1, sizeof(flow_t))
+                if fp == NULL:
+                    raise MemoryError()
+                memcpy(fp, &v[off], sizeof(flow_t))
+                self.flow[f] = fp
+            off += sizeof(flow_t)
+
+
+_EXPORT_HEAD = struct.Struct("=12Q")     # Checker.export(): the counters, in order
+_U64 = struct.Struct("=Q")
+_PAIR = struct.Struct("=QQ")             # latency bucket, count
 
 
 def pcap_records(const uint8_t[::1] buf, const uint32_t[::1] lengths, uint32_t n,

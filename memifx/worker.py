@@ -23,19 +23,21 @@ the in-process loop does.
 A worker that dies is restarted; the links it served are flapped (its private
 ring positions died with it), which shows in link_flaps.
 
-Two node kinds run in workers: ``xconnect`` (above) and ``ip4``, the router
-of ``ip4-forward`` (RouterPool).  For ip4 the plan also carries the
-interfaces (index, MAC, address, ip mode) and two fds: the FIB and the
-neighbor table, each one sealed memfd that the main process created, maps
-writable and changes in place, and every worker maps read-only
-(Fib.from_shared, NeighborTable.from_shared): one copy of the tables however
-many workers, and a change (a route added or deleted at run time, a neighbor
-learned) is seen by every worker at once, without a message.  Ownership:
-worker w has receive queue i of every interface with ``i mod W == w`` and
-transmit queue ``w`` of every interface (RouterPool makes W no larger than
-any interface's transmit queue count), so again one producer per transmit
-ring.  The ARP replies a worker's data path queued come back as ``arp`` for
-the control plane to judge.
+What a worker runs is its plan's node kind, a ``Node`` class: ``xconnect``
+(above), ``ip4``, the router of ``ip4-forward`` (RouterPool), and ``gen`` and
+``sink``, the traffic tester (memifx/tester_workers.py, TesterPool).
+
+For ip4 the plan also carries the interfaces (index, MAC, address, ip mode)
+and two fds: the FIB and the neighbor table, each one sealed memfd that the
+main process created, maps writable and changes in place, and every worker
+maps read-only (Fib.from_shared, NeighborTable.from_shared): one copy of the
+tables however many workers, and a change (a route added or deleted at run
+time, a neighbor learned) is seen by every worker at once, without a
+message.  Ownership: worker w has receive queue i of every interface with
+``i mod W == w`` and transmit queue ``w`` of every interface (RouterPool
+makes W no larger than any interface's transmit queue count), so again one
+producer per transmit ring.  The ARP replies a worker's data path queued
+come back as ``arp`` for the control plane to judge.
 
 Workers read the FIB without locks, so a second-level block or next-hop
 record the main process unlinks must not be reused while a worker may still
@@ -45,12 +47,19 @@ waiting, sends every worker ``sync`` with a token; a worker answers
 pointer into the tables; once every live worker has answered, the items
 retired before the token are free again (Fib.sync_begin / sync_done).  A
 worker started later never saw them, so it counts as synced from birth.
+The worker loop answers ``sync`` whatever its node kind (only RouterPool
+sends it).
+
+A worker's counters snapshot (every COUNTERS_EVERY seconds, on ``report``,
+and in its ``detached`` and final messages) may carry fds: the pool's
+handler reads what it needs of them before they are closed.
 """
 import array
 import json
 import logging
 import os
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -112,7 +121,7 @@ class Worker:
 
     def __init__(self, index, cpu, plan, handle, stats_fd=None, plan_fds=()):
         self.index, self.cpu = index, cpu
-        self.handle = handle            # handle(worker, msg): the pool's dispatcher
+        self.handle = handle            # handle(worker, msg, fds): the pool's dispatcher
         self.recv_lock = threading.Lock()
         self.detached = set()           # (key, gen) the worker has let go of
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -155,11 +164,13 @@ class Worker:
                     return
                 except OSError:
                     return
-                for fd in fds:
-                    os.close(fd)
-                if msg is None:
-                    return
-                self.handle(self, msg)
+                try:
+                    if msg is None:
+                        return
+                    self.handle(self, msg, fds)     # it reads what it needs of the fds
+                finally:
+                    for fd in fds:
+                        os.close(fd)
 
     def wait_detached(self, key, gen, timeout):
         end = time.monotonic() + timeout
@@ -204,12 +215,13 @@ class WorkerPool:
             intf.on_link(self._on_down, first=True)     # quiesce before anyone folds
             intf.on_link(self._on_up)
 
-    def _plan_for_spawn(self):
-        """The plan message and the fds that go with it (after the stats fd)."""
+    def _plan_for_spawn(self, w):
+        """The plan message for worker w and the fds that go with it (after
+        the stats fd)."""
         return self.plan, ()
 
     def _spawn(self, w):
-        plan, plan_fds = self._plan_for_spawn()
+        plan, plan_fds = self._plan_for_spawn(w)
         worker = Worker(w, self._cpu(w), plan, self._handle,
                         self.stats.fileno() if self.stats is not None else None, plan_fds)
         if self.stats is not None:
@@ -308,7 +320,7 @@ class WorkerPool:
                 if not w.alive():
                     self._restart(w)
 
-    def _handle(self, w, msg):
+    def _handle(self, w, msg, fds=()):
         op = msg.get("op")
         if op == "counters":
             w.counters = msg
@@ -372,7 +384,6 @@ class WorkerPool:
             w.sock.close()
 
 
-
 class RouterPool(WorkerPool):
     """The workers of ip4-forward: the ``ip4`` node kind.
 
@@ -402,7 +413,7 @@ class RouterPool(WorkerPool):
                     "rx_queues": [i.rx_queues for i in interfaces]}
         super().__init__(interfaces, [], workers, cpus, quiet, node="ip4", stats=stats)
 
-    def _plan_for_spawn(self):
+    def _plan_for_spawn(self, w):
         return dict(self.plan, ip4=self.ip4), [self.fib.fd, self.neighbors.fd]
 
     def _spawn(self, w):
@@ -442,14 +453,14 @@ class RouterPool(WorkerPool):
         out, self.arp_pending = self.arp_pending, []
         return out
 
-    def _handle(self, w, msg):
+    def _handle(self, w, msg, fds=()):
         op = msg.get("op")
         if op == "arp":
             self.arp_pending.extend((i, ip, bytes.fromhex(mac)) for i, ip, mac in msg["entries"])
         elif op == "synced":
             w.synced = max(w.synced, msg["gen"])
         else:
-            super()._handle(w, msg)
+            super()._handle(w, msg, fds)
 
     # ------------------------------------------- reclaiming retired items
 
@@ -511,7 +522,8 @@ def _add(a, b):
 # ----------------------------------------------------------- worker side
 
 class Attached:
-    """One interface's link as a worker holds it (quacks like Interface for Idler)."""
+    """One interface's link as a worker holds it (quacks like Interface for
+    Idler and memifx.tester.Receiver)."""
 
     def __init__(self, gen, memory, rx, tx, modes):
         self.gen, self.memory, self.rx, self.tx = gen, memory, rx, tx
@@ -521,69 +533,164 @@ class Attached:
     def active_queues(self, kind):
         return list((self.rx if kind == "rx" else self.tx).values())
 
+    def check_faults(self):
+        """The worker loop reports faults of every attached queue itself."""
+
     def counters(self):
         return {"rx": {i: q.counters() for i, q in self.rx.items()},
                 "tx": {i: q.counters() for i, q in self.tx.items()}}
 
 
-def worker_main(fd):
-    from memifx.memory import Memory
-    from memifx.ring import Queue
-    from memifx.rxmode import Idler
-    from memifx.xconnect import XConnect
+class Node:
+    """A node kind: what a worker runs on the queues it holds.  Made from
+    the plan and the plan's fds (after the stats fd; those left in the list
+    are closed after the constructor); ``tell(msg, fds=())`` writes to the
+    main process.  Setting ``report_now`` sends a counters snapshot after
+    the pass."""
+    report_now = False
 
-    from memifx import stats as stats_file
-    sock = socket.socket(fileno=fd)
-    plan = None
-    stats_fd = None
-    links = {}
-    nodes = {}
-    idler = None
-    last_counters = 0.0
-    router = None                       # the ip4 node kind: a Router over the shared FIB
+    def __init__(self, plan, fds, tell):
+        self.plan, self.tell = plan, tell
 
-    def snapshot():
-        snap = {"op": "counters",
-                "nodes": {n: node.counters() for n, node in nodes.items()},
-                "queues": {k: link.counters() for k, link in links.items()}}
-        if router is not None:
-            ip4 = plan["ip4"]
-            snap["router"] = [router.counters(i, ip4["rx_queues"][i], plan["tx_queues"][name])
-                              for i, name in enumerate(ip4["names"])]
-        return snap
+    def run(self, links):
+        """One pass over ``links`` ({interface name: Attached}); frames moved."""
+        return 0
 
-    def start_router(msg, fib_fd, neighbors_fd):
-        """The ip4 plan: our own Router over the FIB and the neighbor table
-        the main process shares (both mapped read-only)."""
+    def idle(self, moved):
+        """After a pass: True if the node waited itself, False to let the
+        worker's Idler decide (sleep on the receive queues' eventfds)."""
+        return False
+
+    def snapshot(self):
+        """(fields for the counters message, fds to send with it)."""
+        return {"nodes": {}}, []
+
+    def message(self, msg):
+        """A control message for this kind."""
+
+
+class XConnectNode(Node):
+    """``xconnect``: receive queue i of src into transmit queue i mod n of dst."""
+
+    def __init__(self, plan, fds, tell):
+        from memifx.xconnect import XConnect
+        super().__init__(plan, fds, tell)
+        self.nodes = {"%s->%s" % (s, d): XConnect() for s, d in plan["directions"]}
+
+    def run(self, links):
+        moved = 0
+        for src, dst in self.plan["directions"]:
+            a, b = links.get(src), links.get(dst)
+            if a is None:
+                continue
+            node = self.nodes["%s->%s" % (src, dst)]
+            ntx = self.plan["tx_queues"][dst]
+            for i, rxq in a.rx.items():
+                txq = b.tx.get(i % ntx) if b is not None else None
+                if txq is not None:
+                    moved += node.poll(rxq, txq, 256, 64)
+                else:
+                    moved += node.discard(rxq)      # counted "tx link down"
+        return moved
+
+    def snapshot(self):
+        return {"nodes": {n: node.counters() for n, node in self.nodes.items()}}, []
+
+
+class RouterNode(Node):
+    """``ip4``: our own Router over the FIB and the neighbor table the main
+    process shares (both mapped read-only; the plan's fds, closed after)."""
+
+    def __init__(self, plan, fds, tell):
         from memifx.fib import Fib
         from memifx.ip4 import Router
         from memifx.neighbor import NeighborTable
-        ip4 = msg["ip4"]
-        r = Router(Fib.from_shared(fib_fd), NeighborTable.from_shared(neighbors_fd))
+        super().__init__(plan, fds, tell)
+        ip4 = plan["ip4"]
+        self.router = r = Router(Fib.from_shared(fds[0]), NeighborTable.from_shared(fds[1]))
         for i, info in enumerate(ip4["info"]):
             r.add_interface(i, bytes.fromhex(info["mac"]), info["ip"], info["ip_mode"])
-        return r
 
-    def ip4_pass():
+    def run(self, links):
         """Every receive queue this worker owns once, through the router; the
         transmit queue of each interface is ours alone (index = worker mod n)."""
-        ip4 = plan["ip4"]
+        plan, router = self.plan, self.router
+        names = plan["ip4"]["names"]
         router.set_time(int(time.monotonic() * 1000))
         txqs = []
-        for name in ip4["names"]:
+        for name in names:
             link = links.get(name)
             txqs.append(None if link is None
                         else link.tx.get(plan["worker"] % plan["tx_queues"][name]))
         n = 0
-        for ifindex, name in enumerate(ip4["names"]):
+        for ifindex, name in enumerate(names):
             link = links.get(name)
             if link is not None:
                 for rxq in link.rx.values():
                     n += router.poll(ifindex, rxq, txqs, 256, 64)
         learned = router.take_arp()
         if learned:
-            send(sock, {"op": "arp", "entries": [[i, ip, mac.hex()] for i, ip, mac in learned]})
+            self.tell({"op": "arp", "entries": [[i, ip, mac.hex()] for i, ip, mac in learned]})
         return n
+
+    def snapshot(self):
+        ip4 = self.plan["ip4"]
+        return {"nodes": {}, "router": [
+            self.router.counters(i, ip4["rx_queues"][i], self.plan["tx_queues"][name])
+            for i, name in enumerate(ip4["names"])]}, []
+
+
+def node_kind(name):
+    """The Node class of a plan's ``node``."""
+    if name == "xconnect":
+        return XConnectNode
+    if name == "ip4":
+        return RouterNode
+    if name in ("gen", "sink"):
+        from memifx.tester_workers import TesterNode
+        return TesterNode
+    raise ValueError("unknown node kind %r" % name)
+
+
+def worker_main(fd):
+    from memifx.memory import Memory
+    from memifx.ring import Queue
+    from memifx.rxmode import Idler
+
+    from memifx import stats as stats_file
+    # Ctrl-C reaches the whole process group: the main process decides when
+    # we stop (a "stop" message, or its end of the socket closing).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sock = socket.socket(fileno=fd)
+    plan = None
+    stats_fd = None
+    links = {}
+    node = None
+    idler = None
+    last_counters = 0.0
+
+    def tell(msg, fds=()):
+        send(sock, msg, fds)
+
+    def snapshot():
+        """The counters message and the fds that go with it (ours to close)."""
+        fields, fds = node.snapshot()
+        msg = {"op": "counters", "queues": {k: link.counters() for k, link in links.items()}}
+        msg.update(fields)
+        return msg, fds
+
+    def report(msg=None):
+        """Send a counters snapshot, alone or inside ``msg`` as "snapshot"."""
+        snap, fds = snapshot()
+        try:
+            if msg is None:
+                send(sock, snap, fds)
+            else:
+                msg["snapshot"] = snap
+                send(sock, msg, fds)
+        finally:
+            for fd_ in fds:
+                os.close(fd_)
 
     def attach(msg, fds):
         memory = Memory()
@@ -624,10 +731,9 @@ def worker_main(fd):
         del links[msg["key"]]
         for q in link.active_queues("rx") + link.active_queues("tx"):
             q.close()
-        report = {kind: {i: c for i, c in per.items() if (kind, i) in link.unslotted}
+        queues = {kind: {i: c for i, c in per.items() if (kind, i) in link.unslotted}
                   for kind, per in link.counters().items()}
-        send(sock, {"op": "detached", "key": msg["key"], "gen": msg["gen"],
-                    "queues": report, "snapshot": snapshot()})
+        report({"op": "detached", "key": msg["key"], "gen": msg["gen"], "queues": queues})
 
     passes = 0
     moved = 0
@@ -642,54 +748,47 @@ def worker_main(fd):
                 break
             if msg is None or msg.get("op") == "stop":
                 if plan is not None:
-                    send(sock, snapshot())
+                    report()
                 return 0
             try:
                 if msg["op"] == "plan":
                     plan = msg
                     if plan.get("stats") and fds:
                         stats_fd = fds.pop(0)
-                    if plan["node"] == "ip4":
-                        router = start_router(plan, fds[0], fds[1])     # closed below
-                    nodes = {"%s->%s" % (s, d): XConnect() for s, d in plan["directions"]}
+                    node = node_kind(plan["node"])(plan, fds, tell)
                     idler = Idler([], plan["quiet"], wake_fds=[sock.fileno()])
                 elif msg["op"] == "attach":
                     attach(msg, fds)
                 elif msg["op"] == "detach":
                     detach(msg)
+                elif msg["op"] == "report":
+                    report()
                 elif msg["op"] == "sync":
                     # Between passes: nothing of the FIB is held from before.
                     send(sock, {"op": "synced", "gen": msg["gen"]})
+                else:
+                    node.message(msg)
             finally:
                 for fd_ in fds:         # what no queue took: region fds are dup'd
                     os.close(fd_)
             idler.interfaces = list(links.values())
             idler.armed = [q for q in idler.armed if not q.closed]
-        moved = ip4_pass() if router is not None else 0
-        for src, dst in plan["directions"]:
-            a, b = links.get(src), links.get(dst)
-            if a is None:
-                continue
-            node = nodes["%s->%s" % (src, dst)]
-            ntx = plan["tx_queues"][dst]
-            for i, rxq in a.rx.items():
-                txq = b.tx.get(i % ntx) if b is not None else None
-                if txq is not None:
-                    moved += node.poll(rxq, txq, 256, 64)
-                else:
-                    moved += node.discard(rxq)      # counted "tx link down"
+        moved = node.run(links)
         for key, link in links.items() if (not moved or passes % CONTROL_EVERY == 0) else ():
             for q in link.active_queues("rx") + link.active_queues("tx"):
                 if q.fault:
                     send(sock, {"op": "fault", "key": key, "gen": link.gen,
                                 "reason": q.fault_reason()})
                     break
-        if not moved or passes % CONTROL_EVERY == 0:
+        if node.report_now or not moved or passes % CONTROL_EVERY == 0:
             now = time.monotonic()
-            if now - last_counters >= COUNTERS_EVERY:
-                send(sock, snapshot())
+            if node.report_now or now - last_counters >= COUNTERS_EVERY:
+                node.report_now = False
+                report()
                 last_counters = now
-        if links:
+        if node.idle(moved):
+            pass
+        elif links:
             idler.after(moved)
         else:
             select.select([sock], [], [], 0.1)

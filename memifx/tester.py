@@ -1,0 +1,292 @@
+"""The data path of ``memifx gen`` and ``memifx sink``, wherever it runs.
+
+- ``Synth``: memifx.traffic.Generator writes stamped frames (sequence number
+  per flow, timestamp, a pattern or zeros over the rest) into a staging
+  buffer per transmit queue; flows are spread over the queues by a hash of
+  the flow id.
+- ``Sender``: moves bursts from a source into transmit rings: admission by
+  count and rate, back-pressure (a burst the ring does not take at once stays
+  pending and is offered again, its stamps refreshed), and the counters of
+  what went out.
+- ``Receiver``: copies a burst per receive queue out of the ring (frames back
+  to back in one buffer) and hands it to memifx.traffic.Checker (every byte,
+  or with ``verify="stamp"`` headers and stamp only); optionally appends it
+  to a pcap file.
+
+They work on Queue objects, not on an Interface, so the same classes run in
+the main process (cli/gen.py, cli/sink.py) and in worker processes
+(memifx/tester_workers.py).
+"""
+import os
+import time
+from array import array
+
+from memifx.traffic import Checker, Generator, span
+
+BURST = 256
+SLOT = 9216 + 64            # room per frame in the receive copy buffer (jumbo frames)
+SLEEP_MIN = 0.0002          # seconds: shorter waits for the rate limiter spin
+STALL_SPINS = 8             # zero-progress passes before yielding the CPU (a sleep
+                            # would let a receiver on another CPU run dry: ~60 us)
+
+
+def flow_queue(flow, nqueues):
+    """The transmit queue of a flow: a multiplicative hash, stable per flow."""
+    return ((flow * 2654435761) & 0xFFFFFFFF) * nqueues >> 32
+
+
+def queue_flows(flows, nqueues):
+    """The flows of each queue: ``groups[q]`` lists the flows hashed onto q."""
+    groups = [[] for _ in range(nqueues)]
+    for f in range(flows):
+        groups[flow_queue(f, nqueues)].append(f)
+    return groups
+
+
+def make_generator(args):
+    """A Generator from a plain dict (sizes, ip_mode, flows, payload, and the
+    addresses as hex strings): how a worker gets the main process's."""
+    return Generator(args["sizes"], ip_mode=args["ip_mode"], flows=args["flows"],
+                     src_mac=bytes.fromhex(args["src_mac"]),
+                     dst_mac=bytes.fromhex(args["dst_mac"]),
+                     src_ip=bytes.fromhex(args["src_ip"]), dst_ip=bytes.fromhex(args["dst_ip"]),
+                     payload=args.get("payload", "pattern"))
+
+
+def single_size(args):
+    """Whether the Generator of these arguments makes frames of one size."""
+    return len(set(args["sizes"])) == 1
+
+
+class Pending:
+    """A burst on its way out: frames k..n of a packed buffer remain."""
+    __slots__ = ("view", "lview", "n", "k", "off", "total")
+
+    def __init__(self, view, lview, n, total):
+        self.view, self.lview, self.n, self.total = view, lview, n, total
+        self.k = self.off = 0
+
+
+class Synth:
+    """Stamped frames, a staging buffer per queue.  ``single_size``: the
+    generator makes frames of one size.  ``owned(q)``, if given, picks the
+    queues this process sends on (a worker's share)."""
+    restamp = True
+
+    def __init__(self, gen, nqueues, burst, single_size, owned=None):
+        self.gen = gen
+        # Zeros after the stamp, one frame size: each staging buffer keeps
+        # its frames at the same offsets, so their payload stays zero and a
+        # refill writes headers and stamps only.
+        self.headers_only = gen.zeros and single_size
+        groups = queue_flows(gen.flows, nqueues)
+        self.queues = [q for q, g in enumerate(groups) if g and (owned is None or owned(q))]
+        self.flows = {q: array("I", groups[q]) for q in self.queues}
+        self.cursor = dict.fromkeys(self.queues, 0)
+        self.staging = {}
+        self.burst = burst
+        self.exhausted = False
+
+    def next(self, q, n):
+        st = self.staging.get(q)
+        if st is None:
+            buf = bytearray(self.burst * self.gen.max_size)
+            lengths = array("I", bytes(4 * self.burst))
+            st = self.staging[q] = (buf, memoryview(buf), lengths, memoryview(lengths))
+        buf, view, lengths, lview = st
+        n, total = self.gen.fill(buf, lengths, n, self.flows[q], self.cursor[q],
+                                 self.headers_only)
+        self.cursor[q] = (self.cursor[q] + n) % len(self.flows[q])
+        return Pending(view, lview[:n], n, total) if n else None
+
+    def resume(self, q, sent):
+        """Continue queue q as if its first ``sent`` frames had gone out: the
+        flows take turns, so each one's next sequence number follows."""
+        flows = self.flows[q]
+        rounds, extra = divmod(sent, len(flows))
+        for j, f in enumerate(flows):
+            self.gen.set_sequence(f, rounds + (j < extra))
+        self.cursor[q] = extra
+
+
+class Sender:
+    """Moves bursts from a source into the transmit rings: admission by
+    count and rate, back-pressure, and the counters of what went out."""
+
+    def __init__(self, source, burst, count, rate):
+        self.source, self.burst = source, burst
+        self.count, self.rate = count, rate
+        # a rate-limited sender waits for a batch worth ~100 us of traffic
+        self.min_batch = max(1, min(burst, int(rate * 2 * SLEEP_MIN))) if rate else 1
+        self.pending = {}               # queue -> Pending
+        self.sent = self.bytes = self.admitted = self.ring_full = 0
+        self.t_up = self.t_last = self.rate_t0 = None
+        self.start = self.stalls = 0
+
+    @property
+    def done(self):
+        return bool((self.count and self.sent >= self.count) or
+                    (self.source.exhausted and not self.pending))
+
+    def budget(self, now):
+        """Frames that may be admitted now."""
+        if self.t_up is None:
+            self.t_up = now
+        if self.rate_t0 is None:        # frames admitted before (a resumed sender) count
+            self.rate_t0 = now - (self.admitted / self.rate if self.rate else 0)
+        budget = self.count - self.admitted if self.count else 1 << 62
+        if self.rate:
+            allowed = int((now - self.rate_t0) * self.rate) - self.admitted
+            if allowed > 2 * self.burst:        # after a stall: no catch-up flood
+                self.rate_t0 = now - (self.admitted + self.burst) / self.rate
+                allowed = self.burst
+            budget = min(budget, allowed)
+        return budget
+
+    def send_pass(self, txqs, budget):
+        """One burst per queue (pending ones first) into ring ``q mod
+        len(txqs)`` (a None ring is not ours to use now: the burst waits);
+        returns frames sent."""
+        moved = 0
+        queues = self.source.queues
+        self.start = (self.start + 1) % len(queues)     # no queue always first
+        for q in queues[self.start:] + queues[:self.start]:
+            txq = txqs[q % len(txqs)]
+            p = self.pending.get(q)
+            if p is None:
+                n = min(self.burst, budget)
+                last = self.count and 0 < n == self.count - self.admitted
+                if txq is None or n < self.min_batch and not last:
+                    continue
+                p = self.source.next(q, n)
+                if p is None:
+                    continue
+                self.pending[q] = p
+                self.admitted += p.n
+                budget -= p.n
+            elif txq is None:
+                continue
+            elif self.source.restamp:
+                self.source.gen.restamp(p.view[p.off:], p.lview[p.k:])
+            m = txq.tx_batch(p.view[p.off:] if p.off else p.view,
+                             p.lview[p.k:] if p.k else p.lview)
+            if m == p.n - p.k:
+                self.bytes += p.total - p.off
+                del self.pending[q]
+            else:
+                self.ring_full += 1
+                if m:
+                    b = span(p.lview, p.k, m)
+                    self.bytes += b
+                    p.off += b
+                    p.k += m
+            moved += m
+        self.sent += moved
+        return moved
+
+    def idle(self, moved):
+        """After a pass: yield the CPU when the ring stays full (to a peer
+        that shares it), or sleep until the rate limiter admits the next
+        batch."""
+        if moved:
+            self.t_last = time.monotonic()
+            self.stalls = 0
+        elif self.pending:
+            self.stalls += 1
+            if self.stalls >= STALL_SPINS:
+                os.sched_yield()
+                self.stalls = 0
+        elif self.rate:
+            due = self.rate_t0 + (self.admitted + self.min_batch) / self.rate
+            due -= time.monotonic()
+            # A sleep costs ~60 us or more of timer slack: worth it only when
+            # the next batch is far off; closer than that, poll again.
+            if due > SLEEP_MIN:
+                time.sleep(min(due - SLEEP_MIN / 2, 0.01))
+
+    @property
+    def unsent(self):
+        return sum(p.n - p.k for p in self.pending.values())
+
+    def result(self):
+        return send_result(self.sent, self.bytes, self.ring_full, self.unsent,
+                           self.t_up, self.t_last)
+
+
+def send_result(sent, nbytes, ring_full, unsent, t_up, t_last):
+    """gen's report of what went out (t_up, t_last: first admission and last
+    frame sent, monotonic)."""
+    seconds = (t_last - t_up) if t_last is not None else 0.0
+    r = rates(sent, nbytes, seconds)
+    r.update({"ring_full": ring_full, "unsent": unsent})
+    return r
+
+
+def in_flight(txqs):
+    """Frames published on these transmit rings the peer has not taken yet."""
+    return sum(q.in_flight() for q in txqs if q is not None)
+
+
+class Receiver:
+    """Drains every receive queue ``port.active_queues("rx")`` offers, a
+    burst at a time.  ``port``: an Interface, or a worker's share of one.
+    ``verify``: "full" checks every byte, "stamp" headers and stamp only."""
+
+    def __init__(self, port, ip_mode, writer=None, burst=BURST, verify="full"):
+        self.port = port
+        self.checker = Checker(ip_mode=ip_mode, payload=verify == "full")
+        self.buf = bytearray(burst * SLOT)
+        self.lengths = array("I", bytes(4 * burst))
+        self.writer = writer
+        self.first = self.last = None       # monotonic time of first/last burst
+
+    def poll(self):
+        """One burst from each receive queue; returns frames received."""
+        moved = 0
+        buf, lengths = self.buf, self.lengths
+        for q in self.port.active_queues("rx"):
+            n = q.rx_batch(buf, lengths)
+            if n:
+                self.checker.check(buf, lengths, n)
+                if self.writer is not None:
+                    self.writer.write_batch(buf, lengths, n)
+                moved += n
+        self.port.check_faults()
+        if moved:
+            self.last = time.monotonic()
+            if self.first is None:
+                self.first = self.last
+        return moved
+
+    @property
+    def packets(self):
+        return self.checker.packets
+
+    @property
+    def arrived(self):
+        return arrived(self.checker.counters())
+
+    def result(self):
+        return receive_result(self.checker, self.first, self.last)
+
+
+def arrived(counters):
+    """Distinct stamped frames that arrived (good or damaged), from
+    Checker.counters()."""
+    return counters["received"] + counters["corrupt"] - counters["duplicated"]
+
+
+def receive_result(checker, first, last):
+    """sink's report from a Checker and the times of the first and last burst."""
+    seconds = (last - first) if first is not None else 0.0
+    out = rates(checker.packets, checker.bytes, seconds)
+    out.update(checker.counters())
+    lat = checker.latency()
+    out["latency_us"] = {k: round(v / 1000.0, 3) for k, v in lat.items()} if lat else None
+    return out
+
+
+def rates(packets, nbytes, seconds):
+    return {"packets": packets, "bytes": nbytes, "seconds": round(seconds, 6),
+            "mpps": round(packets / seconds / 1e6, 6) if seconds > 0 else 0.0,
+            "gbps": round(nbytes * 8 / seconds / 1e9, 6) if seconds > 0 else 0.0}
