@@ -9,8 +9,10 @@
 Method (FD.io CSIT's MRR): the rate *received* under maximum offered load.
 Each trial starts fresh processes, waits for the first frames, discards a
 warm-up (1 s; 0 with --quick) and then averages the receiver's per-second rate
-samples over the trial (5 s; 1 s with --quick).  The median of the trials is
-reported with min-max.  Every busy poller is pinned to a CPU of its own (CPU 0:
+samples over the trial (5 s; 1 s with --quick).  Trials run in rounds: the
+first trial of every cell, then the second of every cell, and so on, so a slow
+drift of the host falls on memifx and testpmd alike.  The median of the trials
+is reported with min-max.  Every busy poller is pinned to a CPU of its own (CPU 0:
 generator/tester, CPU 1: sink/DUT); two pollers on one CPU would measure the
 scheduler.  Frame sizes are L2 bytes without FCS; Gbit/s = Mpps x size x 8
 (imix: 7:4:1 of 64/570/1518, 353.8 B average).
@@ -572,8 +574,8 @@ def write_report(results, cfg):
     tests = results["tests"]
     L = []
     L.append("# memifx performance (perf/run.py%s)\n" % (" --quick" if cfg.quick else ""))
-    L.append("%s; %s; %d trial(s) x %g s after %g s warm-up; median (min–max). "
-             "MRR: rate received under maximum offered load. Ring %d, buffer %d. "
+    L.append("%s; %s; %d trial(s) x %g s after %g s warm-up, in rounds over all cells; "
+             "median (min–max). MRR: rate received under maximum offered load. Ring %d, buffer %d. "
              "Frame sizes: L2 bytes without FCS. Load average at start: %s, at end: %s.\n"
              % (results["host"], results["date"], cfg.trials, cfg.trial, cfg.warm, RING, BUF,
                 results["loadavg"], results.get("loadavg_end", "?")))
@@ -708,6 +710,27 @@ def chart(results):
     return True
 
 
+def run_trial(cfg, name, size, fn, k):
+    """One trial of a cell: its result dict, or the error text after a
+    second failed attempt (a trial that fails to start is retried once)."""
+    err = None
+    for attempt in range(2):
+        try:
+            r = fn(cfg, size)
+        except Exception as e:      # a failed cell is reported, the suite goes on
+            err = "%s: %s" % (type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+            log("%s %s trial %d attempt %d: %s (see %s)" % (
+                name, size, k + 1, attempt + 1, err[:200],
+                os.path.join(RESULTS, "failures.log")))
+            continue
+        r["attempts"] = attempt + 1
+        log("%s %s trial %d: %s" % (name, size, k + 1, {
+            k2: (round(v, 3) if isinstance(v, float) else v)
+            for k2, v in r.items() if k2 != "samples"}))
+        return r
+    return err
+
+
 def main():
     global RESULTS
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -743,47 +766,39 @@ def main():
                "date": time.strftime("%Y-%m-%d %H:%M:%S"), "quick": cfg.quick,
                "loadavg": "%.2f %.2f %.2f" % os.getloadavg(), "trials": cfg.trials,
                "trial_seconds": cfg.trial, "warmup_seconds": cfg.warm, "tests": {}}
+    cells = []                      # (name, size, fn), in table order
     for name, group, sizes, fn in selected(cfg.only):
         if "testpmd" in name and not have_testpmd:
             log("%s: skipped, dpdk-testpmd not installed" % name)
             continue
-        for size in sizes:
-            if want_sizes and size not in want_sizes:
+        cells += [(name, size, fn) for size in sizes if not want_sizes or size in want_sizes]
+    # Rounds: trial k of every cell before trial k + 1 of any, so that a slow
+    # drift of the host (a neighbour's load) falls on memifx and testpmd alike
+    # instead of on whichever ran during it.
+    trials = {(name, size): [] for name, size, _ in cells}
+    errors = {}
+    for k in range(cfg.trials):
+        for name, size, fn in cells:
+            if (name, size) in errors:
+                continue            # it failed twice in an earlier round
+            r = run_trial(cfg, name, size, fn, k)
+            if isinstance(r, str):
+                errors[(name, size)] = r
                 continue
-            trials = []
-            err = None
-            for k in range(cfg.trials):
-                r = None
-                for attempt in range(2):    # a trial that fails to start is retried once
-                    try:
-                        r = fn(cfg, size)
-                        break
-                    except Exception as e:  # a failed cell is reported, the suite goes on
-                        err = "%s: %s" % (type(e).__name__,
-                                          str(e).splitlines()[0] if str(e) else "")
-                        log("%s %s trial %d attempt %d: %s (see %s)" % (
-                            name, size, k + 1, attempt + 1, err[:200],
-                            os.path.join(RESULTS, "failures.log")))
-                if r is None:
-                    break
-                err = None
-                r["attempts"] = attempt + 1
-                trials.append(r)
-                log("%s %s trial %d: %s" % (name, size, k + 1, {
-                    k2: (round(v, 3) if isinstance(v, float) else v)
-                    for k2, v in r.items() if k2 != "samples"}))
-            cell = {"trials": trials}
-            if err:
-                cell["error"] = err
-            if trials:
-                cell["mpps"] = summarize([t.get("mpps") for t in trials])
-                if cell["mpps"]:
-                    cell["gbps"] = {k: v * frame_bytes(size) * 8 / 1000.0 if k != "n" else v
-                                    for k, v in cell["mpps"].items()}
-                for key in ("p50_us", "p99_us", "cpu_percent"):
-                    if any(t.get(key) is not None for t in trials):
-                        cell[key] = summarize([t.get(key) for t in trials])
-            results["tests"].setdefault(name, {})[size] = cell
+            trials[(name, size)].append(r)
+    for name, size, _ in cells:
+        cell = {"trials": trials[(name, size)]}
+        if (name, size) in errors:
+            cell["error"] = errors[(name, size)]
+        if cell["trials"]:
+            cell["mpps"] = summarize([t.get("mpps") for t in cell["trials"]])
+            if cell["mpps"]:
+                cell["gbps"] = {k: v * frame_bytes(size) * 8 / 1000.0 if k != "n" else v
+                                for k, v in cell["mpps"].items()}
+            for key in ("p50_us", "p99_us", "cpu_percent"):
+                if any(t.get(key) is not None for t in cell["trials"]):
+                    cell[key] = summarize([t.get(key) for t in cell["trials"]])
+        results["tests"].setdefault(name, {})[size] = cell
     results["loadavg_end"] = "%.2f %.2f %.2f" % os.getloadavg()
     if not cfg.no_nodes and not cfg.quick and shutil.which("valgrind"):
         sys.path.insert(0, HERE)
