@@ -120,6 +120,8 @@ cdef class Fib:
     cdef int rules_reserve(self) noexcept nogil
     cdef void rule_remove(self, uint64_t s) noexcept nogil
     cdef int64_t group_alloc(self) noexcept nogil
+    cdef void rewrite(self, uint32_t prefix, uint32_t length, uint32_t word,
+                      bint deleting) noexcept nogil
     cdef int route_set_c(self, uint32_t prefix, uint32_t length, uint32_t index) noexcept nogil
     cdef int route_delete_c(self, uint32_t prefix, uint32_t length) noexcept nogil
     cdef int check_route(self, uint32_t prefix, uint32_t length) except -1

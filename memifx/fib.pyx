@@ -209,6 +209,15 @@ cdef inline uint32_t depth_of(uint32_t e) noexcept nogil:
     return (e >> E_DEPTH_SHIFT) & E_DEPTH_MASK
 
 
+cdef inline bint takes(uint32_t e, uint32_t length, bint deleting) noexcept nogil:
+    """Does a change of the route of ``length`` rewrite entry ``e``?  Adding
+    it: where nothing longer owns the entry (replaces); deleting it: the
+    entries it owns."""
+    if deleting:
+        return (e & E_VALID) != 0 and depth_of(e) == length
+    return replaces(e, length)
+
+
 cdef inline uint64_t mix64(uint64_t k) noexcept nogil:
     return k * 0x9E3779B97F4A7C15ULL
 
@@ -646,6 +655,35 @@ cdef class Fib:
             return self.ngroups - 1
         return FIB_NO_GROUPS
 
+    cdef void rewrite(self, uint32_t prefix, uint32_t length, uint32_t word,
+                      bint deleting) noexcept nogil:
+        """Publish ``word`` in every entry of prefix/length that the change
+        ``takes`` (a route longer than /24 only where its block exists)."""
+        cdef uint32_t i, j, first, count, e
+        cdef uint32_t *g
+        if length <= 24:
+            first = prefix >> 8
+            count = 1u << (24 - length)
+            for i in range(first, first + count):
+                e = self.tbl24[i]
+                if e & E_GROUP:
+                    g = self.tbl8 + (<uint64_t>(e >> E_INDEX_SHIFT) << 8)
+                    for j in range(256):
+                        if takes(g[j], length, deleting):
+                            fib_entry_publish(&g[j], word)
+                elif takes(e, length, deleting):
+                    fib_entry_publish(&self.tbl24[i], word)
+            return
+        e = self.tbl24[prefix >> 8]
+        if not (e & E_GROUP):
+            return
+        g = self.tbl8 + (<uint64_t>(e >> E_INDEX_SHIFT) << 8)
+        first = prefix & 0xFF
+        count = 1u << (32 - length)
+        for j in range(first, first + count):
+            if takes(g[j], length, deleting):
+                fib_entry_publish(&g[j], word)
+
     cdef int route_set_c(self, uint32_t prefix, uint32_t length, uint32_t index) noexcept nogil:
         """Add route prefix/length (host bits clear) via next hop ``index`` (in
         use), or move it there: FIB_OK or an error, the table unchanged then."""
@@ -659,38 +697,22 @@ cdef class Fib:
             return FIB_OK
         if old < 0 and self.rules_reserve() < 0:
             return FIB_NOMEM
-        if length <= 24:
-            first = prefix >> 8
-            count = 1u << (24 - length)
-            for i in range(first, first + count):
-                e = self.tbl24[i]
-                if e & E_GROUP:
-                    g = self.tbl8 + (<uint64_t>(e >> E_INDEX_SHIFT) << 8)
-                    for j in range(256):
-                        if replaces(g[j], length):
-                            fib_entry_publish(&g[j], word)
-                elif replaces(e, length):
-                    fib_entry_publish(&self.tbl24[i], word)
+        i = prefix >> 8
+        e = self.tbl24[i]
+        if length <= 24 or e & E_GROUP:
+            self.rewrite(prefix, length, word, False)
         else:
-            i = prefix >> 8
-            e = self.tbl24[i]
+            # Split the /24: a fresh block, complete before anyone can see it.
             first = prefix & 0xFF
             count = 1u << (32 - length)
-            if e & E_GROUP:
-                g = self.tbl8 + (<uint64_t>(e >> E_INDEX_SHIFT) << 8)
-                for j in range(first, first + count):
-                    if replaces(g[j], length):
-                        fib_entry_publish(&g[j], word)
-            else:
-                # Split the /24: a fresh block, complete before anyone can see it.
-                grp = self.group_alloc()
-                if grp < 0:
-                    return <int>grp
-                g = self.tbl8 + (<uint64_t>grp << 8)
-                for j in range(256):
-                    g[j] = word if first <= j < first + count else e
-                fib_entry_publish(&self.tbl24[i], (<uint32_t>grp << E_INDEX_SHIFT) | E_GROUP)
-                self.hdr.groups_used += 1
+            grp = self.group_alloc()
+            if grp < 0:
+                return <int>grp
+            g = self.tbl8 + (<uint64_t>grp << 8)
+            for j in range(256):
+                g[j] = word if first <= j < first + count else e
+            fib_entry_publish(&self.tbl24[i], (<uint32_t>grp << E_INDEX_SHIFT) | E_GROUP)
+            self.hdr.groups_used += 1
         s = self.rule_slot(prefix, length)
         if not self.rules[s]:
             self.rules_count += 1
@@ -704,7 +726,7 @@ cdef class Fib:
     cdef int route_delete_c(self, uint32_t prefix, uint32_t length) noexcept nogil:
         """Remove route prefix/length: its entries go to the covering route."""
         cdef uint64_t s = self.rule_slot(prefix, length)
-        cdef uint32_t old, word = 0, i, j, first, count, e, l
+        cdef uint32_t old, word = 0, i, j, e, l
         cdef uint32_t *g
         cdef int64_t c
         cdef bint fold
@@ -720,27 +742,11 @@ cdef class Fib:
             if c >= 0:
                 word = E_VALID | (l << E_DEPTH_SHIFT) | (<uint32_t>c << E_INDEX_SHIFT)
                 break
-        if length <= 24:
-            first = prefix >> 8
-            count = 1u << (24 - length)
-            for i in range(first, first + count):
-                e = self.tbl24[i]
-                if e & E_GROUP:
-                    g = self.tbl8 + (<uint64_t>(e >> E_INDEX_SHIFT) << 8)
-                    for j in range(256):
-                        if g[j] & E_VALID and depth_of(g[j]) == length:
-                            fib_entry_publish(&g[j], word)
-                elif e & E_VALID and depth_of(e) == length:
-                    fib_entry_publish(&self.tbl24[i], word)
-        else:
+        self.rewrite(prefix, length, word, True)
+        if length > 24:
             i = prefix >> 8
             e = self.tbl24[i]
             g = self.tbl8 + (<uint64_t>(e >> E_INDEX_SHIFT) << 8)
-            first = prefix & 0xFF
-            count = 1u << (32 - length)
-            for j in range(first, first + count):
-                if g[j] & E_VALID and depth_of(g[j]) == length:
-                    fib_entry_publish(&g[j], word)
             # No route longer than /24 left in the block: fold it back.
             # (Then every entry is the one covering route, or none.)
             fold = True
