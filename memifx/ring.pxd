@@ -75,6 +75,8 @@ cdef class Queue:
 
     cdef uint32_t tx_copy(self, uint32_t n) noexcept nogil
     cdef uint32_t gather(self, uint32_t max_frames) noexcept nogil
+    cdef uint32_t rx_copy(self, uint8_t *base, uint64_t room, uint32_t *lengths,
+                          uint32_t maxf) noexcept nogil
     cdef void commit(self, uint32_t nframes, bint hold) noexcept nogil
     cdef void refill(self) noexcept nogil
     cdef void kick(self) noexcept nogil

@@ -70,18 +70,15 @@ cdef uint32_t scatter(uint32_t i, uint32_t n) noexcept:
     buffers the producer is writing that moment; every such line goes back
     and forth between the CPUs.  Measured on a 2-vCPU VM at 64 B, S2M: a
     receiver that keeps up with the sender dropped the pair from ~20 to ~7
-    Mpps; scattered buffers keep it at 16-30.  Bit reversal for a power of
-    two (neighbouring slots land far apart, at varying distances), else a
-    step that shares no factor with n."""
-    cdef uint32_t bits = 0, r = 0, k, step
-    if n & (n - 1) == 0:
-        while (1u << bits) < n:
-            bits += 1
-        for k in range(bits):
-            if i & (1u << k):
-                r |= 1u << (bits - 1 - k)
-        return r
-    step = <uint32_t>(n * 0.618) | 1
+    Mpps; scattered buffers keep it at 16-30.
+
+    The step is about 0.618 n, odd and coprime with n, so neighbouring slots
+    land far apart and alternate between two distances.  Bit reversal, used
+    before, also breaks the stride but puts runs of 32 consecutive slots on
+    the same L2 sets (their addresses differ only in high bits): a bare C
+    copy ring of 1024 x 2048 B buffers moved 1518 B frames at ~12 Mpps so
+    laid out, ~18 with this step and ~18 in slot order."""
+    cdef uint32_t step = <uint32_t>(n * 0.618) | 1
     while gcd(step, n) != 1:
         step += 2
     return <uint32_t>((<uint64_t>i * step) % n)
@@ -583,35 +580,41 @@ cdef class Queue:
     def rx_batch(self, uint8_t[::1] buf, uint32_t[::1] lengths):
         """Copy frames back to back into ``buf``, their lengths into
         ``lengths``; return the number of frames.  Stops when either is full."""
-        cdef uint32_t n, i, s, k = 0, take = 0, maxf = lengths.shape[0]
-        cdef uint64_t off = 0, room = buf.shape[0]
-        cdef frame_t *f
-        cdef uint8_t *base
+        cdef uint32_t k
         if self.tx:
             raise ValueError("not a receive queue")
-        if maxf == 0 or room == 0:
+        if lengths.shape[0] == 0 or buf.shape[0] == 0:
             return 0
-        base = &buf[0]
+        with nogil:
+            k = self.rx_copy(&buf[0], buf.shape[0], &lengths[0], lengths.shape[0])
+        return k
+
+    cdef uint32_t rx_copy(self, uint8_t *base, uint64_t room, uint32_t *lengths,
+                          uint32_t maxf) noexcept nogil:
+        """rx_batch() on raw pointers (``room`` bytes at ``base``, ``maxf``
+        lengths), for nodes that loop over bursts in C."""
+        cdef uint32_t n, i, s, k = 0, take = 0
+        cdef uint64_t off = 0
+        cdef frame_t *f
         if maxf > self.size:
             maxf = self.size
-        with nogil:
-            n = self.gather(maxf)
-            for i in range(n):
-                f = &self.frames[i]
-                if f.drop < 0:
-                    if off + f.length > room:
-                        if k or off:
-                            break
-                        f.drop = DROP_TOO_LONG      # could never fit: do not stall
-                        take = i + 1
-                        continue
-                    for s in range(f.first_seg, f.first_seg + f.nsegs):
-                        memcpy(base + off, self.segs[s].ptr, self.segs[s].len)
-                        off += self.segs[s].len
-                    lengths[k] = <uint32_t>f.length
-                    k += 1
-                take = i + 1
-            self.commit(take, False)
+        n = self.gather(maxf)
+        for i in range(n):
+            f = &self.frames[i]
+            if f.drop < 0:
+                if off + f.length > room:
+                    if k or off:
+                        break
+                    f.drop = DROP_TOO_LONG      # could never fit: do not stall
+                    take = i + 1
+                    continue
+                for s in range(f.first_seg, f.first_seg + f.nsegs):
+                    memcpy(base + off, self.segs[s].ptr, self.segs[s].len)
+                    off += self.segs[s].len
+                lengths[k] = <uint32_t>f.length
+                k += 1
+            take = i + 1
+        self.commit(take, False)
         return k
 
     def rx_buffers(self, uint32_t max_frames):

@@ -62,4 +62,6 @@ cdef class Checker:
     cdef uint64_t lat_min, lat_max, lat_sum
 
     cdef int check_one(self, const uint8_t *p, uint32_t length, uint64_t now) noexcept nogil
+    cdef uint32_t check_packed(self, const uint8_t *base, const uint32_t *lengths,
+                               uint32_t n) noexcept nogil
     cdef void track(self, uint16_t flow, uint64_t seq, uint64_t ts) noexcept nogil

@@ -38,6 +38,8 @@ from libc.stdlib cimport calloc, free
 from libc.string cimport memcmp, memcpy, memset
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
+from memifx.ring cimport Queue
+
 import struct
 
 cdef extern from *:
@@ -377,26 +379,51 @@ cdef class Checker:
     def check(self, const uint8_t[::1] buf, const uint32_t[::1] lengths, uint32_t n=0xffffffff):
         """Check the first ``n`` frames packed back to back in ``buf`` (the
         layout rx_into() writes).  Returns how many were good."""
-        cdef uint32_t i, good = 0
-        cdef uint64_t off = 0, room = buf.shape[0], now
-        cdef const uint8_t *base
-        cdef bint short = False
+        cdef uint32_t i, good
+        cdef uint64_t off = 0
         if n > <uint32_t>lengths.shape[0]:
             n = lengths.shape[0]
         if n == 0:
             return 0
-        base = &buf[0] if room else NULL
-        with nogil:
-            now = now_ns()
-            for i in range(n):
-                if off + lengths[i] > room:
-                    short = True
-                    break
-                if self.check_one(base + off, lengths[i], now) == GOOD:
-                    good += 1
-                off += lengths[i]
-        if short:
+        for i in range(n):
+            off += lengths[i]
+        if off > <uint64_t>buf.shape[0]:
             raise ValueError("lengths add up to more than the buffer")
+        with nogil:
+            good = self.check_packed(&buf[0] if off else NULL, &lengths[0], n)
+        return good
+
+    def drain(self, Queue q, uint8_t[::1] buf, uint32_t[::1] lengths, uint32_t bursts):
+        """Receive and check up to ``bursts`` bursts from receive queue
+        ``q`` in one call (``q.rx_batch(buf, lengths)`` then check(), looped
+        in C): the per-call cost of Python is paid once for all of them.
+        Stops early at a burst that finds the ring empty.  Returns the
+        frames received."""
+        cdef uint32_t n, total = 0, maxf = lengths.shape[0]
+        cdef uint64_t room = buf.shape[0]
+        if q.tx:
+            raise ValueError("not a receive queue")
+        if maxf == 0 or room == 0:
+            return 0
+        with nogil:
+            while bursts:
+                n = q.rx_copy(&buf[0], room, &lengths[0], maxf)
+                if n == 0:
+                    break
+                self.check_packed(&buf[0], &lengths[0], n)
+                total += n
+                bursts -= 1
+        return total
+
+    cdef uint32_t check_packed(self, const uint8_t *base, const uint32_t *lengths,
+                               uint32_t n) noexcept nogil:
+        """check() on raw pointers; the lengths are known to fit."""
+        cdef uint32_t i, good = 0
+        cdef uint64_t off = 0, now = now_ns()
+        for i in range(n):
+            if self.check_one(base + off, lengths[i], now) == GOOD:
+                good += 1
+            off += lengths[i]
         return good
 
     cdef int check_one(self, const uint8_t *p, uint32_t length, uint64_t now) noexcept nogil:

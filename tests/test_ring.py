@@ -719,3 +719,32 @@ def test_slave_buffers_are_scattered(log2, rx_pool):
             assert q_tx.tx_frames(frames) == size
             assert q_rx.rx_frames(size) == frames
     lb.close()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("direction", ["s2m", "m2s"])
+def test_checker_drain_loops_bursts_in_one_call(direction):
+    """Checker.drain() receives and checks several bursts per call, stops at
+    its burst limit or at an empty ring, counts exactly what rx_batch +
+    check would, and refuses a transmit queue."""
+    from memifx.traffic import Checker, Generator
+    lb = Loopback(log2=6, buffer_size=2048)
+    tx, rx = getattr(lb, direction)
+    gen, size, per = Generator([128]), 128, 16
+    stage, slens = bytearray(64 * size), array("I", bytes(4 * 64))
+    buf, lengths = bytearray(per * 2048), array("I", bytes(4 * per))   # 16 frames a burst
+    c = Checker()
+    gen.fill(stage, slens, 64, array("I", [0]))
+    assert tx.tx_batch(stage, slens) == 64
+    assert c.drain(rx, buf, lengths, 2) == 2 * per          # the burst limit
+    assert c.drain(rx, buf, lengths, 100) == 64 - 2 * per   # stops at the empty ring
+    assert c.drain(rx, buf, lengths, 100) == 0
+    assert (c.packets, c.received, c.lost, c.corrupt) == (64, 64, 0, 0)
+    gen.fill(stage, slens, 64, array("I", [0]))
+    stage[5 * size + 70] ^= 1                               # a payload byte of frame 5
+    assert tx.tx_batch(stage, slens) == 64
+    assert c.drain(rx, buf, lengths, 100) == 64
+    assert (c.packets, c.received, c.corrupt) == (128, 127, 1)
+    with pytest.raises(ValueError):
+        c.drain(tx, buf, lengths, 1)
+    lb.close()
