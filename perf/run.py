@@ -35,6 +35,11 @@ Tests (names for --only; a prefix selects a group):
                             interrupt mode: round trip p50/p99 from Python (perf_counter_ns)
   poll-pingpong             the same with both sides busy-polling (the floor)
   irq-idle                  CPU used by an interrupt-mode xconnect with links up and no traffic
+  host-c-ring               perf/probe.c: a bare C copy ring between CPUs 0 and 1 (memifx's
+                            buffer layout, one copy in, one copy out): what the host allows a
+                            pair of pollers this round, with no memif and no Python
+  host-c-wake               perf/probe.c: eventfd ping-pong between two threads asleep in
+                            epoll: the host's floor for an interrupt-mode round trip
 
 Ring 1024 slots and 2048-byte buffers everywhere (the tester's receive side
 uses a larger ring, as tests/test_pipeline.py does, so it is not the bottleneck).
@@ -42,6 +47,7 @@ Results: perf/results/results.json (raw), results.md (table), results.png (chart
 if matplotlib is installed: pip install memifx[perf]).
 """
 import argparse
+import atexit
 import json
 import os
 import re
@@ -84,7 +90,9 @@ WORK = {
 
 
 def frame_bytes(size):
-    return IMIX_AVG if size == "imix" else float(size)
+    if size == "imix":
+        return IMIX_AVG
+    return float(size) if size.isdigit() else 0.0       # "-": no frame
 
 
 def log(*a):
@@ -495,6 +503,35 @@ def irq_idle(cfg, size):
         return {"mpps": None, "cpu_percent": round(max(0.0, 100 * used), 3)}
 
 
+_probe = None
+
+
+def probe(*args):
+    """Run perf/probe.c (built once per run, with the system C compiler) and
+    return its JSON line."""
+    global _probe
+    if _probe is None:
+        tmp = tempfile.mkdtemp(prefix="mxprobe-", dir="/tmp")
+        atexit.register(shutil.rmtree, tmp, True)
+        out = os.path.join(tmp, "probe")
+        subprocess.run(["cc", "-O2", "-pthread", os.path.join(HERE, "probe.c"), "-o", out],
+                       check=True)
+        _probe = out
+    r = subprocess.run([_probe] + [str(a) for a in args], check=True, capture_output=True,
+                       text=True, timeout=120)
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def host_ring(cfg, size):
+    return {"mpps": probe("ring", size, cfg.trial)["mpps"]}
+
+
+def host_wake(cfg, size):
+    j = probe("wake", int(20000 * cfg.trial))
+    j["mpps"] = None
+    return j
+
+
 TESTS = [
     # name, group, sizes (full), function, trials-applicable
     ("uni-memifx-gen-slave", "uni", ["64", "1518", "imix", "9000"], lambda c, z: uni_memifx(c, z, "slave")),
@@ -514,6 +551,8 @@ TESTS = [
     ("irq-pingpong", "irq", ["64", "1518"], lambda c, z: pingpong(c, z, "interrupt")),
     ("poll-pingpong", "irq", ["64"], lambda c, z: pingpong(c, z, "polling")),
     ("irq-idle", "irq", ["64"], irq_idle),
+    ("host-c-ring", "host", ["64", "1518"], host_ring),
+    ("host-c-wake", "host", ["-"], host_wake),
 ]
 
 # (memifx test, testpmd test, work key memifx, work key testpmd, target)
@@ -565,6 +604,28 @@ def verdict(r, target, a, b):
     if min(a["n"], b["n"]) < 3:
         v += " (fewer than 3 trials: indicative only)"
     return v
+
+
+def ceiling_rows(tests):
+    """memifx's unidirectional rates against host-c-ring, and its interrupt
+    round trip against host-c-wake: table rows."""
+    rows = []
+    for name in ("uni-memifx-gen-slave", "uni-memifx-gen-master"):
+        for size in ("64", "1518"):
+            m = tests.get(name, {}).get(size, {}).get("mpps")
+            c = tests.get("host-c-ring", {}).get(size, {}).get("mpps")
+            if m and c:
+                rows.append("| %s | %s | %s Mpps | %s Mpps | %.2f |" % (
+                    name, size, fmt(m), fmt(c), m["median"] / c["median"]))
+    wake = tests.get("host-c-wake", {}).get("-", {})
+    for size in ("64", "1518"):
+        ping = tests.get("irq-pingpong", {}).get(size, {})
+        for key in ("p50_us", "p99_us"):
+            if ping.get(key) and wake.get(key):
+                rows.append("| irq-pingpong %s | %s | %s µs | %s µs | %.2f |" % (
+                    key[:3], size, fmt(ping[key], 1, 1), fmt(wake[key], 1, 1),
+                    ping[key]["median"] / wake[key]["median"]))
+    return rows
 
 
 def write_report(results, cfg):
@@ -635,6 +696,18 @@ def write_report(results, cfg):
             if r is not None:
                 L.append("| %s | xc-memifx-inproc | %s | %s | ≥ 0.9×: %s | %s | %s |"
                          % (n, size, text, verdict(r, 0.9, cm, cx), WORK["ip4"], WORK["xc"]))
+    ceiling = ceiling_rows(tests)
+    if ceiling:
+        L.append("\n## Against the host's own ceiling (same run)\n")
+        L.append("host-c-ring does memif's work per frame (one copy into a ring of 1024 "
+                 "2048-byte buffers, one copy out, CPU 0 to CPU 1) in bare C with nothing "
+                 "else; host-c-wake is two threads waking each other through eventfds. "
+                 "They run in the same rounds as the cells above, so they show what the "
+                 "host allowed while those ran (its memory bandwidth and cross-CPU "
+                 "latency change under us, for every program).\n")
+        L.append("| test | frame | memifx | host ceiling | fraction |")
+        L.append("|---|---|---|---|---|")
+        L.extend(ceiling)
     L.append("\nirq-latency is gen's stamp-to-arrival time at a low rate: it includes the "
              "tester's own pacing (gen sleeps between frames, and receives between sends), "
              "so it is an upper bound; irq-pingpong is the single-frame round trip "
@@ -696,13 +769,14 @@ def chart(results):
         vals = [st["median"] for _, st in bars]
         errs = [[st["median"] - st["min"] for _, st in bars],
                 [st["max"] - st["median"] for _, st in bars]]
-        colors = ["tab:orange" if "testpmd" in n else "tab:blue" for n, _ in bars]
+        colors = ["tab:orange" if "testpmd" in n else "tab:gray" if n.startswith("host")
+                  else "tab:blue" for n, _ in bars]
         ax.bar(range(len(bars)), vals, yerr=errs, color=colors, capsize=3)
         ax.set_xticks(range(len(bars)))
         ax.set_xticklabels([n for n, _ in bars], rotation=90, fontsize=7)
         ax.set_title("%s B" % size if size != "imix" else "IMIX")
     axes[0][0].set_ylabel("Mpps (MRR: median, min–max)")
-    fig.suptitle("memifx (blue) and dpdk-testpmd net_memif (orange)%s"
+    fig.suptitle("memifx (blue), dpdk-testpmd net_memif (orange), bare C ring (gray)%s"
                  % (" — quick run" if results.get("quick") else ""))
     fig.tight_layout()
     fig.savefig(os.path.join(RESULTS, "results.png"), dpi=100)
