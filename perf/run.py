@@ -599,24 +599,32 @@ def ratio_text(m, t):
 
 
 def verdict(r, target, a, b):
-    """met / missed by N %, and whether the run can say so (>= 3 trials)."""
-    v = "met" if r >= target else "missed by %.0f %%" % (100 * (1 - r / target))
+    """met (even the worst pairing of trials reaches the target), met by the
+    median only (the spread reaches below it), or missed by N %; and whether
+    the run can say so (>= 3 trials)."""
+    if a["min"] / b["max"] >= target:
+        v = "met"
+    elif r >= target:
+        v = "median meets it, the spread does not"
+    else:
+        v = "missed by %.0f %%" % (100 * (1 - r / target))
     if min(a["n"], b["n"]) < 3:
         v += " (fewer than 3 trials: indicative only)"
     return v
 
 
 def ceiling_rows(tests):
-    """memifx's unidirectional rates against host-c-ring, and its interrupt
-    round trip against host-c-wake: table rows."""
+    """memifx's unidirectional rates against host-c-ring (best trial against
+    best trial: the fast state of each), and its interrupt round trip against
+    host-c-wake (medians: that floor is steady): table rows."""
     rows = []
     for name in ("uni-memifx-gen-slave", "uni-memifx-gen-master"):
         for size in ("64", "1518"):
             m = tests.get(name, {}).get(size, {}).get("mpps")
             c = tests.get("host-c-ring", {}).get(size, {}).get("mpps")
             if m and c:
-                rows.append("| %s | %s | %s Mpps | %s Mpps | %.2f |" % (
-                    name, size, fmt(m), fmt(c), m["median"] / c["median"]))
+                rows.append("| %s | %s | %s Mpps | %s Mpps | %.2f (best trials) |" % (
+                    name, size, fmt(m), fmt(c), m["max"] / c["max"]))
     wake = tests.get("host-c-wake", {}).get("-", {})
     for size in ("64", "1518"):
         ping = tests.get("irq-pingpong", {}).get(size, {})
@@ -674,10 +682,13 @@ def write_report(results, cfg):
                 "; ".join(notes)))
     L.append("\n## Ratios against testpmd (same run)\n")
     L.append("A ratio counts only when its whole min–max interval (memifx min / testpmd max "
-             "to memifx max / testpmd min) lies on one side of 1.\n")
-    L.append("| test | vs | frame | ratio (range) | target | work per frame, test | "
-             "work per frame, vs |")
-    L.append("|---|---|---|---|---|---|---|")
+             "to memifx max / testpmd min) lies on one side of 1. *best vs best* divides "
+             "the best trials: on this host each process runs its whole trial in a fast or "
+             "a slow state of the machine, whatever the program (see host-c-ring below), so "
+             "the best trials compare the two implementations in the fast state.\n")
+    L.append("| test | vs | frame | ratio (range) | best vs best | target | "
+             "work per frame, test | work per frame, vs |")
+    L.append("|---|---|---|---|---|---|---|---|")
     for m, t, wm, wt, target in RATIOS:
         for size in ("64", "1518"):
             cm = tests.get(m, {}).get(size, {}).get("mpps")
@@ -685,8 +696,9 @@ def write_report(results, cfg):
             r, text = ratio_text(cm, ct)
             if r is None:
                 continue
-            L.append("| %s | %s | %s | %s | ≥ %.1f×: %s | %s | %s |" % (
-                m, t, size, text, target, verdict(r, target, cm, ct), WORK[wm], WORK[wt]))
+            L.append("| %s | %s | %s | %s | %.2f× | ≥ %.1f×: %s | %s | %s |" % (
+                m, t, size, text, cm["max"] / ct["max"], target, verdict(r, target, cm, ct),
+                WORK[wm], WORK[wt]))
     # ip4 vs xconnect
     for n in ("ip4-1route", "ip4-1M"):
         for size in ("64", "1518"):
@@ -694,17 +706,19 @@ def write_report(results, cfg):
             cx = tests.get("xc-memifx-inproc", {}).get(size, {}).get("mpps")
             r, text = ratio_text(cm, cx)
             if r is not None:
-                L.append("| %s | xc-memifx-inproc | %s | %s | ≥ 0.9×: %s | %s | %s |"
-                         % (n, size, text, verdict(r, 0.9, cm, cx), WORK["ip4"], WORK["xc"]))
+                L.append("| %s | xc-memifx-inproc | %s | %s | %.2f× | ≥ 0.9×: %s | %s | %s |"
+                         % (n, size, text, cm["max"] / cx["max"], verdict(r, 0.9, cm, cx),
+                            WORK["ip4"], WORK["xc"]))
     ceiling = ceiling_rows(tests)
     if ceiling:
         L.append("\n## Against the host's own ceiling (same run)\n")
         L.append("host-c-ring does memif's work per frame (one copy into a ring of 1024 "
                  "2048-byte buffers, one copy out, CPU 0 to CPU 1) in bare C with nothing "
                  "else; host-c-wake is two threads waking each other through eventfds. "
-                 "They run in the same rounds as the cells above, so they show what the "
-                 "host allowed while those ran (its memory bandwidth and cross-CPU "
-                 "latency change under us, for every program).\n")
+                 "They run in the same rounds as the cells above. A process keeps the state "
+                 "the host gives it for its whole trial, fast or slow (the C ring too: see "
+                 "its min–max at 1518 B), so rates are compared best trial against best "
+                 "trial, and round trips by medians.\n")
         L.append("| test | frame | memifx | host ceiling | fraction |")
         L.append("|---|---|---|---|---|")
         L.extend(ceiling)
