@@ -22,6 +22,7 @@ worker processes (memifx/tester_workers.py); this process keeps the links,
 ends the run when every worker has sent its share, and reports the workers'
 results added up, in the same shape.
 """
+import functools
 import ipaddress
 import re
 import time
@@ -30,7 +31,7 @@ import click
 
 from memifx import pcap
 from memifx.tester import BURST, Pending, Receiver, Sender, Synth, arrived, in_flight, \
-    make_generator, receive_result, single_size
+    make_generator, receive_result, single_size, sleep_or_receive
 from memifx.traffic import span
 from memifx.cli.common import (Stop, Ticker, connect_all, emit_json, start_stats,
                                start_workers, tester_workers)
@@ -246,6 +247,8 @@ class GenHere:
         self.capturer = (Receiver(intf, intf.mode == "ip", writer, verify=verify)
                          if writer is not None else None)
         self.receivers = [r for r in (self.receiver, self.capturer) if r is not None]
+        if self.receivers:
+            sender.wait = functools.partial(sleep_or_receive, self.receivers)
 
     def sent(self):
         return self.sender.sent

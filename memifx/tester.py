@@ -18,6 +18,7 @@ the main process (cli/gen.py, cli/sink.py) and in worker processes
 (memifx/tester_workers.py).
 """
 import os
+import select
 import time
 from array import array
 
@@ -114,9 +115,10 @@ class Sender:
     """Moves bursts from a source into the transmit rings: admission by
     count and rate, back-pressure, and the counters of what went out."""
 
-    def __init__(self, source, burst, count, rate):
+    def __init__(self, source, burst, count, rate, wait=time.sleep):
         self.source, self.burst = source, burst
         self.count, self.rate = count, rate
+        self.wait = wait                # how a rate-limited sender sleeps
         # a rate-limited sender waits for a batch worth ~100 us of traffic
         self.min_batch = max(1, min(burst, int(rate * 2 * SLEEP_MIN))) if rate else 1
         self.pending = {}               # queue -> Pending
@@ -203,7 +205,7 @@ class Sender:
             # A sleep costs ~60 us or more of timer slack: worth it only when
             # the next batch is far off; closer than that, poll again.
             if due > SLEEP_MIN:
-                time.sleep(min(due - SLEEP_MIN / 2, 0.01))
+                self.wait(min(due - SLEEP_MIN / 2, 0.01))
 
     @property
     def unsent(self):
@@ -212,6 +214,23 @@ class Sender:
     def result(self):
         return send_result(self.sent, self.bytes, self.ring_full, self.unsent,
                            self.t_up, self.t_last)
+
+
+def sleep_or_receive(receivers, seconds):
+    """A Sender's wait when the same loop also receives: sleep ``seconds``,
+    or less if a receive queue signals a frame (queues in interrupt mode
+    do), so that the receiver takes it at once and the latency it measures
+    is the path's, not the sender's pacing."""
+    queues = [q for r in receivers for q in r.port.active_queues("rx")]
+    if not queues:
+        time.sleep(seconds)
+        return
+    try:
+        select.select([q.fd for q in queues], [], [], seconds)
+    except (OSError, ValueError):
+        return                          # a link went down under us
+    for q in queues:
+        q.drain()
 
 
 def send_result(sent, nbytes, ring_full, unsent, t_up, t_last):

@@ -389,3 +389,36 @@ def test_sigterm_link_events_and_cleanup(procs, sock):
     assert "received %d, lost 0, reordered 0, duplicated 0, corrupt 0" % sent in line
     assert sink.wait(10) == 0
     assert not os.path.exists(sock)
+
+
+@pytest.mark.timeout(30)
+def test_rate_limited_sender_wakes_for_arrivals():
+    """A rate-limited gen that also receives sleeps on its receive queues'
+    eventfds: a frame that arrives ends the sleep (its latency is then the
+    path's, not gen's pacing), and the wakeup is cleared."""
+    import threading
+    from types import SimpleNamespace
+    from memifx.tester import sleep_or_receive
+
+    class Queue:
+        def __init__(self):
+            self.fd = os.eventfd(0, os.EFD_NONBLOCK)
+
+        def drain(self):
+            try:
+                os.eventfd_read(self.fd)
+            except BlockingIOError:
+                pass
+
+    q = Queue()
+    receiver = SimpleNamespace(port=SimpleNamespace(active_queues=lambda kind: [q]))
+    threading.Timer(0.05, os.eventfd_write, (q.fd, 1)).start()
+    t0 = time.monotonic()
+    sleep_or_receive([receiver], 10.0)
+    assert time.monotonic() - t0 < 5.0
+    with pytest.raises(BlockingIOError):
+        os.eventfd_read(q.fd)                   # drained
+    t0 = time.monotonic()
+    sleep_or_receive([receiver], 0.1)           # nothing arrives: the whole wait
+    assert time.monotonic() - t0 >= 0.09
+    os.close(q.fd)
