@@ -27,6 +27,19 @@ BACKSTOP = 0.05             # longest sleep without a signal
 LINK_DOWN_NAP = 0.01        # how long to wait when a served link is down
 
 
+def sleep_on(queues, timeout, wake_fds=()):
+    """Sleep until a receive queue's eventfd (or one of ``wake_fds``)
+    signals, ``timeout`` seconds at most, then clear the queues' wakeups.
+    True if something signalled."""
+    try:
+        ready, _, _ = select.select([q.fd for q in queues] + list(wake_fds), [], [], timeout)
+    except (OSError, ValueError):
+        return False                                # a link went down under us
+    for q in queues:
+        q.drain()
+    return bool(ready)
+
+
 class Idler:
     def __init__(self, interfaces, quiet=DEFAULT_QUIET, backstop=BACKSTOP, wake_fds=()):
         self.interfaces = list(interfaces)
@@ -91,17 +104,10 @@ class Idler:
 
     def _sleep(self):
         queues = [q for i in self.interfaces for q in i.active_queues("rx")]
-        fds = [q.fd for q in queues] + self.wake_fds
-        if not fds:
+        if not queues and not self.wake_fds:
             self._nap(LINK_DOWN_NAP)
             return
-        try:
-            ready, _, _ = select.select(fds, [], [], self.backstop)
-        except (OSError, ValueError):
-            return                                  # a link went down under us
-        for q in queues:
-            q.drain()
-        if ready:
+        if sleep_on(queues, self.backstop, self.wake_fds):
             self.last_traffic = time.monotonic()
             if self.armed:
                 self._disarm()                      # first wakeup: poll again

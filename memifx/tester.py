@@ -18,10 +18,10 @@ the main process (cli/gen.py, cli/sink.py) and in worker processes
 (memifx/tester_workers.py).
 """
 import os
-import select
 import time
 from array import array
 
+from memifx.rxmode import sleep_on
 from memifx.traffic import Checker, Generator, span
 
 BURST = 256
@@ -222,15 +222,10 @@ def sleep_or_receive(receivers, seconds):
     do), so that the receiver takes it at once and the latency it measures
     is the path's, not the sender's pacing."""
     queues = [q for r in receivers for q in r.port.active_queues("rx")]
-    if not queues:
+    if queues:
+        sleep_on(queues, seconds)
+    else:
         time.sleep(seconds)
-        return
-    try:
-        select.select([q.fd for q in queues], [], [], seconds)
-    except (OSError, ValueError):
-        return                          # a link went down under us
-    for q in queues:
-        q.drain()
 
 
 def send_result(sent, nbytes, ring_full, unsent, t_up, t_last):
