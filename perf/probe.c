@@ -7,9 +7,10 @@
  *                             and 1: 1024 buffers of 2048 B laid out as
  *                             memifx's slave lays them (ring.scatter), the
  *                             producer copies each SIZE-byte frame in, the
- *                             consumer copies it out.  Prints frames/s.
- *                             This is the ceiling for a pair of pollers
- *                             doing memif's work with nothing else.
+ *                             consumer copies it out.  Prints Mpps.
+ *                             memif's copies without descriptors, counters
+ *                             kept per burst, or Python; its rate shows how
+ *                             much the machine moves from trial to trial.
  *   probe wake COUNT          eventfd ping-pong between the two threads,
  *                             both asleep in epoll_wait between frames.
  *                             Prints round-trip percentiles in us: the
