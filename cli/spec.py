@@ -2,7 +2,10 @@
 
     socket=PATH,id=N,role=master|slave,secret=S,mode=ethernet|ip|punt-inject,
     rx-queues=N,tx-queues=N,queues=N,ring-size=N,buffer-size=N,
-    rx-mode=polling|interrupt|adaptive,quiet-us=N,name=NAME,mac=XX:XX:XX:XX:XX:XX,ip=A.B.C.D/LEN
+    rx-mode=polling|interrupt|adaptive,quiet-us=N,name=NAME,mac=XX:XX:XX:XX:XX:XX,ip=A.B.C.D/LEN,
+    allow-uid=UID[:UID...],allow-gid=GID[:GID...],owner=UID[:GID],perm=OCTAL
+
+Lists inside one key are separated by ':' (',' separates keys).
 """
 import ipaddress
 import os
@@ -12,7 +15,7 @@ from dataclasses import dataclass, field
 import click
 
 from memifx.interface import DEFAULT_SOCKET, ROLES, RX_MODES
-from memifx import wire
+from memifx import access, wire
 
 _MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
@@ -33,13 +36,20 @@ class Spec:
     name: str = None
     mac: str = None
     ip: object = None
+    # access control (memifx/access.py)
+    allow_uid: object = None
+    allow_gid: object = None
+    owner: object = None
+    perm: int = None
     text: str = field(default="", repr=False)
 
     def interface_args(self):
         return dict(socket=self.socket, id=self.id, role=self.role, secret=self.secret,
                     mode=self.mode, rx_queues=self.rx_queues, tx_queues=self.tx_queues,
                     ring_size=self.ring_size, buffer_size=self.buffer_size,
-                    name=self.name or "memifx%d" % self.id)
+                    name=self.name or "memifx%d" % self.id,
+                    allow_uid=self.allow_uid, allow_gid=self.allow_gid,
+                    owner=self.owner, perm=self.perm)
 
     def interface(self):
         import memifx
@@ -132,11 +142,34 @@ def parse_spec(text):
                 spec.ip = ipaddress.IPv4Interface(value)
             except ValueError:
                 raise click.BadParameter("ip=%s: expected A.B.C.D/LEN" % value)
+        elif key in ("allow-uid", "allow-gid", "owner", "perm"):
+            _access_key(spec, key, value)
         else:
             raise click.BadParameter(
                 "unknown key %r; allowed keys are socket, id, role, secret, mode, rx-queues, "
-                "tx-queues, queues, ring-size, buffer-size, rx-mode, quiet-us, name, mac, ip" % key)
+                "tx-queues, queues, ring-size, buffer-size, rx-mode, quiet-us, name, mac, ip, "
+                "allow-uid, allow-gid, owner, perm" % key)
+    if (spec.owner is not None or spec.perm is not None) and \
+            (spec.socket.startswith("@") or spec.role != "master"):
+        raise click.BadParameter("owner=/perm= apply to a master's filesystem socket (an "
+                                 "abstract socket has no file: use allow-uid=/allow-gid=)")
     return spec
+
+
+def _access_key(spec, key, value):
+    """allow-uid=0:1000, allow-gid=GID[:GID...], owner=UID[:GID], perm=0660."""
+    try:
+        if key == "allow-uid":
+            spec.allow_uid = sorted(access.id_list(value, key))
+        elif key == "allow-gid":
+            spec.allow_gid = sorted(access.id_list(value, key))
+        elif key == "owner":
+            access.owner(value)
+            spec.owner = value
+        else:
+            spec.perm = access.perm(value)
+    except ValueError as e:
+        raise click.BadParameter("%s=%s: %s" % (key, value, e))
 
 
 class SpecType(click.ParamType):
