@@ -291,16 +291,33 @@ def test_non_socket_at_path_left_alone(sock):
         m.close()
 
 
-def test_live_socket_not_replaced(sock):
-    live = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("kind", ["listening", "backlog full", "stream"])
+def test_live_socket_not_replaced(sock, kind):
+    """A socket someone listens on stays, whatever its type, and probing it
+    never blocks (a listener that never accepts, its backlog full, answers
+    a blocking connect never)."""
+    live = socket.socket(socket.AF_UNIX,
+                         socket.SOCK_STREAM if kind == "stream" else socket.SOCK_SEQPACKET)
     live.bind(sock)
-    live.listen(1)
+    live.listen(0)
+    fillers = []
     try:
+        if kind == "backlog full":
+            for _ in range(2):
+                c = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_NONBLOCK)
+                fillers.append(c)
+                try:
+                    c.connect(sock)
+                except BlockingIOError:
+                    pass
         with pytest.raises(memifx.MemifError, match="in use"):
             memifx.Interface(socket=sock, role="master").connect()
         assert os.path.exists(sock)
     finally:
         live.close()
+        for c in fillers:
+            c.close()
     m = memifx.Interface(socket=sock, role="master").connect()     # stale now
     try:
         serves_good_slave(m)
