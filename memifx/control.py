@@ -6,6 +6,13 @@ ways: ``link up`` (a :class:`Connection` handed to the interface) followed
 later by ``link down``, or ``link down`` alone.  Every field the peer sends is
 checked here before anything is mapped or used; a violation sends DISCONNECT
 with the reason string and closes the socket.
+
+Who the peer is (its SO_PEERCRED credentials against the interface's allow
+lists, memifx/access.py) is decided before anything else it says is used.
+A peer refused for its credentials, its secret or an interface id that does
+not exist hears only "peer not allowed", so a stranger learns neither which
+ids exist nor which want a secret; the interface counts the precise cause,
+and only a peer that authenticated can change the interface's state.
 """
 import array
 import collections
