@@ -72,7 +72,8 @@ def _refusals(proc):
 
 
 def lines(proc):
-    yield "pid %d, up %s: %s" % (proc["pid"], _uptime(proc["started"]), proc["command"])
+    yield "pid %d, up %s: %s" % (proc["pid"], _uptime(proc["started"]),
+                                 printable(str(proc["command"])))
     rows = []
     for i in proc["interfaces"]:
         conf = i.get("configured") or {}
