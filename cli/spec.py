@@ -5,7 +5,11 @@
     rx-mode=polling|interrupt|adaptive,quiet-us=N,name=NAME,mac=XX:XX:XX:XX:XX:XX,ip=A.B.C.D/LEN,
     allow-uid=UID[:UID...],allow-gid=GID[:GID...],owner=UID[:GID],perm=OCTAL
 
-Lists inside one key are separated by ':' (',' separates keys).
+Lists inside one key are separated by ':' (',' separates keys); ids are
+numbers or user/group names.  allow-uid/allow-gid admit only peers whose
+uid, or one of whose groups, is listed (both roles); owner/perm apply to a
+master's socket file.  An abstract socket (@name) has no file: anyone in the
+network namespace can reach it, and the allow lists are the only gate.
 """
 import ipaddress
 import os

@@ -34,6 +34,7 @@ pytestmark = pytest.mark.timeout(60)
 NOBODY = 65534
 SECRET = b"s3cret"
 NOT_ALLOWED = "peer not allowed"
+ME = {"pid": os.getpid(), "uid": 0, "gid": 0, "groups": os.getgroups()}
 RING_SIZE = 64
 
 # A peer in a child process: connects, optionally sends INIT, prints every
@@ -63,10 +64,11 @@ print(json.dumps({"got": got}), flush=True)
 """
 
 
-def as_user(uid, gid=None):
-    """setpriv prefix: the command runs as uid/gid with no supplementary groups."""
-    return ["setpriv", "--reuid=%d" % uid, "--regid=%d" % (uid if gid is None else gid),
-            "--clear-groups"]
+def as_user(uid, gid=None, groups=()):
+    """setpriv prefix: the command runs as uid/gid with these supplementary
+    groups (none by default)."""
+    return ["setpriv", "--reuid=%d" % uid, "--regid=%d" % (uid if gid is None else gid)] + \
+        (["--groups=" + ",".join(map(str, groups))] if groups else ["--clear-groups"])
 
 
 def stranger(path, uid=NOBODY, gid=None, init=None):
@@ -79,10 +81,10 @@ def stranger(path, uid=NOBODY, gid=None, init=None):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def endpoint_as(procs, uid, gid, *args):
+def endpoint_as(procs, uid, gid, groups, *args):
     """tests/endpoint.py (a memifx echo endpoint) as another user."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return procs.start(as_user(uid, gid) + [sys.executable, ENDPOINT] +
+    return procs.start(as_user(uid, gid, groups) + [sys.executable, ENDPOINT] +
                        [str(a) for a in args], env=env)
 
 
@@ -100,15 +102,16 @@ def serves_good_slave(master, **kw):
     assert wait_for(lambda: not master.connected, 5)
 
 
-def serves_echo(procs, master, uid, gid=None):
+def serves_echo(procs, master, uid, gid=None, groups=()):
     """A memifx endpoint running as ``uid`` connects and echoes our frames;
-    the master sees its pid, uid and gid."""
-    p = endpoint_as(procs, uid, uid if gid is None else gid, "--socket", master.socket,
+    the master sees its pid, uid, gid and groups."""
+    gid = uid if gid is None else gid
+    p = endpoint_as(procs, uid, gid, groups, "--socket", master.socket,
                     "--id", master.id, "--ring-size", RING_SIZE)
     read_until(p, "LINK UP", 10)
     assert wait_for(lambda: master.connected, 5)
-    assert master.info()["peer"] == {"pid": p.pid, "uid": uid,
-                                     "gid": uid if gid is None else gid}
+    assert master.info()["peer"] == {"pid": p.pid, "uid": uid, "gid": gid,
+                                     "groups": sorted(groups)}
     sent = [bytes([i]) * 64 for i in range(8)]
     got = []
     assert master.tx_burst(sent) == len(sent)
@@ -164,7 +167,10 @@ def test_allow_gid(master, procs):
     m = master(allow_gid=[4243])
     assert stranger(m.socket, uid=NOBODY, gid=NOBODY, init={"id": 0}) == \
         {"got": [["Disconnect", NOT_ALLOWED]]}
-    serves_echo(procs, m, NOBODY, gid=4243)
+    p = serves_echo(procs, m, NOBODY, gid=4243)     # the primary group
+    p.kill()
+    assert wait_for(lambda: not m.connected, 5)
+    serves_echo(procs, m, NOBODY, groups=[4100, 4243])     # a supplementary group
 
 
 def test_allow_lists_per_interface_on_one_socket(master, procs):
@@ -206,9 +212,9 @@ def test_slave_sees_master_creds(master):
     slave = memifx.Interface(socket=m.socket, role="slave", name="s").connect()
     try:
         assert slave.wait_connected(5)
-        assert slave.info()["peer"] == {"pid": os.getpid(), "uid": 0, "gid": 0}
+        assert slave.info()["peer"] == ME
         assert wait_for(lambda: m.connected)
-        assert m.info()["peer"] == {"pid": os.getpid(), "uid": 0, "gid": 0}
+        assert m.info()["peer"] == ME
     finally:
         slave.close()
     serves_good_slave(m)
@@ -225,6 +231,10 @@ def test_allow_list_arguments():
             memifx.Interface(**kw)
     i = memifx.Interface(socket="@x", allow_uid="0:1000", allow_gid=5)
     assert i.info()["access"] == {"allow_uid": [0, 1000], "allow_gid": [5]}
+    i = memifx.Interface(socket="/tmp/x.sock", role="master", allow_uid=["root", NOBODY],
+                         allow_gid="root", owner="nobody:root")
+    assert i.info()["access"] == {"allow_uid": [0, NOBODY], "allow_gid": [0]}
+    assert i.socket_owner == (NOBODY, 0)
 
 
 def test_spec_keys():
@@ -460,7 +470,7 @@ def test_show_prints_peer_creds_and_refusals(master, procs, sockdir, monkeypatch
                                  timeout=30, check=True, env=env).stdout
             mine = [p for p in json.loads(out)["processes"] if p["pid"] == os.getpid()][0]
             intf = mine["interfaces"][0]
-            assert intf["peer"] == {"pid": os.getpid(), "uid": 0, "gid": 0}
+            assert intf["peer"] == ME
             assert intf["refused"] == {"incorrect secret": 1}
             text = subprocess.run(cmd, capture_output=True, text=True, timeout=30,
                                   check=True, env=env).stdout
