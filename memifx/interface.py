@@ -38,11 +38,12 @@ Disconnect safety
     of a dead link (or already handed back) refuse further use.
 
 Access control
-    ``allow_uid`` / ``allow_gid`` (lists of numeric ids) admit only a peer
-    process whose uid, or primary gid, is listed (the kernel's SO_PEERCRED,
-    checked by a master on each slave and by a slave on its master); unset,
-    everyone who can reach the socket is admitted.  ``owner`` ("uid:gid") and
-    ``perm`` (0o660) set the socket file's owner and mode before it listens.
+    ``allow_uid`` / ``allow_gid`` (lists of ids or names) admit only a peer
+    process whose uid, or one of whose groups, is listed (the kernel's
+    SO_PEERCRED/SO_PEERGROUPS, checked by a master on each slave and by a
+    slave on its master); unset, everyone who can reach the socket is
+    admitted.  ``owner`` ("uid:gid") and ``perm`` (0o660) set a master's
+    socket file's owner and mode before it listens.
     An abstract socket ("@name") has no file: anyone in the network namespace
     can reach it, and the allow lists are the only gate.  A peer refused for
     its credentials, its secret or an unknown id hears only "peer not
