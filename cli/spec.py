@@ -3,6 +3,7 @@
     socket=PATH,id=N,role=master|slave,secret=S,mode=ethernet|ip|punt-inject,
     rx-queues=N,tx-queues=N,queues=N,ring-size=N,buffer-size=N,
     rx-mode=polling|interrupt|adaptive,quiet-us=N,name=NAME,mac=XX:XX:XX:XX:XX:XX,ip=A.B.C.D/LEN
+    max-connections=N,max-handshakes=N,max-regions=N,max-region-bytes=N[K|M|G]
 """
 import ipaddress
 import os
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 
 import click
 
-from memifx.interface import DEFAULT_SOCKET, ROLES, RX_MODES
+from memifx.interface import DEFAULT_SOCKET, LIMITS, ROLES, RX_MODES
 from memifx import wire
 
 _MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
@@ -33,13 +34,14 @@ class Spec:
     name: str = None
     mac: str = None
     ip: object = None
+    limits: dict = field(default_factory=dict)     # max-* keys, as Interface kwargs
     text: str = field(default="", repr=False)
 
     def interface_args(self):
         return dict(socket=self.socket, id=self.id, role=self.role, secret=self.secret,
                     mode=self.mode, rx_queues=self.rx_queues, tx_queues=self.tx_queues,
                     ring_size=self.ring_size, buffer_size=self.buffer_size,
-                    name=self.name or "memifx%d" % self.id)
+                    name=self.name or "memifx%d" % self.id, **self.limits)
 
     def interface(self):
         import memifx
@@ -66,6 +68,14 @@ def _int(key, value, lo, hi):
     if not lo <= n <= hi:
         raise click.BadParameter("%s=%s: allowed range is %d..%d" % (key, value, lo, hi))
     return n
+
+
+def _scaled(value):
+    """'64M' -> '67108864' (K, M, G: powers of 1024); anything else unchanged."""
+    scale = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}.get(value[-1:].lower())
+    if scale and value[:-1].isdigit():
+        return str(int(value[:-1]) * scale)
+    return value
 
 
 def _choice(key, value, allowed):
@@ -132,10 +142,14 @@ def parse_spec(text):
                 spec.ip = ipaddress.IPv4Interface(value)
             except ValueError:
                 raise click.BadParameter("ip=%s: expected A.B.C.D/LEN" % value)
+        elif key.replace("-", "_") in LIMITS:
+            _, lo, hi = LIMITS[key.replace("-", "_")]
+            spec.limits[key.replace("-", "_")] = _int(key, _scaled(value), lo, hi)
         else:
             raise click.BadParameter(
                 "unknown key %r; allowed keys are socket, id, role, secret, mode, rx-queues, "
-                "tx-queues, queues, ring-size, buffer-size, rx-mode, quiet-us, name, mac, ip" % key)
+                "tx-queues, queues, ring-size, buffer-size, rx-mode, quiet-us, name, mac, ip, "
+                "max-connections, max-handshakes, max-regions, max-region-bytes" % key)
     return spec
 
 
