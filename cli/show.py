@@ -49,6 +49,21 @@ def _node_line(n):
     return text
 
 
+def _listener_lines(proc):
+    """One line per listening socket: connection limits at work."""
+    seen = set()
+    for i in proc["interfaces"]:
+        ls = i.get("listener")
+        if not ls or i["socket"] in seen:
+            continue
+        seen.add(i["socket"])
+        yield ("  listener %s: %d connections (%d in handshake); evicted %d, refused %d, "
+               "INIT timeouts %d, regions refused %d, accept backoffs %d%s"
+               % (i["socket"], ls["connections"], ls["handshakes"], ls["evicted"],
+                  ls["refused"], ls["init_timeouts"], ls["regions_refused"],
+                  ls["accept_backoffs"], "" if ls["accepting"] else "; paused: out of fds"))
+
+
 def lines(proc):
     yield "pid %d, up %s: %s" % (proc["pid"], _uptime(proc["started"]), proc["command"])
     rows = []
@@ -60,6 +75,7 @@ def lines(proc):
                      i.get("link_flaps"), "%s id %s" % (i["socket"], i["id"])])
     yield from table(("INTERFACE", "ROLE", "MODE", "STATE", "PEER", "QUEUES RX/TX", "FLAPS",
                       "SOCKET"), rows)
+    yield from _listener_lines(proc)
     yield ""
     rows, drops = [], []
     for i in proc["interfaces"]:

@@ -39,8 +39,6 @@ MAX_LOG2_RING_SIZE = 14
 MAX_REGIONS = 256       # what the wire can index; each interface sets its own cap
 ACCEPT_BACKOFF_MIN, ACCEPT_BACKOFF_MAX = 0.1, 1.0
 ACCEPT_LOG_INTERVAL = 60.0  # one warning per episode of fd exhaustion, at most a minute
-# accept() errors that mean "no resources now", not "this connection is bad"
-OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 RX_POOL = 2             # receive buffers per ring slot (slave side)
 PAGE = 4096
 
@@ -157,9 +155,7 @@ class Listener:
             conn, _ = self.sock.accept()
         except (BlockingIOError, InterruptedError, ConnectionAbortedError):
             return
-        except OSError as e:
-            if e.errno not in OUT_OF_RESOURCES:
-                raise
+        except OSError as e:            # EMFILE, ENFILE, ENOBUFS, ENOMEM, ...
             self._pause(e)
             return
         if self._backoff > ACCEPT_BACKOFF_MIN:
@@ -196,8 +192,8 @@ class Listener:
         self.channels.pop(channel, None)
 
     def _pause(self, error):
-        """accept() failed for lack of fds (or memory): the listener stays
-        readable, so stop reading it for a while instead of spinning; the
+        """accept() failed, typically for lack of fds or memory: the listener
+        stays readable, so stop reading it for a while instead of spinning; the
         links already up are served meanwhile.  Warned once per episode (a
         process hovering at its fd limit warns at most once a minute)."""
         self.counters["accept_backoffs"] += 1

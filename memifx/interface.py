@@ -37,6 +37,16 @@ Disconnect safety
     zero-copy buffer: queues and buffers keep the mapping alive, and buffers
     of a dead link (or already handed back) refuse further use.
 
+Limits (master side; a hostile local peer must not exhaust us)
+    ``max_connections`` (256) control connections and ``max_handshakes`` (32)
+    of them not yet up, per listening socket (the largest value among the
+    interfaces sharing it).  At the cap the oldest connection that has not
+    sent INIT is evicted ("too many connections"); one that sends no INIT
+    within 1 s is cut off ("handshake timeout").  Per link at most
+    ``max_regions`` (16; HELLO advertises it) memory regions of together
+    ``max_region_bytes`` (1 GiB) bytes ("too many regions", "memory regions
+    too large").  ``info()["listener"]`` counts evictions and refusals.
+
 Roles: ``slave`` (also ``client``) creates the shared memory and connects;
 ``master`` (also ``server``) listens.  ``ring_size`` and ``buffer_size`` are
 the slave's to choose; a master uses what its slave set up.

@@ -11,6 +11,7 @@ good slave served.  Nothing busy-polls: the masters sleep in poll().
 """
 import json
 import os
+import re
 import resource
 import socket
 import struct
@@ -465,3 +466,37 @@ def test_spec_keys():
         parse_spec("max-regions=300")
     with pytest.raises(click.BadParameter, match="max-region-bytes"):
         parse_spec("oops=1")
+
+
+def test_show_reports_listener_counters(procs, sockdir, monkeypatch):
+    """``memifx show`` (text and JSON) carries each listener's counters."""
+    statsdir = os.path.join(sockdir, "stats")
+    monkeypatch.setenv("MEMIFX_STATS_DIR", statsdir)
+    a, b = os.path.join(sockdir, "a.sock"), os.path.join(sockdir, "b.sock")
+    memifx_cli = [sys.executable, "-m", "memifx.cli.main"]
+    procs.start(memifx_cli + [
+        "xconnect", "socket=%s,role=master,rx-mode=interrupt,name=A,max-handshakes=2" % a,
+        "socket=%s,role=master,rx-mode=interrupt,name=B" % b])
+    assert wait_for(lambda: os.path.exists(a) and os.path.exists(b), 10)
+    flood = [connect_nowait(a) for _ in range(5)]
+    try:
+        def shown():
+            out = subprocess.run(memifx_cli + ["show"], capture_output=True, text=True,
+                                 timeout=30).stdout
+            # the two left are cut off after INIT_TIMEOUT: match the counters only
+            return re.search(r"listener %s: \d+ connections \(\d+ in handshake\); "
+                             r"evicted 3, refused 0" % re.escape(a), out)
+        assert wait_for(shown, 10, 0.2)
+        out = subprocess.run(memifx_cli + ["show", "--json"], capture_output=True,
+                             text=True, timeout=30, check=True).stdout
+        intf = [i for p in json.loads(out)["processes"] for i in p["interfaces"]
+                if i["name"] == "A"][0]
+        assert intf["listener"]["evicted"] == 3
+    finally:
+        for s in flood:
+            s.close()
+    slave = good_slave(a)
+    try:
+        assert slave.wait_connected(5)
+    finally:
+        slave.close()
