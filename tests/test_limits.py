@@ -319,6 +319,61 @@ def test_init_deadline(abstract_sock):
         m.close()
 
 
+def test_flooding_peer_does_not_starve_others(abstract_sock):
+    """A peer that pipelines ADD_REGIONs without reading an ACK gets one
+    message handled per loop round, like every other channel: stepping the
+    control loop by hand, each round serves the flooder once and the
+    newcomer once, and the newcomer's handshake completes meanwhile."""
+    loop = memifx.ControlLoop()
+    m0 = memifx.Interface(socket=abstract_sock, id=0, role="master", name="busy",
+                          loop=loop).connect()
+    m1 = memifx.Interface(socket=abstract_sock, id=1, role="master", name="calm",
+                          loop=loop).connect()
+    flooder = RogueSlave.connect(abstract_sock, hello=False)
+    other = None
+    try:
+        loop.run_once(0.5)
+        flooder.expect(wire.Hello)
+        flooder.init(id=0)
+        loop.run_once(0.5)
+        flooder.ack()
+        fd = memfd(1 << 16)
+        try:
+            for i in range(12):
+                flooder.send(wire.AddRegion(index=i, size=1 << 16), [fd])
+        finally:
+            os.close(fd)
+        regions = lambda: m0._channel.memory.count      # noqa: E731
+        loop.run_once(0.5)
+        assert regions() == 1
+        other = RogueSlave.connect(abstract_sock, hello=False)
+        loop.run_once(0.5)                  # accept + one flooder message
+        assert regions() == 2
+        other.expect(wire.Hello)
+        other.init(id=1)
+        loop.run_once(0.5)
+        assert regions() == 3
+        other.ack()                         # INIT answered beside the flood
+        for _ in range(9):
+            loop.run_once(0.5)
+        assert regions() == 12
+        flooder.close()
+        other.close()
+        slave = good_slave(abstract_sock, 1)
+        try:
+            assert m1.wait_connected(5)     # drives the loop while it waits
+            assert slave.wait_connected(5)
+            cross(slave, m1, tag=5)
+        finally:
+            slave.close()
+    finally:
+        flooder.close()
+        if other is not None:
+            other.close()
+        m0.close()
+        m1.close()
+
+
 # ---------------------------------------------------------- fd exhaustion
 
 def test_accept_out_of_fds(procs, abstract_sock, tmp_path):
