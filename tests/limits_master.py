@@ -23,6 +23,16 @@ import memifx
 from memifx import control
 
 
+_out = threading.Lock()
+
+
+def say(line):
+    """One whole line per write: the link callback and the stats thread print."""
+    with _out:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--socket", required=True)
@@ -49,9 +59,9 @@ def main():
 
         def on_link(i, up):
             if up:
-                print("LINK UP %d" % i.id, flush=True)
+                say("LINK UP %d" % i.id)
             else:
-                print("LINK DOWN %d %s" % (i.id, i.info()["last_disconnect"]), flush=True)
+                say("LINK DOWN %d %s" % (i.id, i.info()["last_disconnect"]))
         intf.on_link(on_link)
         intf.set_rx_mode("interrupt")
         intf.connect()
@@ -60,13 +70,13 @@ def main():
     def commands():
         for line in sys.stdin:
             if line.strip() == "stats":
-                print("STATS %s" % json.dumps(intfs[0].info()["listener"]), flush=True)
+                say("STATS %s" % json.dumps(intfs[0].info()["listener"]))
     threading.Thread(target=commands, daemon=True).start()
 
     # Lowered last: the interpreter, the listener and the log file are open.
     if a.nofile:
         resource.setrlimit(resource.RLIMIT_NOFILE, (a.nofile, a.nofile))
-    print("STARTED", flush=True)
+    say("STARTED")
     poller = select.poll()
     watched = set()
     while True:

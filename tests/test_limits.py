@@ -101,7 +101,8 @@ def start_master(procs, path, logfile, ids="0", *args):
 def master_stats(p):
     p.stdin.write("stats\n")
     p.stdin.flush()
-    return json.loads(read_until(p, "STATS").split(" ", 1)[1])
+    line = read_until(p, "STATS")
+    return json.JSONDecoder().raw_decode(line[line.index("STATS ") + 6:])[0]
 
 
 def connect_nowait(path, wait=5.0):
