@@ -10,7 +10,6 @@
 - The worker channel: messages in parts, MSG_CTRUNC an error, received fds
   close-on-exec, fds of a message that arrived incomplete closed.
 """
-import array
 import fcntl
 import json
 import os
@@ -25,7 +24,7 @@ import psutil
 import pytest
 
 import memifx
-from conftest import read_until, wait_for
+from conftest import wait_for
 from memifx import worker as wire
 from memifx.fdwait import wait_readable
 from rogue import open_fds
@@ -229,8 +228,9 @@ def test_channel_fds_cut_short_are_an_error_and_closed(many_fds):
 
 # ---------------------------------------------------- whole processes
 
-def start_xconnect(procs, a, b, workers, *extra, queues=1, ring=1024, floor=1100):
-    spec = "socket=%s,role=master,name=%s,queues=%d,ring-size=%d,rx-mode=interrupt"
+def start_xconnect(procs, a, b, workers, *extra, queues=1, ring=1024, floor=1100,
+                   role="master"):
+    spec = "socket=%s,role=" + role + ",name=%s,queues=%d,ring-size=%d,rx-mode=interrupt"
     p = procs.start(HIGHFD + ["--floor", str(floor), MEMIFX_MAIN, "xconnect",
                               spec % (a, "A", queues, ring), spec % (b, "B", queues, ring),
                               "--workers", str(workers), "--json"] + list(extra),
@@ -242,15 +242,24 @@ def start_xconnect(procs, a, b, workers, *extra, queues=1, ring=1024, floor=1100
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.parametrize("workers", [0, 1])
-def test_interrupt_mode_with_fds_above_1024_sleeps_and_forwards(procs, sockdir, workers):
+@pytest.mark.parametrize("role,workers", [("master", 0), ("master", 1), ("slave", 0),
+                                          ("slave", 1)])
+def test_interrupt_mode_with_fds_above_1024_sleeps_and_forwards(procs, sockdir, role, workers):
     """Every fd of the forwarder is 1024 or above (the worker's control
     socket keeps its number): idle, it sleeps (it spun at 100 % when
     select() failed); traffic crosses; the pool hears its workers."""
     a, b = os.path.join(sockdir, "a"), os.path.join(sockdir, "b")
-    p = start_xconnect(procs, a, b, workers, queues=2)
-    sa = memifx.Interface(socket=a, name="sa", rx_queues=2, tx_queues=2).connect()
-    sb = memifx.Interface(socket=b, name="sb", rx_queues=2, tx_queues=2).connect()
+    peer = "slave" if role == "master" else "master"
+    sa = memifx.Interface(socket=a, role=peer, name="sa", rx_queues=2, tx_queues=2)
+    sb = memifx.Interface(socket=b, role=peer, name="sb", rx_queues=2, tx_queues=2)
+    if role == "master":
+        p = start_xconnect(procs, a, b, workers, queues=2)
+        sa.connect()
+        sb.connect()
+    else:
+        sa.connect()
+        sb.connect()
+        p = start_xconnect(procs, a, b, workers, queues=2, role="slave")
     try:
         assert sa.wait_connected(10) and sb.wait_connected(10)
         evs = fd_numbers(p.pid, "anon_inode:[eventfd]")
@@ -263,7 +272,7 @@ def test_interrupt_mode_with_fds_above_1024_sleeps_and_forwards(procs, sockdir, 
         c0, t0 = cpu_seconds(p.pid), time.monotonic()
         time.sleep(2)
         share = (cpu_seconds(p.pid) - c0) / (time.monotonic() - t0)
-        print("\nidle, fds >= 1024, %d workers: %.2f %% CPU" % (workers, share * 100))
+        print("\nidle %s, fds >= 1024, %d workers: %.2f %% CPU" % (role, workers, share * 100))
         assert share < 0.05
         for q in (0, 1):
             f = [frame(q * 10000 + i, 64) for i in range(300)]
@@ -347,3 +356,55 @@ def test_a_failed_fd_handoff_fails_the_link_with_a_reason(procs, sockdir, many_f
     result = finish(p)
     assert result["workers"] == {"count": 1, "restarts": 0}
     assert result["directions"]["A->B"]["packets"] == 40
+
+
+def start_worker(procs):
+    """A bare worker process with an xconnect plan, and our end of its socket."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    p = procs.start([sys.executable, "-m", "memifx.worker", str(theirs.fileno())],
+                    pass_fds=[theirs.fileno()], stdout=None, stderr=None)
+    theirs.close()
+    wire.send(ours, {"op": "plan", "worker": 0, "stats": False, "node": "xconnect",
+                     "directions": [], "workers": 1, "tx_queues": {},
+                     "modes": {"A": ["interrupt"]}, "quiet": 1e-4})
+    return p, ours
+
+
+def next_reply(sock, op, timeout=5):
+    """The next message ``op`` from a worker (counters snapshots skipped)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if wait_readable([sock.fileno()], end - time.monotonic()):
+            msg, fds = wire.recv(sock)
+            for fd in fds:
+                os.close(fd)
+            if msg is None or msg.get("op") == op:
+                return msg
+    raise AssertionError("no %r from the worker" % op)
+
+
+@pytest.mark.timeout(60)
+def test_worker_closes_fds_no_message_takes_and_reports_a_short_handoff(procs):
+    p, sock = start_worker(procs)
+    try:
+        next_reply(sock, "counters")            # it has its plan
+        base = len(os.listdir("/proc/%d/fd" % p.pid))
+        extra = _eventfds(5)
+        wire.send(sock, {"op": "report"}, extra)    # a message that takes no fd
+        next_reply(sock, "counters")
+        assert wait_for(lambda: len(os.listdir("/proc/%d/fd" % p.pid)) == base, 5)
+        region = os.memfd_create("r")
+        os.ftruncate(region, 4096)
+        # an attach announcing a region and a queue, with only the region's fd
+        wire.send(sock, {"op": "attach", "key": "A", "gen": 7, "regions": [4096],
+                         "queues": [{"kind": "rx"}]}, [region])
+        fault = next_reply(sock, "fault")
+        assert fault["key"] == "A" and fault["gen"] == 7
+        assert "fd handoff incomplete" in fault["reason"]
+        assert wait_for(lambda: len(os.listdir("/proc/%d/fd" % p.pid)) == base, 5)
+        assert p.poll() is None                 # it serves on
+        for fd in extra + [region]:
+            os.close(fd)
+    finally:
+        sock.close()
+    p.wait(10)                                  # our end closed: it stops
