@@ -122,9 +122,9 @@ def send(sock, msg, fds=()):
         except OSError:
             if i:
                 try:
-                    sock.send(PART.pack(0, 0), socket.MSG_DONTWAIT)
+                    sock.send(PART.pack(0, 0))
                 except OSError:
-                    pass                # the receiver's wait for the next part ends it
+                    pass                # a dead socket: nobody waits for the rest
             raise
 
 

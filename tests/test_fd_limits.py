@@ -47,6 +47,31 @@ def fd_numbers(pid, kind):
     return out
 
 
+def fd_links(pid):
+    """{fd: what it is} of process ``pid``."""
+    base = "/proc/%d/fd" % pid
+    out = {}
+    for name in os.listdir(base):
+        try:
+            out[int(name)] = os.readlink(os.path.join(base, name))
+        except OSError:
+            pass
+    return out
+
+
+def settled_fds(pid, still=0.3, timeout=10):
+    """fd_links(pid) once it stayed the same for ``still`` seconds."""
+    end = time.monotonic() + timeout
+    last = fd_links(pid)
+    while time.monotonic() < end:
+        time.sleep(still)
+        now = fd_links(pid)
+        if now == last:
+            return now
+        last = now
+    raise AssertionError("fds of %d still changing: %s" % (pid, last))
+
+
 def cpu_seconds(pid):
     procs = [psutil.Process(pid)] + psutil.Process(pid).children(recursive=True)
     return sum(p.cpu_times().user + p.cpu_times().system for p in procs)
@@ -231,8 +256,9 @@ def test_channel_fds_cut_short_are_an_error_and_closed(many_fds):
 def start_xconnect(procs, a, b, workers, *extra, queues=1, ring=1024, floor=1100,
                    role="master"):
     spec = "socket=%s,role=" + role + ",name=%s,queues=%d,ring-size=%d,rx-mode=interrupt"
+    qa, qb = queues if isinstance(queues, tuple) else (queues, queues)
     p = procs.start(HIGHFD + ["--floor", str(floor), MEMIFX_MAIN, "xconnect",
-                              spec % (a, "A", queues, ring), spec % (b, "B", queues, ring),
+                              spec % (a, "A", qa, ring), spec % (b, "B", qb, ring),
                               "--workers", str(workers), "--json"] + list(extra),
                     stdout=subprocess.PIPE, stderr=None)
     assert wait_for(lambda: os.path.exists(a) and os.path.exists(b), 15)
@@ -324,39 +350,53 @@ def test_255_queues_on_one_worker_attach_and_carry_traffic(procs, sockdir, many_
 
 @pytest.mark.timeout(120)
 def test_a_failed_fd_handoff_fails_the_link_with_a_reason(procs, sockdir, many_fds):
-    """The worker cannot take the fds (its fd limit): the link goes down
-    with a reason instead of staying up unserved, the worker lives on and
-    leaks nothing, and the link is served once the worker can take it."""
+    """The worker cannot take A's ~520 fds (its fd limit): A goes down with
+    a reason instead of staying up unserved; B (a few fds) is served all the
+    while; the worker lives on and leaks nothing; A is served once the
+    worker can take it."""
     a, b = os.path.join(sockdir, "a"), os.path.join(sockdir, "b")
-    p = start_xconnect(procs, a, b, 1, queues=QUEUES, ring=16, floor=0)
+    p = start_xconnect(procs, a, b, 1, queues=(QUEUES, 1), ring=16, floor=0)
     (w,) = workers_of(p)
     base = len(os.listdir("/proc/%d/fd" % w.pid))
     soft, hard = w.rlimit(psutil.RLIMIT_NOFILE)
     w.rlimit(psutil.RLIMIT_NOFILE, (base + 64, hard))
     kw = dict(rx_queues=QUEUES, tx_queues=QUEUES, ring_size=16)
-    sa = memifx.Interface(socket=a, name="sa", **kw).connect()
-    sb = memifx.Interface(socket=b, name="sb", **kw).connect()
+    sb = memifx.Interface(socket=b, name="sb", ring_size=16).connect()
+    sa = memifx.Interface(socket=a, name="sa", **kw)
     try:
+        assert sb.wait_connected(10)
+        assert wait_for(lambda: len(fd_numbers(w.pid, "anon_inode:[eventfd]")) == 2, 10)
+        with_b = settled_fds(w.pid)                     # B's link attached
+        sa.connect()
         assert wait_for(lambda: "fd handoff failed" in (sa.info()["last_disconnect"] or ""), 20), \
             sa.info()
         assert "MSG_CTRUNC" in sa.info()["last_disconnect"]
+        # B is served meanwhile: its frames leave its ring (ring of 16;
+        # counted "tx link down" while A is down)
+        sent = 0
+        for i in range(100):
+            sent += sb.tx_burst([frame(i, 64)])
+            time.sleep(0.002)
+        assert sent == 100 and sb.connected
         assert w.is_running() and workers_of(p) == [w]      # not restarted
         sa.close()
-        sb.close()
-        assert wait_for(lambda: len(os.listdir("/proc/%d/fd" % w.pid)) == base, 10)
+        assert wait_for(lambda: len(fd_links(w.pid)) == len(with_b), 10), \
+            "%s\n%s" % (with_b, fd_links(w.pid))
         w.rlimit(psutil.RLIMIT_NOFILE, (soft, hard))
         sa = memifx.Interface(socket=a, name="sa", **kw).connect()
-        sb = memifx.Interface(socket=b, name="sb", **kw).connect()
-        assert sa.wait_connected(20) and sb.wait_connected(20)
-        f = [frame(i, 64) for i in range(40)]
-        assert pump(sa, sb, f, tx_queue=200, rx_queues=(200,), window=8) == f
+        assert sa.wait_connected(20)
+        f = [frame(1000 + i, 64) for i in range(40)]
+        assert pump(sa, sb, f, tx_queue=200, rx_queues=(0,), window=8) == f
+        g = [frame(2000 + i, 64) for i in range(40)]
+        assert pump(sb, sa, g, tx_queue=0, rx_queues=(0,), window=8) == g
     finally:
         sa.close()
         sb.close()
     result = finish(p)
     assert result["workers"] == {"count": 1, "restarts": 0}
     assert result["directions"]["A->B"]["packets"] == 40
-
+    drops = result["directions"]["B->A"]["drops"]
+    assert drops["tx link down"] == 100 and sum(drops.values()) == 100
 
 def start_worker(procs):
     """A bare worker process with an xconnect plan, and our end of its socket."""
