@@ -448,3 +448,51 @@ def test_worker_closes_fds_no_message_takes_and_reports_a_short_handoff(procs):
     finally:
         sock.close()
     p.wait(10)                                  # our end closed: it stops
+
+
+@pytest.mark.timeout(60)
+def test_an_attach_the_main_process_cannot_send_fails_the_link(sockdir, monkeypatch):
+    """sendmsg refusing the attach (EINVAL, as for > 253 fds in one message)
+    fails that link with the reason; it was swallowed and the link stayed up
+    with nobody serving it.  Once the attach goes out, the link is served."""
+    import errno
+    from memifx.worker import WorkerPool
+    a, b = os.path.join(sockdir, "a"), os.path.join(sockdir, "b")
+    A = memifx.Interface(socket=a, role="master", name="A")
+    B = memifx.Interface(socket=b, role="master", name="B")
+    for intf in (A, B):
+        intf.set_rx_mode("interrupt")
+    real_send, refuse = wire.send, [True]
+
+    def send(sock, msg, fds=()):
+        if refuse[0] and msg.get("op") == "attach" and msg.get("key") == "A":
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        real_send(sock, msg, fds)
+    monkeypatch.setattr(wire, "send", send)
+    pool = WorkerPool([A, B], [(A, B), (B, A)], 1, None)
+    A.connect()
+    B.connect()
+    sa = memifx.Interface(socket=a, name="sa").connect()
+    sb = memifx.Interface(socket=b, name="sb").connect()
+    try:
+        def reason():
+            pool.poll(0.01)
+            return sa.info()["last_disconnect"] or ""
+        assert wait_for(lambda: "worker 0 attach failed" in reason(), 10), sa.info()
+        assert "Invalid argument" in reason()
+        assert sb.connected                     # B was attached all along
+        refuse[0] = False
+        assert wait_for(lambda: pool.poll(0.01) or sa.connected, 10)
+        f = [frame(i, 64) for i in range(50)]
+        got, end = [], time.monotonic() + 10
+        sent = sa.tx_burst(f)
+        while len(got) < sent and time.monotonic() < end:
+            pool.poll(0.01)
+            got += sb.rx_burst()
+        assert sent == 50 and got == f
+    finally:
+        sa.close()
+        sb.close()
+        A.close()
+        B.close()
+        pool.stop()
