@@ -1,0 +1,327 @@
+"""Kicks and eventfd drains never block on the peer (csrc/irq_guard.h).
+
+The peer shares each ring eventfd's open file description: it can preset the
+counter to 2^64-2 (any write of 1 then waits for a reader) and flip
+O_NONBLOCK whenever it likes, so a "look at the flags, then write" check
+loses the race sooner or later.  Here a toggler process (tests/toggler.py)
+flips the flag nonstop while memifx transmits thousands of bursts to a
+rogue consumer that has interrupts unmasked, in both roles: first with a
+sane counter (every kick must arrive, the link stays up), then with the
+counter full (the next kick ends the link with a reason).  No burst may
+take longer than BURST_BOUND, far above the design bound (IRQ_WAIT_BOUND),
+and an interface of the same process with a good peer is served throughout.
+
+Nothing here busy-polls but the toggler (one process) and the test's own
+transmit loop: two CPUs at most.
+"""
+import fcntl
+import os
+import socket
+import struct
+import sys
+import threading
+import time
+import uuid
+
+import pytest
+
+import memifx
+from memifx import ring
+from conftest import wait_for
+from loopback import Loopback
+from rogue import RogueMaster, RogueSlave
+
+pytestmark = pytest.mark.timeout(60)
+
+TOGGLER = os.path.join(os.path.dirname(__file__), "toggler.py")
+IRQ_FAULTS = ("ring interrupt fd made blocking", "ring interrupt fd would block")
+FULL = struct.pack("<Q", 0xFFFFFFFFFFFFFFFE)    # the most an eventfd holds: +1 waits
+BURST_BOUND = 0.05      # generous for a loaded 2-CPU machine; see ring.IRQ_WAIT_BOUND
+CALM = 25               # bursts per link with a sane counter, the flag flipping
+RING_SIZE = 64
+FRAME = b"k" * 60
+
+
+class Toggler:
+    """The toggler process, pointed at the eventfds of the current link."""
+
+    def __init__(self, procs):
+        self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.proc = procs.start([sys.executable, TOGGLER, str(theirs.fileno())],
+                                pass_fds=[theirs.fileno()])
+        theirs.close()
+        self.sock.settimeout(10)
+
+    def torment(self, *fds):
+        """Flip O_NONBLOCK on ``fds`` from now on (none: stop)."""
+        socket.send_fds(self.sock, [b"t"], list(fds))
+        assert self.sock.recv(16) == b"ok"
+
+    def close(self):
+        """Stop the process; return how many flips it made."""
+        self.sock.close()
+        out, _ = self.proc.communicate(timeout=10)
+        assert out.startswith("FLIPS "), out
+        return int(out.split()[1])
+
+
+class Clock:
+    """Times calls; keeps the worst."""
+
+    def __init__(self):
+        self.worst, self.calls = 0.0, 0
+
+    def __call__(self, fn, *args):
+        t = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            self.worst = max(self.worst, time.perf_counter() - t)
+            self.calls += 1
+
+
+@pytest.fixture
+def toggler(procs):
+    t = Toggler(procs)
+    yield t
+    if t.sock.fileno() >= 0:
+        t.close()
+
+
+@pytest.fixture
+def bystanders():
+    """A good master/slave pair on a socket of its own, in this process."""
+    path = "@memifx-kick-good-" + uuid.uuid4().hex[:12]
+    m = memifx.Interface(socket=path, id=0, role="master", name="good-master").connect()
+    s = memifx.Interface(socket=path, id=0, role="slave", name="good-slave",
+                         ring_size=RING_SIZE).connect()
+    assert s.wait_connected(5) and wait_for(lambda: m.connected, 5)
+    yield m, s
+    s.close()
+    m.close()
+
+
+def served(a, b):
+    """Frames cross both ways and neither side ever lost the link."""
+    for src, dst, tag in ((a, b, 1), (b, a, 2)):
+        sent = [bytes([tag, i]) * 30 for i in range(8)]
+        assert src.tx_burst(sent) == len(sent)
+        got = []
+        assert wait_for(lambda: got.extend(dst.rx_burst()) or len(got) >= len(sent), 5)
+        assert got == sent
+    assert a.connected and b.connected
+    assert a.info()["link_flaps"] == 0 and b.info()["link_flaps"] == 0
+
+
+def counter(efd):
+    """Read (and clear) a nonzero eventfd counter, whatever its flags."""
+    return struct.unpack("<Q", os.read(efd, 8))[0]
+
+
+def calm_phase(burst, efd, clock, at_least):
+    """Bursts (each kicks once) with a sane counter while the toggler flips
+    the flag, until the flag was seen cleared between bursts a few times
+    (so the flipping really overlapped our kicks); return how many."""
+    n = cleared = 0
+    end = time.monotonic() + 10
+    while n < at_least or cleared < 3:
+        assert time.monotonic() < end, "the toggler never got to flip the flag"
+        assert clock(burst) == 1
+        n += 1
+        cleared += not fcntl.fcntl(efd, fcntl.F_GETFL) & os.O_NONBLOCK
+    return n
+
+
+def kick_into_full(intf, burst, clock):
+    """One more burst (its kick meets the full counter): the link goes down."""
+    clock(burst)
+    assert wait_for(lambda: not intf.connected, 5), "a kick into a full eventfd kept the link"
+
+
+# ============================================ the toggling attack, both roles
+
+def test_toggling_attack_on_master(abstract_sock, toggler, bystanders):
+    """A rogue slave flips O_NONBLOCK on the M2S eventfd (memifx writes it)
+    while the master transmits; then it fills the counter."""
+    master = memifx.Interface(socket=abstract_sock, id=0, role="master",
+                              name="mx-master").connect()
+    clock = Clock()
+    links = 80
+    try:
+        for _ in range(links):
+            r = RogueSlave.connect(master.socket)
+            try:
+                r.handshake()
+                assert master.wait_connected(5)
+                efd = r.efds[1]                       # M2S: the master kicks it
+                r.m2s[0].flags = 0                    # unmasked: "wake me"
+                toggler.torment(efd)
+
+                def burst():
+                    r.post(1)
+                    return master.tx_burst([FRAME])
+                n = calm_phase(burst, efd, clock, CALM)
+                assert master.connected, master.info()["last_disconnect"]
+                assert counter(efd) == n              # every kick arrived
+                os.write(efd, FULL)
+                kick_into_full(master, burst, clock)
+                assert r.outcome() in IRQ_FAULTS
+                assert master.info()["last_disconnect"] in IRQ_FAULTS
+                toggler.torment()
+            finally:
+                r.close()
+        flips = toggler.close()
+    finally:
+        master.close()
+    print("master: %d bursts, worst %.2f ms, %d flips"
+          % (clock.calls, clock.worst * 1e3, flips))
+    assert clock.calls >= links * (CALM + 1)
+    assert flips > links * 10                         # it really raced us
+    assert clock.worst < BURST_BOUND
+    served(*bystanders)
+
+
+@pytest.mark.parametrize("how", ["copy", "zero-copy"])
+def test_toggling_attack_on_slave(abstract_sock, toggler, bystanders, how):
+    """A rogue master flips O_NONBLOCK on the S2M eventfd (memifx writes it)
+    while the slave transmits; then it fills the counter."""
+    m = RogueMaster.listen(abstract_sock)
+    slave = memifx.Interface(socket=abstract_sock, id=0, role="slave", name="mx-slave",
+                             ring_size=RING_SIZE).connect()
+    clock = Clock()
+    links = 12
+
+    def send():
+        if how == "copy":
+            return slave.tx_burst([FRAME])
+        bufs = slave.tx_alloc(1)
+        if not bufs:
+            return 0
+        with memoryview(bufs[0]) as v:
+            v[:len(FRAME)] = FRAME
+        return slave.tx_commit(bufs, [len(FRAME)])
+
+    try:
+        for _ in range(links):
+            m.accept()
+            m.handshake()
+            assert slave.wait_connected(5)
+            efd = m.efds[0]                           # S2M: the slave kicks it
+            m.s2m[0].flags = 0
+            toggler.torment(efd)
+
+            def burst():
+                n = send()
+                m.take()
+                return n
+            n = calm_phase(burst, efd, clock, CALM * 4)
+            assert slave.connected, slave.info()["last_disconnect"]
+            assert counter(efd) == n
+            os.write(efd, FULL)
+            kick_into_full(slave, burst, clock)
+            assert m.outcome() in IRQ_FAULTS
+            assert slave.info()["last_disconnect"] in IRQ_FAULTS
+            toggler.torment()
+        flips = toggler.close()
+    finally:
+        slave.close()
+        m.close()
+    print("slave (%s): %d bursts, worst %.2f ms, %d flips"
+          % (how, clock.calls, clock.worst * 1e3, flips))
+    assert clock.calls >= links * (CALM * 4 + 1)
+    assert flips > links * 10
+    assert clock.worst < BURST_BOUND
+    served(*bystanders)
+
+
+# ====================================== the guard itself: threads and forks
+
+def _make_blocking(fd):
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+
+
+def _stuck_kick(blocking=True):
+    """One kick into an eventfd that is full (and made blocking): return the
+    seconds it took and the fault reason."""
+    lb = Loopback(log2=3, buffer_size=128)
+    try:
+        tx, rx = lb.s2m
+        rx.set_interrupt(True)
+        os.write(tx.fd, FULL)
+        if blocking:
+            _make_blocking(tx.fd)
+        t = time.perf_counter()
+        assert tx.tx_frames([FRAME]) == 1             # queued; only the kick failed
+        took = time.perf_counter() - t
+        assert rx.rx_frames(4) == [FRAME]
+        return took, tx.fault_reason()
+    finally:
+        lb.close()
+
+
+def _timers():
+    with open("/proc/self/timers") as f:
+        return sum(1 for line in f if line.startswith("ID:"))
+
+
+def test_counter_full_is_a_fault_not_a_retry():
+    """A full counter on a non-blocking eventfd: the write fails at once
+    (EAGAIN) and that alone ends the link (2^64-2 kicks are never owed)."""
+    took, reason = _stuck_kick(blocking=False)
+    assert reason == "ring interrupt fd would block"
+    assert took < BURST_BOUND
+
+
+def test_every_thread_gets_a_timer_and_frees_it():
+    """Threads made by Python get their own guard on their first kick
+    (lazily: a thread that never kicks has none) and free it when they
+    exit."""
+    _stuck_kick()                                     # this thread's guard exists
+    signo = ring.irq_guard_signo()
+    assert signo and ring.IRQ_WAIT_BOUND <= 0.001
+    base = _timers()
+    results, alive = [], []
+    go = threading.Event()
+
+    def kicker():
+        results.append(_stuck_kick())
+        alive.append(_timers())
+        go.wait(10)
+    threads = [threading.Thread(target=kicker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    assert wait_for(lambda: len(alive) == len(threads), 10)
+    assert _timers() == base + len(threads)           # one each
+    go.set()
+    for t in threads:
+        t.join(10)
+    assert wait_for(lambda: _timers() == base, 5)     # freed at thread exit
+    for took, reason in results:
+        assert reason == "ring interrupt fd made blocking"
+        assert took < BURST_BOUND
+    assert ring.irq_guard_signo() == signo             # one signal per process
+
+
+def test_fork_child_gets_its_own_timer():
+    """Timers are not inherited: a forked child (a worker) that kicks must
+    not use its parent's guard, which does not exist there."""
+    _stuck_kick()                                     # the parent's guard exists
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            took, reason = _stuck_kick()
+            code = 0 if reason == IRQ_FAULTS[0] and took < BURST_BOUND else 2
+        finally:
+            os._exit(code)
+    end = time.monotonic() + 10
+    while time.monotonic() < end:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.01)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child blocked in its kick")
+    assert os.waitstatus_to_exitcode(status) == 0
