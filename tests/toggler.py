@@ -6,7 +6,8 @@ process receives the eventfds to torment over a SOCK_SEQPACKET socket (fd
 in argv[1]; each message replaces the set, a message with no fds empties
 it, EOF ends the process) and toggles O_NONBLOCK on them in a tight loop,
 so that any "look at the flags, then write" check loses the race sooner or
-later.  It runs in its own process, as a real peer would, so the flipping
+later (it yields the CPU every 256 rounds, so that on a small
+machine it races memifx instead of starving it).  It runs in its own process, as a real peer would, so the flipping
 does not wait for this test process's GIL.  On exit it prints how many
 flips it made.
 """
@@ -35,6 +36,7 @@ def main():
                 if not msg:                     # EOF: the test is done
                     break
                 sock.send(b"ok")               # the new set is in effect
+            os.sched_yield()                    # racing, not starving, on 2 CPUs
         n += 1
         for fd in fds:
             fl = fcntl.fcntl(fd, fcntl.F_GETFL)
