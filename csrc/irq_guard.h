@@ -147,7 +147,7 @@ static inline void irq_guard_arm(irq_guard_t *g, long ns)
  * the fd blocking and filled the counter), EAGAIN (counter full), IRQ_GUARD_UNAVAILABLE
  * (no guard could be set up for this thread: nothing was written), others.
  */
-static int irq_guard_write(int fd, uint64_t v)
+static inline int irq_guard_write(int fd, uint64_t v)
 {
     irq_guard_t *g = irq_guard_get();
     ssize_t r;
@@ -167,7 +167,7 @@ static int irq_guard_write(int fd, uint64_t v)
  * Returns 0 when read, else an errno: EAGAIN (nothing to read), EINTR (it
  * blocked: the peer made the fd blocking), IRQ_GUARD_UNAVAILABLE, others.
  */
-static int irq_guard_read(int fd, uint64_t *v)
+static inline int irq_guard_read(int fd, uint64_t *v)
 {
     irq_guard_t *g = irq_guard_get();
     ssize_t r;
@@ -183,7 +183,7 @@ static int irq_guard_read(int fd, uint64_t *v)
 }
 
 /* The signal the guards use (0 until the first guard was made, or if none could be). */
-static int irq_guard_signal(void)
+static inline int irq_guard_signal(void)
 {
     return irq_guard_signo;
 }
