@@ -355,7 +355,8 @@ cdef class Queue:
         """Signal the consumer unless it masked interrupts.  Never waits on
         the peer longer than IRQ_WAIT_BOUND: the eventfd's file description
         is shared with it, and a write to one it made blocking and filled
-        would wait forever (csrc/irq_guard.h).  Either is a fault."""
+        would wait forever (csrc/irq_guard.h).  A full counter is a fault,
+        whether the write was refused (non-blocking) or interrupted."""
         cdef uint64_t one = 1
         cdef int err, fl
         memif_fence()
