@@ -429,3 +429,80 @@ def test_fork_child_gets_its_own_timer():
         took, reason = _stuck_kick()
         return 0 if reason == IRQ_FAULTS[0] and took < BURST_BOUND else 1
     assert _in_child(child) == 0
+
+
+# ==================================================== in a worker process
+
+MEMIFX = [sys.executable, "-m", "memifx.cli.main"]
+
+
+def _workers_of(p):
+    return [c for c in psutil.Process(p.pid).children()
+            if "memifx.worker" in " ".join(c.cmdline())]
+
+
+def test_toggling_attack_on_xconnect_worker(procs, sockdir, toggler):
+    """xconnect A <-> B with one worker: a rogue slave on A flips the flag
+    of the eventfd the worker kicks, then fills it.  The worker faults the
+    link (the rogue gets the reason), is neither stuck nor restarted, and
+    B's good peer, then a good slave on A, are served by the same worker."""
+    a, b = os.path.join(sockdir, "a"), os.path.join(sockdir, "b")
+    p = procs.start(MEMIFX + ["xconnect",
+                              "socket=%s,role=master,name=A,rx-mode=interrupt" % a,
+                              "socket=%s,role=master,name=B,rx-mode=interrupt" % b,
+                              "--workers", "1"])
+    read_until(p, "xconnect A <-> B")
+    sb = memifx.Interface(socket=b, name="sb").connect()
+    sa = None
+    try:
+        assert sb.wait_connected(5)
+        read_until(p, "B: link up")
+        (worker,) = _workers_of(p)
+        r = RogueSlave.connect(a)
+        try:
+            r.handshake()
+            read_until(p, "A: link up")
+            ring_ = r.m2s[0]
+            efd = r.efds[1]                           # M2S: the worker kicks it
+            ring_.flags = 0
+            r.post(32)
+            toggler.torment(efd)
+            sent = cleared = 0
+            end = time.monotonic() + 20
+            while sent < 300 or not cleared:
+                assert time.monotonic() < end, (sent, cleared)
+                assert sb.tx_burst([FRAME]) == 1
+                sent += 1
+                assert wait_for(lambda: ring_.tail == sent, 5, 0.0002), "worker stopped"
+                r.post(1)
+                cleared += not fcntl.fcntl(efd, fcntl.F_GETFL) & os.O_NONBLOCK
+            kicks = counter(efd)
+            assert 0 < kicks <= sent                  # they arrived, the link is up
+            os.write(efd, FULL)
+            t = time.monotonic()
+            assert sb.tx_burst([FRAME]) == 1
+            assert r.outcome() in IRQ_FAULTS
+            took = time.monotonic() - t
+            toggler.torment()
+        finally:
+            r.close()
+        read_until(p, "A: link down")
+        print("worker: %d frames through a flipping eventfd, fault after %.1f ms"
+              % (sent, took * 1e3))
+        assert [w.pid for w in _workers_of(p)] == [worker.pid]     # never restarted
+        sa = memifx.Interface(socket=a, name="sa").connect()
+        assert sa.wait_connected(5)
+        read_until(p, "A: link up")
+        f = [frame(i, 100) for i in range(200)]
+        assert pump(sa, sb, f, window=48) == f
+        g = [frame(1000 + i, 100) for i in range(200)]
+        assert pump(sb, sa, g, window=48) == g
+        assert [w.pid for w in _workers_of(p)] == [worker.pid]
+    finally:
+        if sa is not None:
+            sa.close()
+        sb.close()
+    p.send_signal(signal.SIGTERM)
+    out, _ = p.communicate(timeout=15)
+    assert p.returncode == 0, out
+    assert "restarts: 0" in out, out
