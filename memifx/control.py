@@ -24,7 +24,7 @@ import os
 import socket
 import stat
 
-from memifx import access, wire
+from memifx import access, guard, wire
 from memifx.errors import MemifError
 from memifx.memory import Memory
 from memifx.ring import Queue
@@ -437,7 +437,7 @@ class MasterChannel(Channel):
             raise MemifError("missing rings")
         for q in self.rx + self.tx:
             if not q.check_cookie():
-                raise MemifError("wrong cookie")
+                raise MemifError(guard.REASON if self.memory.faulted else "wrong cookie")
         for q in self.rx + self.tx:
             q.start()
         self.peer_name = msg.if_name or self.peer_name

@@ -529,6 +529,7 @@ class Attached:
         self.gen, self.memory, self.rx, self.tx = gen, memory, rx, tx
         self._rx_modes = modes
         self.connected = True
+        self.fault_sent = False         # a truncation was reported for this link
 
     def active_queues(self, kind):
         return list((self.rx if kind == "rx" else self.tx).values())
@@ -653,6 +654,8 @@ def node_kind(name):
 
 
 def worker_main(fd):
+    from memifx import guard
+    from memifx.errors import MemifError
     from memifx.memory import Memory
     from memifx.ring import Queue
     from memifx.rxmode import Idler
@@ -693,6 +696,17 @@ def worker_main(fd):
                 os.close(fd_)
 
     def attach(msg, fds):
+        """Map the link's regions and rebuild its queues.  Anything the peer
+        did to its memory since the main process checked it (shrunk it, say)
+        fails this link with the reason, never the worker."""
+        try:
+            links[msg["key"]] = attached(msg, fds)
+        except Exception as e:
+            reason = e.reason if isinstance(e, MemifError) else "worker cannot attach: %s" % e
+            log.warning("worker: %s: %s", msg["key"], reason)
+            send(sock, {"op": "fault", "key": msg["key"], "gen": msg["gen"], "reason": reason})
+
+    def attached(msg, fds):
         memory = Memory()
         nreg = len(msg["regions"])
         for fd_, size in zip(fds[:nreg], msg["regions"]):
@@ -701,13 +715,13 @@ def worker_main(fd):
         unslotted = set()
         modes = plan["modes"][msg["key"]]
         for q, qfd in zip(msg["queues"], fds[nreg:]):
-            fds.remove(qfd)
             g = dict(q)
             kind, state = g.pop("kind"), g.pop("state")
             queue = Queue(memory, g["region"], g["ring_offset"], g["log2_size"],
                           slave=g["slave"], tx=g["tx"], index=g["index"], fd=qfd,
                           buffer_size=g["buffer_size"], buf_offset=g["buf_offset"],
                           nbufs=g["nbufs"])
+            fds.remove(qfd)             # the queue owns it now
             queue.restore(*state)
             slot = g.pop("slot", None)
             if slot is not None and stats_fd is not None:
@@ -719,8 +733,9 @@ def worker_main(fd):
                 rx[g["index"]] = queue
             else:
                 tx[g["index"]] = queue
-        links[msg["key"]] = Attached(msg["gen"], memory, rx, tx, modes)
-        links[msg["key"]].unslotted = unslotted
+        link = Attached(msg["gen"], memory, rx, tx, modes)
+        link.unslotted = unslotted
+        return link
 
     def detach(msg):
         link = links.get(msg["key"])
@@ -737,6 +752,7 @@ def worker_main(fd):
 
     passes = 0
     moved = 0
+    faults_seen = guard.fault_count()
     while True:
         # Control messages: before the plan, block for it; then look only
         # when a pass found nothing, or every CONTROL_EVERY passes.
@@ -774,9 +790,19 @@ def worker_main(fd):
             idler.interfaces = list(links.values())
             idler.armed = [q for q in idler.armed if not q.closed]
         moved = node.run(links)
+        if guard.fault_count() != faults_seen:
+            # A peer truncated a region we map (this pass or a held view hit
+            # it): its link goes down for that reason, before any ring fault
+            # the zeros caused is reported.
+            faults_seen = guard.fault_count()
+            for key, link in links.items():
+                if link.memory.faulted and not link.fault_sent:
+                    link.fault_sent = True
+                    send(sock, {"op": "fault", "key": key, "gen": link.gen,
+                                "reason": guard.REASON})
         for key, link in links.items() if (not moved or passes % CONTROL_EVERY == 0) else ():
             for q in link.active_queues("rx") + link.active_queues("tx"):
-                if q.fault:
+                if q.fault and not link.fault_sent:
                     send(sock, {"op": "fault", "key": key, "gen": link.gen,
                                 "reason": q.fault_reason()})
                     break
