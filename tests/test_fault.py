@@ -98,9 +98,12 @@ def cut_region(r, how):
 
 # ============================================ memifx master, main process
 
-def _master_survives(how):
+def _master_survives(how, via="burst"):
     """Child: two master interfaces on one socket, a good slave on id 1, a
-    rogue on id 0 with an unsealable region that it truncates."""
+    rogue on id 0 with an unsealable region that it truncates.  ``via``:
+    the application's rx_burst touches the lost pages, or (``node``) a
+    pipeline node's direct use of the queue, which reports nothing itself:
+    the guard's wakeup of the control loop ends the link."""
     path = "@memifx-fault-" + uuid.uuid4().hex[:12]
     bad = memifx.Interface(socket=path, id=0, role="master", name="bad").connect()
     good = memifx.Interface(socket=path, id=1, role="master", name="good").connect()
@@ -122,7 +125,13 @@ def _master_survives(how):
     # The burst that touches the lost pages reads zeros instead of dying: a
     # frame being copied then holds zeros (bytes the peer could have
     # written itself), an empty ring has nothing.
-    assert bad.rx_burst() == ([bytes(60)] if how == "buffers" else [])
+    if via == "node":
+        (q,) = bad.active_queues("rx")
+        got = q.rx_frames(256)
+        del q                               # a node lets go of its queues
+    else:
+        got = bad.rx_burst()
+    assert got == ([bytes(60)] if how == "buffers" else [])
     assert r.outcome() == REASON
     assert wait_for(lambda: bad.info()["last_disconnect"] == REASON, 5), bad.info()
     assert not bad.connected
@@ -149,9 +158,10 @@ def _master_survives(how):
         i.close()
 
 
-@pytest.mark.parametrize("how", ["zero", "buffers"])
-def test_master_survives_truncated_region(how):
-    isolated("_master_survives", how)
+@pytest.mark.parametrize("how,via", [("zero", "burst"), ("buffers", "burst"),
+                                     ("zero", "node"), ("buffers", "node")])
+def test_master_survives_truncated_region(how, via):
+    isolated("_master_survives", how, via)
 
 
 def _tx_into_truncated_region():
@@ -215,6 +225,19 @@ def xconnect(procs, sockdir, monkeypatch):
     sb.close()
 
 
+def footprint(pid):
+    """(open fds, memfd mappings) of another process."""
+    with open("/proc/%d/maps" % pid) as f:
+        maps = sum(1 for line in f if "memfd:" in line)
+    return len(os.listdir("/proc/%d/fd" % pid)), maps
+
+
+def back_to(pid, before, timeout=5.0):
+    def ok():
+        return all(now <= was for now, was in zip(footprint(pid), before))
+    assert wait_for(ok, timeout), (pid, footprint(pid), before)
+
+
 def workers_of(p):
     import psutil
     return [c.pid for c in psutil.Process(p.pid).children()
@@ -246,6 +269,8 @@ def good_traffic_through(p, sb):
 def test_worker_survives_truncated_region(xconnect, how):
     p, sb = xconnect, xconnect.sb
     (worker,) = workers_of(p)
+    assert wait_for(lambda: footprint(worker)[1] >= 1, 5)     # it has mapped B's region
+    before = {pid: footprint(pid) for pid in (p.pid, worker)}
     r = RogueSlave.connect(p.sockets[0])
     try:
         r.handshake(sealable=False, log2=6)
@@ -263,6 +288,8 @@ def test_worker_survives_truncated_region(xconnect, how):
     # The frame in flight when the pages went is forwarded with zeros.
     expect = [bytes(60)] if how == "buffers" else []
     assert receive(sb, len(expect), timeout=1) == expect
+    for pid, was in before.items():             # the worker dropped its mapping too
+        back_to(pid, was)
     good_traffic_through(p, sb)
     assert workers_of(p) == [worker]
     sb.close()
@@ -278,6 +305,8 @@ def test_worker_attach_after_shrink_fails_the_link_only(xconnect):
     restarted, and the link flapped again and again)."""
     p, sb = xconnect, xconnect.sb
     (worker,) = workers_of(p)
+    assert wait_for(lambda: footprint(worker)[1] >= 1, 5)
+    before = {pid: footprint(pid) for pid in (p.pid, worker)}
     r = RogueSlave.connect(p.sockets[0])
     try:
         r.handshake(sealable=False, connect=False)
@@ -289,6 +318,8 @@ def test_worker_attach_after_shrink_fails_the_link_only(xconnect):
     finally:
         r.close()
     assert workers_of(p) == [worker]
+    for pid, was in before.items():
+        back_to(pid, was)
     good_traffic_through(p, sb)
     sb.close()
     result, out = finish(p)
