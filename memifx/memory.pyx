@@ -31,26 +31,42 @@ from memifx.guard cimport watch, forget, faulted
 MAX_REGION_SIZE = 1 << 32
 
 
-cdef extern from "sys/vfs.h" nogil:
-    struct statfs:
-        long f_type
-    int fstatfs(int fd, statfs *buf)
+def _filesystem_of(int fd):
+    """The type of the filesystem fd lives on, from /proc alone: asking the
+    file itself (fstat, fstatfs) could wait on a FUSE daemon the peer runs."""
+    mnt = None
+    with open("/proc/self/fdinfo/%d" % fd) as f:
+        for line in f:
+            if line.startswith("mnt_id:"):
+                mnt = line.split()[1]
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if fields[0] == mnt and "-" in fields:
+                return fields[fields.index("-") + 1]
+    return None
 
-HUGETLBFS_MAGIC = 0x958458f6
 
-
-def _is_memory_file(int fd):
-    """Whether fd is a memfd (its /proc link is "/memfd:NAME (deleted)") or
-    a hugetlbfs file (DPDK's zero-copy memory on real hugepages): files whose
-    pages are plain memory.  Anything else (a FUSE or NFS file, a disk file)
-    could make a page fault block or fail."""
-    cdef statfs fs
+def check_memory_file(int fd):
+    """Refuse a region fd unless it is a memfd (its /proc link reads
+    "/memfd:NAME (deleted)") or a file on hugetlbfs (DPDK's zero-copy memory
+    on real hugepages): files whose pages are plain memory.  Any other file
+    (FUSE, NFS, disk) could make a page fault wait or fail, so it is never
+    mapped.  Decided from /proc alone, before the file is asked anything."""
     try:
-        if os.readlink("/proc/self/fd/%d" % fd).startswith("/memfd:"):
-            return True
+        link = os.readlink("/proc/self/fd/%d" % fd)
+    except OSError:
+        link = ""
+    if not link.startswith("/"):        # pipe:[..], socket:[..], anon_inode:[..]
+        raise MemifError("memory region fd is not a regular file")
+    if link.startswith("/memfd:"):
+        return
+    try:
+        if _filesystem_of(fd) == "hugetlbfs":
+            return
     except OSError:
         pass
-    return fstatfs(fd, &fs) == 0 and <unsigned long>fs.f_type == HUGETLBFS_MAGIC
+    raise MemifError("memory region fd is not a memfd")
 
 
 def _memfd_seals(int fd):
@@ -65,6 +81,7 @@ def check_region_fd(int fd, uint64_t size):
     string (or None).  Raises MemifError with the reason to disconnect."""
     if size == 0 or size > MAX_REGION_SIZE:
         raise MemifError("invalid region size %d" % size)
+    check_memory_file(fd)
     warning = None
     seals = _memfd_seals(fd)
     if not seals & fcntl.F_SEAL_SHRINK:
@@ -79,8 +96,6 @@ def check_region_fd(int fd, uint64_t size):
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         raise MemifError("memory region fd is not a regular file")
-    if not _is_memory_file(fd):
-        raise MemifError("memory region fd is not a memfd")
     if <uint64_t>st.st_size < size:
         raise MemifError("memory region fd smaller than announced (%d < %d)"
                          % (st.st_size, size))
