@@ -203,6 +203,54 @@ def test_truncated_before_connect():
     isolated("_truncated_during_handshake")
 
 
+def _two_links_fault_at_once():
+    """Child: two rogue links truncated together, each read by its own
+    thread at the same moment; a good link beside them."""
+    import threading
+    path = "@memifx-fault-" + uuid.uuid4().hex[:12]
+    bad = [memifx.Interface(socket=path, id=i, role="master", name="bad%d" % i).connect()
+           for i in (0, 2)]
+    good = memifx.Interface(socket=path, id=1, role="master", name="good").connect()
+    slave = memifx.Interface(socket=path, id=1, role="slave", name="good-slave",
+                             ring_size=RING_SIZE).connect()
+    assert slave.wait_connected(5) and good.wait_connected(5)
+    rogues = []
+    for intf in bad:
+        r = RogueSlave.connect(path)
+        r.handshake(id=intf.id, sealable=False)
+        assert intf.wait_connected(5)
+        rogues.append(r)
+    faults = guard.fault_count()
+    go = threading.Barrier(3)
+
+    def reader(intf):
+        go.wait()
+        for _ in range(100):
+            intf.rx_burst()
+
+    threads = [threading.Thread(target=reader, args=(i,)) for i in bad]
+    for t in threads:
+        t.start()
+    for r in rogues:
+        cut_region(r, "buffers")
+    go.wait()
+    for t in threads:
+        t.join(10)
+    for r in rogues:
+        assert r.outcome() == REASON
+        r.close()
+    assert guard.fault_count() == faults + 2
+    assert all(wait_for(lambda: i.info()["last_disconnect"] == REASON, 5) for i in bad)
+    cross(slave, good, tag=2)
+    assert good.info()["link_flaps"] == 0
+    for i in bad + [good, slave]:
+        i.close()
+
+
+def test_two_links_fault_at_once():
+    isolated("_two_links_fault_at_once")
+
+
 # ============================================ memifx master, worker process
 
 @pytest.fixture
