@@ -55,10 +55,18 @@ static uint64_t guard_faults;       /* peer mappings replaced by zeros, ever */
 static int guard_wake_fd = -1;      /* written once per fault (non-blocking) */
 static struct sigaction guard_previous;
 
+/* A SIGBUS that is not ours to repair.  One the hardware raised goes to
+ * the handler that was there before ours, if any.  One that was sent
+ * (kill, or raise() by a handler that has printed its report and now wants
+ * the process to die of it, as faulthandler does) takes the default action:
+ * handing it on could bounce it between us and that handler forever. */
 static void guard_chain(int sig, siginfo_t *info, void *ctx)
 {
     struct sigaction *p = &guard_previous;
-    if (__atomic_fetch_add(&guard_chaining, 1, __ATOMIC_SEQ_CST) == 0) {
+    int sent = info->si_code <= 0;
+    if (sent && p->sa_handler == SIG_IGN && !(p->sa_flags & SA_SIGINFO))
+        return;                     /* ignored before we came: still ignored */
+    if (__atomic_fetch_add(&guard_chaining, 1, __ATOMIC_SEQ_CST) == 0 && !sent) {
         if (p->sa_flags & SA_SIGINFO) {
             p->sa_sigaction(sig, info, ctx);
             __atomic_fetch_sub(&guard_chaining, 1, __ATOMIC_SEQ_CST);
@@ -70,16 +78,16 @@ static void guard_chain(int sig, siginfo_t *info, void *ctx)
             return;
         }
     }
-    /* The default action, as if we had never been here (also when a
-     * previous handler led back to us: no loop).  A fault the hardware
-     * raised happens again when we return; a signal someone sent is sent
-     * again, and delivered once this handler returns. */
+    /* The default action, as if we had never been here (also when the
+     * previous handler led straight back to us).  A fault the hardware
+     * raised happens again when we return; a sent signal is sent again, and
+     * delivered once this handler returns. */
     struct sigaction dfl;
     memset(&dfl, 0, sizeof dfl);
     dfl.sa_handler = SIG_DFL;
     sigemptyset(&dfl.sa_mask);
     sigaction(sig, &dfl, NULL);
-    if (info->si_code <= 0)
+    if (sent)
         raise(sig);
     __atomic_fetch_sub(&guard_chaining, 1, __ATOMIC_SEQ_CST);
 }
@@ -121,8 +129,11 @@ static void guard_on_sigbus(int sig, siginfo_t *info, void *ctx)
     errno = saved_errno;
 }
 
-/* Make guard_on_sigbus the SIGBUS handler (again, if someone replaced it:
- * the one found then becomes the handler we chain to).  0, or -1 (errno). */
+/* Make guard_on_sigbus the SIGBUS handler, in front again if someone put
+ * theirs there since (faulthandler.enable(), say): theirs becomes the one
+ * we chain to.  Until then theirs sees a peer's fault first, and
+ * faulthandler would end the process.  0, or -1 (errno).  Called with the
+ * GIL held (one caller at a time). */
 static int guard_install(int wake_fd)
 {
     struct sigaction cur, sa;

@@ -57,8 +57,8 @@ _owners = {}                # slot -> weakref to the object that holds the mappi
 
 cdef int watch(void *base, uint64_t size, object owner) except -1:
     """Record a peer mapping (before its first use); returns its slot.  The
-    SIGBUS handler is (re)installed here, so one put in place after ours
-    (faulthandler.enable(), say) is chained to, not left in front."""
+    SIGBUS handler is installed here, and put back in front if another one
+    (faulthandler.enable(), say) took its place since."""
     if guard_install(_wake_w) != 0:
         raise OSError("cannot install the SIGBUS handler")
     cdef int slot = guard_register(base, size)

@@ -28,7 +28,7 @@ import pytest
 import memifx
 from memifx import guard
 from conftest import wait_for
-from rogue import PAGE, RogueMaster, RogueSlave, memfd, memfd_maps, open_fds
+from rogue import PAGE, RogueMaster, RogueSlave, memfd_maps, open_fds
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -435,32 +435,52 @@ def test_slave_regions_cannot_be_truncated(abstract_sock):
 
 # ======================================================== the guard itself
 
-FOREIGN_SIGBUS = r"""
+FAULTHANDLER = r"""
 import faulthandler, mmap, os, sys
 sys.path.insert(0, sys.argv[1])
+order, what = sys.argv[2], sys.argv[3]
 import memifx
 from rogue import RogueSlave
-faulthandler.enable()
-path = "@memifx-fault-foreign-%d" % os.getpid()
-m = memifx.Interface(socket=path, id=0, role="master").connect()
+if order == "before":
+    faulthandler.enable()
+path = "@memifx-fault-fh-%d" % os.getpid()
+m = [memifx.Interface(socket=path, id=i, role="master").connect() for i in (0, 1)]
 r = RogueSlave.connect(path)
-r.handshake(sealable=False)          # the guard watches a region: it is installed
-assert m.wait_connected(5)
+r.handshake(sealable=False)                 # the guard watches a region: installed
+assert m[0].wait_connected(5)
+if order == "after":
+    faulthandler.enable()                   # in front of the guard ...
+    r = RogueSlave.connect(path)
+    r.handshake(id=1, sealable=False)       # ... until the next region puts it back
+    assert m[1].wait_connected(5)
+if what == "peer":
+    os.ftruncate(r.fds[0], 0)
+    m[1 if order == "after" else 0].rx_burst()
+    print("PEER SURVIVED", flush=True)
+    sys.exit(0)
 fd = os.memfd_create("not-a-peer-region")
 os.ftruncate(fd, 1 << 16)
 mem = mmap.mmap(fd, 1 << 16)
 os.ftruncate(fd, 0)
 print("TOUCHING", flush=True)
-mem[4096] = 1                        # ours, not the peer's: must stay fatal
+mem[4096] = 1                               # not the peer's memory: must stay fatal
 print("SURVIVED", flush=True)
 """
 
 
-def test_sigbus_outside_peer_memory_stays_fatal():
-    """The guard repairs only peer mappings: any other SIGBUS reaches the
-    handler before it (faulthandler here) and kills the process."""
-    p = subprocess.run([sys.executable, "-c", FOREIGN_SIGBUS, HERE], capture_output=True,
-                       text=True, timeout=30)
-    assert "TOUCHING" in p.stdout and "SURVIVED" not in p.stdout, p.stdout + p.stderr
-    assert p.returncode == -signal.SIGBUS, p.stdout + p.stderr
-    assert "Bus error" in p.stderr, p.stderr
+@pytest.mark.parametrize("order", ["before", "after"])
+@pytest.mark.parametrize("what", ["peer", "foreign"])
+def test_guard_and_faulthandler(order, what):
+    """faulthandler enabled before memifx watches peer memory, or after:
+    a peer's truncation is survived, without a traceback; any other SIGBUS
+    still reaches faulthandler (one traceback) and kills the process."""
+    p = subprocess.run([sys.executable, "-c", FAULTHANDLER, HERE, order, what],
+                       capture_output=True, text=True, timeout=30)
+    out = p.stdout + p.stderr[-3000:]
+    if what == "peer":
+        assert p.returncode == 0 and "PEER SURVIVED" in p.stdout, out
+        assert "Fatal Python error" not in p.stderr, out
+    else:
+        assert "TOUCHING" in p.stdout and "SURVIVED" not in p.stdout, out
+        assert p.returncode == -signal.SIGBUS, out
+        assert p.stderr.count("Fatal Python error: Bus error") == 1, out
