@@ -752,7 +752,8 @@ def worker_main(fd):
 
     passes = 0
     moved = 0
-    faults_seen = guard.fault_count()
+    fault_count = guard.fault_count     # one atomic load, looked at between passes
+    faults_seen = fault_count()
     while True:
         # Control messages: before the plan, block for it; then look only
         # when a pass found nothing, or every CONTROL_EVERY passes.
@@ -790,11 +791,11 @@ def worker_main(fd):
             idler.interfaces = list(links.values())
             idler.armed = [q for q in idler.armed if not q.closed]
         moved = node.run(links)
-        if guard.fault_count() != faults_seen:
-            # A peer truncated a region we map (this pass or a held view hit
-            # it): its link goes down for that reason, before any ring fault
-            # the zeros caused is reported.
-            faults_seen = guard.fault_count()
+        if (not moved or passes % CONTROL_EVERY == 0) and fault_count() != faults_seen:
+            # A peer truncated a region we map (the guard gave us zeros in
+            # its place): its link goes down for that reason, before any ring
+            # fault the zeros caused is reported.
+            faults_seen = fault_count()
             for key, link in links.items():
                 if link.memory.faulted and not link.fault_sent:
                     link.fault_sent = True
