@@ -101,7 +101,7 @@ def dispatch():
             continue
         owner = ref()
         callback = getattr(owner, "on_fault", None)
-        log.warning("memif: peer memory truncated under us (slot %d)", slot)
+        log.info("memif: a peer truncated memory it shares with us; its pages read as zeros")
         if callback is not None:
             try:
                 callback()

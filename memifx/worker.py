@@ -703,7 +703,7 @@ def worker_main(fd):
             links[msg["key"]] = attached(msg, fds)
         except Exception as e:
             reason = e.reason if isinstance(e, MemifError) else "worker cannot attach: %s" % e
-            log.warning("worker: %s: %s", msg["key"], reason)
+            log.info("worker: %s: %s", msg["key"], reason)
             send(sock, {"op": "fault", "key": msg["key"], "gen": msg["gen"], "reason": reason})
 
     def attached(msg, fds):
