@@ -3,7 +3,8 @@
     socket=PATH,id=N,role=master|slave,secret=S,mode=ethernet|ip|punt-inject,
     rx-queues=N,tx-queues=N,queues=N,ring-size=N,buffer-size=N,
     rx-mode=polling|interrupt|adaptive,quiet-us=N,name=NAME,mac=XX:XX:XX:XX:XX:XX,ip=A.B.C.D/LEN,
-    allow-uid=UID[:UID...],allow-gid=GID[:GID...],owner=UID[:GID],perm=OCTAL
+    allow-uid=UID[:UID...],allow-gid=GID[:GID...],owner=UID[:GID],perm=OCTAL,
+    max-connections=N,max-handshakes=N,max-regions=N,max-region-bytes=N[K|M|G]
 
 Lists inside one key are separated by ':' (',' separates keys); ids are
 numbers or user/group names.  allow-uid/allow-gid admit only peers whose
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 
 import click
 
-from memifx.interface import DEFAULT_SOCKET, ROLES, RX_MODES
+from memifx.interface import DEFAULT_SOCKET, LIMITS, ROLES, RX_MODES
 from memifx import access, wire
 
 _MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
@@ -45,6 +46,7 @@ class Spec:
     allow_gid: object = None
     owner: object = None
     perm: int = None
+    limits: dict = field(default_factory=dict)     # max-* keys, as Interface kwargs
     text: str = field(default="", repr=False)
 
     def interface_args(self):
@@ -53,7 +55,7 @@ class Spec:
                     ring_size=self.ring_size, buffer_size=self.buffer_size,
                     name=self.name or "memifx%d" % self.id,
                     allow_uid=self.allow_uid, allow_gid=self.allow_gid,
-                    owner=self.owner, perm=self.perm)
+                    owner=self.owner, perm=self.perm, **self.limits)
 
     def interface(self):
         import memifx
@@ -80,6 +82,14 @@ def _int(key, value, lo, hi):
     if not lo <= n <= hi:
         raise click.BadParameter("%s=%s: allowed range is %d..%d" % (key, value, lo, hi))
     return n
+
+
+def _scaled(value):
+    """'64M' -> '67108864' (K, M, G: powers of 1024); anything else unchanged."""
+    scale = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}.get(value[-1:].lower())
+    if scale and value[:-1].isdigit():
+        return str(int(value[:-1]) * scale)
+    return value
 
 
 def _choice(key, value, allowed):
@@ -148,11 +158,15 @@ def parse_spec(text):
                 raise click.BadParameter("ip=%s: expected A.B.C.D/LEN" % value)
         elif key in ("allow-uid", "allow-gid", "owner", "perm"):
             _access_key(spec, key, value)
+        elif key.replace("-", "_") in LIMITS:
+            _, lo, hi = LIMITS[key.replace("-", "_")]
+            spec.limits[key.replace("-", "_")] = _int(key, _scaled(value), lo, hi)
         else:
             raise click.BadParameter(
                 "unknown key %r; allowed keys are socket, id, role, secret, mode, rx-queues, "
                 "tx-queues, queues, ring-size, buffer-size, rx-mode, quiet-us, name, mac, ip, "
-                "allow-uid, allow-gid, owner, perm" % key)
+                "allow-uid, allow-gid, owner, perm, "
+                "max-connections, max-handshakes, max-regions, max-region-bytes" % key)
     if (spec.owner is not None or spec.perm is not None) and \
             (spec.socket.startswith("@") or spec.role != "master"):
         raise click.BadParameter("owner=/perm= apply to a master's filesystem socket (an "
