@@ -9,7 +9,7 @@ extensions = [
         include_dirs=["csrc"],
         extra_compile_args=["-O3", "-Wno-unused-function", "-Wno-sign-compare"],
     )
-    for name in ("memory", "ring", "xconnect", "traffic", "fib", "neighbor", "ip4", "slots",
+    for name in ("guard", "memory", "ring", "xconnect", "traffic", "fib", "neighbor", "ip4", "slots",
                  "fdwait")
 ]
 

@@ -35,7 +35,7 @@ import socket
 import stat
 import time
 
-from memifx import access, wire
+from memifx import access, guard, wire
 from memifx.errors import MemifError
 from memifx.memory import MAX_REGION_SIZE, Memory
 from memifx.ring import Queue
@@ -576,7 +576,7 @@ class MasterChannel(Channel):
             raise MemifError("missing rings")
         for q in self.rx + self.tx:
             if not q.check_cookie():
-                raise MemifError("wrong cookie")
+                raise MemifError(guard.REASON if self.memory.faulted else "wrong cookie")
         for q in self.rx + self.tx:
             q.start()
         self.peer_name = msg.if_name or self.peer_name

@@ -60,6 +60,12 @@ Limits (master side; a hostile local peer must not exhaust us)
     ``max_region_bytes`` (1 GiB) bytes ("too many regions", "memory regions
     too large").  ``info()["listener"]`` counts evictions and refusals.
 
+Peer memory that shrinks
+    A master maps what its slave shared; a slave that truncates a region it
+    could not seal loses its link ("memory region truncated", counted in
+    ``info()["memory_faults"]``): the pages read as zeros from then on, and
+    no SIGBUS reaches the process (memifx/guard.pyx).
+
 Roles: ``slave`` (also ``client``) creates the shared memory and connects;
 ``master`` (also ``server``) listens.  ``ring_size`` and ``buffer_size`` are
 the slave's to choose; a master uses what its slave set up.
@@ -69,7 +75,7 @@ import logging
 import threading
 from contextlib import contextmanager
 
-from memifx import access, control, wire
+from memifx import access, control, guard, wire
 from memifx.errors import MemifError
 from memifx.loop import default_loop
 from memifx.ring import DROP_REASONS
@@ -167,6 +173,7 @@ class Interface:
         self._last_reason = None
         self._totals = {"rx": [None] * rx_queues, "tx": [None] * tx_queues}
         self._flaps = 0
+        self._memory_faults = 0         # links lost to a truncated peer region
 
     # ----------------------------------------------------------- lifecycle
 
@@ -245,6 +252,9 @@ class Interface:
         for i, q in enumerate(conn.rx):
             if self._rx_modes[i] == "interrupt":
                 q.set_interrupt(True)
+        # The fault guard calls this from a control loop if the peer
+        # truncates a region under us (cleared at link-down: no cycle left).
+        conn.memory.on_fault = lambda: self._report_fault(conn, guard.REASON)
         with self._up:
             self._conn = conn
             self._up.notify_all()
@@ -258,6 +268,9 @@ class Interface:
         conn, self._conn = self._conn, None
         self._last_reason = reason
         if conn is not None:
+            conn.memory.on_fault = None
+            if reason == guard.REASON:
+                self._memory_faults += 1
             self._flaps += 1
             log.info("memif %s: link down: %s", self.name, reason)
             # Callbacks first: a worker pool stops its workers' use of these
@@ -293,6 +306,10 @@ class Interface:
             self._last_reason = cause
 
     def _report_fault(self, conn, reason):
+        if conn.memory.faulted:
+            # Whatever the rings made of the zeros, the cause is the truncation.
+            reason = guard.REASON
+
         def fail():
             if self._conn is conn and self._channel is not None:
                 self._channel.fail(reason)
@@ -336,6 +353,7 @@ class Interface:
             "link_flaps": self._flaps,
             "refused": dict(self.refused),
             "access": self.access.describe(),
+            "memory_faults": self._memory_faults,
             "configured": {"rx_queues": self.rx_queues, "tx_queues": self.tx_queues,
                            "ring_size": self.ring_size, "buffer_size": self.buffer_size},
         }
@@ -367,6 +385,7 @@ class Interface:
             out[kind] = [_sum(self._totals[kind][i], live.get(i)) for i in range(n)]
         out["link_flaps"] = self._flaps
         out["refused"] = dict(self.refused)
+        out["memory_faults"] = self._memory_faults
         return out
 
     # ----------------------------------------------------------- data path

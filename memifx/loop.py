@@ -15,6 +15,8 @@ import selectors
 import threading
 import time
 
+from memifx import guard
+
 log = logging.getLogger("memifx")
 
 
@@ -34,6 +36,8 @@ class ControlLoop:
         self._sel = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._sel.register(self._wake_r, selectors.EVENT_READ, self._drain_wake)
+        # A peer truncated memory we map (any thread hit it): end its link.
+        self._sel.register(guard.fileno(), selectors.EVENT_READ, guard.dispatch)
         self._calls = []
         self._calls_lock = threading.Lock()
         self._timers = []

@@ -12,4 +12,7 @@ cdef class Memory:
     cdef region_t regions[MAX_REGIONS]
     cdef readonly uint16_t count
     cdef readonly list fds          # our own dup of each region's fd, for workers
-    cdef char *_map(self, int fd, uint64_t size) except NULL
+    cdef int guard_slots[MAX_REGIONS]   # guard.pyx slot of each peer region, or -1
+    cdef public object on_fault     # called (control loop) if a peer region faulted
+    cdef object __weakref__
+    cdef char *_map(self, int fd, uint64_t size, bint guarded=*) except NULL

@@ -651,6 +651,7 @@ class Attached:
         self.gen, self.memory, self.rx, self.tx = gen, memory, rx, tx
         self._rx_modes = modes
         self.connected = True
+        self.fault_sent = False         # a truncation was reported for this link
 
     def active_queues(self, kind):
         return list((self.rx if kind == "rx" else self.tx).values())
@@ -775,6 +776,7 @@ def node_kind(name):
 
 
 def worker_main(fd):
+    from memifx import guard
     from memifx.errors import MemifError
     from memifx.memory import Memory
     from memifx.ring import Queue
@@ -866,6 +868,8 @@ def worker_main(fd):
 
     passes = 0
     moved = 0
+    fault_count = guard.fault_count     # one atomic load, looked at between passes
+    faults_seen = fault_count()
     while True:
         # Control messages: before the plan, block for it; then look only
         # when a pass found nothing, or every CONTROL_EVERY passes.
@@ -917,9 +921,19 @@ def worker_main(fd):
             idler.interfaces = list(links.values())
             idler.armed = [q for q in idler.armed if not q.closed]
         moved = node.run(links)
+        if (not moved or passes % CONTROL_EVERY == 0) and fault_count() != faults_seen:
+            # A peer truncated a region we map (the guard gave us zeros in
+            # its place): its link goes down for that reason, before any ring
+            # fault the zeros caused is reported.
+            faults_seen = fault_count()
+            for key, link in links.items():
+                if link.memory.faulted and not link.fault_sent:
+                    link.fault_sent = True
+                    send(sock, {"op": "fault", "key": key, "gen": link.gen,
+                                "reason": guard.REASON})
         for key, link in links.items() if (not moved or passes % CONTROL_EVERY == 0) else ():
             for q in link.active_queues("rx") + link.active_queues("tx"):
-                if q.fault:
+                if q.fault and not link.fault_sent:
                     send(sock, {"op": "fault", "key": key, "gen": link.gen,
                                 "reason": q.fault_reason()})
                     break
