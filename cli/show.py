@@ -100,6 +100,10 @@ def lines(proc):
                       "QUEUES RX/TX", "FLAPS", "REFUSED", "SOCKET"), rows)
     for r in _refusals(proc):
         yield "  refused  " + printable(r)
+    for i in proc["interfaces"]:
+        if i.get("memory_faults"):
+            yield "  memory faults  %s: %d (peer truncated shared memory)" % (
+                printable(i["name"]), i["memory_faults"])
     yield from _listener_lines(proc)
     yield ""
     rows, drops = [], []

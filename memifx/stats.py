@@ -279,7 +279,8 @@ class StatsFile:
         d = {k: info.get(k) for k in ("name", "role", "socket", "id", "mode", "state",
                                       "peer_name", "last_disconnect", "link_flaps",
                                       "configured", "rx_queues", "tx_queues",
-                                      "peer", "refused", "socket_refused", "listener")}
+                                      "peer", "refused", "socket_refused", "listener",
+                                      "memory_faults")}
         modes = list(getattr(t.intf, "_rx_modes", []))
         d["queues"] = {}
         for kind in ("rx", "tx"):

@@ -340,10 +340,16 @@ def test_worker_survives_truncated_region(xconnect, how):
         back_to(pid, was)
     good_traffic_through(p, sb)
     assert workers_of(p) == [worker]
+    assert wait_for(lambda: "memory faults  A: 1" in show(), 5), show()
     sb.close()
     result, out = finish(p)
     assert result["workers"] == {"count": 1, "restarts": 0}, out
     assert result["interfaces"]["A"]["memory_faults"] == 1, out
+
+
+def show(*args):
+    return subprocess.run(MEMIFX + ["show"] + list(args), capture_output=True, text=True,
+                          timeout=30).stdout
 
 
 def test_worker_attach_after_shrink_fails_the_link_only(xconnect):
