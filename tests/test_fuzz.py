@@ -1,0 +1,864 @@
+"""A hostile-peer fuzzer: hypothesis stateful testing against a live memifx.
+
+One memifx process (tests/fuzz_host.py) serves three interfaces and echoes
+whatever they receive:
+
+- master id 0 on socket A: the target of a rogue *slave* (:class:`SlaveFuzzer`);
+- master id 1 on socket A: the good peer's interface, same listener;
+- slave id 0 connecting to socket B, where a rogue *master* listens
+  (:class:`MasterFuzzer`).
+
+The rogues (tests/rogue.py) do random things in random orders: every
+handshake message with valid and invalid fields, out of order, repeated,
+with every kind of fd (sealed / unsealed / unsealable memfd, regular file,
+pipe, eventfd, socket, /dev/zero, none, several); once the link is up,
+valid frames mixed with descriptor rewrites, counter moves, chains that
+never end, cookie and flag rewrites, kicks.  While nothing hostile has
+happened on a link, the model knows what must happen and checks it (the
+handshake completes, frames come back echoed, byte for byte).
+
+After every step: the memifx process is alive.  Every ``GOOD_EVERY`` steps
+and at the end of every example: its echo thread answers, and a good
+memifx slave connects to id 1 and passes traffic both ways.  At the end of
+every example the process's fds and memfd mappings are back to the
+baseline (master role: per example; slave role: once the rogue master's
+listener is gone, at the end of the run).
+
+Truncating an unsealable region after the handshake (issue 10, attack 1)
+is a rule only where the memifx under test survives it: a probe at the
+start decides (``truncation_survived``) and the run says which it was.
+Presetting an eventfd's counter and toggling O_NONBLOCK (attack 2) hangs
+a memifx without bounded kicks only inside a narrow window, which would
+make this test flaky rather than red: it is a rule with
+``MEMIFX_FUZZ_KICK_ATTACK=1``.
+
+Steps: CI runs ``MEMIFX_FUZZ_STEPS`` (default 300) steps per role;
+``pytest -m soak tests/test_fuzz.py`` runs ``MEMIFX_FUZZ_SOAK_STEPS``
+(default 100000) per role.  Each test prints how many steps it ran.
+"""
+import fcntl
+import gc
+import os
+import socket
+import struct
+import tempfile
+import time
+
+import pytest
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, Phase, settings, strategies as st  # noqa: E402
+from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant,  # noqa: E402
+                                 precondition, rule, run_state_machine_as_test)
+
+import memifx  # noqa: E402
+from memifx import wire  # noqa: E402
+from conftest import wait_for  # noqa: E402
+from fuzz_host import Host  # noqa: E402
+from rogue import (DESC_NEXT, MASK_INT, RogueMaster, RogueSlave, eventfd,  # noqa: E402
+                   memfd, raw)
+
+CI_STEPS = int(os.environ.get("MEMIFX_FUZZ_STEPS", "300"))
+SOAK_STEPS = int(os.environ.get("MEMIFX_FUZZ_SOAK_STEPS", "100000"))
+KICK_ATTACK = os.environ.get("MEMIFX_FUZZ_KICK_ATTACK") == "1"
+STEPS_PER_EXAMPLE = 30
+GOOD_EVERY = 40                 # steps between good-peer checks
+REPLY_TIMEOUT = 3.5             # > the handshake timeout: memifx always answers by then
+
+FD_KINDS = ("memfd-sealed", "memfd-unsealed", "memfd-unsealable", "file", "pipe",
+            "eventfd", "socket", "chardev", "none", "several")
+U16 = st.sampled_from([0, 1, 2, 3, 255, 256, 0x7FFF, 0xFFFF]) | st.integers(0, 0xFFFF)
+U32 = st.sampled_from([0, 1, 63, 64, 4096, 1 << 20, 0x7FFFFFFF, 0xFFFFFFF0,
+                       0xFFFFFFFF]) | st.integers(0, 0xFFFFFFFF)
+U64 = st.sampled_from([0, 1, 4096, 1 << 32, (1 << 32) + 4096, 1 << 63,
+                       (1 << 64) - 1]) | st.integers(0, (1 << 64) - 1)
+NAMES = st.binary(max_size=40) | st.sampled_from([b"", b"\x1b[2J\x1b[31mred", b"a\nb\rc",
+                                                  b"\xff\xfe" * 16])
+DELTAS = st.sampled_from([0, 1, 2, 63, 64, 65, 128, 1024, 0x7FFF, 0x8000, 0xFFFF]) | \
+    st.integers(0, 0xFFFF)
+
+
+class Counter:
+    """Steps taken, and how memifx ended the links (printed per run)."""
+    steps = 0
+    ups = 0
+    endings = {}
+
+    @classmethod
+    def ended(cls, how):
+        cls.endings[how] = cls.endings.get(how, 0) + 1
+
+
+def make_fds(kind, size=4096):
+    """fds of one kind, ours to close (the sender's copy)."""
+    if kind == "memfd-sealed":
+        return [memfd(size)]
+    if kind == "memfd-unsealed":
+        return [memfd(size, seal=False)]
+    if kind == "memfd-unsealable":
+        return [memfd(size, sealable=False)]
+    if kind == "file":
+        fd, path = tempfile.mkstemp(prefix="mx-fuzz-")
+        os.unlink(path)
+        os.ftruncate(fd, size)
+        return [fd]
+    if kind == "pipe":
+        r, w = os.pipe()
+        os.close(w)
+        return [r]
+    if kind == "eventfd":
+        return [eventfd()]
+    if kind == "socket":
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        b.close()
+        return [a.detach()]
+    if kind == "chardev":
+        return [os.open("/dev/zero", os.O_RDWR)]
+    if kind == "several":
+        return [memfd(size), eventfd()]
+    return []
+
+
+def send_with(peer, data, kind, size=4096):
+    fds = make_fds(kind, size)
+    try:
+        peer.send_raw(data, fds)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def close_quietly(peer):
+    if peer is not None:
+        try:
+            peer.close()
+        except OSError:
+            pass
+
+
+class Fuzzer(RuleBasedStateMachine):
+    """What both roles share: the host, the liveness invariants, the checks."""
+
+    host = None                 # set by the test before running
+    baseline = None             # (fds, memfd maps) or None: not checked per example
+
+    def __init__(self):
+        super().__init__()
+        self.peer = None
+        self.up = False
+        self.pristine = False   # nothing hostile since the link came up
+        self.steps = 0
+
+    # ----------------------------------------------------------- liveness
+
+    def assert_alive(self):
+        assert self.host.alive(), "memifx died:\n%s" % self.host.output()
+
+    @invariant()
+    def memifx_alive(self):
+        self.steps += 1
+        Counter.steps += 1
+        self.assert_alive()
+        if Counter.steps % GOOD_EVERY == 0:
+            good_peer_passes(self.host)
+
+    def teardown(self):
+        close_quietly(self.peer)
+        self.peer = None
+        self.assert_alive()
+        good_peer_passes(self.host)
+        if self.baseline is not None:
+            back_to_baseline(self.host, self.baseline)
+
+    # ------------------------------------------------------------- replies
+
+    def pump(self, timeout=0.0):
+        """Read what memifx sent (up to ``timeout`` for the first message);
+        returns the messages.  The link is over on DISCONNECT or EOF."""
+        got = []
+        while self.peer is not None:
+            try:
+                msg = self.peer.recv(timeout if not got else 0.0)
+            except (socket.timeout, BlockingIOError):
+                break
+            except memifx.MemifError as e:
+                raise AssertionError("memifx sent a malformed message: %s" % e.reason)
+            finally:
+                for fd in getattr(self.peer, "last_fds", []) if self.peer else []:
+                    os.close(fd)
+                if self.peer is not None:
+                    self.peer.last_fds = []
+            got.append(msg)
+            if msg is None or isinstance(msg, wire.Disconnect):
+                if isinstance(msg, wire.Disconnect):
+                    assert msg.reason, "DISCONNECT without a reason"
+                    Counter.ended(msg.reason if not msg.reason[-1].isdigit()
+                                  else msg.reason.rstrip("0123456789()<> "))
+                else:
+                    Counter.ended("EOF")
+                self.link_over()
+                break
+        if self.peer is not None and self.peer.sock is not None:
+            self.peer.sock.settimeout(REPLY_TIMEOUT)   # recv(0.0) left it non-blocking
+        return got
+
+    def reply(self):
+        """The one answer memifx owes to a control message: it must come."""
+        got = self.pump(REPLY_TIMEOUT)
+        assert got, "memifx did not answer within %.1f s" % REPLY_TIMEOUT
+        return got[0]
+
+    def send(self, data, kind="none", size=4096):
+        """Send one record with fds of ``kind``; False (and the link over)
+        if memifx has already closed the connection."""
+        try:
+            send_with(self.peer, data, kind, size)
+            return True
+        except (BrokenPipeError, ConnectionResetError, ConnectionRefusedError):
+            self.pump(0.0)
+            self.link_over()
+            return False
+
+    def link_over(self):
+        close_quietly(self.peer)
+        self.peer = None
+        self.up = False
+        self.pristine = False
+
+    def hostile(self):
+        self.pristine = False
+
+    def kick(self, efd):
+        try:
+            os.write(efd, struct.pack("<Q", 1))
+        except OSError:
+            pass
+
+
+def good_peer_passes(host, socket_a=None):
+    """A good memifx slave connects to master id 1 of the host and traffic
+    crosses both ways (the host echoes); the host's echo thread answers."""
+    host.info()
+    path = socket_a or Fuzzer.socket_a
+    slave = memifx.Interface(socket=path, id=1, role="slave", name="good", ring_size=64)
+    slave.connect()
+    try:
+        assert slave.wait_connected(5), ("good peer could not connect", slave.info())
+        sent = [struct.pack("<I", i) + bytes([i]) * 60 for i in range(8)]
+        assert slave.tx_burst(sent) == len(sent)
+        got = []
+        wait_for(lambda: got.extend(slave.rx_burst()) or len(got) >= len(sent), 5, 0.002)
+        assert got == sent, "good peer's frames did not come back (%d of %d)" % (
+            len(got), len(sent))
+    finally:
+        slave.close()
+
+
+def back_to_baseline(host, baseline, timeout=5.0):
+    def now():
+        gc.collect()
+        return host.fds(), host.maps()[0]
+    assert wait_for(lambda: now()[0] <= baseline[0] and now()[1] <= baseline[1],
+                    timeout, 0.05), ("fds/memfd maps not back to baseline", now(), baseline)
+
+
+# ================================================ rogue slave vs memifx master
+
+class SlaveFuzzer(Fuzzer):
+    """A rogue slave against memifx master id 0 (2 queues each way)."""
+
+    truncation = False          # the truncate rule runs (see the module docstring)
+
+    def connect(self):
+        self.pump(0.0)                   # what memifx said last, for the tally
+        close_quietly(self.peer)
+        self.up = self.pristine = False
+        self.peer = RogueSlave.connect(self.socket_a, hello=False)
+        hello = self.reply()
+        assert isinstance(hello, wire.Hello), hello
+        self.phase = "hello"
+        self.regions = 0
+
+    @initialize()
+    def start(self):
+        self.connect()
+
+    @rule(rings=st.integers(1, 2), log2=st.integers(1, 8),
+          region=st.sampled_from(["memfd-sealed", "memfd-unsealed", "memfd-unsealable"]))
+    def good_handshake(self, rings, log2, region):
+        """A complete correct handshake: it must succeed."""
+        for attempt in range(40):
+            self.connect()
+            try:
+                self.peer.handshake(n_s2m=rings, n_m2s=rings, log2=log2,
+                                    sealable=region != "memfd-unsealable",
+                                    seal=region == "memfd-sealed")
+                break
+            except AssertionError as e:
+                # the previous rogue's link may still be going down in memifx
+                assert "already connected" in str(self.peer.seen[-1:]), e
+                time.sleep(0.05)
+        else:
+            raise AssertionError("good handshake never accepted")
+        self.phase = "up"
+        self.up = self.pristine = True
+        Counter.ups += 1
+        self.echoed = 0
+        self.sent = 0
+
+    @rule()
+    def reconnect(self):
+        self.connect()
+
+    @precondition(lambda self: self.peer is None)
+    @rule()
+    def reconnect_when_down(self):
+        self.connect()
+
+    @precondition(lambda self: self.peer is not None)
+    @rule(id=st.sampled_from([0, 0, 0, 2, 0xFFFFFFFF]), mode=st.sampled_from([0, 0, 1, 2, 9]),
+          version=st.sampled_from([wire.VERSION] * 3 + [0x0100, 0x0201, 0xFFFF, 0]),
+          secret=st.sampled_from([b"", b"x", b"y" * 23]), name=NAMES,
+          fd=st.sampled_from(FD_KINDS[-2:] * 4 + FD_KINDS))
+    def init(self, id, mode, version, secret, name, fd):
+        msg = wire.encode(wire.Init(version=version, id=id, mode=mode, secret=secret,
+                                    name=b""))
+        msg = msg[:2 + 2 + 4 + 1 + 24] + name[:32].ljust(32, b"\0") + msg[2 + 2 + 4 + 1 + 24 + 32:]
+        valid = id == 0 and mode == 0 and version >> 8 == 2 and not secret and \
+            fd == "none" and self.phase == "hello"
+        if not self.send(msg, fd):
+            return
+        answer = self.reply()
+        if isinstance(answer, wire.Ack):
+            self.phase = "init"
+        elif valid and not (isinstance(answer, wire.Disconnect) and
+                            answer.reason in ("already connected", "handshake timeout")):
+            raise AssertionError("valid INIT refused: %r" % (answer,))
+        if not valid:
+            self.hostile()
+
+    @precondition(lambda self: self.peer is not None)
+    @rule(index=st.sampled_from([None, None, 1, 255, 256, 0xFFFF]),
+          size=st.sampled_from([4096, 4096, 0, 1, 8192, 1 << 32, (1 << 32) + 1]) | U64,
+          fd=st.sampled_from(FD_KINDS[:3] * 3 + FD_KINDS), fd_size=st.sampled_from([4096, 0,
+                                                                                   8192]))
+    def add_region(self, index, size, fd, fd_size):
+        index = self.regions if index is None else index
+        if self.send(wire.encode(wire.AddRegion(index=index, size=size)), fd, fd_size) \
+                and isinstance(self.reply(), wire.Ack):
+            self.regions += 1
+        self.hostile()
+
+    @precondition(lambda self: self.peer is not None)
+    @rule(flags=st.sampled_from([0, 1, 0xFFFF]), index=st.sampled_from([0, 1, 2, 0xFFFF]),
+          region=st.sampled_from([0, 0, 1, 0xFFFF]),
+          offset=st.sampled_from([0, 64, 63, 4096 - 64, 4096, 0xFFFFFFC0]) | U32,
+          log2=st.sampled_from([0, 1, 6, 10, 14, 15, 255]),
+          private=st.sampled_from([0, 0, 0, 1, 0xFFFF]),
+          fd=st.sampled_from(("eventfd",) * 6 + FD_KINDS))
+    def add_ring(self, flags, index, region, offset, log2, private, fd):
+        msg = wire.encode(wire.AddRing(flags=flags, index=index, region=region,
+                                       offset=offset, log2_ring_size=log2,
+                                       private_hdr_size=private))
+        self.send(msg, fd) and self.reply()
+        self.hostile()
+
+    @precondition(lambda self: self.peer is not None)
+    @rule(name=NAMES)
+    def connect_msg(self, name):
+        self.send(raw(wire.CONNECT, name[:32])) and self.reply()
+        self.hostile()
+
+    @precondition(lambda self: self.peer is not None)
+    @rule(kind=st.integers(0, 12), body=st.binary(max_size=140),
+          size=st.sampled_from([0, 1, 2, 127, 128, 128, 128, 129, 4096]),
+          fd=st.sampled_from(("none",) * 4 + FD_KINDS))
+    def garbage(self, kind, body, size, fd):
+        self.send(raw(kind, body, size), fd) and self.reply()
+        self.hostile()
+
+    @precondition(lambda self: self.peer is not None)
+    @rule(reason=NAMES)
+    def disconnect(self, reason):
+        self.send(raw(wire.DISCONNECT, b"\0\0\0\0" + reason[:96])) and \
+            self.reply()                # EOF: memifx closes its side
+
+    @precondition(lambda self: self.peer is not None)
+    @rule()
+    def hang_up(self):
+        self.link_over()
+
+    # ------------------------------------------------------ data path (up)
+
+    @precondition(lambda self: self.up and self.pristine)
+    @rule(n=st.integers(1, 8), size=st.sampled_from([14, 60, 1500, 2048]))
+    def roundtrip(self, n, size):
+        """Nothing hostile yet: frames sent on S2M ring 0 come back on M2S
+        ring 0, byte for byte."""
+        p = self.peer
+        ring = p.m2s[0]
+        n = min(n, ring.size)
+        p.post(n, ring)
+        sent = [struct.pack("<II", self.sent + i, size) + bytes([i]) * (size - 8)
+                for i in range(n)]
+        for f in sent:
+            p.send_frame(f)
+        self.kick(p.efds[0])
+        self.sent += n
+        ok = wait_for(lambda: (self.pump(), not self.up or
+                               (ring.tail - self.echoed) & 0xFFFF >= n)[1], 5, 0.002)
+        assert self.up, "link went down with no hostile act: %r" % (p.seen[-1:],)
+        assert ok, "echo did not come back (tail %d)" % ring.tail
+        got = []
+        for s in range(self.echoed, self.echoed + n):
+            fl, reg, length, off, _ = ring.desc(s)
+            assert not fl & DESC_NEXT and reg == 0
+            got.append(bytes(p.mem[off:off + length]))
+        self.echoed = (self.echoed + n) & 0xFFFF
+        assert got == sent
+
+    @precondition(lambda self: self.up)
+    @rule(data=st.data())
+    def rewrite_descriptors(self, data):
+        p = self.peer
+        ring = data.draw(st.sampled_from(p.s2m + p.m2s))
+        for _ in range(data.draw(st.integers(1, 8))):
+            ring.put(data.draw(st.integers(0, ring.size - 1)),
+                     flags=data.draw(st.sampled_from([0, 0, DESC_NEXT, 0xFFFF])),
+                     region=data.draw(st.sampled_from([0, 0, 0, 1, 0xFFFF])),
+                     length=data.draw(U32), offset=data.draw(U32),
+                     metadata=data.draw(U32))
+        if data.draw(st.booleans()):
+            ring.head = ring.head + data.draw(st.integers(1, ring.size))
+            self.kick(p.efds[(p.s2m + p.m2s).index(ring)])
+        self.hostile()
+        self.pump()
+
+    @precondition(lambda self: self.up)
+    @rule(data=st.data(), delta=DELTAS, which=st.sampled_from(["head", "head", "tail"]))
+    def move_counter(self, data, delta, which):
+        p = self.peer
+        ring = data.draw(st.sampled_from(p.s2m + p.m2s))
+        setattr(ring, which, getattr(ring, which) + delta)
+        self.kick(p.efds[(p.s2m + p.m2s).index(ring)])
+        self.hostile()
+        self.pump()
+
+    @precondition(lambda self: self.up)
+    @rule(data=st.data(), n=st.integers(1, 70))
+    def endless_chain(self, data, n):
+        """Descriptors with NEXT on every one: a frame that never ends."""
+        p = self.peer
+        ring = p.s2m[data.draw(st.integers(0, len(p.s2m) - 1))]
+        h = ring.head
+        for k in range(min(n, ring.size)):
+            ring.put(h + k, flags=DESC_NEXT, length=64, offset=p.buf(ring, h + k))
+        ring.head = h + min(n, ring.size)
+        self.kick(p.efds[ring.index])
+        self.hostile()
+        self.pump()
+
+    @precondition(lambda self: self.up)
+    @rule(data=st.data(), cookie=st.sampled_from([0, 0x3E31F21, 0xFFFFFFFF]),
+          flags=st.sampled_from([0, MASK_INT, 0xFFFF]))
+    def rewrite_header(self, data, cookie, flags):
+        p = self.peer
+        ring = data.draw(st.sampled_from(p.s2m + p.m2s))
+        if data.draw(st.booleans()):
+            ring.cookie = cookie
+        ring.flags = flags
+        self.hostile()
+        self.pump()
+
+    @precondition(lambda self: self.up)
+    @rule(n=st.integers(1, 5))
+    def kicks(self, n):
+        for _ in range(n):
+            for efd in self.peer.efds:
+                self.kick(efd)
+        self.pump()
+
+    @precondition(lambda self: self.up and SlaveFuzzer.truncation)
+    @rule(size=st.sampled_from([0, 4096, 12288]))
+    def truncate_region(self, size):
+        """Publish a frame, shrink region 0 under memifx, kick.  Our own
+        mapping faults from then on too: the link is abandoned."""
+        p = self.peer
+        ring = p.s2m[0]
+        h = ring.head
+        self.hostile()
+        ring.put(h, length=64, offset=p.buf(ring, h))
+        ring.head = h + 1
+        try:
+            os.ftruncate(p.fds[0], size)
+        except OSError:
+            return                       # sealed: the kernel refuses, as it should
+        self.hostile()
+        p.mem.close()
+        p.maps.remove(p.mem)
+        ring.mem = None
+        os.write(p.efds[0], struct.pack("<Q", 1))
+        time.sleep(0.05)
+        self.pump()
+        self.link_over()
+
+    @precondition(lambda self: self.up and KICK_ATTACK)
+    @rule(toggles=st.integers(1, 50))
+    def eventfd_preset(self, toggles):
+        """Counter at its maximum, O_NONBLOCK toggled: a kick must not block."""
+        p = self.peer
+        for efd in p.efds:
+            try:
+                os.write(efd, struct.pack("<Q", (1 << 64) - 2))
+            except OSError:
+                pass
+        fl = fcntl.fcntl(p.efds[0], fcntl.F_GETFL)
+        for _ in range(toggles):
+            for efd in p.efds:
+                fcntl.fcntl(efd, fcntl.F_SETFL, fl & ~os.O_NONBLOCK)
+        p.post(4, p.m2s[0])
+        p.send_frame(b"k" * 60)
+        self.hostile()
+        self.pump()
+
+    @precondition(lambda self: self.up)
+    @rule(kind=st.integers(0, 9))
+    def message_while_up(self, kind):
+        self.send(raw(kind)) and self.reply()
+        self.hostile()
+
+
+# ================================================ rogue master vs memifx slave
+
+class MasterFuzzer(Fuzzer):
+    """A rogue master on socket B, against the memifx slave (id 0)."""
+
+    listener = None             # the RogueMaster listening on socket B (the test's)
+
+    def accept(self, hello):
+        """The next connection of the memifx slave (the host caps its backoff
+        at 0.1 s); False if it was already gone (it waited in the backlog
+        past its handshake timeout)."""
+        self.pump(0.0)
+        self.link_over()
+        m = self.listener
+        m.sock = None
+        m.fds, m.maps, m.seen = [], [], []
+        m.accept(hello=False, timeout=REPLY_TIMEOUT)
+        self.peer = m
+        if hello is True:
+            hello = m.hello_msg()
+        return self.send(hello if isinstance(hello, bytes) else wire.encode(hello))
+
+    def link_over(self):
+        if self.peer is not None:
+            for mm in self.peer.maps:
+                try:
+                    mm.close()
+                except BufferError:
+                    pass
+            for fd in self.peer.fds:
+                os.close(fd)
+            self.peer.fds, self.peer.maps = [], []
+            if self.peer.sock is not None:
+                self.peer.sock.close()
+                self.peer.sock = None
+        self.peer = None
+        self.up = self.pristine = False
+
+    def teardown(self):
+        self.link_over()
+        super().teardown()
+
+    @initialize()
+    def start(self):
+        self.good_handshake()
+
+    @rule()
+    def good_handshake(self):
+        for attempt in range(5):
+            if self.accept(True):
+                try:
+                    self.peer.handshake()
+                    break
+                except (AssertionError, OSError):
+                    # a connection that outwaited its handshake timeout
+                    # in our backlog: memifx closed it, the next is fresh
+                    if self.peer.seen[-1:] not in ([], [None]) and not \
+                            isinstance(self.peer.seen[-1], wire.Disconnect):
+                        raise
+        else:
+            raise AssertionError("good handshake never completed")
+        Counter.ups += 1
+        assert len(self.peer.s2m) >= 1 and len(self.peer.m2s) >= 1
+        self.up = self.pristine = True
+        self.echoed = 0
+        self.sent = 0
+        self.posted_seen = 0
+
+    @rule(name=NAMES, minv=st.sampled_from([wire.VERSION] * 6 + [0, 0x0201, 0xFFFF]),
+          maxv=st.sampled_from([wire.VERSION] * 6 + [0, 0x0100, 0xFFFF]),
+          region=U16, m2s=U16, s2m=U16, log2=st.sampled_from([0, 1, 6, 14, 15, 255]),
+          steps=st.integers(0, 12), bad=st.sampled_from(["ack-fd", "connected", "garbage",
+                                                         "hello", "disconnect", "close",
+                                                         "nothing"]),
+          fd=st.sampled_from(FD_KINDS))
+    def hostile_handshake(self, name, minv, maxv, region, m2s, s2m, log2, steps, bad, fd):
+        """A HELLO with any fields, ``steps`` correct answers, then one bad one."""
+        hello = raw(wire.HELLO, name[:32].ljust(32, b"\0") +
+                    struct.pack("<HHHHHB", minv, maxv, region, m2s, s2m, log2 & 0xFF))
+        if not self.accept(hello):
+            return
+        self.hostile()
+        p = self.peer
+        for _ in range(steps):
+            got = self.pump(REPLY_TIMEOUT)
+            if self.peer is None or not got:
+                return
+            if isinstance(got[-1], wire.Connect):
+                self.send(wire.encode(wire.Connected(if_name="rogue")))
+                time.sleep(0.01)
+                self.link_over()
+                return
+            if not self.send(wire.encode(wire.Ack())):
+                return
+        if bad == "ack-fd":
+            self.send(wire.encode(wire.Ack()), fd)
+        elif bad == "connected":
+            self.send(wire.encode(wire.Connected(if_name="early")), fd)
+        elif bad == "garbage":
+            self.send(raw(wire.ADD_RING, b"\xff" * 20, 77), fd)
+        elif bad == "hello":
+            self.send(wire.encode(p.hello_msg()))
+        elif bad == "disconnect":
+            self.send(wire.encode(wire.Disconnect(code=1, reason="go away")))
+        elif bad == "close":
+            self.link_over()
+            return
+        self.pump(0.05)
+        self.link_over()
+
+    @precondition(lambda self: self.up and self.pristine)
+    @rule(n=st.integers(1, 8), size=st.sampled_from([14, 60, 1500, 2048]))
+    def roundtrip(self, n, size):
+        """Nothing hostile yet: frames given on M2S ring 0 come back on S2M,
+        byte for byte."""
+        p = self.peer
+        ring = p.m2s[0]
+        if not wait_for(lambda: (ring.head - ring.tail) & 0xFFFF >= n, 1, 0.002):
+            return                       # fewer buffers posted than frames
+        sent = [struct.pack("<II", self.sent + i, size) + bytes([i]) * (size - 8)
+                for i in range(n)]
+        for f in sent:
+            p.give(f, ring)
+        self.sent += n
+        self.kick(p.efds[len(p.s2m)])
+        got = []
+        ok = wait_for(lambda: (self.pump(), not self.up or
+                               (got.extend(p.take(p.s2m[0])), len(got) >= n)[1])[1],
+                      5, 0.002)
+        assert self.up, "link went down with no hostile act: %r" % (p.seen[-1:],)
+        assert ok, "echo did not come back (%d of %d)" % (len(got), n)
+        assert got == sent
+
+    @precondition(lambda self: self.up)
+    @rule(data=st.data(), n=st.integers(1, 8), publish=st.booleans())
+    def rewrite_descriptors(self, data, n, publish):
+        p = self.peer
+        ring = data.draw(st.sampled_from(p.m2s))
+        t = ring.tail
+        for k in range(n):
+            ring.put(t + k, flags=data.draw(st.sampled_from([0, 0, DESC_NEXT, 0xFFFF])),
+                     region=data.draw(st.sampled_from([0, 0, 0, 1, 0xFFFF])),
+                     length=data.draw(U32), offset=data.draw(U32),
+                     metadata=data.draw(U32))
+        if publish:
+            ring.tail = t + n
+            self.kick(p.efds[len(p.s2m) + p.m2s.index(ring)])
+        self.hostile()
+        self.pump()
+
+    @precondition(lambda self: self.up)
+    @rule(data=st.data(), delta=DELTAS, which=st.sampled_from(["tail", "tail", "head"]))
+    def move_counter(self, data, delta, which):
+        p = self.peer
+        rings = p.s2m + p.m2s
+        i = data.draw(st.integers(0, len(rings) - 1))
+        setattr(rings[i], which, getattr(rings[i], which) + delta)
+        self.kick(p.efds[i])
+        self.hostile()
+        self.pump()
+
+    @precondition(lambda self: self.up)
+    @rule(n=st.integers(1, 70))
+    def endless_chain(self, n):
+        p = self.peer
+        ring = p.m2s[0]
+        t = ring.tail
+        for k in range(n):
+            fl, reg, blen, off, _ = ring.desc(t + k)
+            ring.put(t + k, flags=DESC_NEXT, region=reg, offset=off, length=min(blen, 64))
+        ring.tail = t + n
+        self.kick(p.efds[len(p.s2m)])
+        self.hostile()
+        self.pump()
+
+    @precondition(lambda self: self.up)
+    @rule(data=st.data(), cookie=st.sampled_from([0, 0x3E31F21, 0xFFFFFFFF]),
+          flags=st.sampled_from([0, MASK_INT, 0xFFFF]))
+    def rewrite_header(self, data, cookie, flags):
+        p = self.peer
+        ring = data.draw(st.sampled_from(p.s2m + p.m2s))
+        if data.draw(st.booleans()):
+            ring.cookie = cookie
+        ring.flags = flags
+        self.hostile()
+        self.pump()
+
+    @precondition(lambda self: self.up)
+    @rule(n=st.integers(1, 5))
+    def kicks(self, n):
+        for _ in range(n):
+            for efd in self.peer.efds:
+                self.kick(efd)
+        self.pump()
+
+    @precondition(lambda self: self.up)
+    @rule(kind=st.integers(0, 9), fd=st.sampled_from(("none",) * 4 + FD_KINDS))
+    def message_while_up(self, kind, fd):
+        self.send(raw(kind), fd) and self.reply()
+        self.hostile()
+
+    @precondition(lambda self: self.up and KICK_ATTACK)
+    @rule(toggles=st.integers(1, 50))
+    def eventfd_preset(self, toggles):
+        p = self.peer
+        for efd in p.efds:
+            try:
+                os.write(efd, struct.pack("<Q", (1 << 64) - 2))
+            except OSError:
+                pass
+        fl = fcntl.fcntl(p.efds[0], fcntl.F_GETFL)
+        for _ in range(toggles):
+            for efd in p.efds:
+                fcntl.fcntl(efd, fcntl.F_SETFL, fl & ~os.O_NONBLOCK)
+        if (p.m2s[0].head - p.m2s[0].tail) & 0xFFFF:
+            p.give(b"k" * 60, p.m2s[0])
+        self.hostile()
+        self.pump()
+
+    @precondition(lambda self: self.up)
+    @rule()
+    def hang_up(self):
+        self.link_over()
+
+
+# ================================================================= running
+
+def interfaces(socket_a, socket_b):
+    return (dict(socket=socket_a, id=0, role="master", name="fuzz-master",
+                 rx_queues=2, tx_queues=2),
+            dict(socket=socket_a, id=1, role="master", name="good-master"),
+            dict(socket=socket_b, id=0, role="slave", name="fuzz-slave", ring_size=64))
+
+
+@pytest.fixture
+def fuzz_host(procs, unique):
+    socket_a, socket_b = "@%s-a" % unique, "@%s-b" % unique
+    host = Host(procs, *interfaces(socket_a, socket_b),
+                env={"FUZZ_HOST_RECONNECT_MAX": "0.1"})
+    Fuzzer.socket_a = socket_a
+    Fuzzer.host = host
+    good_peer_passes(host, socket_a)
+    host.socket_b = socket_b
+    time.sleep(0.3)                     # the good peer's link finishes going down
+    host.baseline = (host.fds(), host.maps()[0])
+    return host
+
+
+def truncation_survived(procs, unique):
+    """Does this memifx survive a region truncated after the handshake?  A
+    rogue slave shrinks its unsealable region to 0 and publishes a frame to
+    a throwaway memifx process."""
+    path = "@%s-probe" % unique
+    host = Host(procs, dict(socket=path, id=0, role="master", name="probe"))
+    with RogueSlave.connect(path) as r:
+        try:
+            r.handshake(sealable=False)
+        except AssertionError:
+            return True                  # unsealable regions refused: nothing to truncate
+        r.send_frame(b"t" * 60)
+        os.ftruncate(r.fds[0], 0)       # from here on, our own mapping faults too
+        os.write(r.efds[0], struct.pack("<Q", 1))
+        time.sleep(0.5)
+    return host.alive()
+
+
+def run(machine, total, settings_kw):
+    """Run ``machine`` until at least ``total`` steps were taken."""
+    Counter.steps = Counter.ups = 0
+    Counter.endings = {}
+    start = time.monotonic()
+    while Counter.steps < total:
+        left = total - Counter.steps
+        run_state_machine_as_test(machine, settings=settings(
+            max_examples=max(1, left // STEPS_PER_EXAMPLE + 1),
+            stateful_step_count=STEPS_PER_EXAMPLE, deadline=None, database=None,
+            # a live process does not replay exactly: report the first
+            # failure as found, do not shrink it
+            phases=(Phase.explicit, Phase.generate),
+            suppress_health_check=list(HealthCheck), **settings_kw))
+    took = time.monotonic() - start
+    print("\n%s: %d steps in %.1f s (%.0f steps/s)" % (machine.__name__, Counter.steps,
+                                                       took, Counter.steps / took))
+    print("links up %d; memifx ended links with: %s" % (
+        Counter.ups, ", ".join("%s x%d" % kv for kv in sorted(Counter.endings.items(),
+                                                              key=lambda kv: -kv[1]))))
+    return Counter.steps
+
+
+def fuzz_slave_role(host, total, truncation, **settings_kw):
+    """Rogue slaves against the memifx master."""
+    SlaveFuzzer.truncation = truncation
+    print("\ntruncation rule: %s" % ("on" if truncation else
+                                     "off (memifx dies of a truncated region)"))
+    SlaveFuzzer.baseline = host.baseline
+    steps = run(SlaveFuzzer, total, settings_kw)
+    assert steps >= total
+    good_peer_passes(host)
+    back_to_baseline(host, host.baseline)
+
+
+def fuzz_master_role(host, total, **settings_kw):
+    """A rogue master against the memifx slave."""
+    MasterFuzzer.listener = RogueMaster.listen(host.socket_b)
+    try:
+        steps = run(MasterFuzzer, total, settings_kw)
+    finally:
+        MasterFuzzer.listener.close()
+    assert steps >= total
+    good_peer_passes(host)
+    back_to_baseline(host, host.baseline)
+
+
+@pytest.mark.timeout(240)
+def test_fuzz_rogue_slave(fuzz_host, procs, unique):
+    fuzz_slave_role(fuzz_host, CI_STEPS, truncation_survived(procs, unique),
+                    derandomize=True)
+
+
+@pytest.mark.timeout(240)
+def test_fuzz_rogue_master(fuzz_host):
+    fuzz_master_role(fuzz_host, CI_STEPS, derandomize=True)
+
+
+@pytest.mark.soak
+@pytest.mark.timeout(6 * 3600)
+def test_fuzz_rogue_slave_soak(fuzz_host, procs, unique):
+    fuzz_slave_role(fuzz_host, SOAK_STEPS, truncation_survived(procs, unique))
+
+
+@pytest.mark.soak
+@pytest.mark.timeout(6 * 3600)
+def test_fuzz_rogue_master_soak(fuzz_host):
+    fuzz_master_role(fuzz_host, SOAK_STEPS)
