@@ -63,6 +63,7 @@ SOAK_STEPS = int(os.environ.get("MEMIFX_FUZZ_SOAK_STEPS", "100000"))
 KICK_ATTACK = os.environ.get("MEMIFX_FUZZ_KICK_ATTACK") == "1"
 STEPS_PER_EXAMPLE = 30
 GOOD_EVERY = 40                 # steps between good-peer checks
+PROGRESS_EVERY = 5000           # steps between progress lines (soak)
 REPLY_TIMEOUT = 3.5             # > the handshake timeout: memifx always answers by then
 
 FD_KINDS = ("memfd-sealed", "memfd-unsealed", "memfd-unsealable", "file", "pipe",
@@ -161,6 +162,9 @@ class Fuzzer(RuleBasedStateMachine):
         self.assert_alive()
         if Counter.steps % GOOD_EVERY == 0:
             good_peer_passes(self.host)
+        if Counter.steps % PROGRESS_EVERY == 0:
+            print("  %s: %d steps, links up %d, host alive, good peer served" % (
+                type(self).__name__, Counter.steps, Counter.ups), flush=True)
 
     def teardown(self):
         close_quietly(self.peer)
