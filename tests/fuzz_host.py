@@ -106,7 +106,8 @@ class Host:
     conftest ``procs`` fixture, so it dies with the test)."""
 
     def __init__(self, procs, *interfaces, env=None, prefix=()):
-        args = list(prefix) + [sys.executable, os.path.abspath(__file__)] + \
+        args = list(prefix) + [sys.executable, "-X", "faulthandler",
+                               os.path.abspath(__file__)] + \
             [json.dumps(kw) for kw in interfaces]
         environ = dict(os.environ, PYTHONUNBUFFERED="1")
         environ.update(env or {})
