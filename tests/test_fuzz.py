@@ -43,10 +43,14 @@ import dataclasses
 import fcntl
 import functools
 import gc
+import json
 import os
+import select
+import signal
 import socket
 import struct
 import tempfile
+import threading
 import time
 import traceback
 
@@ -113,10 +117,26 @@ class Counter:
 
 
 def first_failure(what):
-    """Keep the first failure of a run, with the steps before it."""
+    """Keep the first failure of a run, with the steps before it and the
+    state of the memifx process (its threads' stacks if it stopped
+    answering)."""
     if Counter.fatal is None:
-        Counter.fatal = "%s failed after these steps:\n  %s\n%s" % (
-            what, "\n  ".join(Counter.history), traceback.format_exc())
+        Counter.fatal = "%s failed after these steps:\n  %s\n%s\nmemifx: %s" % (
+            what, "\n  ".join(Counter.history), traceback.format_exc(),
+            host_state(Fuzzer.host))
+
+
+def host_state(host):
+    if host is None or not host.alive():
+        return "dead"
+    try:
+        info = host.info(timeout=3)
+        return "answers: %s" % json.dumps([(i["name"], i["state"], i["last_disconnect"])
+                                            for i in info["interfaces"]])
+    except AssertionError:
+        os.kill(host.pid, signal.SIGABRT)       # faulthandler prints every thread
+        host.proc.wait(5)
+        return "does not answer; its stacks:\n%s" % host.output()[-4000:]
 
 
 def logged(cls):
@@ -315,10 +335,48 @@ class Fuzzer(RuleBasedStateMachine):
         self.pump()
 
     def kick(self, efd):
+        """Signal an eventfd without ever blocking the fuzzer itself: after
+        eventfd_preset the shared file description may be blocking with
+        the counter at its maximum."""
         try:
-            os.write(efd, struct.pack("<Q", 1))
+            if select.select([], [efd], [], 0)[1]:
+                os.write(efd, struct.pack("<Q", 1))
+        except (OSError, ValueError):
+            pass
+
+
+@contextlib.contextmanager
+def preset_and_toggling(efds):
+    """Issue 10 attack 2: each counter at its maximum (a writer would
+    block), and O_NONBLOCK cleared and set again on the shared file
+    descriptions by a thread, until the block ends (cleared then)."""
+    flags = []
+    for efd in efds:
+        fl = fcntl.fcntl(efd, fcntl.F_GETFL) | os.O_NONBLOCK
+        flags.append(fl)
+        fcntl.fcntl(efd, fcntl.F_SETFL, fl)
+        try:
+            os.read(efd, 8)
+            os.write(efd, struct.pack("<Q", (1 << 64) - 2))
         except OSError:
             pass
+    halt = threading.Event()
+
+    def toggle():
+        k = 0
+        while not halt.is_set():
+            for efd, fl in zip(efds, flags):
+                fcntl.fcntl(efd, fcntl.F_SETFL, fl & ~os.O_NONBLOCK if k % 2 == 0 else fl)
+            k += 1
+    t = threading.Thread(target=toggle, daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        halt.set()
+        t.join(5)
+        for efd, fl in zip(efds, flags):
+            fcntl.fcntl(efd, fcntl.F_SETFL, fl & ~os.O_NONBLOCK)
 
 
 @contextlib.contextmanager
@@ -609,7 +667,7 @@ class SlaveFuzzer(Fuzzer):
         p.mem.close()
         p.maps.remove(p.mem)
         ring.mem = None
-        os.write(p.efds[0], struct.pack("<Q", 1))
+        self.kick(p.efds[0])
         time.sleep(0.05)
         self.pump()
         self.link_over()
@@ -617,21 +675,19 @@ class SlaveFuzzer(Fuzzer):
     @precondition(lambda self: KICK_ATTACK)
     @rule(toggles=st.integers(1, 50))
     def eventfd_preset(self, toggles):
-        """Counter at its maximum, O_NONBLOCK toggled: a kick must not block."""
+        """Counters at their maximum, O_NONBLOCK toggling while frames
+        flow: memifx's kicks must not block."""
         self.need_up()
         p = self.peer
-        for efd in p.efds:
-            try:
-                os.write(efd, struct.pack("<Q", (1 << 64) - 2))
-            except OSError:
-                pass
-        fl = fcntl.fcntl(p.efds[0], fcntl.F_GETFL)
-        for _ in range(toggles):
-            for efd in p.efds:
-                fcntl.fcntl(efd, fcntl.F_SETFL, fl & ~os.O_NONBLOCK)
-        p.post(4, p.m2s[0])
-        p.send_frame(b"k" * 60)
         self.hostile()
+        with preset_and_toggling(p.efds):
+            for i in range(toggles):
+                ring, m2s = p.s2m[0], p.m2s[0]
+                if (m2s.head - m2s.tail) & 0xFFFF < m2s.size:
+                    p.post(1, m2s)
+                if (ring.head - ring.tail) & 0xFFFF < ring.size:
+                    p.send_frame(b"k" * 60, ring)
+                time.sleep(0.001)
         self.pump()
 
     @rule(kind=st.integers(0, 9))
@@ -859,20 +915,20 @@ class MasterFuzzer(Fuzzer):
     @precondition(lambda self: KICK_ATTACK)
     @rule(toggles=st.integers(1, 50))
     def eventfd_preset(self, toggles):
+        """Counters at their maximum, O_NONBLOCK toggling while frames
+        flow: memifx's kicks must not block."""
         self.need_up()
         p = self.peer
-        for efd in p.efds:
-            try:
-                os.write(efd, struct.pack("<Q", (1 << 64) - 2))
-            except OSError:
-                pass
-        fl = fcntl.fcntl(p.efds[0], fcntl.F_GETFL)
-        for _ in range(toggles):
-            for efd in p.efds:
-                fcntl.fcntl(efd, fcntl.F_SETFL, fl & ~os.O_NONBLOCK)
-        if (p.m2s[0].head - p.m2s[0].tail) & 0xFFFF:
-            p.give(b"k" * 60, p.m2s[0])
         self.hostile()
+        with preset_and_toggling(p.efds):
+            for i in range(toggles):
+                if (p.m2s[0].head - p.m2s[0].tail) & 0xFFFF:
+                    try:
+                        p.give(b"k" * 60, p.m2s[0])
+                    except (IndexError, ValueError):
+                        pass             # a descriptor we scribbled on earlier
+                p.s2m[0].tail = p.s2m[0].head
+                time.sleep(0.001)
         self.pump()
 
     @rule()
