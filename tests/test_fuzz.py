@@ -33,6 +33,9 @@ a memifx without bounded kicks only inside a narrow window, which would
 make this test flaky rather than red: it is a rule with
 ``MEMIFX_FUZZ_KICK_ATTACK=1``.
 
+Under AddressSanitizer: see setup.py (``MEMIFX_ASAN=1``); the fuzz host
+inherits LD_PRELOAD and ASAN_OPTIONS.
+
 Steps: CI runs ``MEMIFX_FUZZ_STEPS`` (default 300) steps per role;
 ``pytest -m soak tests/test_fuzz.py`` runs ``MEMIFX_FUZZ_SOAK_STEPS``
 (default 100000) per role.  Each test prints how many steps it ran.
@@ -1020,6 +1023,7 @@ def fuzz_slave_role(host, total, truncation, **settings_kw):
     assert steps >= total
     good_peer_passes(host)
     back_to_baseline(host, host.baseline)
+    print("fds %d, memfd maps %d: back to baseline" % host.baseline)
 
 
 def fuzz_master_role(host, total, **settings_kw):
@@ -1032,6 +1036,7 @@ def fuzz_master_role(host, total, **settings_kw):
     assert steps >= total
     good_peer_passes(host)
     back_to_baseline(host, host.baseline)
+    print("fds %d, memfd maps %d: back to baseline" % host.baseline)
 
 
 @pytest.mark.timeout(240)
