@@ -75,6 +75,7 @@ CI_STEPS = int(os.environ.get("MEMIFX_FUZZ_STEPS", "300"))
 SOAK_STEPS = int(os.environ.get("MEMIFX_FUZZ_SOAK_STEPS", "100000"))
 KICK_ATTACK = os.environ.get("MEMIFX_FUZZ_KICK_ATTACK") == "1"
 STEPS_PER_EXAMPLE = 30
+EXAMPLES_PER_RUN = 200
 GOOD_EVERY = 40                 # steps between good-peer checks
 PROGRESS_EVERY = 5000           # steps between progress lines (soak)
 REPLY_TIMEOUT = 3.5             # > the handshake timeout: memifx always answers by then
@@ -992,7 +993,10 @@ def run(machine, total, settings_kw):
         left = total - Counter.steps
         try:
             run_state_machine_as_test(machine, settings=settings(
-                max_examples=max(1, left // STEPS_PER_EXAMPLE + 1),
+                # fresh runs of at most EXAMPLES_PER_RUN: hypothesis's record
+                # of what it has tried grows with each example, and so does
+                # the time it takes to find a new one
+                max_examples=min(EXAMPLES_PER_RUN, left // STEPS_PER_EXAMPLE + 1),
                 stateful_step_count=STEPS_PER_EXAMPLE, deadline=None, database=None,
                 # a live process does not replay exactly: report the first
                 # failure as found, do not shrink it
