@@ -49,6 +49,13 @@ static inline uint64_t memif_ring_bytes(uint32_t log2_size)
     return MEMIF_RING_HDR_SIZE + ((uint64_t)MEMIF_DESC_SIZE << log2_size);
 }
 
+/* Where a slave lays rings back to back: each starts on a cache line (a
+ * master checks that alignment, and a 2-slot ring is 160 bytes). */
+static inline uint64_t memif_ring_stride(uint32_t log2_size)
+{
+    return (memif_ring_bytes(log2_size) + MEMIF_CACHELINE - 1) & ~(uint64_t)(MEMIF_CACHELINE - 1);
+}
+
 /* head/tail are the only words both sides race on: every access to them
  * goes through these, never a plain load or store. */
 static inline uint16_t memif_load_acquire(const uint16_t *p)

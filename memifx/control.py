@@ -38,7 +38,7 @@ import time
 from memifx import access, guard, wire
 from memifx.errors import MemifError
 from memifx.memory import MAX_REGION_SIZE, Memory
-from memifx.ring import Queue
+from memifx.ring import Queue, ring_stride
 
 log = logging.getLogger("memifx")
 
@@ -633,7 +633,7 @@ class SlaveChannel(Channel):
         if log2 < 1:
             raise MemifError("ring size out of range")
         size = 1 << log2
-        ring_bytes = 128 + 16 * size
+        ring_bytes = ring_stride(log2)
         buffers_at = -(-(n_s2m + n_m2s) * ring_bytes // PAGE) * PAGE
         # a transmit ring has one buffer per slot; a receive ring a pool of
         # RX_POOL buffers per slot, so that zero-copy buffers the application

@@ -25,6 +25,7 @@ cdef extern from "memif.h" nogil:
         memif_desc_t desc[1]
 
     uint64_t memif_ring_bytes(uint32_t log2_size)
+    uint64_t memif_ring_stride(uint32_t log2_size)
     uint16_t memif_load_acquire(const uint16_t *p)
     void memif_store_release(uint16_t *p, uint16_t v)
     uint16_t memif_load_relaxed(const uint16_t *p)

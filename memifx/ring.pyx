@@ -36,7 +36,8 @@ from posix.uio cimport iovec
 from memifx.memif cimport (
     memif_ring_t, memif_desc_t, MEMIF_COOKIE, MEMIF_RING_FLAG_MASK_INT,
     MEMIF_DESC_FLAG_NEXT, memif_load_acquire, memif_store_release, memif_fence,
-    memif_desc_read, memif_ring_flags, memif_set_ring_flags, memif_ring_bytes)
+    memif_desc_read, memif_ring_flags, memif_set_ring_flags, memif_ring_bytes,
+    memif_ring_stride)
 from memifx.memory cimport Memory, region_t
 from memifx.irq_guard cimport (irq_guard_write, irq_guard_read, irq_guard_signal,
                                IRQ_GUARD_BOUND_NS, IRQ_GUARD_UNAVAILABLE)
@@ -74,6 +75,11 @@ def irq_guard_signo():
     """The real-time signal that interrupts a blocked eventfd syscall
     (0 until this process guarded its first one)."""
     return irq_guard_signal()
+
+
+def ring_stride(uint32_t log2_size):
+    """Bytes from one ring to the next in a slave's region (csrc/memif.h)."""
+    return memif_ring_stride(log2_size)
 
 
 cdef uint32_t scatter(uint32_t i, uint32_t n) noexcept:

@@ -254,3 +254,23 @@ def test_leftover_socket_in_use_is_not_stolen(procs, sock):
 def test_missing_socket_directory():
     with pytest.raises(memifx.MemifError, match="does not exist"):
         memifx.Interface(socket="/nonexistent-dir/x.sock", role="master").connect()
+
+
+@pytest.mark.parametrize("ring_size", [2, 4])
+def test_smallest_rings_connect(abstract_sock, ring_size):
+    """A 2-slot ring is 160 bytes: the slave lays rings out on cache lines
+    (regression: it placed ring 1 at offset 160 and refused its own layout)."""
+    master = memifx.Interface(socket=abstract_sock, role="master", rx_queues=2,
+                              tx_queues=2).connect()
+    slave = memifx.Interface(socket=abstract_sock, role="slave", ring_size=ring_size,
+                             rx_queues=2, tx_queues=2).connect()
+    try:
+        assert slave.wait_connected(5), slave.info()["last_disconnect"]
+        assert master.wait_connected(5)
+        for q in range(2):
+            sent = [frame(i, 100) for i in range(ring_size)]
+            assert pump(slave, master, sent, tx_queue=q, rx_queues=(q,)) == sent
+            assert pump(master, slave, sent, tx_queue=q, rx_queues=(q,)) == sent
+    finally:
+        slave.close()
+        master.close()
