@@ -2,7 +2,8 @@
 
     socket=PATH,id=N,role=master|slave,secret=S,mode=ethernet|ip|punt-inject,
     rx-queues=N,tx-queues=N,queues=N,ring-size=N,buffer-size=N,
-    rx-mode=polling|interrupt|adaptive,quiet-us=N,name=NAME,mac=XX:XX:XX:XX:XX:XX,ip=A.B.C.D/LEN
+    rx-mode=polling|interrupt|adaptive,quiet-us=N,name=NAME,mac=XX:XX:XX:XX:XX:XX,ip=A.B.C.D/LEN,
+    max-frame=N (bytes; longer frames are counted drops "frame too long")
 """
 import ipaddress
 import os
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 import click
 
 from memifx.interface import DEFAULT_SOCKET, ROLES, RX_MODES
+from memifx.ring import DEFAULT_MAX_FRAME, MAX_FRAME_SIZE
 from memifx import wire
 
 _MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
@@ -33,13 +35,14 @@ class Spec:
     name: str = None
     mac: str = None
     ip: object = None
+    max_frame: int = DEFAULT_MAX_FRAME
     text: str = field(default="", repr=False)
 
     def interface_args(self):
         return dict(socket=self.socket, id=self.id, role=self.role, secret=self.secret,
                     mode=self.mode, rx_queues=self.rx_queues, tx_queues=self.tx_queues,
                     ring_size=self.ring_size, buffer_size=self.buffer_size,
-                    name=self.name or "memifx%d" % self.id)
+                    name=self.name or "memifx%d" % self.id, max_frame=self.max_frame)
 
     def interface(self):
         import memifx
@@ -132,10 +135,14 @@ def parse_spec(text):
                 spec.ip = ipaddress.IPv4Interface(value)
             except ValueError:
                 raise click.BadParameter("ip=%s: expected A.B.C.D/LEN" % value)
+        # -- limits (hardening) --
+        elif key == "max-frame":
+            spec.max_frame = _int(key, value, 64, MAX_FRAME_SIZE)
         else:
             raise click.BadParameter(
                 "unknown key %r; allowed keys are socket, id, role, secret, mode, rx-queues, "
-                "tx-queues, queues, ring-size, buffer-size, rx-mode, quiet-us, name, mac, ip" % key)
+                "tx-queues, queues, ring-size, buffer-size, rx-mode, quiet-us, name, mac, ip, "
+                "max-frame" % key)
     return spec
 
 

@@ -26,6 +26,10 @@ Chained frames
     over as many buffers as needed.  Zero-copy calls show the wire: one
     ``Buffer`` per descriptor, ``buf.chained`` set on all but the last of a
     frame; ``tx_alloc`` buffers each carry one frame of at most buffer_size.
+    No frame longer than ``max_frame`` bytes (default DEFAULT_MAX_FRAME,
+    10240) is received or sent: it is a counted drop "frame too long", and
+    a received one's whole chain is consumed.  This bounds what a receive
+    burst can allocate to max_frame per frame, whatever the peer announces.
     A slave's receive ring draws on a pool of two buffers per slot: while the
     application holds zero-copy buffers the ring is reposted from the pool,
     and held buffers may be handed back in any order.  A buffer must be
@@ -48,7 +52,7 @@ from contextlib import contextmanager
 from memifx import control, wire
 from memifx.errors import MemifError
 from memifx.loop import default_loop
-from memifx.ring import DROP_REASONS
+from memifx.ring import DEFAULT_MAX_FRAME, DROP_REASONS, MAX_FRAME_SIZE
 
 log = logging.getLogger("memifx")
 
@@ -62,7 +66,8 @@ RECONNECT_MIN, RECONNECT_MAX = 0.05, 1.0
 class Interface:
     def __init__(self, socket=DEFAULT_SOCKET, id=0, role="slave", secret=None,
                  mode="ethernet", rx_queues=1, tx_queues=1, ring_size=1024,
-                 buffer_size=2048, name="memifx", loop=None):
+                 buffer_size=2048, name="memifx", loop=None,
+                 max_frame=DEFAULT_MAX_FRAME):
         if role not in ROLES:
             raise ValueError("role must be master or slave (server/client), not %r" % role)
         if mode not in wire.MODES:
@@ -82,6 +87,8 @@ class Interface:
                              % (1 << control.MAX_LOG2_RING_SIZE))
         if not 128 <= buffer_size <= 65535:
             raise ValueError("buffer_size must be 128 to 65535")
+        if not 1 <= max_frame <= MAX_FRAME_SIZE:
+            raise ValueError("max_frame must be 1 to %d" % MAX_FRAME_SIZE)
         if not 0 <= id < 1 << 32:
             raise ValueError("id must be a u32")
         if not socket or socket == "@":
@@ -97,6 +104,7 @@ class Interface:
         self.ring_size = ring_size
         self.log2_ring_size = ring_size.bit_length() - 1
         self.buffer_size = buffer_size
+        self.max_frame = max_frame      # longer frames: counted drops "frame too long"
         self.name = name
         self.loop = loop
         self._channel = None            # control connection, up or in handshake
@@ -261,7 +269,8 @@ class Interface:
             "last_disconnect": self._last_reason,
             "link_flaps": self._flaps,
             "configured": {"rx_queues": self.rx_queues, "tx_queues": self.tx_queues,
-                           "ring_size": self.ring_size, "buffer_size": self.buffer_size},
+                           "ring_size": self.ring_size, "buffer_size": self.buffer_size,
+                           "max_frame": self.max_frame},
         }
         if conn:
             d.update({
@@ -436,7 +445,8 @@ class Interface:
 def _sum(*counters):
     """Add queue counter dicts (None counts as zero)."""
     out = {"packets": 0, "bytes": 0, "drops": {r: 0 for r in DROP_REASONS},
-           "ring_full": 0, "irq_sent": 0, "irq_received": 0, "mode_switches": 0}
+           "ring_full": 0, "irq_sent": 0, "irq_received": 0, "mode_switches": 0,
+           "chain_waits": 0}
     for c in counters:
         for k, v in (c or {}).items():
             if isinstance(v, dict):
