@@ -308,6 +308,42 @@ def test_staging_buffer_bounded_and_shrinks():
         p.close()
 
 
+def udp_frame(size):
+    """An IPv4/UDP frame of ``size`` bytes that cost_burst's router forwards."""
+    import cost_burst as cb
+    total = size - 14
+    ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, total, 1, 0, 64, 17, 0,
+                               cb.SRC, cb.DST))
+    struct.pack_into("!H", ip, 10, cb.ip_checksum(bytes(ip)))
+    udp = struct.pack("!HHHH", 1234, 5678, total - 20, 0)
+    return cb.MAC_IN + cb.HOST + b"\x08\x00" + bytes(ip) + udp + b"u" * (total - 28)
+
+
+def test_ip4_router_counts_tx_too_long_and_fault_by_reason():
+    """The router's transmit side: frames its output queue drops as too long
+    are not counted as sent; a faulted queue is not "tx ring full"."""
+    from cost_burst import make_router
+    p = Path(tx_max_frame=1000)
+    try:
+        router = make_router()
+        txqs = [None, p.txq]
+        fs = [udp_frame(1500 if i % 2 else 100) for i in range(8)]
+        assert p.sender.tx_frames(fs) == 8
+        assert router.poll(0, p.rxq, txqs, 256, 1) == 8
+        tx = router.counters(1)["tx"][0]
+        assert tx["packets"] == 4 == p.txq.counters()["packets"]
+        assert tx["drops"] == {"tx ring full": 0, "tx frame too long": 4, "tx fault": 0}
+        assert len(p.receiver.rx_frames(RING_SIZE)) == 4
+        p.b.poke_desc(1, 4, offset=p.b.region_size)        # a bad posted buffer
+        assert p.sender.tx_frames([udp_frame(100)] * 3) == 3
+        router.poll(0, p.rxq, txqs, 256, 1)
+        assert p.txq.fault_reason() == "posted buffer outside memory region"
+        tx = router.counters(1)["tx"][0]
+        assert tx["drops"] == {"tx ring full": 0, "tx frame too long": 4, "tx fault": 3}
+    finally:
+        p.close()
+
+
 # ------------------------------------------------- xconnect, real processes
 
 def start_xconnect(procs, a, b, *extra, b_spec=""):
