@@ -5,6 +5,7 @@ import time
 import click
 
 from memifx import stats
+from memifx.wire import printable
 from memifx.cli.common import emit_json
 
 QUEUE_COLUMNS = ("INTERFACE", "QUEUE", "DIR", "PACKETS", "BYTES", "DROPS", "RING-FULL",
@@ -12,7 +13,9 @@ QUEUE_COLUMNS = ("INTERFACE", "QUEUE", "DIR", "PACKETS", "BYTES", "DROPS", "RING
 
 
 def table(header, rows, indent="  "):
-    rows = [[("-" if v is None else str(v)) for v in r] for r in rows]
+    # cells may hold peer strings: printed only in printable form, whatever
+    # the stats file holds
+    rows = [[("-" if v is None else printable(str(v))) for v in r] for r in rows]
     widths = [max(len(str(h)), *(len(r[i]) for r in rows)) if rows else len(str(h))
               for i, h in enumerate(header)]
     out = []
@@ -49,17 +52,41 @@ def _node_line(n):
     return text
 
 
+def _peer_ids(peer):
+    """The peer process as pid/uid/gid (SO_PEERCRED), or None."""
+    return "%s/%s/%s" % (peer["pid"], peer["uid"], peer["gid"]) if peer else None
+
+
+def _refusals(proc):
+    """'name cause: n' for each interface's refusals, and each socket's
+    (peers refused before naming an interface) once per socket."""
+    out, sockets = [], set()
+    for i in proc["interfaces"]:
+        for cause, n in sorted((i.get("refused") or {}).items()):
+            out.append("%s %s: %d" % (i["name"], cause, n))
+        if i.get("socket_refused") and i["socket"] not in sockets:
+            sockets.add(i["socket"])
+            for cause, n in sorted(i["socket_refused"].items()):
+                out.append("socket %s %s: %d" % (i["socket"], cause, n))
+    return out
+
+
 def lines(proc):
-    yield "pid %d, up %s: %s" % (proc["pid"], _uptime(proc["started"]), proc["command"])
+    yield "pid %d, up %s: %s" % (proc["pid"], _uptime(proc["started"]),
+                                 printable(str(proc["command"])))
     rows = []
     for i in proc["interfaces"]:
         conf = i.get("configured") or {}
         queues = "%s/%s" % (i["rx_queues"], i["tx_queues"]) if i.get("rx_queues") is not None \
             else "(%s/%s)" % (conf.get("rx_queues"), conf.get("tx_queues"))
-        rows.append([i["name"], i["role"], i["mode"], i["state"], i.get("peer_name"), queues,
-                     i.get("link_flaps"), "%s id %s" % (i["socket"], i["id"])])
-    yield from table(("INTERFACE", "ROLE", "MODE", "STATE", "PEER", "QUEUES RX/TX", "FLAPS",
-                      "SOCKET"), rows)
+        rows.append([i["name"], i["role"], i["mode"], i["state"], i.get("peer_name"),
+                     _peer_ids(i.get("peer")), queues, i.get("link_flaps"),
+                     sum((i.get("refused") or {}).values()),
+                     "%s id %s" % (i["socket"], i["id"])])
+    yield from table(("INTERFACE", "ROLE", "MODE", "STATE", "PEER", "PID/UID/GID",
+                      "QUEUES RX/TX", "FLAPS", "REFUSED", "SOCKET"), rows)
+    for r in _refusals(proc):
+        yield "  refused  " + printable(r)
     yield ""
     rows, drops = [], []
     for i in proc["interfaces"]:

@@ -3,7 +3,14 @@
     socket=PATH,id=N,role=master|slave,secret=S,mode=ethernet|ip|punt-inject,
     rx-queues=N,tx-queues=N,queues=N,ring-size=N,buffer-size=N,
     rx-mode=polling|interrupt|adaptive,quiet-us=N,name=NAME,mac=XX:XX:XX:XX:XX:XX,ip=A.B.C.D/LEN,
+    allow-uid=UID[:UID...],allow-gid=GID[:GID...],owner=UID[:GID],perm=OCTAL,
     max-frame=N (bytes; longer frames are counted drops "frame too long")
+
+Lists inside one key are separated by ':' (',' separates keys); ids are
+numbers or user/group names.  allow-uid/allow-gid admit only peers whose
+uid, or one of whose groups, is listed (both roles); owner/perm apply to a
+master's socket file.  An abstract socket (@name) has no file: anyone in the
+network namespace can reach it, and the allow lists are the only gate.
 """
 import ipaddress
 import os
@@ -14,7 +21,7 @@ import click
 
 from memifx.interface import DEFAULT_SOCKET, ROLES, RX_MODES
 from memifx.ring import DEFAULT_MAX_FRAME, MAX_FRAME_SIZE
-from memifx import wire
+from memifx import access, wire
 
 _MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
@@ -35,6 +42,12 @@ class Spec:
     name: str = None
     mac: str = None
     ip: object = None
+    # access control (memifx/access.py)
+    allow_uid: object = None
+    allow_gid: object = None
+    owner: object = None
+    perm: int = None
+    # limits
     max_frame: int = DEFAULT_MAX_FRAME
     text: str = field(default="", repr=False)
 
@@ -42,7 +55,10 @@ class Spec:
         return dict(socket=self.socket, id=self.id, role=self.role, secret=self.secret,
                     mode=self.mode, rx_queues=self.rx_queues, tx_queues=self.tx_queues,
                     ring_size=self.ring_size, buffer_size=self.buffer_size,
-                    name=self.name or "memifx%d" % self.id, max_frame=self.max_frame)
+                    name=self.name or "memifx%d" % self.id,
+                    allow_uid=self.allow_uid, allow_gid=self.allow_gid,
+                    owner=self.owner, perm=self.perm,
+                    max_frame=self.max_frame)
 
     def interface(self):
         import memifx
@@ -135,6 +151,8 @@ def parse_spec(text):
                 spec.ip = ipaddress.IPv4Interface(value)
             except ValueError:
                 raise click.BadParameter("ip=%s: expected A.B.C.D/LEN" % value)
+        elif key in ("allow-uid", "allow-gid", "owner", "perm"):
+            _access_key(spec, key, value)
         # -- limits (hardening) --
         elif key == "max-frame":
             spec.max_frame = _int(key, value, 64, MAX_FRAME_SIZE)
@@ -142,8 +160,28 @@ def parse_spec(text):
             raise click.BadParameter(
                 "unknown key %r; allowed keys are socket, id, role, secret, mode, rx-queues, "
                 "tx-queues, queues, ring-size, buffer-size, rx-mode, quiet-us, name, mac, ip, "
-                "max-frame" % key)
+                "allow-uid, allow-gid, owner, perm, max-frame" % key)
+    if (spec.owner is not None or spec.perm is not None) and \
+            (spec.socket.startswith("@") or spec.role != "master"):
+        raise click.BadParameter("owner=/perm= apply to a master's filesystem socket (an "
+                                 "abstract socket has no file: use allow-uid=/allow-gid=)")
     return spec
+
+
+def _access_key(spec, key, value):
+    """allow-uid=0:1000, allow-gid=GID[:GID...], owner=UID[:GID], perm=0660."""
+    try:
+        if key == "allow-uid":
+            spec.allow_uid = sorted(access.id_list(value, key))
+        elif key == "allow-gid":
+            spec.allow_gid = sorted(access.id_list(value, key))
+        elif key == "owner":
+            access.owner(value)
+            spec.owner = value
+        else:
+            spec.perm = access.perm(value)
+    except ValueError as e:
+        raise click.BadParameter("%s=%s: %s" % (key, value, e))
 
 
 class SpecType(click.ParamType):

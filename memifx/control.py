@@ -6,15 +6,25 @@ ways: ``link up`` (a :class:`Connection` handed to the interface) followed
 later by ``link down``, or ``link down`` alone.  Every field the peer sends is
 checked here before anything is mapped or used; a violation sends DISCONNECT
 with the reason string and closes the socket.
+
+Who the peer is (its SO_PEERCRED credentials against the interface's allow
+lists, memifx/access.py) is decided before anything else it says is used.
+A peer refused for its credentials, its secret or an interface id that does
+not exist hears only "peer not allowed", so a stranger learns neither which
+ids exist nor which want a secret; the interface counts the precise cause,
+and only a peer that authenticated can change the interface's state.
 """
 import array
+import collections
 import errno
 import fcntl
+import hmac
 import logging
 import os
 import socket
+import stat
 
-from memifx import wire
+from memifx import access, wire
 from memifx.errors import MemifError
 from memifx.memory import Memory
 from memifx.ring import Queue
@@ -47,12 +57,13 @@ def set_nonblocking(fd):
 class Connection:
     """What one link needs on the data path: memory, queues, peer facts."""
 
-    def __init__(self, memory, rx, tx, peer_name, warnings=()):
+    def __init__(self, memory, rx, tx, peer_name, warnings=(), peer_creds=None):
         self.memory = memory
         self.rx = rx
         self.tx = tx
         self.peer_name = peer_name
         self.warnings = list(warnings)
+        self.peer_creds = peer_creds     # access.Creds of the peer process
 
     def close(self):
         for q in self.rx + self.tx:
@@ -60,12 +71,20 @@ class Connection:
 
 
 class Listener:
-    """One listening socket; serves every master interface registered on its path."""
+    """One listening socket; serves every master interface registered on its path.
 
-    def __init__(self, loop, path):
+    ``owner`` ((uid, gid), -1 = unchanged) and ``perm`` are applied to a
+    filesystem socket after bind() and before listen(), so no peer can
+    connect while the file still has the umask's mode.  ``refused`` counts
+    the peers turned away before they reached an interface, by cause."""
+
+    def __init__(self, loop, path, owner=None, perm=None):
         self.loop = loop
         self.path = path
+        self.owner = owner
+        self.perm = perm
         self.interfaces = {}                # interface id -> Interface
+        self.refused = collections.Counter()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         try:
             self._bind(sock)
@@ -84,23 +103,57 @@ class Listener:
             directory = os.path.dirname(self.path) or "."
             if not os.path.isdir(directory):
                 raise MemifError("socket directory %s does not exist" % directory)
-            if os.path.exists(self.path):
-                # A leftover file is replaced only if nobody answers on it.
-                probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-                try:
-                    probe.connect(addr)
-                except OSError:
-                    os.unlink(self.path)
-                else:
-                    raise MemifError("socket %s is in use by another process" % self.path)
-                finally:
-                    probe.close()
+            self._remove_stale_socket(addr)
         try:
             sock.bind(addr)
         except OSError as e:
             if e.errno == errno.EADDRINUSE:
                 raise MemifError("socket %s is in use by another process" % self.path)
             raise MemifError("cannot bind %s: %s" % (self.path, e.strerror))
+        if not self.path.startswith("@"):
+            try:
+                if self.owner is not None:
+                    os.chown(self.path, *self.owner)
+                if self.perm is not None:
+                    os.chmod(self.path, self.perm)
+            except OSError as e:
+                os.unlink(self.path)
+                raise MemifError("cannot set owner/mode of %s: %s" % (self.path, e.strerror))
+
+    def _remove_stale_socket(self, addr):
+        """Only a socket nobody listens on may be replaced: any other file at
+        the path (a regular file, a link, a directory) is someone else's and
+        is an error.  The probe never blocks: a listener with a full backlog
+        (EAGAIN) is alive."""
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(st.st_mode):
+            raise MemifError("%s exists and is not a socket (not replacing it)" % self.path)
+        probe = socket.socket(socket.AF_UNIX,
+                              socket.SOCK_SEQPACKET | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+        try:
+            probe.connect(addr)
+        except ConnectionRefusedError:
+            os.unlink(self.path)            # stale: its listener is gone
+            return
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EPROTOTYPE):
+                raise MemifError("cannot probe socket %s: %s" % (self.path, e.strerror))
+        finally:
+            probe.close()
+        raise MemifError("socket %s is in use by another process" % self.path)
+
+    def admits(self, creds):
+        """Whether any interface on this socket would admit these credentials."""
+        return any(i.access.admits(creds) for i in self.interfaces.values())
+
+    def refuse(self, cause, creds, detail=""):
+        """A peer turned away before it reached an interface: count, log."""
+        self.refused[cause] += 1
+        log.info("memif socket %s: refused %s: %s%s", self.path,
+                 access.describe_peer(creds), cause, " (%s)" % detail if detail else "")
 
     def hello(self):
         """HELLO advertises the largest ring counts configured on this socket."""
@@ -145,6 +198,10 @@ class Channel:
         self.intf = None
         self.connection = None          # set once the link is up
         self.closed = False
+        try:
+            self.peer_creds = access.peer_creds(sock)
+        except OSError:
+            self.peer_creds = None      # unknown: admitted only where no list is set
         sock.setblocking(False)
         loop.add_reader(sock.fileno(), self._readable)
         self.timer = loop.call_later(HANDSHAKE_TIMEOUT, self.fail, "handshake timeout")
@@ -163,8 +220,11 @@ class Channel:
         fds = []
         try:
             try:
+                # received fds are close-on-exec from the start: a child
+                # spawned meanwhile must never inherit a peer's memory
                 data, anc, flags, _ = self.sock.recvmsg(
-                    wire.MSG_SIZE + 1, socket.CMSG_SPACE(4 * array.array("i").itemsize))
+                    wire.MSG_SIZE + 1, socket.CMSG_SPACE(4 * array.array("i").itemsize),
+                    socket.MSG_CMSG_CLOEXEC)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:
@@ -267,6 +327,12 @@ class MasterChannel(Channel):
         self.tx = []                     # M2S rings
         self.warnings = []
         self.peer_name = ""
+        if not listener.admits(self.peer_creds):
+            # no interface here would take this peer: it hears nothing more
+            # about this socket, not even the HELLO's names and ring counts
+            listener.refuse("peer credentials", self.peer_creds)
+            self.fail(access.NOT_ALLOWED)
+            return
         try:
             self.send(listener.hello())
         except OSError:
@@ -294,25 +360,36 @@ class MasterChannel(Channel):
             raise MemifError("unsupported version")
         intf = self.listener.interfaces.get(msg.id)
         if intf is None:
-            raise MemifError("unmatched interface id")
-        if intf._channel is not None:
-            raise MemifError("already connected")
-        refusal = None
-        if msg.mode != intf.mode_id:
-            refusal = "mode mismatch"
-        elif intf.secret and not msg.secret:
-            refusal = "secret required"
-        elif intf.secret and msg.secret != intf.secret:
-            refusal = "incorrect secret"
-        if refusal:
-            # This channel never belonged to the interface, so no link-down
-            # reaches it: record why its peer was turned away (info()).
-            intf._last_reason = refusal
-            raise MemifError(refusal)
+            self.listener.refuse("unmatched interface id", self.peer_creds, "id %d" % msg.id)
+            raise MemifError(access.NOT_ALLOWED)
+        cause = self.authenticate(intf, msg)
+        if cause is None and intf._channel is not None:
+            cause = "already connected"
+        elif cause is None and msg.mode != intf.mode_id:
+            cause = "mode mismatch"
+        if cause:
+            # This channel never belongs to the interface, so no link-down
+            # reaches it: the interface counts the refusal, and only a peer
+            # that authenticated may leave its reason in last_disconnect.
+            authenticated = cause in ("already connected", "mode mismatch")
+            intf.refuse(cause, self.peer_creds, authenticated)
+            raise MemifError(cause if authenticated else access.NOT_ALLOWED)
         self.intf = intf
         intf._channel = self
         self.peer_name = msg.name
         self.send(wire.Ack())
+
+    def authenticate(self, intf, msg):
+        """None if this peer may use ``intf`` (credentials admitted, secret
+        right), else the precise cause, for the local log and counters only."""
+        if not intf.access.admits(self.peer_creds):
+            return "peer credentials"
+        if intf.secret:
+            if not msg.secret:
+                return "secret required"
+            if not hmac.compare_digest(msg.secret, intf.secret):
+                return "incorrect secret"
+        return None
 
     def on_add_region(self, msg, fd):
         if fd is None:
@@ -367,7 +444,7 @@ class MasterChannel(Channel):
         self.peer_name = msg.if_name or self.peer_name
         self.timer.cancel()
         self.connection = Connection(self.memory, self.rx, self.tx, self.peer_name,
-                                     self.warnings)
+                                     self.warnings, self.peer_creds)
         # Up on our side before the slave hears CONNECTED: whoever sees the
         # slave up may send to us at once, and must find us up too.
         self.intf._channel_up(self, self.connection)
@@ -403,9 +480,14 @@ class SlaveChannel(Channel):
         raise MemifError("unexpected message")
 
     def on_hello(self, msg):
+        intf = self.intf
+        if not intf.access.admits(self.peer_creds):
+            # the listener is not who we may give our memory to (anyone can
+            # take an abstract socket name first)
+            intf.refuse("peer credentials", self.peer_creds, authenticated=False)
+            raise MemifError(access.NOT_ALLOWED)
         if not msg.min_version <= wire.VERSION <= msg.max_version:
             raise MemifError("incompatible protocol version")
-        intf = self.intf
         self.peer_name = msg.name
         n_s2m = min(intf.tx_queues, msg.max_s2m_ring + 1)
         n_m2s = min(intf.rx_queues, msg.max_m2s_ring + 1)
@@ -462,7 +544,8 @@ class SlaveChannel(Channel):
             self.peer_name = msg.if_name
         for q in self.rx + self.tx:
             q.start()
-        self.connection = Connection(self.memory, self.rx, self.tx, self.peer_name)
+        self.connection = Connection(self.memory, self.rx, self.tx, self.peer_name,
+                                     peer_creds=self.peer_creds)
         self.intf._channel_up(self, self.connection)
 
     def down(self, reason):

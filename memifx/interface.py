@@ -41,15 +41,29 @@ Disconnect safety
     zero-copy buffer: queues and buffers keep the mapping alive, and buffers
     of a dead link (or already handed back) refuse further use.
 
+Access control
+    ``allow_uid`` / ``allow_gid`` (lists of ids or names) admit only a peer
+    process whose uid, or one of whose groups, is listed (the kernel's
+    SO_PEERCRED/SO_PEERGROUPS, checked by a master on each slave and by a
+    slave on its master); unset, everyone who can reach the socket is
+    admitted.  ``owner`` ("uid:gid") and ``perm`` (0o660) set a master's
+    socket file's owner and mode before it listens.
+    An abstract socket ("@name") has no file: anyone in the network namespace
+    can reach it, and the allow lists are the only gate.  A peer refused for
+    its credentials, its secret or an unknown id hears only "peer not
+    allowed"; ``info()["refused"]`` counts the precise causes, and a refused
+    peer never changes the interface's state or ``last_disconnect``.
+
 Roles: ``slave`` (also ``client``) creates the shared memory and connects;
 ``master`` (also ``server``) listens.  ``ring_size`` and ``buffer_size`` are
 the slave's to choose; a master uses what its slave set up.
 """
+import collections
 import logging
 import threading
 from contextlib import contextmanager
 
-from memifx import control, wire
+from memifx import access, control, wire
 from memifx.errors import MemifError
 from memifx.loop import default_loop
 from memifx.ring import DEFAULT_MAX_FRAME, DROP_REASONS, MAX_FRAME_SIZE
@@ -67,6 +81,7 @@ class Interface:
     def __init__(self, socket=DEFAULT_SOCKET, id=0, role="slave", secret=None,
                  mode="ethernet", rx_queues=1, tx_queues=1, ring_size=1024,
                  buffer_size=2048, name="memifx", loop=None,
+                 allow_uid=None, allow_gid=None, owner=None, perm=None,
                  max_frame=DEFAULT_MAX_FRAME):
         if role not in ROLES:
             raise ValueError("role must be master or slave (server/client), not %r" % role)
@@ -93,6 +108,14 @@ class Interface:
             raise ValueError("id must be a u32")
         if not socket or socket == "@":
             raise ValueError("socket path is empty")
+        self.access = access.Policy(allow_uid, allow_gid)
+        self.socket_owner = access.owner(owner)
+        self.socket_perm = access.perm(perm)
+        if (owner is not None or perm is not None) and \
+                (socket.startswith("@") or ROLES.get(role) != "master"):
+            raise ValueError("owner/perm apply to a master's filesystem socket (an abstract "
+                             "socket has no file: use allow_uid/allow_gid)")
+        self.refused = collections.Counter()    # peers turned away, by precise cause
         self.socket = socket
         self.id = id
         self.role = ROLES[role]
@@ -140,7 +163,14 @@ class Interface:
             return
         if self.role == "master":
             listener = self.loop.listeners.get(self.socket) or \
-                control.Listener(self.loop, self.socket)
+                control.Listener(self.loop, self.socket, self.socket_owner, self.socket_perm)
+            for what, mine, theirs in (("owner", self.socket_owner, listener.owner),
+                                       ("perm", self.socket_perm, listener.perm)):
+                if mine is not None and mine != theirs:
+                    if not listener.interfaces:
+                        listener.remove(self)
+                    raise MemifError("socket %s already listens with another %s"
+                                     % (self.socket, what))
             if self.id in listener.interfaces:
                 if not listener.interfaces:
                     listener.remove(self)
@@ -227,6 +257,16 @@ class Interface:
             except Exception:
                 log.exception("memif %s: link callback failed", self.name)
 
+    def refuse(self, cause, creds, authenticated):
+        """The control channel turned a peer away on this interface: count
+        the precise cause and log it.  Only a peer that proved it may use
+        this interface (credentials and secret) leaves its reason in
+        ``last_disconnect``; a stranger changes nothing but the counter."""
+        self.refused[cause] += 1
+        log.info("memif %s: refused %s: %s", self.name, access.describe_peer(creds), cause)
+        if authenticated:
+            self._last_reason = cause
+
     def _report_fault(self, conn, reason):
         def fail():
             if self._conn is conn and self._channel is not None:
@@ -266,8 +306,11 @@ class Interface:
             "state": "up" if conn else ("connecting" if self._channel else
                                         ("listening" if self._listener else "down")),
             "peer_name": conn.peer_name if conn else None,
+            "peer": access.as_dict(conn.peer_creds) if conn else None,
             "last_disconnect": self._last_reason,
             "link_flaps": self._flaps,
+            "refused": dict(self.refused),
+            "access": self.access.describe(),
             "configured": {"rx_queues": self.rx_queues, "tx_queues": self.tx_queues,
                            "ring_size": self.ring_size, "buffer_size": self.buffer_size,
                            "max_frame": self.max_frame},
@@ -282,6 +325,10 @@ class Interface:
                 "rx_modes": list(self._rx_modes[:len(conn.rx)]),
                 "warnings": list(conn.warnings),
             })
+        listener = self._listener
+        if listener is not None:
+            # peers refused before they named an interface on this socket
+            d["socket_refused"] = dict(listener.refused)
         return d
 
     def stats(self):
@@ -292,6 +339,7 @@ class Interface:
             live = {q.index: q.counters() for q in getattr(conn, kind)} if conn else {}
             out[kind] = [_sum(self._totals[kind][i], live.get(i)) for i in range(n)]
         out["link_flaps"] = self._flaps
+        out["refused"] = dict(self.refused)
         return out
 
     # ----------------------------------------------------------- data path

@@ -3,6 +3,11 @@
 ``encode(msg)`` and ``decode(data)`` convert between bytes and the message
 named tuples below.  ``decode`` checks only the framing (size and type);
 what the fields mean is judged by the state machines in control.py.
+
+Every string a peer sends (HELLO and INIT names, CONNECT/CONNECTED if_name,
+the DISCONNECT reason) passes through :func:`printable` inside ``decode``, so
+nothing the peer chose reaches a log, ``info()`` or a terminal with control
+characters in it (an escape sequence in a name could rewrite a terminal).
 """
 import struct
 from collections import namedtuple
@@ -47,9 +52,31 @@ _TYPES = {cls: t for t, (cls, _, _) in _FORMATS.items()}
 _STRUCTS = {t: struct.Struct("<H" + fmt) for t, (_, fmt, _) in _FORMATS.items()}
 
 
+MAX_PRINTABLE = 4 * REASON_SIZE  # longest text printable() returns
+
+
+def printable(text, limit=MAX_PRINTABLE):
+    """``text`` safe to log, store and print: each character that is not
+    printable (control characters, format characters such as bidi
+    overrides) becomes a ``\\xNN`` / ``\\uNNNN`` escape, and the result is
+    cut to ``limit`` characters.  A peer's fixed-size field never needs the
+    cut: at most four characters per byte."""
+    if text.isprintable() and len(text) <= limit:
+        return text
+    out = []
+    for ch in text:
+        if not ch.isprintable():
+            n = ord(ch)
+            ch = "\\x%02x" % n if n < 0x100 else \
+                "\\u%04x" % n if n < 0x10000 else "\\U%08x" % n
+        out.append(ch)
+    return "".join(out)[:limit]
+
+
 def cstring(raw):
-    """A fixed-size name field: up to the first NUL, at most the field size."""
-    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+    """A fixed-size name field from the peer: up to the first NUL, at most
+    the field size, made printable."""
+    return printable(raw.split(b"\0", 1)[0].decode("utf-8", "replace"))
 
 
 def _field(value, size):

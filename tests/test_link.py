@@ -161,8 +161,8 @@ def test_ring_size_negotiated(procs, sock, slave_of):
 
 @pytest.mark.parametrize("secret_there, secret_here, reason", [
     ("s3cret", "s3cret", None),
-    ("s3cret", "wrong", "incorrect secret"),
-    ("s3cret", None, "secret required"),
+    ("s3cret", "wrong", "peer not allowed"),      # the master's cause: incorrect secret
+    ("s3cret", None, "peer not allowed"),         # ... secret required
     ("x" * 23, "x" * 23, None),
 ])
 def test_secret(procs, sock, slave_of, secret_there, secret_here, reason):
@@ -200,7 +200,7 @@ def test_other_modes_carry_payload(procs, sock, slave_of, mode):
 def test_unmatched_id(procs, sock, slave_of):
     start_echo(procs, sock, "--id", 7)
     intf = slave_of(sock, id=8)
-    assert wait_for(lambda: intf.info()["last_disconnect"] == "unmatched interface id", 5)
+    assert wait_for(lambda: intf.info()["last_disconnect"] == "peer not allowed", 5)
 
 
 def test_one_socket_many_ids(sock, master_at, slave_of):
