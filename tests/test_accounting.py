@@ -21,7 +21,7 @@ import memifx
 from memifx.ring import DEFAULT_MAX_FRAME, MAX_FRAME_SIZE
 from memifx.xconnect import SHRINK_AFTER, STAGE_KEEP, XConnect
 from memifx.cli.spec import parse_spec
-from conftest import read_until, wait_for
+from conftest import wait_for
 from loopback import Loopback
 from rogue import DESC_NEXT, RogueSlave
 
