@@ -9,7 +9,8 @@ extensions = [
         include_dirs=["csrc"],
         extra_compile_args=["-O3", "-Wno-unused-function", "-Wno-sign-compare"],
     )
-    for name in ("memory", "ring", "xconnect", "traffic", "fib", "neighbor", "ip4", "slots")
+    for name in ("memory", "ring", "xconnect", "traffic", "fib", "neighbor", "ip4", "slots",
+                 "fdwait")
 ]
 
 setup(

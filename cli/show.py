@@ -69,6 +69,19 @@ def _refusals(proc):
             for cause, n in sorted(i["socket_refused"].items()):
                 out.append("socket %s %s: %d" % (i["socket"], cause, n))
     return out
+def _listener_lines(proc):
+    """One line per listening socket: connection limits at work."""
+    seen = set()
+    for i in proc["interfaces"]:
+        ls = i.get("listener")
+        if not ls or i["socket"] in seen:
+            continue
+        seen.add(i["socket"])
+        yield ("  listener %s: %d connections (%d in handshake); evicted %d, refused %d, "
+               "INIT timeouts %d, regions refused %d, accept backoffs %d%s"
+               % (i["socket"], ls["connections"], ls["handshakes"], ls["evicted"],
+                  ls["refused"], ls["init_timeouts"], ls["regions_refused"],
+                  ls["accept_backoffs"], "" if ls["accepting"] else "; paused: out of fds"))
 
 
 def lines(proc):
@@ -87,6 +100,7 @@ def lines(proc):
                       "QUEUES RX/TX", "FLAPS", "REFUSED", "SOCKET"), rows)
     for r in _refusals(proc):
         yield "  refused  " + printable(r)
+    yield from _listener_lines(proc)
     yield ""
     rows, drops = [], []
     for i in proc["interfaces"]:

@@ -4,6 +4,7 @@
     rx-queues=N,tx-queues=N,queues=N,ring-size=N,buffer-size=N,
     rx-mode=polling|interrupt|adaptive,quiet-us=N,name=NAME,mac=XX:XX:XX:XX:XX:XX,ip=A.B.C.D/LEN,
     allow-uid=UID[:UID...],allow-gid=GID[:GID...],owner=UID[:GID],perm=OCTAL,
+    max-connections=N,max-handshakes=N,max-regions=N,max-region-bytes=N[K|M|G],
     max-frame=N (bytes; longer frames are counted drops "frame too long")
 
 Lists inside one key are separated by ':' (',' separates keys); ids are
@@ -19,8 +20,7 @@ from dataclasses import dataclass, field
 
 import click
 
-from memifx.interface import DEFAULT_SOCKET, ROLES, RX_MODES
-from memifx.ring import DEFAULT_MAX_FRAME, MAX_FRAME_SIZE
+from memifx.interface import DEFAULT_SOCKET, LIMITS, ROLES, RX_MODES
 from memifx import access, wire
 
 _MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
@@ -47,8 +47,7 @@ class Spec:
     allow_gid: object = None
     owner: object = None
     perm: int = None
-    # limits
-    max_frame: int = DEFAULT_MAX_FRAME
+    limits: dict = field(default_factory=dict)     # max-* keys, as Interface kwargs
     text: str = field(default="", repr=False)
 
     def interface_args(self):
@@ -57,8 +56,7 @@ class Spec:
                     ring_size=self.ring_size, buffer_size=self.buffer_size,
                     name=self.name or "memifx%d" % self.id,
                     allow_uid=self.allow_uid, allow_gid=self.allow_gid,
-                    owner=self.owner, perm=self.perm,
-                    max_frame=self.max_frame)
+                    owner=self.owner, perm=self.perm, **self.limits)
 
     def interface(self):
         import memifx
@@ -85,6 +83,14 @@ def _int(key, value, lo, hi):
     if not lo <= n <= hi:
         raise click.BadParameter("%s=%s: allowed range is %d..%d" % (key, value, lo, hi))
     return n
+
+
+def _scaled(value):
+    """'64M' -> '67108864' (K, M, G: powers of 1024); anything else unchanged."""
+    scale = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}.get(value[-1:].lower())
+    if scale and value[:-1].isdigit():
+        return str(int(value[:-1]) * scale)
+    return value
 
 
 def _choice(key, value, allowed):
@@ -153,14 +159,16 @@ def parse_spec(text):
                 raise click.BadParameter("ip=%s: expected A.B.C.D/LEN" % value)
         elif key in ("allow-uid", "allow-gid", "owner", "perm"):
             _access_key(spec, key, value)
-        # -- limits (hardening) --
-        elif key == "max-frame":
-            spec.max_frame = _int(key, value, 64, MAX_FRAME_SIZE)
+        elif key.replace("-", "_") in LIMITS:
+            _, lo, hi = LIMITS[key.replace("-", "_")]
+            spec.limits[key.replace("-", "_")] = _int(key, _scaled(value), lo, hi)
         else:
             raise click.BadParameter(
                 "unknown key %r; allowed keys are socket, id, role, secret, mode, rx-queues, "
                 "tx-queues, queues, ring-size, buffer-size, rx-mode, quiet-us, name, mac, ip, "
-                "allow-uid, allow-gid, owner, perm, max-frame" % key)
+                "allow-uid, allow-gid, owner, perm, "
+                "max-connections, max-handshakes, max-regions, max-region-bytes, "
+                "max-frame" % key)
     if (spec.owner is not None or spec.perm is not None) and \
             (spec.socket.startswith("@") or spec.role != "master"):
         raise click.BadParameter("owner=/perm= apply to a master's filesystem socket (an "

@@ -13,6 +13,16 @@ A peer refused for its credentials, its secret or an interface id that does
 not exist hears only "peer not allowed", so a stranger learns neither which
 ids exist nor which want a secret; the interface counts the precise cause,
 and only a peer that authenticated can change the interface's state.
+Limits (each a per-interface setting, see Interface): a listener holds at
+most ``max_connections`` control connections and ``max_handshakes`` of them
+not yet up.  At either cap the oldest connection that has not sent INIT is
+evicted to make room, so a flood of idle connections cannot lock a good slave
+out; only when every one has sent INIT is the newcomer refused.  A connection
+must send INIT within INIT_TIMEOUT.  A link may bring at most ``max_regions``
+regions of together ``max_region_bytes`` bytes.  When accept() runs out of
+file descriptors the listener stops reading for a while (backoff) instead of
+spinning on a socket that stays readable.  Every eviction and refusal is
+counted in ``Listener.counters``.
 """
 import array
 import collections
@@ -23,17 +33,21 @@ import logging
 import os
 import socket
 import stat
+import time
 
 from memifx import access, wire
 from memifx.errors import MemifError
-from memifx.memory import Memory
+from memifx.memory import MAX_REGION_SIZE, Memory
 from memifx.ring import Queue
 
 log = logging.getLogger("memifx")
 
 HANDSHAKE_TIMEOUT = 3.0
+INIT_TIMEOUT = 1.0      # a master's deadline for INIT after HELLO
 MAX_LOG2_RING_SIZE = 14
-MAX_REGIONS = 256
+MAX_REGIONS = 256       # what the wire can index; each interface sets its own cap
+ACCEPT_BACKOFF_MIN, ACCEPT_BACKOFF_MAX = 0.1, 1.0
+ACCEPT_LOG_INTERVAL = 60.0  # one warning per episode of fd exhaustion, at most a minute
 RX_POOL = 2             # receive buffers per ring slot (slave side)
 PAGE = 4096
 
@@ -94,6 +108,13 @@ class Listener:
             sock.close()
             raise
         self.sock = sock
+        self.channels = {}                  # live MasterChannels, oldest first
+        self.counters = {"accepted": 0, "evicted": 0, "refused": 0,
+                         "init_timeouts": 0, "accept_backoffs": 0,
+                         "regions_refused": 0}
+        self._backoff = ACCEPT_BACKOFF_MIN
+        self._resume = None                 # timer while accepting is paused
+        self._logged_at = None              # last "cannot accept" warning
         loop.add_reader(sock.fileno(), self._accept)
         loop.listeners[path] = self
 
@@ -161,24 +182,93 @@ class Listener:
         return wire.Hello(
             name=intfs[0].name if len(intfs) == 1 else "memifx",
             min_version=wire.VERSION, max_version=wire.VERSION,
-            max_region=MAX_REGIONS - 1,
+            max_region=max(i.max_regions for i in intfs) - 1,
             max_m2s_ring=max(i.tx_queues for i in intfs) - 1,
             max_s2m_ring=max(i.rx_queues for i in intfs) - 1,
             max_log2_ring_size=MAX_LOG2_RING_SIZE)
 
+    # ------------------------------------------------- connection limits
+
+    def limit(self, name):
+        """A listener-wide limit: the largest any interface on it allows."""
+        return max(getattr(i, name) for i in self.interfaces.values())
+
+    def stats(self):
+        """Counters, and what is open now (for info())."""
+        d = dict(self.counters)
+        channels = list(self.channels)          # info() may run in another thread
+        d["connections"] = len(channels)
+        d["handshakes"] = sum(1 for c in channels if c.connection is None)
+        d["accepting"] = self._resume is None
+        return d
+
     def _accept(self):
         try:
             conn, _ = self.sock.accept()
-        except (BlockingIOError, InterruptedError):
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
             return
+        except OSError as e:            # EMFILE, ENFILE, ENOBUFS, ENOMEM, ...
+            self._pause(e)
+            return
+        if self._backoff > ACCEPT_BACKOFF_MIN:
+            log.info("memifx %s: accepting connections again", self.path)
+            self._backoff = ACCEPT_BACKOFF_MIN
         if not self.interfaces:
             conn.close()
             return
+        self.counters["accepted"] += 1
+        if not self._make_room():
+            self.counters["refused"] += 1
+            log.info("memifx %s: connection refused: too many connections", self.path)
+            _refuse(conn, "too many connections")
+            return
         MasterChannel(self, conn)
+
+    def _make_room(self):
+        """Room for one more connection under both caps: evict the oldest
+        connections that have not sent INIT; False if that is not enough."""
+        def over():
+            handshakes = sum(1 for c in self.channels if c.connection is None)
+            return (len(self.channels) >= self.limit("max_connections") or
+                    handshakes >= self.limit("max_handshakes"))
+        while over():
+            victim = next((c for c in self.channels if c.intf is None), None)
+            if victim is None:
+                return False
+            self.counters["evicted"] += 1
+            victim.fail("too many connections")
+        return True
+
+    def forget(self, channel):
+        """A channel is closed: it no longer counts against the caps."""
+        self.channels.pop(channel, None)
+
+    def _pause(self, error):
+        """accept() failed, typically for lack of fds or memory: the listener
+        stays readable, so stop reading it for a while instead of spinning; the
+        links already up are served meanwhile.  Warned once per episode (a
+        process hovering at its fd limit warns at most once a minute)."""
+        self.counters["accept_backoffs"] += 1
+        now = time.monotonic()
+        if self._logged_at is None or now - self._logged_at >= ACCEPT_LOG_INTERVAL:
+            self._logged_at = now
+            log.warning("memifx %s: cannot accept connections: %s; retrying with backoff",
+                        self.path, error.strerror)
+        self.loop.remove_reader(self.sock.fileno())
+        self._resume = self.loop.call_later(self._backoff, self._resume_accepting)
+        self._backoff = min(self._backoff * 2, ACCEPT_BACKOFF_MAX)
+
+    def _resume_accepting(self):
+        self._resume = None
+        if self.sock.fileno() >= 0:
+            self.loop.add_reader(self.sock.fileno(), self._accept)
 
     def remove(self, intf):
         self.interfaces.pop(intf.id, None)
         if not self.interfaces:
+            if self._resume is not None:
+                self._resume.cancel()
+                self._resume = None
             self.loop.remove_reader(self.sock.fileno())
             self.sock.close()
             self.loop.listeners.pop(self.path, None)
@@ -187,6 +277,26 @@ class Listener:
                     os.unlink(self.path)
                 except OSError:
                     pass
+
+
+def _out_of_fds(fd):
+    """Whether this process cannot open one more fd now (after MSG_CTRUNC:
+    the kernel drops received fds it cannot install)."""
+    try:
+        os.close(os.dup(fd))
+    except OSError as e:
+        return e.errno in (errno.EMFILE, errno.ENFILE)
+    return False
+
+
+def _refuse(sock, reason):
+    """Turn away an accepted connection: DISCONNECT with the reason, close."""
+    try:
+        sock.setblocking(False)
+        sock.send(wire.encode(wire.Disconnect(code=0, reason=reason)))
+    except OSError:
+        pass
+    sock.close()
 
 
 class Channel:
@@ -215,6 +325,9 @@ class Channel:
         self.sock.sendmsg([data], anc)
 
     def _readable(self):
+        """Handle one message.  The loop calls this once per readiness, so a
+        peer that floods its socket gets one message per round, like every
+        other channel, and cannot starve them."""
         if self.closed:
             return
         fds = []
@@ -242,7 +355,8 @@ class Channel:
                 self.down("peer closed the connection")
                 return
             if flags & socket.MSG_CTRUNC:
-                raise MemifError("control message truncated")
+                raise MemifError("out of file descriptors" if _out_of_fds(self.sock.fileno())
+                                 else "control message truncated")
             if len(fds) > 1:
                 raise MemifError("too many fds in one message")
             msg = wire.decode(data)
@@ -258,6 +372,8 @@ class Channel:
                 self.down("peer closed the connection")
             elif e.errno in (errno.EAGAIN, errno.ENOBUFS):
                 self.down("peer does not read the control channel")
+            elif e.errno in (errno.EMFILE, errno.ENFILE):
+                self.fail("out of file descriptors")
             else:
                 self.down("control socket error: %s" % e.strerror)
         finally:
@@ -327,6 +443,8 @@ class MasterChannel(Channel):
         self.tx = []                     # M2S rings
         self.warnings = []
         self.peer_name = ""
+        self.init_timer = self.loop.call_later(INIT_TIMEOUT, self._init_deadline)
+        listener.channels[self] = None      # counts against the caps until down()
         if not listener.admits(self.peer_creds):
             # no interface here would take this peer: it hears nothing more
             # about this socket, not even the HELLO's names and ring counts
@@ -337,6 +455,16 @@ class MasterChannel(Channel):
             self.send(listener.hello())
         except OSError:
             self.down("cannot send HELLO")
+
+    def _init_deadline(self):
+        if self.intf is None:
+            self.listener.counters["init_timeouts"] += 1
+            self.fail("handshake timeout")
+
+    def down(self, reason):
+        self.init_timer.cancel()
+        self.listener.forget(self)
+        super().down(reason)
 
     def handle(self, msg, fds):
         if isinstance(msg, wire.Disconnect):
@@ -395,8 +523,7 @@ class MasterChannel(Channel):
         if fd is None:
             raise MemifError("missing memory region fd")
         try:
-            if msg.index >= MAX_REGIONS:
-                raise MemifError("too many regions")
+            self.check_region_limits(msg)
             if msg.index != self.memory.count:
                 raise MemifError("unexpected region index")
             warning = self.memory.add_peer_region(fd, msg.size)
@@ -405,6 +532,18 @@ class MasterChannel(Channel):
         if warning:
             self.warnings.append("region %d: %s" % (msg.index, warning))
         self.send(wire.Ack())
+
+    def check_region_limits(self, msg):
+        """This interface's caps on region count and total bytes (counted)."""
+        reason = None
+        if msg.index >= min(self.intf.max_regions, MAX_REGIONS):
+            reason = "too many regions"
+        elif 0 < msg.size <= MAX_REGION_SIZE and \
+                sum(self.memory.sizes()) + msg.size > self.intf.max_region_bytes:
+            reason = "memory regions too large"
+        if reason:
+            self.listener.counters["regions_refused"] += 1
+            raise MemifError(reason)
 
     def on_add_ring(self, msg, fd):
         if fd is None:

@@ -54,6 +54,16 @@ Access control
     allowed"; ``info()["refused"]`` counts the precise causes, and a refused
     peer never changes the interface's state or ``last_disconnect``.
 
+Limits (master side; a hostile local peer must not exhaust us)
+    ``max_connections`` (256) control connections and ``max_handshakes`` (32)
+    of them not yet up, per listening socket (the largest value among the
+    interfaces sharing it).  At the cap the oldest connection that has not
+    sent INIT is evicted ("too many connections"); one that sends no INIT
+    within 1 s is cut off ("handshake timeout").  Per link at most
+    ``max_regions`` (16; HELLO advertises it) memory regions of together
+    ``max_region_bytes`` (1 GiB) bytes ("too many regions", "memory regions
+    too large").  ``info()["listener"]`` counts evictions and refusals.
+
 Roles: ``slave`` (also ``client``) creates the shared memory and connects;
 ``master`` (also ``server``) listens.  ``ring_size`` and ``buffer_size`` are
 the slave's to choose; a master uses what its slave set up.
@@ -75,6 +85,16 @@ ROLES = {"master": "master", "server": "master", "slave": "slave", "client": "sl
 RX_MODES = ("polling", "interrupt", "adaptive")
 MAX_QUEUES = 255
 RECONNECT_MIN, RECONNECT_MAX = 0.05, 1.0
+# Master-side limits against hostile peers: (default, lowest, highest).
+# Connections and handshakes are per listening socket (the largest value of
+# the interfaces on it); regions and region bytes are per link.
+LIMITS = {
+    "max_connections": (256, 1, 65536),
+    "max_handshakes": (32, 1, 65536),
+    "max_regions": (16, 1, control.MAX_REGIONS),
+    "max_region_bytes": (1 << 30, 1 << 12, 1 << 48),
+    "max_frame": (DEFAULT_MAX_FRAME, 64, MAX_FRAME_SIZE),   # longer: "frame too long"
+}
 
 
 class Interface:
@@ -82,7 +102,11 @@ class Interface:
                  mode="ethernet", rx_queues=1, tx_queues=1, ring_size=1024,
                  buffer_size=2048, name="memifx", loop=None,
                  allow_uid=None, allow_gid=None, owner=None, perm=None,
-                 max_frame=DEFAULT_MAX_FRAME):
+                 max_connections=LIMITS["max_connections"][0],
+                 max_handshakes=LIMITS["max_handshakes"][0],
+                 max_regions=LIMITS["max_regions"][0],
+                 max_region_bytes=LIMITS["max_region_bytes"][0],
+                 max_frame=LIMITS["max_frame"][0]):
         if role not in ROLES:
             raise ValueError("role must be master or slave (server/client), not %r" % role)
         if mode not in wire.MODES:
@@ -102,8 +126,6 @@ class Interface:
                              % (1 << control.MAX_LOG2_RING_SIZE))
         if not 128 <= buffer_size <= 65535:
             raise ValueError("buffer_size must be 128 to 65535")
-        if not 1 <= max_frame <= MAX_FRAME_SIZE:
-            raise ValueError("max_frame must be 1 to %d" % MAX_FRAME_SIZE)
         if not 0 <= id < 1 << 32:
             raise ValueError("id must be a u32")
         if not socket or socket == "@":
@@ -116,6 +138,16 @@ class Interface:
             raise ValueError("owner/perm apply to a master's filesystem socket (an abstract "
                              "socket has no file: use allow_uid/allow_gid)")
         self.refused = collections.Counter()    # peers turned away, by precise cause
+        for what, n in (("max_connections", max_connections),
+                        ("max_handshakes", max_handshakes), ("max_regions", max_regions),
+                        ("max_region_bytes", max_region_bytes), ("max_frame", max_frame)):
+            _, lo, hi = LIMITS[what]
+            if not lo <= n <= hi:
+                raise ValueError("%s must be %d to %d" % (what, lo, hi))
+        self.max_connections = max_connections
+        self.max_handshakes = max_handshakes
+        self.max_regions = max_regions
+        self.max_region_bytes = max_region_bytes
         self.socket = socket
         self.id = id
         self.role = ROLES[role]
@@ -315,6 +347,9 @@ class Interface:
                            "ring_size": self.ring_size, "buffer_size": self.buffer_size,
                            "max_frame": self.max_frame},
         }
+        listener = self._listener
+        if listener is not None:
+            d["listener"] = listener.stats()
         if conn:
             d.update({
                 "rx_queues": len(conn.rx), "tx_queues": len(conn.tx),

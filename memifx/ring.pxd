@@ -16,7 +16,8 @@ cdef enum:  # Faults
     FAULT_NONE = 0
     FAULT_COUNTER = 1     # head/tail moved past what is possible
     FAULT_POSTED = 2      # a buffer the slave posted lies outside its regions
-    FAULT_IRQ_FD = 3      # the peer made the shared eventfd blocking
+    FAULT_IRQ_FD = 3      # an eventfd syscall blocked past the bound (peer made it blocking)
+    FAULT_IRQ_FULL = 4    # the peer filled the eventfd counter: a kick would block
 
 cdef struct counters_t:             # u64s only: shared stats files map it as an array
     uint64_t packets

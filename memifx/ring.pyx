@@ -38,6 +38,8 @@ from memifx.memif cimport (
     MEMIF_DESC_FLAG_NEXT, memif_load_acquire, memif_store_release, memif_fence,
     memif_desc_read, memif_ring_flags, memif_set_ring_flags, memif_ring_bytes)
 from memifx.memory cimport Memory, region_t
+from memifx.irq_guard cimport (irq_guard_write, irq_guard_read, irq_guard_signal,
+                               IRQ_GUARD_BOUND_NS, IRQ_GUARD_UNAVAILABLE)
 
 from memifx.errors import MemifError, LinkDown
 
@@ -67,7 +69,18 @@ FAULT_REASONS = {
     FAULT_COUNTER: "ring counter moved past the ring",
     FAULT_POSTED: "posted buffer outside memory region",
     FAULT_IRQ_FD: "ring interrupt fd made blocking",
+    FAULT_IRQ_FULL: "ring interrupt fd would block",
 }
+
+# How long a kick or drain may wait on the peer's eventfd before the link
+# faults (csrc/irq_guard.h), in seconds.
+IRQ_WAIT_BOUND = IRQ_GUARD_BOUND_NS / 1e9
+
+
+def irq_guard_signo():
+    """The real-time signal that interrupts a blocked eventfd syscall
+    (0 until this process guarded its first one)."""
+    return irq_guard_signal()
 
 
 cdef uint32_t scatter(uint32_t i, uint32_t n) noexcept:
@@ -360,21 +373,33 @@ cdef class Queue:
         return i
 
     cdef void kick(self) noexcept nogil:
-        """Signal the consumer unless it masked interrupts."""
+        """Signal the consumer unless it masked interrupts.  Never waits on
+        the peer longer than IRQ_WAIT_BOUND: the eventfd's file description
+        is shared with it, and a write to one it made blocking and filled
+        would wait forever (csrc/irq_guard.h).  A full counter is a fault,
+        whether the write was refused (non-blocking) or interrupted."""
         cdef uint64_t one = 1
-        cdef int fl
+        cdef int err, fl
         memif_fence()
-        if not (memif_ring_flags(self.ring) & MEMIF_RING_FLAG_MASK_INT):
-            # The eventfd's file description is shared with the peer: it can
-            # clear O_NONBLOCK and fill the counter, and a write would then
-            # wait forever.  An eventfd write has no per-call "don't wait",
-            # so look at the flag first and treat a cleared one as a fault.
+        if self.fault or memif_ring_flags(self.ring) & MEMIF_RING_FLAG_MASK_INT:
+            return
+        err = irq_guard_write(self.fd, 1)
+        if err == 0:
+            self.c.irq_sent += 1
+        elif err == EINTR:
+            self.fault = FAULT_IRQ_FD
+        elif err == EAGAIN:             # 2^64-2 kicks are never owed: the peer filled it
+            self.fault = FAULT_IRQ_FULL
+        elif err == IRQ_GUARD_UNAVAILABLE:
+            # No timer for this thread (the kernel refused one): the best
+            # left is to look at the flags first, which the peer can race.
             fl = fcntl(self.fd, F_GETFL)
             if fl < 0 or not (fl & O_NONBLOCK):
                 self.fault = FAULT_IRQ_FD
-                return
-            if write(self.fd, &one, 8) == 8:
+            elif write(self.fd, &one, 8) == 8:
                 self.c.irq_sent += 1
+            elif errno == EAGAIN:
+                self.fault = FAULT_IRQ_FULL
 
     # ------------------------------------------------------------- receive
 
@@ -790,23 +815,30 @@ cdef class Queue:
         return <uint16_t>(self.size - <uint16_t>(memif_load_acquire(&self.ring.head) - self.pos))
 
     def drain(self):
-        """Clear the eventfd after a wakeup; never blocks."""
+        """Clear the eventfd after a wakeup; never waits on the peer longer
+        than IRQ_WAIT_BOUND (see kick())."""
         cdef uint64_t v = 0
         cdef ssize_t r
         cdef iovec iov
-        cdef int fl
+        cdef int err, fl
         iov.iov_base = &v
         iov.iov_len = 8
         with nogil:
             # RWF_NOWAIT: never wait, whatever the peer did to the flags of
-            # the file description we share with it (see kick()).
+            # the file description we share with it.
             r = preadv2(self.fd, &iov, 1, -1, RWF_NOWAIT)
             if r < 0 and (errno == EOPNOTSUPP or errno == EINVAL or errno == ENOSYS):
-                fl = fcntl(self.fd, F_GETFL)        # an older kernel
-                if fl >= 0 and fl & O_NONBLOCK:
-                    r = read(self.fd, &v, 8)
-                else:
+                err = irq_guard_read(self.fd, &v)       # an older kernel
+                if err == 0:
+                    r = 8
+                elif err == EINTR:
                     self.fault = FAULT_IRQ_FD
+                elif err == IRQ_GUARD_UNAVAILABLE:
+                    fl = fcntl(self.fd, F_GETFL)
+                    if fl >= 0 and fl & O_NONBLOCK:
+                        r = read(self.fd, &v, 8)
+                    else:
+                        self.fault = FAULT_IRQ_FD
         if r == 8:
             self.c.irq_received += v
             return True

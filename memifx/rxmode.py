@@ -7,7 +7,7 @@ interface the loop serves:
 - any ``polling`` interface: never sleep (MASK_INT stays set; the peer never
   signals);
 - ``interrupt``: MASK_INT clear from link up on; when a pass moved nothing,
-  sleep in select() on the queues' eventfds, then drain them;
+  sleep on the queues' eventfds (memifx.fdwait), then drain them;
 - ``adaptive``: poll while traffic flows; after ``quiet`` seconds of empty
   passes clear MASK_INT (counted in mode_switches) and sleep like interrupt
   mode; the first wakeup sets MASK_INT again (counted too).
@@ -15,12 +15,14 @@ interface the loop serves:
 Before sleeping, a loop that has just cleared MASK_INT fences (set_interrupt
 does) and looks at the rings once more: a producer that checked the flag
 just before it was cleared did not signal.  Every sleep has a timeout
-(``backstop``), so a lost signal costs latency, never a stall.  EINTR is
-retried by Python itself; a link that goes down while we sleep takes its fds
-along, which select reports as an error: the next pass just sees fewer queues.
+(``backstop``), so a lost signal costs latency, never a stall.  A link that
+goes down while we sleep may take its fds along: the wait then ends at once
+and the next pass just sees fewer queues.  Any other failure of the wait is
+raised, never taken for an empty wakeup (that would spin).
 """
-import select
 import time
+
+from memifx.fdwait import wait_readable
 
 DEFAULT_QUIET = 100e-6      # seconds of empty passes before adaptive queues sleep
 BACKSTOP = 0.05             # longest sleep without a signal
@@ -31,10 +33,7 @@ def sleep_on(queues, timeout, wake_fds=()):
     """Sleep until a receive queue's eventfd (or one of ``wake_fds``)
     signals, ``timeout`` seconds at most, then clear the queues' wakeups.
     True if something signalled."""
-    try:
-        ready, _, _ = select.select([q.fd for q in queues] + list(wake_fds), [], [], timeout)
-    except (OSError, ValueError):
-        return False                                # a link went down under us
+    ready = wait_readable([q.fd for q in queues] + list(wake_fds), timeout)
     for q in queues:
         q.drain()
     return bool(ready)
@@ -78,7 +77,7 @@ class Idler:
 
     def _nap(self, seconds):
         if self.wake_fds:
-            select.select(self.wake_fds, [], [], seconds)
+            wait_readable(self.wake_fds, seconds)
         else:
             time.sleep(seconds)
 

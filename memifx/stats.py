@@ -287,7 +287,7 @@ class StatsFile:
         d = {k: info.get(k) for k in ("name", "role", "socket", "id", "mode", "state",
                                       "peer_name", "last_disconnect", "link_flaps",
                                       "configured", "rx_queues", "tx_queues",
-                                      "peer", "refused", "socket_refused")}
+                                      "peer", "refused", "socket_refused", "listener")}
         modes = list(getattr(t.intf, "_rx_modes", []))
         d["queues"] = {}
         for kind in ("rx", "tx"):

@@ -221,7 +221,7 @@ def sleep_or_receive(receivers, seconds):
     or less if a receive queue signals a frame (queues in interrupt mode
     do), so that the receiver takes it at once and the latency it measures
     is the path's, not the sender's pacing.  With no queue (links down)
-    select() on nothing is a plain sleep."""
+    a wait on no fd is a plain sleep."""
     sleep_on([q for r in receivers for q in r.port.active_queues("rx")], seconds)
 
 

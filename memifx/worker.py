@@ -3,7 +3,12 @@
 The main process keeps the control plane (sockets, handshakes, reconnects).
 Each worker is ``python -m memifx.worker``, pinned to one CPU with psutil,
 connected to the main process by a SOCK_SEQPACKET socketpair.  Messages are
-JSON; fds travel with them as SCM_RIGHTS.
+JSON; fds travel with them as SCM_RIGHTS.  One message may need more fds than
+the kernel passes at once (SCM_MAX_FD, 253: a link with many regions or
+queues) or more bytes than one datagram should carry, so each goes out as
+one or more parts (send/recv below); a message that arrives incomplete is a
+HandoffError, and an attach that fails in either process fails that link
+with a reason instead of leaving it up with nobody serving it.
 
 When a link comes up the main process sends every worker an ``attach``: the
 region fds (the worker maps them itself), the geometry and private positions
@@ -59,37 +64,79 @@ plan: one slot per worker and direction, kept across restarts), so a
 worker killed mid-traffic loses none of them.
 """
 import array
+import errno
 import json
 import logging
 import os
-import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
 
+from memifx.fdwait import wait_readable
+
 log = logging.getLogger("memifx")
 
-MAX_MSG = 1 << 16
 COUNTERS_EVERY = 0.5        # seconds between counter snapshots from a worker
 CONTROL_EVERY = 256         # busy passes between looks at the control socket
 DETACH_WAIT = 1.0           # seconds a link-down waits for each worker to let go
 
 
 # ------------------------------------------------------------------ wire
+#
+# A message is its JSON text and its fds, sent as parts: each part is one
+# datagram, PART header (index, count) then up to PART_BYTES of the text,
+# with up to PART_FDS of the fds.  The sender writes all parts of a message
+# back to back under its lock; a sender that fails half way sends a part with
+# count 0 (abort), so the receiver drops what it has instead of waiting.
+
+PART = struct.Struct("<II")
+PART_FDS = 253              # SCM_MAX_FD: more in one sendmsg is EINVAL
+PART_BYTES = 32 << 10
+PART_WAIT = 1.0             # seconds the receiver waits for the next part
+DEAD_PEER = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN)     # the worker died
+
+
+class HandoffError(Exception):
+    """A message arrived incomplete (its fds truncated, a part missing or
+    aborted).  Its fds are closed; ``msg`` is the message if its text was
+    whole (so the receiver knows which link it was about), else None."""
+
+    def __init__(self, reason, msg=None):
+        super().__init__(reason)
+        self.reason, self.msg = reason, msg
+
 
 def send(sock, msg, fds=()):
+    """Send ``msg`` and ``fds`` in as many parts as they need.  The caller
+    holds whatever lock keeps other writers of ``sock`` out meanwhile."""
     data = json.dumps(msg).encode()
-    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
-    sock.sendmsg([data], anc)
+    fds = list(fds)
+    count = max(1, -(-len(data) // PART_BYTES), -(-len(fds) // PART_FDS))
+    for i in range(count):
+        chunk = fds[i * PART_FDS:(i + 1) * PART_FDS]
+        anc = ([(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", chunk))]
+               if chunk else [])
+        try:
+            sock.sendmsg([PART.pack(i, count), data[i * PART_BYTES:(i + 1) * PART_BYTES]],
+                         anc)
+        except OSError:
+            if i:
+                try:
+                    sock.send(PART.pack(0, 0))
+                except OSError:
+                    pass                # a dead socket: nobody waits for the rest
+            raise
 
 
-def recv(sock, flags=0):
-    """One message and its fds, or (None, []) on EOF; BlockingIOError if none
-    (with MSG_DONTWAIT)."""
-    data, anc, _, _ = sock.recvmsg(MAX_MSG, socket.CMSG_SPACE(256 * 4), flags)
+def _recv_part(sock, flags):
+    """(index, count, text, fds, truncated) of one part, or None on EOF."""
+    data, anc, mflags, _ = sock.recvmsg(PART.size + PART_BYTES,
+                                        socket.CMSG_SPACE(PART_FDS * 4),
+                                        flags | socket.MSG_CMSG_CLOEXEC)
     fds = []
     for level, kind, payload in anc:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
@@ -97,10 +144,66 @@ def recv(sock, flags=0):
             a.frombytes(payload[:len(payload) - len(payload) % a.itemsize])
             fds.extend(a)
     if not data:
-        for fd in fds:
-            os.close(fd)
+        _close(fds)
+        return None
+    truncated = bool(mflags & (socket.MSG_CTRUNC | socket.MSG_TRUNC)) or len(data) < PART.size
+    if len(data) < PART.size:
+        return 0, 1, b"", fds, True
+    index, count = PART.unpack_from(data)
+    return index, count, data[PART.size:], fds, truncated
+
+
+def recv(sock, flags=0):
+    """One message and its fds, or (None, []) on EOF; BlockingIOError if none
+    (with MSG_DONTWAIT).  HandoffError if it arrived incomplete."""
+    part = _recv_part(sock, flags)
+    if part is None:
         return None, []
-    return json.loads(data), fds
+    index, count, text, fds, truncated = part
+    texts = [text]
+    problem = None
+    if count == 0:
+        problem = "message aborted by its sender"
+    elif index != 0:
+        problem = "stray part %d of %d" % (index + 1, count)
+    try:
+        while problem is None and len(texts) < count:
+            if not wait_readable([sock.fileno()], PART_WAIT):
+                part = None
+            else:
+                part = _recv_part(sock, socket.MSG_DONTWAIT)
+            if part is None:
+                problem = "message incomplete (%d of %d parts)" % (len(texts), count)
+                break
+            index, count_i, text, more, cut = part
+            fds.extend(more)
+            truncated |= cut
+            if count_i != count or index != len(texts):
+                problem = "message cut short by another (%d of %d parts)" % (len(texts), count)
+            else:
+                texts.append(text)
+    except OSError as e:
+        problem = "message incomplete: %s" % (e.strerror or e)
+    except BaseException:
+        _close(fds)
+        raise
+    if problem is not None:
+        _close(fds)
+        raise HandoffError(problem)
+    try:
+        msg = json.loads(b"".join(texts))
+    except ValueError:
+        _close(fds)
+        raise HandoffError("message unreadable") from None
+    if truncated:
+        _close(fds)
+        raise HandoffError("fds truncated (MSG_CTRUNC)", msg)
+    return msg, fds
+
+
+def _close(fds):
+    for fd in fds:
+        os.close(fd)
 
 
 def owner(tx_index, workers):
@@ -136,38 +239,56 @@ class Worker:
         self.sock = ours
         self.lock = threading.Lock()
         self.counters = {}              # the latest snapshot: {"nodes": ..., "queues": ...}
+        self.send_error = None          # why the last send that failed did
         if cpu is not None:
             import psutil
             try:
                 psutil.Process(self.proc.pid).cpu_affinity([cpu])
             except (psutil.Error, OSError) as e:
                 log.warning("worker %d: cannot pin to CPU %d: %s", index, cpu, e)
-        self.send(dict(plan, op="plan", worker=index, stats=stats_fd is not None),
-                  ([stats_fd] if stats_fd is not None else []) + list(plan_fds))
+        try:
+            with self.lock:
+                send(self.sock, dict(plan, op="plan", worker=index, stats=stats_fd is not None),
+                     ([stats_fd] if stats_fd is not None else []) + list(plan_fds))
+        except OSError as e:
+            if e.errno not in DEAD_PEER:    # a dead one is restarted by poll()
+                self.proc.kill()
+                self.proc.wait()
+                self.sock.close()
+                raise
 
     def send(self, msg, fds=()):
+        """Send ``msg`` with ``fds``; False if it did not go out.  A worker
+        that died is restarted by poll(); any other failure is logged here
+        and the caller decides what it costs (an attach fails its link)."""
         with self.lock:
             try:
                 send(self.sock, msg, fds)
-            except OSError:
-                pass                    # it died: poll() notices and restarts it
+                return True
+            except OSError as e:
+                if e.errno not in DEAD_PEER:
+                    log.error("worker %d: cannot send %s with %d fds: %s",
+                              self.index, msg.get("op"), len(fds), e)
+                self.send_error = e
+                return False
 
     def pump(self, timeout):
         """Read and dispatch what the worker sent (waiting up to ``timeout``
         for the first message).  Any thread may pump; one at a time."""
         with self.recv_lock:
-            try:
-                if not select.select([self.sock], [], [], timeout)[0]:
-                    return
-            except (OSError, ValueError):
+            fd = self.sock.fileno()
+            if fd < 0 or not wait_readable([fd], timeout):
                 return
             while True:
                 try:
                     msg, fds = recv(self.sock, socket.MSG_DONTWAIT)
-                except (BlockingIOError, InterruptedError):
+                except BlockingIOError:
                     return
+                except HandoffError as e:
+                    log.error("worker %d: a message from it was lost: %s", self.index, e)
+                    continue
                 except OSError:
-                    return
+                    return                  # it died: poll() restarts it
                 try:
                     if msg is None:
                         return
@@ -285,8 +406,12 @@ class WorkerPool:
                             if self.stats is not None else None)
                     queues.append(dict(q.geometry(), kind=kind, state=q.state(), slot=slot))
                     fds.append(q.fd)
-        worker.send({"op": "attach", "key": intf.name, "gen": self.gens[intf.name],
-                     "regions": conn.memory.sizes(), "queues": queues}, fds)
+        if not worker.send({"op": "attach", "key": intf.name, "gen": self.gens[intf.name],
+                            "regions": conn.memory.sizes(), "queues": queues}, fds):
+            e = worker.send_error
+            if e is not None and e.errno not in DEAD_PEER:  # a dead one: _restart flaps it
+                intf._report_fault(conn, "worker %d attach failed: %s" % (
+                    worker.index, e.strerror or e))
 
     def _on_up(self, intf, up):
         if not up:
@@ -315,13 +440,10 @@ class WorkerPool:
 
     def poll(self, timeout):
         """Handle worker messages for up to ``timeout`` seconds; restart dead workers."""
-        socks = {w.sock: w for w in self.workers}
-        try:
-            ready, _, _ = select.select(list(socks), [], [], timeout)
-        except (OSError, ValueError):
-            ready = []
-        for s in ready:
-            socks[s].pump(0)
+        socks = {w.sock.fileno(): w for w in self.workers}
+        socks.pop(-1, None)             # closed: being replaced
+        for fd in wait_readable(list(socks), timeout):
+            socks[fd].pump(0)
         if not self.stopping:
             for w in list(self.workers):
                 if not w.alive():
@@ -676,6 +798,7 @@ def node_kind(name):
 
 
 def worker_main(fd):
+    from memifx.errors import MemifError
     from memifx.memory import Memory
     from memifx.ring import Queue
     from memifx.rxmode import Idler
@@ -716,21 +839,27 @@ def worker_main(fd):
                 os.close(fd_)
 
     def attach(msg, fds):
-        memory = Memory()
+        """Take over a link: map its regions, rebuild the queues we own.
+        MemifError if the fds are not what the message announces."""
         nreg = len(msg["regions"])
+        if len(fds) != nreg + len(msg["queues"]):
+            raise MemifError("worker %d: fd handoff incomplete (%d fds for %d regions "
+                             "and %d queues)" % (plan["worker"], len(fds), nreg,
+                                                 len(msg["queues"])))
+        memory = Memory()
         for fd_, size in zip(fds[:nreg], msg["regions"]):
             memory.add_peer_region(fd_, size)
         rx, tx = {}, {}
         unslotted = set()
         modes = plan["modes"][msg["key"]]
         for q, qfd in zip(msg["queues"], fds[nreg:]):
-            fds.remove(qfd)
             g = dict(q)
             kind, state = g.pop("kind"), g.pop("state")
             queue = Queue(memory, g["region"], g["ring_offset"], g["log2_size"],
                           slave=g["slave"], tx=g["tx"], index=g["index"], fd=qfd,
                           buffer_size=g["buffer_size"], buf_offset=g["buf_offset"],
                           nbufs=g["nbufs"], max_frame=g["max_frame"])
+            fds.remove(qfd)             # the queue owns it now
             queue.restore(*state)
             slot = g.pop("slot", None)
             if slot is not None and stats_fd is not None:
@@ -769,6 +898,15 @@ def worker_main(fd):
                 msg, fds = recv(sock, 0 if plan is None else socket.MSG_DONTWAIT)
             except BlockingIOError:
                 break
+            except HandoffError as e:
+                lost = e.msg or {}
+                if lost.get("op") == "attach":      # that link would go unserved
+                    send(sock, {"op": "fault", "key": lost["key"], "gen": lost["gen"],
+                                "reason": "worker %d: fd handoff failed: %s" % (
+                                    plan["worker"], e.reason)})
+                else:
+                    log.error("worker: a message was lost: %s", e)
+                continue
             if msg is None or msg.get("op") == "stop":
                 if plan is not None:
                     report()
@@ -783,7 +921,12 @@ def worker_main(fd):
                         node.count_in(stats_fd)
                     idler = Idler([], plan["quiet"], wake_fds=[sock.fileno()])
                 elif msg["op"] == "attach":
-                    attach(msg, fds)
+                    try:
+                        attach(msg, fds)
+                    except (MemifError, OSError, ValueError) as e:
+                        log.warning("worker: cannot attach %s: %s", msg["key"], e)
+                        send(sock, {"op": "fault", "key": msg["key"], "gen": msg["gen"],
+                                    "reason": getattr(e, "reason", None) or str(e)})
                 elif msg["op"] == "detach":
                     detach(msg)
                 elif msg["op"] == "report":
@@ -816,7 +959,7 @@ def worker_main(fd):
         elif links:
             idler.after(moved)
         else:
-            select.select([sock], [], [], 0.1)
+            wait_readable([sock.fileno()], 0.1)
 
 
 if __name__ == "__main__":

@@ -3,17 +3,17 @@
 Usage: python perf/pingpong.py SOCKET COUNT [polling|interrupt] [SIZE]
 
 Connects as a slave to SOCKET (a `memifx echo` master), then COUNT times: send
-one frame, wait for it to come back (interrupt: sleep in select() on the
-queue's eventfd; polling: spin on rx_burst), and time it with
+one frame, wait for it to come back (interrupt: sleep on the
+queue's eventfd (memifx.fdwait); polling: spin on rx_burst), and time it with
 perf_counter_ns.  The first 10 % are warm-up.  Prints one JSON line:
 {"count", "p50_us", "p90_us", "p99_us", "max_us", "min_us"}.
 """
 import json
-import select
 import sys
 import time
 
 import memifx
+from memifx.fdwait import wait_readable
 
 
 def main():
@@ -39,7 +39,7 @@ def main():
             if got:
                 break
             if mode == "interrupt":
-                if not select.select([fd], [], [], 1.0)[0]:
+                if not wait_readable([fd], 1.0):
                     sys.exit("pingpong: frame %d lost" % i)
                 intf.rx_ack()
         t1 = clock()

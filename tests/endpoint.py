@@ -9,11 +9,11 @@ sends every received frame back on tx queue (rx queue mod tx queues); it
 sleeps on the queues' eventfds (interrupt mode), so it is no busy poller.
 """
 import argparse
-import select
 import sys
 import time
 
 import memifx
+from memifx.fdwait import wait_readable
 
 
 def main():
@@ -51,10 +51,7 @@ def main():
             time.sleep(0.01)
             continue
         fds = [fd for fd in (intf.rx_fd(q) for q in range(a.rx_queues)) if fd is not None]
-        try:
-            select.select(fds, [], [], 0.05)
-        except (OSError, ValueError):
-            continue                            # link went down under us
+        wait_readable(fds, 0.05)                # a link going down ends it too
         info = intf.info()
         ntx = info.get("tx_queues") or 1
         for q in range(info.get("rx_queues") or 0):

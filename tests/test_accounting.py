@@ -68,7 +68,8 @@ def test_default_max_frame_is_a_jumbo_frame_with_room():
 
 def test_spec_key_max_frame():
     assert parse_spec("role=master,max-frame=9000").interface_args()["max_frame"] == 9000
-    assert parse_spec("role=master").max_frame == DEFAULT_MAX_FRAME
+    assert memifx.Interface(**parse_spec("role=master").interface_args()).max_frame == \
+        DEFAULT_MAX_FRAME
     with pytest.raises(click.BadParameter, match="max-frame"):
         parse_spec("max-frame=%d" % (MAX_FRAME_SIZE + 1))
     with pytest.raises(click.BadParameter, match="max-frame"):

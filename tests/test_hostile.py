@@ -643,7 +643,7 @@ def test_peer_that_never_reads(abstract_sock, caplog):
         if int(f.read()) > 1 << 19:
             pytest.skip("socket buffers hold every ACK of a handshake here")
     m = memifx.Interface(socket=abstract_sock, role="master", name="mx-wide",
-                         rx_queues=255, tx_queues=255).connect()
+                         rx_queues=255, tx_queues=255, max_regions=256).connect()
     try:
         r = rogue_slave(m, init=False)
         r.init()
