@@ -31,7 +31,7 @@ import time
 import click
 
 from memifx.fib import Fib, FibFull, RouteError, pack_route
-from memifx.ip4 import Router, DROP_REASONS
+from memifx.ip4 import Router, DROP_REASONS, TX_DROPS
 from memifx.neighbor import NeighborTable, NeighborTableFull
 from memifx.cli.common import (CPUS, Stop, Ticker, connect_all, emit_json, prometheus_option,
                                router_nodes, start_stats, start_workers)
@@ -280,7 +280,7 @@ class SummedCounters:
 
 def report(specs, ifaces, router, learner, fib, seconds, counters=None):
     out = {"seconds": seconds, "routes": fib.routes, "interfaces": {},
-           "drops": dict({r: 0 for r in DROP_REASONS}, **{"tx ring full": 0, "tx link down": 0}),
+           "drops": dict({r: 0 for r in DROP_REASONS}, **dict.fromkeys(TX_DROPS, 0)),
            "arp": {"learned": learner.learned, "ignored": learner.ignored},
            "neighbors": [{"dev": specs[i].name, "ip": str(ipaddress.IPv4Address(ip)),
                           "mac": ":".join("%02x" % b for b in mac)}
@@ -292,7 +292,8 @@ def report(specs, ifaces, router, learner, fib, seconds, counters=None):
         for q in c["rx"]:
             for r, n in q["drops"].items():
                 out["drops"][r] += n
-        out["drops"]["tx ring full"] += sum(q["drops"]["tx ring full"] for q in c["tx"])
+        for r in ("tx ring full", "tx frame too long", "tx fault"):
+            out["drops"][r] += sum(q["drops"][r] for q in c["tx"])
         out["drops"]["tx link down"] += c["tx link down"]
     return out
 

@@ -4,7 +4,8 @@
     rx-queues=N,tx-queues=N,queues=N,ring-size=N,buffer-size=N,
     rx-mode=polling|interrupt|adaptive,quiet-us=N,name=NAME,mac=XX:XX:XX:XX:XX:XX,ip=A.B.C.D/LEN,
     allow-uid=UID[:UID...],allow-gid=GID[:GID...],owner=UID[:GID],perm=OCTAL,
-    max-connections=N,max-handshakes=N,max-regions=N,max-region-bytes=N[K|M|G]
+    max-connections=N,max-handshakes=N,max-regions=N,max-region-bytes=N[K|M|G],
+    max-frame=N (bytes; longer frames are counted drops "frame too long")
 
 Lists inside one key are separated by ':' (',' separates keys); ids are
 numbers or user/group names.  allow-uid/allow-gid admit only peers whose
@@ -166,7 +167,8 @@ def parse_spec(text):
                 "unknown key %r; allowed keys are socket, id, role, secret, mode, rx-queues, "
                 "tx-queues, queues, ring-size, buffer-size, rx-mode, quiet-us, name, mac, ip, "
                 "allow-uid, allow-gid, owner, perm, "
-                "max-connections, max-handshakes, max-regions, max-region-bytes" % key)
+                "max-connections, max-handshakes, max-regions, max-region-bytes, "
+                "max-frame" % key)
     if (spec.owner is not None or spec.perm is not None) and \
             (spec.socket.startswith("@") or spec.role != "master"):
         raise click.BadParameter("owner=/perm= apply to a master's filesystem socket (an "

@@ -22,7 +22,7 @@ except ImportError as e:                                    # pragma: no cover
 from memifx.errors import MemifError, LinkDown
 from memifx.interface import Interface
 from memifx.loop import ControlLoop, default_loop
-from memifx.ring import Buffer, MAX_FRAME_SIZE
+from memifx.ring import Buffer, DEFAULT_MAX_FRAME, MAX_FRAME_SIZE
 
 __all__ = ["Interface", "ControlLoop", "default_loop", "MemifError", "LinkDown",
-           "Buffer", "MAX_FRAME_SIZE"]
+           "Buffer", "MAX_FRAME_SIZE", "DEFAULT_MAX_FRAME"]

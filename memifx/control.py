@@ -564,7 +564,8 @@ class MasterChannel(Channel):
                 raise MemifError("ring size out of range")
             set_nonblocking(fd)
             q = Queue(self.memory, msg.region, msg.offset, msg.log2_ring_size,
-                      slave=False, tx=not s2m, index=msg.index, fd=fd)
+                      slave=False, tx=not s2m, index=msg.index, fd=fd,
+                      max_frame=self.intf.max_frame)
         except BaseException:
             os.close(fd)
             raise
@@ -653,7 +654,7 @@ class SlaveChannel(Channel):
             try:
                 q = Queue(self.memory, 0, i * ring_bytes, log2, slave=True, tx=tx,
                           index=index, fd=fd, buffer_size=intf.buffer_size,
-                          buf_offset=offsets[i], nbufs=nbufs[i])
+                          buf_offset=offsets[i], nbufs=nbufs[i], max_frame=intf.max_frame)
             except BaseException:
                 os.close(fd)
                 raise

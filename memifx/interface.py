@@ -26,6 +26,10 @@ Chained frames
     over as many buffers as needed.  Zero-copy calls show the wire: one
     ``Buffer`` per descriptor, ``buf.chained`` set on all but the last of a
     frame; ``tx_alloc`` buffers each carry one frame of at most buffer_size.
+    No frame longer than ``max_frame`` bytes (default DEFAULT_MAX_FRAME,
+    10240) is received or sent: it is a counted drop "frame too long", and
+    a received one's whole chain is consumed.  This bounds what a receive
+    burst can allocate to max_frame per frame, whatever the peer announces.
     A slave's receive ring draws on a pool of two buffers per slot: while the
     application holds zero-copy buffers the ring is reposted from the pool,
     and held buffers may be handed back in any order.  A buffer must be
@@ -78,7 +82,7 @@ from contextlib import contextmanager
 from memifx import access, control, guard, wire
 from memifx.errors import MemifError
 from memifx.loop import default_loop
-from memifx.ring import DROP_REASONS
+from memifx.ring import DEFAULT_MAX_FRAME, DROP_REASONS, MAX_FRAME_SIZE
 
 log = logging.getLogger("memifx")
 
@@ -95,6 +99,7 @@ LIMITS = {
     "max_handshakes": (32, 1, 65536),
     "max_regions": (16, 1, control.MAX_REGIONS),
     "max_region_bytes": (1 << 30, 1 << 12, 1 << 48),
+    "max_frame": (DEFAULT_MAX_FRAME, 64, MAX_FRAME_SIZE),   # longer: "frame too long"
 }
 
 
@@ -106,7 +111,8 @@ class Interface:
                  max_connections=LIMITS["max_connections"][0],
                  max_handshakes=LIMITS["max_handshakes"][0],
                  max_regions=LIMITS["max_regions"][0],
-                 max_region_bytes=LIMITS["max_region_bytes"][0]):
+                 max_region_bytes=LIMITS["max_region_bytes"][0],
+                 max_frame=LIMITS["max_frame"][0]):
         if role not in ROLES:
             raise ValueError("role must be master or slave (server/client), not %r" % role)
         if mode not in wire.MODES:
@@ -140,7 +146,7 @@ class Interface:
         self.refused = collections.Counter()    # peers turned away, by precise cause
         for what, n in (("max_connections", max_connections),
                         ("max_handshakes", max_handshakes), ("max_regions", max_regions),
-                        ("max_region_bytes", max_region_bytes)):
+                        ("max_region_bytes", max_region_bytes), ("max_frame", max_frame)):
             _, lo, hi = LIMITS[what]
             if not lo <= n <= hi:
                 raise ValueError("%s must be %d to %d" % (what, lo, hi))
@@ -159,6 +165,7 @@ class Interface:
         self.ring_size = ring_size
         self.log2_ring_size = ring_size.bit_length() - 1
         self.buffer_size = buffer_size
+        self.max_frame = max_frame      # longer frames: counted drops "frame too long"
         self.name = name
         self.loop = loop
         self._channel = None            # control connection, up or in handshake
@@ -355,7 +362,8 @@ class Interface:
             "access": self.access.describe(),
             "memory_faults": self._memory_faults,
             "configured": {"rx_queues": self.rx_queues, "tx_queues": self.tx_queues,
-                           "ring_size": self.ring_size, "buffer_size": self.buffer_size},
+                           "ring_size": self.ring_size, "buffer_size": self.buffer_size,
+                           "max_frame": self.max_frame},
         }
         listener = self._listener
         if listener is not None:
@@ -539,7 +547,8 @@ class Interface:
 def _sum(*counters):
     """Add queue counter dicts (None counts as zero)."""
     out = {"packets": 0, "bytes": 0, "drops": {r: 0 for r in DROP_REASONS},
-           "ring_full": 0, "irq_sent": 0, "irq_received": 0, "mode_switches": 0}
+           "ring_full": 0, "irq_sent": 0, "irq_received": 0, "mode_switches": 0,
+           "chain_waits": 0}
     for c in counters:
         for k, v in (c or {}).items():
             if isinstance(v, dict):

@@ -88,6 +88,9 @@ DROP_REASONS = ("short", "wrong dst mac", "not ipv4", "bad version", "bad header
                 "bad length", "bad checksum", "ttl expired", "no route", "arp unresolved",
                 "bad arp", "arp not for us", "arp queue full", "bad icmp checksum",
                 "no memory", "too long")
+# Frames the router routed but could not transmit, by reason (per
+# interface; "tx link down" when it has no transmit queue).
+TX_DROPS = ("tx ring full", "tx frame too long", "tx fault", "tx link down")
 
 # Node vectors
 cdef enum:
@@ -120,6 +123,8 @@ cdef struct tx_counters_t:
     uint64_t packets
     uint64_t bytes
     uint64_t ring_full          # dropped: no room in the transmit ring
+    uint64_t too_long           # dropped: longer than the queue's max_frame or its peer's ring
+    uint64_t fault              # dropped: the queue faulted (its link is being dropped)
 
 cdef struct iface_t:
     uint8_t mac[6]
@@ -749,13 +754,16 @@ cdef class Router:
                 txq.src[j] = p.data
                 txq.lens[j] = p.len
             taken = txq.tx_copy(m)
-            for j in range(taken):
-                tc.bytes += txq.lens[j]
-            tc.packets += taken
+            tc.bytes += txq.tx_bytes
+            tc.packets += taken - txq.tx_dropped
+            tc.too_long += txq.tx_dropped
             sent += taken
             if taken < m:
                 break
-        tc.ring_full += n - sent
+        if txq.fault or txq.closed:
+            tc.fault += n - sent
+        else:
+            tc.ring_full += n - sent
 
     # ------------------------------------------------------- front ends
 
@@ -855,5 +863,6 @@ cdef class Router:
         for q in range(min(tx_queues, MAX_QUEUES)):
             t = &f.tx[q]
             tx.append({"packets": t.packets, "bytes": t.bytes,
-                       "drops": {"tx ring full": t.ring_full}})
+                       "drops": {"tx ring full": t.ring_full, "tx frame too long": t.too_long,
+                                 "tx fault": t.fault}})
         return {"rx": rx, "tx": tx, "tx link down": f.link_down}

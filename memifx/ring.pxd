@@ -7,7 +7,7 @@ from memifx.memory cimport Memory
 cdef enum:  # Drop reasons
     DROP_BAD_DESC = 0     # descriptor outside its region / longer than the buffer we posted
     DROP_CHAIN = 1        # chain that never ends inside the ring
-    DROP_TOO_LONG = 2     # frame longer than MAX_FRAME, or than the whole ring can hold
+    DROP_TOO_LONG = 2     # frame longer than the queue's max_frame, or than the whole ring can hold
     N_DROPS = 3
 
 # Peer faults that end the connection (the burst stops, the control plane
@@ -27,6 +27,7 @@ cdef struct counters_t:             # u64s only: shared stats files map it as an
     uint64_t irq_sent
     uint64_t irq_received
     uint64_t mode_switches  # adaptive rx mode: polling <-> interrupt
+    uint64_t chain_waits  # rx bursts that stopped at a chain whose end is not published yet
 
 cdef struct seg_t:
     char *ptr
@@ -61,6 +62,9 @@ cdef class Queue:
     cdef readonly uint32_t zc_held      # slave rx: zero-copy buffers lent out
     cdef char *bufs                 # slave: this ring's buffers
     cdef readonly uint32_t buffer_size
+    cdef readonly uint32_t max_frame    # longer frames are dropped "frame too long", both ways
+    cdef uint32_t tx_dropped        # frames the last tx_copy dropped (too long), among those taken
+    cdef uint64_t tx_bytes          # bytes of the frames the last tx_copy queued
     cdef uint32_t buf_offset        # slave: offset of bufs in region 0
     cdef readonly int fd            # the ring's eventfd, owned
     cdef readonly int fault

@@ -54,9 +54,16 @@ cdef extern from *:
     ssize_t preadv2(int fd, const iovec *iov, int iovcnt, long offset, int flags) nogil
     const int RWF_NOWAIT
 
-# Largest frame we assemble from, or split into, a chain of descriptors.
+# Largest frame a queue may be configured to assemble from, or split into,
+# a chain of descriptors (its ``max_frame``).
 DEF MAX_FRAME = 1 << 20
 MAX_FRAME_SIZE = MAX_FRAME
+# The default max_frame: a 9216-byte jumbo frame (the common switch limit)
+# with room for VLAN tags and a trailer, and exactly five default 2048-byte
+# buffers.  It bounds what one receive burst can make us allocate
+# (max_frame x burst, 2.5 MiB for 256 frames) whatever the peer announces.
+DEF DEFAULT_FRAME = 10240
+DEFAULT_MAX_FRAME = DEFAULT_FRAME
 
 DROP_REASONS = ("bad descriptor", "chain too long", "frame too long")
 FAULT_REASONS = {
@@ -123,7 +130,8 @@ cdef class Queue:
 
     def __cinit__(self, Memory mem not None, uint16_t region, uint64_t ring_offset, uint32_t log2_size,
                   bint slave, bint tx, int index, int fd,
-                  uint32_t buffer_size=0, uint64_t buf_offset=0, uint32_t nbufs=0):
+                  uint32_t buffer_size=0, uint64_t buf_offset=0, uint32_t nbufs=0,
+                  uint32_t max_frame=DEFAULT_FRAME):
         cdef uint32_t i
         self.fd = -1
         self.segs = NULL
@@ -133,6 +141,9 @@ cdef class Queue:
             raise MemifError("unexpected region index")
         if log2_size > 15:
             raise MemifError("ring size out of range")
+        if not 1 <= max_frame <= MAX_FRAME:
+            raise ValueError("max_frame must be 1 to %d" % MAX_FRAME)
+        self.max_frame = max_frame
         cdef region_t r = mem.regions[region]
         if ring_offset % 64 != 0 or ring_offset + memif_ring_bytes(log2_size) > r.size:
             raise MemifError("ring outside memory region")
@@ -241,7 +252,7 @@ cdef class Queue:
         return dict(region=self.region_index, ring_offset=self.ring_offset,
                     log2_size=self.log2_size, slave=self.slave, tx=self.tx,
                     index=self.index, buffer_size=self.buffer_size,
-                    buf_offset=self.buf_offset, nbufs=self.nbufs)
+                    buf_offset=self.buf_offset, nbufs=self.nbufs, max_frame=self.max_frame)
 
     def state(self):
         """Our private ring positions (pos, posted): what a queue rebuilt in
@@ -270,16 +281,21 @@ cdef class Queue:
 
     cdef uint32_t tx_copy(self, uint32_t n) noexcept nogil:
         """Copy ``n`` frames (self.src/self.lens) into the ring; return how many
-        were taken (queued, or dropped and counted)."""
+        were taken (queued, or dropped and counted).  Of those taken,
+        ``tx_dropped`` were dropped as too long and the rest, ``tx_bytes``
+        bytes, queued: a caller that counts frames per reason needs both."""
         cdef memif_ring_t *ring = self.ring
         cdef uint16_t peer, avail, used = 0, start, slot
-        cdef uint32_t i, c, cap, remaining, bs = self.buffer_size
+        cdef uint32_t i, c, cap, remaining, bs = self.buffer_size, dropped = 0
+        cdef uint64_t nbytes = 0
         cdef const uint8_t *p
         cdef memif_desc_t d
         cdef memif_desc_t *w
         cdef char *dst
         cdef const region_t *regions = self.mem.regions
         cdef uint16_t nregions = self.mem.count
+        self.tx_dropped = 0
+        self.tx_bytes = 0
         if self.closed or self.fault:
             return 0
         if self.slave:
@@ -298,8 +314,9 @@ cdef class Queue:
         while i < n:
             remaining = self.lens[i]
             p = self.src[i]
-            if remaining > MAX_FRAME or (self.slave and (remaining + bs - 1) / bs > self.size):
+            if remaining > self.max_frame or (self.slave and (remaining + bs - 1) / bs > self.size):
                 self.c.drops[DROP_TOO_LONG] += 1
+                dropped += 1
                 i += 1
                 continue
             start = used
@@ -341,13 +358,17 @@ cdef class Queue:
                 if start == 0 and avail == self.size:
                     # The peer's whole ring of buffers cannot hold it: it never will.
                     self.c.drops[DROP_TOO_LONG] += 1
+                    dropped += 1
                     i += 1
                     continue
                 self.c.ring_full += 1
                 break
-            self.c.packets += 1
-            self.c.bytes += self.lens[i]
+            nbytes += self.lens[i]
             i += 1
+        self.tx_dropped = dropped
+        self.tx_bytes = nbytes
+        self.c.packets += i - dropped
+        self.c.bytes += nbytes
         if used:
             self.pos = <uint16_t>(self.pos + used)
             if self.slave:
@@ -419,9 +440,13 @@ cdef class Queue:
             drop = -1
             while True:
                 if used == avail:
-                    if avail < limit:       # rest of the chain not published yet
+                    if avail < limit or n:
+                        # The rest of the chain is not published yet, or
+                        # it may be once the frames before it are consumed.
+                        if n == 0:
+                            self.c.chain_waits += 1
                         return n
-                    drop = DROP_CHAIN       # fills every slot and still goes on
+                    drop = DROP_CHAIN       # fills every slot we lent and still goes on
                     break
                 slot = <uint16_t>(self.pos + used) & self.mask
                 used += 1
@@ -439,7 +464,7 @@ cdef class Queue:
                         drop = DROP_BAD_DESC
                     if drop < 0:
                         length += d.length
-                        if length > MAX_FRAME:
+                        if length > self.max_frame:
                             drop = DROP_TOO_LONG
                         else:
                             self.segs[nseg].ptr = ptr
@@ -844,6 +869,7 @@ cdef class Queue:
             "irq_sent": self.c.irq_sent,
             "irq_received": self.c.irq_received,
             "mode_switches": self.c.mode_switches,
+            "chain_waits": self.c.chain_waits,
         }
 
 

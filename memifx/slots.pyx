@@ -10,6 +10,7 @@ the same even value before and after their copy.
 """
 from libc.stdint cimport uint64_t
 from memifx.ring cimport Queue, counters_t, N_DROPS
+from memifx.xconnect cimport XConnect, xc_counters_t
 
 from memifx.ring import DROP_REASONS
 
@@ -35,6 +36,7 @@ cdef extern from *:
 
 
 COUNTER_SIZE = sizeof(counters_t)
+assert sizeof(xc_counters_t) <= sizeof(counters_t), "an xconnect node's counters fill one slot"
 
 
 def _fields():
@@ -51,6 +53,7 @@ def _fields():
         <Py_ssize_t>(<char *>&t.irq_sent - b): "irq_sent",
         <Py_ssize_t>(<char *>&t.irq_received - b): "irq_received",
         <Py_ssize_t>(<char *>&t.mode_switches - b): "mode_switches",
+        <Py_ssize_t>(<char *>&t.chain_waits - b): "chain_waits",
     }
     for i in range(N_DROPS):
         named[<Py_ssize_t>(<char *>&t.drops[i] - b)] = "drops:" + DROP_REASONS[i]
@@ -74,6 +77,13 @@ def attach(Queue q not None, object buf, Py_ssize_t offset, object owner):
     """Make ``q`` count into the slot at ``offset`` of ``buf`` from now on
     (carrying over what it counted so far); ``owner`` keeps ``buf`` mapped."""
     q.attach_counters(<counters_t *>_address(buf, offset, sizeof(counters_t)), owner)
+
+
+def attach_xconnect(XConnect x not None, object buf, Py_ssize_t offset, object owner):
+    """Make the xconnect node ``x`` count into the slot at ``offset`` of
+    ``buf``, adding its counts so far to the slot's; ``owner`` keeps ``buf``
+    mapped."""
+    x.attach_counters(<xc_counters_t *>_address(buf, offset, sizeof(xc_counters_t)), owner)
 
 
 def detach(Queue q not None):

@@ -37,7 +37,11 @@ Counters
     reader never sees a connection's counters twice or not at all.
     Node counters (xconnect directions, ip4-forward's per-queue counters and
     drops by reason, gen/sink) are copied into the metadata every REFRESH
-    seconds by a background thread: cheap, never per packet.
+    seconds by a background thread: cheap, never per packet.  A worker's
+    xconnect nodes count straight into slots of their own (``node_slot``,
+    ``attach_node_fd``), which outlive the worker: a killed worker loses
+    none of its counts, and the one that replaces it continues in the same
+    slots.
 
 Prometheus
     ``MetricsServer`` serves the same numbers at /metrics in the Prometheus
@@ -221,12 +225,16 @@ class StatsFile:
         """A zeroed counter slot: (region, offset in region)."""
         if self._free and time.monotonic() - self._free[0][0] >= SLOT_GRACE:
             _, region, off = self._free.popleft()
-        else:
-            if self._chunk is None or self._chunk_used + SLOT > self._chunk.size:
-                self._chunk, self._chunk_used = self._append(CHUNK), 0
-            region, off = self._chunk, self._chunk_used
-            self._chunk_used += SLOT
-        _U64S.pack_into(region.mm, off, *([0] * (SLOT // 8)))
+            _U64S.pack_into(region.mm, off, *([0] * (SLOT // 8)))
+            return region, off
+        return self._new_slot()
+
+    def _new_slot(self):
+        """A never used (zero) slot: (region, offset in region)."""
+        if self._chunk is None or self._chunk_used + SLOT > self._chunk.size:
+            self._chunk, self._chunk_used = self._append(CHUNK), 0
+        region, off = self._chunk, self._chunk_used
+        self._chunk_used += SLOT
         return region, off
 
     @staticmethod
@@ -376,6 +384,21 @@ class StatsFile:
     def fileno(self):
         return self._fd
 
+    def node_slot(self):
+        """File offset of a new zeroed slot for a worker's node counters
+        (attach_node_fd); it lives as long as this file."""
+        with self._lock:
+            region, off = self._new_slot()
+            return region.offset + off
+
+    def read_slot(self, offset):
+        """The u64s of the slot at file offset ``offset`` (also after close:
+        the mappings stay until exit)."""
+        for r in self._regions:
+            if r.offset <= offset < r.offset + r.size:
+                return self._read((r, offset - r.offset))
+        raise ValueError("no slot at offset %d" % offset)
+
     def _on_link(self, intf, up):
         with self._lock:
             if self.closed:
@@ -510,6 +533,15 @@ def attach_fd(queue, fd, offset):
     start = offset // PAGE * PAGE
     mm = mmap.mmap(fd, _round(offset - start + SLOT), offset=start)
     slots.attach(queue, mm, offset - start, mm)
+
+
+def attach_node_fd(node, fd, offset):
+    """Make the xconnect node ``node`` (memifx.xconnect.XConnect, in a
+    worker) count into the node slot at file offset ``offset`` (node_slot)
+    of a stats file open as ``fd``, adding to what the slot holds."""
+    start = offset // PAGE * PAGE
+    mm = mmap.mmap(fd, _round(offset - start + SLOT), offset=start)
+    slots.attach_xconnect(node, mm, offset - start, mm)
 
 
 # ---------------------------------------------------------------- readers
@@ -672,6 +704,8 @@ _QUEUE_METRICS = (
     ("irq_received", "memifx_interrupts_received_total", "Interrupts received from the peer."),
     ("mode_switches", "memifx_rx_mode_switches_total",
      "Adaptive rx mode switches between polling and interrupt."),
+    ("chain_waits", "memifx_rx_chain_waits_total",
+     "Receive bursts that stopped at a chained frame whose end was not published yet."),
 )
 _NODE_LABELS = ("interface", "queue", "direction")
 

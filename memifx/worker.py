@@ -57,7 +57,11 @@ sends it).
 
 A worker's counters snapshot (every COUNTERS_EVERY seconds, on ``report``,
 and in its ``detached`` and final messages) may carry fds: the pool's
-handler reads what it needs of them before they are closed.
+handler reads what it needs of them before they are closed.  Queue
+counters, and the xconnect node's, do not wait for a snapshot: workers
+count them straight into slots of the stats file (``node_slots`` in the
+plan: one slot per worker and direction, kept across restarts), so a
+worker killed mid-traffic loses none of them.
 """
 import array
 import errno
@@ -330,6 +334,9 @@ class WorkerPool:
                      "modes": {n: list(i._rx_modes) for n, i in self.interfaces.items()},
                      "quiet": quiet}
         self.stats = stats              # StatsFile: workers count straight into it
+        if stats is not None and node == "xconnect":
+            self.plan["node_slots"] = [{"%s->%s" % d: stats.node_slot() for d in self.directions}
+                                       for _ in range(workers)]
         self.lock = threading.RLock()
         self.workers = [self._spawn(w) for w in range(workers)]
         for intf in interfaces:
@@ -481,7 +488,14 @@ class WorkerPool:
     def node_counters(self):
         """Node counters summed over live and retired workers."""
         total = {}
-        for snap in [w.counters for w in self.workers] + self.retired:
+        if "node_slots" in self.plan:           # read where the workers count
+            from memifx.xconnect import counters_from_slot
+            snaps = [{"nodes": {name: counters_from_slot(self.stats.read_slot(off))
+                                for name, off in per.items()}}
+                     for per in self.plan["node_slots"]]
+        else:
+            snaps = [w.counters for w in self.workers] + self.retired
+        for snap in snaps:
             for name, c in (snap or {}).get("nodes", {}).items():
                 t = total.setdefault(name, {"packets": 0, "bytes": 0, "drops": {}})
                 t["packets"] += c["packets"]
@@ -691,6 +705,9 @@ class Node:
     def message(self, msg):
         """A control message for this kind."""
 
+    def count_in(self, stats_fd):
+        """Count into the stats file open as ``stats_fd`` where the plan says."""
+
 
 class XConnectNode(Node):
     """``xconnect``: receive queue i of src into transmit queue i mod n of dst."""
@@ -699,6 +716,12 @@ class XConnectNode(Node):
         from memifx.xconnect import XConnect
         super().__init__(plan, fds, tell)
         self.nodes = {"%s->%s" % (s, d): XConnect() for s, d in plan["directions"]}
+
+    def count_in(self, stats_fd):
+        from memifx.stats import attach_node_fd
+        slots = self.plan.get("node_slots")
+        for name, offset in (slots[self.plan["worker"]] if slots else {}).items():
+            attach_node_fd(self.nodes[name], stats_fd, offset)
 
     def run(self, links):
         moved = 0
@@ -837,7 +860,7 @@ def worker_main(fd):
             queue = Queue(memory, g["region"], g["ring_offset"], g["log2_size"],
                           slave=g["slave"], tx=g["tx"], index=g["index"], fd=qfd,
                           buffer_size=g["buffer_size"], buf_offset=g["buf_offset"],
-                          nbufs=g["nbufs"])
+                          nbufs=g["nbufs"], max_frame=g["max_frame"])
             fds.remove(qfd)             # the queue owns it now
             queue.restore(*state)
             slot = g.pop("slot", None)
@@ -898,6 +921,8 @@ def worker_main(fd):
                     if plan.get("stats") and fds:
                         stats_fd = fds.pop(0)
                     node = node_kind(plan["node"])(plan, fds, tell)
+                    if stats_fd is not None:
+                        node.count_in(stats_fd)
                     idler = Idler([], plan["quiet"], wake_fds=[sock.fileno()])
                 elif msg["op"] == "attach":
                     try:

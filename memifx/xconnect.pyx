@@ -5,8 +5,21 @@ The node takes the vector a receive burst gathered (validated pointers into
 the peer's or our shared memory), hands it to the transmit queue's producer,
 and only then consumes the receive slots: one copy per frame, straight from
 ring buffer to ring buffer, as memif's rule (the master copies) allows.
-Frames the transmit ring has no room for are counted drops ("tx ring full"):
-a stalled direction never blocks the other one.
+A stalled direction never blocks the other one: frames the transmit side
+cannot take are dropped and counted by reason.
+
+Accounting: every frame the receive queue delivers to the node is in
+exactly one of ``packets`` (forwarded) or ``drops[reason]``, so for one
+direction ``rx packets = packets + sum(drops)``.
+
+Chained frames are made contiguous in a staging buffer.  It is bounded by
+what one burst received (at most the receive queue's max_frame per frame)
+and shrinks back to STAGE_KEEP after SHRINK_AFTER bursts in a row that did
+not need more, so one burst of jumbo frames does not pin megabytes.
+
+The counters may live in a stats file slot (``attach_counters``): a worker
+process counts straight into shared memory, so its totals survive it being
+killed.
 """
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport realloc, free
@@ -14,18 +27,35 @@ from libc.string cimport memcpy
 
 from memifx.ring cimport Queue, frame_t, seg_t
 
+DROP_REASONS = ("tx ring full", "tx link down", "tx frame too long", "tx fault")
+COUNTER_SIZE = sizeof(xc_counters_t)
+
+DEF STAGE_KEEP_ = 64 * 1024
+DEF SHRINK_AFTER_ = 64
+STAGE_KEEP = STAGE_KEEP_            # bytes of staging kept between bursts
+SHRINK_AFTER = SHRINK_AFTER_        # small bursts in a row before a larger stage is given back
+
 
 cdef class XConnect:
     """Counters and scratch memory of one direction of a cross-connect."""
-    cdef readonly uint64_t packets
-    cdef readonly uint64_t bytes
-    cdef readonly uint64_t tx_full       # dropped: no room in the transmit ring
-    cdef readonly uint64_t link_down     # dropped: the transmit interface is down
-    cdef char *stage                     # chained frames are made contiguous here
-    cdef uint64_t stage_size
+
+    def __cinit__(self):
+        self.c = &self.own
 
     def __dealloc__(self):
         free(self.stage)
+
+    cdef void attach_counters(self, xc_counters_t *slot, object owner) noexcept:
+        """Count into ``slot`` from now on, adding what was counted so far to
+        what the slot holds (a slot a killed worker counted into keeps its
+        totals for the worker that replaces it)."""
+        cdef uint32_t i
+        slot.packets += self.c.packets
+        slot.bytes += self.c.bytes
+        for i in range(N_XC_DROPS):
+            slot.drops[i] += self.c.drops[i]
+        self.c = slot
+        self.c_owner = owner
 
     cdef int forward(self, Queue rxq, Queue txq, uint32_t max_frames) noexcept nogil:
         """One burst from rxq to txq; returns frames moved (or -1: no memory)."""
@@ -49,6 +79,18 @@ cdef class XConnect:
                 return -1
             self.stage = p
             self.stage_size = need
+            self.small_bursts = 0
+        elif self.stage_size > STAGE_KEEP_:
+            if need > STAGE_KEEP_:
+                self.small_bursts = 0
+            else:
+                self.small_bursts += 1
+                if self.small_bursts >= SHRINK_AFTER_:
+                    p = <char *>realloc(self.stage, STAGE_KEEP_)
+                    if p != NULL:
+                        self.stage = p
+                        self.stage_size = STAGE_KEEP_
+                    self.small_bursts = 0
         for i in range(n):
             f = &rxq.frames[i]
             if f.drop >= 0:
@@ -63,12 +105,18 @@ cdef class XConnect:
             txq.lens[k] = <uint32_t>f.length
             k += 1
         taken = txq.tx_copy(k)
-        for i in range(taken):
-            self.bytes += txq.lens[i]
-        self.packets += taken
-        self.tx_full += k - taken
+        self.c.packets += taken - txq.tx_dropped
+        self.c.bytes += txq.tx_bytes
+        self.c.drops[XC_TOO_LONG] += txq.tx_dropped
+        if taken < k:
+            if txq.closed:
+                self.c.drops[XC_LINK_DOWN] += k - taken
+            elif txq.fault:
+                self.c.drops[XC_TX_FAULT] += k - taken
+            else:
+                self.c.drops[XC_TX_FULL] += k - taken
         rxq.commit(n, False)
-        return <int>taken
+        return <int>(taken - txq.tx_dropped)
 
     def poll(self, Queue rxq, Queue txq, uint32_t max_frames=256, uint32_t rounds=1):
         """Up to ``rounds`` bursts with the GIL released (stops at the first
@@ -93,10 +141,25 @@ cdef class XConnect:
             n = rxq.gather(rxq.size)
             for i in range(n):
                 if rxq.frames[i].drop < 0:
-                    self.link_down += 1
+                    self.c.drops[XC_LINK_DOWN] += 1
             rxq.commit(n, False)
         return n
 
+    @property
+    def packets(self):
+        return self.c.packets
+
+    @property
+    def bytes(self):
+        return self.c.bytes
+
     def counters(self):
-        return {"packets": self.packets, "bytes": self.bytes,
-                "drops": {"tx ring full": self.tx_full, "tx link down": self.link_down}}
+        return {"packets": self.c.packets, "bytes": self.c.bytes,
+                "drops": {DROP_REASONS[i]: self.c.drops[i] for i in range(N_XC_DROPS)}}
+
+
+def counters_from_slot(values):
+    """XConnect.counters() of a node that counted into a stats file slot,
+    from that slot's u64s (StatsFile.read_slot)."""
+    return {"packets": values[0], "bytes": values[1],
+            "drops": {r: values[2 + i] for i, r in enumerate(DROP_REASONS)}}

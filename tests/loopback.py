@@ -48,10 +48,11 @@ class Loopback:
     """``n_s2m`` + ``n_m2s`` rings of ``1 << log2`` slots, ``buffer_size``
     bytes per slave buffer.  ``share_memory``: the master uses the slave's own
     ``Memory`` object instead of a second mapping of the memfd.  ``rx_pool``:
-    receive buffers per slot of each M2S ring (the slave's receive pool)."""
+    receive buffers per slot of each M2S ring (the slave's receive pool).
+    ``max_frame``: every queue's (default: the Queue default)."""
 
     def __init__(self, log2=4, buffer_size=2048, n_s2m=1, n_m2s=1, share_memory=False,
-                 start=True, rx_pool=1):
+                 start=True, rx_pool=1, max_frame=None):
         self.log2 = log2
         self.size = 1 << log2
         self.buffer_size = buffer_size
@@ -74,10 +75,14 @@ class Loopback:
                 warning = self.master_mem.add_peer_region(fd, self.region_size)
                 assert warning is None, warning
             self._peek = mmap.mmap(fd, self.region_size, mmap.MAP_SHARED, mmap.PROT_READ)
+            # what a hostile peer writes (poke_desc)
+            self._poke = mmap.mmap(fd, self.region_size, mmap.MAP_SHARED,
+                                   mmap.PROT_READ | mmap.PROT_WRITE)
         finally:
             os.close(fd)
 
         self.slave_tx, self.slave_rx, self.master_rx, self.master_tx = [], [], [], []
+        limit = {} if max_frame is None else {"max_frame": max_frame}
         for i in range(nrings):
             s2m = i < n_s2m
             index = i if s2m else i - n_s2m
@@ -86,9 +91,9 @@ class Loopback:
             # Each Queue owns (and closes) its fd; the two sides share one eventfd.
             sq = Queue(self.slave_mem, 0, self.ring_offsets[i], log2, slave=True, tx=s2m,
                        index=index, fd=efd, buffer_size=buffer_size,
-                       buf_offset=self.buf_offsets[i], nbufs=self.nbufs[i])
+                       buf_offset=self.buf_offsets[i], nbufs=self.nbufs[i], **limit)
             mq = Queue(self.master_mem, 0, self.ring_offsets[i], log2, slave=False,
-                       tx=not s2m, index=index, fd=mfd)
+                       tx=not s2m, index=index, fd=mfd, **limit)
             if s2m:
                 self.slave_tx.append(sq)
                 self.master_rx.append(mq)
@@ -135,6 +140,13 @@ class Loopback:
         off = self.ring_offsets[ring] + RING_HDR + DESC * slot
         return Desc._make(struct.unpack_from("<HHIII", self._peek, off))
 
+    def poke_desc(self, ring, slot, **fields):
+        """Rewrite fields of descriptor ``slot`` of ring number ``ring`` in
+        shared memory, as a hostile peer would."""
+        off = self.ring_offsets[ring] + RING_HDR + DESC * slot
+        d = self.desc(ring, slot)._replace(**fields)
+        struct.pack_into("<HHIII", self._poke, off, *d)
+
     def read(self, offset, length):
         """Bytes of the region at ``offset`` (descriptors' offsets are into it)."""
         return self._peek[offset:offset + length]
@@ -143,6 +155,7 @@ class Loopback:
         for q in self.queues():
             q.close()
         self._peek.close()
+        self._poke.close()
 
 
 def push(pair, frames, burst=None):

@@ -129,7 +129,8 @@ def test_show_metrics_and_exit_json_agree(procs, sockdir, statsdir):
         assert ia["stats"]["rx"][0]["irq_received"] > 0       # interrupt mode
         assert sum(ia["stats"]["rx"][0]["drops"].values()) == 0
         assert node(proc, "B->A")["packets"] == 200
-        assert set(node(proc, "A->B")["drops"]) == {"tx ring full", "tx link down"}
+        assert set(node(proc, "A->B")["drops"]) == {"tx ring full", "tx link down",
+                                                    "tx frame too long", "tx fault"}
 
         text = subprocess.run(MEMIFX + ["show"], capture_output=True, text=True,
                               timeout=30).stdout

@@ -111,9 +111,10 @@ def test_tx_full_and_link_down_are_counted_drops(procs, two_sockets):
     d = json.loads(out.strip().splitlines()[-1])["directions"]["A->B"]
     assert d["packets"] == 64
     assert d["drops"]["tx ring full"] == 500 - 64
-    assert d["drops"]["tx link down"] == 100
-    # every frame offered is accounted for
-    assert d["packets"] + d["drops"]["tx ring full"] + d["drops"]["tx link down"] == 600
+    # a burst may be taken in part (A's ring full for a moment): count what was
+    assert d["drops"]["tx link down"] == more >= 100
+    # every frame offered is accounted for, each under one reason
+    assert d["packets"] + sum(d["drops"].values()) == 500 + more
 
 
 def test_stats_interval_lines(procs, two_sockets):
