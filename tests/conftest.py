@@ -1,6 +1,7 @@
 """Shared fixtures: unique socket names, and processes killed by process group."""
 import os
 import shutil
+import struct
 import signal
 import subprocess
 import sys
@@ -125,3 +126,27 @@ def read_until(proc, token, timeout=10.0):
         sel.close()
     seen.append(line.decode(errors="replace"))
     raise AssertionError("%r not seen; output was:\n%s" % (token, "".join(seen)))
+
+
+def frames(n, size=60, tag=0):
+    """``n`` distinct frames of ``size`` bytes: tag and index, then a filler byte."""
+    return [struct.pack("<HH", tag, i) + bytes([(i + tag) & 0xFF]) * (size - 4)
+            for i in range(n)]
+
+
+def receive(intf, n, timeout=5.0, queue=0):
+    """Poll (with sleeps) until ``n`` frames arrived; return them."""
+    got = []
+
+    def more():
+        got.extend(intf.rx_burst(queue))
+        return len(got) >= n
+    wait_for(more, timeout, 0.002)
+    return got
+
+
+def cross(a, b, n=8, tag=1):
+    """Frames from a to b arrive intact."""
+    sent = frames(n, 60 + tag, tag)
+    assert a.tx_burst(sent) == n
+    assert receive(b, n) == sent

@@ -25,9 +25,8 @@ import pytest
 import memifx
 from memifx import stats, wire
 from memifx.cli import show
-from conftest import ENDPOINT, read_until, wait_for
+from conftest import ENDPOINT, cross, read_until, wait_for
 from rogue import RogueMaster, RogueSlave
-from test_hostile import cross
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -17,7 +17,6 @@ import gc
 import json
 import os
 import signal
-import struct
 import subprocess
 import sys
 import tempfile
@@ -27,7 +26,7 @@ import pytest
 
 import memifx
 from memifx import guard
-from conftest import wait_for
+from conftest import cross, frames, receive, wait_for
 from rogue import PAGE, RogueMaster, RogueSlave, memfd_maps, open_fds
 
 pytestmark = pytest.mark.timeout(60)
@@ -36,27 +35,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 MEMIFX = [sys.executable, "-m", "memifx.cli.main"]
 REASON = "memory region truncated"
 RING_SIZE = 64
-
-
-def frames(n, size=60, tag=0):
-    return [struct.pack("<HH", tag, i) + bytes([(i + tag) & 0xFF]) * (size - 4)
-            for i in range(n)]
-
-
-def receive(intf, n, timeout=5.0, queue=0):
-    got = []
-
-    def more():
-        got.extend(intf.rx_burst(queue))
-        return len(got) >= n
-    wait_for(more, timeout, 0.002)
-    return got
-
-
-def cross(a, b, n=8, tag=1):
-    sent = frames(n, 60 + tag, tag)
-    assert a.tx_burst(sent) == n
-    assert receive(b, n) == sent
 
 
 def settle(before_fds, before_maps, timeout=5.0):

@@ -23,7 +23,7 @@ import pytest
 
 import memifx
 from memifx import wire
-from conftest import read_until, wait_for
+from conftest import cross, frames, read_until, receive, wait_for
 from rogue import (DESC_NEXT, RogueMaster, RogueSlave, Scribbler, eventfd, memfd,
                    memfd_maps, open_fds, raw, ring_bytes)
 
@@ -34,29 +34,6 @@ RING_SIZE = 64
 COUNTER_FAULT = "ring counter moved past the ring"
 POSTED_FAULT = "posted buffer outside memory region"
 IRQ_FAULT = "ring interrupt fd made blocking"
-
-
-def frames(n, size=60, tag=0):
-    return [struct.pack("<HH", tag, i) + bytes([(i + tag) & 0xFF]) * (size - 4)
-            for i in range(n)]
-
-
-def receive(intf, n, timeout=5.0, queue=0):
-    """Poll (with sleeps) until ``n`` frames arrived; return them."""
-    got = []
-
-    def more():
-        got.extend(intf.rx_burst(queue))
-        return len(got) >= n
-    wait_for(more, timeout, 0.002)
-    return got
-
-
-def cross(a, b, n=8, tag=1):
-    """Frames from a to b arrive intact."""
-    sent = frames(n, 60 + tag, tag)
-    assert a.tx_burst(sent) == n
-    assert receive(b, n) == sent
 
 
 def drops(intf, kind="rx", queue=0):

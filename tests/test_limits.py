@@ -14,7 +14,6 @@ import os
 import re
 import resource
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ import pytest
 
 import memifx
 from memifx import wire
-from conftest import read_until, wait_for
+from conftest import cross, frames, read_until, receive, wait_for
 from rogue import RogueSlave, memfd, memfd_maps, open_fds
 
 pytestmark = pytest.mark.timeout(60)
@@ -33,33 +32,11 @@ HELPER = os.path.join(HERE, "limits_master.py")
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def frames(n, tag):
-    return [struct.pack("<HH", tag, i) + bytes([i & 0xFF]) * 56 for i in range(n)]
-
-
 def echoes(slave, n=8, tag=1):
     """Frames the slave sends come back (the helper master echoes)."""
-    sent = frames(n, tag)
+    sent = frames(n, 60, tag)
     assert slave.tx_burst(sent) == n
-    got = []
-
-    def more():
-        got.extend(slave.rx_burst())
-        return len(got) >= n
-    wait_for(more, 5, 0.002)
-    return got == sent
-
-
-def cross(a, b, n=8, tag=1):
-    sent = frames(n, tag)
-    assert a.tx_burst(sent) == n
-    got = []
-
-    def more():
-        got.extend(b.rx_burst())
-        return len(got) >= n
-    wait_for(more, 5, 0.002)
-    assert got == sent
+    return receive(slave, n) == sent
 
 
 def good_slave(path, id=0, name="good-slave"):
