@@ -27,7 +27,7 @@ extensions = [
         extra_compile_args=["-O3", "-Wno-unused-function", "-Wno-sign-compare"] + SANITIZE,
         extra_link_args=SANITIZE,
     )
-    for name in ("guard", "memory", "ring", "xconnect", "traffic", "fib", "neighbor", "ip4", "slots",
+    for name in ("guard", "memory", "ring", "counted", "xconnect", "traffic", "fib", "neighbor", "ip4", "slots",
                  "fdwait")
 ]
 

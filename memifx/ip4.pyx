@@ -44,6 +44,7 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.stdlib cimport calloc, realloc, free
 from libc.string cimport memcpy, memset, memcmp
 
+from memifx.counted cimport CountedNode
 from memifx.ring cimport Queue, frame_t
 from memifx.fib cimport (Fib, nexthop_t, fib_lookup,
                          NH_CONNECTED, NH_GATEWAY, NH_LOCAL, NH_BROADCAST)
@@ -126,14 +127,23 @@ cdef struct tx_counters_t:
     uint64_t too_long           # dropped: longer than the queue's max_frame or its peer's ring
     uint64_t fault              # dropped: the queue faulted (its link is being dropped)
 
+# An interface's counters are one block of u64s (memifx/counted.pyx), in the
+# router's own memory or in a stats file slot: this, then rx_counters_t[nrx],
+# then tx_counters_t[ntx].
+cdef struct if_counters_t:
+    uint64_t link_down          # dropped: no transmit queue (link down)
+
 cdef struct iface_t:
     uint8_t mac[6]
     uint32_t ip
     bint ip_mode                # bare IP packets, no Ethernet header
     bint present
-    uint64_t link_down          # dropped: no transmit queue (link down)
-    rx_counters_t *rx           # [MAX_QUEUES]
-    tx_counters_t *tx           # [MAX_QUEUES]
+    uint32_t nrx                # receive queues counted (queue index mod nrx)
+    uint32_t ntx                # transmit queues counted
+    uint64_t *own               # the block in our memory (calloc)
+    if_counters_t *hdr          # the block now: own, or a stats file slot
+    rx_counters_t *rx           # [nrx], inside the block
+    tx_counters_t *tx           # [ntx], inside the block
 
 cdef struct learned_t:
     uint32_t ifindex
@@ -203,11 +213,47 @@ cdef uint8_t BROADCAST[6]
 memset(BROADCAST, 0xFF, 6)
 
 
-cdef class Router:
+RX_FIELDS = ("packets", "bytes", "forwarded", "echo replies", "arp replies",
+             "arp to control plane", "local", "arp requests sent", "icmp errors sent")
+TX_FIELDS = ("packets", "bytes", "tx ring full", "tx frame too long", "tx fault")
+assert sizeof(rx_counters_t) == 8 * (len(RX_FIELDS) + N_DROPS), "RX_FIELDS names every u64"
+assert sizeof(tx_counters_t) == 8 * len(TX_FIELDS), "TX_FIELDS names every u64"
+
+
+cdef inline Py_ssize_t block_bytes(uint32_t nrx, uint32_t ntx) noexcept nogil:
+    return sizeof(if_counters_t) + nrx * sizeof(rx_counters_t) + ntx * sizeof(tx_counters_t)
+
+
+def counter_block_size(uint32_t rx_queues, uint32_t tx_queues):
+    """Bytes of an interface's counter block (Router.add_interface with
+    these queue counts): the size of its stats file slot."""
+    return block_bytes(rx_queues, tx_queues)
+
+
+def counters_from_block(values, uint32_t nrx, uint32_t ntx, rx_queues=None, tx_queues=None):
+    """Router.counters() of an interface from its counter block's u64s (as
+    StatsFile.read_slot gives them): ``nrx``/``ntx`` the queue counts the
+    block was made for, ``rx_queues``/``tx_queues`` how many to report."""
+    nr, nt = len(RX_FIELDS), len(TX_FIELDS)
+    rx, tx = [], []
+    for q in range(min(nrx if rx_queues is None else rx_queues, nrx)):
+        v = values[1 + q * (nr + N_DROPS):1 + (q + 1) * (nr + N_DROPS)]
+        c = dict(zip(RX_FIELDS, v))
+        c["drops"] = dict(zip(DROP_REASONS, v[nr:]))
+        rx.append(c)
+    base = 1 + nrx * (nr + N_DROPS)
+    for q in range(min(ntx if tx_queues is None else tx_queues, ntx)):
+        v = values[base + q * nt:base + (q + 1) * nt]
+        tx.append({"packets": v[0], "bytes": v[1], "drops": dict(zip(TX_FIELDS[2:], v[2:]))})
+    return {"rx": rx, "tx": tx, "tx link down": values[0]}
+
+
+cdef class Router(CountedNode):
     """Interfaces, neighbors and the node graph of one IPv4 router.
 
     ``Router(fib, neighbors=None)``: the FIB and the NeighborTable to read
-    (a new private table if None); in a worker both are read-only views."""
+    (a new private table if None); in a worker both are read-only views.
+    Counter block i (memifx/counted.pyx) is interface i's counters."""
     cdef Fib fib
     cdef iface_t ifs[MAX_IF]
     cdef readonly uint32_t nif
@@ -245,24 +291,30 @@ cdef class Router:
     def __dealloc__(self):
         cdef uint32_t i
         for i in range(MAX_IF):
-            free(self.ifs[i].rx)
-            free(self.ifs[i].tx)
+            free(self.ifs[i].own)
         free(self.arena)
 
     # ------------------------------------------------------ control plane
 
-    def add_interface(self, uint32_t ifindex, mac, uint32_t ip, bint ip_mode=False):
-        """Interface ``ifindex`` (0..63, dense from 0) with our MAC and address."""
+    def add_interface(self, uint32_t ifindex, mac, uint32_t ip, bint ip_mode=False,
+                      uint32_t rx_queues=MAX_QUEUES, uint32_t tx_queues=MAX_QUEUES):
+        """Interface ``ifindex`` (0..63, dense from 0) with our MAC and address;
+        counters for ``rx_queues`` receive and ``tx_queues`` transmit queues
+        (queue index modulo the count; 1..256).  Adding it again changes the
+        addresses and keeps the counters."""
         if ifindex >= MAX_IF:
             raise ValueError("at most %d interfaces" % MAX_IF)
         if len(mac) != 6:
             raise ValueError("a MAC is 6 bytes")
+        if not 1 <= rx_queues <= MAX_QUEUES or not 1 <= tx_queues <= MAX_QUEUES:
+            raise ValueError("1 to %d queues" % MAX_QUEUES)
         cdef iface_t *f = &self.ifs[ifindex]
         if not f.present:
-            f.rx = <rx_counters_t *>calloc(MAX_QUEUES, sizeof(rx_counters_t))
-            f.tx = <tx_counters_t *>calloc(MAX_QUEUES, sizeof(tx_counters_t))
-            if f.rx == NULL or f.tx == NULL:
+            f.own = <uint64_t *>calloc(1, block_bytes(rx_queues, tx_queues))
+            if f.own == NULL:
                 raise MemoryError()
+            f.nrx, f.ntx = rx_queues, tx_queues
+            self.block_moved(ifindex, f.own)
         for i in range(6):
             f.mac[i] = mac[i]
         f.ip = ip
@@ -742,7 +794,7 @@ cdef class Router:
 
     cdef void transmit(self, uint32_t o, Queue txq) noexcept nogil:
         """Interface o's share of the burst into one of its transmit rings."""
-        cdef tx_counters_t *tc = &self.ifs[o].tx[<uint32_t>txq.index % MAX_QUEUES]
+        cdef tx_counters_t *tc = &self.ifs[o].tx[<uint32_t>txq.index % self.ifs[o].ntx]
         cdef uint32_t n = self.out_n[o], sent = 0, m, j, taken
         cdef pkt_t *p
         while sent < n:
@@ -777,7 +829,7 @@ cdef class Router:
         cdef Queue txq
         if ifindex >= self.nif or not self.ifs[ifindex].present:
             raise ValueError("no interface %d" % ifindex)
-        rc = &self.ifs[ifindex].rx[<uint32_t>rxq.index % MAX_QUEUES]
+        rc = &self.ifs[ifindex].rx[<uint32_t>rxq.index % self.ifs[ifindex].nrx]
         if max_frames > MAX_BURST:
             max_frames = MAX_BURST
         if max_frames > rxq.size:
@@ -798,7 +850,7 @@ cdef class Router:
                     continue
                 txq = txqs[o] if o < len(txqs) else None
                 if txq is None:
-                    self.ifs[o].link_down += self.out_n[o]
+                    self.ifs[o].hdr.link_down += self.out_n[o]
                     continue
                 with nogil:
                     self.transmit(o, txq)
@@ -844,25 +896,26 @@ cdef class Router:
 
     def counters(self, uint32_t ifindex, uint32_t rx_queues=1, uint32_t tx_queues=1):
         """{"rx": [per receive queue], "tx": [per transmit queue], "tx link down": n}."""
-        cdef iface_t *f
-        cdef rx_counters_t *c
-        cdef tx_counters_t *t
         if ifindex >= self.nif or not self.ifs[ifindex].present:
             raise ValueError("no interface %d" % ifindex)
-        f = &self.ifs[ifindex]
-        rx = []
-        for q in range(min(rx_queues, MAX_QUEUES)):
-            c = &f.rx[q]
-            rx.append({"packets": c.packets, "bytes": c.bytes, "forwarded": c.forwarded,
-                       "echo replies": c.echo_replies, "arp replies": c.arp_replies,
-                       "arp to control plane": c.arp_to_control, "local": c.local,
-                       "arp requests sent": c.arp_requests_sent,
-                       "icmp errors sent": c.icmp_errors_sent,
-                       "drops": {DROP_REASONS[i]: c.drops[i] for i in range(N_DROPS)}})
-        tx = []
-        for q in range(min(tx_queues, MAX_QUEUES)):
-            t = &f.tx[q]
-            tx.append({"packets": t.packets, "bytes": t.bytes,
-                       "drops": {"tx ring full": t.ring_full, "tx frame too long": t.too_long,
-                                 "tx fault": t.fault}})
-        return {"rx": rx, "tx": tx, "tx link down": f.link_down}
+        cdef iface_t *f = &self.ifs[ifindex]
+        cdef uint64_t[::1] block = <uint64_t[:block_bytes(f.nrx, f.ntx) // 8]><uint64_t *>f.hdr
+        return counters_from_block(list(block), f.nrx, f.ntx, rx_queues, tx_queues)
+
+    # ------------------------------------- counter blocks (counted.pyx)
+
+    cdef Py_ssize_t block_size(self, Py_ssize_t block) except -1:
+        if not 0 <= block < self.nif or not self.ifs[block].present:
+            raise ValueError("no interface %d" % block)
+        return block_bytes(self.ifs[block].nrx, self.ifs[block].ntx)
+
+    cdef uint64_t *block_at(self, Py_ssize_t block) noexcept:
+        if not 0 <= block < self.nif or not self.ifs[block].present:
+            return NULL
+        return <uint64_t *>self.ifs[block].hdr
+
+    cdef void block_moved(self, Py_ssize_t block, uint64_t *at) noexcept:
+        cdef iface_t *f = &self.ifs[block]
+        f.hdr = <if_counters_t *>at
+        f.rx = <rx_counters_t *>(<char *>at + sizeof(if_counters_t))
+        f.tx = <tx_counters_t *>(<char *>f.rx + f.nrx * sizeof(rx_counters_t))

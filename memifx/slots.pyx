@@ -4,13 +4,14 @@
 A queue counts into a ``counters_t`` (memifx/ring.pxd): normally one inside
 the Queue object, but ``attach`` points it at a slot of a mapping we share
 with readers in other processes, so the data path publishes its counters by
-simply counting.  Also the seqlock word of the file's header: writers make it
+simply counting.  ``attach_node`` does the same for a node's counter block
+(memifx/counted.pyx: xconnect, ip4 router).  Also the seqlock word of the file's header: writers make it
 odd while they change metadata or move counters, readers retry until they saw
 the same even value before and after their copy.
 """
 from libc.stdint cimport uint64_t
 from memifx.ring cimport Queue, counters_t, N_DROPS
-from memifx.xconnect cimport XConnect, xc_counters_t
+from memifx.counted cimport CountedNode
 
 from memifx.ring import DROP_REASONS
 
@@ -36,7 +37,6 @@ cdef extern from *:
 
 
 COUNTER_SIZE = sizeof(counters_t)
-assert sizeof(xc_counters_t) <= sizeof(counters_t), "an xconnect node's counters fill one slot"
 
 
 def _fields():
@@ -79,11 +79,13 @@ def attach(Queue q not None, object buf, Py_ssize_t offset, object owner):
     q.attach_counters(<counters_t *>_address(buf, offset, sizeof(counters_t)), owner)
 
 
-def attach_xconnect(XConnect x not None, object buf, Py_ssize_t offset, object owner):
-    """Make the xconnect node ``x`` count into the slot at ``offset`` of
-    ``buf``, adding its counts so far to the slot's; ``owner`` keeps ``buf``
-    mapped."""
-    x.attach_counters(<xc_counters_t *>_address(buf, offset, sizeof(xc_counters_t)), owner)
+def attach_node(CountedNode node not None, object buf, Py_ssize_t offset, object owner,
+                Py_ssize_t block=0):
+    """Make counter block ``block`` of ``node`` (an XConnect, a Router, any
+    memifx.counted.CountedNode) count into the slot at ``offset`` of ``buf``,
+    adding its counts so far to the slot's; ``owner`` keeps ``buf`` mapped."""
+    cdef Py_ssize_t size = node.block_size(block)
+    node.count_into(block, <uint64_t *>_address(buf, offset, size), owner)
 
 
 def detach(Queue q not None):

@@ -38,10 +38,11 @@ Counters
     Node counters (xconnect directions, ip4-forward's per-queue counters and
     drops by reason, gen/sink) are copied into the metadata every REFRESH
     seconds by a background thread: cheap, never per packet.  A worker's
-    xconnect nodes count straight into slots of their own (``node_slot``,
-    ``attach_node_fd``), which outlive the worker: a killed worker loses
-    none of its counts, and the one that replaces it continues in the same
-    slots.
+    xconnect and ip4 router nodes count straight into slots of their own
+    (``node_slot``, ``attach_node_fd``; a slot is as many SLOTs as the
+    node's counter block needs), which outlive the worker: a killed worker
+    loses none of its counts, and the one that replaces it continues in the
+    same slots.
 
 Prometheus
     ``MetricsServer`` serves the same numbers at /metrics in the Prometheus
@@ -229,12 +230,14 @@ class StatsFile:
             return region, off
         return self._new_slot()
 
-    def _new_slot(self):
-        """A never used (zero) slot: (region, offset in region)."""
-        if self._chunk is None or self._chunk_used + SLOT > self._chunk.size:
-            self._chunk, self._chunk_used = self._append(CHUNK), 0
+    def _new_slot(self, size=SLOT):
+        """A never used (zero) slot of ``size`` bytes (whole SLOTs, in one
+        region): (region, offset in region)."""
+        size = -(-size // SLOT) * SLOT
+        if self._chunk is None or self._chunk_used + size > self._chunk.size:
+            self._chunk, self._chunk_used = self._append(max(CHUNK, size)), 0
         region, off = self._chunk, self._chunk_used
-        self._chunk_used += SLOT
+        self._chunk_used += size
         return region, off
 
     @staticmethod
@@ -384,19 +387,20 @@ class StatsFile:
     def fileno(self):
         return self._fd
 
-    def node_slot(self):
-        """File offset of a new zeroed slot for a worker's node counters
-        (attach_node_fd); it lives as long as this file."""
+    def node_slot(self, size=SLOT):
+        """File offset of a new zeroed slot of ``size`` bytes for one counter
+        block of a worker's node (attach_node_fd; the node's
+        counter_block_size()); it lives as long as this file."""
         with self._lock:
-            region, off = self._new_slot()
+            region, off = self._new_slot(size)
             return region.offset + off
 
-    def read_slot(self, offset):
-        """The u64s of the slot at file offset ``offset`` (also after close:
-        the mappings stay until exit)."""
+    def read_slot(self, offset, size=SLOT):
+        """The u64s of the ``size``-byte slot at file offset ``offset`` (also
+        after close: the mappings stay until exit)."""
         for r in self._regions:
-            if r.offset <= offset < r.offset + r.size:
-                return self._read((r, offset - r.offset))
+            if r.offset <= offset and offset + size <= r.offset + r.size:
+                return list(struct.unpack_from("=%dQ" % (size // 8), r.mm, offset - r.offset))
         raise ValueError("no slot at offset %d" % offset)
 
     def _on_link(self, intf, up):
@@ -535,13 +539,14 @@ def attach_fd(queue, fd, offset):
     slots.attach(queue, mm, offset - start, mm)
 
 
-def attach_node_fd(node, fd, offset):
-    """Make the xconnect node ``node`` (memifx.xconnect.XConnect, in a
-    worker) count into the node slot at file offset ``offset`` (node_slot)
-    of a stats file open as ``fd``, adding to what the slot holds."""
+def attach_node_fd(node, fd, offset, block=0):
+    """Make counter block ``block`` of ``node`` (a memifx.counted.CountedNode
+    in a worker: XConnect, Router) count into the node slot at file offset
+    ``offset`` (node_slot) of a stats file open as ``fd``, adding to what the
+    slot holds."""
     start = offset // PAGE * PAGE
-    mm = mmap.mmap(fd, _round(offset - start + SLOT), offset=start)
-    slots.attach_xconnect(node, mm, offset - start, mm)
+    mm = mmap.mmap(fd, _round(offset - start + node.counter_block_size(block)), offset=start)
+    slots.attach_node(node, mm, offset - start, mm, block)
 
 
 # ---------------------------------------------------------------- readers

@@ -58,9 +58,10 @@ sends it).
 A worker's counters snapshot (every COUNTERS_EVERY seconds, on ``report``,
 and in its ``detached`` and final messages) may carry fds: the pool's
 handler reads what it needs of them before they are closed.  Queue
-counters, and the xconnect node's, do not wait for a snapshot: workers
-count them straight into slots of the stats file (``node_slots`` in the
-plan: one slot per worker and direction, kept across restarts), so a
+counters, and the xconnect and ip4 nodes', do not wait for a snapshot:
+workers count them straight into slots of the stats file (``node_slots``
+in the plan: one slot per worker and counter block, an xconnect direction
+or a router interface, kept across restarts; memifx/counted.pyx), so a
 worker killed mid-traffic loses none of them.
 """
 import array
@@ -334,14 +335,31 @@ class WorkerPool:
                      "modes": {n: list(i._rx_modes) for n, i in self.interfaces.items()},
                      "quiet": quiet}
         self.stats = stats              # StatsFile: workers count straight into it
-        if stats is not None and node == "xconnect":
-            self.plan["node_slots"] = [{"%s->%s" % d: stats.node_slot() for d in self.directions}
+        self.node_blocks = self.counter_blocks()
+        if stats is not None and self.node_blocks:
+            self.plan["node_slots"] = [{name: stats.node_slot(size)
+                                        for name, size in self.node_blocks.items()}
                                        for _ in range(workers)]
         self.lock = threading.RLock()
         self.workers = [self._spawn(w) for w in range(workers)]
         for intf in interfaces:
             intf.on_link(self._on_down, first=True)     # quiesce before anyone folds
             intf.on_link(self._on_up)
+
+    def counter_blocks(self):
+        """{name: bytes} of the counter blocks one worker's node counts into
+        stats file slots (memifx/counted.pyx; ``node_slots`` in the plan):
+        one per xconnect direction."""
+        if self.node != "xconnect":
+            return {}
+        from memifx.xconnect import COUNTER_SIZE
+        return {"%s->%s" % d: COUNTER_SIZE for d in self.directions}
+
+    def slot_values(self):
+        """Per worker, {block name: its slot's u64s}: what every worker that
+        ever had that index counted (a restarted one continues there)."""
+        return [{name: self.stats.read_slot(off, self.node_blocks[name])
+                 for name, off in per.items()} for per in self.plan["node_slots"]]
 
     def _plan_for_spawn(self, w):
         """The plan message for worker w and the fds that go with it (after
@@ -490,9 +508,9 @@ class WorkerPool:
         total = {}
         if "node_slots" in self.plan:           # read where the workers count
             from memifx.xconnect import counters_from_slot
-            snaps = [{"nodes": {name: counters_from_slot(self.stats.read_slot(off))
-                                for name, off in per.items()}}
-                     for per in self.plan["node_slots"]]
+            snaps = [{"nodes": {name: counters_from_slot(values)
+                                for name, values in per.items()}}
+                     for per in self.slot_values()]
         else:
             snaps = [w.counters for w in self.workers] + self.retired
         for snap in snaps:
@@ -547,7 +565,14 @@ class RouterPool(WorkerPool):
         self.arp_pending = []           # (ifindex, ip, mac) from the workers' data paths
         self.ip4 = {"names": self.order, "info": list(router_info),
                     "rx_queues": [i.rx_queues for i in interfaces]}
+        self.queue_counts = [(i.rx_queues, i.tx_queues) for i in interfaces]
         super().__init__(interfaces, [], workers, cpus, quiet, node="ip4", stats=stats)
+
+    def counter_blocks(self):
+        """One counter block per interface (Router block i = ifindex i)."""
+        from memifx.ip4 import counter_block_size
+        return {name: counter_block_size(nrx, ntx)
+                for name, (nrx, ntx) in zip(self.order, self.queue_counts)}
 
     def _plan_for_spawn(self, w):
         return dict(self.plan, ip4=self.ip4), [self.fib.fd, self.neighbors.fd]
@@ -637,8 +662,18 @@ class RouterPool(WorkerPool):
 
     def router_counters(self, ifindex, base):
         """Router.counters of interface ``ifindex`` summed over live and retired
-        workers; ``base`` (all zeros, the right shape) when none reported yet."""
+        workers, added to ``base`` (all zeros, the right shape, when the main
+        process routes nothing itself).  Read from the workers' stats file
+        slots where they count (nothing lost when one is killed), else from
+        their snapshots."""
         total = base
+        if "node_slots" in self.plan:
+            from memifx.ip4 import counters_from_block
+            name = self.order[ifindex]
+            nrx, ntx = self.queue_counts[ifindex]
+            for per in self.slot_values():
+                total = _add(total, counters_from_block(per[name], nrx, ntx))
+            return total
         for snap in [w.counters for w in self.workers] + self.retired:
             per = (snap or {}).get("router")
             if per and ifindex < len(per):
@@ -754,8 +789,16 @@ class RouterNode(Node):
         super().__init__(plan, fds, tell)
         ip4 = plan["ip4"]
         self.router = r = Router(Fib.from_shared(fds[0]), NeighborTable.from_shared(fds[1]))
-        for i, info in enumerate(ip4["info"]):
-            r.add_interface(i, bytes.fromhex(info["mac"]), info["ip"], info["ip_mode"])
+        for i, (info, name) in enumerate(zip(ip4["info"], ip4["names"])):
+            r.add_interface(i, bytes.fromhex(info["mac"]), info["ip"], info["ip_mode"],
+                            ip4["rx_queues"][i], plan["tx_queues"][name])
+
+    def count_in(self, stats_fd):
+        from memifx.stats import attach_node_fd
+        slots = self.plan.get("node_slots")
+        for i, name in enumerate(self.plan["ip4"]["names"]):
+            if slots:
+                attach_node_fd(self.router, stats_fd, slots[self.plan["worker"]][name], i)
 
     def run(self, links):
         """Every receive queue this worker owns once, through the router; the
@@ -781,6 +824,8 @@ class RouterNode(Node):
 
     def snapshot(self):
         ip4 = self.plan["ip4"]
+        if self.plan.get("node_slots"):
+            return {"nodes": {}}, []    # counted in the stats file, read there
         return {"nodes": {}, "router": [
             self.router.counters(i, ip4["rx_queues"][i], self.plan["tx_queues"][name])
             for i, name in enumerate(ip4["names"])]}, []

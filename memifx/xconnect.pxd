@@ -1,4 +1,5 @@
 from libc.stdint cimport uint32_t, uint64_t
+from memifx.counted cimport CountedNode
 from memifx.ring cimport Queue
 
 # Why the l2-xconnect node dropped a frame it received (frames the receive
@@ -15,13 +16,11 @@ cdef struct xc_counters_t:          # u64s only: a stats file slot holds it
     uint64_t bytes
     uint64_t drops[N_XC_DROPS]
 
-cdef class XConnect:
+cdef class XConnect(CountedNode):  # one counter block (0): xc_counters_t
     cdef xc_counters_t *c           # &own, or a slot in a shared stats file
     cdef xc_counters_t own
-    cdef object c_owner             # keeps the memory behind c alive
     cdef char *stage                # chained frames are made contiguous here
     cdef readonly uint64_t stage_size
     cdef uint32_t small_bursts      # bursts in a row that needed at most STAGE_KEEP
 
     cdef int forward(self, Queue rxq, Queue txq, uint32_t max_frames) noexcept nogil
-    cdef void attach_counters(self, xc_counters_t *slot, object owner) noexcept

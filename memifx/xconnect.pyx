@@ -17,9 +17,9 @@ what one burst received (at most the receive queue's max_frame per frame)
 and shrinks back to STAGE_KEEP after SHRINK_AFTER bursts in a row that did
 not need more, so one burst of jumbo frames does not pin megabytes.
 
-The counters may live in a stats file slot (``attach_counters``): a worker
-process counts straight into shared memory, so its totals survive it being
-killed.
+The counters are one block of u64s (xc_counters_t) that may live in a stats
+file slot (memifx/counted.pyx): a worker process counts straight into shared
+memory, so its totals survive it being killed.
 """
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport realloc, free
@@ -45,17 +45,17 @@ cdef class XConnect:
     def __dealloc__(self):
         free(self.stage)
 
-    cdef void attach_counters(self, xc_counters_t *slot, object owner) noexcept:
-        """Count into ``slot`` from now on, adding what was counted so far to
-        what the slot holds (a slot a killed worker counted into keeps its
-        totals for the worker that replaces it)."""
-        cdef uint32_t i
-        slot.packets += self.c.packets
-        slot.bytes += self.c.bytes
-        for i in range(N_XC_DROPS):
-            slot.drops[i] += self.c.drops[i]
-        self.c = slot
-        self.c_owner = owner
+    # counter block 0, xc_counters_t (memifx/counted.pyx moves it into a slot)
+    cdef Py_ssize_t block_size(self, Py_ssize_t block) except -1:
+        if block != 0:
+            raise ValueError("an xconnect node has one counter block")
+        return sizeof(xc_counters_t)
+
+    cdef uint64_t *block_at(self, Py_ssize_t block) noexcept:
+        return <uint64_t *>self.c if block == 0 else NULL
+
+    cdef void block_moved(self, Py_ssize_t block, uint64_t *at) noexcept:
+        self.c = <xc_counters_t *>at
 
     cdef int forward(self, Queue rxq, Queue txq, uint32_t max_frames) noexcept nogil:
         """One burst from rxq to txq; returns frames moved (or -1: no memory)."""

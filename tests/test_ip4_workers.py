@@ -269,3 +269,71 @@ def test_fib_shared_view_agrees_and_is_read_only():
     assert ours() == ["rw-s"]                   # unmapped with the view
     del fib
     assert not ours()
+
+
+@pytest.mark.timeout(90)
+def test_sigkilled_worker_keeps_its_router_counts(procs, sock):
+    """The router's worker is SIGKILLed mid-traffic, twice: what it counted
+    survives (its counters live in the stats file), so a's receive queue
+    still equals the router's outcomes on a, and what it forwarded equals
+    b's transmit outcomes.  Tolerance: one burst (256 frames) per kill, the
+    frames between the queue's counters and the router's outcome counters,
+    or between forwarded and b's transmit counters."""
+    args = MEMIFX + ["ip4-forward", "--json", "--workers", "1", "--cpus", "0"]
+    for i, s in enumerate(SPECS):
+        args += ["--interface", "socket=%s,id=%d,role=master,rx-mode=interrupt,%s"
+                 % (sock, i, s)]
+    for r in ROUTES:
+        args += ["--route", r]
+    for n in NEIGHBORS:
+        args += ["--neighbor", n]
+    p = procs.start(args)
+    assert wait_for(lambda: os.path.exists(sock), 15)
+
+    def live_workers():
+        out = []
+        for w in workers_of(p):
+            try:
+                if w.status() != psutil.STATUS_ZOMBIE:
+                    out.append(w)
+            except psutil.Error:
+                pass
+        return out
+    assert wait_for(lambda: len(live_workers()) == 1, 10)
+    a, b, c = ifs = slaves(sock)
+    # 3 of 4 frames forwarded out of b, 1 of 4 dropped "no route"
+    burst = [raw(udp("172.20.1.1" if k % 4 else "192.0.2.1", id=k)) for k in range(64)]
+    kills = 0
+    try:
+        for round_ in range(2):
+            end = time.monotonic() + 0.6 + 0.37 * round_
+            while time.monotonic() < end:
+                a.tx_burst(burst)
+                while b.rx_burst(max=1024):
+                    pass
+                time.sleep(0.002)
+            (w,) = live_workers()
+            os.kill(w.pid, signal.SIGKILL)
+            kills += 1
+            assert wait_for(lambda: len(live_workers()) == 1
+                            and live_workers()[0].pid != w.pid, 10)
+            for i in ifs:
+                assert i.wait_connected(10)
+    finally:
+        close_all(ifs)
+    result = stop_json(p)
+    assert result["workers"]["restarts"] == kills
+    ra, rb = result["interfaces"]["a"], result["interfaces"]["b"]
+    received = ra["ring"]["rx"][0]["packets"]          # the queue's counters (stats file)
+    outcomes = ra["rx"][0]                              # the router's
+    assert received > 5000, received
+    ends = (outcomes["forwarded"] + outcomes["echo replies"] + outcomes["arp replies"]
+            + outcomes["arp to control plane"] + outcomes["local"]
+            + sum(outcomes["drops"].values()))
+    assert abs(received - ends) <= 256 * kills, (received, outcomes)
+    assert abs(received - outcomes["packets"]) <= 256 * kills, (received, outcomes)
+    assert outcomes["drops"]["no route"] > 1000, outcomes
+    tx = rb["tx"][0]
+    left = tx["packets"] + sum(tx["drops"].values()) + rb["tx link down"]
+    assert abs(outcomes["forwarded"] - left) <= 256 * kills, (outcomes, rb)
+    assert abs(rb["ring"]["tx"][0]["packets"] - tx["packets"]) <= 256 * kills, rb
