@@ -297,3 +297,47 @@ def test_stats_dir_choice(monkeypatch):
     assert stats.stats_dir() == "/run/user/1000/memifx"
     monkeypatch.delenv("XDG_RUNTIME_DIR")
     assert stats.stats_dir() == "/tmp/memifx-1000"
+
+
+def test_node_counter_blocks_live_in_stats_file_slots(statsdir):
+    """A node's counter blocks (memifx/counted.pyx) move into stats file
+    slots: what it counted before moves along, it keeps counting there, and a
+    node attached later to the same slot (a restarted worker's) adds to it.
+    A router interface's block (2 rx and 3 tx queues) spans several slots."""
+    from memifx.fib import Fib
+    from memifx.ip4 import Router, counter_block_size, counters_from_block
+    from memifx.xconnect import COUNTER_SIZE, XConnect, counters_from_slot
+    short = [b"\x00" * 5]                    # counted rx, dropped "short"
+    sf = stats.StatsFile()
+    try:
+        def router():
+            r = Router(Fib())
+            r.add_interface(0, b"\x02\x00\x00\x00\x00\x01", 0x0a000101, False, 2, 3)
+            return r
+        size = counter_block_size(2, 3)
+        first = router()
+        assert first.counter_block_size(0) == size > stats.SLOT
+        first.process(0, short * 3)
+        off = sf.node_slot(size)
+        assert sf.node_slot(size) >= off + size          # the next one does not overlap
+        stats.attach_node_fd(first, sf.fileno(), off, 0)
+        first.process(0, short * 2)
+        got = counters_from_block(sf.read_slot(off, size), 2, 3)
+        assert got == first.counters(0, 2, 3)
+        assert got["rx"][0]["packets"] == 5 == got["rx"][0]["drops"]["short"]
+        assert len(got["rx"]) == 2 and len(got["tx"]) == 3
+        with pytest.raises(ValueError):
+            stats.attach_node_fd(first, sf.fileno(), off, 1)       # no interface 1
+        second = router()
+        second.process(0, short)
+        stats.attach_node_fd(second, sf.fileno(), off, 0)
+        second.process(0, short)
+        assert counters_from_block(sf.read_slot(off, size), 2, 3)["rx"][0]["packets"] == 7
+        assert second.counters(0)["rx"][0]["drops"]["short"] == 7
+        x = XConnect()
+        xoff = sf.node_slot(COUNTER_SIZE)
+        stats.attach_node_fd(x, sf.fileno(), xoff)
+        assert x.counter_block_size() == COUNTER_SIZE
+        assert counters_from_slot(sf.read_slot(xoff, COUNTER_SIZE)) == x.counters()
+    finally:
+        sf.close()
