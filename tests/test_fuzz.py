@@ -328,6 +328,22 @@ class Fuzzer(RuleBasedStateMachine):
         if not (self.up and self.pristine):
             self.recover()
 
+    # rules both roles share (hypothesis collects them from the base class)
+
+    @rule(pick=PICK, cookie=st.sampled_from([None, 0, 0x3E31F21, 0xFFFFFFFF]),
+          flags=st.sampled_from([0, MASK_INT, 0xFFFF]))
+    def rewrite_header(self, pick, cookie, flags):
+        self.need_up()
+        self.peer_rewrites_header(pick, cookie, flags)
+
+    @rule(n=st.integers(1, 5))
+    def kicks(self, n):
+        self.need_up()
+        for _ in range(n):
+            for efd in self.peer.efds:
+                self.kick(efd)
+        self.pump()
+
     def peer_rewrites_header(self, pick, cookie, flags):
         p = self.peer
         rings = p.s2m + p.m2s
@@ -617,20 +633,6 @@ class SlaveFuzzer(Fuzzer):
         self.hostile()
         self.pump()
 
-    @rule(pick=PICK, cookie=st.sampled_from([None, 0, 0x3E31F21, 0xFFFFFFFF]),
-          flags=st.sampled_from([0, MASK_INT, 0xFFFF]))
-    def rewrite_header(self, pick, cookie, flags):
-        self.need_up()
-        self.peer_rewrites_header(pick, cookie, flags)
-
-    @rule(n=st.integers(1, 5))
-    def kicks(self, n):
-        self.need_up()
-        for _ in range(n):
-            for efd in self.peer.efds:
-                self.kick(efd)
-        self.pump()
-
     @rule(seed=st.integers(0, 1 << 16), frames=st.integers(1, 64))
     def scribble_during_traffic(self, seed, frames):
         """A thread rewrites descriptors while frames flow both ways."""
@@ -876,20 +878,6 @@ class MasterFuzzer(Fuzzer):
         ring.tail = t + n
         self.kick(p.efds[len(p.s2m)])
         self.hostile()
-        self.pump()
-
-    @rule(pick=PICK, cookie=st.sampled_from([None, 0, 0x3E31F21, 0xFFFFFFFF]),
-          flags=st.sampled_from([0, MASK_INT, 0xFFFF]))
-    def rewrite_header(self, pick, cookie, flags):
-        self.need_up()
-        self.peer_rewrites_header(pick, cookie, flags)
-
-    @rule(n=st.integers(1, 5))
-    def kicks(self, n):
-        self.need_up()
-        for _ in range(n):
-            for efd in self.peer.efds:
-                self.kick(efd)
         self.pump()
 
     @rule(seed=st.integers(0, 1 << 16), frames=st.integers(1, 64))
