@@ -77,6 +77,13 @@ def cpu_seconds(pid):
     return sum(p.cpu_times().user + p.cpu_times().system for p in procs)
 
 
+def cpu_share(pid, seconds):
+    """The share of one CPU the process and its children use over ``seconds``."""
+    c0, t0 = cpu_seconds(pid), time.monotonic()
+    time.sleep(seconds)
+    return (cpu_seconds(pid) - c0) / (time.monotonic() - t0)
+
+
 def workers_of(p):
     return [c for c in psutil.Process(p.pid).children()
             if "memifx.worker" in " ".join(c.cmdline())]
@@ -294,10 +301,10 @@ def test_interrupt_mode_with_fds_above_1024_sleeps_and_forwards(procs, sockdir, 
             (w,) = workers_of(p)
             assert max(fd_numbers(w.pid, "socket:")) >= 1024
             assert max(fd_numbers(p.pid, "socket:")) >= 1024
-        time.sleep(0.5)                         # handshakes and attaches settle
-        c0, t0 = cpu_seconds(p.pid), time.monotonic()
-        time.sleep(2)
-        share = (cpu_seconds(p.pid) - c0) / (time.monotonic() - t0)
+        # start-up (a worker's imports, attaches) is over once half a second
+        # is quiet; a spinning forwarder never gets there
+        wait_for(lambda: cpu_share(p.pid, 0.5) < 0.05, 5, 0)
+        share = cpu_share(p.pid, 2)
         print("\nidle %s, fds >= 1024, %d workers: %.2f %% CPU" % (role, workers, share * 100))
         assert share < 0.05
         for q in (0, 1):
