@@ -150,3 +150,20 @@ def cross(a, b, n=8, tag=1):
     sent = frames(n, 60 + tag, tag)
     assert a.tx_burst(sent) == n
     assert receive(b, n) == sent
+
+
+def serves_good_slave(master, ring_size=64, **kw):
+    """A well-behaved memifx slave in this process connects to ``master``'s
+    socket and id (``kw``: more Interface arguments), frames cross both
+    ways, then it leaves and the master sees the link go down."""
+    import memifx
+    slave = memifx.Interface(socket=master.socket, id=master.id, role="slave",
+                             name="good-slave", ring_size=ring_size, **kw).connect()
+    try:
+        assert slave.wait_connected(5), slave.info()
+        assert wait_for(lambda: master.connected, 5)
+        cross(slave, master, tag=1)
+        cross(master, slave, tag=2)
+    finally:
+        slave.close()
+    assert wait_for(lambda: not master.connected, 5)

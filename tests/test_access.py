@@ -25,7 +25,7 @@ import pytest
 import memifx
 from memifx import stats, wire
 from memifx.cli import show
-from conftest import ENDPOINT, cross, read_until, wait_for
+from conftest import ENDPOINT, read_until, serves_good_slave, wait_for
 from rogue import RogueMaster, RogueSlave
 
 pytestmark = pytest.mark.timeout(60)
@@ -85,20 +85,6 @@ def endpoint_as(procs, uid, gid, groups, *args):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return procs.start(as_user(uid, gid, groups) + [sys.executable, ENDPOINT] +
                        [str(a) for a in args], env=env)
-
-
-def serves_good_slave(master, **kw):
-    """A memifx slave in this process (root) connects, traffic crosses both ways."""
-    slave = memifx.Interface(socket=master.socket, id=master.id, role="slave",
-                             name="good-slave", ring_size=RING_SIZE, **kw).connect()
-    try:
-        assert slave.wait_connected(5), slave.info()
-        assert wait_for(lambda: master.connected, 5)
-        cross(slave, master, tag=1)
-        cross(master, slave, tag=2)
-    finally:
-        slave.close()
-    assert wait_for(lambda: not master.connected, 5)
 
 
 def serves_echo(procs, master, uid, gid=None, groups=()):

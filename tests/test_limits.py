@@ -22,7 +22,7 @@ import pytest
 
 import memifx
 from memifx import wire
-from conftest import cross, frames, read_until, receive, wait_for
+from conftest import cross, frames, read_until, receive, serves_good_slave, wait_for
 from rogue import RogueSlave, memfd, memfd_maps, open_fds
 
 pytestmark = pytest.mark.timeout(60)
@@ -42,18 +42,6 @@ def echoes(slave, n=8, tag=1):
 def good_slave(path, id=0, name="good-slave"):
     return memifx.Interface(socket=path, id=id, role="slave", name=name,
                             ring_size=64).connect()
-
-
-def serves_good_slave(master, id=0):
-    slave = good_slave(master.socket, id)
-    try:
-        assert slave.wait_connected(5), slave.info()
-        assert wait_for(lambda: master.connected, 5)
-        cross(slave, master, tag=1)
-        cross(master, slave, tag=2)
-    finally:
-        slave.close()
-    assert wait_for(lambda: not master.connected, 5)
 
 
 def cpu_seconds(pid):
