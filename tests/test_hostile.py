@@ -23,6 +23,7 @@ import pytest
 
 import memifx
 from memifx import wire
+import conftest
 from conftest import cross, frames, read_until, receive, wait_for
 from rogue import (DESC_NEXT, RogueMaster, RogueSlave, Scribbler, eventfd, memfd,
                    memfd_maps, open_fds, raw, ring_bytes)
@@ -63,18 +64,10 @@ def master(abstract_sock):
 def serves_good_slave(master, id=0, secret=None, nq=None):
     """(c) for the master: a normal memifx slave connects, traffic crosses."""
     target = master if id == 0 else master.secret_intf
+    assert target.id == id
     nq = nq or target.rx_queues
-    slave = memifx.Interface(socket=master.socket, id=id, role="slave", secret=secret,
-                             name="good-slave", ring_size=RING_SIZE,
-                             rx_queues=nq, tx_queues=nq).connect()
-    try:
-        assert slave.wait_connected(5), slave.info()
-        assert wait_for(lambda: target.connected, 5)
-        cross(slave, target, tag=1)
-        cross(target, slave, tag=2)
-    finally:
-        slave.close()
-    assert wait_for(lambda: not target.connected, 5)
+    conftest.serves_good_slave(target, ring_size=RING_SIZE, secret=secret,
+                               rx_queues=nq, tx_queues=nq)
 
 
 def refused(rogue, reason, intf=None, prefix=False):
