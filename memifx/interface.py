@@ -175,7 +175,7 @@ class Interface:
         self._backoff = RECONNECT_MIN
         self._active = False
         self._callbacks = []
-        self._rx_modes = ["polling"] * rx_queues
+        self.rx_modes = ["polling"] * rx_queues     # per receive queue; set with set_rx_mode
         self._up = threading.Condition()
         self._last_reason = None
         self._totals = {"rx": [None] * rx_queues, "tx": [None] * tx_queues}
@@ -257,11 +257,11 @@ class Interface:
     def _channel_up(self, channel, conn):
         self._backoff = RECONNECT_MIN
         for i, q in enumerate(conn.rx):
-            if self._rx_modes[i] == "interrupt":
+            if self.rx_modes[i] == "interrupt":
                 q.set_interrupt(True)
         # The fault guard calls this from a control loop if the peer
         # truncates a region under us (cleared at link-down: no cycle left).
-        conn.memory.on_fault = lambda: self._report_fault(conn, guard.REASON)
+        conn.memory.on_fault = lambda: self.report_fault(conn, guard.REASON)
         with self._up:
             self._conn = conn
             self._up.notify_all()
@@ -290,9 +290,9 @@ class Interface:
         if self.role == "slave":
             self._schedule_reconnect()
 
-    def _add_counters(self, kind, index, counters):
+    def fold_counters(self, kind, index, counters):
         """Fold counters a worker process kept for one of our queues into the
-        totals (called when the worker lets go of the queue)."""
+        totals (a worker pool calls this when the worker lets go of the queue)."""
         self._totals[kind][index] = _sum(self._totals[kind][index], counters)
 
     def _notify(self, up):
@@ -312,7 +312,11 @@ class Interface:
         if authenticated:
             self._last_reason = cause
 
-    def _report_fault(self, conn, reason):
+    def report_fault(self, conn, reason):
+        """Take the link of ``conn`` (the ``connection`` it was found on)
+        down with ``reason``, from the control loop; nothing if the link has
+        been replaced since.  Any thread may call it (a worker pool does, for
+        faults its workers saw)."""
         if conn.memory.faulted:
             # Whatever the rings made of the zeros, the cause is the truncation.
             reason = guard.REASON
@@ -327,6 +331,13 @@ class Interface:
     @property
     def connected(self):
         return self._conn is not None
+
+    @property
+    def connection(self):
+        """The link's Connection (memory, rx and tx queues, peer) while it is
+        up, else None.  Read it once and keep the object: it is replaced at
+        every reconnect."""
+        return self._conn
 
     def wait_connected(self, timeout=5.0):
         """True once the link is up (False after ``timeout`` seconds)."""
@@ -346,6 +357,14 @@ class Interface:
             self._callbacks.insert(0, callback)
         else:
             self._callbacks.append(callback)
+
+    def remove_on_link(self, callback):
+        """Stop calling ``callback`` (registered with on_link); no error if
+        it is not registered."""
+        try:
+            self._callbacks.remove(callback)
+        except ValueError:
+            pass
 
     def info(self):
         conn = self._conn
@@ -375,7 +394,7 @@ class Interface:
                 "tx_ring_sizes": [q.size for q in conn.tx],
                 "buffer_size": self.buffer_size if self.role == "slave" else None,
                 "regions": conn.memory.sizes(),
-                "rx_modes": list(self._rx_modes[:len(conn.rx)]),
+                "rx_modes": list(self.rx_modes[:len(conn.rx)]),
                 "warnings": list(conn.warnings),
             })
         listener = self._listener
@@ -410,7 +429,7 @@ class Interface:
 
     def _after(self, q, conn):
         if q.fault:
-            self._report_fault(conn, q.fault_reason())
+            self.report_fault(conn, q.fault_reason())
 
     def active_queues(self, kind):
         """The negotiated data-path Queue objects ("rx" or "tx") for pipeline
@@ -427,7 +446,7 @@ class Interface:
         if conn is not None:
             for q in conn.rx + conn.tx:
                 if q.fault:
-                    self._report_fault(conn, q.fault_reason())
+                    self.report_fault(conn, q.fault_reason())
                     return
 
     def tx_burst(self, frames, queue=0):
@@ -514,7 +533,7 @@ class Interface:
         if mode not in RX_MODES:
             raise ValueError("rx mode must be polling, interrupt or adaptive")
         self._q("rx", queue)
-        self._rx_modes[queue] = mode
+        self.rx_modes[queue] = mode
         q, _ = self._q("rx", queue)
         if q is not None:
             q.set_interrupt(mode == "interrupt")

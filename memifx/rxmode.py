@@ -49,7 +49,7 @@ class Idler:
         self.armed = []             # adaptive queues whose MASK_INT we cleared
 
     def _modes(self, intf):
-        return intf._rx_modes
+        return intf.rx_modes
 
     def after(self, moved):
         """Call after each pass with the number of frames it moved."""

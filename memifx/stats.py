@@ -292,7 +292,7 @@ class StatsFile:
                                       "configured", "rx_queues", "tx_queues",
                                       "peer", "refused", "socket_refused", "listener",
                                       "memory_faults")}
-        modes = list(getattr(t.intf, "_rx_modes", []))
+        modes = list(getattr(t.intf, "rx_modes", []))
         d["queues"] = {}
         for kind in ("rx", "tx"):
             qs = []
@@ -352,7 +352,7 @@ class StatsFile:
                                            zip(_flat(total), _flat(live[kind].get(i, {})))])
                         t.base[kind].append(slot)
                 self._tracked.append(t)
-                intf.on_link(self._on_link)
+                intf.on_link(self.link_changed)
                 if intf.connected:
                     self._attach(t)
 
@@ -403,7 +403,7 @@ class StatsFile:
                 return list(struct.unpack_from("=%dQ" % (size // 8), r.mm, offset - r.offset))
         raise ValueError("no slot at offset %d" % offset)
 
-    def _on_link(self, intf, up):
+    def link_changed(self, intf, up):
         with self._lock:
             if self.closed:
                 return

@@ -332,7 +332,7 @@ class WorkerPool:
         self.retired = []               # counter snapshots of workers that died
         self.plan = {"directions": self.directions, "workers": workers, "node": node,
                      "tx_queues": {n: i.tx_queues for n, i in self.interfaces.items()},
-                     "modes": {n: list(i._rx_modes) for n, i in self.interfaces.items()},
+                     "modes": {n: list(i.rx_modes) for n, i in self.interfaces.items()},
                      "quiet": quiet}
         self.stats = stats              # StatsFile: workers count straight into it
         self.node_blocks = self.counter_blocks()
@@ -412,7 +412,7 @@ class WorkerPool:
         return rx, tx
 
     def _attach(self, intf, worker):
-        conn = intf._conn
+        conn = intf.connection
         if conn is None:
             return
         rx_need, tx_need = self._needs(intf.name, worker.index)
@@ -428,7 +428,7 @@ class WorkerPool:
                             "regions": conn.memory.sizes(), "queues": queues}, fds):
             e = worker.send_error
             if e is not None and e.errno not in DEAD_PEER:  # a dead one: _restart flaps it
-                intf._report_fault(conn, "worker %d attach failed: %s" % (
+                intf.report_fault(conn, "worker %d attach failed: %s" % (
                     worker.index, e.strerror or e))
 
     def _on_up(self, intf, up):
@@ -437,7 +437,7 @@ class WorkerPool:
         with self.lock:
             self.gens[intf.name] += 1
             if self.stats is not None:
-                self.stats._on_link(intf, True)     # live slots exist before we hand them out
+                self.stats.link_changed(intf, True)     # live slots exist before we hand them out
             for w in self.workers:
                 self._attach(intf, w)
 
@@ -476,13 +476,13 @@ class WorkerPool:
             if intf is not None:        # queues that had no stats slot report here
                 for kind in ("rx", "tx"):
                     for index, counters in msg["queues"].get(kind, {}).items():
-                        intf._add_counters(kind, int(index), counters)
+                        intf.fold_counters(kind, int(index), counters)
             w.counters = msg.get("snapshot", w.counters)
             w.detached.add((msg["key"], msg["gen"]))
         elif op == "fault":
             intf = self.interfaces.get(msg["key"])
-            if intf is not None and msg["gen"] == self.gens[msg["key"]] and intf._conn:
-                intf._report_fault(intf._conn, msg["reason"])
+            if intf is not None and msg["gen"] == self.gens[msg["key"]] and intf.connection:
+                intf.report_fault(intf.connection, msg["reason"])
 
     def _restart(self, w):
         code = w.proc.returncode
@@ -496,8 +496,8 @@ class WorkerPool:
             # Its private ring positions died with it: flap what it served.
             for name, intf in self.interfaces.items():
                 rx, tx = self._needs(name, w.index)
-                if (rx or tx) and intf._conn is not None:
-                    intf._report_fault(intf._conn, "worker %d restarted" % w.index)
+                if (rx or tx) and intf.connection is not None:
+                    intf.report_fault(intf.connection, "worker %d restarted" % w.index)
         self.on_restart(w.index)
 
     def on_restart(self, index):
@@ -698,7 +698,7 @@ class Attached:
 
     def __init__(self, gen, memory, rx, tx, modes):
         self.gen, self.memory, self.rx, self.tx = gen, memory, rx, tx
-        self._rx_modes = modes
+        self.rx_modes = modes
         self.connected = True
         self.fault_sent = False         # a truncation was reported for this link
 
