@@ -209,19 +209,33 @@ def pyapi(cfg, size, variant):
         return {"mpps": mpps, "samples": raw}
 
 
+def irq_xconnect(s, a, b):
+    """memifx xconnect A <-> B (both master, interrupt mode) in process on
+    CPU 1, started and listening."""
+    irq = {"rx-mode": "interrupt"}
+    x = s.start(MEMIFX + ["xconnect", spec(a, role="master", name="A", **irq),
+                          spec(b, role="master", name="B", **irq), "--workers", "0"],
+                [DUT_CPU])
+    x.wait_line(r"^xconnect ", 30)
+    return x
+
+
+def irq_tester(s, a, b, args):
+    """memifx gen on CPU 0 in interrupt mode: sends on a, receives on b."""
+    irq = {"rx-mode": "interrupt"}
+    return s.start(MEMIFX + ["gen", spec(a, name="tester", **irq),
+                             "--receive", spec(b, name="tester-rx", **irq)] + list(args),
+                   [TESTER_CPU])
+
+
 def irq_latency(cfg, size, rate=10000):
     """Round trip tester -> xconnect (interrupt mode, in process, CPU 1) -> tester."""
     with Session(cfg.out) as s:
         a, b = s.sock("a"), s.sock("b")
-        x = s.start(MEMIFX + ["xconnect", spec(a, role="master", name="A", **{"rx-mode": "interrupt"}),
-                              spec(b, role="master", name="B", **{"rx-mode": "interrupt"}),
-                              "--workers", "0"], [DUT_CPU])
-        x.wait_line(r"^xconnect ", 30)
+        irq_xconnect(s, a, b)
         secs = cfg.warm + cfg.trial
-        t = s.start(MEMIFX + ["gen", spec(a, name="tester", **{"rx-mode": "interrupt"}),
-                              "--receive", spec(b, name="tester-rx", **{"rx-mode": "interrupt"}),
-                              "--size", str(size), "--rate", str(rate),
-                              "--duration", str(secs), "--json"], [TESTER_CPU])
+        t = irq_tester(s, a, b, ["--size", str(size), "--rate", str(rate),
+                                 "--duration", str(secs), "--json"])
         deadline = time.monotonic() + secs + 30
         while t.p.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -256,13 +270,8 @@ def irq_idle(cfg, size):
     import psutil
     with Session(cfg.out) as s:
         a, b = s.sock("a"), s.sock("b")
-        x = s.start(MEMIFX + ["xconnect", spec(a, role="master", name="A", **{"rx-mode": "interrupt"}),
-                              spec(b, role="master", name="B", **{"rx-mode": "interrupt"}),
-                              "--workers", "0"], [DUT_CPU])
-        x.wait_line(r"^xconnect ", 30)
-        s.start(MEMIFX + ["gen", spec(a, name="tester", **{"rx-mode": "interrupt"}),
-                          "--receive", spec(b, name="tester-rx", **{"rx-mode": "interrupt"}),
-                          "--rate", "1", "--stats-interval", "1"], [TESTER_CPU])
+        x = irq_xconnect(s, a, b)
+        irq_tester(s, a, b, ["--rate", "1", "--stats-interval", "1"])
         x.wait_line(r"B: link up", 20)
         time.sleep(1.0)
         px = psutil.Process(x.p.pid)
