@@ -232,3 +232,36 @@ def test_file_source_change_and_sighup(tmp_path):
     finally:
         src.close()
         signal.signal(signal.SIGHUP, old)
+
+
+def test_cli_status_reads_state(tmp_path, api):
+    from click.testing import CliRunner
+    from memifx.cli.main import main
+    fake = FakeApplier()
+    fake.refuse["add_interface interfaces/e"] = "socket in use"
+    agent = Agent(fake)
+    srv = ApiServer(agent, 0)
+    try:
+        agent.submit(doc(tmp_path), "test.yaml")
+        url = "http://127.0.0.1:%d" % srv.port
+        r = CliRunner().invoke(main, ["agent", "status", "--url", url])
+        assert r.exit_code == 1, r.output
+        assert "source test.yaml, generation 1, NOT in sync" in r.output
+        assert "interfaces/e" in r.output and "FAILED" in r.output and "socket in use" in r.output
+        assert "xconnects/x2" in r.output and "waiting for interface e" in r.output
+        del fake.refuse["add_interface interfaces/e"]
+        agent.converge()
+        r = CliRunner().invoke(main, ["agent", "status", "--url", url, "--json"])
+        assert r.exit_code == 0 and json.loads(r.output)["in_sync"]
+    finally:
+        srv.close()
+    r = CliRunner().invoke(main, ["agent", "status", "--url", url])
+    assert r.exit_code == 1 and "Connection refused" in r.output
+
+
+def test_cli_needs_one_source():
+    from click.testing import CliRunner
+    from memifx.cli.main import main
+    for args in ([], ["--config", "x", "--etcd", "http://e:2379"]):
+        r = CliRunner().invoke(main, ["agent"] + args)
+        assert r.exit_code == 2 and "one of --config FILE or --etcd URL" in r.output

@@ -168,3 +168,28 @@ def test_etcd_down_at_start_then_up(tmp_path):
     finally:
         src.close()
         server.kill()
+
+
+def test_cli_put_writes_one_key_per_item(etcd, tmp_path):
+    from click.testing import CliRunner
+    from memifx.cli.main import main
+    path = tmp_path / "agent.yaml"
+    path.write_text(yaml.safe_dump(doc(tmp_path)))
+    r = CliRunner().invoke(main, ["agent", "put", str(path), "--etcd", etcd.url,
+                                  "--prefix", "/memifx/n1"])
+    assert r.exit_code == 0, r.output
+    keys = r.output.split()
+    assert "/memifx/n1/agent" in keys and "/memifx/n1/routers/r1" in keys and len(keys) == 10
+    c = client(etcd)
+    assert yaml.safe_load(c.get("/memifx/n1/xconnects/x1")[0]) == {"interfaces": ["a", "b"]}
+    d = doc(tmp_path, x2=False)
+    path.write_text(yaml.safe_dump(d))
+    r = CliRunner().invoke(main, ["agent", "put", str(path), "--etcd", etcd.url,
+                                  "--prefix", "/memifx/n1/"])
+    assert r.exit_code == 0 and c.get("/memifx/n1/xconnects/x2") == []
+    d["xconnects"]["x1"]["interfaces"] = ["a", "zz"]
+    path.write_text(yaml.safe_dump(d))
+    r = CliRunner().invoke(main, ["agent", "put", str(path), "--etcd", etcd.url,
+                                  "--prefix", "/memifx/n1/"])
+    assert r.exit_code == 1 and "xconnects.x1.interfaces[1]: no interface named zz" in r.output
+    assert yaml.safe_load(c.get("/memifx/n1/xconnects/x1")[0]) == {"interfaces": ["a", "b"]}
