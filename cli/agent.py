@@ -67,7 +67,10 @@ def agent(ctx, config_path, etcd_url, prefix, http_port, http_bind, check):
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: stop.set())
-    run_agent(applier, source, stop, http_port, http_bind)
+    try:
+        run_agent(applier, source, stop, http_port, http_bind)
+    except OSError as e:
+        raise click.ClickException("HTTP API: %s" % (e.strerror or e))
 
 
 @agent.command("status")

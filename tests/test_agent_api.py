@@ -265,3 +265,91 @@ def test_cli_needs_one_source():
     for args in ([], ["--config", "x", "--etcd", "http://e:2379"]):
         r = CliRunner().invoke(main, ["agent"] + args)
         assert r.exit_code == 2 and "one of --config FILE or --etcd URL" in r.output
+
+
+class RecordingDataplane:
+    """The agreed Dataplane API (memifx.runtime), recording its calls."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __getattr__(self, name):
+        if name not in ("add_interface", "remove_interface", "set_rx_mode", "add_pipeline",
+                        "remove_pipeline", "set_routes"):
+            raise AttributeError(name)
+        return lambda *a, **kw: self.calls.append((name, a, kw))
+
+
+def test_applier_speaks_the_agreed_dataplane_api(tmp_path):
+    from memifx.agent.apply import DataplaneApplier
+    from memifx.agent.config import load
+    from memifx.agent.plan import plan
+    dp = RecordingDataplane()
+    applier = DataplaneApplier(dp)
+    d = doc(tmp_path, x2=False)
+    d["routers"]["r1"]["neighbors"] = ["192.168.2.2,02:00:00:00:00:02"]
+    d["routers"]["r1"]["workers"] = 2
+    d["routers"]["r1"]["cpus"] = [0, 1]
+    d["endpoints"] = {"g1": {"kind": "gen", "interface": "e", "rate": 100, "src-ip": "1.2.3.4"}}
+    d["interfaces"]["e"] = {"socket": str(tmp_path / "e.sock"), "id": 3}
+    old = load(d)
+    for op in plan(None, old):
+        applier.execute(op)
+    s = str(tmp_path)
+    assert dp.calls[0] == ("add_interface", ("a", {"socket": s + "/a.sock", "role": "master",
+                                                   "name": "a"}), {})
+    assert dp.calls[-3:] == [
+        ("add_pipeline", ("x1", "xconnect"), {"interfaces": ["a", "b"]}),
+        ("add_pipeline", ("r1", "ip4"), {"interfaces": ["c", "d"],
+                                         "routes": ["10.0.0.0/8 via 192.168.2.2"],
+                                         "neighbors": ["192.168.2.2,02:00:00:00:00:02"],
+                                         "workers": 2, "cpus": [0, 1]}),
+        ("add_pipeline", ("g1", "gen"), {"interface": "e", "rate": 100,
+                                         "src_ip": "1.2.3.4"})]
+    dp.calls.clear()
+    d["routers"]["r1"]["routes"].append("10.1.0.0/16 via 192.168.1.9 dev c")
+    d["interfaces"]["a"]["rx-mode"] = "adaptive"
+    del d["endpoints"]
+    for op in plan(old, load(d)):
+        applier.execute(op)
+    assert dp.calls == [
+        ("remove_pipeline", ("g1",), {}),
+        ("set_rx_mode", ("a", "adaptive"), {}),
+        ("set_routes", ("r1", ["10.0.0.0/8 via 192.168.2.2",
+                               "10.1.0.0/16 via 192.168.1.9 dev c"]), {})]
+
+
+def test_run_agent_serves_until_stopped(tmp_path):
+    from memifx.agent.main import run_agent
+
+    class RunningFake(FakeApplier):
+        closed = False
+
+        def run(self, stop):
+            stop.wait()
+
+        def close(self):
+            self.closed = True
+    fake = RunningFake()
+    path = tmp_path / "agent.yaml"
+    path.write_text(yaml.safe_dump(doc(tmp_path)))
+    from test_agent_etcd import free_port
+    port = free_port()
+    stop = threading.Event()
+    src = FileSource(str(path), interval=0.1)
+    t = threading.Thread(target=run_agent, args=(fake, src, stop, port))
+    t.start()
+    try:
+        assert wait_for(lambda: get(port, "/readyz")[0] == 200 if _listening(port) else False, 10)
+        assert get(port, "/state")[1]["store"] == {"kind": "file", "path": str(path)}
+    finally:
+        stop.set()
+        t.join(10)
+    assert not t.is_alive() and fake.closed and not _listening(port)
+    assert not src.thread.is_alive()
+
+
+def _listening(port):
+    import socket
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0

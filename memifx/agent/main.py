@@ -244,23 +244,26 @@ def run_agent(applier, source, stop, http_port=None, http_bind=None):
     watch and the retries on threads, and the data path on this thread until
     ``stop`` (a threading.Event) is set.  The HTTP port and address come from
     the first accepted document (or the arguments); later changes to them
-    take effect at the next start."""
+    take effect at the next start.  OSError if the API's port is taken."""
     from memifx.agent.http import ApiServer
     agent = Agent(applier)
-    source.start(agent.submit, stop)
-    s = agent.settings()
-    port = s.http_port if http_port is None else http_port
-    server = ApiServer(agent, port, http_bind or s.http_bind) if port else None
-    retry = threading.Thread(target=agent.retry_loop, args=(stop,), name="agent-retry",
-                             daemon=True)
-    retry.start()
+    server = retry = None
     try:
+        source.start(agent, stop)
+        s = agent.settings()
+        port = s.http_port if http_port is None else http_port
+        if port:
+            server = ApiServer(agent, port, http_bind or s.http_bind)
+        retry = threading.Thread(target=agent.retry_loop, args=(stop,), name="agent-retry",
+                                 daemon=True)
+        retry.start()
         applier.run(stop)
     finally:
         stop.set()
         source.close()
         if server:
             server.close()
-        retry.join(5)
+        if retry:
+            retry.join(5)
         applier.close()
     return agent
