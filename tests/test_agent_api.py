@@ -218,7 +218,7 @@ def test_file_source_change_and_sighup(tmp_path):
         text = path.read_text().replace("192.168.2.2", "192.168.2.3")
         path.write_text(text)
         os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
-        src.seen = src._stamp()
+        src.seen = src.stamp()
         os.kill(os.getpid(), signal.SIGHUP)
         assert wait_for(lambda: agent.generation == 3, 5)
         assert agent.applied.pipelines["r1"].routes == ("10.0.0.0/8 via 192.168.2.3",)

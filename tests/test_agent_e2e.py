@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from conftest import wait_for
+from test_agent_etcd import free_port
 
 try:
     import memifx.runtime  # noqa: F401
@@ -30,13 +31,6 @@ pytestmark = [pytest.mark.timeout(180),
               pytest.mark.skipif(not HAVE_RUNTIME,
                                  reason="memifx.runtime (issue 11) not merged yet")]
 MAC_C = "02:00:00:00:01:01"
-
-
-def free_port():
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def document(d, port, **changes):
@@ -100,7 +94,6 @@ def exact(r, count):
 def test_agent_from_file_live_changes(procs, tmp_path):
     d, port = str(tmp_path), free_port()
     path = tmp_path / "agent.yaml"
-    agent = None
     with open(path, "w") as f:
         yaml.safe_dump(document(d, port), f)
     agent = AgentProc(procs, path, port)

@@ -63,7 +63,9 @@ class FileSource:
         self.thread = threading.Thread(target=self._watch, name="agent-file", daemon=True)
         self.thread.start()
 
-    def _stamp(self):
+    def stamp(self):
+        """(inode, size, mtime) of the file, None while it is missing: a
+        change in any of them is a change of the file."""
         try:
             st = os.stat(self.path)
         except OSError:
@@ -71,7 +73,7 @@ class FileSource:
         return (st.st_ino, st.st_size, st.st_mtime_ns)
 
     def read(self):
-        self.seen = self._stamp()
+        self.seen = self.stamp()
         try:
             with open(self.path, "rb") as f:
                 text = f.read()
@@ -89,7 +91,7 @@ class FileSource:
                 self.hup.clear()
                 log.info("SIGHUP: reading %s", self.path)
                 self.read()
-            elif self._stamp() != self.seen:
+            elif self.stamp() != self.seen:
                 log.info("%s changed", self.path)
                 self.read()
 
