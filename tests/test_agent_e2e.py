@@ -49,9 +49,12 @@ def document(d, port, **changes):
 
 
 class AgentProc:
-    def __init__(self, procs, path, port):
+    """``memifx agent`` with these arguments, its API on ``port``; ``path``:
+    its config file (for ``write``)."""
+
+    def __init__(self, procs, args, port, path=None):
         self.path, self.url = path, "http://127.0.0.1:%d" % port
-        self.proc = procs.start(MEMIFX + ["agent", "--config", str(path)])
+        self.proc = procs.start(MEMIFX + ["agent"] + args)
         assert wait_for(lambda: self.get("/healthz")[0] == 200, 30)
 
     def get(self, p):
@@ -96,7 +99,7 @@ def test_agent_from_file_live_changes(procs, tmp_path):
     path = tmp_path / "agent.yaml"
     with open(path, "w") as f:
         yaml.safe_dump(document(d, port), f)
-    agent = AgentProc(procs, path, port)
+    agent = AgentProc(procs, ["--config", str(path)], port, path)
     assert wait_for(lambda: agent.get("/state")[1]["in_sync"], 20)
     exact(gen(d + "/a.sock", d + "/b.sock", 2000, 20000), 2000)
     exact(gen(d + "/e.sock", d + "/f.sock", 2000, 20000), 2000)
@@ -143,7 +146,7 @@ def test_agent_health_follows_workers_and_required_links(procs, tmp_path):
         doc["agent"]["required"] = ["a", "b"]
     with open(path, "w") as f:
         yaml.safe_dump(document(d, port, shape=shape), f)
-    agent = AgentProc(procs, path, port)
+    agent = AgentProc(procs, ["--config", str(path)], port, path)
     assert agent.get("/readyz")[0] == 503            # a and b down
     running = gen(d + "/a.sock", d + "/b.sock", 20000, 5000, wait=False)
     assert wait_for(lambda: agent.get("/readyz")[0] == 200, 10)
@@ -156,3 +159,33 @@ def test_agent_health_follows_workers_and_required_links(procs, tmp_path):
     assert agent.get("/healthz")[1]["reasons"]
     # the runtime restarts a dead worker; health follows
     assert wait_for(lambda: agent.get("/healthz")[0] == 200, 20)
+
+
+def test_agent_from_etcd_forwarding_survives_etcd_restart(procs, tmp_path):
+    from test_agent_etcd import ETCD, EtcdServer, client
+    from memifx.agent.store import put_document
+    if ETCD is None:
+        pytest.skip("etcd-server not installed")
+    server = EtcdServer(tmp_path)
+    server.start()
+    try:
+        d, port = str(tmp_path), free_port()
+        prefix = "/memifx/node1/"
+        put_document(client(server), prefix, document(d, port))
+        agent = AgentProc(procs, ["--etcd", server.url, "--prefix", prefix], port)
+        assert wait_for(lambda: (agent.get("/state")[1] or {}).get("in_sync"), 30)
+        count = 40000
+        running = gen(d + "/a.sock", d + "/b.sock", count, 10000, wait=False)
+        time.sleep(0.5)
+        server.kill()
+        assert wait_for(lambda: not agent.get("/state")[1]["store"]["connected"], 10)
+        time.sleep(1)
+        server.start()
+        c = client(server)
+        c.delete(prefix + "xconnects/x2")
+        assert wait_for(lambda: "xconnects/x2" not in agent.get("/state")[1]["items"], 20)
+        state = agent.get("/state")[1]
+        assert state["store"]["connected"] and state["in_sync"]
+        exact(finish(running), count)                # forwarding went on throughout
+    finally:
+        server.kill()
