@@ -353,3 +353,17 @@ def _listening(port):
     import socket
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_unexpected_applier_exception_is_an_item_error(tmp_path):
+    class Broken(FakeApplier):
+        def execute(self, op):
+            if op.key == "routers/r1":
+                raise TypeError("add_pipeline() got an unexpected keyword argument 'x'")
+            super().execute(op)
+    agent = Agent(Broken())
+    assert agent.submit(doc(tmp_path), "test")
+    state = agent.state_view()
+    assert state["items"]["routers/r1"]["error"] == (
+        "internal error: TypeError: add_pipeline() got an unexpected keyword argument 'x'")
+    assert state["items"]["xconnects/x1"]["in_sync"] and not state["in_sync"]

@@ -38,7 +38,6 @@ class Agent:
         self.document_error = None   # why the last document was rejected
         self.source = None           # where the accepted document came from
         self.generation = 0          # documents accepted
-        self.changed = threading.Event()   # set when something was applied
         self.store = None            # the source, set by its start(); status() in /state
 
     # ---------------------------------------------------------- documents
@@ -94,8 +93,6 @@ class Agent:
                 section, _, name = key.partition("/")
                 if not self._wanted(section, name) and not self._applied(section, name):
                     del self.errors[key]
-            if ops:
-                self.changed.set()
         return failed
 
     def _execute(self, op):
@@ -107,6 +104,9 @@ class Agent:
             self.applier.execute(op)
         except ApplyError as e:
             return e.reason
+        except Exception as e:       # a data plane bug: report it, keep the agent up
+            log.exception("%s", op)
+            return "internal error: %s: %s" % (type(e).__name__, e)
         a = self.applied
         if op.action == "remove_interface":
             a.interfaces.pop(op.name)
