@@ -212,3 +212,15 @@ def test_plan_is_deterministic_and_converges(tmp_path):
             state.pipelines[op.name] = op.item
     assert state.interfaces == want.interfaces and state.pipelines == want.pipelines
     assert plan(state, want) == []
+
+
+def test_the_documented_example_is_valid(tmp_path):
+    """config.py's docstring example is a document the agent accepts."""
+    import textwrap
+    from memifx.agent import config
+    text = config.__doc__.split("every one optional::\n", 1)[1].split("\n\n", 1)[0]
+    data = __import__("yaml").safe_load(textwrap.dedent(text))
+    for name, spec in data["interfaces"].items():
+        spec["socket"] = str(tmp_path / ("%s.sock" % name))
+    cfg = load(data)
+    assert sorted(cfg.pipelines) == ["e1", "g1", "r1", "s1", "x1"]

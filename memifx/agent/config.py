@@ -15,7 +15,12 @@ every one optional::
         id: 0                        #   (lists for allow-uid/allow-gid are joined by ':')
         role: master
         rx-mode: interrupt
-        ip: 192.168.1.1/24
+      b: {socket: /run/memif/b.sock, role: master, rx-mode: interrupt}
+      c: {socket: /run/memif/c.sock, role: master, ip: 192.168.1.1/24}
+      d: {socket: /run/memif/d.sock, role: master, ip: 192.168.2.1/24, mac: "02:00:00:00:02:01"}
+      e: {socket: /run/memif/e.sock, role: master}
+      g: {socket: /run/memif/g.sock, role: master}
+      s: {socket: /run/memif/s.sock, role: master}
     xconnects:
       x1: {interfaces: [a, b], workers: 0, cpus: [2, 3]}
     routers:
