@@ -228,3 +228,20 @@ def test_entrypoint_runs_as_non_root_and_answers_probes(shared_dir, procs):
     assert get("/healthz") == 200
     assert get("/readyz") == 503             # nothing connected to a and b yet
     assert agent.poll() is None
+
+
+def test_containerfile_copies_what_the_build_needs():
+    """The build stage copies the sources the package is built from (and not
+    the whole tree, which may hold a .venv)."""
+    with open(os.path.join(DEPLOY, "Containerfile")) as f:
+        text = f.read()
+    build = text.split("\nFROM ")[0]
+    copied = set()
+    for line in build.splitlines():
+        if line.startswith("COPY "):
+            words = line.split()[1:-1]
+            assert "." not in words
+            copied.update(words)
+    for needed in ("pyproject.toml", "setup.py", "csrc", "memifx", "cli", "README.md"):
+        assert needed in copied, needed
+        assert os.path.exists(os.path.join(ROOT, needed))
