@@ -235,7 +235,7 @@ def test_containerfile_copies_what_the_build_needs():
     the whole tree, which may hold a .venv)."""
     with open(os.path.join(DEPLOY, "Containerfile")) as f:
         text = f.read()
-    build = text.split("\nFROM ")[0]
+    build = text.split("\nFROM ")[1]              # the first stage
     copied = set()
     for line in build.splitlines():
         if line.startswith("COPY "):
