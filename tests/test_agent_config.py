@@ -82,6 +82,7 @@ def test_yaml_and_json_text(tmp_path):
     (lambda d: d["interfaces"]["a"].update({"name": "z"}),
      "interfaces.a.name: the interface's name is its key"),
     (lambda d: d["interfaces"]["a"].pop("socket"), "interfaces.a.socket: required"),
+    (lambda d: d["interfaces"]["a"].update({"perm": 0o660}), "interfaces.a.perm: write it as text"),
     (lambda d: d["interfaces"]["a"].update({"id": True}), "interfaces.a.id: expected text"),
     (lambda d: d["interfaces"]["f"].update({"id": 1}), "interfaces.f.id: "),
     (lambda d: d["xconnects"]["x1"].update({"interfaces": ["a"]}),

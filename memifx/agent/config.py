@@ -242,6 +242,9 @@ def _interface(path, item):
             value = ":".join(str(v) for v in value)
         if isinstance(value, bool) or not isinstance(value, (str, int)):
             raise ConfigError(where, "expected text or a number, got %s" % _what(value))
+        if key == "perm" and not isinstance(value, str):
+            raise ConfigError(where, 'write it as text, e.g. "0660" (YAML reads 0660 as '
+                                     'a number)')
         text = str(value)
         if "," in text or not text:
             raise ConfigError(where, "empty, or holds a ','")
