@@ -367,3 +367,23 @@ def test_unexpected_applier_exception_is_an_item_error(tmp_path):
     assert state["items"]["routers/r1"]["error"] == (
         "internal error: TypeError: add_pipeline() got an unexpected keyword argument 'x'")
     assert state["items"]["xconnects/x1"]["in_sync"] and not state["in_sync"]
+
+
+def test_applier_metrics_are_this_process_stats_file(tmp_path, monkeypatch):
+    """/metrics of a real agent: the Prometheus text of its own stats file."""
+    import memifx
+    from memifx import stats
+    from memifx.agent.apply import DataplaneApplier
+    monkeypatch.setenv("MEMIFX_STATS_DIR", str(tmp_path / "stats"))
+    os.makedirs(str(tmp_path / "stats"))
+    applier = DataplaneApplier(RecordingDataplane())
+    assert applier.metrics() == ""
+    sf = stats.StatsFile()
+    intf = memifx.Interface(socket=str(tmp_path / "m.sock"), role="master", name="agentm")
+    try:
+        sf.track(intf.connect())
+        text = applier.metrics()
+        assert 'interface="agentm"' in text and "# TYPE memifx_" in text
+    finally:
+        intf.close()
+        sf.close()
