@@ -1,0 +1,131 @@
+"""Typing: memifx's public API passes ``mypy --strict``, and the stubs of the
+compiled modules say exactly what those modules hold.
+
+The first test type-checks the annotated public modules, every stub and
+tests/typing_usage.py (the API used as an application would) with the
+configuration in pyproject.toml.  The others compare each compiled module
+(setup.py's list) with its .pyi: a public name added to a .pyx without a
+stub entry, or a stub entry for something the module does not have, fails.
+"""
+import ast
+import importlib
+import inspect
+import os
+import re
+import subprocess
+import sys
+import types
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PKG = os.path.join(ROOT, "memifx")
+
+# The annotated public Python modules (the compiled ones are checked through
+# their stubs, which every import of them uses).
+PUBLIC = ["__init__", "access", "aio", "errors", "interface", "loop", "pcap", "rxmode", "wire"]
+
+
+def compiled_modules():
+    """The extension modules setup.py builds."""
+    with open(os.path.join(ROOT, "setup.py")) as f:
+        text = f.read()
+    names = re.search(r"for name in \(([^)]*)\)", text).group(1)
+    return re.findall(r'"(\w+)"', names)
+
+
+def stub_names(tree):
+    """Top-level names a stub defines; per class the names in its body, and
+    of those the methods and properties (annotated names may be instance
+    attributes, which a class object does not show)."""
+    top, classes, methods = {}, {}, {}
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            top[node.name] = node
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            top[node.target.id] = node
+        elif isinstance(node, ast.Assign):
+            for t in node.targets:
+                if isinstance(t, ast.Name):
+                    top[t.id] = node
+        elif isinstance(node, ast.ImportFrom):
+            for alias in node.names:          # "import X as X": a re-export
+                if alias.asname == alias.name:
+                    top[alias.name] = node
+        if isinstance(node, ast.ClassDef):
+            members, defs = set(), set()
+            for item in node.body:
+                if isinstance(item, ast.FunctionDef):
+                    members.add(item.name)
+                    defs.add(item.name)
+                elif isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
+                    members.add(item.target.id)
+            classes[node.name] = members
+            methods[node.name] = defs
+    return top, classes, methods
+
+
+def public(names):
+    return {n for n in names if not n.startswith("_")}
+
+
+@pytest.mark.timeout(300)
+def test_mypy_strict_on_the_public_api():
+    pytest.importorskip("mypy", reason="mypy is in the test extra (pip install -e .[test])")
+    paths = [os.path.join("memifx", m + ".py") for m in PUBLIC]
+    paths += [os.path.join("memifx", m + ".pyi") for m in compiled_modules()]
+    paths.append(os.path.join("tests", "typing_usage.py"))
+    r = subprocess.run([sys.executable, "-m", "mypy", "--strict", "--no-incremental"] + paths,
+                       cwd=ROOT, capture_output=True, text=True, timeout=280)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_every_compiled_module_has_a_stub():
+    missing = [m for m in compiled_modules() if not os.path.exists(os.path.join(PKG, m + ".pyi"))]
+    assert not missing, "no .pyi beside %s" % missing
+    assert os.path.exists(os.path.join(PKG, "py.typed"))
+
+
+@pytest.mark.parametrize("name", compiled_modules())
+def test_stub_matches_module(name):
+    """Every public name of the compiled module (dir(), what it imported
+    aside) is in its stub, with every public member of each class; and the
+    stub declares nothing the module lacks."""
+    mod = importlib.import_module("memifx." + name)
+    with open(os.path.join(PKG, name + ".pyi")) as f:
+        top, classes, methods_of = stub_names(ast.parse(f.read()))
+    runtime = {n for n in public(dir(mod)) if _own(mod, getattr(mod, n))}
+    unstubbed = runtime - set(top)
+    assert not unstubbed, "memifx.%s: not in the stub: %s" % (name, sorted(unstubbed))
+    extra = public(top) - runtime
+    assert not extra, "memifx.%s: in the stub, not in the module: %s" % (name, sorted(extra))
+    for cls_name, members in classes.items():
+        cls = getattr(mod, cls_name)
+        assert inspect.isclass(cls)
+        base = Exception if issubclass(cls, BaseException) else object
+        have = public(dir(cls)) - public(dir(base)) - _inherited(cls, classes)
+        unstubbed = have - members
+        assert not unstubbed, "memifx.%s.%s: not in the stub: %s" % (name, cls_name,
+                                                                     sorted(unstubbed))
+        extra = public(methods_of[cls_name]) - public(dir(cls))
+        assert not extra, "memifx.%s.%s: in the stub, not in the class: %s" % (
+            name, cls_name, sorted(extra))
+
+
+def _own(mod, value):
+    """Whether a module attribute is the module's own (not a module it
+    imported, nor a class or function it imported from elsewhere)."""
+    if isinstance(value, types.ModuleType):
+        return False
+    if inspect.isclass(value) or callable(value):
+        return getattr(value, "__module__", mod.__name__) == mod.__name__
+    return True
+
+
+def _inherited(cls, classes):
+    """Members a stub class gets from a base class declared in another stub."""
+    out = set()
+    for base in cls.__mro__[1:]:
+        if base.__module__.startswith("memifx.") and base.__name__ not in classes:
+            out |= public(vars(base))
+    return out
