@@ -163,7 +163,8 @@ class Interface:
                 (socket.startswith("@") or ROLES.get(role) != "master"):
             raise ValueError("owner/perm apply to a master's filesystem socket (an abstract "
                              "socket has no file: use allow_uid/allow_gid)")
-        self.refused: collections.Counter[str] = collections.Counter()    # peers turned away, by precise cause
+        # peers turned away, by precise cause
+        self.refused: collections.Counter[str] = collections.Counter()
         for what, n in (("max_connections", max_connections),
                         ("max_handshakes", max_handshakes), ("max_regions", max_regions),
                         ("max_region_bytes", max_region_bytes), ("max_frame", max_frame)):

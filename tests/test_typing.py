@@ -18,6 +18,8 @@ import types
 
 import pytest
 
+pytestmark = pytest.mark.timeout(60)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PKG = os.path.join(ROOT, "memifx")
 
@@ -71,7 +73,10 @@ def public(names):
 
 @pytest.mark.timeout(300)
 def test_mypy_strict_on_the_public_api():
-    pytest.importorskip("mypy", reason="mypy is in the test extra (pip install -e .[test])")
+    try:
+        import mypy  # noqa: F401
+    except ImportError:
+        pytest.fail("mypy is missing: it is in the test extra (pip install -e '.[test]')")
     paths = [os.path.join("memifx", m + ".py") for m in PUBLIC]
     paths += [os.path.join("memifx", m + ".pyi") for m in compiled_modules()]
     paths.append(os.path.join("tests", "typing_usage.py"))
@@ -129,3 +134,63 @@ def _inherited(cls, classes):
         if base.__module__.startswith("memifx.") and base.__name__ not in classes:
             out |= public(vars(base))
     return out
+
+
+def _stub_params(fn):
+    """(name, kind, has a default) of a stub function's parameters."""
+    a = fn.args
+    out = []
+    positional = a.posonlyargs + a.args
+    first_default = len(positional) - len(a.defaults)
+    for i, p in enumerate(positional):
+        kind = "POSITIONAL_ONLY" if i < len(a.posonlyargs) else "POSITIONAL_OR_KEYWORD"
+        out.append((p.arg, kind, i >= first_default))
+    if a.vararg:
+        out.append((a.vararg.arg, "VAR_POSITIONAL", False))
+    for p, d in zip(a.kwonlyargs, a.kw_defaults):
+        out.append((p.arg, "KEYWORD_ONLY", d is not None))
+    if a.kwarg:
+        out.append((a.kwarg.arg, "VAR_KEYWORD", False))
+    return out
+
+
+def _runtime_params(fn):
+    return [(p.name, p.kind.name, p.default is not p.empty)
+            for p in inspect.signature(fn).parameters.values()]
+
+
+@pytest.mark.parametrize("name", compiled_modules())
+def test_stub_signatures_match(name):
+    """Each function and method a stub declares takes the parameters the
+    compiled one takes: same names, order, kinds and optional ones.
+    Properties are properties (special methods aside: a cdef class shows
+    no signature for its constructor)."""
+    mod = importlib.import_module("memifx." + name)
+    with open(os.path.join(PKG, name + ".pyi")) as f:
+        tree = ast.parse(f.read())
+    wrong = []
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef):
+            pairs = [(node.name, node, getattr(mod, node.name))]
+        elif isinstance(node, ast.ClassDef):
+            cls = getattr(mod, node.name)
+            pairs = []
+            for item in node.body:
+                if not isinstance(item, ast.FunctionDef) or item.name.startswith("__"):
+                    continue
+                what, fn = "%s.%s" % (node.name, item.name), getattr(cls, item.name)
+                if any(isinstance(d, ast.Name) and d.id == "property"
+                       for d in item.decorator_list):
+                    if not inspect.isdatadescriptor(fn):
+                        wrong.append("%s: not a property at run time" % what)
+                else:
+                    pairs.append((what, item, fn))
+        else:
+            continue
+        for what, stub, fn in pairs:
+            if isinstance(fn, property) or inspect.isdatadescriptor(fn):
+                wrong.append("%s: a property at run time" % what)
+            elif _stub_params(stub) != _runtime_params(fn):
+                wrong.append("%s: stub %s, module %s" % (what, _stub_params(stub),
+                                                         _runtime_params(fn)))
+    assert not wrong, "memifx.%s:\n%s" % (name, "\n".join(wrong))
