@@ -24,12 +24,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from memifx.fdwait import wait_readable
 
 if TYPE_CHECKING:
-    from memifx.interface import Interface
     from memifx.ring import Queue
 
 DEFAULT_QUIET = 100e-6      # seconds of empty passes before adaptive queues sleep
@@ -47,8 +46,20 @@ def sleep_on(queues: Sequence[Queue], timeout: float, wake_fds: Iterable[int] = 
     return bool(ready)
 
 
+class Served(Protocol):
+    """What an Idler reads of an interface it serves: a memifx.Interface, or
+    a worker's view of one link."""
+
+    rx_modes: list[str]
+
+    @property
+    def connected(self) -> bool: ...
+
+    def active_queues(self, kind: str) -> list[Queue]: ...
+
+
 class Idler:
-    def __init__(self, interfaces: Iterable[Interface], quiet: float = DEFAULT_QUIET,
+    def __init__(self, interfaces: Iterable[Served], quiet: float = DEFAULT_QUIET,
                  backstop: float = BACKSTOP, wake_fds: Iterable[int] = ()) -> None:
         self.interfaces = list(interfaces)
         self.wake_fds = list(wake_fds)    # also end a sleep (e.g. a control socket)
@@ -57,7 +68,7 @@ class Idler:
         self.last_traffic = time.monotonic()
         self.armed: list[Queue] = []    # adaptive queues whose MASK_INT we cleared
 
-    def _modes(self, intf: Interface) -> list[str]:
+    def _modes(self, intf: Served) -> list[str]:
         return intf.rx_modes
 
     def after(self, moved: int) -> None:

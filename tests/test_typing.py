@@ -80,7 +80,8 @@ def test_mypy_strict_on_the_public_api():
     paths = [os.path.join("memifx", m + ".py") for m in PUBLIC]
     paths += [os.path.join("memifx", m + ".pyi") for m in compiled_modules()]
     paths.append(os.path.join("tests", "typing_usage.py"))
-    r = subprocess.run([sys.executable, "-m", "mypy", "--strict", "--no-incremental"] + paths,
+    r = subprocess.run([sys.executable, "-m", "mypy", "--strict", "--no-incremental",
+                        "--cache-dir", os.devnull] + paths,
                        cwd=ROOT, capture_output=True, text=True, timeout=280)
     assert r.returncode == 0, r.stdout + r.stderr
 
