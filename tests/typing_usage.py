@@ -4,13 +4,17 @@ tests/test_typing.py runs ``mypy --strict`` on this file: a stub or an
 annotation that disagrees with how the API is meant to be used (a wrong
 return type, a missing method, a parameter that does not take what the docs
 say) fails that test.  ``assert_type`` pins the exact types an application
-relies on.  Nothing here runs at import; the functions are never called.
+relies on.  test_typing also runs most of these functions over a real
+link, so what type-checks here also works.  Nothing runs at import.
 """
 from __future__ import annotations
 
 import asyncio
+import os
 import selectors
+import time
 from array import array
+from ipaddress import IPv4Address
 from typing import Any, Optional
 
 from typing_extensions import assert_type
@@ -32,13 +36,15 @@ from memifx.xconnect import XConnect
 def open_pair(name: str) -> tuple[Interface, Interface]:
     """A master and a slave on an abstract socket, with every kind of option."""
     master = Interface(socket="@" + name, role="master", id=1, secret="s3cret",
-                       allow_uid=[0, "root"], allow_gid="0:adm", max_frame=DEFAULT_MAX_FRAME,
-                       max_regions=4, max_region_bytes=1 << 24)
+                       allow_uid=[os.getuid(), 0], allow_gid=str(os.getgid()),
+                       max_frame=DEFAULT_MAX_FRAME, max_regions=4, max_region_bytes=1 << 24,
+                       rx_queues=2, tx_queues=2)
     slave = Interface(socket="@" + name, role="slave", id=1, secret=b"s3cret",
                       rx_queues=2, tx_queues=2, ring_size=512, buffer_size=2048)
     assert_type(master.connect(), Interface)
-    with slave:
-        assert_type(slave.wait_connected(5.0), bool)
+    slave.connect()
+    assert_type(slave.wait_connected(5.0), bool)
+    assert master.wait_connected(5.0)
     assert MAX_FRAME_SIZE >= DEFAULT_MAX_FRAME
     return master, slave
 
@@ -90,8 +96,9 @@ def reasons(intf: Interface) -> str:
     return "%s %s" % (last, stats["link_flaps"])
 
 
-def own_loop(name: str) -> None:
-    """An application that drives the control loop from its own selector."""
+def own_loop(name: str) -> bool:
+    """An application that drives the control loop from its own selector;
+    whether the link came up."""
     loop = ControlLoop()
     intf = Interface(socket="@" + name, role="slave", loop=loop)
     intf.connect()
@@ -99,9 +106,11 @@ def own_loop(name: str) -> None:
     intf.on_link(lambda i, up: seen.append(up and i.connected))
     sel = selectors.DefaultSelector()
     sel.register(loop.fileno(), selectors.EVENT_READ)
-    while not intf.connected:
-        sel.select(loop.next_timeout())
+    end = time.monotonic() + 5.0
+    while not intf.connected and time.monotonic() < end:
+        sel.select(min(loop.next_timeout() or 0.05, 0.05))
         loop.run_once(0)
+    up = intf.connected and seen == [True]
     intf.set_rx_mode("interrupt")
     fd = intf.rx_fd()
     assert_type(fd, Optional[int])
@@ -111,6 +120,7 @@ def own_loop(name: str) -> None:
     loop.stop()
     assert_type(default_loop(), ControlLoop)
     assert_type(loop.run_sync(lambda: 42), int)
+    return up
 
 
 async def interrupt_receive(intf: Interface) -> int:
@@ -150,7 +160,7 @@ def routing() -> int:
     """The FIB, the neighbor table and the router node."""
     fib = Fib()
     fib.add_route("10.0.0.0/24", "connected", ifindex=0)
-    fib.add_route("0.0.0.0/0", "gateway", gw="10.0.0.1", ifindex=0)
+    fib.add_route("0.0.0.0/0", "gateway", gw=IPv4Address("10.0.0.1"), ifindex=0)
     try:
         fib.load_routes(b"10.1.0.0/16 via 10.0.0.2\n", names=["eth0"])
     except RouteError as e:
