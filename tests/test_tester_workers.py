@@ -24,7 +24,7 @@ MEMIFX = [sys.executable, "-m", "memifx.cli.main"]
 
 def workers_of(p):
     return [c for c in psutil.Process(p.pid).children()
-            if "memifx.worker" in " ".join(c.cmdline())]
+            if "memifx.workers.loop" in " ".join(c.cmdline())]
 
 
 def per_queue(stats, kind, key="packets"):

@@ -28,7 +28,7 @@ def xconnect(procs, a, b, *extra, queues=1):
 
 
 def workers_of(p):
-    return [c for c in psutil.Process(p.pid).children() if "memifx.worker" in " ".join(c.cmdline())]
+    return [c for c in psutil.Process(p.pid).children() if "memifx.workers.loop" in " ".join(c.cmdline())]
 
 
 def finish(p):

@@ -24,7 +24,13 @@ import socket
 import sys
 import time
 
+from memifx import guard
+from memifx import stats as stats_file
+from memifx.errors import MemifError
 from memifx.fdwait import wait_readable
+from memifx.memory import Memory
+from memifx.ring import Queue
+from memifx.rxmode import Idler
 from memifx.workers import node as node_kinds
 from memifx.workers.protocol import HandoffError, close_fds, recv, send
 
@@ -78,7 +84,6 @@ class WorkerLoop:
 
     def start(self, plan, fds):
         """The plan: make the node it names, count where it says."""
-        from memifx.rxmode import Idler
         self.plan = plan
         if plan.get("stats") and fds:
             self.stats_fd = fds.pop(0)
@@ -90,10 +95,6 @@ class WorkerLoop:
     def attach(self, msg, fds):
         """Take over a link: map its regions, rebuild the queues we own.
         MemifError if the fds are not what the message announces."""
-        from memifx import stats as stats_file
-        from memifx.errors import MemifError
-        from memifx.memory import Memory
-        from memifx.ring import Queue
         nreg = len(msg["regions"])
         if len(fds) != nreg + len(msg["queues"]):
             raise MemifError("worker %d: fd handoff incomplete (%d fds for %d regions "
@@ -163,7 +164,6 @@ class WorkerLoop:
 
     def handle(self, msg, fds):
         """One control message; False once the worker should stop."""
-        from memifx.errors import MemifError
         if msg is None or msg.get("op") == "stop":
             if self.plan is not None:
                 self.report()
@@ -226,7 +226,6 @@ class WorkerLoop:
         """A fault of each link (once per link): a region a peer truncated
         (``memory_faulted``: the guard counted one since the last look) goes
         first, before any ring fault the zeros in its place caused."""
-        from memifx import guard
         if memory_faulted:
             for key, link in self.links.items():
                 if link.memory.faulted and not link.fault_sent:
@@ -242,7 +241,6 @@ class WorkerLoop:
 
     def run(self):
         """Serve until told to stop; the exit status."""
-        from memifx import guard
         if not self.read_control(block=True):       # the plan first
             return 0
         passes = 0
