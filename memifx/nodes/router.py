@@ -139,17 +139,13 @@ class RouterPool(WorkerPool):
         rx = {i for i in range(intf.rx_queues) if i % self.nworkers == w}
         return rx, {w % intf.tx_queues}
 
-    def mapping(self):
-        lines = []
-        for w in self.workers:
-            parts = []
-            for name in self.order:
-                rx, tx = self.needs(name, w.index)
-                parts.append("%s rx%s tx%s" % (name, ",".join(map(str, sorted(rx))) or "-",
-                                               ",".join(map(str, sorted(tx)))))
-            lines.append("worker %d (pid %d, cpu %s): ip4 %s" % (
-                w.index, w.pid, "any" if w.cpu is None else w.cpu, ", ".join(parts)))
-        return lines
+    def describe(self, w):
+        parts = []
+        for name in self.order:
+            rx, tx = self.needs(name, w)
+            parts.append("%s rx%s tx%s" % (name, ",".join(map(str, sorted(rx))) or "-",
+                                           ",".join(map(str, sorted(tx)))))
+        return "ip4 " + ", ".join(parts)
 
     def set_neighbor(self, ifindex, ip, mac):
         """Add or change a neighbor (mac bytes), or remove it (mac None): the

@@ -155,18 +155,14 @@ class TesterPool(WorkerPool):
             self.reports[w.index] = self.reports.get(w.index, 0) + 1
         super().handle(w, msg, fds)
 
-    def mapping(self):
-        lines = []
-        for w in self.workers:
-            parts = []
-            for what, intf, kind in (("send", self.send_intf, 1), ("receive", self.receive_intf, 0)):
-                if intf is not None:
-                    qs = sorted(self.needs(intf.name, w.index)[kind])
-                    parts.append("%s %s %s" % (what, intf.name, ",".join(
-                        "%s%d" % ("tx" if kind else "rx", q) for q in qs) or "-"))
-            lines.append("worker %d (pid %d, cpu %s): %s" % (
-                w.index, w.pid, "any" if w.cpu is None else w.cpu, ", ".join(parts)))
-        return lines
+    def describe(self, w):
+        parts = []
+        for what, intf, kind in (("send", self.send_intf, 1), ("receive", self.receive_intf, 0)):
+            if intf is not None:
+                qs = sorted(self.needs(intf.name, w)[kind])
+                parts.append("%s %s %s" % (what, intf.name, ",".join(
+                    "%s%d" % ("tx" if kind else "rx", q) for q in qs) or "-"))
+        return ", ".join(parts)
 
     # ------------------------------------------------------ the run
 

@@ -85,18 +85,14 @@ class XConnectPool(WorkerPool):
                           if owner(t, self.nworkers) == w)
         return rx, tx
 
-    def mapping(self):
-        lines = []
-        for w in self.workers:
-            pairs = []
-            for src, dst in self.directions:
-                ntx = self.interfaces[dst].tx_queues
-                for i in range(self.interfaces[src].rx_queues):
-                    if owner(i % ntx, self.nworkers) == w.index:
-                        pairs.append("%s rx%d -> %s tx%d" % (src, i, dst, i % ntx))
-            lines.append("worker %d (pid %d, cpu %s): %s" % (
-                w.index, w.pid, "any" if w.cpu is None else w.cpu, ", ".join(pairs) or "idle"))
-        return lines
+    def describe(self, w):
+        pairs = []
+        for src, dst in self.directions:
+            ntx = self.interfaces[dst].tx_queues
+            for i in range(self.interfaces[src].rx_queues):
+                if owner(i % ntx, self.nworkers) == w:
+                    pairs.append("%s rx%d -> %s tx%d" % (src, i, dst, i % ntx))
+        return ", ".join(pairs) or "idle"
 
     def node_snapshots(self):
         """Read where the workers count (the stats file) when they do."""

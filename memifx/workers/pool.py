@@ -237,18 +237,20 @@ class WorkerPool:
         return self.cpus[w % len(self.cpus)] if self.cpus else None
 
     def mapping(self):
-        """Human-readable: which worker serves which queues."""
-        lines = []
-        for w in self.workers:
-            parts = []
-            for name in self.interfaces:
-                rx, tx = self.needs(name, w.index)
-                if rx or tx:
-                    parts.append("%s rx%s tx%s" % (name, ",".join(map(str, sorted(rx))) or "-",
-                                                   ",".join(map(str, sorted(tx))) or "-"))
-            lines.append("worker %d (pid %d, cpu %s): %s" % (
-                w.index, w.pid, "any" if w.cpu is None else w.cpu, ", ".join(parts) or "idle"))
-        return lines
+        """Human-readable, a line per worker: where it runs, what it serves."""
+        return ["worker %d (pid %d, cpu %s): %s" % (
+            w.index, w.pid, "any" if w.cpu is None else w.cpu, self.describe(w.index))
+            for w in self.workers]
+
+    def describe(self, w):
+        """What worker ``w`` serves, for mapping()."""
+        parts = []
+        for name in self.interfaces:
+            rx, tx = self.needs(name, w)
+            if rx or tx:
+                parts.append("%s rx%s tx%s" % (name, ",".join(map(str, sorted(rx))) or "-",
+                                               ",".join(map(str, sorted(tx))) or "-"))
+        return ", ".join(parts) or "idle"
 
     # ------------------------------------------------------- link changes
 
