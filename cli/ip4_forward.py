@@ -354,7 +354,7 @@ def ip4_forward(specs, routes, routes_file, neighbors, duration, stats_interval,
     sf = start_stats(ifaces, prometheus_port, lambda: router_nodes(specs, counters))
 
     def make_pool(n, allowed):
-        from memifx.worker import RouterPool
+        from memifx.nodes.router import RouterPool
         most = min(s.tx_queues for s in specs)
         if n > most:
             click.echo("note: %d workers reduced to %d: every worker needs its own transmit "
