@@ -82,7 +82,7 @@ from contextlib import contextmanager
 from memifx import access, control, guard, wire
 from memifx.errors import MemifError
 from memifx.loop import default_loop
-from memifx.ring import DEFAULT_MAX_FRAME, DROP_REASONS, MAX_FRAME_SIZE
+from memifx.ring import DEFAULT_MAX_FRAME, MAX_FRAME_SIZE
 
 log = logging.getLogger("memifx")
 
@@ -565,14 +565,5 @@ class Interface:
 
 def _sum(*counters):
     """Add queue counter dicts (None counts as zero)."""
-    out = {"packets": 0, "bytes": 0, "drops": {r: 0 for r in DROP_REASONS},
-           "ring_full": 0, "irq_sent": 0, "irq_received": 0, "mode_switches": 0,
-           "chain_waits": 0}
-    for c in counters:
-        for k, v in (c or {}).items():
-            if isinstance(v, dict):
-                for r, n in v.items():
-                    out[k][r] = out[k].get(r, 0) + n
-            else:
-                out[k] += v
-    return out
+    from memifx.stats.schema import QUEUE       # not at the top: keeps `import memifx` light
+    return QUEUE.add(*counters)
