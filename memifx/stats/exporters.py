@@ -15,6 +15,7 @@ import collections
 import logging
 import re
 import threading
+from typing import Any, Callable, Dict, Optional
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from memifx.stats import schema
@@ -53,7 +54,7 @@ class _Exposition:
         return "\n".join(lines) + "\n"
 
 
-def prometheus_text(proc):
+def prometheus_text(proc: Optional[Dict[str, Any]]) -> str:
     """The Prometheus text exposition of one process's description (from
     read_file or StatsFile.read)."""
     ex = _Exposition()
@@ -76,7 +77,7 @@ def prometheus_text(proc):
                 for counter in schema.QUEUE.counters:
                     if counter.key in c:
                         ex.add(counter.metric, "counter", counter.help, labels, c[counter.key])
-                drops = schema.QUEUE.drops
+                drops = schema.QUEUE_DROPS
                 for reason, n in c[schema.DROPS].items():
                     ex.add(drops.metric, "counter", drops.help, labels + [("reason", reason)], n)
     for node in proc.get("nodes") or []:
@@ -99,7 +100,7 @@ def prometheus_text(proc):
 class MetricsServer:
     """GET /metrics from a tiny threaded HTTP server in a daemon thread."""
 
-    def __init__(self, port, source, host=""):
+    def __init__(self, port: int, source: Callable[[], str], host: str = "") -> None:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
                 if self.path.split("?", 1)[0] != "/metrics":
@@ -127,6 +128,6 @@ class MetricsServer:
                                        name="memifx-metrics", daemon=True)
         self.thread.start()
 
-    def close(self):
+    def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()

@@ -26,6 +26,7 @@ import mmap
 import os
 import re
 import struct
+from typing import Optional
 
 MAGIC = b"MEMIFXST"
 VERSION = 1
@@ -38,7 +39,7 @@ FILE_NAME = re.compile(r"^(\d+)\.stats$")       # a complete file: <pid>.stats
 TMP_NAME = re.compile(r"^\.(\d+)\.tmp$")        # one being created: .<pid>.tmp
 
 
-def stats_dir():
+def stats_dir() -> str:
     """Where this user's memifx processes keep their stats files."""
     d = os.environ.get("MEMIFX_STATS_DIR")
     if d:
@@ -51,12 +52,12 @@ def stats_dir():
     return "/tmp/memifx-%d" % os.geteuid()
 
 
-def page_round(n):
+def page_round(n: int) -> int:
     """``n`` bytes rounded up to whole pages."""
     return (n + PAGE - 1) // PAGE * PAGE
 
 
-def unlink(path, ino=None):
+def unlink(path: str, ino: Optional[int] = None) -> bool:
     """Remove ``path`` (only if it is still the file ``ino``); True if gone."""
     try:
         if ino is not None and os.lstat(path).st_ino != ino:

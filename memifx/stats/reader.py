@@ -16,6 +16,7 @@ import mmap
 import os
 import struct
 import time
+from typing import Any, Dict, List, Optional, Tuple
 
 import psutil
 
@@ -25,11 +26,14 @@ from memifx.stats.layout import (FILE_NAME, HEADER, MAGIC, PAGE, SEQ, TMP_NAME, 
                                  stats_dir, unlink)
 
 
+Process = Dict[str, Any]     # a process's description (see the module docstring)
+
+
 class FileGrew(Exception):
     """The file grew while it was being read: map it again."""
 
 
-def alive(pid, start_time):
+def alive(pid: int, start_time: float) -> bool:
     """Whether the process that wrote a file (pid, start time) still runs."""
     try:
         p = psutil.Process(pid)
@@ -95,7 +99,7 @@ def _header(mm):
     return h
 
 
-def read_mapping(mm, tries=500):
+def read_mapping(mm: mmap.mmap, tries: int = 500) -> Optional[Process]:
     """Seqlock read of a mapped stats file: copy it between two equal even
     values of seq.  Returns the parsed description, or None if the writer
     kept it busy (a file that grew meanwhile raises FileGrew)."""
@@ -111,7 +115,7 @@ def read_mapping(mm, tries=500):
     return None
 
 
-def read_file(path):
+def read_file(path: str) -> Tuple[Optional[Process], str, Optional[int]]:
     """(description or None, status, inode): status is "ok", "stale" (its
     process is gone), "invalid", "busy" or "gone"."""
     try:
@@ -148,7 +152,7 @@ def read_file(path):
         os.close(fd)
 
 
-def scan(directory=None, clean=True):
+def scan(directory: Optional[str] = None, clean: bool = True) -> List[Process]:
     """Every running memifx process that has a stats file in ``directory``,
     by pid.  Files of processes that are gone are removed (``clean``)."""
     d = directory or stats_dir()
@@ -168,7 +172,7 @@ def scan(directory=None, clean=True):
         if not m:
             continue
         desc, status, ino = read_file(path)
-        if status == "ok":
+        if desc is not None:
             out.append(desc)
         elif clean and (status == "stale" or
                         (status == "invalid" and not psutil.pid_exists(int(m.group(1))))):

@@ -130,11 +130,12 @@ def nested_by_name(names: Sequence[str], values: Iterable[int]) -> CounterDict:
 
 
 # counters_t (memifx/ring.pxd): one memif queue, either direction.
+QUEUE_DROPS = Drops(ring.DROP_REASONS, "memifx_drops_total",
+                    "Frames a queue dropped, by reason.", "DROPS")
 QUEUE = Block("counters_t", (
     Counter("packets", "memifx_packets_total", "Frames through a memif queue.", "PACKETS"),
     Counter("bytes", "memifx_bytes_total", "Bytes through a memif queue.", "BYTES"),
-    Drops(ring.DROP_REASONS, "memifx_drops_total", "Frames a queue dropped, by reason.",
-          "DROPS"),
+    QUEUE_DROPS,
     Counter("ring_full", "memifx_ring_full_total", "Bursts that stopped on a full ring.",
             "RING-FULL"),
     Counter("irq_sent", "memifx_interrupts_sent_total", "Interrupts signalled to the peer.",

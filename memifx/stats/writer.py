@@ -36,15 +36,18 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
+from typing import Any, Callable, Dict, List, Optional
 
 import psutil
 
 from memifx import slots
+from memifx.counted import CountedNode
+from memifx.ring import Queue
 from memifx.stats import schema
 from memifx.stats.exporters import MetricsServer, prometheus_text
 from memifx.stats.layout import (HEADER, MAGIC, META, META_AT, PAGE, SEQ, VERSION,
                                  page_round, stats_dir, unlink)
-from memifx.stats.reader import FileGrew, read_mapping
+from memifx.stats.reader import FileGrew, Process, read_mapping
 
 log = logging.getLogger("memifx")
 
@@ -80,7 +83,7 @@ class _Tracked:
 
 # Mappings of closed files stay mapped until exit: a burst that was still
 # running on another thread may hold a pointer into them.
-_retired_regions = []
+_retired_regions: List[List[_Region]] = []
 
 
 class StatsFile:
@@ -231,7 +234,7 @@ class StatsFile:
             d["queues"][kind] = qs
         return d
 
-    def refresh(self):
+    def refresh(self) -> None:
         """Copy node counters and interface state in (the refresher thread
         does it every REFRESH seconds); a no-op when nothing changed."""
         with self._lock:
@@ -259,7 +262,7 @@ class StatsFile:
 
     # --------------------------------------------------------- interfaces
 
-    def track(self, intf):
+    def track(self, intf: Any) -> None:
         """Count ``intf``'s queues in this file from now on (totals from
         before are carried over), following reconnects."""
         with self._lock:
@@ -273,15 +276,16 @@ class StatsFile:
                 for kind in ("rx", "tx"):
                     for i, total in enumerate(totals[kind]):
                         slot = self._alloc()
-                        self._write(slot, [max(0, a - b) for a, b in
-                                           zip(schema.QUEUE.flat(total), schema.QUEUE.flat(live[kind].get(i, {})))])
+                        gone = zip(schema.QUEUE.flat(total),
+                                   schema.QUEUE.flat(live[kind].get(i)))
+                        self._write(slot, [max(0, a - b) for a, b in gone])
                         t.base[kind].append(slot)
                 self._tracked.append(t)
                 intf.on_link(self.link_changed)
                 if intf.connected:
                     self._attach(t)
 
-    def set_nodes(self, provider):
+    def set_nodes(self, provider: Callable[[], List[Dict[str, Any]]]) -> None:
         """provider() -> a list of node counter dicts: "node" (its name), any
         of "interface", "queue", "direction" (labels), numbers, and "drops"
         ({reason: n}).  Called from the refresher thread."""
@@ -289,7 +293,8 @@ class StatsFile:
             self._nodes = provider
         self.refresh()
 
-    def set_worker(self, intf, kind, index, worker, cpu=None):
+    def set_worker(self, intf: Any, kind: str, index: int, worker: Any,
+                   cpu: Optional[int] = None) -> None:
         """Record which worker (and CPU) serves a queue, for show/metrics."""
         with self._lock:
             for t in self._tracked:
@@ -297,7 +302,7 @@ class StatsFile:
                     t.workers[(kind, index)] = (worker, cpu)
         self.refresh()
 
-    def live_slot(self, intf, kind, index):
+    def live_slot(self, intf: Any, kind: str, index: int) -> Optional[int]:
         """File offset of the slot ``intf``'s queue counts into now (None
         while down).  A worker process that runs the queue maps fileno() and
         attaches its own Queue there (attach_fd); the slot changes with each
@@ -309,10 +314,10 @@ class StatsFile:
                     return live[1].offset + live[2] if live else None
         return None
 
-    def fileno(self):
+    def fileno(self) -> int:
         return self._fd
 
-    def node_slot(self, size=SLOT):
+    def node_slot(self, size: int = SLOT) -> int:
         """File offset of a new zeroed slot of ``size`` bytes for one counter
         block of a worker's node (attach_node_fd; the node's
         counter_block_size()); it lives as long as this file."""
@@ -320,7 +325,7 @@ class StatsFile:
             region, off = self._new_slot(size)
             return region.offset + off
 
-    def read_slot(self, offset, size=SLOT):
+    def read_slot(self, offset: int, size: int = SLOT) -> List[int]:
         """The u64s of the ``size``-byte slot at file offset ``offset`` (also
         after close: the mappings stay until exit)."""
         for r in self._regions:
@@ -328,7 +333,7 @@ class StatsFile:
                 return list(struct.unpack_from("=%dQ" % (size // 8), r.mm, offset - r.offset))
         raise ValueError("no slot at offset %d" % offset)
 
-    def link_changed(self, intf, up):
+    def link_changed(self, intf: Any, up: bool) -> None:
         with self._lock:
             if self.closed:
                 return
@@ -369,7 +374,7 @@ class StatsFile:
 
     # -------------------------------------------------------------- reading
 
-    def read(self):
+    def read(self) -> Optional[Process]:
         """This process's counters, parsed the way ``memifx show`` does."""
         for _ in range(20):
             with self._lock:
@@ -384,14 +389,14 @@ class StatsFile:
                 mm.close()
         return None
 
-    def serve_metrics(self, port, host=""):
+    def serve_metrics(self, port: int, host: str = "") -> MetricsServer:
         server = MetricsServer(port, lambda: prometheus_text(self.read()), host)
         self._servers.append(server)
         return server
 
     # ------------------------------------------------------------------ exit
 
-    def close(self):
+    def close(self) -> None:
         """Stop the refresher and metrics servers and remove the file.
         Queues count privately again; mappings stay until exit."""
         with self._lock:
@@ -421,7 +426,7 @@ _current = None
 _warned = False
 
 
-def process_stats(directory=None):
+def process_stats(directory: Optional[str] = None) -> Optional[StatsFile]:
     """This process's StatsFile, created on first use.  When the directory
     cannot be written, warn once on stderr and keep the counters in memory
     only (--prometheus-port still works, ``memifx show`` will not list us)."""
@@ -444,7 +449,7 @@ def process_stats(directory=None):
     return _current
 
 
-def attach_fd(queue, fd, offset):
+def attach_fd(queue: Queue, fd: int, offset: int) -> None:
     """Make ``queue`` (e.g. in a worker process) count into the slot at file
     offset ``offset`` of a stats file open as ``fd``.  The mapping lives as
     long as the queue counts there."""
@@ -453,7 +458,7 @@ def attach_fd(queue, fd, offset):
     slots.attach(queue, mm, offset - start, mm)
 
 
-def attach_node_fd(node, fd, offset, block=0):
+def attach_node_fd(node: CountedNode, fd: int, offset: int, block: int = 0) -> None:
     """Make counter block ``block`` of ``node`` (a memifx.counted.CountedNode
     in a worker: XConnect, Router) count into the node slot at file offset
     ``offset`` (node_slot) of a stats file open as ``fd``, adding to what the
