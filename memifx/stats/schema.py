@@ -54,7 +54,8 @@ class Block:
         self.entries = tuple(entries)
         self.counters = tuple(e for e in self.entries if isinstance(e, Counter))
         drops = [e for e in self.entries if isinstance(e, Drops)]
-        assert len(drops) <= 1, "one run of drops per block"
+        if len(drops) > 1:
+            raise ValueError("%s: one run of drops per block" % struct)
         self.drops: Optional[Drops] = drops[0] if drops else None
         names: List[str] = []
         for e in self.entries:
