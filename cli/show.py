@@ -1,15 +1,18 @@
 """``memifx show``: every running memifx process on this host, from the stats
-files they keep (memifx/stats.py); the processes are not asked anything."""
+files they keep (memifx/stats/); the processes are not asked anything."""
 import time
 
 import click
 
 from memifx import stats
+from memifx.stats import schema
 from memifx.wire import printable
 from memifx.cli.common import emit_json
 
-QUEUE_COLUMNS = ("INTERFACE", "QUEUE", "DIR", "PACKETS", "BYTES", "DROPS", "RING-FULL",
-                 "IRQ-SENT", "IRQ-RECV", "MODE-SW", "RX-MODE", "WORKER", "CPU")
+# The counter columns are schema.QUEUE's entries that name one, in its order.
+COUNTER_COLUMNS = tuple(e for e in schema.QUEUE.entries if e.column)
+QUEUE_COLUMNS = ("INTERFACE", "QUEUE", "DIR") + tuple(e.column for e in COUNTER_COLUMNS) + \
+    ("RX-MODE", "WORKER", "CPU")
 
 
 def table(header, rows, indent="  "):
@@ -24,12 +27,16 @@ def table(header, rows, indent="  "):
     return out
 
 
+def _counter_cell(c, entry):
+    if isinstance(entry, schema.Drops):
+        return sum((c.get(schema.DROPS) or {}).values())
+    return c.get(entry.key)
+
+
 def _queue_row(name, queue, kind, c, q=None):
     q = q or {}
-    return [name, queue, kind, c["packets"], c["bytes"], sum(c["drops"].values()),
-            c.get("ring_full"), c.get("irq_sent"), c.get("irq_received"),
-            c.get("mode_switches"), q.get("rx_mode") if kind == "rx" else None,
-            q.get("worker"), q.get("cpu")]
+    return [name, queue, kind] + [_counter_cell(c, e) for e in COUNTER_COLUMNS] + \
+        [q.get("rx_mode") if kind == "rx" else None, q.get("worker"), q.get("cpu")]
 
 
 def _uptime(started):
@@ -112,7 +119,7 @@ def lines(proc):
             qs = i["queues"][kind]
             for q in qs:
                 rows.append(_queue_row(i["name"], q["queue"], kind, q["counters"], q))
-                for reason, n in q["counters"]["drops"].items():
+                for reason, n in q["counters"][schema.DROPS].items():
                     if n:
                         drops.append("%s %s%d %s: %d" % (i["name"], kind, q["queue"], reason, n))
             if len(qs) > 1:

@@ -5,7 +5,7 @@ A node (an xconnect direction, the ip4 router, ...) keeps its counters in
 *blocks*: each block one C struct of u64s (or a fixed run of them), counted
 into with plain increments on the data path.  A block starts in the node's
 own memory; ``count_into`` moves it into a slot of a shared stats file
-(memifx/stats.py ``node_slot``, memifx/slots.pyx ``attach_node``), adding
+(memifx/stats/writer.py ``node_slot``, memifx/slots.pyx ``attach_node``), adding
 what was counted so far to what the slot holds.  From then on the node
 counts straight into shared memory: its totals outlive the process, and a
 worker that replaces a killed one continues in the same slot.

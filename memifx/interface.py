@@ -86,7 +86,7 @@ from typing import TYPE_CHECKING, Any, cast
 from memifx import access, control, guard, wire
 from memifx.errors import MemifError
 from memifx.loop import default_loop
-from memifx.ring import DEFAULT_MAX_FRAME, DROP_REASONS, MAX_FRAME_SIZE
+from memifx.ring import DEFAULT_MAX_FRAME, MAX_FRAME_SIZE
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer, WriteableBuffer
@@ -597,14 +597,5 @@ def _fault_reason(q: Queue) -> str:
 
 def _sum(*counters: Counters | None) -> Counters:
     """Add queue counter dicts (None counts as zero)."""
-    out: Counters = {"packets": 0, "bytes": 0, "drops": {r: 0 for r in DROP_REASONS},
-           "ring_full": 0, "irq_sent": 0, "irq_received": 0, "mode_switches": 0,
-           "chain_waits": 0}
-    for c in counters:
-        for k, v in (c or {}).items():
-            if isinstance(v, dict):
-                for r, n in v.items():
-                    out[k][r] = out[k].get(r, 0) + n
-            else:
-                out[k] += v
-    return out
+    from memifx.stats.schema import QUEUE       # not at the top: keeps `import memifx` light
+    return QUEUE.add(*counters)

@@ -213,15 +213,12 @@ cdef uint8_t BROADCAST[6]
 memset(BROADCAST, 0xFF, 6)
 
 
-RX_FIELDS = ("packets", "bytes", "forwarded", "echo replies", "arp replies",
-             "arp to control plane", "local", "arp requests sent", "icmp errors sent")
-TX_FIELDS = ("packets", "bytes", "tx ring full", "tx frame too long", "tx fault")
-assert sizeof(rx_counters_t) == 8 * (len(RX_FIELDS) + N_DROPS), "RX_FIELDS names every u64"
-assert sizeof(tx_counters_t) == 8 * len(TX_FIELDS), "TX_FIELDS names every u64"
-
-
 cdef inline Py_ssize_t block_bytes(uint32_t nrx, uint32_t ntx) noexcept nogil:
     return sizeof(if_counters_t) + nrx * sizeof(rx_counters_t) + ntx * sizeof(tx_counters_t)
+
+
+cdef rx_counters_t _rx_layout
+RX_DROPS_OFFSET = <char *>&_rx_layout.drops[0] - <char *>&_rx_layout  # tests check schema.IP4_RX
 
 
 def counter_block_size(uint32_t rx_queues, uint32_t tx_queues):
@@ -234,18 +231,15 @@ def counters_from_block(values, uint32_t nrx, uint32_t ntx, rx_queues=None, tx_q
     """Router.counters() of an interface from its counter block's u64s (as
     StatsFile.read_slot gives them): ``nrx``/``ntx`` the queue counts the
     block was made for, ``rx_queues``/``tx_queues`` how many to report."""
-    nr, nt = len(RX_FIELDS), len(TX_FIELDS)
+    from memifx.stats.schema import IP4_LINK_DOWN, IP4_RX, IP4_TX   # imports this module
+    nr, nt = sizeof(rx_counters_t) // 8, sizeof(tx_counters_t) // 8
     rx, tx = [], []
     for q in range(min(nrx if rx_queues is None else rx_queues, nrx)):
-        v = values[1 + q * (nr + N_DROPS):1 + (q + 1) * (nr + N_DROPS)]
-        c = dict(zip(RX_FIELDS, v))
-        c["drops"] = dict(zip(DROP_REASONS, v[nr:]))
-        rx.append(c)
-    base = 1 + nrx * (nr + N_DROPS)
+        rx.append(IP4_RX.nested(values[1 + q * nr:1 + (q + 1) * nr]))
+    base = 1 + nrx * nr
     for q in range(min(ntx if tx_queues is None else tx_queues, ntx)):
-        v = values[base + q * nt:base + (q + 1) * nt]
-        tx.append({"packets": v[0], "bytes": v[1], "drops": dict(zip(TX_FIELDS[2:], v[2:]))})
-    return {"rx": rx, "tx": tx, "tx link down": values[0]}
+        tx.append(IP4_TX.nested(values[base + q * nt:base + (q + 1) * nt]))
+    return {"rx": rx, "tx": tx, IP4_LINK_DOWN: values[0]}
 
 
 cdef class Router(CountedNode):

@@ -861,16 +861,10 @@ cdef class Queue:
         return FAULT_REASONS.get(self.fault)
 
     def counters(self):
-        return {
-            "packets": self.c.packets,
-            "bytes": self.c.bytes,
-            "drops": {DROP_REASONS[i]: self.c.drops[i] for i in range(N_DROPS)},
-            "ring_full": self.c.ring_full,
-            "irq_sent": self.c.irq_sent,
-            "irq_received": self.c.irq_received,
-            "mode_switches": self.c.mode_switches,
-            "chain_waits": self.c.chain_waits,
-        }
+        """This queue's counters as a dict, named by memifx/stats/schema.py QUEUE."""
+        cdef const uint64_t *u = <const uint64_t *>self.c
+        from memifx.stats.schema import QUEUE   # imports this module: not at the top
+        return QUEUE.nested([u[i] for i in range(sizeof(counters_t) // 8)])
 
 
 cdef class Buffer:

@@ -1,5 +1,5 @@
 # cython: language_level=3
-"""Counter slots in a shared stats file (see memifx/stats.py).
+"""Counter slots in a shared stats file (see memifx/stats/).
 
 A queue counts into a ``counters_t`` (memifx/ring.pxd): normally one inside
 the Queue object, but ``attach`` points it at a slot of a mapping we share
@@ -40,10 +40,10 @@ COUNTER_SIZE = sizeof(counters_t)
 
 
 def _fields():
-    """[(name, byte offset)] of every u64 in counters_t, in memory order.
-    Drops are named "drops:<reason>"; a field added to the struct without a
-    name here shows up as "extra<byte offset>" (tests/test_stats.py checks
-    that none does)."""
+    """[(name, byte offset)] of every u64 in counters_t as the compiler laid
+    it out: what tests/test_stats.py compares memifx/stats/schema.py QUEUE
+    with.  Drops are named "drops:<reason>"; a field added to the struct
+    without a name here shows up as "extra<byte offset>"."""
     cdef counters_t t
     cdef char *b = <char *>&t
     named = {

@@ -29,6 +29,8 @@ from memifx.ring cimport Queue, frame_t, seg_t
 
 DROP_REASONS = ("tx ring full", "tx link down", "tx frame too long", "tx fault")
 COUNTER_SIZE = sizeof(xc_counters_t)
+cdef xc_counters_t _layout
+DROPS_OFFSET = <char *>&_layout.drops[0] - <char *>&_layout   # tests check schema.XCONNECT
 
 DEF STAGE_KEEP_ = 64 * 1024
 DEF SHRINK_AFTER_ = 64
@@ -154,12 +156,13 @@ cdef class XConnect:
         return self.c.bytes
 
     def counters(self):
-        return {"packets": self.c.packets, "bytes": self.c.bytes,
-                "drops": {DROP_REASONS[i]: self.c.drops[i] for i in range(N_XC_DROPS)}}
+        """{"packets", "bytes", "drops": {reason: n}}: memifx/stats/schema.py XCONNECT."""
+        cdef const uint64_t *u = <const uint64_t *>self.c
+        return counters_from_slot([u[i] for i in range(sizeof(xc_counters_t) // 8)])
 
 
 def counters_from_slot(values):
     """XConnect.counters() of a node that counted into a stats file slot,
     from that slot's u64s (StatsFile.read_slot)."""
-    return {"packets": values[0], "bytes": values[1],
-            "drops": {r: values[2 + i] for i, r in enumerate(DROP_REASONS)}}
+    from memifx.stats.schema import XCONNECT    # imports this module: not at the top
+    return XCONNECT.nested(values)

@@ -341,3 +341,95 @@ def test_node_counter_blocks_live_in_stats_file_slots(statsdir):
         assert counters_from_slot(sf.read_slot(xoff, COUNTER_SIZE)) == x.counters()
     finally:
         sf.close()
+
+
+def layout_mismatches(block, c_fields, c_size):
+    """Where a schema Block and its C struct disagree: [(what, schema, C)].
+    ``c_fields`` is [(name, byte offset)] as the compiler laid them out."""
+    out = []
+    if block.size != c_size:
+        out.append(("sizeof " + block.struct, block.size, c_size))
+    for (name, off), (c_name, c_off) in zip(block.fields(), c_fields):
+        if (name, off) != (c_name, c_off):
+            out.append(("field", (name, off), (c_name, c_off)))
+    return out
+
+
+def test_counter_schema_matches_the_c_structs():
+    """memifx/stats/schema.py names every u64 of each counter struct, in the
+    compiler's order: a counter added to a struct and not to the schema, or
+    the reverse, fails here (and the doctored blocks show this check can)."""
+    from memifx import ip4, xconnect
+    from memifx.stats import schema
+    assert not layout_mismatches(schema.QUEUE, slots.COUNTER_FIELDS, slots.COUNTER_SIZE)
+    assert not [n for n, _ in slots.COUNTER_FIELDS if n.startswith("extra")]
+
+    more = schema.Block("counters_t", schema.QUEUE.entries + (schema.Counter("new"),))
+    assert layout_mismatches(more, slots.COUNTER_FIELDS, slots.COUNTER_SIZE)
+    fewer = schema.Block("counters_t", schema.QUEUE.entries[:-1])
+    assert layout_mismatches(fewer, slots.COUNTER_FIELDS, slots.COUNTER_SIZE)
+    swapped = list(schema.QUEUE.entries)
+    swapped[3], swapped[4] = swapped[4], swapped[3]
+    assert layout_mismatches(schema.Block("counters_t", swapped), slots.COUNTER_FIELDS,
+                             slots.COUNTER_SIZE)
+    # a C struct with a u64 more than the schema names
+    c_more = slots.COUNTER_FIELDS + [("extra%d" % slots.COUNTER_SIZE, slots.COUNTER_SIZE)]
+    assert layout_mismatches(schema.QUEUE, c_more, slots.COUNTER_SIZE + 8)
+
+    def drops_at(block):
+        return 8 * block.names.index(schema.DROP_PREFIX + block.drops.reasons[0])
+
+    assert schema.XCONNECT.size == xconnect.COUNTER_SIZE
+    assert drops_at(schema.XCONNECT) == xconnect.DROPS_OFFSET
+    assert schema.XCONNECT.drops.reasons == xconnect.DROP_REASONS
+    rx = ip4.counter_block_size(1, 0) - ip4.counter_block_size(0, 0)
+    tx = ip4.counter_block_size(0, 1) - ip4.counter_block_size(0, 0)
+    assert (schema.IP4_RX.size, schema.IP4_TX.size) == (rx, tx)
+    assert ip4.counter_block_size(0, 0) == 8            # the "tx link down" u64
+    assert drops_at(schema.IP4_RX) == ip4.RX_DROPS_OFFSET
+    assert schema.IP4_RX.drops.reasons == ip4.DROP_REASONS
+    assert set(schema.IP4_TX.drops.reasons) | {schema.IP4_LINK_DOWN} == set(ip4.TX_DROPS)
+
+
+def test_every_consumer_names_queue_counters_from_the_schema(sock):
+    """Queue.counters(), Interface.stats(), the stats file reader, Prometheus
+    and ``memifx show`` all shape queue counters as schema.QUEUE says."""
+    from memifx.cli import show
+    from memifx.stats import schema
+    block = schema.QUEUE
+    values = [1000 + i for i in range(len(block.names))]
+    c = block.nested(values)
+    assert block.flat(c) == values
+    assert block.add(c, None, c) == block.nested([2 * v for v in values])
+    assert schema.nested_by_name(block.names, values) == c
+
+    master = memifx.Interface(socket=sock, role="master", name="m").connect()
+    try:
+        with memifx.Interface(socket=sock, name="s") as slave:
+            assert slave.wait_connected(5) and master.wait_connected(5)
+            q = slave.active_queues("tx")[0]
+            assert list(q.counters()) == list(block.zero())
+            assert q.counters()[schema.DROPS].keys() == block.zero()[schema.DROPS].keys()
+            assert master.stats()["rx"][0] == block.zero()
+
+    finally:
+        master.close()
+
+    proc = {"interfaces": [{"name": "m", "state": "up", "link_flaps": 0, "role": "master",
+                            "mode": "ethernet", "socket": "@x", "id": 0, "peer_name": "s",
+                            "queues": {"rx": [{"queue": 0, "counters": c}], "tx": []}}]}
+    text = stats.prometheus_text(proc)
+    for counter in block.counters:
+        assert re.search(r"^%s\{[^}]*\} %d$" % (counter.metric, c[counter.key]), text, re.M), \
+            counter
+        assert "# HELP %s %s" % (counter.metric, counter.help) in text
+    for reason, n in c[schema.DROPS].items():
+        assert '%s{interface="m",queue="0",direction="rx",reason="%s"} %d' % (
+            block.drops.metric, reason, n) in text
+    row = show._queue_row("m", 0, "rx", c)
+    cells = dict(zip(show.QUEUE_COLUMNS, row))
+    assert cells["PACKETS"] == c["packets"] and cells["MODE-SW"] == c["mode_switches"]
+    assert cells["DROPS"] == sum(c[schema.DROPS].values())
+    assert [k for k in show.QUEUE_COLUMNS if k not in ("INTERFACE", "QUEUE", "DIR", "RX-MODE",
+                                                        "WORKER", "CPU")] == \
+        [e.column for e in block.entries if e.column]
