@@ -50,7 +50,6 @@ from libc.string cimport memset
 import ipaddress
 import struct
 
-from memifx import sealed
 from memifx.table import TableFull
 
 cdef enum:
@@ -148,10 +147,8 @@ cdef class Fib(SealedTable):
         off8 = FIB_PAGE + <size_t>TBL24_SIZE * 4
         offnh = off8 + <size_t>groups * 1024
         total = (offnh + <size_t>nexthops * sizeof(nexthop_t) + FIB_PAGE - 1) & ~(<size_t>FIB_PAGE - 1)
-        self.create_file("memifx-fib", total)
+        self.create_file("memifx-fib", total, FIB_MAGIC)
         self.hdr = <fib_header_t *>self.base
-        self.hdr.magic = FIB_MAGIC
-        self.hdr.size = total
         self.hdr.tbl24_offset = FIB_PAGE
         self.hdr.tbl8_offset = off8
         self.hdr.nh_offset = offnh
@@ -192,16 +189,15 @@ cdef class Fib(SealedTable):
         seals and size checked before mapping (PROT_READ, MAP_SHARED), the
         header checked after.  The fd may be closed afterwards."""
         cdef Fib f = Fib.__new__(Fib, _view=True)
-        cdef size_t size = f.map_shared(fd, FIB_PAGE)
+        cdef size_t size = f.map_shared(fd, FIB_PAGE, FIB_MAGIC)
         cdef fib_header_t *h
         h = f.hdr = <fib_header_t *>f.base
-        if (h.magic != FIB_MAGIC or h.size != size or h.tbl24_offset % FIB_PAGE
-                or h.tbl8_offset % FIB_PAGE or h.nh_offset % 8
+        if (h.tbl24_offset % FIB_PAGE or h.tbl8_offset % FIB_PAGE or h.nh_offset % 8
                 or h.groups_cap > MAX_INDEX + 1 or h.nh_cap > MAX_INDEX + 1
                 or h.tbl24_offset + <uint64_t>TBL24_SIZE * 4 > size
                 or h.tbl8_offset + <uint64_t>h.groups_cap * 1024 > size
                 or h.nh_offset + <uint64_t>h.nh_cap * sizeof(nexthop_t) > size):
-            raise sealed.SharedTableError("shared FIB: the header does not describe the file")
+            raise f.bad_header()
         f.point()
         return f
 

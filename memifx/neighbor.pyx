@@ -18,7 +18,6 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
-from memifx import sealed
 from memifx.table import TableFull
 
 DEFAULT_CAPACITY = 1 << 16
@@ -47,10 +46,8 @@ cdef class NeighborTable(SealedTable):
         if capacity < 16 or capacity & (capacity - 1) or capacity > (1 << 26):
             raise ValueError("capacity must be a power of two, 16..%d" % (1 << 26))
         total = NBR_PAGE + <size_t>capacity * sizeof(nbr_entry_t)
-        self.create_file("memifx-neighbors", total)
+        self.create_file("memifx-neighbors", total, NBR_MAGIC)
         self.hdr = <nbr_header_t *>self.base
-        self.hdr.magic = NBR_MAGIC
-        self.hdr.size = total
         self.hdr.entries_offset = NBR_PAGE
         self.hdr.capacity = capacity
         self.entries = <nbr_entry_t *>(self.base + NBR_PAGE)
@@ -61,14 +58,12 @@ cdef class NeighborTable(SealedTable):
         """A read-only view of the table whose ``fd`` this is: seals and size
         checked before mapping, the header after.  The fd may be closed then."""
         cdef NeighborTable t = NeighborTable.__new__(NeighborTable, _view=True)
-        cdef size_t size = t.map_shared(fd, NBR_PAGE)
+        cdef size_t size = t.map_shared(fd, NBR_PAGE, NBR_MAGIC)
         cdef nbr_header_t *h
         h = t.hdr = <nbr_header_t *>t.base
-        if (h.magic != NBR_MAGIC or h.size != size or h.entries_offset % 32
-                or h.capacity < 16 or h.capacity & (h.capacity - 1)
+        if (h.entries_offset % 32 or h.capacity < 16 or h.capacity & (h.capacity - 1)
                 or h.entries_offset + <uint64_t>h.capacity * sizeof(nbr_entry_t) > size):
-            raise sealed.SharedTableError(
-                "shared neighbor table: the header does not describe the file")
+            raise t.bad_header()
         t.entries = <nbr_entry_t *>(t.base + h.entries_offset)
         t.mask = h.capacity - 1
         return t

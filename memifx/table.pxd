@@ -1,4 +1,10 @@
-from libc.stdint cimport uint8_t
+from libc.stdint cimport uint8_t, uint64_t
+
+# The first words of every table file (csrc/table.h).
+cdef extern from "table.h" nogil:
+    ctypedef struct table_header_t:
+        uint64_t magic
+        uint64_t size
 
 # Results of a table's writer routines in C (0 is success).  A table's own
 # "no room" codes are further negative numbers, turned into its TableFull
@@ -15,7 +21,8 @@ cdef class SealedTable:
     cdef readonly bint shared       # a read-only view (from_shared)
     cdef str what                   # the table's name in messages ("FIB")
 
-    cdef int create_file(self, str name, size_t size) except -1
-    cdef size_t map_shared(self, int fd, size_t header_size) except 0
+    cdef int create_file(self, str name, size_t size, uint64_t magic) except -1
+    cdef size_t map_shared(self, int fd, size_t header_size, uint64_t magic) except 0
+    cdef object bad_header(self)
     cdef int raise_for(self, int rc) except -1
     cdef object full_error(self, int rc)

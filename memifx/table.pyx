@@ -4,10 +4,12 @@ writes and other processes map read-only (memifx/sealed.py has the seals).
 
 ``SealedTable`` is the base of Fib and NeighborTable.  It owns the file and
 the mapping for its whole life: ``create_file`` makes the memfd, maps it
-writable and seals it (so that first mapping stays the only writable one);
-``map_shared`` checks a received fd's seals and size, then maps it
-PROT_READ; deallocation unmaps and closes.  A subclass lays out its header
-and tables inside ``base`` and checks a shared header after map_shared.
+writable, seals it (so that first mapping stays the only writable one) and
+writes the header's first words, magic and size (csrc/table.h);
+``map_shared`` checks a received fd's seals and size, maps it PROT_READ and
+checks magic and size; deallocation unmaps and closes.  A subclass lays out
+the rest of its header and its tables inside ``base``, and checks the rest
+of a shared header after map_shared.
 
 Errors have one mapping for every table: a file that is not a sealed table
 raises sealed.SharedTableError, a failed mmap OSError (with errno), a
@@ -15,6 +17,7 @@ writer routine's TABLE_NOMEM MemoryError, and the table's own "no room"
 codes its TableFull subclass (``full_error``).
 """
 from libc.errno cimport errno
+from libc.stdint cimport uint64_t
 from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FAILED
 
 import os
@@ -40,9 +43,11 @@ cdef class SealedTable:
         if self.memfd >= 0:
             os.close(self.memfd)
 
-    cdef int create_file(self, str name, size_t size) except -1:
+    cdef int create_file(self, str name, size_t size, uint64_t magic) except -1:
         """A new memfd of ``size`` bytes (sparse) mapped writable at ``base``,
-        then sealed: this mapping is the only writer there will ever be."""
+        then sealed: this mapping is the only writer there will ever be.
+        The header starts with ``magic`` and the size."""
+        cdef table_header_t *h
         cdef void *p
         self.memfd = sealed.create(name, size)
         p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, self.memfd, 0)
@@ -51,13 +56,18 @@ cdef class SealedTable:
         self.base = <unsigned char *>p
         self.size = size
         sealed.seal(self.memfd)
+        h = <table_header_t *>p
+        h.magic = magic
+        h.size = size
         return 0
 
-    cdef size_t map_shared(self, int fd, size_t header_size) except 0:
+    cdef size_t map_shared(self, int fd, size_t header_size, uint64_t magic) except 0:
         """Map another process's table read-only: seals and size checked
-        before mapping (at least ``header_size`` bytes).  Returns the size;
-        the caller checks the header.  The fd is not kept."""
+        before mapping (at least ``header_size`` bytes), magic and size in
+        the header after.  Returns the size; the caller checks the rest of
+        its header.  The fd is not kept."""
         cdef void *p
+        cdef const table_header_t *h
         cdef size_t size = sealed.check(fd, self.what)
         if size < header_size or size == 0:
             raise sealed.SharedTableError("shared %s: the file is too small (%d bytes)"
@@ -68,7 +78,15 @@ cdef class SealedTable:
         self.base = <unsigned char *>p
         self.size = size
         self.shared = True
+        h = <const table_header_t *>p
+        if h.magic != magic or h.size != size:
+            raise self.bad_header()
         return size
+
+    cdef object bad_header(self):
+        """The error for a shared file whose header does not describe it."""
+        return sealed.SharedTableError("shared %s: the header does not describe the file"
+                                       % self.what)
 
     cdef int raise_for(self, int rc) except -1:
         """Raise what a writer routine's result means (nothing for TABLE_OK

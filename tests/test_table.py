@@ -105,7 +105,7 @@ def test_fd_and_mappings_go_with_the_table(kind):
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("cls", [Fib, NeighborTable])
-def test_a_file_too_small_or_unsealed_is_refused_before_mapping(cls):
+def test_a_file_unsealed_too_small_or_of_another_kind_is_refused(cls):
     fd = sealed.create("tiny", 100)
     try:
         with pytest.raises(sealed.SharedTableError, match="not sealed"):
@@ -115,6 +115,9 @@ def test_a_file_too_small_or_unsealed_is_refused_before_mapping(cls):
             cls.from_shared(fd)
     finally:
         os.close(fd)
+    other = NeighborTable(1 << 16) if cls is Fib else Fib(groups=1, nexthops=1)
+    with pytest.raises(sealed.SharedTableError, match="header does not describe the file"):
+        cls.from_shared(other.fd)       # sealed, big enough, the other table's magic
 
 
 @pytest.mark.timeout(60)
