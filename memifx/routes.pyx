@@ -21,6 +21,7 @@ from memifx.fib cimport (Fib, route_t, fib_lookup, netmask, NH_CONNECTED, NH_GAT
 
 from memifx.fib import FibFull, RouteError
 
+
 # Routes-file parse errors
 cdef enum:
     PE_NONE = 0

@@ -116,8 +116,10 @@ def test_a_file_unsealed_too_small_or_of_another_kind_is_refused(cls):
     finally:
         os.close(fd)
     other = NeighborTable(1 << 16) if cls is Fib else Fib(groups=1, nexthops=1)
+    name = os.readlink("/proc/self/fd/%d" % other.fd)
     with pytest.raises(sealed.SharedTableError, match="header does not describe the file"):
         cls.from_shared(other.fd)       # sealed, big enough, the other table's magic
+    assert mappings(name) == 1          # the refused view left no mapping behind
 
 
 @pytest.mark.timeout(60)
