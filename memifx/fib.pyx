@@ -506,7 +506,9 @@ cdef class Fib(SealedTable):
         if rc == FIB_NO_GROUPS:
             return FibFull("FIB full: all %d second-level blocks in use (%d waiting for "
                            "readers to move on)" % (self.groups_cap, self.limbo.count))
-        return FibFull("FIB full: all %d next-hop records in use" % self.nh_cap)
+        if rc == FIB_NO_NEXTHOPS:
+            return FibFull("FIB full: all %d next-hop records in use" % self.nh_cap)
+        return SealedTable.full_error(self, rc)
 
     def insert(self, uint32_t prefix, uint32_t length, uint32_t index):
         """Route prefix/length (ints; host bits must be clear) to next hop

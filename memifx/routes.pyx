@@ -16,8 +16,7 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.stdlib cimport realloc, free
 from libc.string cimport memset, memcmp, memchr
 
-from memifx.fib cimport (Fib, route_t, fib_lookup, netmask, NH_CONNECTED, NH_GATEWAY,
-                         FIB_NO_GROUPS, FIB_NO_NEXTHOPS)
+from memifx.fib cimport Fib, route_t, fib_lookup, netmask, NH_CONNECTED, NH_GATEWAY
 
 from memifx.fib import FibFull, RouteError
 
@@ -32,10 +31,8 @@ cdef enum:
     PE_WORD = 5
     PE_NO_TARGET = 6
     PE_UNREACHABLE = 7
-    PE_NOMEM = 8
+    PE_NOMEM = 8            # not a line's fault: raised as MemoryError
     PE_TWICE = 9
-    PE_NO_GROUPS = 10
-    PE_NO_NEXTHOPS = 11
 
 PARSE_ERRORS = {
     PE_PREFIX: "expected a prefix A.B.C.D/LEN first",
@@ -45,19 +42,8 @@ PARSE_ERRORS = {
     PE_WORD: "unexpected word (expected via GW and/or dev NAME)",
     PE_NO_TARGET: "a route needs via=GW or dev=NAME",
     PE_UNREACHABLE: "gateway is in no connected subnet (give dev=NAME)",
-    PE_NOMEM: "out of memory",
     PE_TWICE: "via or dev given twice",
-    PE_NO_GROUPS: "FIB full: every second-level block is in use",
-    PE_NO_NEXTHOPS: "FIB full: every next-hop record is in use",
 }
-
-
-cdef int pe_of(int rc) noexcept nogil:
-    if rc == FIB_NO_GROUPS:
-        return PE_NO_GROUPS
-    if rc == FIB_NO_NEXTHOPS:
-        return PE_NO_NEXTHOPS
-    return PE_NOMEM
 
 
 cdef enum:
@@ -233,13 +219,14 @@ def load_routes(Fib fib not None, const unsigned char[::1] data, names=()):
     """Add every route of a routes file's contents to ``fib``; ``names[i]``
     is the name of interface index i.  Returns the number of routes added.
     Raises RouteError (a ValueError) at the first bad line (routes of the
-    lines before it stay in), FibFull when the table has no room."""
+    lines before it stay in); when the table has no room, the Fib's own
+    FibFull with the line and its text."""
     cdef names_t nm
     cdef size_t n = data.shape[0], pos = 0, end = 0
     cdef const char *p = <const char *>&data[0] if n else NULL
     cdef const char *eol
     cdef uint64_t line = 0, added = 0
-    cdef int r = 0
+    cdef int r = 0, rc = 0
     cdef int64_t nh
     cdef route_t rt
     fib.check_writable()
@@ -254,17 +241,20 @@ def load_routes(Fib fib not None, const unsigned char[::1] data, names=()):
                 break
             if r < 0:
                 nh = fib.nexthop_c(rt.kind, rt.gw, rt.ifindex)
-                r = <int>nh if nh < 0 else fib.route_set_c(rt.prefix, rt.length, <uint32_t>nh)
-                if r < 0:
-                    r = pe_of(r)
+                rc = <int>nh if nh < 0 else fib.route_set_c(rt.prefix, rt.length, <uint32_t>nh)
+                if rc < 0:
                     break
                 added += 1
             pos = end + 1
-    if r > 0:
-        text = bytes(data[pos:end]).decode(errors="replace").strip()
-        cls = FibFull if r in (PE_NO_GROUPS, PE_NO_NEXTHOPS) else RouteError
-        raise cls(PARSE_ERRORS[r], line, text[:80])
+    if rc < 0 or r > 0:
+        text = bytes(data[pos:end]).decode(errors="replace").strip()[:80]
+        try:
+            fib.raise_for(rc)
+        except FibFull as e:
+            raise FibFull(e.reason, line, text) from None
+        raise RouteError(PARSE_ERRORS[r], line, text)
     return added
+
 
 def parse_routes(Fib fib not None, const unsigned char[::1] data, names=()):
     """Check a routes file's contents and return its routes as records
@@ -301,6 +291,8 @@ def parse_routes(Fib fib not None, const unsigned char[::1] data, names=()):
                     count += 1
                     r = 0
                 pos = end + 1
+        if r == PE_NOMEM:
+            raise MemoryError()
         if r > 0:
             text = bytes(data[pos:end]).decode(errors="replace").strip()
             raise RouteError(PARSE_ERRORS[r], line, text[:80])

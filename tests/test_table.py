@@ -14,6 +14,7 @@ import pytest
 from memifx import sealed
 from memifx.fib import Fib, FibFull, RouteError
 from memifx.neighbor import NeighborTable, NeighborTableFull
+from memifx.routes import load_routes
 from memifx.table import SealedTable, TableFull
 
 MAC = b"\x02\x00\x00\x00\x00\x07"
@@ -133,6 +134,10 @@ def test_a_full_table_raises_table_full():
     with pytest.raises(TableFull, match="next-hop records") as e:
         fib.add_nexthop("gateway", 3)
     assert isinstance(e.value, FibFull)
+    fib = Fib(groups=1, nexthops=4)             # from routes text: the same error, and the line
+    with pytest.raises(FibFull, match=r"line 2: FIB full: all 1 second-level blocks in use") as e:
+        load_routes(fib, b"10.0.0.0/25 dev a\n10.0.1.0/25 dev a\n", ["a"])
+    assert e.value.text == "10.0.1.0/25 dev a" and fib.routes == 1
     nbr = NeighborTable(16)
     for k in range(12):
         nbr.add(0, k, MAC)
