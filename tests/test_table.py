@@ -5,6 +5,7 @@ changes; a table frees its fd and mapping when it goes; a file too small or
 unsealed is refused before it is mapped; a full table raises TableFull
 (each table's own subclass, still the exception type it was before).
 The reclamation Limbo (memifx/reclaim.pyx) is checked through the Fib."""
+import fcntl
 import os
 import subprocess
 import sys
@@ -63,8 +64,12 @@ print(seen(), flush=True)
 def test_a_view_in_another_process_sees_later_writes(kind):
     t = make(kind)
     assert isinstance(t, SealedTable) and not t.shared and t.fd >= 0
-    p = subprocess.Popen([sys.executable, "-c", READER, kind, str(t.fd)], pass_fds=[t.fd],
+    # The table's fd may be 0-2 (an earlier test in this process may have
+    # closed one), which the child's stdin/stdout would replace: pass a copy.
+    fd = fcntl.fcntl(t.fd, fcntl.F_DUPFD_CLOEXEC, 10)
+    p = subprocess.Popen([sys.executable, "-c", READER, kind, str(fd)], pass_fds=[fd],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    os.close(fd)
     try:
         first = p.stdout.readline().split(" ", 3)
         what = "FIB" if kind == "fib" else "neighbor table"
