@@ -27,8 +27,8 @@ extensions = [
         extra_compile_args=["-O3", "-Wno-unused-function", "-Wno-sign-compare"] + SANITIZE,
         extra_link_args=SANITIZE,
     )
-    for name in ("guard", "memory", "ring", "counted", "xconnect", "traffic", "fib", "neighbor", "ip4", "slots",
-                 "fdwait")
+    for name in ("guard", "memory", "ring", "counted", "xconnect", "traffic", "table", "reclaim",
+                 "fib", "routes", "neighbor", "ip4", "slots", "fdwait")
 ]
 
 setup(

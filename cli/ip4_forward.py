@@ -33,6 +33,7 @@ import click
 from memifx.fib import Fib, FibFull, RouteError, pack_route
 from memifx.ip4 import Router, DROP_REASONS, TX_DROPS
 from memifx.neighbor import NeighborTable, NeighborTableFull
+from memifx.routes import parse_routes
 from memifx.cli.common import (CPUS, Stop, Ticker, connect_all, emit_json, prometheus_option,
                                router_nodes, start_stats, start_workers)
 from memifx.rxmode import Idler
@@ -90,7 +91,7 @@ def read_routes_file(fib, names, routes_file):
     """The routes of the file as records (RouteError, OSError)."""
     with open(routes_file, "rb") as f:
         data = f.read()
-    return fib.parse_routes(data, names)
+    return parse_routes(fib, data, names)
 
 
 class Routes:
@@ -112,7 +113,7 @@ class Routes:
             if not r.strip():
                 raise _bad("--route", "empty route")
             try:
-                static.append(fib.parse_routes(r.encode(), self.names))
+                static.append(parse_routes(fib, r.encode(), self.names))
             except RouteError as e:
                 raise _bad("--route", "%s: %s" % (r, e.reason))
         self.static = b"".join(static)

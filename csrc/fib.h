@@ -19,7 +19,10 @@
 #ifndef MEMIFX_FIB_H
 #define MEMIFX_FIB_H
 
+#include <stddef.h>
 #include <stdint.h>
+
+#include "table.h"
 
 #define FIB_MAGIC   0x31424946584d454dULL   /* "MEMXFIB1" read little-endian */
 #define FIB_PAGE    4096u
@@ -46,6 +49,9 @@ typedef struct {            /* the first page of the file */
 
 _Static_assert(sizeof(fib_nexthop_t) == 8, "a next hop is 8 bytes");
 _Static_assert(sizeof(fib_header_t) <= FIB_PAGE, "the header fits its page");
+_Static_assert(offsetof(fib_header_t, magic) == offsetof(table_header_t, magic)
+               && offsetof(fib_header_t, size) == offsetof(table_header_t, size),
+               "a FIB header starts as every table header");
 
 /* Table entries: every load in a lookup, every store by the writer. */
 static inline uint32_t fib_entry_load(const uint32_t *p)

@@ -16,7 +16,10 @@
 #ifndef MEMIFX_NEIGHBOR_H
 #define MEMIFX_NEIGHBOR_H
 
+#include <stddef.h>
 #include <stdint.h>
+
+#include "table.h"
 
 #define NBR_MAGIC       0x3142524e584d454dULL   /* "MEMXNBR1" read little-endian */
 #define NBR_PAGE        4096u
@@ -42,6 +45,9 @@ typedef struct {            /* the first page of the file */
 } nbr_header_t;
 
 _Static_assert(sizeof(nbr_entry_t) == 32, "a neighbor entry is 32 bytes");
+_Static_assert(offsetof(nbr_header_t, magic) == offsetof(table_header_t, magic)
+               && offsetof(nbr_header_t, size) == offsetof(table_header_t, size),
+               "a neighbor table header starts as every table header");
 
 static inline uint64_t nbr_key(uint32_t ifindex, uint32_t ip)
 {

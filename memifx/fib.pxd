@@ -1,5 +1,8 @@
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 
+from memifx.reclaim cimport Limbo
+from memifx.table cimport SealedTable, TABLE_OK, TABLE_NOMEM
+
 # The shared-memory layout of the FIB and its atomics (csrc/fib.h).
 cdef extern from "fib.h" nogil:
     const uint64_t FIB_MAGIC
@@ -56,15 +59,15 @@ cdef enum:
 cdef enum:
     FIB_MISS = -1
 
-# Results of the writer's C routines (0 is success).
+# Results of the writer's C routines (0 is success; see memifx/table.pxd).
 cdef enum:
-    FIB_OK = 0
-    FIB_NOMEM = -1          # out of heap memory (the writer's private indexes)
+    FIB_OK = TABLE_OK
+    FIB_NOMEM = TABLE_NOMEM # out of heap memory (the writer's private indexes)
     FIB_NO_GROUPS = -2      # every second-level block is in use
     FIB_NO_NEXTHOPS = -3    # every next-hop record is in use
     FIB_NOT_FOUND = -4      # no such route
 
-# A route as parse_routes hands it out and apply_routes takes it (16 bytes).
+# A route as routes.parse_routes hands it out and apply_routes takes it (16 bytes).
 cdef struct route_t:
     uint32_t prefix
     uint8_t length
@@ -73,22 +76,12 @@ cdef struct route_t:
     uint32_t gw
     uint32_t line           # of the routes text, for messages (0: none)
 
-# A block or next-hop record unlinked from the tables, waiting for every
-# reader to pass a quiescent point before it may be written again.
-cdef struct retired_t:
-    uint32_t what           # index | RETIRED_NEXTHOP for a next-hop record
-    uint64_t epoch
-
-cdef class Fib:
-    # the shared file: header page, then the tables
-    cdef int memfd                  # -1 in a read-only view (it keeps only the mapping)
-    cdef uint8_t *base
-    cdef size_t size
+cdef class Fib(SealedTable):
+    # the shared file (SealedTable.base): header page, then the tables
     cdef fib_header_t *hdr
     cdef uint32_t *tbl24            # indexed by the top 24 bits of the address
     cdef uint32_t *tbl8             # blocks of 256, indexed by the low 8 bits
     cdef nexthop_t *nh
-    cdef readonly bint shared       # a read-only view (from_shared)
     cdef readonly uint32_t groups_cap
     cdef readonly uint32_t nh_cap
     # the writer's private state (heap; none of it in a view)
@@ -103,10 +96,7 @@ cdef class Fib:
     cdef uint64_t *rules            # every route: (prefix, length) -> next hop; see rule_word
     cdef uint64_t rules_cap
     cdef uint64_t rules_count
-    cdef retired_t *limbo           # unlinked, not yet reusable
-    cdef uint64_t nlimbo
-    cdef uint64_t limbo_cap
-    cdef readonly uint64_t epoch    # tag of what is retired now (see sync_begin)
+    cdef Limbo limbo                # unlinked blocks and records, not yet reusable
     cdef public bint defer_reuse    # readers in other processes: hold retired items back
 
     cdef void point(self)
@@ -125,7 +115,10 @@ cdef class Fib:
     cdef int route_set_c(self, uint32_t prefix, uint32_t length, uint32_t index) noexcept nogil
     cdef int route_delete_c(self, uint32_t prefix, uint32_t length) noexcept nogil
     cdef int check_route(self, uint32_t prefix, uint32_t length) except -1
-    cdef int raise_for(self, int rc) except -1
+
+
+cdef inline uint32_t netmask(uint32_t length) noexcept nogil:
+    return 0 if length == 0 else (<uint32_t>0xFFFFFFFFu) << (32 - length)
 
 
 cdef inline int64_t fib_lookup(const uint32_t *tbl24, const uint32_t *tbl8,

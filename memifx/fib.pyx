@@ -17,51 +17,44 @@ longest shorter route that covers it, found in the rule store: every route
 whose last route longer than /24 goes is folded back into its first-level
 entry.
 
-The tables are one memfd (csrc/fib.h has the layout), sparse, with fixed
-room for ``groups`` second-level blocks and ``nexthops`` next-hop records set
-at creation: unused room costs no memory, running out raises FibFull.  The
-process that creates a Fib maps it writable and seals it (memifx/sealed.py):
-no one else can ever map it writable.  ``Fib.from_shared(fd)`` maps it
-read-only in a worker: a Fib whose lookups (and the Router over it) follow
-every change the writer makes, and which refuses changes itself.
+The tables are one sealed memfd (a SealedTable, memifx/table.pyx; csrc/fib.h
+has the layout), sparse, with fixed room for ``groups`` second-level blocks
+and ``nexthops`` next-hop records set at creation: unused room costs no
+memory, running out raises FibFull.  The process that creates a Fib is its
+only writer.  ``Fib.from_shared(fd)`` maps it read-only in a worker: a Fib
+whose lookups (and the Router over it) follow every change the writer makes,
+and which refuses changes itself.
 
 Changes are safe against those lock-free readers: entries are stored whole
 with release order, a new block is filled before it is linked, and a block or
 next-hop record that was unlinked is retired, not reused, until every reader
-has passed a quiescent point.  Without readers elsewhere (``defer_reuse``
-false, the default) retired items are free again at once; a RouterPool sets
-it and runs the handshake: ``sync_begin()`` names the retired items so far,
-the workers acknowledge between bursts, ``sync_done()`` frees them.  Changes
-come from one thread at a time.
+has passed a quiescent point (a Limbo, memifx/reclaim.pyx).  Without readers
+elsewhere (``defer_reuse`` false, the default) retired items are free again
+at once; a RouterPool sets it and runs the handshake: ``sync_begin()`` names
+the retired items so far, the workers acknowledge between bursts,
+``sync_done()`` frees them.  Changes come from one thread at a time.
 
 Next hops live in a separate array (index -> kind, gateway, output
 interface), deduplicated and counted, so a million routes via a handful of
 gateways cost a handful of next-hop records, and a record no route uses any
 more is retired like a block.
 
-The routes-file parser runs in C with the GIL released: one route a line,
-``PREFIX[,/ ]via[= ]GW[,/ ]dev[= ]NAME``, '#' comments.  ``load_routes``
-adds as it parses; ``parse_routes`` only checks and collects (a whole file
-or nothing) and ``apply_routes`` then makes the table hold exactly a set of
-routes, changing only what differs.
+``apply_routes`` makes the table hold exactly a set of routes (records from
+``pack_route`` or the routes-file parser, memifx/routes.pyx), changing only
+what differs.
 """
-from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
-from libc.stdlib cimport calloc, malloc, realloc, free
-from libc.string cimport memset, memcmp, memchr, memcpy
-from libc.errno cimport errno
-from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FAILED
+from libc.stdlib cimport calloc, malloc, free
+from libc.string cimport memset
 
 import ipaddress
-import os
 import struct
 
-from memifx import sealed
+from memifx.table import TableFull
 
 cdef enum:
-    PAGE = 4096
     NH_FREE = 0xFFFFFFFF            # nh_refs of a record not in use
-    RETIRED_NEXTHOP = 0x80000000    # retired_t.what: a next-hop record, not a block
+    RETIRED_NEXTHOP = 0x80000000    # a retired item that is a next-hop record, not a block
     MIN_RULES = 1024
 
 DEFAULT_GROUPS = 1 << 18        # 256 MiB of room, used as needed: ~100K blocks for a
@@ -81,7 +74,7 @@ class RouteError(ValueError):
         self.line, self.reason, self.text = line, reason, text
 
 
-class FibFull(RouteError):
+class FibFull(RouteError, TableFull):
     """The FIB has no room left for a second-level block or a next-hop
     record (the capacities are fixed when it is created)."""
 
@@ -93,116 +86,9 @@ def pack_route(uint32_t prefix, uint32_t length, kind, uint32_t gw=0, uint32_t i
     return ROUTE_RECORD.pack(prefix, length, kind, ifindex, gw if kind == NH_GATEWAY else 0, 0)
 
 
-# Routes-file parse errors
-cdef enum:
-    PE_NONE = 0
-    PE_PREFIX = 1
-    PE_HOST_BITS = 2
-    PE_GATEWAY = 3
-    PE_DEV = 4
-    PE_WORD = 5
-    PE_NO_TARGET = 6
-    PE_UNREACHABLE = 7
-    PE_NOMEM = 8
-    PE_TWICE = 9
-    PE_NO_GROUPS = 10
-    PE_NO_NEXTHOPS = 11
-
-PARSE_ERRORS = {
-    PE_PREFIX: "expected a prefix A.B.C.D/LEN first",
-    PE_HOST_BITS: "prefix has host bits set",
-    PE_GATEWAY: "bad gateway address after via",
-    PE_DEV: "unknown interface after dev",
-    PE_WORD: "unexpected word (expected via GW and/or dev NAME)",
-    PE_NO_TARGET: "a route needs via=GW or dev=NAME",
-    PE_UNREACHABLE: "gateway is in no connected subnet (give dev=NAME)",
-    PE_NOMEM: "out of memory",
-    PE_TWICE: "via or dev given twice",
-    PE_NO_GROUPS: "FIB full: every second-level block is in use",
-    PE_NO_NEXTHOPS: "FIB full: every next-hop record is in use",
-}
-
-
-cdef int pe_of(int rc) noexcept nogil:
-    if rc == FIB_NO_GROUPS:
-        return PE_NO_GROUPS
-    if rc == FIB_NO_NEXTHOPS:
-        return PE_NO_NEXTHOPS
-    return PE_NOMEM
-
-
-cdef enum:
-    MAX_NAMES = 64
-    NAME_LEN = 64
-
-cdef struct names_t:
-    uint32_t count
-    uint32_t length[MAX_NAMES]
-    char name[MAX_NAMES][NAME_LEN]
-
-
 cdef inline bint replaces(uint32_t e, uint32_t length) noexcept nogil:
     """May a route of ``length`` overwrite entry ``e``?"""
     return not (e & E_VALID) or ((e >> E_DEPTH_SHIFT) & E_DEPTH_MASK) <= length
-
-
-cdef inline bint is_sep(char c) noexcept nogil:
-    return c == c' ' or c == c'\t' or c == c',' or c == c'\r'
-
-
-cdef bint parse_addr(const char *s, size_t n, uint32_t *out) noexcept nogil:
-    """Dotted quad, exactly four decimal parts 0..255, nothing else."""
-    cdef uint32_t addr = 0, part = 0, parts = 0, digits = 0
-    cdef size_t i
-    cdef char c
-    for i in range(n):
-        c = s[i]
-        if c'0' <= c <= c'9':
-            part = part * 10 + <uint32_t>(c - c'0')
-            digits += 1
-            if digits > 3 or part > 255:
-                return False
-        elif c == c'.':
-            if digits == 0 or parts == 3:
-                return False
-            addr = (addr << 8) | part
-            parts += 1
-            part = digits = 0
-        else:
-            return False
-    if digits == 0 or parts != 3:
-        return False
-    out[0] = (addr << 8) | part
-    return True
-
-
-cdef bint parse_prefix(const char *s, size_t n, uint32_t *addr, uint32_t *length) noexcept nogil:
-    """A.B.C.D/LEN (LEN 0..32); a bare address is a /32."""
-    cdef size_t i, slash = n
-    cdef uint32_t v = 0
-    for i in range(n):
-        if s[i] == c'/':
-            slash = i
-            break
-    if not parse_addr(s, slash, addr):
-        return False
-    if slash == n:
-        length[0] = 32
-        return True
-    if slash + 1 == n or n - slash - 1 > 2:
-        return False
-    for i in range(slash + 1, n):
-        if not c'0' <= s[i] <= c'9':
-            return False
-        v = v * 10 + <uint32_t>(s[i] - c'0')
-    if v > 32:
-        return False
-    length[0] = v
-    return True
-
-
-cdef inline uint32_t netmask(uint32_t length) noexcept nogil:
-    return 0 if length == 0 else (<uint32_t>0xFFFFFFFFu) << (32 - length)
 
 
 cdef inline uint32_t depth_of(uint32_t e) noexcept nogil:
@@ -235,110 +121,6 @@ cdef inline uint64_t rule_key(uint64_t w) noexcept nogil:
     return route_key(<uint32_t>(w >> 30), <uint32_t>((w >> 24) & 0x3F))
 
 
-cdef int parse_line(Fib fib, const char *s, size_t n, names_t *names, route_t *out) noexcept nogil:
-    """Parse one line into ``out``: -1 if it holds a route, 0 if blank or a
-    comment, else a PE_ code.  Gateways resolve against fib's routes."""
-    cdef size_t i = 0, start, tl
-    cdef const char *tok
-    cdef uint32_t prefix = 0, length = 0, gw = 0, k
-    cdef int field = 0          # 0: expect prefix, 1: any, 2: value of via, 3: value of dev
-    cdef int dev = -1
-    cdef bint have_gw = False, have_prefix = False
-    cdef int64_t nh
-    cdef uint8_t kind
-    while True:
-        while i < n and is_sep(s[i]):
-            i += 1
-        if i == n or s[i] == c'#':
-            break
-        start = i
-        while i < n and not is_sep(s[i]) and s[i] != c'#':
-            i += 1
-        tok = s + start
-        tl = i - start
-        if field == 0:
-            if not parse_prefix(tok, tl, &prefix, &length):
-                return PE_PREFIX
-            if prefix & ~netmask(length):
-                return PE_HOST_BITS
-            have_prefix = True
-            field = 1
-            continue
-        if field == 1:
-            if tl >= 3 and memcmp(tok, b"via", 3) == 0 and (tl == 3 or tok[3] == c'='):
-                if have_gw:
-                    return PE_TWICE
-                if tl == 3:
-                    field = 2
-                    continue
-                tok += 4
-                tl -= 4
-                field = 2
-            elif tl >= 3 and memcmp(tok, b"dev", 3) == 0 and (tl == 3 or tok[3] == c'='):
-                if dev >= 0:
-                    return PE_TWICE
-                if tl == 3:
-                    field = 3
-                    continue
-                tok += 4
-                tl -= 4
-                field = 3
-            else:
-                return PE_WORD
-        if field == 2:
-            if not parse_addr(tok, tl, &gw):
-                return PE_GATEWAY
-            have_gw = True
-        elif field == 3:
-            for k in range(names.count):
-                if names.length[k] == tl and memcmp(names.name[k], tok, tl) == 0:
-                    dev = <int>k
-                    break
-            if dev < 0:
-                return PE_DEV
-        field = 1
-    if not have_prefix:
-        return PE_NONE
-    if field == 2:
-        return PE_GATEWAY
-    if field == 3:
-        return PE_DEV
-    if have_gw:
-        kind = NH_GATEWAY
-        if dev < 0:
-            # The output interface is the one whose subnet holds the gateway.
-            nh = fib_lookup(fib.tbl24, fib.tbl8, gw)
-            if nh < 0 or fib.nh[nh].kind != NH_CONNECTED:
-                return PE_UNREACHABLE
-            dev = fib.nh[nh].ifindex
-    elif dev >= 0:
-        kind = NH_CONNECTED
-    else:
-        return PE_NO_TARGET
-    out.prefix = prefix
-    out.length = <uint8_t>length
-    out.kind = kind
-    out.ifindex = <uint16_t>dev
-    out.gw = gw
-    return -1
-
-
-cdef int fill_names(names_t *nm, names) except -1:
-    if len(names) > MAX_NAMES:
-        raise ValueError("at most %d interfaces" % MAX_NAMES)
-    nm.count = 0
-    for name in names:
-        b = name.encode() if isinstance(name, str) else bytes(name)
-        if len(b) >= NAME_LEN:
-            raise ValueError("interface name longer than %d bytes" % (NAME_LEN - 1))
-        memset(nm.name[nm.count], 0, NAME_LEN)
-        for i, c in enumerate(b):
-            nm.name[nm.count][i] = c
-        nm.length[nm.count] = len(b)
-        nm.count += 1
-    return 0
-
-
 cdef uint32_t pow2_at_least(uint64_t n) noexcept nogil:
     cdef uint64_t c = 16
     while c < n:
@@ -346,7 +128,7 @@ cdef uint32_t pow2_at_least(uint64_t n) noexcept nogil:
     return <uint32_t>c
 
 
-cdef class Fib:
+cdef class Fib(SealedTable):
     """IPv4 routes in shared memory: prefix -> next-hop index; next-hop index
     -> (kind, gateway, interface).  ``Fib()`` creates the tables (this process
     is their only writer); ``Fib.from_shared(fd)`` maps them read-only."""
@@ -354,27 +136,20 @@ cdef class Fib:
     def __cinit__(self, uint32_t groups=DEFAULT_GROUPS, uint32_t nexthops=DEFAULT_NEXTHOPS,
                   *, bint _view=False):
         cdef size_t off8, offnh, total
-        self.memfd = -1
+        self.what = "FIB"
+        self.limbo = Limbo()
         if _view:
             return                  # from_shared maps the file
         if not 1 <= groups <= MAX_INDEX + 1:
             raise ValueError("groups must be 1..%d" % (MAX_INDEX + 1))
         if not 1 <= nexthops <= MAX_INDEX + 1:
             raise ValueError("nexthops must be 1..%d" % (MAX_INDEX + 1))
-        off8 = PAGE + <size_t>TBL24_SIZE * 4
+        off8 = FIB_PAGE + <size_t>TBL24_SIZE * 4
         offnh = off8 + <size_t>groups * 1024
-        total = (offnh + <size_t>nexthops * sizeof(nexthop_t) + PAGE - 1) & ~(<size_t>PAGE - 1)
-        self.memfd = sealed.create("memifx-fib", total)
-        self.base = <uint8_t *>mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED, self.memfd, 0)
-        if <void *>self.base == MAP_FAILED:
-            self.base = NULL
-            raise OSError(errno, "cannot map the FIB (%d bytes)" % total)
-        self.size = total
-        sealed.seal(self.memfd)
+        total = (offnh + <size_t>nexthops * sizeof(nexthop_t) + FIB_PAGE - 1) & ~(<size_t>FIB_PAGE - 1)
+        self.create_file("memifx-fib", total, FIB_MAGIC)
         self.hdr = <fib_header_t *>self.base
-        self.hdr.magic = FIB_MAGIC
-        self.hdr.size = total
-        self.hdr.tbl24_offset = PAGE
+        self.hdr.tbl24_offset = FIB_PAGE
         self.hdr.tbl8_offset = off8
         self.hdr.nh_offset = offnh
         self.hdr.groups_cap = groups
@@ -400,29 +175,13 @@ cdef class Fib:
         self.nh_cap = self.hdr.nh_cap
 
     def __dealloc__(self):
-        if self.base != NULL:
-            munmap(self.base, self.size)
-        if self.memfd >= 0:
-            os.close(self.memfd)
         free(self.free_groups)
         free(self.free_nh)
         free(self.nh_refs)
         free(self.nh_hash)
         free(self.rules)
-        free(self.limbo)
-
-    def check_writable(self):
-        """Raises ValueError on a read-only view (from_shared)."""
-        if self.shared:
-            raise ValueError("a shared FIB view is read-only")
 
     # ------------------------------------------------------ shared memory
-
-    @property
-    def fd(self):
-        """The memfd of the tables, to send to readers (owned by this Fib;
-        -1 in a view)."""
-        return self.memfd
 
     @staticmethod
     def from_shared(int fd):
@@ -430,24 +189,15 @@ cdef class Fib:
         seals and size checked before mapping (PROT_READ, MAP_SHARED), the
         header checked after.  The fd may be closed afterwards."""
         cdef Fib f = Fib.__new__(Fib, _view=True)
-        cdef size_t size = sealed.check(fd, "FIB")
+        cdef size_t size = f.map_shared(fd, FIB_PAGE, FIB_MAGIC)
         cdef fib_header_t *h
-        if size < PAGE:
-            raise sealed.SharedTableError("shared FIB: the file is too small (%d bytes)" % size)
-        f.base = <uint8_t *>mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0)
-        if <void *>f.base == MAP_FAILED:
-            f.base = NULL
-            raise OSError(errno, "cannot map the shared FIB")
-        f.size = size
-        f.shared = True
         h = f.hdr = <fib_header_t *>f.base
-        if (h.magic != FIB_MAGIC or h.size != size or h.tbl24_offset % PAGE
-                or h.tbl8_offset % PAGE or h.nh_offset % 8
+        if (h.tbl24_offset % FIB_PAGE or h.tbl8_offset % FIB_PAGE or h.nh_offset % 8
                 or h.groups_cap > MAX_INDEX + 1 or h.nh_cap > MAX_INDEX + 1
                 or h.tbl24_offset + <uint64_t>TBL24_SIZE * 4 > size
                 or h.tbl8_offset + <uint64_t>h.groups_cap * 1024 > size
                 or h.nh_offset + <uint64_t>h.nh_cap * sizeof(nexthop_t) > size):
-            raise sealed.SharedTableError("shared FIB: the header does not describe the file")
+            raise f.bad_header()
         f.point()
         return f
 
@@ -455,19 +205,8 @@ cdef class Fib:
 
     cdef void retire(self, uint32_t what) noexcept nogil:
         """``what`` is unlinked: free now, or once every reader moved on."""
-        cdef retired_t *t
-        cdef uint64_t cap
         if self.defer_reuse:
-            if self.nlimbo == self.limbo_cap:
-                cap = self.limbo_cap * 2 if self.limbo_cap else 64
-                t = <retired_t *>realloc(self.limbo, cap * sizeof(retired_t))
-                if t == NULL:
-                    return          # never reused: a leak, never a hazard
-                self.limbo = t
-                self.limbo_cap = cap
-            self.limbo[self.nlimbo].what = what
-            self.limbo[self.nlimbo].epoch = self.epoch
-            self.nlimbo += 1
+            self.limbo.add(what)
         else:
             self.release(what)
 
@@ -483,28 +222,22 @@ cdef class Fib:
         """A token for everything retired so far; what is retired later gets
         the next one.  Once every reader has passed a quiescent point after
         this call, hand the token to sync_done."""
-        self.epoch += 1
-        return self.epoch - 1
+        return self.limbo.begin()
 
     def sync_done(self, uint64_t token):
         """Every reader has passed a quiescent point since sync_begin returned
         ``token``: what was retired up to then may be reused.  Returns how
         many items became free."""
-        cdef uint64_t i, kept = 0, n = 0
-        for i in range(self.nlimbo):
-            if self.limbo[i].epoch <= token:
-                self.release(self.limbo[i].what)
-                n += 1
-            else:
-                self.limbo[kept] = self.limbo[i]
-                kept += 1
-        self.nlimbo = kept
+        cdef uint64_t i, n = self.limbo.ready(token)
+        for i in range(n):
+            self.release(self.limbo.items[i].what)
+        self.limbo.drop(n)
         return n
 
     @property
     def retired(self):
         """Blocks and next-hop records unlinked but not yet free to reuse."""
-        return self.nlimbo
+        return self.limbo.count
 
     # ------------------------------------------------------------ next hops
 
@@ -769,15 +502,13 @@ cdef class Fib:
             raise ValueError("%s/%d has host bits set" % (ipaddress.IPv4Address(prefix), length))
         return 0
 
-    cdef int raise_for(self, int rc) except -1:
+    cdef object full_error(self, int rc):
         if rc == FIB_NO_GROUPS:
-            raise FibFull("FIB full: all %d second-level blocks in use (%d waiting for "
-                          "readers to move on)" % (self.groups_cap, self.nlimbo))
+            return FibFull("FIB full: all %d second-level blocks in use (%d waiting for "
+                           "readers to move on)" % (self.groups_cap, self.limbo.count))
         if rc == FIB_NO_NEXTHOPS:
-            raise FibFull("FIB full: all %d next-hop records in use" % self.nh_cap)
-        if rc == FIB_NOMEM:
-            raise MemoryError()
-        return 0
+            return FibFull("FIB full: all %d next-hop records in use" % self.nh_cap)
+        return SealedTable.full_error(self, rc)
 
     def insert(self, uint32_t prefix, uint32_t length, uint32_t index):
         """Route prefix/length (ints; host bits must be clear) to next hop
@@ -849,95 +580,9 @@ cdef class Fib:
         return fib_u64_load_relaxed(&self.hdr.routes)
 
     @property
-    def memory(self):
-        """Bytes of the shared file (sparse: only what was written is memory)."""
-        return self.size
-
-    @property
     def blocks(self):
         """Second-level blocks in use (/24s holding longer prefixes)."""
         return self.hdr.groups_used
-
-    # ---------------------------------------------------------- routes text
-
-    def load_routes(self, const unsigned char[::1] data, names=()):
-        """Add every route of a routes file's contents; ``names[i]`` is the
-        name of interface index i.  Returns the number of routes added.
-        Raises RouteError (a ValueError) at the first bad line (routes of the
-        lines before it stay in), FibFull when the table has no room."""
-        cdef names_t nm
-        cdef size_t n = data.shape[0], pos = 0, end = 0
-        cdef const char *p = <const char *>&data[0] if n else NULL
-        cdef const char *eol
-        cdef uint64_t line = 0, added = 0
-        cdef int r = 0
-        cdef int64_t nh
-        cdef route_t rt
-        self.check_writable()
-        fill_names(&nm, names)
-        with nogil:
-            while pos < n:
-                line += 1
-                eol = <const char *>memchr(p + pos, c'\n', n - pos)
-                end = <size_t>(eol - p) if eol != NULL else n
-                r = parse_line(self, p + pos, end - pos, &nm, &rt)
-                if r > 0:
-                    break
-                if r < 0:
-                    nh = self.nexthop_c(rt.kind, rt.gw, rt.ifindex)
-                    r = <int>nh if nh < 0 else self.route_set_c(rt.prefix, rt.length, <uint32_t>nh)
-                    if r < 0:
-                        r = pe_of(r)
-                        break
-                    added += 1
-                pos = end + 1
-        if r > 0:
-            text = bytes(data[pos:end]).decode(errors="replace").strip()
-            cls = FibFull if r in (PE_NO_GROUPS, PE_NO_NEXTHOPS) else RouteError
-            raise cls(PARSE_ERRORS[r], line, text[:80])
-        return added
-
-    def parse_routes(self, const unsigned char[::1] data, names=()):
-        """Check a routes file's contents and return its routes as records
-        for apply_routes (bytes, 16 per route), changing nothing.  Raises
-        RouteError at the first bad line.  Gateways without dev= resolve
-        against the connected routes this FIB holds now."""
-        cdef names_t nm
-        cdef size_t n = data.shape[0], pos = 0, end = 0
-        cdef const char *p = <const char *>&data[0] if n else NULL
-        cdef const char *eol
-        cdef uint64_t line = 0, count = 0, cap = 0
-        cdef int r = 0
-        cdef route_t *out = NULL
-        cdef route_t *t
-        fill_names(&nm, names)
-        try:
-            with nogil:
-                while pos < n:
-                    line += 1
-                    eol = <const char *>memchr(p + pos, c'\n', n - pos)
-                    end = <size_t>(eol - p) if eol != NULL else n
-                    if count == cap:
-                        cap = cap * 2 if cap else 1024
-                        t = <route_t *>realloc(out, cap * sizeof(route_t))
-                        if t == NULL:
-                            r = PE_NOMEM
-                            break
-                        out = t
-                    r = parse_line(self, p + pos, end - pos, &nm, &out[count])
-                    if r > 0:
-                        break
-                    if r < 0:
-                        out[count].line = <uint32_t>line
-                        count += 1
-                        r = 0
-                    pos = end + 1
-            if r > 0:
-                text = bytes(data[pos:end]).decode(errors="replace").strip()
-                raise RouteError(PARSE_ERRORS[r], line, text[:80])
-            return PyBytes_FromStringAndSize(<const char *>out, count * sizeof(route_t))
-        finally:
-            free(out)
 
     def apply_routes(self, const unsigned char[::1] records):
         """Make the table hold exactly these routes (records from

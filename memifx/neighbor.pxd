@@ -1,5 +1,7 @@
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 
+from memifx.table cimport SealedTable
+
 # The shared-memory layout of the neighbor table and its seqlock (csrc/neighbor.h).
 cdef extern from "neighbor.h" nogil:
     const uint64_t NBR_MAGIC
@@ -29,14 +31,15 @@ cdef extern from "neighbor.h" nogil:
     void nbr_u32_store(uint32_t *p, uint32_t v)
 
 
-cdef class NeighborTable:
-    cdef int memfd                  # -1 in a read-only view
-    cdef uint8_t *base
-    cdef size_t size
+# The writer's "no room" result (see memifx/table.pxd).
+cdef enum:
+    NBR_FULL = -2
+
+
+cdef class NeighborTable(SealedTable):
     cdef nbr_header_t *hdr
     cdef nbr_entry_t *entries
     cdef readonly uint32_t mask     # capacity - 1
-    cdef readonly bint shared       # a read-only view (from_shared)
 
     cdef int put(self, uint64_t key, uint64_t mac) noexcept nogil
     cdef bint remove(self, uint64_t key) noexcept nogil

@@ -1,8 +1,9 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
 """The neighbor table: (interface, IPv4 address) -> MAC, in shared memory.
 
-One open-addressing table in a memfd (csrc/neighbor.h has the layout and
-the seqlock), of a fixed capacity set at creation (sparse: unused entries
+One open-addressing table in a sealed memfd (a SealedTable,
+memifx/table.pyx; csrc/neighbor.h has the layout and the seqlock), of a
+fixed capacity set at creation (sparse: unused entries
 cost no memory).  The process that creates it is its only writer (the main
 process: static entries, ARP learning); every worker maps it read-only
 (``NeighborTable.from_shared``) and its ip4-rewrite node looks up in it
@@ -16,17 +17,13 @@ live entries and tombstones together stay under 3/4 of the capacity.
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy
-from libc.errno cimport errno
-from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FAILED
 
-import os
-
-from memifx import sealed
+from memifx.table import TableFull
 
 DEFAULT_CAPACITY = 1 << 16
 
 
-class NeighborTableFull(MemoryError):
+class NeighborTableFull(TableFull, MemoryError):
     """No room for another neighbor."""
 
 
@@ -36,67 +33,37 @@ cdef inline uint64_t mac_word(const uint8_t *m) noexcept nogil:
     return w
 
 
-cdef class NeighborTable:
+cdef class NeighborTable(SealedTable):
     """(ifindex, ip) -> 6-byte MAC.  ``NeighborTable(capacity)`` creates one
     (this process writes it); ``NeighborTable.from_shared(fd)`` maps one
     read-only."""
 
     def __cinit__(self, uint32_t capacity=DEFAULT_CAPACITY, *, bint _view=False):
         cdef size_t total
-        self.memfd = -1
+        self.what = "neighbor table"
         if _view:
             return
         if capacity < 16 or capacity & (capacity - 1) or capacity > (1 << 26):
             raise ValueError("capacity must be a power of two, 16..%d" % (1 << 26))
         total = NBR_PAGE + <size_t>capacity * sizeof(nbr_entry_t)
-        self.memfd = sealed.create("memifx-neighbors", total)
-        self.base = <uint8_t *>mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED,
-                                    self.memfd, 0)
-        if <void *>self.base == MAP_FAILED:
-            self.base = NULL
-            raise OSError(errno, "cannot map the neighbor table")
-        self.size = total
-        sealed.seal(self.memfd)
+        self.create_file("memifx-neighbors", total, NBR_MAGIC)
         self.hdr = <nbr_header_t *>self.base
-        self.hdr.magic = NBR_MAGIC
-        self.hdr.size = total
         self.hdr.entries_offset = NBR_PAGE
         self.hdr.capacity = capacity
         self.entries = <nbr_entry_t *>(self.base + NBR_PAGE)
         self.mask = capacity - 1
-
-    def __dealloc__(self):
-        if self.base != NULL:
-            munmap(self.base, self.size)
-        if self.memfd >= 0:
-            os.close(self.memfd)
-
-    @property
-    def fd(self):
-        """The memfd, to send to readers (owned by this table; -1 in a view)."""
-        return self.memfd
 
     @staticmethod
     def from_shared(int fd):
         """A read-only view of the table whose ``fd`` this is: seals and size
         checked before mapping, the header after.  The fd may be closed then."""
         cdef NeighborTable t = NeighborTable.__new__(NeighborTable, _view=True)
-        cdef size_t size = sealed.check(fd, "neighbor table")
+        cdef size_t size = t.map_shared(fd, NBR_PAGE, NBR_MAGIC)
         cdef nbr_header_t *h
-        if size < NBR_PAGE:
-            raise sealed.SharedTableError("shared neighbor table: too small (%d bytes)" % size)
-        t.base = <uint8_t *>mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0)
-        if <void *>t.base == MAP_FAILED:
-            t.base = NULL
-            raise OSError(errno, "cannot map the shared neighbor table")
-        t.size = size
-        t.shared = True
         h = t.hdr = <nbr_header_t *>t.base
-        if (h.magic != NBR_MAGIC or h.size != size or h.entries_offset % 32
-                or h.capacity < 16 or h.capacity & (h.capacity - 1)
+        if (h.entries_offset % 32 or h.capacity < 16 or h.capacity & (h.capacity - 1)
                 or h.entries_offset + <uint64_t>h.capacity * sizeof(nbr_entry_t) > size):
-            raise sealed.SharedTableError(
-                "shared neighbor table: the header does not describe the file")
+            raise t.bad_header()
         t.entries = <nbr_entry_t *>(t.base + h.entries_offset)
         t.mask = h.capacity - 1
         return t
@@ -104,7 +71,7 @@ cdef class NeighborTable:
     # ------------------------------------------------------------- writer
 
     cdef int put(self, uint64_t key, uint64_t mac) noexcept nogil:
-        """Insert or update; -1 when full."""
+        """Insert or update: 0, or NBR_FULL."""
         cdef uint32_t s = nbr_home(key, self.mask), n, spot = 0xFFFFFFFFu
         cdef nbr_entry_t *e
         for n in range(self.mask + 1):
@@ -124,7 +91,7 @@ cdef class NeighborTable:
             nbr_u32_store(&self.hdr.tombstones, self.hdr.tombstones - 1)
         else:
             if (self.hdr.count + self.hdr.tombstones + 1) * 4 > (self.mask + 1) * 3:
-                return -1
+                return NBR_FULL
             nbr_write(&self.entries[s], key, mac)
         nbr_u32_store(&self.hdr.count, self.hdr.count + 1)
         return 0
@@ -153,10 +120,6 @@ cdef class NeighborTable:
                 s = (s - 1) & self.mask
         return True
 
-    def check_writable(self):
-        if self.shared:
-            raise ValueError("a shared neighbor table view is read-only")
-
     def add(self, uint32_t ifindex, uint32_t ip, const uint8_t[:] mac):
         """Set the MAC of neighbor ``ip`` on interface ``ifindex``; readers
         everywhere see the change at once."""
@@ -166,9 +129,11 @@ cdef class NeighborTable:
             raise ValueError("a MAC is 6 bytes")
         for i in range(6):
             m[i] = mac[i]
-        if self.put(nbr_key(ifindex, ip), mac_word(m)) < 0:
-            raise NeighborTableFull("neighbor table full (%d entries, %d deleted ones held)"
-                                    % (self.hdr.count, self.hdr.tombstones))
+        self.raise_for(self.put(nbr_key(ifindex, ip), mac_word(m)))
+
+    cdef object full_error(self, int rc):
+        return NeighborTableFull("neighbor table full (%d entries, %d deleted ones held)"
+                                 % (self.hdr.count, self.hdr.tombstones))
 
     def discard(self, uint32_t ifindex, uint32_t ip):
         """Forget a neighbor; returns whether it was there."""

@@ -7,12 +7,15 @@ again or write() to it (F_SEAL_FUTURE_WRITE).  The mapping the main process
 already holds stays writable, so it is the only writer there will ever be.
 
 A reader gets the fd (over a socket), checks the seals and the size with
-fstat before it maps anything, and maps it PROT_READ.
+fstat before it maps anything, and maps it PROT_READ.  These are the seal
+helpers; memifx/table.pyx (SealedTable) is the table that uses them.
 """
 import fcntl
 import os
 
-# Added to the fcntl module in Python 3.? only; the value is Linux's (5.1+).
+# fcntl has F_ADD_SEALS and the first four seals since Python 3.8, but
+# F_SEAL_FUTURE_WRITE only where CPython was built against headers that define
+# it (3.11 has none); the value is Linux's, where the seal exists since 5.1.
 F_SEAL_FUTURE_WRITE = getattr(fcntl, "F_SEAL_FUTURE_WRITE", 0x0010)
 WRITER_SEALS = (fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | F_SEAL_FUTURE_WRITE
                 | fcntl.F_SEAL_SEAL)
