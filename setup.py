@@ -28,7 +28,7 @@ extensions = [
         extra_link_args=SANITIZE,
     )
     for name in ("guard", "memory", "ring", "counted", "xconnect", "traffic", "fib", "neighbor", "ip4", "slots",
-                 "fdwait")
+                 "fdwait", "layout")
 ]
 
 setup(

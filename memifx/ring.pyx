@@ -37,7 +37,7 @@ from memifx.memif cimport (
     memif_ring_t, memif_desc_t, MEMIF_COOKIE, MEMIF_RING_FLAG_MASK_INT,
     MEMIF_DESC_FLAG_NEXT, memif_load_acquire, memif_store_release, memif_fence,
     memif_desc_read, memif_ring_flags, memif_set_ring_flags, memif_ring_bytes,
-    memif_ring_stride)
+    MEMIF_CACHELINE, MEMIF_MAX_LOG2_RING_SIZE)
 from memifx.memory cimport Memory, region_t
 from memifx.irq_guard cimport (irq_guard_write, irq_guard_read, irq_guard_signal,
                                IRQ_GUARD_BOUND_NS, IRQ_GUARD_UNAVAILABLE)
@@ -82,11 +82,6 @@ def irq_guard_signo():
     """The real-time signal that interrupts a blocked eventfd syscall
     (0 until this process guarded its first one)."""
     return irq_guard_signal()
-
-
-def ring_stride(uint32_t log2_size):
-    """Bytes from one ring to the next in a slave's region (csrc/memif.h)."""
-    return memif_ring_stride(log2_size)
 
 
 cdef uint32_t scatter(uint32_t i, uint32_t n) noexcept:
@@ -139,13 +134,14 @@ cdef class Queue:
         self.c = &self.own
         if region >= mem.count:
             raise MemifError("unexpected region index")
-        if log2_size > 15:
+        if log2_size > MEMIF_MAX_LOG2_RING_SIZE:
             raise MemifError("ring size out of range")
         if not 1 <= max_frame <= MAX_FRAME:
             raise ValueError("max_frame must be 1 to %d" % MAX_FRAME)
         self.max_frame = max_frame
         cdef region_t r = mem.regions[region]
-        if ring_offset % 64 != 0 or ring_offset + memif_ring_bytes(log2_size) > r.size:
+        if ring_offset % MEMIF_CACHELINE != 0 or \
+                ring_offset + memif_ring_bytes(log2_size) > r.size:
             raise MemifError("ring outside memory region")
         self.mem = mem
         self.ring = <memif_ring_t *>(r.base + ring_offset)
