@@ -54,15 +54,18 @@ cdef extern from *:
     ssize_t preadv2(int fd, const iovec *iov, int iovcnt, long offset, int flags) nogil
     const int RWF_NOWAIT
 
-# Largest frame a queue may be configured to assemble from, or split into,
-# a chain of descriptors (its ``max_frame``).
-DEF MAX_FRAME = 1 << 20
+cdef enum:  # Frame limits
+    # Largest frame a queue may be configured to assemble from, or split
+    # into, a chain of descriptors (its ``max_frame``).
+    MAX_FRAME = 1 << 20
+    # The default max_frame: a 9216-byte jumbo frame (the common switch
+    # limit) with room for VLAN tags and a trailer, and exactly five default
+    # 2048-byte buffers.  It bounds what one receive burst can make us
+    # allocate (max_frame x burst, 2.5 MiB for 256 frames) whatever the peer
+    # announces.
+    DEFAULT_FRAME = 10240
+
 MAX_FRAME_SIZE = MAX_FRAME
-# The default max_frame: a 9216-byte jumbo frame (the common switch limit)
-# with room for VLAN tags and a trailer, and exactly five default 2048-byte
-# buffers.  It bounds what one receive burst can make us allocate
-# (max_frame x burst, 2.5 MiB for 256 frames) whatever the peer announces.
-DEF DEFAULT_FRAME = 10240
 DEFAULT_MAX_FRAME = DEFAULT_FRAME
 
 DROP_REASONS = ("bad descriptor", "chain too long", "frame too long")
