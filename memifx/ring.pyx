@@ -89,19 +89,16 @@ def irq_guard_signo():
 
 cdef uint32_t scatter(uint32_t i, uint32_t n) noexcept:
     """Where buffer ``i`` of ``n`` sits (a permutation of 0..n-1): slot order
-    is not address order.  A consumer walking a ring whose buffers lay at a
+    is not address order.  A consumer walking a ring whose buffers lie at a
     fixed stride trains the CPU's stride prefetcher, which then pulls in the
-    buffers the producer is writing that moment; every such line goes back
-    and forth between the CPUs.  Measured on a 2-vCPU VM at 64 B, S2M: a
-    receiver that keeps up with the sender dropped the pair from ~20 to ~7
-    Mpps; scattered buffers keep it at 16-30.
+    buffers the producer is writing that moment, and every such line goes
+    back and forth between the CPUs.
 
     The step is about 0.618 n, odd and coprime with n, so neighbouring slots
-    land far apart and alternate between two distances.  Bit reversal, used
-    before, also breaks the stride but puts runs of 32 consecutive slots on
-    the same L2 sets (their addresses differ only in high bits): a bare C
-    copy ring of 1024 x 2048 B buffers moved 1518 B frames at ~12 Mpps so
-    laid out, ~18 with this step and ~18 in slot order."""
+    land far apart and alternate between two distances.  It also spreads
+    consecutive slots over the cache sets, which an order whose neighbours
+    differ only in high address bits (bit reversal) does not.  The figures
+    behind this choice are in perf/README.md."""
     cdef uint32_t step = <uint32_t>(n * 0.618) | 1
     while gcd(step, n) != 1:
         step += 2

@@ -12,7 +12,8 @@ fstat before it maps anything, and maps it PROT_READ.
 import fcntl
 import os
 
-# Added to the fcntl module in Python 3.? only; the value is Linux's (5.1+).
+# Missing from the fcntl module of some Pythons (3.11 has none); the value is
+# Linux's (5.1+).
 F_SEAL_FUTURE_WRITE = getattr(fcntl, "F_SEAL_FUTURE_WRITE", 0x0010)
 WRITER_SEALS = (fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | F_SEAL_FUTURE_WRITE
                 | fcntl.F_SEAL_SEAL)
