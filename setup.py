@@ -30,8 +30,6 @@ SANITIZE = ["-fsanitize=address", "-fno-omit-frame-pointer"] \
     if os.environ.get("MEMIFX_ASAN") == "1" else []
 JOBS = int(os.environ.get("MEMIFX_JOBS") or os.cpu_count() or 1)
 PREBUILT = os.environ.get("MEMIFX_PREBUILT") == "1"
-MODULES = ("guard", "memory", "ring", "counted", "xconnect", "traffic", "fib", "neighbor", "ip4",
-           "slots", "fdwait", "layout")
 
 
 class ParallelBuildExt(build_ext):
@@ -45,7 +43,8 @@ class ParallelBuildExt(build_ext):
 
 def prebuilt_check():
     here = os.path.dirname(os.path.abspath(__file__))
-    missing = [m for m in MODULES if not glob.glob(os.path.join(here, "memifx", m + ".*.so"))]
+    missing = [e.name for e in extensions
+               if not glob.glob(os.path.join(here, *e.name.split(".")) + ".*.so")]
     if missing:
         sys.exit("MEMIFX_PREBUILT=1, but not built in place: %s "
                  "(run: python setup.py build_ext --inplace)" % ", ".join(missing))
@@ -59,7 +58,8 @@ extensions = [
         extra_compile_args=["-O3", "-Wno-unused-function", "-Wno-sign-compare"] + SANITIZE,
         extra_link_args=SANITIZE,
     )
-    for name in MODULES
+    for name in ("guard", "memory", "ring", "counted", "xconnect", "traffic", "fib", "neighbor", "ip4",
+                 "slots", "fdwait", "layout")
 ]
 
 if PREBUILT:

@@ -1,4 +1,4 @@
-from typing import List, NamedTuple
+"""Type stubs for memifx.layout (compiled): the memif shared-memory layout."""
 
 COOKIE: int
 VERSION: int
@@ -16,12 +16,14 @@ TAIL_OFFSET: int
 PAGE_SIZE: int
 MAX_LOG2_ARGUMENT: int
 
-class SlaveLayout(NamedTuple):
-    ring_offsets: List[int]
+class SlaveLayout:
+    ring_offsets: list[int]
     buffers_at: int
-    nbufs: List[int]
-    buffer_offsets: List[int]
+    nbufs: list[int]
+    buffer_offsets: list[int]
     size: int
+    def __init__(self, ring_offsets: list[int], buffers_at: int, nbufs: list[int],
+                 buffer_offsets: list[int], size: int) -> None: ...
 
 def ring_bytes(log2_size: int) -> int: ...
 def ring_stride(log2_size: int) -> int: ...

@@ -6,8 +6,6 @@ The control plane (control.py, interface.py) and the tests take every ring
 size, offset and limit from here, so the layout is declared once, in C, and
 a change there reaches every user.
 """
-from collections import namedtuple
-
 from libc.stdint cimport uint32_t, uint64_t
 
 from memifx.memif cimport (
@@ -60,10 +58,17 @@ def desc_offset(uint32_t slot):
     return memif_desc_offset(slot)
 
 
-SlaveLayout = namedtuple("SlaveLayout", "ring_offsets buffers_at nbufs buffer_offsets size")
-SlaveLayout.__doc__ = """Region 0 as a memifx slave lays it out: ``ring_offsets[i]`` and
-``buffer_offsets[i]`` (where ring i's ``nbufs[i]`` buffers start) for the
-S2M rings then the M2S rings, and the region's ``size`` in bytes."""
+class SlaveLayout:
+    """Region 0 as a memifx slave lays it out: ``ring_offsets[i]`` and
+    ``buffer_offsets[i]`` (where ring i's ``nbufs[i]`` buffers start) for the
+    S2M rings then the M2S rings, and the region's ``size`` in bytes."""
+
+    def __init__(self, ring_offsets, buffers_at, nbufs, buffer_offsets, size):
+        self.ring_offsets = ring_offsets
+        self.buffers_at = buffers_at
+        self.nbufs = nbufs
+        self.buffer_offsets = buffer_offsets
+        self.size = size
 
 
 def slave_layout(uint32_t n_s2m, uint32_t n_m2s, log2_size, uint64_t buffer_size,
