@@ -10,14 +10,45 @@ be loaded first, and CPython's deliberate leaks at exit are not reports:
         .venv/bin/python -m pytest -q tests/test_hostile.py tests/test_fuzz.py
 
 Rebuild without the variable (``--force``) to get the normal extensions back.
+
+The extensions compile in parallel, one job per CPU (``MEMIFX_JOBS=N`` or
+``build_ext -j N`` to choose): both the Cython translation and the C compiler.
+
+``MEMIFX_PREBUILT=1`` is for an editable install of a tree whose extensions
+were already built in place (``build_ext --inplace``, as .ci/setup does): the
+install then only links the tree instead of compiling everything a second
+time.  It refuses to run if a compiled module is missing.
 """
+import glob
 import os
+import sys
 
 from setuptools import Extension, setup
-from Cython.Build import cythonize
+from setuptools.command.build_ext import build_ext
 
 SANITIZE = ["-fsanitize=address", "-fno-omit-frame-pointer"] \
     if os.environ.get("MEMIFX_ASAN") == "1" else []
+JOBS = int(os.environ.get("MEMIFX_JOBS") or os.cpu_count() or 1)
+PREBUILT = os.environ.get("MEMIFX_PREBUILT") == "1"
+
+
+class ParallelBuildExt(build_ext):
+    """build_ext with one compiler job per CPU unless ``-j`` says otherwise."""
+
+    def finalize_options(self):
+        if self.parallel is None:
+            self.parallel = JOBS
+        super().finalize_options()
+
+
+def prebuilt_check():
+    here = os.path.dirname(os.path.abspath(__file__))
+    missing = [e.name for e in extensions
+               if not glob.glob(os.path.join(here, *e.name.split(".")) + ".*.so")]
+    if missing:
+        sys.exit("MEMIFX_PREBUILT=1, but not built in place: %s "
+                 "(run: python setup.py build_ext --inplace)" % ", ".join(missing))
+
 
 extensions = [
     Extension(
@@ -28,17 +59,24 @@ extensions = [
         extra_link_args=SANITIZE,
     )
     for name in ("guard", "memory", "ring", "counted", "xconnect", "traffic", "table", "reclaim",
-                 "fib", "routes", "neighbor", "ip4", "slots", "fdwait")
+                 "fib", "routes", "neighbor", "ip4", "slots", "fdwait", "layout")
 ]
+
+if PREBUILT:
+    prebuilt_check()
+else:
+    from Cython.Build import cythonize
 
 setup(
     packages=["memifx", "memifx.cli", "memifx.agent", "memifx.nodes", "memifx.workers",
               "memifx.stats"],
     package_dir={"memifx": "memifx", "memifx.cli": "cli"},
     package_data={"memifx": ["*.pxd", "*.pyx", "*.pyi", "py.typed"]},
-    ext_modules=cythonize(
+    ext_modules=[] if PREBUILT else cythonize(
         extensions,
         compiler_directives={"language_level": 3},
         include_path=["."],
+        nthreads=JOBS,
     ),
+    cmdclass={"build_ext": ParallelBuildExt},
 )

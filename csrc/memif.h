@@ -1,9 +1,10 @@
 /*
  * memif 2.0 shared-memory layout and the few atomics memifx needs.
  *
- * This is the only place the wire layout of rings and descriptors is
- * declared; memifx/memif.pxd exposes it to Cython.  Control messages are
- * encoded in memifx/wire.py (they are not on the hot path).
+ * This is the only place the layout of rings, descriptors and a memifx
+ * slave's region is declared: memifx/memif.pxd exposes it to Cython, and
+ * memifx/layout.pyx to Python (the control plane and the tests).  Control
+ * messages are encoded in memifx/wire.py (they are not on the hot path).
  */
 #ifndef MEMIFX_MEMIF_H
 #define MEMIFX_MEMIF_H
@@ -20,7 +21,23 @@
 #define MEMIF_RING_FLAG_MASK_INT  1u  /* ring->flags: consumer asks not to be woken */
 #define MEMIF_DESC_FLAG_NEXT      1u  /* desc->flags: frame continues in next slot */
 
-#define MEMIF_MAX_LOG2_RING_SIZE  14u /* what we accept and advertise (DPDK's cap) */
+/* Ring sizes we accept and advertise: DPDK's cap (VPP's is 15), so that a
+ * ring any of them builds for us, or we build for them, is one both accept. */
+#define MEMIF_MAX_LOG2_RING_SIZE  14u
+/* A region index is a u16, but HELLO's max_region is a count minus one in a
+ * u16 and every peer advertises at most 256: we accept and advertise 256. */
+#define MEMIF_MAX_REGIONS         256u
+
+/* Where head and tail sit in a ring header (checked against the struct below):
+ * for code that reads rings through plain byte offsets (tests, tools). */
+#define MEMIF_RING_COOKIE_OFFSET  0u
+#define MEMIF_RING_FLAGS_OFFSET   4u
+#define MEMIF_RING_HEAD_OFFSET    6u
+#define MEMIF_RING_TAIL_OFFSET    64u
+
+/* A memifx slave starts its buffers on a page after the rings, so that
+ * buffers never share a page (nor a cache line) with ring headers. */
+#define MEMIF_PAGE_SIZE           4096u
 
 typedef struct {            /* naturally aligned: 16 bytes, no padding */
     uint16_t flags;
@@ -43,6 +60,10 @@ typedef struct __attribute__((packed, aligned(64))) {
 _Static_assert(sizeof(memif_desc_t) == MEMIF_DESC_SIZE, "descriptor is 16 bytes");
 _Static_assert(offsetof(memif_ring_t, tail) == 64, "tail on cache line 1");
 _Static_assert(offsetof(memif_ring_t, desc) == MEMIF_RING_HDR_SIZE, "descriptors at 128");
+_Static_assert(offsetof(memif_ring_t, cookie) == MEMIF_RING_COOKIE_OFFSET, "cookie at 0");
+_Static_assert(offsetof(memif_ring_t, flags) == MEMIF_RING_FLAGS_OFFSET, "flags at 4");
+_Static_assert(offsetof(memif_ring_t, head) == MEMIF_RING_HEAD_OFFSET, "head at 6");
+_Static_assert(offsetof(memif_ring_t, tail) == MEMIF_RING_TAIL_OFFSET, "tail at 64");
 
 static inline uint64_t memif_ring_bytes(uint32_t log2_size)
 {
@@ -54,6 +75,26 @@ static inline uint64_t memif_ring_bytes(uint32_t log2_size)
 static inline uint64_t memif_ring_stride(uint32_t log2_size)
 {
     return (memif_ring_bytes(log2_size) + MEMIF_CACHELINE - 1) & ~(uint64_t)(MEMIF_CACHELINE - 1);
+}
+
+/* Offset of descriptor ``slot`` from the start of its ring. */
+static inline uint64_t memif_desc_offset(uint32_t slot)
+{
+    return MEMIF_RING_HDR_SIZE + (uint64_t)MEMIF_DESC_SIZE * slot;
+}
+
+/* A memifx slave's region 0: ``n_rings`` rings (S2M then M2S) at
+ * ``i * memif_ring_stride``, then the buffers from this page-aligned offset,
+ * each ring's buffers in one run, in ring order. */
+static inline uint64_t memif_slave_ring_offset(uint32_t i, uint32_t log2_size)
+{
+    return (uint64_t)i * memif_ring_stride(log2_size);
+}
+
+static inline uint64_t memif_slave_buffers_at(uint32_t n_rings, uint32_t log2_size)
+{
+    uint64_t rings = (uint64_t)n_rings * memif_ring_stride(log2_size);
+    return (rings + MEMIF_PAGE_SIZE - 1) & ~(uint64_t)(MEMIF_PAGE_SIZE - 1);
 }
 
 /* head/tail are the only words both sides race on: every access to them

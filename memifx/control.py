@@ -38,18 +38,16 @@ import time
 from memifx import access, guard, wire
 from memifx.errors import MemifError
 from memifx.memory import MAX_REGION_SIZE, Memory
-from memifx.ring import Queue, ring_stride
+from memifx.layout import MAX_LOG2_RING_SIZE, MAX_REGIONS, slave_layout
+from memifx.ring import Queue
 
 log = logging.getLogger("memifx")
 
 HANDSHAKE_TIMEOUT = 3.0
 INIT_TIMEOUT = 1.0      # a master's deadline for INIT after HELLO
-MAX_LOG2_RING_SIZE = 14
-MAX_REGIONS = 256       # what the wire can index; each interface sets its own cap
 ACCEPT_BACKOFF_MIN, ACCEPT_BACKOFF_MAX = 0.1, 1.0
 ACCEPT_LOG_INTERVAL = 60.0  # one warning per episode of fd exhaustion, at most a minute
 RX_POOL = 2             # receive buffers per ring slot (slave side)
-PAGE = 4096
 
 
 def sockaddr(path):
@@ -633,15 +631,11 @@ class SlaveChannel(Channel):
         log2 = min(intf.log2_ring_size, msg.max_log2_ring_size, MAX_LOG2_RING_SIZE)
         if log2 < 1:
             raise MemifError("ring size out of range")
-        size = 1 << log2
-        ring_bytes = ring_stride(log2)
-        buffers_at = -(-(n_s2m + n_m2s) * ring_bytes // PAGE) * PAGE
         # a transmit ring has one buffer per slot; a receive ring a pool of
         # RX_POOL buffers per slot, so that zero-copy buffers the application
         # holds do not leave the ring empty
-        nbufs = [size] * n_s2m + [RX_POOL * size] * n_m2s
-        offsets = [buffers_at + sum(nbufs[:i]) * intf.buffer_size for i in range(len(nbufs))]
-        total = buffers_at + sum(nbufs) * intf.buffer_size
+        layout = slave_layout(n_s2m, n_m2s, log2, intf.buffer_size, RX_POOL)
+        total = layout.size
         if total >= 1 << 32:
             raise MemifError("memory region would exceed 4 GiB")
         self.memory = Memory()
@@ -652,16 +646,17 @@ class SlaveChannel(Channel):
             index = i if tx else i - n_s2m
             fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
             try:
-                q = Queue(self.memory, 0, i * ring_bytes, log2, slave=True, tx=tx,
+                q = Queue(self.memory, 0, layout.ring_offsets[i], log2, slave=True, tx=tx,
                           index=index, fd=fd, buffer_size=intf.buffer_size,
-                          buf_offset=offsets[i], nbufs=nbufs[i], max_frame=intf.max_frame)
+                          buf_offset=layout.buffer_offsets[i], nbufs=layout.nbufs[i],
+                          max_frame=intf.max_frame)
             except BaseException:
                 os.close(fd)
                 raise
             q.init_ring()
             (self.tx if tx else self.rx).append(q)
             rings.append((wire.AddRing(flags=wire.RING_S2M if tx else 0, index=index,
-                                       region=0, offset=i * ring_bytes,
+                                       region=0, offset=layout.ring_offsets[i],
                                        log2_ring_size=log2, private_hdr_size=0), q.fd))
         self.pending = [
             (wire.Init(version=wire.VERSION, id=intf.id, mode=intf.mode_id,

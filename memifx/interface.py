@@ -85,6 +85,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from memifx import access, control, guard, wire
 from memifx.errors import MemifError
+from memifx.layout import MAX_LOG2_RING_SIZE, MAX_REGIONS
 from memifx.loop import default_loop
 from memifx.ring import DEFAULT_MAX_FRAME, MAX_FRAME_SIZE
 
@@ -112,7 +113,7 @@ RECONNECT_MIN, RECONNECT_MAX = 0.05, 1.0
 LIMITS: dict[str, tuple[int, int, int]] = {
     "max_connections": (256, 1, 65536),
     "max_handshakes": (32, 1, 65536),
-    "max_regions": (16, 1, control.MAX_REGIONS),
+    "max_regions": (16, 1, MAX_REGIONS),
     "max_region_bytes": (1 << 30, 1 << 12, 1 << 48),
     "max_frame": (DEFAULT_MAX_FRAME, 64, MAX_FRAME_SIZE),   # longer: "frame too long"
 }
@@ -147,9 +148,9 @@ class Interface:
             if not 1 <= n <= MAX_QUEUES:
                 raise ValueError("%s must be 1 to %d" % (what, MAX_QUEUES))
         if ring_size < 2 or ring_size & (ring_size - 1) or \
-                ring_size > 1 << control.MAX_LOG2_RING_SIZE:
+                ring_size > 1 << MAX_LOG2_RING_SIZE:
             raise ValueError("ring_size must be a power of two, 2 to %d"
-                             % (1 << control.MAX_LOG2_RING_SIZE))
+                             % (1 << MAX_LOG2_RING_SIZE))
         if not 128 <= buffer_size <= 65535:
             raise ValueError("buffer_size must be 128 to 65535")
         if not 0 <= id < 1 << 32:

@@ -8,7 +8,15 @@ cdef extern from "memif.h" nogil:
     const uint32_t MEMIF_DESC_SIZE
     const uint16_t MEMIF_RING_FLAG_MASK_INT
     const uint16_t MEMIF_DESC_FLAG_NEXT
+    const uint32_t MEMIF_CACHELINE
     const uint32_t MEMIF_MAX_LOG2_RING_SIZE
+    const uint32_t MEMIF_RING_COOKIE_OFFSET
+    const uint32_t MEMIF_RING_FLAGS_OFFSET
+    const uint32_t MEMIF_RING_HEAD_OFFSET
+    const uint32_t MEMIF_RING_TAIL_OFFSET
+    const uint32_t MEMIF_PAGE_SIZE
+    # an enum, not a const: Cython sizes arrays with it (memory.pxd)
+    enum: MEMIF_MAX_REGIONS
 
     ctypedef struct memif_desc_t:
         uint16_t flags
@@ -26,6 +34,9 @@ cdef extern from "memif.h" nogil:
 
     uint64_t memif_ring_bytes(uint32_t log2_size)
     uint64_t memif_ring_stride(uint32_t log2_size)
+    uint64_t memif_desc_offset(uint32_t slot)
+    uint64_t memif_slave_ring_offset(uint32_t i, uint32_t log2_size)
+    uint64_t memif_slave_buffers_at(uint32_t n_rings, uint32_t log2_size)
     uint16_t memif_load_acquire(const uint16_t *p)
     void memif_store_release(uint16_t *p, uint16_t v)
     uint16_t memif_load_relaxed(const uint16_t *p)

@@ -5,8 +5,7 @@ cdef struct region_t:
     char *base
     uint64_t size
 
-cdef enum:
-    MAX_REGIONS = 256       # region index is u16; we accept and advertise 256
+from memifx.memif cimport MEMIF_MAX_REGIONS as MAX_REGIONS
 
 cdef class Memory:
     cdef region_t regions[MAX_REGIONS]

@@ -12,7 +12,6 @@ FAULT_REASONS: dict[int, str]
 IRQ_WAIT_BOUND: float
 
 def irq_guard_signo() -> int: ...
-def ring_stride(log2_size: int) -> int: ...
 
 class Queue:
     """One ring of a connected interface.  Not thread-safe: one thread per queue."""

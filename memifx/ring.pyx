@@ -37,7 +37,7 @@ from memifx.memif cimport (
     memif_ring_t, memif_desc_t, MEMIF_COOKIE, MEMIF_RING_FLAG_MASK_INT,
     MEMIF_DESC_FLAG_NEXT, memif_load_acquire, memif_store_release, memif_fence,
     memif_desc_read, memif_ring_flags, memif_set_ring_flags, memif_ring_bytes,
-    memif_ring_stride)
+    MEMIF_CACHELINE, MEMIF_MAX_LOG2_RING_SIZE)
 from memifx.memory cimport Memory, region_t
 from memifx.irq_guard cimport (irq_guard_write, irq_guard_read, irq_guard_signal,
                                IRQ_GUARD_BOUND_NS, IRQ_GUARD_UNAVAILABLE)
@@ -54,15 +54,18 @@ cdef extern from *:
     ssize_t preadv2(int fd, const iovec *iov, int iovcnt, long offset, int flags) nogil
     const int RWF_NOWAIT
 
-# Largest frame a queue may be configured to assemble from, or split into,
-# a chain of descriptors (its ``max_frame``).
-DEF MAX_FRAME = 1 << 20
+cdef enum:  # Frame limits
+    # Largest frame a queue may be configured to assemble from, or split
+    # into, a chain of descriptors (its ``max_frame``).
+    MAX_FRAME = 1 << 20
+    # The default max_frame: a 9216-byte jumbo frame (the common switch
+    # limit) with room for VLAN tags and a trailer, and exactly five default
+    # 2048-byte buffers.  It bounds what one receive burst can make us
+    # allocate (max_frame x burst, 2.5 MiB for 256 frames) whatever the peer
+    # announces.
+    DEFAULT_FRAME = 10240
+
 MAX_FRAME_SIZE = MAX_FRAME
-# The default max_frame: a 9216-byte jumbo frame (the common switch limit)
-# with room for VLAN tags and a trailer, and exactly five default 2048-byte
-# buffers.  It bounds what one receive burst can make us allocate
-# (max_frame x burst, 2.5 MiB for 256 frames) whatever the peer announces.
-DEF DEFAULT_FRAME = 10240
 DEFAULT_MAX_FRAME = DEFAULT_FRAME
 
 DROP_REASONS = ("bad descriptor", "chain too long", "frame too long")
@@ -84,26 +87,18 @@ def irq_guard_signo():
     return irq_guard_signal()
 
 
-def ring_stride(uint32_t log2_size):
-    """Bytes from one ring to the next in a slave's region (csrc/memif.h)."""
-    return memif_ring_stride(log2_size)
-
-
 cdef uint32_t scatter(uint32_t i, uint32_t n) noexcept:
     """Where buffer ``i`` of ``n`` sits (a permutation of 0..n-1): slot order
-    is not address order.  A consumer walking a ring whose buffers lay at a
+    is not address order.  A consumer walking a ring whose buffers lie at a
     fixed stride trains the CPU's stride prefetcher, which then pulls in the
-    buffers the producer is writing that moment; every such line goes back
-    and forth between the CPUs.  Measured on a 2-vCPU VM at 64 B, S2M: a
-    receiver that keeps up with the sender dropped the pair from ~20 to ~7
-    Mpps; scattered buffers keep it at 16-30.
+    buffers the producer is writing that moment, and every such line goes
+    back and forth between the CPUs.
 
     The step is about 0.618 n, odd and coprime with n, so neighbouring slots
-    land far apart and alternate between two distances.  Bit reversal, used
-    before, also breaks the stride but puts runs of 32 consecutive slots on
-    the same L2 sets (their addresses differ only in high bits): a bare C
-    copy ring of 1024 x 2048 B buffers moved 1518 B frames at ~12 Mpps so
-    laid out, ~18 with this step and ~18 in slot order."""
+    land far apart and alternate between two distances.  It also spreads
+    consecutive slots over the cache sets, which an order whose neighbours
+    differ only in high address bits (bit reversal) does not.  The figures
+    behind this choice are in perf/README.md."""
     cdef uint32_t step = <uint32_t>(n * 0.618) | 1
     while gcd(step, n) != 1:
         step += 2
@@ -139,13 +134,14 @@ cdef class Queue:
         self.c = &self.own
         if region >= mem.count:
             raise MemifError("unexpected region index")
-        if log2_size > 15:
+        if log2_size > MEMIF_MAX_LOG2_RING_SIZE:
             raise MemifError("ring size out of range")
         if not 1 <= max_frame <= MAX_FRAME:
             raise ValueError("max_frame must be 1 to %d" % MAX_FRAME)
         self.max_frame = max_frame
         cdef region_t r = mem.regions[region]
-        if ring_offset % 64 != 0 or ring_offset + memif_ring_bytes(log2_size) > r.size:
+        if ring_offset % MEMIF_CACHELINE != 0 or \
+                ring_offset + memif_ring_bytes(log2_size) > r.size:
             raise MemifError("ring outside memory region")
         self.mem = mem
         self.ring = <memif_ring_t *>(r.base + ring_offset)

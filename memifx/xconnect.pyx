@@ -32,10 +32,12 @@ COUNTER_SIZE = sizeof(xc_counters_t)
 cdef xc_counters_t _layout
 DROPS_OFFSET = <char *>&_layout.drops[0] - <char *>&_layout   # tests check schema.XCONNECT
 
-DEF STAGE_KEEP_ = 64 * 1024
-DEF SHRINK_AFTER_ = 64
-STAGE_KEEP = STAGE_KEEP_            # bytes of staging kept between bursts
-SHRINK_AFTER = SHRINK_AFTER_        # small bursts in a row before a larger stage is given back
+cdef enum:  # Staging limits
+    STAGE_KEEP_BYTES = 64 * 1024    # bytes of staging kept between bursts
+    SHRINK_AFTER_BURSTS = 64        # small bursts in a row before a larger stage is given back
+
+STAGE_KEEP = STAGE_KEEP_BYTES
+SHRINK_AFTER = SHRINK_AFTER_BURSTS
 
 
 cdef class XConnect:
@@ -82,16 +84,16 @@ cdef class XConnect:
             self.stage = p
             self.stage_size = need
             self.small_bursts = 0
-        elif self.stage_size > STAGE_KEEP_:
-            if need > STAGE_KEEP_:
+        elif self.stage_size > STAGE_KEEP_BYTES:
+            if need > STAGE_KEEP_BYTES:
                 self.small_bursts = 0
             else:
                 self.small_bursts += 1
-                if self.small_bursts >= SHRINK_AFTER_:
-                    p = <char *>realloc(self.stage, STAGE_KEEP_)
+                if self.small_bursts >= SHRINK_AFTER_BURSTS:
+                    p = <char *>realloc(self.stage, STAGE_KEEP_BYTES)
                     if p != NULL:
                         self.stage = p
-                        self.stage_size = STAGE_KEEP_
+                        self.stage_size = STAGE_KEEP_BYTES
                     self.small_bursts = 0
         for i in range(n):
             f = &rxq.frames[i]

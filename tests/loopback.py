@@ -1,8 +1,9 @@
 """In-process loopback rings for data-path unit tests (no sockets, no control channel).
 
 A :class:`Loopback` lays out one memfd region the way the slave does after
-HELLO (memifx/control.py, SlaveChannel.on_hello): every S2M ring, then every
-M2S ring, then each ring's buffers from a page-aligned offset.  It builds the
+HELLO (memifx.layout.slave_layout, as memifx/control.py's
+SlaveChannel.on_hello uses it): every S2M ring, then every M2S ring, then
+each ring's buffers from a page-aligned offset.  It builds the
 slave's queues on that region and the master's queues on the same memory,
 either through a second :class:`Memory` that maps a duplicate of the memfd
 (the default: what a real master does, so every pointer the master uses comes
@@ -27,21 +28,14 @@ import os
 import struct
 from collections import namedtuple
 
+from memifx import layout
 from memifx.memory import Memory
 from memifx.ring import Queue
-
-PAGE = 4096
-RING_HDR = 128
-DESC = 16
 
 # One ring as a (producer, consumer) pair: ``tx`` transmits into it, ``rx``
 # receives from it.  For S2M the slave is ``tx``; for M2S the master is.
 Pair = namedtuple("Pair", "tx rx")
 Desc = namedtuple("Desc", "flags region length offset metadata")
-
-
-def ring_bytes(log2):
-    return RING_HDR + DESC * (1 << log2)
 
 
 class Loopback:
@@ -57,13 +51,12 @@ class Loopback:
         self.size = 1 << log2
         self.buffer_size = buffer_size
         nrings = n_s2m + n_m2s
-        rb = ring_bytes(log2)
-        self.buffers_at = -(-nrings * rb // PAGE) * PAGE
-        self.nbufs = [self.size] * n_s2m + [rx_pool * self.size] * n_m2s
-        self.buf_offsets = [self.buffers_at + sum(self.nbufs[:i]) * buffer_size
-                            for i in range(nrings)]
-        self.region_size = self.buffers_at + sum(self.nbufs) * buffer_size
-        self.ring_offsets = [i * rb for i in range(nrings)]
+        region = layout.slave_layout(n_s2m, n_m2s, log2, buffer_size, rx_pool)
+        self.buffers_at = region.buffers_at
+        self.nbufs = region.nbufs
+        self.buf_offsets = region.buffer_offsets
+        self.region_size = region.size
+        self.ring_offsets = region.ring_offsets
 
         self.slave_mem = Memory()
         fd = self.slave_mem.create_region(self.region_size, "memifx-loopback")
@@ -131,19 +124,19 @@ class Loopback:
         """(head, tail) of ring number ``ring`` (S2M rings first), read from
         shared memory."""
         off = self.ring_offsets[ring]
-        head, = struct.unpack_from("<H", self._peek, off + 6)
-        tail, = struct.unpack_from("<H", self._peek, off + 64)
+        head, = struct.unpack_from("<H", self._peek, off + layout.HEAD_OFFSET)
+        tail, = struct.unpack_from("<H", self._peek, off + layout.TAIL_OFFSET)
         return head, tail
 
     def desc(self, ring, slot):
         """Descriptor ``slot`` of ring number ``ring``, from shared memory."""
-        off = self.ring_offsets[ring] + RING_HDR + DESC * slot
+        off = self.ring_offsets[ring] + layout.desc_offset(slot)
         return Desc._make(struct.unpack_from("<HHIII", self._peek, off))
 
     def poke_desc(self, ring, slot, **fields):
         """Rewrite fields of descriptor ``slot`` of ring number ``ring`` in
         shared memory, as a hostile peer would."""
-        off = self.ring_offsets[ring] + RING_HDR + DESC * slot
+        off = self.ring_offsets[ring] + layout.desc_offset(slot)
         d = self.desc(ring, slot)._replace(**fields)
         struct.pack_into("<HHIII", self._poke, off, *d)
 

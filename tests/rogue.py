@@ -28,14 +28,13 @@ import struct
 import threading
 import time
 
-from memifx import wire
+from memifx import layout, wire
+from memifx.layout import ring_bytes
 
-COOKIE = 0x3E31F20
-PAGE = 4096
-RING_HDR = 128
-DESC = 16
-DESC_NEXT = 1
-MASK_INT = 1
+COOKIE = layout.COOKIE
+PAGE = layout.PAGE_SIZE
+DESC_NEXT = layout.DESC_FLAG_NEXT
+MASK_INT = layout.RING_FLAG_MASK_INT
 TIMEOUT = 5.0
 
 _DESC = struct.Struct("<HHIII")
@@ -43,10 +42,6 @@ _DESC = struct.Struct("<HHIII")
 
 def sockaddr(path):
     return "\0" + path[1:] if path.startswith("@") else path
-
-
-def ring_bytes(log2):
-    return RING_HDR + (DESC << log2)
 
 
 def raw(msg_type, body=b"", size=wire.MSG_SIZE):
@@ -100,18 +95,22 @@ class Ring:
     def _set_u16(self, at, v):
         struct.pack_into("<H", self.mem, self.offset + at, v & 0xFFFF)
 
-    cookie = property(lambda self: struct.unpack_from("<I", self.mem, self.offset)[0],
-                      lambda self, v: struct.pack_into("<I", self.mem, self.offset, v))
-    flags = property(lambda self: self._u16(4), lambda self, v: self._set_u16(4, v))
-    head = property(lambda self: self._u16(6), lambda self, v: self._set_u16(6, v))
-    tail = property(lambda self: self._u16(64), lambda self, v: self._set_u16(64, v))
+    cookie = property(
+        lambda self: struct.unpack_from("<I", self.mem, self.offset + layout.COOKIE_OFFSET)[0],
+        lambda self, v: struct.pack_into("<I", self.mem, self.offset + layout.COOKIE_OFFSET, v))
+    flags = property(lambda self: self._u16(layout.FLAGS_OFFSET),
+                     lambda self, v: self._set_u16(layout.FLAGS_OFFSET, v))
+    head = property(lambda self: self._u16(layout.HEAD_OFFSET),
+                    lambda self, v: self._set_u16(layout.HEAD_OFFSET, v))
+    tail = property(lambda self: self._u16(layout.TAIL_OFFSET),
+                    lambda self, v: self._set_u16(layout.TAIL_OFFSET, v))
 
     def desc(self, slot):
         """(flags, region, length, offset, metadata) of slot ``slot & mask``."""
-        return _DESC.unpack_from(self.mem, self.offset + RING_HDR + DESC * (slot & self.mask))
+        return _DESC.unpack_from(self.mem, self.offset + layout.desc_offset(slot & self.mask))
 
     def put(self, slot, flags=0, region=0, length=0, offset=0, metadata=0):
-        _DESC.pack_into(self.mem, self.offset + RING_HDR + DESC * (slot & self.mask),
+        _DESC.pack_into(self.mem, self.offset + layout.desc_offset(slot & self.mask),
                         flags & 0xFFFF, region & 0xFFFF, length & 0xFFFFFFFF,
                         offset & 0xFFFFFFFF, metadata & 0xFFFFFFFF)
 
@@ -275,18 +274,17 @@ class RogueSlave(Peer):
         ``self.s2m``/``self.m2s`` are its rings.  Buffers of ring i (S2M then
         M2S), slot j, are at ``self.buf(i, j)``."""
         self.log2, self.buffer_size = log2, buffer_size
-        n = n_s2m + n_m2s
-        stride = -(-ring_bytes(log2) // 64) * 64
-        self.buffers_at = -(-n * stride // PAGE) * PAGE
-        need = self.buffers_at + n * (1 << log2) * buffer_size
-        self.region_size = region_size or need
+        region = layout.slave_layout(n_s2m, n_m2s, log2, buffer_size)
+        self.buffers_at = region.buffers_at
+        self.region_size = region_size or region.size
         fd = memfd(self.region_size, sealable=sealable, seal=seal)
         self.fds.append(fd)
         self.mem = mmap.mmap(fd, self.region_size, mmap.MAP_SHARED,
                              mmap.PROT_READ | mmap.PROT_WRITE)
         self.maps.append(self.mem)
-        self.s2m = [Ring(self.mem, i * stride, log2, True, i) for i in range(n_s2m)]
-        self.m2s = [Ring(self.mem, (n_s2m + i) * stride, log2, False, i)
+        self.s2m = [Ring(self.mem, region.ring_offsets[i], log2, True, i)
+                    for i in range(n_s2m)]
+        self.m2s = [Ring(self.mem, region.ring_offsets[n_s2m + i], log2, False, i)
                     for i in range(n_m2s)]
         self.efds = []
         for r in self.s2m + self.m2s:

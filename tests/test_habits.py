@@ -11,12 +11,11 @@ import time
 import pytest
 
 import memifx
-from memifx import wire
+from memifx import layout, wire
 from conftest import wait_for
 
 pytestmark = pytest.mark.timeout(30)
 
-COOKIE = 0x3E31F20
 LOG2 = 4
 SIZE = 1 << LOG2
 BUF = 2048
@@ -46,7 +45,7 @@ class LibmemifLikeSlave:
         self.sock.connect(path)
         hello = recv(self.sock)
         assert isinstance(hello, wire.Hello)
-        ring_bytes = 128 + 16 * SIZE
+        ring_bytes = layout.ring_bytes(LOG2)
         self.r0 = os.memfd_create("r0", os.MFD_ALLOW_SEALING)
         self.r1 = os.memfd_create("r1", os.MFD_ALLOW_SEALING)
         os.ftruncate(self.r0, 2 * ring_bytes)
@@ -55,7 +54,7 @@ class LibmemifLikeSlave:
         self.m1 = mmap.mmap(self.r1, 2 * SIZE * BUF)
         self.rings = {"s2m": 0, "m2s": ring_bytes}
         for off in self.rings.values():
-            struct.pack_into("<IHH", self.m0, off, COOKIE, 0, 0)
+            struct.pack_into("<IHH", self.m0, off, layout.COOKIE, 0, 0)
         self.evs = [os.eventfd(0), os.eventfd(0)]
         steps = [
             (wire.Init(0x200, 0, 0, secret or b"", "libmemif-like"), None),
@@ -72,14 +71,14 @@ class LibmemifLikeSlave:
         self.head = {"s2m": 0, "m2s": 0}
 
     def desc(self, ring, slot, flags, region, length, offset):
-        struct.pack_into("<HHIII", self.m0, self.rings[ring] + 128 + 16 * slot,
+        struct.pack_into("<HHIII", self.m0, self.rings[ring] + layout.desc_offset(slot),
                          flags, region, length, offset, 0)
 
     def set_head(self, ring, v):
-        struct.pack_into("<H", self.m0, self.rings[ring] + 6, v & 0xFFFF)
+        struct.pack_into("<H", self.m0, self.rings[ring] + layout.HEAD_OFFSET, v & 0xFFFF)
 
     def tail(self, ring):
-        return struct.unpack_from("<H", self.m0, self.rings[ring] + 64)[0]
+        return struct.unpack_from("<H", self.m0, self.rings[ring] + layout.TAIL_OFFSET)[0]
 
     def transmit(self, frame):
         slot = self.head["s2m"] % SIZE
@@ -99,7 +98,7 @@ class LibmemifLikeSlave:
         out = []
         for slot in range(self.tail("m2s")):
             flags, region, length, offset, _ = struct.unpack_from(
-                "<HHIII", self.m0, self.rings["m2s"] + 128 + 16 * slot)
+                "<HHIII", self.m0, self.rings["m2s"] + layout.desc_offset(slot))
             assert region == 1
             out.append(bytes(self.m1[offset:offset + length]))
         return out
@@ -117,7 +116,7 @@ def test_libmemif_slave_buffers_in_region_1(sock):
     try:
         peer = LibmemifLikeSlave(sock)
         assert master.wait_connected(3)
-        assert master.info()["regions"] == [2 * (128 + 16 * SIZE), 2 * SIZE * BUF]
+        assert master.info()["regions"] == [2 * layout.ring_bytes(LOG2), 2 * SIZE * BUF]
         frames = [os.urandom(60 + i) for i in range(5)]
         for f in frames:
             peer.transmit(f)
