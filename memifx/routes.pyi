@@ -1,12 +1,12 @@
 """Type stubs for memifx.routes (a compiled module)."""
 from collections.abc import Sequence
 
-from memifx.fib import Fib
+from _typeshed import ReadableBuffer
 
-Buffer = bytes | bytearray | memoryview
+from memifx.fib import Fib
 
 PARSE_ERRORS: dict[int, str]
 
 
-def load_routes(fib: Fib, data: Buffer, names: Sequence[str | bytes] = ...) -> int: ...
-def parse_routes(fib: Fib, data: Buffer, names: Sequence[str | bytes] = ...) -> bytes: ...
+def load_routes(fib: Fib, data: ReadableBuffer, names: Sequence[str | bytes] = ...) -> int: ...
+def parse_routes(fib: Fib, data: ReadableBuffer, names: Sequence[str | bytes] = ...) -> bytes: ...

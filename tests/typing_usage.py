@@ -25,6 +25,7 @@ from memifx import (DEFAULT_MAX_FRAME, MAX_FRAME_SIZE, Buffer, ControlLoop, Inte
                     LinkDown, MemifError, default_loop)
 from memifx import pcap, wire
 from memifx.fib import Fib, RouteError
+from memifx.routes import load_routes
 from memifx.ip4 import Router
 from memifx.neighbor import NeighborTable
 from memifx.ring import Queue
@@ -162,7 +163,7 @@ def routing() -> int:
     fib.add_route("10.0.0.0/24", "connected", ifindex=0)
     fib.add_route("0.0.0.0/0", "gateway", gw=IPv4Address("10.0.0.1"), ifindex=0)
     try:
-        fib.load_routes(b"10.1.0.0/16 via 10.0.0.2\n", names=["eth0"])
+        load_routes(fib, b"10.1.0.0/16 via 10.0.0.2\n", names=["eth0"])
     except RouteError as e:
         assert_type(e.line, int)
     nh = fib.lookup("10.1.2.3")
