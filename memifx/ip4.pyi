@@ -10,8 +10,7 @@ from memifx.ring import Queue
 
 DROP_REASONS: tuple[str, ...]
 TX_DROPS: tuple[str, ...]
-RX_FIELDS: tuple[str, ...]
-TX_FIELDS: tuple[str, ...]
+RX_DROPS_OFFSET: int        # byte offset of the drops in rx_counters_t
 
 def counter_block_size(rx_queues: int, tx_queues: int) -> int: ...
 def counters_from_block(values: Sequence[int], nrx: int, ntx: int,

@@ -7,6 +7,7 @@ from memifx.ring import Queue
 
 DROP_REASONS: tuple[str, ...]
 COUNTER_SIZE: int
+DROPS_OFFSET: int           # byte offset of the drops in xc_counters_t
 STAGE_KEEP: int
 SHRINK_AFTER: int
 
