@@ -11,11 +11,13 @@ plus a runtime dependency, for what is about 60 lines of formatting here.
 (JSON needs no shaping: ``memifx show --json`` prints the reader's
 descriptions as they are.)
 """
+from __future__ import annotations
+
 import collections
 import logging
 import re
 import threading
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from memifx.stats import schema
@@ -24,25 +26,30 @@ log = logging.getLogger("memifx")
 
 _NODE_LABELS = ("interface", "queue", "direction")
 
+Labels = List[Tuple[str, object]]       # (label name, value), in output order
+Sample = Tuple[Labels, float]           # labels and the value (int or float)
 
-def _escape(v):
+
+def _escape(v: object) -> str:
     return str(v).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def _metric_name(key):
+def _metric_name(key: object) -> str:
     name = re.sub(r"[^a-zA-Z0-9_]", "_", str(key)).strip("_").lower()
     return name[:-6] if name.endswith("_total") else name
 
 
 class _Exposition:
-    def __init__(self):
-        self.metrics = collections.OrderedDict()
+    def __init__(self) -> None:
+        # name -> (type, help text, samples)
+        self.metrics: collections.OrderedDict[str, Tuple[str, str, List[Sample]]] = \
+            collections.OrderedDict()
 
-    def add(self, name, kind, help_text, labels, value):
+    def add(self, name: str, kind: str, help_text: str, labels: Labels, value: float) -> None:
         m = self.metrics.setdefault(name, (kind, help_text, []))
         m[2].append((labels, value))
 
-    def text(self):
+    def text(self) -> str:
         lines = []
         for name, (kind, help_text, samples) in self.metrics.items():
             lines.append("# HELP %s %s" % (name, help_text))
@@ -75,11 +82,14 @@ def prometheus_text(proc: Optional[Dict[str, Any]]) -> str:
                 labels = [("interface", name), ("queue", q["queue"]), ("direction", kind)]
                 c = q["counters"]
                 for counter in schema.QUEUE.counters:
-                    if counter.key in c:
-                        ex.add(counter.metric, "counter", counter.help, labels, c[counter.key])
+                    if counter.metric is not None and counter.key in c:    # exported, present
+                        ex.add(counter.metric, "counter", counter.help or "", labels,
+                               c[counter.key])
                 drops = schema.QUEUE_DROPS
-                for reason, n in c[schema.DROPS].items():
-                    ex.add(drops.metric, "counter", drops.help, labels + [("reason", reason)], n)
+                if drops.metric is not None:
+                    for reason, n in c[schema.DROPS].items():
+                        ex.add(drops.metric, "counter", drops.help or "",
+                               labels + [("reason", reason)], n)
     for node in proc.get("nodes") or []:
         labels = [("node", node.get("node", ""))] + \
             [(k, node[k]) for k in _NODE_LABELS if node.get(k) is not None]
@@ -102,7 +112,7 @@ class MetricsServer:
 
     def __init__(self, port: int, source: Callable[[], str], host: str = "") -> None:
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
+            def do_GET(self) -> None:
                 if self.path.split("?", 1)[0] != "/metrics":
                     self.send_error(404)
                     return
@@ -118,7 +128,7 @@ class MetricsServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, *args):
+            def log_message(self, format: str, *args: Any) -> None:
                 pass
 
         self.httpd = ThreadingHTTPServer((host, port), Handler)

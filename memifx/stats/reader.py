@@ -11,6 +11,8 @@ The description a reader returns: pid, start time, command line, the
 interfaces with per-queue counters and their totals (dicts shaped by
 memifx/stats/schema.py QUEUE), and the node counters.
 """
+from __future__ import annotations
+
 import json
 import mmap
 import os
@@ -46,7 +48,7 @@ def alive(pid: int, start_time: float) -> bool:
         return True
 
 
-def _parse(data):
+def _parse(data: bytes) -> Process:
     """A consistent copy of a stats file -> the process's description."""
     magic, version, _, pid, started, _, moff, _, mlen = HEADER.unpack_from(data, 0)
     if moff + mlen > len(data):
@@ -57,19 +59,20 @@ def _parse(data):
     n = len(names)
     u64s = struct.Struct("=%dQ" % n)
 
-    def slot(off):
+    def slot(off: int) -> List[int]:
         if off + u64s.size > len(data):
             raise FileGrew()
         return list(u64s.unpack_from(data, off))
 
-    interfaces = []
+    interfaces: List[Dict[str, Any]] = []
     for m in meta["interfaces"]:
         intf = {k: v for k, v in m.items() if k != "queues"}
         intf["queues"] = {}
         intf["stats"] = {"link_flaps": m.get("link_flaps")}
         intf["totals"] = {}
         for kind in ("rx", "tx"):
-            qs, per = [], []
+            qs: List[Dict[str, Any]] = []
+            per: List[schema.CounterDict] = []
             total = [0] * n
             for q in m["queues"][kind]:
                 values = slot(q["base"])
@@ -90,7 +93,8 @@ def _parse(data):
             "nodes": meta.get("nodes", [])}
 
 
-def _header(mm):
+def _header(mm: mmap.mmap) -> Optional[Tuple[Any, ...]]:
+    """The header's fields (HEADER), or None if this is no stats file we read."""
     if len(mm) < HEADER.size:
         return None
     h = HEADER.unpack_from(mm, 0)
@@ -160,7 +164,7 @@ def scan(directory: Optional[str] = None, clean: bool = True) -> List[Process]:
         names = sorted(os.listdir(d))
     except OSError:
         return []
-    out = []
+    out: List[Process] = []
     for name in names:
         path = os.path.join(d, name)
         tmp = TMP_NAME.match(name)

@@ -23,6 +23,8 @@ Counters
 The file is removed at exit (``close``, registered with atexit by
 ``process_stats``).
 """
+from __future__ import annotations
+
 import atexit
 import collections
 import json
@@ -36,7 +38,8 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Callable, Dict, List, Optional
+from typing import (TYPE_CHECKING, Any, Callable, Deque, Dict, Iterator, List, Optional,
+                    Sequence, Tuple)
 
 import psutil
 
@@ -49,6 +52,9 @@ from memifx.stats.layout import (HEADER, MAGIC, META, META_AT, PAGE, SEQ, VERSIO
                                  page_round, stats_dir, unlink)
 from memifx.stats.reader import FileGrew, Process, read_mapping
 
+if TYPE_CHECKING:
+    from memifx.interface import Interface      # not at run time: interface imports stats
+
 log = logging.getLogger("memifx")
 
 META_INITIAL = 16 * PAGE
@@ -59,26 +65,34 @@ SLOT = slots.COUNTER_SIZE   # bytes of one queue's counters (counters_t = schema
 _U64S = struct.Struct("=%dQ" % (SLOT // 8))
 
 
-def _command_line():
+def _command_line() -> str:
     return " ".join(["memifx"] + [shlex.quote(a) for a in sys.argv[1:]])
 
 
 class _Region:
+    """One mapped, page-aligned part of the file."""
+
     __slots__ = ("offset", "size", "mm")
 
-    def __init__(self, offset, size, mm):
+    def __init__(self, offset: int, size: int, mm: mmap.mmap) -> None:
         self.offset, self.size, self.mm = offset, size, mm
+
+
+SlotRef = Tuple[_Region, int]   # a counter slot: (region, offset in region)
+NodeProvider = Callable[[], List[Dict[str, Any]]]     # StatsFile.set_nodes
 
 
 class _Tracked:
     """One interface in the file: base slots per configured queue, the live
     slot of each connected queue, and who serves which queue."""
 
-    def __init__(self, intf):
+    def __init__(self, intf: Interface) -> None:
         self.intf = intf
-        self.base = {"rx": [], "tx": []}        # (region, offset in region)
-        self.live = {"rx": {}, "tx": {}}        # index -> (queue, region, offset)
-        self.workers = {}                       # (kind, index) -> (worker, cpu)
+        self.base: Dict[str, List[SlotRef]] = {"rx": [], "tx": []}
+        self.live: Dict[str, Dict[int, Tuple[Queue, _Region, int]]] = \
+            {"rx": {}, "tx": {}}                # index -> (queue, region, offset)
+        # (kind, index) -> (worker, cpu)
+        self.workers: Dict[Tuple[str, int], Tuple[Optional[int], Optional[int]]] = {}
 
 
 # Mappings of closed files stay mapped until exit: a burst that was still
@@ -93,23 +107,25 @@ class StatsFile:
     used when the directory cannot be written, so --prometheus-port still
     works."""
 
-    def __init__(self, directory=None, anonymous=False):
+    def __init__(self, directory: Optional[str] = None, anonymous: bool = False) -> None:
         self.pid = os.getpid()
         self.start_time = psutil.Process().create_time()
-        self.path = None
+        self.path: Optional[str] = None
         self.closed = False
         self._lock = threading.RLock()
-        self._regions = []
+        self._regions: List[_Region] = []
         self._size = 0
-        self._chunk, self._chunk_used = None, 0
-        self._free = collections.deque()        # (retired at, region, offset)
-        self._tracked = []
-        self._nodes = None
-        self._node_entries = []
-        self._meta_json = None
-        self._servers = []
+        self._chunk: Optional[_Region] = None
+        self._chunk_used = 0
+        # retired live slots: (retired at, region, offset)
+        self._free: Deque[Tuple[float, _Region, int]] = collections.deque()
+        self._tracked: List[_Tracked] = []
+        self._nodes: Optional[NodeProvider] = None
+        self._node_entries: List[Dict[str, Any]] = []
+        self._meta_json: Optional[bytes] = None
+        self._servers: List[MetricsServer] = []
         self._stop = threading.Event()
-        tmp = None
+        tmp: Optional[str] = None
         if anonymous:
             self._fd = os.memfd_create("memifx-stats", os.MFD_CLOEXEC)
         else:
@@ -142,7 +158,7 @@ class StatsFile:
 
     # ------------------------------------------------------------ regions
 
-    def _append(self, size):
+    def _append(self, size: int) -> _Region:
         size = page_round(size)
         os.ftruncate(self._fd, self._size + size)
         r = _Region(self._size, size, mmap.mmap(self._fd, size, offset=self._size))
@@ -150,7 +166,7 @@ class StatsFile:
         self._size += size
         return r
 
-    def _alloc(self):
+    def _alloc(self) -> SlotRef:
         """A zeroed counter slot: (region, offset in region)."""
         if self._free and time.monotonic() - self._free[0][0] >= SLOT_GRACE:
             _, region, off = self._free.popleft()
@@ -158,7 +174,7 @@ class StatsFile:
             return region, off
         return self._new_slot()
 
-    def _new_slot(self, size=SLOT):
+    def _new_slot(self, size: int = SLOT) -> SlotRef:
         """A never used (zero) slot of ``size`` bytes (whole SLOTs, in one
         region): (region, offset in region)."""
         size = -(-size // SLOT) * SLOT
@@ -169,19 +185,19 @@ class StatsFile:
         return region, off
 
     @staticmethod
-    def _read(slot):
+    def _read(slot: SlotRef) -> List[int]:
         region, off = slot
         return list(_U64S.unpack_from(region.mm, off))
 
     @staticmethod
-    def _write(slot, values):
+    def _write(slot: SlotRef, values: Sequence[int]) -> None:
         region, off = slot
         _U64S.pack_into(region.mm, off, *values)
 
     # ----------------------------------------------------------- metadata
 
     @contextmanager
-    def _writing(self):
+    def _writing(self) -> Iterator[None]:
         """Change counters or metadata with the seqlock odd; the metadata is
         rebuilt and written before it turns even again."""
         slots.seq_begin(self._header.mm, SEQ)
@@ -193,10 +209,10 @@ class StatsFile:
             finally:
                 slots.seq_end(self._header.mm, SEQ)
 
-    def _dumps(self, meta):
+    def _dumps(self, meta: Dict[str, Any]) -> bytes:
         return json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
 
-    def _write_meta(self, data):
+    def _write_meta(self, data: bytes) -> None:
         if len(data) > self._meta.size:
             self._meta = self._append(2 * len(data))
         self._meta.mm[:len(data)] = data
@@ -204,7 +220,7 @@ class StatsFile:
                          self._meta.size, len(data))
         self._meta_json = data
 
-    def _build_meta(self):
+    def _build_meta(self) -> Dict[str, Any]:
         return {
             "pid": self.pid, "started": self.start_time,
             "command": _command_line(), "cmdline": list(sys.argv),
@@ -213,17 +229,16 @@ class StatsFile:
             "nodes": self._node_entries,
         }
 
-    def _describe(self, t):
+    def _describe(self, t: _Tracked) -> Dict[str, Any]:
         info = t.intf.info()
-        d = {k: info.get(k) for k in ("name", "role", "socket", "id", "mode", "state",
-                                      "peer_name", "last_disconnect", "link_flaps",
-                                      "configured", "rx_queues", "tx_queues",
-                                      "peer", "refused", "socket_refused", "listener",
-                                      "memory_faults")}
+        keys = ("name", "role", "socket", "id", "mode", "state", "peer_name",
+                "last_disconnect", "link_flaps", "configured", "rx_queues", "tx_queues",
+                "peer", "refused", "socket_refused", "listener", "memory_faults")
+        d: Dict[str, Any] = {k: info.get(k) for k in keys}
         modes = list(getattr(t.intf, "rx_modes", []))
         d["queues"] = {}
         for kind in ("rx", "tx"):
-            qs = []
+            qs: List[Dict[str, Any]] = []
             for i, base in enumerate(t.base[kind]):
                 live = t.live[kind].get(i)
                 worker, cpu = t.workers.get((kind, i), (None, None))
@@ -253,7 +268,7 @@ class StatsFile:
                 finally:
                     slots.seq_end(self._header.mm, SEQ)
 
-    def _refresher(self):
+    def _refresher(self) -> None:
         while not self._stop.wait(REFRESH):
             try:
                 self.refresh()
@@ -262,7 +277,7 @@ class StatsFile:
 
     # --------------------------------------------------------- interfaces
 
-    def track(self, intf: Any) -> None:
+    def track(self, intf: Interface) -> None:
         """Count ``intf``'s queues in this file from now on (totals from
         before are carried over), following reconnects."""
         with self._lock:
@@ -285,7 +300,7 @@ class StatsFile:
                 if intf.connected:
                     self._attach(t)
 
-    def set_nodes(self, provider: Callable[[], List[Dict[str, Any]]]) -> None:
+    def set_nodes(self, provider: NodeProvider) -> None:
         """provider() -> a list of node counter dicts: "node" (its name), any
         of "interface", "queue", "direction" (labels), numbers, and "drops"
         ({reason: n}).  Called from the refresher thread."""
@@ -293,7 +308,7 @@ class StatsFile:
             self._nodes = provider
         self.refresh()
 
-    def set_worker(self, intf: Any, kind: str, index: int, worker: Any,
+    def set_worker(self, intf: Interface, kind: str, index: int, worker: int,
                    cpu: Optional[int] = None) -> None:
         """Record which worker (and CPU) serves a queue, for show/metrics."""
         with self._lock:
@@ -302,7 +317,7 @@ class StatsFile:
                     t.workers[(kind, index)] = (worker, cpu)
         self.refresh()
 
-    def live_slot(self, intf: Any, kind: str, index: int) -> Optional[int]:
+    def live_slot(self, intf: Interface, kind: str, index: int) -> Optional[int]:
         """File offset of the slot ``intf``'s queue counts into now (None
         while down).  A worker process that runs the queue maps fileno() and
         attaches its own Queue there (attach_fd); the slot changes with each
@@ -333,7 +348,7 @@ class StatsFile:
                 return list(struct.unpack_from("=%dQ" % (size // 8), r.mm, offset - r.offset))
         raise ValueError("no slot at offset %d" % offset)
 
-    def link_changed(self, intf: Any, up: bool) -> None:
+    def link_changed(self, intf: Interface, up: bool) -> None:
         with self._lock:
             if self.closed:
                 return
@@ -345,7 +360,7 @@ class StatsFile:
                         else:
                             self._fold(t)
 
-    def _attach(self, t):
+    def _attach(self, t: _Tracked) -> None:
         for kind in ("rx", "tx"):
             for q in t.intf.active_queues(kind):
                 cur = t.live[kind].get(q.index)
@@ -359,12 +374,12 @@ class StatsFile:
                 slots.attach(q, region.mm, off, region)
                 t.live[kind][q.index] = (q, region, off)
 
-    def _fold(self, t):
+    def _fold(self, t: _Tracked) -> None:
         for kind in ("rx", "tx"):
             for index in list(t.live[kind]):
                 self._fold_one(t, kind, index)
 
-    def _fold_one(self, t, kind, index):
+    def _fold_one(self, t: _Tracked, kind: str, index: int) -> None:
         q, region, off = t.live[kind].pop(index)
         slots.detach(q)
         live = self._read((region, off))
@@ -422,7 +437,7 @@ class StatsFile:
 
 # ------------------------------------------------------------ this process
 
-_current = None
+_current: Optional[StatsFile] = None
 _warned = False
 
 
