@@ -19,6 +19,7 @@ import fcntl
 import stat
 
 from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FAILED
+from posix.unistd cimport close
 from libc.errno cimport errno
 from libc.string cimport strerror
 
@@ -114,10 +115,12 @@ cdef class Memory:
             self.guard_slots[i] = -1
 
     def __dealloc__(self):
+        # C calls only: at interpreter exit the os module may be gone already.
         cdef uint16_t i
+        cdef int fd
         if self.fds:
             for fd in self.fds:
-                os.close(fd)
+                close(fd)
         for i in range(self.count):
             if self.guard_slots[i] >= 0:
                 forget(self.guard_slots[i])

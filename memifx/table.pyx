@@ -19,6 +19,7 @@ codes its TableFull subclass (``full_error``).
 from libc.errno cimport errno
 from libc.stdint cimport uint64_t
 from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FAILED
+from posix.unistd cimport close
 
 import os
 
@@ -38,10 +39,11 @@ cdef class SealedTable:
         self.what = "table"
 
     def __dealloc__(self):
+        # C calls only: at interpreter exit the os module may be gone already.
         if self.base != NULL:
             munmap(self.base, self.size)
         if self.memfd >= 0:
-            os.close(self.memfd)
+            close(self.memfd)
 
     cdef int create_file(self, str name, size_t size, uint64_t magic) except -1:
         """A new memfd of ``size`` bytes (sparse) mapped writable at ``base``,
