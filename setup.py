@@ -32,7 +32,7 @@ extensions = [
 ]
 
 setup(
-    packages=["memifx", "memifx.cli"],
+    packages=["memifx", "memifx.cli", "memifx.runtime"],
     package_dir={"memifx": "memifx", "memifx.cli": "cli"},
     package_data={"memifx": ["*.pxd", "*.pyx", "*.pyi", "py.typed"]},
     ext_modules=cythonize(
