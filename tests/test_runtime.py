@@ -65,21 +65,15 @@ def running():
         r.stop()
 
 
-def start_gen(a, b):
-    return subprocess.Popen(MEMIFX + ["gen", "socket=%s,name=tester" % a, "--receive",
-                                      "socket=%s,name=tester-rx,ring-size=4096" % b,
-                                      "--count", str(COUNT), "--rate", str(RATE), "--json"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+def start_gen(procs, a, b):
+    return procs.start(MEMIFX + ["gen", "socket=%s,name=tester" % a, "--receive",
+                                 "socket=%s,name=tester-rx,ring-size=4096" % b,
+                                 "--count", str(COUNT), "--rate", str(RATE), "--json"],
+                       stderr=subprocess.PIPE)
 
 
 def gen_result(p, timeout=60):
-    try:
-        out, err = p.communicate(timeout=timeout)
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
+    out, err = p.communicate(timeout=timeout)
     assert p.returncode == 0, out + err
     return json.loads(out.strip().splitlines()[-1])
 
@@ -120,13 +114,13 @@ def churn_while(gen, dp, sockdir, workers, rounds_at_least=2):
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("workers", [0, 1], ids=["in-process", "workers"])
-def test_churn_beside_a_loaded_pipeline_loses_nothing(running, sockdir, workers):
+def test_churn_beside_a_loaded_pipeline_loses_nothing(running, procs, sockdir, workers):
     dp = running.dp
     a, b = os.path.join(sockdir, "a.sock"), os.path.join(sockdir, "b.sock")
     dp.add_interface("a", master(a))
     dp.add_interface("b", master(b, **{"ring-size": 4096}))
     dp.add_pipeline("p1", "xconnect", interfaces=["a", "b"], workers=workers)
-    gen = start_gen(a, b)
+    gen = start_gen(procs, a, b)
     rounds = churn_while(gen, dp, sockdir, workers)
     result = gen_result(gen)
     rx = result["receive"]

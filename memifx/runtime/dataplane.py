@@ -105,7 +105,7 @@ class Dataplane:
                 raise DataplaneError("interface %s exists" % name)
             spec = spec_of(name, spec)
             try:
-                intf = spec.interface()
+                intf: Interface = spec.interface()
             except ValueError as e:
                 raise DataplaneError("%s: %s" % (name, e))
             self.interfaces[name] = intf
@@ -214,6 +214,8 @@ class Dataplane:
                     if conn is not None:
                         intf.report_fault(conn, "pipeline %s takes over the link" % name)
             self._idler = None
+            if self.stats is not None:
+                self.stats.refresh()        # its counters listed from now on
             return p
 
     def remove_pipeline(self, name: str) -> None:
@@ -228,6 +230,8 @@ class Dataplane:
                     conn = intf.connection
                     if conn is not None:
                         intf.report_fault(conn, "pipeline %s removed" % name)
+            if self.stats is not None:
+                self.stats.refresh()
 
     def pipeline(self, name: str) -> Pipeline:
         with self.lock:

@@ -79,7 +79,8 @@ def read_routes_file(fib: Fib, names: Sequence[str], routes_file: str) -> bytes:
     """The routes of the file as records (RouteError, OSError)."""
     with open(routes_file, "rb") as f:
         data = f.read()
-    return fib.parse_routes(data, names)
+    records: bytes = fib.parse_routes(data, names)
+    return records
 
 
 class Routes:
@@ -280,10 +281,12 @@ class Ip4Pipeline(Pipeline):
         if self.final is not None:
             return dict(self.final["interfaces"][s.name])
         if self.pool is not None:
-            return self.pool.router_counters(
+            c: Counters = self.pool.router_counters(
                 ifindex, self.router.counters(ifindex, s.rx_queues, s.tx_queues))
+            return c
         assert self.host is not None
-        return self.host.node.router.counters(ifindex, s.rx_queues, s.tx_queues)
+        c = self.host.node.router.counters(ifindex, s.rx_queues, s.tx_queues)
+        return c
 
     def counters(self) -> Counters:
         if self.final is not None:
@@ -312,7 +315,7 @@ class Ip4Pipeline(Pipeline):
         old = self.wanted.static
         self.wanted.static = static
         try:
-            return tuple(self.fib.apply_routes(self.wanted.target()))   # type: ignore
+            return tuple(self.fib.apply_routes(self.wanted.target()))
         except FibFull as e:
             self.wanted.static = old
             raise DataplaneError(str(e))
@@ -335,7 +338,7 @@ class Ip4Pipeline(Pipeline):
         except FibFull as e:
             raise DataplaneError(str(e)) from e
         w.file_records = records
-        return tuple(result)        # type: ignore
+        return tuple(result)
 
     def report(self, seconds: float, ring_stats: Mapping[str, Any]) -> Dict[str, Any]:
         """ip4-forward's --json report: routes, counters per interface (with
