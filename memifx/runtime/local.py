@@ -51,7 +51,7 @@ class LocalHost:
         self.lanes = max(1, lanes)
         self.on_message = on_message
         self.node = node_class(self.plan, list(fds), self.tell)
-        self._links: Dict[int, List[Dict[str, LocalLink]]] = {}
+        self._links: List[Dict[str, LocalLink]] = []
         self._conns: Dict[str, Any] = {}
 
     def tell(self, msg: Message, fds: Sequence[int] = ()) -> None:
@@ -65,13 +65,12 @@ class LocalHost:
         conns = {name: intf.connection for name, intf in self.interfaces.items()}
         if conns != self._conns or not self._links:
             self._conns = conns
-            lane = None if self.lanes == 1 else 0
-            self._links = {0: [
+            self._links = [
                 {name: LocalLink(self.interfaces[name], conn,
-                                 None if lane is None else w, self.lanes)
+                                 None if self.lanes == 1 else w, self.lanes)
                  for name, conn in conns.items() if conn is not None}
-                for w in range(self.lanes)]}
-        return self._links[0]
+                for w in range(self.lanes)]
+        return self._links
 
     def run_pass(self) -> int:
         """Every receive queue once, through the node; faults reported."""
