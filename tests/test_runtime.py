@@ -233,6 +233,12 @@ def test_management_errors_are_clear(running, sockdir):
     with pytest.raises(DataplaneError, match="ip=A.B.C.D/LEN is required"):
         dp.add_pipeline("r", "ip4", interfaces=["c"])
     assert sorted(dp.state()["pipelines"]) == ["x"]     # the refused ones left nothing
+    dp.set_rx_mode("a", "adaptive")
+    assert dp.state()["interfaces"]["a"]["rx_modes"] == ["adaptive"]
+    with pytest.raises(DataplaneError, match="a: rx mode must be polling, interrupt or adaptive"):
+        dp.set_rx_mode("a", "sometimes")
+    with pytest.raises(DataplaneError, match="a: rx queue 3 out of range"):
+        dp.set_rx_mode("a", "polling", queue=3)
     dp.add_pipeline("e", "echo", interface="c")
     state = dp.state()
     assert state["pipelines"]["e"]["graph"] == ["memif-input", "l2-xconnect",
