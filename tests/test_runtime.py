@@ -248,6 +248,7 @@ def test_management_errors_are_clear(running, sockdir):
     dp.remove_interface("a")        # free now
     assert sorted(dp.state()["interfaces"]) == ["b", "c"]
     json.dumps(dp.state())          # JSON-able
+    dp.run(True)                    # a stop given as a truth value: done at once
     running.stop()
     with pytest.raises(DataplaneError, match="dataplane closed"):
         dp.add_interface("z", master(a + "5"))

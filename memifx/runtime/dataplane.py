@@ -308,9 +308,11 @@ class Dataplane:
                         p.poll_pool(0)
             return moved
 
-    def run(self, stop: Callable[[], bool]) -> None:
-        """poll() until ``stop()`` is true."""
-        while not stop():
+    def run(self, stop: Any) -> None:
+        """poll() until ``stop()`` is true; ``stop`` may also be an object
+        whose truth value says it (``while not stop``, as a CLI's Stop)."""
+        done: Callable[[], bool] = stop if callable(stop) else (lambda: bool(stop))
+        while not done():
             self.poll(0.1)
 
     def close(self, reason: str = "dataplane closed") -> None:
