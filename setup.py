@@ -32,7 +32,8 @@ extensions = [
 ]
 
 setup(
-    packages=["memifx", "memifx.cli", "memifx.runtime"],
+    packages=["memifx", "memifx.cli", "memifx.agent", "memifx.nodes", "memifx.workers",
+              "memifx.runtime"],
     package_dir={"memifx": "memifx", "memifx.cli": "cli"},
     package_data={"memifx": ["*.pxd", "*.pyx", "*.pyi", "py.typed"]},
     ext_modules=cythonize(

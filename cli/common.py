@@ -82,7 +82,7 @@ class CpuListType(click.ParamType):
     def convert(self, value, param, ctx):
         if isinstance(value, list):
             return value
-        from memifx.worker import parse_cpus
+        from memifx.workers.pool import parse_cpus
         import os
         try:
             cpus = parse_cpus(value)
@@ -130,7 +130,7 @@ def start_workers(interfaces, directions, workers, cpus, quiet, queue_pairs, spe
     the pool instead (ip4-forward's RouterPool, gen's and sink's TesterPool;
     it may use fewer workers)."""
     import os
-    from memifx.worker import WorkerPool
+    from memifx.nodes.xconnect import XConnectPool as WorkerPool
     allowed = cpus or sorted(os.sched_getaffinity(0))
     if workers is None:
         workers = min(queue_pairs, len(allowed))

@@ -197,7 +197,7 @@ def run_gen(spec, sizes, count, duration, rate, flows, src_mac, dst_mac, src_ip,
                       for name, c in run.receive_counters()]
     sf = start_stats(interfaces, prometheus_port, nodes)
     if workers != 0:
-        from memifx.tester_workers import TesterPool
+        from memifx.nodes.tester import TesterPool
 
         def make_pool(n, allowed):
             return TesterPool(n, allowed, spec.quiet, sf, send=intf, receive=rx_intf,

@@ -172,6 +172,8 @@ from memifx.cli.ip4_forward import ip4_forward  # noqa: E402
 main.add_command(ip4_forward)
 from memifx.cli.show import show  # noqa: E402
 main.add_command(show)
+from memifx.cli.agent import agent  # noqa: E402
+main.add_command(agent)
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ def run_sink(spec, duration, count, pcap_path, stats_interval, json_out, prometh
                                                             interface=intf.name,
                                                             direction="rx")])
     if workers != 0:
-        from memifx.tester_workers import TesterPool
+        from memifx.nodes.tester import TesterPool
 
         def make_pool(n, allowed):
             return TesterPool(n, allowed, spec.quiet, sf, receive=intf)

@@ -13,15 +13,32 @@ once when the interface is made.
 A master checks the slave that connected, a slave the master it reached
 (an abstract socket name can be taken by anyone in the network namespace).
 """
+from __future__ import annotations
+
 import array
 import grp
 import pwd
 import socket
 import struct
-from collections import namedtuple
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple, Union
 
-# groups: the supplementary groups, () when the kernel could not say
-Creds = namedtuple("Creds", "pid uid gid groups")
+
+class Creds(NamedTuple):
+    """A peer process as the kernel saw it; ``groups``: the supplementary
+    groups, () when the kernel could not say."""
+    pid: int
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+
+
+# An id as given: a number, or a user/group name (or digits) as a string.
+Id = Union[int, str]
+# allow_uid / allow_gid as given to Interface (see id_list).
+IdList = Union[Id, Iterable[Id], None]
+# owner as given to Interface (see owner).
+Owner = Union[str, tuple[Union[Id, None], Union[Id, None]], None]
 
 _UCRED = struct.Struct("=iII")
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)        # Linux >= 4.13
@@ -36,7 +53,7 @@ NOT_ALLOWED = "peer not allowed"
 ID_MAX = 0xFFFFFFFE                     # (u32)-1 means "unchanged" to chown
 
 
-def peer_creds(sock):
+def peer_creds(sock: socket.socket) -> Creds:
     """The credentials of the process at the other end of a Unix socket."""
     pid, uid, gid = _UCRED.unpack(
         sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
@@ -48,7 +65,7 @@ def peer_creds(sock):
     return Creds(pid, uid, gid, groups)
 
 
-def _id(v, what, lookup):
+def _id(v: Id, what: str, lookup: Callable[[str], int]) -> int:
     """A numeric id, or a name resolved with ``lookup`` (pwd/grp)."""
     if isinstance(v, str) and not v.strip().isdigit():
         try:
@@ -64,22 +81,22 @@ def _id(v, what, lookup):
     return n
 
 
-def _uid(name):
+def _uid(name: str) -> int:
     return pwd.getpwnam(name).pw_uid
 
 
-def _gid(name):
+def _gid(name: str) -> int:
     return grp.getgrnam(name).gr_gid
 
 
-def id_list(value, what):
+def id_list(value: IdList, what: str) -> frozenset[int] | None:
     """allow_uid / allow_gid as given to Interface: None, an int, an iterable
     of ids, or a string of ids separated by ':' (the spec-key form); an id
     is a number or a user (allow_uid) / group (allow_gid) name."""
     if value is None:
         return None
     if isinstance(value, str):
-        items = [v for v in value.split(":") if v.strip()]
+        items: list[Id] = [v for v in value.split(":") if v.strip()]
     elif isinstance(value, int):
         items = [value]
     else:
@@ -91,28 +108,28 @@ def id_list(value, what):
     return frozenset(ids)
 
 
-def owner(value):
+def owner(value: Owner) -> tuple[int, int] | None:
     """``owner`` for the socket file: None, (uid, gid) or "uid[:gid]" (ids or
     names); a part left out (None or empty) is not changed.  Returns
     (uid, gid) with -1 for unchanged."""
     if value is None:
         return None
     if isinstance(value, str):
-        uid, _, gid = value.partition(":")
-        value = (uid or None, gid or None)
+        u, _, g = value.partition(":")
+        value = (u or None, g or None)
     try:
         uid, gid = value
     except (TypeError, ValueError):
         raise ValueError("owner must be uid:gid, not %r" % (value,))
-    out = []
+    out: list[int] = []
     for what, v, lookup in (("uid", uid, _uid), ("gid", gid, _gid)):
         out.append(-1 if v is None else _id(v, "owner " + what, lookup))
     if out == [-1, -1]:
         raise ValueError("owner: give a uid, a gid or both")
-    return tuple(out)
+    return out[0], out[1]
 
 
-def perm(value):
+def perm(value: int | str | None) -> int | None:
     """``perm`` for the socket file: an int (0o660) or an octal string ("0660")."""
     if value is None:
         return None
@@ -129,16 +146,16 @@ def perm(value):
 class Policy:
     """An interface's allow lists; ``admits(creds)`` is the whole decision."""
 
-    def __init__(self, allow_uid=None, allow_gid=None):
+    def __init__(self, allow_uid: IdList = None, allow_gid: IdList = None) -> None:
         self.uids = id_list(allow_uid, "allow_uid")
         self.gids = id_list(allow_gid, "allow_gid")
 
     @property
-    def open(self):
+    def open(self) -> bool:
         """True when no list is set: every peer is admitted."""
         return self.uids is None and self.gids is None
 
-    def admits(self, creds):
+    def admits(self, creds: Creds | None) -> bool:
         """Unknown credentials (None) pass only where no list is set."""
         if self.open:
             return True
@@ -147,17 +164,18 @@ class Policy:
         return (self.uids is not None and creds.uid in self.uids) or \
             (self.gids is not None and not self.gids.isdisjoint((creds.gid,) + creds.groups))
 
-    def describe(self):
+    def describe(self) -> dict[str, list[int] | None]:
         """For info(): the lists as sorted lists (None when unset)."""
         return {"allow_uid": sorted(self.uids) if self.uids is not None else None,
                 "allow_gid": sorted(self.gids) if self.gids is not None else None}
 
 
-def describe_peer(creds):
+def describe_peer(creds: Creds | None) -> str:
+    """For logs: who a peer is."""
     return "pid %d uid %d gid %d" % creds[:3] if creds else "unknown peer"
 
 
-def as_dict(creds):
+def as_dict(creds: Creds | None) -> dict[str, Any] | None:
     """For info(): pid, uid, gid and the supplementary groups as a list."""
     return dict(creds._asdict(), groups=list(creds.groups)) if creds else None
 

@@ -74,15 +74,30 @@ Roles: ``slave`` (also ``client``) creates the shared memory and connects;
 ``master`` (also ``server``) listens.  ``ring_size`` and ``buffer_size`` are
 the slave's to choose; a master uses what its slave set up.
 """
+from __future__ import annotations
+
 import collections
 import logging
 import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, cast
 
 from memifx import access, control, guard, wire
 from memifx.errors import MemifError
 from memifx.loop import default_loop
 from memifx.ring import DEFAULT_MAX_FRAME, DROP_REASONS, MAX_FRAME_SIZE
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer, WriteableBuffer
+
+    from memifx.loop import ControlLoop, Timer
+    from memifx.ring import Buffer, Queue
+
+# callback(interface, up) of on_link
+LinkCallback = Callable[["Interface", bool], object]
+# counters of one queue (Queue.counters(), summed over links)
+Counters = dict[str, Any]
 
 log = logging.getLogger("memifx")
 
@@ -94,7 +109,7 @@ RECONNECT_MIN, RECONNECT_MAX = 0.05, 1.0
 # Master-side limits against hostile peers: (default, lowest, highest).
 # Connections and handshakes are per listening socket (the largest value of
 # the interfaces on it); regions and region bytes are per link.
-LIMITS = {
+LIMITS: dict[str, tuple[int, int, int]] = {
     "max_connections": (256, 1, 65536),
     "max_handshakes": (32, 1, 65536),
     "max_regions": (16, 1, control.MAX_REGIONS),
@@ -104,15 +119,20 @@ LIMITS = {
 
 
 class Interface:
-    def __init__(self, socket=DEFAULT_SOCKET, id=0, role="slave", secret=None,
-                 mode="ethernet", rx_queues=1, tx_queues=1, ring_size=1024,
-                 buffer_size=2048, name="memifx", loop=None,
-                 allow_uid=None, allow_gid=None, owner=None, perm=None,
-                 max_connections=LIMITS["max_connections"][0],
-                 max_handshakes=LIMITS["max_handshakes"][0],
-                 max_regions=LIMITS["max_regions"][0],
-                 max_region_bytes=LIMITS["max_region_bytes"][0],
-                 max_frame=LIMITS["max_frame"][0]):
+    """One memif interface, either role (see the module docstring)."""
+
+    def __init__(self, socket: str = DEFAULT_SOCKET, id: int = 0, role: str = "slave",
+                 secret: str | bytes | None = None,
+                 mode: str = "ethernet", rx_queues: int = 1, tx_queues: int = 1,
+                 ring_size: int = 1024, buffer_size: int = 2048, name: str = "memifx",
+                 loop: ControlLoop | None = None,
+                 allow_uid: access.IdList = None, allow_gid: access.IdList = None,
+                 owner: access.Owner = None, perm: int | str | None = None,
+                 max_connections: int = LIMITS["max_connections"][0],
+                 max_handshakes: int = LIMITS["max_handshakes"][0],
+                 max_regions: int = LIMITS["max_regions"][0],
+                 max_region_bytes: int = LIMITS["max_region_bytes"][0],
+                 max_frame: int = LIMITS["max_frame"][0]) -> None:
         if role not in ROLES:
             raise ValueError("role must be master or slave (server/client), not %r" % role)
         if mode not in wire.MODES:
@@ -143,7 +163,8 @@ class Interface:
                 (socket.startswith("@") or ROLES.get(role) != "master"):
             raise ValueError("owner/perm apply to a master's filesystem socket (an abstract "
                              "socket has no file: use allow_uid/allow_gid)")
-        self.refused = collections.Counter()    # peers turned away, by precise cause
+        # peers turned away, by precise cause
+        self.refused: collections.Counter[str] = collections.Counter()
         for what, n in (("max_connections", max_connections),
                         ("max_handshakes", max_handshakes), ("max_regions", max_regions),
                         ("max_region_bytes", max_region_bytes), ("max_frame", max_frame)):
@@ -157,7 +178,7 @@ class Interface:
         self.socket = socket
         self.id = id
         self.role = ROLES[role]
-        self.secret = secret
+        self.secret: bytes | None = secret
         self.mode = mode
         self.mode_id = wire.MODES[mode]
         self.rx_queues = rx_queues
@@ -168,38 +189,40 @@ class Interface:
         self.max_frame = max_frame      # longer frames: counted drops "frame too long"
         self.name = name
         self.loop = loop
-        self._channel = None            # control connection, up or in handshake
-        self._conn = None               # Connection while the link is up
-        self._listener = None
-        self._retry = None
+        self._channel: control.Channel | None = None    # control connection, up or in handshake
+        self._conn: control.Connection | None = None    # while the link is up
+        self._listener: control.Listener | None = None
+        self._retry: Timer | None = None
         self._backoff = RECONNECT_MIN
         self._active = False
-        self._callbacks = []
+        self._callbacks: list[LinkCallback] = []
         self.rx_modes = ["polling"] * rx_queues     # per receive queue; set with set_rx_mode
         self._up = threading.Condition()
-        self._last_reason = None
-        self._totals = {"rx": [None] * rx_queues, "tx": [None] * tx_queues}
+        self._last_reason: str | None = None
+        self._totals: dict[str, list[Counters | None]] = {
+            "rx": [None] * rx_queues, "tx": [None] * tx_queues}
         self._flaps = 0
         self._memory_faults = 0         # links lost to a truncated peer region
 
     # ----------------------------------------------------------- lifecycle
 
-    def connect(self):
+    def connect(self) -> Interface:
         """Start listening (master) or connecting (slave).  Returns at once."""
         if self.loop is None:
             self.loop = default_loop()
         self.loop.run_sync(self._start)
         return self
 
-    def __enter__(self):
+    def __enter__(self) -> Interface:
         return self.connect()
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _start(self):
+    def _start(self) -> None:
         if self._active:
             return
+        assert self.loop is not None
         if self.role == "master":
             listener = self.loop.listeners.get(self.socket) or \
                 control.Listener(self.loop, self.socket, self.socket_owner, self.socket_perm)
@@ -220,7 +243,7 @@ class Interface:
         if self.role == "slave":
             self._try_connect()
 
-    def _try_connect(self):
+    def _try_connect(self) -> None:
         self._retry = None
         if not self._active or self._channel is not None:
             return
@@ -230,18 +253,18 @@ class Interface:
             log.debug("memif %s: connect %s: %s", self.name, self.socket, e)
             self._schedule_reconnect()
 
-    def _schedule_reconnect(self):
-        if self._active and self._retry is None:
+    def _schedule_reconnect(self) -> None:
+        if self._active and self._retry is None and self.loop is not None:
             self._retry = self.loop.call_later(self._backoff, self._try_connect)
             self._backoff = min(self._backoff * 2, RECONNECT_MAX)
 
-    def close(self, reason="interface closed"):
+    def close(self, reason: str = "interface closed") -> None:
         """Disconnect (DISCONNECT with ``reason``), stop listening/reconnecting."""
         if self.loop is None:
             return
         self.loop.run_sync(self._stop, reason)
 
-    def _stop(self, reason):
+    def _stop(self, reason: str) -> None:
         self._active = False
         if self._retry is not None:
             self._retry.cancel()
@@ -254,7 +277,7 @@ class Interface:
 
     # ------------------------------------------------- called by channels
 
-    def _channel_up(self, channel, conn):
+    def _channel_up(self, channel: object, conn: control.Connection) -> None:
         self._backoff = RECONNECT_MIN
         for i, q in enumerate(conn.rx):
             if self.rx_modes[i] == "interrupt":
@@ -268,7 +291,7 @@ class Interface:
         log.info("memif %s: link up (peer %r)", self.name, conn.peer_name)
         self._notify(True)
 
-    def _channel_down(self, channel, reason):
+    def _channel_down(self, channel: object, reason: str) -> None:
         if channel is not self._channel:
             return
         self._channel = None
@@ -290,19 +313,19 @@ class Interface:
         if self.role == "slave":
             self._schedule_reconnect()
 
-    def fold_counters(self, kind, index, counters):
+    def fold_counters(self, kind: str, index: int, counters: Counters | None) -> None:
         """Fold counters a worker process kept for one of our queues into the
         totals (a worker pool calls this when the worker lets go of the queue)."""
         self._totals[kind][index] = _sum(self._totals[kind][index], counters)
 
-    def _notify(self, up):
+    def _notify(self, up: bool) -> None:
         for cb in list(self._callbacks):
             try:
                 cb(self, up)
             except Exception:
                 log.exception("memif %s: link callback failed", self.name)
 
-    def refuse(self, cause, creds, authenticated):
+    def refuse(self, cause: str, creds: access.Creds | None, authenticated: bool) -> None:
         """The control channel turned a peer away on this interface: count
         the precise cause and log it.  Only a peer that proved it may use
         this interface (credentials and secret) leaves its reason in
@@ -312,7 +335,7 @@ class Interface:
         if authenticated:
             self._last_reason = cause
 
-    def report_fault(self, conn, reason):
+    def report_fault(self, conn: control.Connection, reason: str) -> None:
         """Take the link of ``conn`` (the ``connection`` it was found on)
         down with ``reason``, from the control loop; nothing if the link has
         been replaced since.  Any thread may call it (a worker pool does, for
@@ -321,25 +344,27 @@ class Interface:
             # Whatever the rings made of the zeros, the cause is the truncation.
             reason = guard.REASON
 
-        def fail():
+        def fail() -> None:
             if self._conn is conn and self._channel is not None:
                 self._channel.fail(reason)
+        assert self.loop is not None
         self.loop.call_soon(fail)
 
     # ---------------------------------------------------------- state
 
     @property
-    def connected(self):
+    def connected(self) -> bool:
+        """Whether the link is up."""
         return self._conn is not None
 
     @property
-    def connection(self):
+    def connection(self) -> control.Connection | None:
         """The link's Connection (memory, rx and tx queues, peer) while it is
         up, else None.  Read it once and keep the object: it is replaced at
         every reconnect."""
         return self._conn
 
-    def wait_connected(self, timeout=5.0):
+    def wait_connected(self, timeout: float = 5.0) -> bool:
         """True once the link is up (False after ``timeout`` seconds)."""
         if self.loop is not None and not self.loop.threaded:
             import time
@@ -350,7 +375,7 @@ class Interface:
         with self._up:
             return self._up.wait_for(lambda: self._conn is not None, timeout)
 
-    def on_link(self, callback, first=False):
+    def on_link(self, callback: LinkCallback, first: bool = False) -> None:
         """callback(interface, up: bool), called from the control loop, in
         registration order (``first``: before those already registered)."""
         if first:
@@ -358,7 +383,7 @@ class Interface:
         else:
             self._callbacks.append(callback)
 
-    def remove_on_link(self, callback):
+    def remove_on_link(self, callback: LinkCallback) -> None:
         """Stop calling ``callback`` (registered with on_link); no error if
         it is not registered."""
         try:
@@ -366,9 +391,10 @@ class Interface:
         except ValueError:
             pass
 
-    def info(self):
+    def info(self) -> dict[str, Any]:
+        """State, peer, configuration and (while up) the negotiated link, for display."""
         conn = self._conn
-        d = {
+        d: dict[str, Any] = {
             "name": self.name, "role": self.role, "socket": self.socket, "id": self.id,
             "mode": self.mode,
             "state": "up" if conn else ("connecting" if self._channel else
@@ -403,10 +429,10 @@ class Interface:
             d["socket_refused"] = dict(listener.refused)
         return d
 
-    def stats(self):
+    def stats(self) -> dict[str, Any]:
         """Per-queue counters since creation (across reconnects)."""
         conn = self._conn
-        out = {}
+        out: dict[str, Any] = {}
         for kind, n in (("rx", self.rx_queues), ("tx", self.tx_queues)):
             live = {q.index: q.counters() for q in getattr(conn, kind)} if conn else {}
             out[kind] = [_sum(self._totals[kind][i], live.get(i)) for i in range(n)]
@@ -417,39 +443,40 @@ class Interface:
 
     # ----------------------------------------------------------- data path
 
-    def _q(self, kind, queue):
+    def _q(self, kind: str, queue: int) -> tuple[Queue, control.Connection] | tuple[None, None]:
         limit = self.rx_queues if kind == "rx" else self.tx_queues
         if not 0 <= queue < limit:
             raise IndexError("%s queue %d out of range (0..%d)" % (kind, queue, limit - 1))
         conn = self._conn
         if conn is None:
             return None, None
-        queues = conn.rx if kind == "rx" else conn.tx
+        queues: list[Queue] = conn.rx if kind == "rx" else conn.tx
         return (queues[queue], conn) if queue < len(queues) else (None, None)
 
-    def _after(self, q, conn):
-        if q.fault:
-            self.report_fault(conn, q.fault_reason())
+    def _after(self, q: Queue, conn: control.Connection | None) -> None:
+        if q.fault and conn is not None:
+            self.report_fault(conn, _fault_reason(q))
 
-    def active_queues(self, kind):
+    def active_queues(self, kind: str) -> list[Queue]:
         """The negotiated data-path Queue objects ("rx" or "tx") for pipeline
         nodes; [] while the link is down.  After a node ran on them, call
         check_faults()."""
         conn = self._conn
         if conn is None:
             return []
-        return conn.rx if kind == "rx" else conn.tx
+        queues: list[Queue] = conn.rx if kind == "rx" else conn.tx
+        return queues
 
-    def check_faults(self):
+    def check_faults(self) -> None:
         """End the link if the peer broke one of its rings (see ring.pyx)."""
         conn = self._conn
         if conn is not None:
             for q in conn.rx + conn.tx:
                 if q.fault:
-                    self.report_fault(conn, q.fault_reason())
+                    self.report_fault(conn, _fault_reason(q))
                     return
 
-    def tx_burst(self, frames, queue=0):
+    def tx_burst(self, frames: Sequence[ReadableBuffer], queue: int = 0) -> int:
         """Copy bytes-like frames into the ring; return how many were queued."""
         q, conn = self._q("tx", queue)
         if q is None:
@@ -458,7 +485,7 @@ class Interface:
         self._after(q, conn)
         return n
 
-    def tx_from(self, buf, lengths, queue=0):
+    def tx_from(self, buf: ReadableBuffer, lengths: ReadableBuffer, queue: int = 0) -> int:
         """Transmit frames packed back to back in ``buf`` (lengths: uint32 array)."""
         q, conn = self._q("tx", queue)
         if q is None:
@@ -467,7 +494,7 @@ class Interface:
         self._after(q, conn)
         return n
 
-    def rx_burst(self, queue=0, max=256):
+    def rx_burst(self, queue: int = 0, max: int = 256) -> list[bytes]:
         """Up to ``max`` received frames as bytes; [] if none or link down."""
         q, conn = self._q("rx", queue)
         if q is None:
@@ -476,7 +503,7 @@ class Interface:
         self._after(q, conn)
         return frames
 
-    def rx_into(self, buf, lengths, queue=0):
+    def rx_into(self, buf: WriteableBuffer, lengths: WriteableBuffer, queue: int = 0) -> int:
         """Copy frames back to back into writable ``buf``, lengths into the
         writable uint32 array ``lengths``; return the number of frames."""
         q, conn = self._q("rx", queue)
@@ -487,7 +514,7 @@ class Interface:
         return n
 
     @contextmanager
-    def rx_zero_copy(self, queue=0, max=256):
+    def rx_zero_copy(self, queue: int = 0, max: int = 256) -> Iterator[list[Buffer]]:
         """Slave: yield Buffer objects viewing shared memory; they go back to
         the ring when the block exits (release every memoryview first)."""
         if self.role != "slave":
@@ -503,7 +530,7 @@ class Interface:
         finally:
             q.release_buffers(bufs)
 
-    def tx_alloc(self, n, queue=0):
+    def tx_alloc(self, n: int, queue: int = 0) -> list[Buffer]:
         """Slave: lend up to ``n`` free transmit buffers (each one frame)."""
         if self.role != "slave":
             raise MemifError("tx_alloc is for the slave side")
@@ -514,7 +541,7 @@ class Interface:
         self._after(q, conn)
         return bufs
 
-    def tx_commit(self, bufs, lengths, queue=0):
+    def tx_commit(self, bufs: Iterable[Buffer], lengths: Iterable[int], queue: int = 0) -> int:
         """Slave: send the first len(bufs) buffers from tx_alloc with these lengths."""
         q, conn = self._q("tx", queue)
         if q is None:
@@ -525,7 +552,7 @@ class Interface:
 
     # ---------------------------------------------------------- interrupts
 
-    def set_rx_mode(self, mode, queue=0):
+    def set_rx_mode(self, mode: str, queue: int = 0) -> None:
         """"polling" (MASK_INT set: the peer never signals), "interrupt"
         (the peer signals rx_fd(queue) after publishing), or "adaptive" (starts
         polling; a run loop's rxmode.Idler switches it to interrupt when the
@@ -538,18 +565,18 @@ class Interface:
         if q is not None:
             q.set_interrupt(mode == "interrupt")
 
-    def rx_fd(self, queue=0):
+    def rx_fd(self, queue: int = 0) -> int | None:
         """The eventfd that becomes readable when the peer signals this queue
         (None while down; a new fd after each reconnect)."""
         q, _ = self._q("rx", queue)
         return q.fd if q is not None else None
 
-    def rx_pending(self, queue=0):
+    def rx_pending(self, queue: int = 0) -> bool:
         """Whether frames are waiting (cheap; no syscall)."""
         q, _ = self._q("rx", queue)
         return q is not None and q.pending()
 
-    def rx_ack(self, queue=0):
+    def rx_ack(self, queue: int = 0) -> bool:
         """Clear rx_fd(queue) after it was readable."""
         q, conn = self._q("rx", queue)
         if q is None:
@@ -558,14 +585,19 @@ class Interface:
         self._after(q, conn)
         return woken
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "<memifx.Interface %s %s %s id=%d %s>" % (
             self.name, self.role, self.socket, self.id, self.info()["state"])
 
 
-def _sum(*counters):
+def _fault_reason(q: Queue) -> str:
+    """The reason string of a queue whose ``fault`` is set (always a known one)."""
+    return cast(str, q.fault_reason())
+
+
+def _sum(*counters: Counters | None) -> Counters:
     """Add queue counter dicts (None counts as zero)."""
-    out = {"packets": 0, "bytes": 0, "drops": {r: 0 for r in DROP_REASONS},
+    out: Counters = {"packets": 0, "bytes": 0, "drops": {r: 0 for r in DROP_REASONS},
            "ring_full": 0, "irq_sent": 0, "irq_received": 0, "mode_switches": 0,
            "chain_waits": 0}
     for c in counters:

@@ -9,9 +9,15 @@ Link types: 1 Ethernet, 101 raw IP (v4 or v6 by the version nibble),
 228 IPv4 only.  ``memifx`` writes 1 for ethernet-mode interfaces and 101 for
 ip-mode ones.
 """
+from __future__ import annotations
+
 import struct
 import time
 from array import array
+from typing import TYPE_CHECKING, BinaryIO
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer, StrPath
 
 from memifx.traffic import pcap_records, span, PCAP_RECORD
 
@@ -27,7 +33,7 @@ PCAPNG = 0x0A0D0D0A
 
 
 class PcapError(ValueError):
-    pass
+    """Not a pcap file we can read (the message says why)."""
 
 
 class Capture:
@@ -35,19 +41,20 @@ class Capture:
     their lengths in ``lengths`` (uint32), the start of each in ``offsets``
     (uint64): the layout the batch calls (tx_from) take."""
 
-    def __init__(self, linktype, data, lengths, offsets):
+    def __init__(self, linktype: int, data: bytearray, lengths: array[int],
+                 offsets: array[int]) -> None:
         self.linktype, self.data, self.lengths, self.offsets = linktype, data, lengths, offsets
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.lengths)
 
-    def frames(self):
+    def frames(self) -> list[bytes]:
         """The frames as bytes (for tests and small captures)."""
         v = memoryview(self.data)
         return [bytes(v[o:o + n]) for o, n in zip(self.offsets, self.lengths)]
 
 
-def read(path):
+def read(path: StrPath) -> Capture:
     """Load a pcap file; raise PcapError on anything else."""
     with open(path, "rb") as f:
         blob = f.read()
@@ -87,13 +94,13 @@ def read(path):
 class Writer:
     """Appends bursts of frames to a new pcap file."""
 
-    def __init__(self, path, linktype, burst_bytes=1 << 20):
-        self.f = open(path, "wb")
+    def __init__(self, path: StrPath, linktype: int, burst_bytes: int = 1 << 20) -> None:
+        self.f: BinaryIO = open(path, "wb")
         self.f.write(struct.pack("=IHHiIII", MAGIC_US, 2, 4, 0, 0, SNAPLEN, linktype))
         self.out = bytearray(burst_bytes)
         self.frames = 0
 
-    def write_batch(self, buf, lengths, n):
+    def write_batch(self, buf: ReadableBuffer, lengths: ReadableBuffer, n: int) -> None:
         """The first ``n`` frames packed in ``buf`` (lengths: uint32 array)."""
         if n == 0:
             return
@@ -104,16 +111,17 @@ class Writer:
         self.f.write(memoryview(self.out)[:size])
         self.frames += n
 
-    def write(self, frame):
+    def write(self, frame: ReadableBuffer) -> None:
         """One frame (bytes-like)."""
-        self.write_batch(bytes(frame), array("I", [len(frame)]), 1)
+        data = bytes(frame)
+        self.write_batch(data, array("I", [len(data)]), 1)
 
-    def close(self):
+    def close(self) -> None:
         if not self.f.closed:
             self.f.close()
 
-    def __enter__(self):
+    def __enter__(self) -> Writer:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()

@@ -20,16 +20,23 @@ goes down while we sleep may take its fds along: the wait then ends at once
 and the next pass just sees fewer queues.  Any other failure of the wait is
 raised, never taken for an empty wakeup (that would spin).
 """
+from __future__ import annotations
+
 import time
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 from memifx.fdwait import wait_readable
+
+if TYPE_CHECKING:
+    from memifx.ring import Queue
 
 DEFAULT_QUIET = 100e-6      # seconds of empty passes before adaptive queues sleep
 BACKSTOP = 0.05             # longest sleep without a signal
 LINK_DOWN_NAP = 0.01        # how long to wait when a served link is down
 
 
-def sleep_on(queues, timeout, wake_fds=()):
+def sleep_on(queues: Sequence[Queue], timeout: float, wake_fds: Iterable[int] = ()) -> bool:
     """Sleep until a receive queue's eventfd (or one of ``wake_fds``)
     signals, ``timeout`` seconds at most, then clear the queues' wakeups.
     True if something signalled."""
@@ -39,19 +46,32 @@ def sleep_on(queues, timeout, wake_fds=()):
     return bool(ready)
 
 
+class Served(Protocol):
+    """What an Idler reads of an interface it serves: a memifx.Interface, or
+    a worker's view of one link."""
+
+    rx_modes: list[str]
+
+    @property
+    def connected(self) -> bool: ...
+
+    def active_queues(self, kind: str) -> list[Queue]: ...
+
+
 class Idler:
-    def __init__(self, interfaces, quiet=DEFAULT_QUIET, backstop=BACKSTOP, wake_fds=()):
+    def __init__(self, interfaces: Iterable[Served], quiet: float = DEFAULT_QUIET,
+                 backstop: float = BACKSTOP, wake_fds: Iterable[int] = ()) -> None:
         self.interfaces = list(interfaces)
         self.wake_fds = list(wake_fds)    # also end a sleep (e.g. a control socket)
         self.quiet = quiet
         self.backstop = backstop
         self.last_traffic = time.monotonic()
-        self.armed = []             # adaptive queues whose MASK_INT we cleared
+        self.armed: list[Queue] = []    # adaptive queues whose MASK_INT we cleared
 
-    def _modes(self, intf):
+    def _modes(self, intf: Served) -> list[str]:
         return intf.rx_modes
 
-    def after(self, moved):
+    def after(self, moved: int) -> None:
         """Call after each pass with the number of frames it moved."""
         if moved:
             self.last_traffic = time.monotonic()
@@ -61,7 +81,7 @@ class Idler:
         if not any(i.connected for i in self.interfaces):
             self._nap(LINK_DOWN_NAP)
             return
-        modes = set()
+        modes: set[str] = set()
         for intf in self.interfaces:
             modes.update(self._modes(intf)[:len(intf.active_queues("rx"))])
         if "polling" in modes:
@@ -75,33 +95,33 @@ class Idler:
                 return                              # something arrived meanwhile
         self._sleep()
 
-    def _nap(self, seconds):
+    def _nap(self, seconds: float) -> None:
         if self.wake_fds:
             wait_readable(self.wake_fds, seconds)
         else:
             time.sleep(seconds)
 
-    def _adaptive_queues(self):
+    def _adaptive_queues(self) -> Iterator[Queue]:
         for intf in self.interfaces:
             modes = self._modes(intf)
             for q in intf.active_queues("rx"):
                 if modes[q.index] == "adaptive":
                     yield q
 
-    def _arm(self):
+    def _arm(self) -> bool:
         """Adaptive queues to interrupt mode; True if one has frames already."""
         self.armed = list(self._adaptive_queues())
         for q in self.armed:
             q.set_interrupt(True, switch=True)      # fences
         return any(q.pending() for q in self.armed)
 
-    def _disarm(self):
+    def _disarm(self) -> None:
         for q in self.armed:
             if not q.closed:
                 q.set_interrupt(False, switch=True)
         self.armed = []
 
-    def _sleep(self):
+    def _sleep(self) -> None:
         queues = [q for i in self.interfaces for q in i.active_queues("rx")]
         if not queues and not self.wake_fds:
             self._nap(LINK_DOWN_NAP)

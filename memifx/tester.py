@@ -15,7 +15,7 @@
 
 They work on Queue objects, not on an Interface, so the same classes run in
 the main process (cli/gen.py, cli/sink.py) and in worker processes
-(memifx/tester_workers.py).
+(memifx/nodes/tester.py).
 """
 import os
 import time

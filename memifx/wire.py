@@ -9,8 +9,10 @@ the DISCONNECT reason) passes through :func:`printable` inside ``decode``, so
 nothing the peer chose reaches a log, ``info()`` or a terminal with control
 characters in it (an escape sequence in a name could rewrite a terminal).
 """
+from __future__ import annotations
+
 import struct
-from collections import namedtuple
+from typing import Any, NamedTuple, Union, cast
 
 from memifx.errors import MemifError
 
@@ -27,18 +29,68 @@ MODE_NAMES = {v: k for k, v in MODES.items()}
 ACK, HELLO, INIT, ADD_REGION, ADD_RING, CONNECT, CONNECTED, DISCONNECT = range(1, 9)
 RING_S2M = 1                       # ADD_RING flags bit 0
 
-Ack = namedtuple("Ack", "")
-Hello = namedtuple("Hello", "name min_version max_version max_region max_m2s_ring "
-                            "max_s2m_ring max_log2_ring_size")
-Init = namedtuple("Init", "version id mode secret name")
-AddRegion = namedtuple("AddRegion", "index size")
-AddRing = namedtuple("AddRing", "flags index region offset log2_ring_size private_hdr_size")
-Connect = namedtuple("Connect", "if_name")
-Connected = namedtuple("Connected", "if_name")
-Disconnect = namedtuple("Disconnect", "code reason")
+
+class Ack(NamedTuple):
+    """Acknowledges the message before it."""
+
+
+class Hello(NamedTuple):
+    """Master's first message: its name and limits."""
+    name: str
+    min_version: int
+    max_version: int
+    max_region: int
+    max_m2s_ring: int
+    max_s2m_ring: int
+    max_log2_ring_size: int
+
+
+class Init(NamedTuple):
+    """Slave: which interface (id), mode, secret and its name."""
+    version: int
+    id: int
+    mode: int
+    secret: bytes
+    name: str
+
+
+class AddRegion(NamedTuple):
+    """Slave: a memory region (its fd travels with the message)."""
+    index: int  # type: ignore[assignment]  # the wire's name; hides tuple.index
+    size: int
+
+
+class AddRing(NamedTuple):
+    """Slave: a ring inside a region (its eventfd travels with the message)."""
+    flags: int
+    index: int  # type: ignore[assignment]  # the wire's name; hides tuple.index
+    region: int
+    offset: int
+    log2_ring_size: int
+    private_hdr_size: int
+
+
+class Connect(NamedTuple):
+    """Slave: the setup is complete."""
+    if_name: str
+
+
+class Connected(NamedTuple):
+    """Master: the link is up."""
+    if_name: str
+
+
+class Disconnect(NamedTuple):
+    """Either side: the link ends, with a reason."""
+    code: int
+    reason: str
+
+
+Message = Union[Ack, Hello, Init, AddRegion, AddRing, Connect, Connected, Disconnect]
+
 
 # type -> (tuple class, body format, string fields)
-_FORMATS = {
+_FORMATS: dict[int, tuple[type[Message], str, tuple[str, ...]]] = {
     ACK: (Ack, "", ()),
     HELLO: (Hello, "32sHHHHHB", ("name",)),
     INIT: (Init, "HIB24s32s", ("secret", "name")),
@@ -55,7 +107,7 @@ _STRUCTS = {t: struct.Struct("<H" + fmt) for t, (_, fmt, _) in _FORMATS.items()}
 MAX_PRINTABLE = 4 * REASON_SIZE  # longest text printable() returns
 
 
-def printable(text, limit=MAX_PRINTABLE):
+def printable(text: str, limit: int = MAX_PRINTABLE) -> str:
     """``text`` safe to log, store and print: each character that is not
     printable (control characters, format characters such as bidi
     overrides) becomes a ``\\xNN`` / ``\\uNNNN`` escape, and the result is
@@ -73,32 +125,33 @@ def printable(text, limit=MAX_PRINTABLE):
     return "".join(out)[:limit]
 
 
-def cstring(raw):
+def cstring(raw: bytes) -> str:
     """A fixed-size name field from the peer: up to the first NUL, at most
     the field size, made printable."""
     return printable(raw.split(b"\0", 1)[0].decode("utf-8", "replace"))
 
 
-def _field(value, size):
+def _field(value: str | bytes | None, size: int) -> bytes:
     data = value.encode() if isinstance(value, str) else bytes(value or b"")
     return data[:size]
 
 
-def encode(msg):
+def encode(msg: Message) -> bytes:
+    """The 128-byte record of ``msg`` (strings cut to leave room for a NUL)."""
     t = _TYPES[type(msg)]
     cls, fmt, strings = _FORMATS[t]
-    values = []
+    values: list[object] = []
     for name, value in zip(cls._fields, msg):
         if name in strings:
             size = {"secret": SECRET_SIZE, "reason": REASON_SIZE}.get(name, NAME_SIZE)
             # leave room for a NUL, as every implementation reads up to one
-            value = _field(value, size - 1)
+            value = _field(cast("str | bytes | None", value), size - 1)
         values.append(value)
     body = _STRUCTS[t].pack(t, *values)
     return body.ljust(MSG_SIZE, b"\0")
 
 
-def decode(data):
+def decode(data: bytes) -> Message:
     """Decode one message; raise MemifError for a bad size or unknown type."""
     if len(data) != MSG_SIZE:
         raise MemifError("invalid message size %d" % len(data))
@@ -107,7 +160,7 @@ def decode(data):
         raise MemifError("unknown message type %d" % t)
     cls, _, strings = _FORMATS[t]
     values = _STRUCTS[t].unpack_from(data)[1:]
-    fields = {}
+    fields: dict[str, Any] = {}
     for name, v in zip(cls._fields, values):
         if name == "secret":            # compared as bytes, never decoded
             v = v.split(b"\0", 1)[0]

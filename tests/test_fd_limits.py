@@ -25,8 +25,8 @@ import pytest
 
 import memifx
 from conftest import wait_for
-from memifx import worker as wire
 from memifx.fdwait import wait_readable
+from memifx.workers import protocol as wire
 from rogue import open_fds
 from test_link import frame, pump
 
@@ -408,11 +408,11 @@ def test_a_failed_fd_handoff_fails_the_link_with_a_reason(procs, sockdir, many_f
 def start_worker(procs):
     """A bare worker process with an xconnect plan, and our end of its socket."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    p = procs.start([sys.executable, "-m", "memifx.worker", str(theirs.fileno())],
+    p = procs.start([sys.executable, "-m", "memifx.workers.loop", str(theirs.fileno())],
                     pass_fds=[theirs.fileno()], stdout=None, stderr=None)
     theirs.close()
-    wire.send(ours, {"op": "plan", "worker": 0, "stats": False, "node": "xconnect",
-                     "directions": [], "workers": 1, "tx_queues": {},
+    wire.send(ours, {"op": "plan", "worker": 0, "stats": False,
+                     "node": "memifx.nodes.xconnect:XConnectNode", "directions": [], "workers": 1, "tx_queues": {},
                      "modes": {"A": ["interrupt"]}, "quiet": 1e-4})
     return p, ours
 
@@ -463,7 +463,7 @@ def test_an_attach_the_main_process_cannot_send_fails_the_link(sockdir, monkeypa
     fails that link with the reason; it was swallowed and the link stayed up
     with nobody serving it.  Once the attach goes out, the link is served."""
     import errno
-    from memifx.worker import WorkerPool
+    from memifx.nodes.xconnect import XConnectPool as WorkerPool
     a, b = os.path.join(sockdir, "a"), os.path.join(sockdir, "b")
     A = memifx.Interface(socket=a, role="master", name="A")
     B = memifx.Interface(socket=b, role="master", name="B")

@@ -44,7 +44,7 @@ def router(procs, sock, *extra):
 
 def workers_of(p):
     return [c for c in psutil.Process(p.pid).children()
-            if "memifx.worker" in " ".join(c.cmdline())]
+            if "memifx.workers.loop" in " ".join(c.cmdline())]
 
 
 def fib_maps(pid):
@@ -296,7 +296,7 @@ def test_sigkilled_worker_keeps_its_router_counts(procs, sock):
         for w in psutil.Process(p.pid).children():
             try:
                 if w.status() != psutil.STATUS_ZOMBIE and \
-                        "memifx.worker" in " ".join(w.cmdline()):
+                        "memifx.workers.loop" in " ".join(w.cmdline()):
                     out.append(w)
             except psutil.Error:
                 pass

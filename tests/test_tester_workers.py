@@ -24,7 +24,7 @@ MEMIFX = [sys.executable, "-m", "memifx.cli.main"]
 
 def workers_of(p):
     return [c for c in psutil.Process(p.pid).children()
-            if "memifx.worker" in " ".join(c.cmdline())]
+            if "memifx.workers.loop" in " ".join(c.cmdline())]
 
 
 def per_queue(stats, kind, key="packets"):
@@ -104,11 +104,11 @@ def test_gen_workers_zeros_to_sink_workers_stamp(procs, sockdir):
 def test_payload_and_verify_reach_the_workers(monkeypatch):
     """The plan a TesterPool hands a worker makes the worker's Generator
     write zeros (headers only, one size) and its Checker skip the payload."""
-    from memifx import tester_workers, worker
+    from memifx.nodes import tester as tester_workers
     from memifx.tester import make_generator
+    from memifx.workers import pool as worker
 
-    def no_spawn(self, interfaces, directions, workers, cpus, quiet=100e-6, node="xconnect",
-                 stats=None):
+    def no_spawn(self, interfaces, workers, cpus, quiet=100e-6, node=None, stats=None):
         self.nworkers = workers
         self.plan = {"workers": workers, "node": node}
     monkeypatch.setattr(worker.WorkerPool, "__init__", no_spawn)
@@ -123,7 +123,7 @@ def test_payload_and_verify_reach_the_workers(monkeypatch):
     for verify, payload in (("stamp", False), ("full", True)):
         pool = tester_workers.TesterPool(2, None, send=Port("a"), receive=Port("b"), gen=args,
                                          count=100, verify=verify)
-        plan, fds = pool._plan_for_spawn(1)
+        plan, fds = pool.plan_for_spawn(1)
         node = tester_workers.TesterNode(dict(plan, worker=1), list(fds), lambda *a: None)
         assert node.sender.source.gen.zeros and node.sender.source.headers_only
         assert node.receiver.checker.payload is payload

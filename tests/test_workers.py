@@ -28,7 +28,7 @@ def xconnect(procs, a, b, *extra, queues=1):
 
 
 def workers_of(p):
-    return [c for c in psutil.Process(p.pid).children() if "memifx.worker" in " ".join(c.cmdline())]
+    return [c for c in psutil.Process(p.pid).children() if "memifx.workers.loop" in " ".join(c.cmdline())]
 
 
 def finish(p):
@@ -206,3 +206,95 @@ def test_slave_side_worker_uses_the_whole_receive_pool(procs, sockdir, workers):
     finally:
         ma.close()
         mb.close()
+
+
+@pytest.mark.timeout(60)
+def test_one_pool_stops_while_another_carries_traffic(sockdir):
+    """Two xconnect pools in one process, each on its own two interfaces:
+    stopping one loses no frame of the other, leaves its own interfaces
+    connected, and unhooks it from their link changes (a flap after the stop
+    reaches it no more)."""
+    import threading
+    from memifx.nodes.xconnect import XConnectPool
+    path = {n: os.path.join(sockdir, n) for n in "abcd"}
+    masters = {n: memifx.Interface(socket=path[n], role="master", name=n.upper())
+               for n in "abcd"}
+    for intf in masters.values():
+        intf.set_rx_mode("interrupt")
+    A, B, C, D = (masters[n] for n in "abcd")
+    first = XConnectPool([A, B], [(A, B), (B, A)], 1, None)
+    second = XConnectPool([C, D], [(C, D), (D, C)], 1, None)
+    slaves = {}
+    try:
+        for n in "abcd":
+            masters[n].connect()
+            slaves[n] = memifx.Interface(socket=path[n], name="s" + n).connect()
+        assert all(s.wait_connected(5) for s in slaves.values())
+        f = [frame(i, 64) for i in range(200)]
+        assert pump(slaves["a"], slaves["b"], f) == f       # the first pool serves
+        # C -> D until 2000 frames have crossed after the first pool stopped
+        stopper = threading.Thread(target=first.stop)
+        got, sent, stopped_at = [], [], None
+        end = time.monotonic() + 40
+        while time.monotonic() < end:
+            if stopped_at is None and not stopper.is_alive() and len(got) >= 2000:
+                if stopper.ident is None:
+                    stopper.start()
+                else:
+                    stopped_at = len(got)
+            if stopped_at is not None and len(got) >= stopped_at + 2000 and len(got) == len(sent):
+                break
+            if len(sent) - len(got) < 256 and (stopped_at is None or
+                                               len(sent) < stopped_at + 2000):
+                burst = [frame(len(sent) + i, 64 + (len(sent) + i) % 64) for i in range(64)]
+                sent += burst[:slaves["c"].tx_burst(burst)]
+            arrived = slaves["d"].rx_burst()
+            got += arrived
+            second.poll(0)
+            if not arrived:
+                time.sleep(0.0002)
+        assert stopped_at is not None, "the first pool did not stop"
+        assert len(got) >= stopped_at + 2000 and got == sent    # nothing lost or reordered
+        assert not any(w.alive() for w in first.workers)
+        assert A.connected and B.connected and slaves["a"].connected
+        gens = dict(first.gens)
+        slaves["a"].close()
+        assert wait_for(lambda: not A.connected, 5)
+        slaves["a"] = memifx.Interface(socket=path["a"], name="sa").connect()
+        assert slaves["a"].wait_connected(5) and wait_for(lambda: A.connected, 5)
+        assert first.gens == gens               # the stopped pool heard nothing
+        g = [frame(50000 + i, 128) for i in range(500)]
+        assert pump(slaves["d"], slaves["c"], g) == g       # the second one serves on
+    finally:
+        for s in slaves.values():
+            s.close()
+        if not first.stopping:
+            first.stop()
+        second.stop()
+        for intf in masters.values():
+            intf.close()
+
+
+@pytest.mark.timeout(60)
+def test_workers_import_no_node_kind_and_plans_name_kinds_by_path():
+    """Imports run one way: memifx.workers never imports memifx.nodes (a
+    worker loads its kind by the plan's import path), and a path that is not
+    a Node is refused with a clear error."""
+    code = ("import sys, memifx.workers.pool, memifx.workers.loop\n"
+            "print(sorted(m for m in sys.modules if m.startswith('memifx.nodes')))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=30, check=True).stdout
+    assert out.strip() == "[]"
+    from memifx.nodes.router import RouterNode
+    from memifx.nodes.tester import TesterNode
+    from memifx.nodes.xconnect import XConnectNode
+    from memifx.workers.node import import_path, load
+    for kind in (XConnectNode, RouterNode, TesterNode):
+        assert load(import_path(kind)) is kind
+    assert import_path(XConnectNode) == "memifx.nodes.xconnect:XConnectNode"
+    for bad, why in (("xconnect", "expected 'module:Class'"), (None, "expected"),
+                     ("memifx.nodes.router:RouterPool", "is not a Node"),
+                     ("memifx.nodes.nope:X", "No module named"),
+                     ("memifx.nodes.xconnect:Nope", "has no attribute")):
+        with pytest.raises(ValueError, match=why):
+            load(bad)

@@ -257,7 +257,7 @@ class Ip4Pipeline(Pipeline):
                 raise DataplaneError("%d workers: every worker needs its own transmit queue "
                                      "on each interface (the smallest has %d)"
                                      % (workers, most), "--workers")
-            from memifx.worker import RouterPool
+            from memifx.nodes.router import RouterPool
             self.pool = source = RouterPool(ifs, workers, self.cpus, info, self.fib, table,
                                             quiet, stats)
         else:

@@ -4,7 +4,7 @@ A kind names its small graph of nodes (as VPP names them: the job each
 does) and the node class that runs that graph on a burst, by import path
 so that this module imports no host.  A pipeline is one kind applied to
 some interfaces; it runs either in this process (memifx/runtime/local.py)
-or on its own worker pool (memifx/worker.py), the same node class in both.
+or on its own worker pool (memifx/workers/), the same node class in both.
 """
 import importlib
 import os
@@ -35,12 +35,12 @@ class Kind:
 
 KINDS: Dict[str, Kind] = {k.name: k for k in (
     Kind("xconnect", ("memif-input", "l2-xconnect", "interface-output"),
-         "memifx.worker:XConnectNode", 2),
+         "memifx.nodes.xconnect:XConnectNode", 2),
     Kind("echo", ("memif-input", "l2-xconnect", "interface-output"),
-         "memifx.worker:XConnectNode", 1),
+         "memifx.nodes.xconnect:XConnectNode", 1),
     Kind("ip4", ("memif-input", "ethernet-input", "arp-input", "ip4-input", "ip4-lookup",
                  "ip4-local", "ip4-rewrite", "interface-output"),
-         "memifx.worker:RouterNode", 0),
+         "memifx.nodes.router:RouterNode", 0),
 )}
 
 
@@ -92,12 +92,7 @@ class Pipeline:
     def stop(self) -> None:
         """Stop its workers (they let go of every queue); counters final."""
         if self.pool is not None:
-            pool = self.pool
-            pool.stop()
-            for intf in self.interfaces.values():
-                # Until WorkerPool.stop unregisters its own callbacks.
-                intf.remove_on_link(pool._on_down)
-                intf.remove_on_link(pool._on_up)
+            self.pool.stop()            # it unregisters its link callbacks too
         self.final = self.counters()
 
     def workers_state(self) -> Dict[str, Any]:
@@ -140,9 +135,9 @@ class XConnectPipeline(Pipeline):
             self.directions = [(names[0], names[1]), (names[1], names[0])]
         self.names = ["%s->%s" % d for d in self.directions]
         if workers:
-            from memifx.worker import WorkerPool
+            from memifx.nodes.xconnect import XConnectPool
             ifs = [self.interfaces[n] for n in names]
-            self.pool = WorkerPool(ifs, [(self.interfaces[s], self.interfaces[d])
+            self.pool = XConnectPool(ifs, [(self.interfaces[s], self.interfaces[d])
                                          for s, d in self.directions],
                                    workers, self.cpus, quiet, stats=stats)
         else:

@@ -1,8 +1,9 @@
-"""gen and sink in worker processes: the ``gen`` and ``sink`` node kinds.
+"""gen and sink in worker processes: the tester node kind.
 
-The main process keeps the control plane (memifx/worker.py: attach/detach,
+The main process keeps the control plane (memifx.workers.pool: attach/detach,
 restarts); ``TesterPool`` adds what is particular to a tester, and
-``TesterNode`` is what each worker runs.
+``TesterNode`` is what each worker runs, as gen (it sends) or sink (it only
+receives).
 
 Ownership: transmit queue q of gen's interface and receive queue q of the
 interface being checked belong to worker ``q mod N``.  Flows are hashed onto
@@ -32,7 +33,8 @@ import time
 from memifx.tester import (Receiver, Sender, Synth, in_flight, make_generator, queue_flows,
                            send_result, single_size)
 from memifx.traffic import Checker
-from memifx.worker import Node, WorkerPool
+from memifx.workers.node import Node, import_path
+from memifx.workers.pool import WorkerPool
 
 
 def split(total, weights):
@@ -94,12 +96,12 @@ class TesterPool(WorkerPool):
                        "verify": verify,
                        "gen": gen, "count": count, "duration": duration, "shares": shares}
         interfaces = [i for i in (send, receive) if i is not None]
-        super().__init__(interfaces, [], workers, cpus, quiet,
-                         node="gen" if send is not None else "sink", stats=stats)
+        super().__init__(interfaces, workers, cpus, quiet, node=import_path(TesterNode),
+                         stats=stats)
 
     # ------------------------------------------------------ workers
 
-    def _needs(self, name, w):
+    def needs(self, name, w):
         intf = self.interfaces[name]
         rx = ({q for q in range(intf.rx_queues) if q % self.nworkers == w}
               if self.receive_intf is intf else set())
@@ -107,7 +109,7 @@ class TesterPool(WorkerPool):
               if self.send_intf is intf else set())
         return rx, tx
 
-    def _plan_for_spawn(self, w):
+    def plan_for_spawn(self, w):
         tester = dict(self.tester, finished=self.finishing)
         fds = []
         if w in self.spawned:           # a restart: carry on from the one that died
@@ -116,9 +118,9 @@ class TesterPool(WorkerPool):
         self.memfds.extend(fds)
         return dict(self.plan, tester=tester), fds
 
-    def _spawn(self, w):
+    def spawn(self, w):
         try:
-            return super()._spawn(w)
+            return super().spawn(w)
         finally:
             for fd in self.memfds:
                 os.close(fd)
@@ -142,7 +144,7 @@ class TesterPool(WorkerPool):
                 fds.append(to_memfd(last["checker"]))
         return resume, fds
 
-    def _handle(self, w, msg, fds=()):
+    def handle(self, w, msg, fds=()):
         op = msg.get("op")
         snap = msg if op == "counters" else msg.get("snapshot") if op == "detached" else None
         if snap is not None and "tester" in snap:
@@ -151,20 +153,16 @@ class TesterPool(WorkerPool):
                 state["checker"] = read_fd(fds[0])
             self.states[w.index] = state
             self.reports[w.index] = self.reports.get(w.index, 0) + 1
-        super()._handle(w, msg, fds)
+        super().handle(w, msg, fds)
 
-    def mapping(self):
-        lines = []
-        for w in self.workers:
-            parts = []
-            for what, intf, kind in (("send", self.send_intf, 1), ("receive", self.receive_intf, 0)):
-                if intf is not None:
-                    qs = sorted(self._needs(intf.name, w.index)[kind])
-                    parts.append("%s %s %s" % (what, intf.name, ",".join(
-                        "%s%d" % ("tx" if kind else "rx", q) for q in qs) or "-"))
-            lines.append("worker %d (pid %d, cpu %s): %s" % (
-                w.index, w.pid, "any" if w.cpu is None else w.cpu, ", ".join(parts)))
-        return lines
+    def describe(self, w):
+        parts = []
+        for what, intf, kind in (("send", self.send_intf, 1), ("receive", self.receive_intf, 0)):
+            if intf is not None:
+                qs = sorted(self.needs(intf.name, w)[kind])
+                parts.append("%s %s %s" % (what, intf.name, ",".join(
+                    "%s%d" % ("tx" if kind else "rx", q) for q in qs) or "-"))
+        return ", ".join(parts)
 
     # ------------------------------------------------------ the run
 

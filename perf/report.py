@@ -1,0 +1,323 @@
+"""The perf suite's report: statistics over trials, the ratios against testpmd
+and their verdicts, and the output files (results.json, results.md, results.png)
+and the README's performance section.
+
+The Markdown is rendered from the results.json document alone, so a stored
+run's table can be rendered again without rerunning it.
+"""
+import json
+import os
+import statistics
+
+from harness import BUF, RING, ROOT
+from scenarios import TESTS
+
+# Average L2 size of the imix mix (7:4:1 of 64/570/1518 bytes).
+IMIX_AVG = (7 * 64 + 4 * 570 + 1518) / 12.0
+
+# Work per frame on each side, stated next to every ratio.
+WORK = {
+    "memifx-uni": "tx: gen writes headers and stamp, copies every byte into the ring "
+                  "(--payload zeros); rx: sink copies every byte out, checks headers, "
+                  "stamp, sequence and latency (--verify stamp)",
+    "testpmd-uni": "tx: txonly builds an mbuf, PMD copies it in; rx: PMD copies into an "
+                   "mbuf, rxonly frees it unread",
+    "memifx-xc": "1 copy, ring A → ring B (no intermediate buffer; chained frames 2)",
+    "testpmd-xc": "2 copies: ring → mbuf → ring (io forwarding)",
+    "ip4": "1 copy + Ethernet/IPv4 parse, LPM lookup, MAC rewrite, TTL and checksum update",
+    "xc": "1 copy, ring A → ring B",
+}
+
+# (memifx test, testpmd test, work key memifx, work key testpmd, target)
+RATIOS = [
+    ("uni-memifx-gen-slave", "uni-testpmd", "memifx-uni", "testpmd-uni", 1.3),
+    ("uni-memifx-gen-master", "uni-testpmd-master-tx", "memifx-uni", "testpmd-uni", 1.3),
+    ("xc-memifx-worker", "xc-testpmd", "memifx-xc", "testpmd-xc", 1.2),
+    ("xc-memifx-inproc", "xc-testpmd", "memifx-xc", "testpmd-xc", 1.2),
+]
+
+
+def frame_bytes(size):
+    """L2 bytes of one frame of a size column ("64", "imix"; 0 for "-": no frame)."""
+    if size == "imix":
+        return IMIX_AVG
+    return float(size) if size.isdigit() else 0.0
+
+
+def summarize(vals):
+    """Median, min, max and count of the values that are not None; None if none is."""
+    vals = [v for v in vals if v is not None]
+    if not vals:
+        return None
+    return {"median": statistics.median(vals), "min": min(vals), "max": max(vals), "n": len(vals)}
+
+
+def summarize_cell(trials, error, size):
+    """One cell of results["tests"]: its trials, its error if it failed, and
+    summaries over the trials of the rate (Mpps and Gbit/s) and of the
+    latency and CPU figures that its trials carry."""
+    cell = {"trials": trials}
+    if error is not None:
+        cell["error"] = error
+    if trials:
+        cell["mpps"] = summarize([t.get("mpps") for t in trials])
+        if cell["mpps"]:
+            cell["gbps"] = {k: v * frame_bytes(size) * 8 / 1000.0 if k != "n" else v
+                            for k, v in cell["mpps"].items()}
+        for key in ("p50_us", "p99_us", "cpu_percent"):
+            if any(t.get(key) is not None for t in trials):
+                cell[key] = summarize([t.get(key) for t in trials])
+    return cell
+
+
+def fmt(st, scale=1.0, digits=2):
+    """"median (min–max)" of a summary, each times ``scale``; "-" for none."""
+    if st is None:
+        return "-"
+    f = "%%.%df" % digits
+    return (f + " (" + f + "–" + f + ")") % (st["median"] * scale, st["min"] * scale,
+                                             st["max"] * scale)
+
+
+def ratio_text(m, t):
+    """Median ratio, with the ratios of the extremes; 'counts' only when the
+    interval of ratios excludes 1 (the margin exceeds the min-max spread)."""
+    if not m or not t or t["median"] <= 0 or t["min"] <= 0:
+        return None, "-"
+    r = m["median"] / t["median"]
+    lo, hi = m["min"] / t["max"], m["max"] / t["min"]
+    counts = lo > 1 or hi < 1
+    return r, "%.2f× (%.2f–%.2f)%s" % (r, lo, hi, "" if counts else ", within spread: does not count")
+
+
+def verdict(r, target, a, b):
+    """met (even the worst pairing of trials reaches the target), met by the
+    median only (the spread reaches below it), or missed by N %; and whether
+    the run can say so (>= 3 trials)."""
+    if a["min"] / b["max"] >= target:
+        v = "met"
+    elif r >= target:
+        v = "median meets it, the spread does not"
+    else:
+        v = "missed by %.0f %%" % (100 * (1 - r / target))
+    if min(a["n"], b["n"]) < 3:
+        v += " (fewer than 3 trials: indicative only)"
+    return v
+
+
+def floor_rows(tests):
+    """memifx's interrupt round trip against host-c-wake (medians: that floor
+    is steady): table rows.  host-c-ring is not divided into anything: its
+    fast or slow state does not follow the memif pairs' (see perf/README.md)."""
+    rows = []
+    wake = tests.get("host-c-wake", {}).get("-", {})
+    for size in ("64", "1518"):
+        ping = tests.get("irq-pingpong", {}).get(size, {})
+        for key in ("p50_us", "p99_us"):
+            if ping.get(key) and wake.get(key):
+                rows.append("| irq-pingpong %s | %s | %s µs | %s µs | %.2f |" % (
+                    key[:3], size, fmt(ping[key], 1, 1), fmt(wake[key], 1, 1),
+                    ping[key]["median"] / wake[key]["median"]))
+    return rows
+
+
+def render_markdown(results):
+    """The Markdown report of one run (a results.json document): the table of
+    every cell, the ratios against testpmd with their verdicts, the host's
+    floor, the per-node instruction counts and the chart's link."""
+    tests = results["tests"]
+    L = []
+    quick = results["quick"]
+    L.append("# memifx performance (perf/run.py%s)\n" % (" --quick" if quick else ""))
+    L.append("%s; %s; %d trial(s) x %g s after %g s warm-up, in rounds over all cells; "
+             "median (min–max). MRR: rate received under maximum offered load. Ring %d, buffer %d. "
+             "Frame sizes: L2 bytes without FCS. Load average at start: %s, at end: %s.\n"
+             % (results["host"], results["date"], results["trials"], results["trial_seconds"],
+                results["warmup_seconds"], RING, BUF,
+                results["loadavg"], results.get("loadavg_end", "?")))
+    if quick:
+        L.append("**Quick run: 1 short trial per cell, no spread; orientation only.**\n")
+    L.append("| test | frame | Mpps | Gbit/s | notes |")
+    L.append("|---|---|---|---|---|")
+    for name, _, sizes, _, _ in TESTS:
+        if name not in tests:
+            continue
+        for size in sorted(tests[name], key=lambda z: sizes.index(z) if z in sizes else 99):
+            cell = tests[name][size]
+            if "error" in cell:
+                L.append("| %s | %s | - | - | error: %s |" % (name, size, cell["error"][:120]))
+                continue
+            st = cell.get("mpps")
+            g = frame_bytes(size) * 8 / 1000.0
+            notes = []
+            if cell.get("p50_us") is not None:
+                notes.append("round trip p50 %s µs, p99 %s µs%s"
+                             % (fmt(cell["p50_us"], 1, 1), fmt(cell["p99_us"], 1, 1),
+                                " at %d fps" % cell["trials"][0]["rate"]
+                                if cell["trials"][0].get("rate") else ", one frame at a time"))
+            if cell.get("cpu_percent") is not None:
+                notes.append("idle CPU %s %%" % fmt(cell["cpu_percent"], 1, 2))
+            bpf = [t["bytes_per_frame"] for t in cell["trials"] if t.get("bytes_per_frame")]
+            if bpf:
+                notes.append("testpmd counted %.0f B/frame" % statistics.median(bpf))
+            corrupt = sum(t.get("corrupt") or 0 for t in cell["trials"])
+            if corrupt:
+                notes.append("corrupt %d" % corrupt)
+            L.append("| %s | %s | %s | %s | %s |" % (
+                name, size, fmt(st, 1, 2) if cell.get("mpps") else "-",
+                fmt(st, g, 2) if cell.get("mpps") else "-",
+                "; ".join(notes)))
+    L.append("\n## Ratios against testpmd (same run)\n")
+    L.append("A ratio counts only when its whole min–max interval (memifx min / testpmd max "
+             "to memifx max / testpmd min) lies on one side of 1. *best vs best* divides "
+             "the best trials: on this host a process mostly keeps a fast or a slow state "
+             "for its whole trial, whatever the program (host-c-ring shows it too), so the "
+             "best trials compare the two implementations in the fast state.\n")
+    L.append("| test | vs | frame | ratio (range) | best vs best | target | "
+             "work per frame, test | work per frame, vs |")
+    L.append("|---|---|---|---|---|---|---|---|")
+    for m, t, wm, wt, target in RATIOS:
+        for size in ("64", "1518"):
+            cm = tests.get(m, {}).get(size, {}).get("mpps")
+            ct = tests.get(t, {}).get(size, {}).get("mpps")
+            r, text = ratio_text(cm, ct)
+            if r is None:
+                continue
+            L.append("| %s | %s | %s | %s | %.2f× | ≥ %.1f×: %s | %s | %s |" % (
+                m, t, size, text, cm["max"] / ct["max"], target, verdict(r, target, cm, ct),
+                WORK[wm], WORK[wt]))
+    # ip4 vs xconnect
+    for n in ("ip4-1route", "ip4-1M"):
+        for size in ("64", "1518"):
+            cm = tests.get(n, {}).get(size, {}).get("mpps")
+            cx = tests.get("xc-memifx-inproc", {}).get(size, {}).get("mpps")
+            r, text = ratio_text(cm, cx)
+            if r is not None:
+                L.append("| %s | xc-memifx-inproc | %s | %s | %.2f× | ≥ 0.9×: %s | %s | %s |"
+                         % (n, size, text, cm["max"] / cx["max"], verdict(r, 0.9, cm, cx),
+                            WORK["ip4"], WORK["xc"]))
+    floor = floor_rows(tests)
+    if floor:
+        L.append("\n## Against the host's own floor (same run)\n")
+        L.append("host-c-wake is two threads of a C program waking each other through "
+                 "eventfds, both asleep in epoll_wait between frames, in the same rounds "
+                 "as irq-pingpong: the round trip this host allows any program. "
+                 "host-c-ring, in the table above, does memif's work per frame in bare C "
+                 "(one copy into a ring of 1024 buffers of 2048 B laid out as memifx's "
+                 "slave lays them, one copy out, CPU 0 to CPU 1). It is not a ceiling to "
+                 "divide by: it lands in a fast or a slow state of its own, independently "
+                 "of the memif pairs, and shows how much the machine moves.\n")
+        L.append("| test | frame | memifx | host floor | ratio |")
+        L.append("|---|---|---|---|---|")
+        L.extend(floor)
+    L.append("\nirq-latency is gen's stamp-to-arrival time at 10 kfps through an "
+             "interrupt-mode xconnect: between its batches gen sleeps on its receive "
+             "queue's eventfd, so each frame costs two wakeups (the DUT's and gen's) plus "
+             "gen's batching of 4 frames; irq-pingpong is the single-frame round trip "
+             "(send, sleep on the eventfd, wake on the reply) through `memifx echo` in "
+             "interrupt mode, poll-pingpong the same with both sides busy-polling.\n")
+    L.append("\nPython API targets at 64 B: burst ≥ 3 Mpps, batch ≥ 10 Mpps. Interrupt mode: "
+             "idle CPU ≈ 0, p99 < 50 µs.\n")
+    L.append("DUT tests: tester `memifx gen --receive` on CPU 0 sends on A and receives on B; "
+             "the DUT polls on CPU 1 (xconnect --workers 1 --cpus 1; --workers 0 pinned; "
+             "testpmd io with its forwarding lcore 1 and its sleeping main lcore 0). "
+             "The tester is the same for every DUT, so the DUT ratios are bounded by the "
+             "tester's own rate.\n")
+    if results.get("nodes"):
+        L.append("## Instructions per frame, per node (callgrind, 64 B, bursts of 256)\n")
+        L.append("Counted by `perf/nodes.py` on in-process loopback rings: exact and "
+                 "repeatable where cycle counters are not available. A node's figure "
+                 "includes its share of the per-burst call, not the interpreter loop "
+                 "around it. The speed of a pair of pollers is bounded by the slower "
+                 "side's instructions per frame plus the cache-line transfers between "
+                 "the CPUs, which instructions do not show.\n")
+        L.append("| node | Ir per frame |")
+        L.append("|---|---|")
+        for name, ir in results["nodes"]:
+            L.append("| %s | %.0f |" % (name, ir))
+        L.append("")
+    if results.get("chart"):
+        L.append("![chart](results.png)\n")
+    else:
+        L.append("(No chart: %s.)\n" % results.get("chart_note", "matplotlib not installed"))
+    return "\n".join(L)
+
+
+def write_report(results, out):
+    """results.json (raw) and results.md (the table) in directory ``out``;
+    returns the Markdown text."""
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(results, f, indent=1, sort_keys=True)
+    text = render_markdown(results)
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write(text + "\n")
+    return text
+
+
+def chart(results, out):
+    """results.png in ``out``: one panel of bars per frame size (median with
+    min-max), if matplotlib is importable; whether a chart was written.
+    Without matplotlib, results["chart_note"] says why."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        results["chart_note"] = "matplotlib not importable (pip install memifx[perf])"
+        return False
+    sizes = ["64", "1518", "imix", "9000"]
+    panels = []
+    for size in sizes:
+        bars = []
+        for name, _, _, _, _ in TESTS:
+            st = results["tests"].get(name, {}).get(size, {}).get("mpps")
+            if st and not name.startswith("irq"):
+                bars.append((name, st))
+        if bars:
+            panels.append((size, bars))
+    if not panels:
+        return False
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 + 2.2 * sum(len(b) for _, b in panels) / 3, 5),
+                             gridspec_kw={"width_ratios": [len(b) for _, b in panels]},
+                             squeeze=False)
+    for ax, (size, bars) in zip(axes[0], panels):
+        vals = [st["median"] for _, st in bars]
+        errs = [[st["median"] - st["min"] for _, st in bars],
+                [st["max"] - st["median"] for _, st in bars]]
+        colors = ["tab:orange" if "testpmd" in n else "tab:gray" if n.startswith("host")
+                  else "tab:blue" for n, _ in bars]
+        ax.bar(range(len(bars)), vals, yerr=errs, color=colors, capsize=3)
+        ax.set_xticks(range(len(bars)))
+        ax.set_xticklabels([n for n, _ in bars], rotation=90, fontsize=7)
+        ax.set_title("%s B" % size if size != "imix" else "IMIX")
+    axes[0][0].set_ylabel("Mpps (MRR: median, min–max)")
+    fig.suptitle("memifx (blue), dpdk-testpmd net_memif (orange), bare C ring (gray)%s"
+                 % (" — quick run" if results.get("quick") else ""))
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "results.png"), dpi=100)
+    plt.close(fig)
+    return True
+
+
+
+
+def update_readme(table, has_chart, path=os.path.join(ROOT, "README.md")):
+    """Replace the README's performance section (between the perf:begin and
+    perf:end markers; a new "Performance" section at the end if they are
+    absent) with ``table`` less its title."""
+    with open(path) as f:
+        text = f.read()
+    body = table.split("\n", 1)[1]            # drop the report's own title
+    if has_chart:
+        body = body.replace("![chart](results.png)", "![chart](perf/results/results.png)")
+    block = ("<!-- perf:begin -->\n_Generated by `python perf/run.py --update-readme`; "
+             "raw data in perf/results/results.json._\n\n" + body.strip() + "\n<!-- perf:end -->")
+    if "<!-- perf:begin -->" in text and "<!-- perf:end -->" in text:
+        head, rest = text.split("<!-- perf:begin -->", 1)
+        tail = rest.split("<!-- perf:end -->", 1)[1]
+        text = head + block + tail
+    else:
+        text = text.rstrip("\n") + "\n\n## Performance\n\n" + block + "\n"
+    with open(path, "w") as f:
+        f.write(text)

@@ -1,0 +1,379 @@
+"""The perf suite's scenarios: one function per family of cells, and the table
+of tests (name, group, frame sizes, function, description) that --list prints
+and --only selects from.
+
+A scenario function takes the run's configuration (``cfg.out``: results
+directory; ``cfg.warm`` and ``cfg.trial``: warm-up and measured seconds) and a
+frame size (a string: "64", "imix", or "-" for a test without frames), runs one
+trial in fresh processes and returns its result dict: "mpps" (the receiver's
+mean rate over the trial, or None for a latency or CPU test), "samples" and
+what else the family measures (corrupt, p50_us, p99_us, cpu_percent, ...).
+"""
+import atexit
+import functools
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from collections import namedtuple
+
+from harness import (BUF, DUT_CPU, HERE, MEMIFX, PY, RING, ROOT, TESTER_CPU, Session,
+                     memifx_samples, spec, testpmd_samples, wait_window)
+
+# The load-test modes: the same work per frame as testpmd's txonly/rxonly (one
+# copy each way, headers written and read); the sink's full check is a
+# correctness tool, measured by tests, not here.
+LEAN_TX = ["--payload", "zeros"]
+LEAN_RX = ["--verify", "stamp"]
+
+
+def uni_memifx(cfg, size, gen_role):
+    """memifx gen (CPU 0) -> memifx sink (CPU 1) on one socket, gen in
+    ``gen_role``; the master starts first.  The sink's receive rate."""
+    sink_role = "master" if gen_role == "slave" else "slave"
+    with Session(cfg.out) as s:
+        sock = s.sock("u")
+        # start the master first
+        ssink = spec(sock, role=sink_role, name="snk")
+        sgen = spec(sock, role=gen_role, name="gen")
+        sink_args = MEMIFX + ["sink", ssink, "--stats-interval", "1"] + LEAN_RX
+        gen_args = MEMIFX + ["gen", sgen, "--size", str(size), "--stats-interval", "1"] + LEAN_TX
+        first, second = (sink_args, DUT_CPU), (gen_args, TESTER_CPU)
+        if gen_role == "master":
+            first, second = second, first
+        p1 = s.start(first[0], [first[1]])
+        p1.wait_line(r"sink:|gen:", 20)
+        p2 = s.start(second[0], [second[1]])
+        sink = p1 if gen_role == "slave" else p2
+        mpps, raw = wait_window(lambda: memifx_samples(sink, "snk"), cfg.warm, cfg.trial,
+                                cfg.warm + cfg.trial + 30)
+        out = sink.stop()
+        m = re.search(r"corrupt (\d+)", out)
+        return {"mpps": mpps, "samples": raw, "corrupt": int(m.group(1)) if m else None}
+
+
+def uni_testpmd(cfg, size, tx_role="client"):
+    """txonly -> rxonly; tx_role "client" (slave) like uni-memifx-gen-slave,
+    "server" (master) like uni-memifx-gen-master.  The sender's forwarding
+    lcore polls on CPU 0, the receiver's on CPU 1."""
+    rx_role = "server" if tx_role == "client" else "client"
+    with Session(cfg.out) as s:
+        sock = s.sock("t")
+        server = "net_memif0,role=server,id=0,socket=%s,socket-abstract=no" % sock
+        # the client (slave) sets the ring and buffer sizes of the connection
+        client = "net_memif0,role=client,id=0,socket=%s,socket-abstract=no,rsize=%d,bsize=%d" % (
+            sock, RING.bit_length() - 1, BUF)
+        first = s.testpmd([server], "rxonly" if rx_role == "server" else "txonly",
+                          cpus="%d,%d" % (TESTER_CPU, DUT_CPU),
+                          main_lcore=TESTER_CPU if rx_role == "server" else DUT_CPU,
+                          extra=[] if rx_role == "server" else ["--txpkts=%s" % size])
+        first.wait_line(r"Port statistics|Press enter", 30)
+        second = s.testpmd([client], "txonly" if tx_role == "client" else "rxonly",
+                           cpus="%d,%d" % (TESTER_CPU, DUT_CPU),
+                           main_lcore=DUT_CPU if tx_role == "client" else TESTER_CPU,
+                           extra=["--txpkts=%s" % size] if tx_role == "client" else [])
+        rx, tx = (first, second) if rx_role == "server" else (second, first)
+        mpps, raw = wait_window(lambda: testpmd_samples(rx, 0), cfg.warm, cfg.trial,
+                                cfg.warm + cfg.trial + 40)
+        tx.stop()           # the sender first: testpmd dislikes a vanishing peer
+        # a check on what was counted: bytes per frame from testpmd's own byte rate
+        bps = [b for b in testpmd_samples(rx, 0, "Rx-bps") if b > 0]
+        pps = [p for p in raw if p > 0]
+        bpf = (sum(bps) / sum(pps) / 8) if bps and pps else None
+        return {"mpps": mpps, "samples": raw,
+                "bytes_per_frame": round(bpf, 1) if bpf else None}
+
+
+def tester(s, cfg, size, a, b, role="slave", rate=None, extra=()):
+    """memifx gen --receive pinned to CPU 0: sends on a, receives on b."""
+    args = MEMIFX + ["gen", spec(a, role=role, name="tester", **{"ring-size": 4096}),
+                     "--receive", spec(b, role=role, name="tester-rx", **{"ring-size": 16384}),
+                     "--size", str(size), "--stats-interval", "1"] + LEAN_TX + LEAN_RX
+    args += list(extra)
+    if rate:
+        args += ["--rate", str(rate)]
+    return s.start(args, [TESTER_CPU])
+
+
+def measure_tester(s, cfg, size, a, b, role="slave", extra=()):
+    """Run the tester through a DUT already listening on a and b; its receive rate."""
+    t = tester(s, cfg, size, a, b, role, extra=extra)
+    mpps, raw = wait_window(lambda: memifx_samples(t, "tester-rx rx"), cfg.warm, cfg.trial,
+                            cfg.warm + cfg.trial + 40)
+    out = t.stop()
+    m = re.search(r"corrupt (\d+)", out)
+    return {"mpps": mpps, "samples": raw, "corrupt": int(m.group(1)) if m else None}
+
+
+def xc_memifx(cfg, size, workers):
+    """The tester through memifx xconnect A <-> B (both master): in process
+    pinned to CPU 1 (workers=0) or with one worker on CPU 1."""
+    with Session(cfg.out) as s:
+        a, b = s.sock("a"), s.sock("b")
+        args = MEMIFX + ["xconnect", spec(a, role="master", name="A"),
+                         spec(b, role="master", name="B"), "--workers", str(workers)]
+        if workers:
+            args += ["--cpus", str(DUT_CPU)]
+        x = s.start(args, [DUT_CPU] if not workers else None)
+        x.wait_line(r"^xconnect ", 30)
+        return measure_tester(s, cfg, size, a, b)
+
+
+def xc_testpmd(cfg, size):
+    """The tester through testpmd io forwarding between two memif server ports."""
+    with Session(cfg.out) as s:
+        a, b = s.sock("a"), s.sock("b")
+        # main lcore 0 (sleeps, prints stats), forwarding lcore 1
+        tp = s.testpmd(["net_memif0,role=server,id=0,socket=%s,socket-abstract=no" % a,
+                        "net_memif1,role=server,id=0,socket=%s,socket-abstract=no" % b],
+                       "io", cpus="%d,%d" % (TESTER_CPU, DUT_CPU))
+        tp.wait_line(r"Port statistics", 30)
+        r = measure_tester(s, cfg, size, a, b)
+        return r
+
+
+def routes_file(n):
+    """A routes file of ``n`` routes (cached in the temp dir across runs: the
+    million-line file takes seconds to write)."""
+    path = os.path.join(tempfile.gettempdir(), "memifx-perf-routes-%d.txt" % n)
+    if not os.path.exists(path):
+        with open(path + ".tmp", "w") as f:
+            # n /24s in 20.0.0.0/6.. spread over the space; plus the tester's /16 last
+            for i in range(n - 1):
+                f.write("%d.%d.%d.0/24,via=10.0.2.2\n" % (20 + (i >> 16), (i >> 8) & 255, i & 255))
+            f.write("198.19.0.0/16,via=10.0.2.2\n")
+        os.rename(path + ".tmp", path)
+    return path
+
+
+# the router's MAC on A (the tester's destination MAC) and the next hop's on B
+ROUTER_MAC_A = "02:fe:00:00:00:0a"
+HOST_B_MAC = "02:aa:00:00:00:0b"
+
+
+@functools.lru_cache(maxsize=None)
+def ip4_has_workers():
+    """Whether this memifx's ip4-forward takes --workers (asked once per run)."""
+    h = subprocess.run(MEMIFX + ["ip4-forward", "--help"], capture_output=True, text=True,
+                       cwd=ROOT).stdout
+    return "--workers" in h
+
+
+def ip4(cfg, size, nroutes, workers=0):
+    """workers=0: the router's data path in its own process, pinned to CPU 1;
+    1: one worker process on CPU 1 (when this memifx's ip4-forward has workers)."""
+    with Session(cfg.out) as s:
+        a, b = s.sock("a"), s.sock("b")
+        args = MEMIFX + ["ip4-forward",
+                         "--interface", spec(a, role="master", name="a", ip="10.0.1.1/24",
+                                             mac=ROUTER_MAC_A),
+                         "--interface", spec(b, role="master", name="b", ip="10.0.2.1/24"),
+                         "--neighbor", "10.0.2.2,%s,dev=b" % HOST_B_MAC]
+        if nroutes == 1:
+            args += ["--route", "198.19.0.0/16,via=10.0.2.2"]
+        else:
+            args += ["--routes-file", routes_file(nroutes)]
+        if ip4_has_workers():
+            args += ["--workers", str(workers)] + (["--cpus", str(DUT_CPU)] if workers else [])
+        elif workers:
+            raise RuntimeError("this ip4-forward has no --workers")
+        r = s.start(args, [DUT_CPU] if not workers else None)
+        r.wait_line(r"ip4-forward: \d+ interfaces", 300)
+        return measure_tester(s, cfg, size, a, b,
+                              extra=["--dst-mac", ROUTER_MAC_A,
+                                     "--src-ip", "10.0.1.5", "--dst-ip", "198.19.0.1"])
+
+
+def pyapi(cfg, size, variant):
+    """The tester through perf/pyecho.py ``variant`` (burst, zc, batch) on CPU 1;
+    zc runs pyecho as the slave (zero-copy receive is the slave's)."""
+    with Session(cfg.out) as s:
+        a, b = s.sock("a"), s.sock("b")
+        dut_role = "slave" if variant == "zc" else "master"
+        tester_role = "master" if variant == "zc" else "slave"
+        if tester_role == "master":
+            t = tester(s, cfg, size, a, b, role="master")
+            t.wait_line(r"^gen:", 20)
+            d = s.start([PY, os.path.join(HERE, "pyecho.py"), variant, a, b, dut_role],
+                        [DUT_CPU])
+        else:
+            d = s.start([PY, os.path.join(HERE, "pyecho.py"), variant, a, b, dut_role],
+                        [DUT_CPU])
+            d.wait_line(r"pyecho: .* listening", 20)
+            t = tester(s, cfg, size, a, b, role="slave")
+        mpps, raw = wait_window(lambda: memifx_samples(t, "tester-rx rx"), cfg.warm, cfg.trial,
+                                cfg.warm + cfg.trial + 40)
+        return {"mpps": mpps, "samples": raw}
+
+
+def irq_xconnect(s, a, b):
+    """memifx xconnect A <-> B (both master, interrupt mode) in process on
+    CPU 1, started and listening."""
+    irq = {"rx-mode": "interrupt"}
+    x = s.start(MEMIFX + ["xconnect", spec(a, role="master", name="A", **irq),
+                          spec(b, role="master", name="B", **irq), "--workers", "0"],
+                [DUT_CPU])
+    x.wait_line(r"^xconnect ", 30)
+    return x
+
+
+def irq_tester(s, a, b, args):
+    """memifx gen on CPU 0 in interrupt mode: sends on a, receives on b."""
+    irq = {"rx-mode": "interrupt"}
+    return s.start(MEMIFX + ["gen", spec(a, name="tester", **irq),
+                             "--receive", spec(b, name="tester-rx", **irq)] + list(args),
+                   [TESTER_CPU])
+
+
+def irq_latency(cfg, size, rate=10000):
+    """Round trip tester -> xconnect (interrupt mode, in process, CPU 1) -> tester."""
+    with Session(cfg.out) as s:
+        a, b = s.sock("a"), s.sock("b")
+        irq_xconnect(s, a, b)
+        secs = cfg.warm + cfg.trial
+        t = irq_tester(s, a, b, ["--size", str(size), "--rate", str(rate),
+                                 "--duration", str(secs), "--json"])
+        deadline = time.monotonic() + secs + 30
+        while t.p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        out = t.stop()
+        j = json.loads([l for l in out.splitlines() if l.startswith("{")][-1])
+        lat = j["receive"].get("latency_us") or {}
+        return {"mpps": j["receive"]["mpps"], "p50_us": lat.get("p50"), "p99_us": lat.get("p99"),
+                "max_us": lat.get("max"), "lost": j["receive"]["lost"], "rate": rate}
+
+
+def pingpong(cfg, size, mode):
+    """Single frames, one at a time: perf/pingpong.py (slave, CPU 0) ->
+    memifx echo (master, CPU 1) -> back; both sides in the given rx mode
+    (interrupt: each side sleeps on its eventfd between frames)."""
+    with Session(cfg.out) as s:
+        sock = s.sock("e")
+        e = s.start(MEMIFX + ["echo", spec(sock, role="master", name="echo", **{"rx-mode": mode})],
+                    [DUT_CPU])
+        e.wait_line(r"echoing", 20)
+        count = int(20000 * cfg.trial)
+        p = s.start([PY, os.path.join(HERE, "pingpong.py"), sock, str(count), mode, str(size)],
+                    [TESTER_CPU])
+        p.wait_line(r"^\{", 60 + cfg.trial * 10)
+        j = json.loads(p.wait_line(r"^\{", 1))
+        j["mpps"] = None
+        return j
+
+
+def irq_idle(cfg, size):
+    """CPU time used by an interrupt-mode xconnect (in process) while both links
+    are up and no frame flows (the tester sends 1 frame per second)."""
+    import psutil
+    with Session(cfg.out) as s:
+        a, b = s.sock("a"), s.sock("b")
+        x = irq_xconnect(s, a, b)
+        irq_tester(s, a, b, ["--rate", "1", "--stats-interval", "1"])
+        x.wait_line(r"B: link up", 20)
+        time.sleep(1.0)
+        px = psutil.Process(x.p.pid)
+        c0, w0 = px.cpu_times(), time.monotonic()
+        time.sleep(max(cfg.trial, 2))
+        c1, w1 = px.cpu_times(), time.monotonic()
+        used = (c1.user + c1.system - c0.user - c0.system) / (w1 - w0)
+        return {"mpps": None, "cpu_percent": round(max(0.0, 100 * used), 3)}
+
+
+@functools.lru_cache(maxsize=None)
+def probe_binary():
+    """perf/probe.c compiled with the system C compiler, once per run, into a
+    scratch directory removed at exit."""
+    tmp = tempfile.mkdtemp(prefix="mxprobe-", dir="/tmp")
+    atexit.register(shutil.rmtree, tmp, True)
+    out = os.path.join(tmp, "probe")
+    subprocess.run(["cc", "-O2", "-pthread", os.path.join(HERE, "probe.c"), "-o", out],
+                   check=True)
+    return out
+
+
+def probe(*args):
+    """Run perf/probe.c with ``args``; its JSON line."""
+    r = subprocess.run([probe_binary()] + [str(a) for a in args], check=True,
+                       capture_output=True, text=True, timeout=120)
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def host_ring(cfg, size):
+    """The bare C copy ring's rate at ``size``."""
+    return {"mpps": probe("ring", size, cfg.trial)["mpps"]}
+
+
+def host_wake(cfg, size):
+    """The bare C eventfd round trip (p50_us, p99_us, ...); no rate."""
+    j = probe("wake", int(20000 * cfg.trial))
+    j["mpps"] = None
+    return j
+
+
+Test = namedtuple("Test", "name group sizes run description")
+Test.__doc__ = """One test of the suite: ``run(cfg, size)`` is one trial of one cell;
+``sizes`` are the frame sizes of the full suite, in table order."""
+
+TESTS = [
+    Test("uni-memifx-gen-slave", "uni", ["64", "1518", "imix", "9000"],
+         lambda c, z: uni_memifx(c, z, "slave"),
+         "memifx gen (slave, CPU 0) -> memifx sink (master, CPU 1)"),
+    Test("uni-memifx-gen-master", "uni", ["64", "1518", "imix", "9000"],
+         lambda c, z: uni_memifx(c, z, "master"),
+         "the reverse roles: gen master, sink slave"),
+    Test("uni-testpmd", "uni", ["64", "1518"], uni_testpmd,
+         "testpmd txonly (client, lcore 0) -> testpmd rxonly (server, lcore 1)"),
+    Test("uni-testpmd-master-tx", "uni", ["64", "1518"],
+         lambda c, z: uni_testpmd(c, z, "server"),
+         "the reverse roles: testpmd txonly (server, lcore 0) -> rxonly (client, lcore 1)"),
+    Test("xc-memifx-worker", "xc", ["64", "1518", "imix", "9000"],
+         lambda c, z: xc_memifx(c, z, 1),
+         "tester gen --receive (CPU 0) -> memifx xconnect --workers 1 --cpus 1 -> tester"),
+    Test("xc-memifx-inproc", "xc", ["64", "1518"], lambda c, z: xc_memifx(c, z, 0),
+         "same, xconnect --workers 0 pinned to CPU 1"),
+    Test("xc-testpmd", "xc", ["64", "1518"], xc_testpmd,
+         "same tester -> testpmd io, two memif server ports, lcore 1 -> tester"),
+    Test("ip4-1route", "ip4", ["64", "1518"], lambda c, z: ip4(c, z, 1),
+         "tester -> memifx ip4-forward --workers 0 (CPU 1), 1 route -> tester"),
+    Test("ip4-1M", "ip4", ["64", "1518"], lambda c, z: ip4(c, z, 1000000),
+         "same with 1,000,000 /24 routes from a routes file (the tester sends to one "
+         "destination: one FIB entry is hot)"),
+    Test("ip4-1route-worker", "ip4", ["64"], lambda c, z: ip4(c, z, 1, 1),
+         "ip4-1route with --workers 1 --cpus 1 (if ip4-forward has workers)"),
+    Test("py-burst", "py", ["64"], lambda c, z: pyapi(c, z, "burst"),
+         "the Python API forwarder perf/pyecho.py (CPU 1) as the DUT: "
+         "rx_burst -> tx_burst"),
+    Test("py-zc", "py", ["64"], lambda c, z: pyapi(c, z, "zc"),
+         "the same, rx_zero_copy -> tx_burst (pyecho is the slave)"),
+    Test("py-batch", "py", ["64"], lambda c, z: pyapi(c, z, "batch"),
+         "the same, rx_into -> tx_from"),
+    Test("irq-latency", "irq", ["64"], irq_latency,
+         "gen at 10 kfps through xconnect in interrupt mode: p50/p99 of gen's stamps "
+         "(send time to receive time, tester and DUT in interrupt mode)"),
+    Test("irq-pingpong", "irq", ["64", "1518"], lambda c, z: pingpong(c, z, "interrupt"),
+         "one frame at a time, perf/pingpong.py -> memifx echo, both in interrupt mode: "
+         "round trip p50/p99 from Python (perf_counter_ns)"),
+    Test("poll-pingpong", "irq", ["64"], lambda c, z: pingpong(c, z, "polling"),
+         "the same with both sides busy-polling (the floor)"),
+    Test("irq-idle", "irq", ["64"], irq_idle,
+         "CPU used by an interrupt-mode xconnect with links up and no traffic"),
+    Test("host-c-ring", "host", ["64", "1518"], host_ring,
+         "perf/probe.c: a bare C copy ring between CPUs 0 and 1 (memifx's buffer layout, "
+         "one copy in, one copy out), no memif and no Python: how much the machine "
+         "itself moves from trial to trial"),
+    Test("host-c-wake", "host", ["-"], host_wake,
+         "perf/probe.c: eventfd ping-pong between two threads asleep in epoll: the "
+         "host's floor for an interrupt-mode round trip"),
+]
+
+
+def selected(only):
+    """The tests named by ``only`` (each a name, a name prefix or a group), in
+    table order; all of them when ``only`` is empty."""
+    if not only:
+        return TESTS
+    return [t for t in TESTS if any(t.name == o or t.name.startswith(o) or t.group == o
+                                    for o in only)]
