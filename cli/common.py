@@ -214,7 +214,7 @@ def start_pipeline(dp, name, kind, specs, json_out, **params):
 
         def restarted(index):
             click.echo("worker %d died: restarted" % index, err=True)
-        p.pool.on_restart = restarted
+        p.on_restart = restarted
         if not json_out:
             for line in p.mapping():
                 click.echo(line)

@@ -269,3 +269,21 @@ def test_echo_pipeline_in_process_answers(running, sockdir):
         s.close()
     assert dp.state()["pipelines"]["e"]["counters"]["a->a"]["packets"] == 100
     running.stop()
+
+
+@pytest.mark.timeout(40)
+def test_problems_show_a_worker_death_then_clear(running, sockdir):
+    dp = running.dp
+    dp.add_interface("a", master(os.path.join(sockdir, "a.sock")))
+    dp.add_interface("b", master(os.path.join(sockdir, "b.sock")))
+    p = dp.add_pipeline("x", "xconnect", interfaces=["a", "b"], workers=1)
+    assert dp.problems() == []
+    pid = p.pool.workers[0].pid
+    os.kill(pid, 9)
+    assert wait_for(lambda: any("worker 0" in line for line in dp.problems()), 10), \
+        dp.problems()
+    assert wait_for(lambda: dp.state()["pipelines"]["x"]["workers"] ==
+                    {"count": 1, "alive": 1, "restarts": 1}, 10)
+    assert p.pool.workers[0].pid != pid
+    assert wait_for(lambda: dp.problems() == [], 10), dp.problems()
+    running.stop()

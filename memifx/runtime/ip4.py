@@ -260,6 +260,7 @@ class Ip4Pipeline(Pipeline):
             from memifx.nodes.router import RouterPool
             self.pool = source = RouterPool(ifs, workers, self.cpus, info, self.fib, table,
                                             quiet, stats)
+            self.hook_restarts()
         else:
             inbox = ArpInbox()
             source = inbox

@@ -8,6 +8,7 @@ or on its own worker pool (memifx/workers/), the same node class in both.
 """
 import importlib
 import os
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -16,6 +17,7 @@ from memifx.runtime.errors import DataplaneError
 from memifx.runtime.local import LocalHost
 
 Counters = Dict[str, Any]
+RESTART_SHOWN = 5.0     # seconds a worker's restart stays among the problems
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,16 @@ class Pipeline:
         self.host: Optional[LocalHost] = None
         self.pool: Any = None
         self.final: Optional[Counters] = None     # counters at stop
+        self.restarted_at: Dict[int, float] = {}  # worker index -> when it was restarted
+        self.on_restart: Optional[Callable[[int], None]] = None     # the command's hook
+
+    def hook_restarts(self) -> None:
+        """Called once the pool exists: note each restart, then tell on_restart."""
+        def restarted(index: int) -> None:
+            self.restarted_at[index] = time.monotonic()
+            if self.on_restart is not None:
+                self.on_restart(index)
+        self.pool.on_restart = restarted
 
     # what each kind provides
     def counters(self) -> Counters:
@@ -103,12 +115,18 @@ class Pipeline:
                 "restarts": self.pool.restarts}
 
     def problems(self) -> List[str]:
+        """A dead worker, and one restarted less than RESTART_SHOWN seconds
+        ago (the pool restarts it at once: a probe would rarely see it dead)."""
         out = []
         if self.pool is not None and self.final is None:
+            now = time.monotonic()
             for w in self.pool.workers:
                 if not w.alive():
                     out.append("pipeline %s: worker %d (pid %d) is not running"
                                % (self.name, w.index, w.pid))
+                elif now - self.restarted_at.get(w.index, -RESTART_SHOWN) < RESTART_SHOWN:
+                    out.append("pipeline %s: worker %d died and was restarted %.1f s ago"
+                               % (self.name, w.index, now - self.restarted_at[w.index]))
         return out
 
     def mapping(self) -> List[str]:
@@ -140,6 +158,7 @@ class XConnectPipeline(Pipeline):
             self.pool = XConnectPool(ifs, [(self.interfaces[s], self.interfaces[d])
                                          for s, d in self.directions],
                                    workers, self.cpus, quiet, stats=stats)
+            self.hook_restarts()
         else:
             plan = {"directions": self.directions,
                     "tx_queues": {n: i.tx_queues for n, i in self.interfaces.items()}}
