@@ -16,6 +16,7 @@ still up is reconnected when their pipeline goes (and one that is already
 up is reconnected when a pipeline on workers takes it): afterwards its
 rings are consistent for whoever uses it next.
 """
+import importlib
 import logging
 import os
 import threading
@@ -37,11 +38,11 @@ LinkCallback = Callable[[Interface, bool], None]
 
 def spec_of(name: str, spec: Any) -> Any:
     """A cli.spec.Spec from a Spec or a mapping of the spec keys, named ``name``."""
-    from memifx.cli.spec import Spec, spec_from_mapping
     import click
-    if not isinstance(spec, Spec):
+    cli_spec = importlib.import_module("memifx.cli.spec")   # the CLI's rules, one copy
+    if not isinstance(spec, cli_spec.Spec):
         try:
-            spec = spec_from_mapping(spec)
+            spec = cli_spec.spec_from_mapping(spec)
         except click.BadParameter as e:
             raise DataplaneError("%s: %s" % (name, e.message))
     spec.name = name

@@ -316,10 +316,11 @@ class Ip4Pipeline(Pipeline):
         old = self.wanted.static
         self.wanted.static = static
         try:
-            return tuple(self.fib.apply_routes(self.wanted.target()))
+            added, removed, changed = self.fib.apply_routes(self.wanted.target())
         except FibFull as e:
             self.wanted.static = old
             raise DataplaneError(str(e))
+        return added, removed, changed
 
     def reload_file(self) -> Tuple[int, int, int]:
         """Re-read the routes file and apply the difference; DataplaneError
@@ -335,11 +336,11 @@ class Ip4Pipeline(Pipeline):
             raise DataplaneError("%s line %d: %s: %r" % (w.routes_file, e.line, e.reason,
                                                          e.text))
         try:
-            result = self.fib.apply_routes(w.target(records))
+            added, removed, changed = self.fib.apply_routes(w.target(records))
         except FibFull as e:
             raise DataplaneError(str(e)) from e
         w.file_records = records
-        return tuple(result)
+        return added, removed, changed
 
     def report(self, seconds: float, ring_stats: Mapping[str, Any]) -> Dict[str, Any]:
         """ip4-forward's --json report: routes, counters per interface (with
