@@ -69,7 +69,7 @@ else:
 
 setup(
     packages=["memifx", "memifx.cli", "memifx.agent", "memifx.nodes", "memifx.workers",
-              "memifx.stats"],
+              "memifx.stats", "memifx.runtime"],
     package_dir={"memifx": "memifx", "memifx.cli": "cli"},
     package_data={"memifx": ["*.pxd", "*.pyx", "*.pyi", "py.typed"]},
     ext_modules=[] if PREBUILT else cythonize(

@@ -157,6 +157,88 @@ def start_workers(interfaces, directions, workers, cpus, quiet, queue_pairs, spe
     return pool
 
 
+# ------------------------------------------------------- the runtime
+
+def default_workers(workers, cpus, queue_pairs):
+    """--workers as given, or min(queue pairs, allowed CPUs) when not."""
+    import os
+    if workers is None:
+        workers = min(queue_pairs, len(cpus or os.sched_getaffinity(0)))
+    return workers
+
+
+def fail(dp, e):
+    """A DataplaneError as the command's error: a usage error of the option
+    it names, else a plain one (the Dataplane closed first)."""
+    if dp is not None:
+        dp.close()
+    if e.option:
+        return click.BadParameter(e.reason, param_hint=e.option)
+    return click.ClickException(e.reason)
+
+
+def build_dataplane(prometheus_port, json_out, named_specs):
+    """The command's Dataplane (closed when the command ends) with these
+    (name, Spec) interfaces, not connected yet (start_pipeline connects)."""
+    from memifx.runtime import Dataplane, DataplaneError
+    try:
+        dp = Dataplane(stats=True, prometheus_port=prometheus_port,
+                       on_link=print_link(json_out))
+    except DataplaneError as e:
+        raise fail(None, e)
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.call_on_close(dp.close)
+    try:
+        for name, spec in named_specs:
+            dp.add_interface(name, spec, connect=False)
+    except DataplaneError as e:
+        raise fail(dp, e)
+    return dp
+
+
+def start_pipeline(dp, name, kind, specs, json_out, **params):
+    """Add the command's one pipeline, tell the operator where its workers
+    run (warning about too many busy pollers), then connect every interface."""
+    from memifx.runtime import DataplaneError
+    try:
+        p = dp.add_pipeline(name, kind, **params)
+    except DataplaneError as e:
+        raise fail(dp, e)
+    if p.pool is not None:
+        busy = any(s.rx_mode != "interrupt" for s in specs)
+        if busy and p.pool.nworkers > len(p.cpus):
+            click.echo("warning: %d busy-polling workers on %d CPUs: they will starve "
+                       "each other (use rx-mode=interrupt or fewer workers)"
+                       % (p.pool.nworkers, len(p.cpus)), err=True)
+
+        def restarted(index):
+            click.echo("worker %d died: restarted" % index, err=True)
+        p.on_restart = restarted
+        if not json_out:
+            for line in p.mapping():
+                click.echo(line)
+    for n in list(dp.interfaces):
+        try:
+            dp.connect(n)
+        except DataplaneError as e:
+            raise fail(dp, e)
+    return p
+
+
+def run_dataplane(dp, stop, ticker=None, reason="stopped", each=None):
+    """Poll until ``stop``; ``each()`` after every round; close at the end."""
+    try:
+        while not stop:
+            dp.poll(0.1)
+            if each is not None:
+                each()
+            if ticker is not None:
+                ticker.maybe()
+    finally:
+        dp.close(reason)
+
+
 # ------------------------------------------------------------- statistics
 
 def prometheus_option(f):
@@ -193,16 +275,3 @@ def start_stats(interfaces, prometheus_port=0, nodes=None):
     if ctx is not None:
         ctx.call_on_close(sf.close)
     return sf
-
-
-def router_nodes(specs, router):
-    """ip4-forward's counters (per interface and queue) as node entries."""
-    out = []
-    for i, s in enumerate(specs):
-        c = router.counters(i, s.rx_queues, s.tx_queues)
-        for kind in ("rx", "tx"):
-            for q, qc in enumerate(c[kind]):
-                out.append(dict(qc, node="ip4", interface=s.name, queue=q, direction=kind))
-        out.append({"node": "ip4", "interface": s.name, "direction": "tx",
-                    "drops": {"tx link down": c["tx link down"]}})
-    return out

@@ -6,11 +6,8 @@ import click
 
 import memifx
 from memifx.cli.spec import SPEC
-from memifx.cli.common import (Stop, connect_all, emit_json, prometheus_option, start_stats,
-                               tester_worker_options)
-from memifx.rxmode import Idler
-from memifx.cli.xconnect import forward_pass
-from memifx.xconnect import XConnect
+from memifx.cli.common import (Stop, build_dataplane, emit_json, prometheus_option,
+                               run_dataplane, start_pipeline, tester_worker_options)
 from memifx.cli.gen import Ip4Type, MacType, SizeType, run_gen
 from memifx.cli.sink import run_sink
 
@@ -34,22 +31,17 @@ def main(verbose):
 @prometheus_option
 def echo(spec, duration, json_out, prometheus_port):
     """Send every received frame back where it came from (rx queue i -> tx queue i mod n)."""
-    intf = spec.interface()
+    name = spec.name or "memifx%d" % spec.id
+    dp = build_dataplane(prometheus_port, json_out, [(name, spec)])
     stop = Stop(duration)
-    connect_all([intf], json_out)
+    p = start_pipeline(dp, "echo", "echo", [spec], json_out, interface=name)
+    intf = dp.interfaces[name]
     if not json_out:
         click.echo("%s: %s on %s id %d, echoing" % (intf.name, intf.role, intf.socket, intf.id))
-    node = XConnect()
-    start_stats([intf], prometheus_port,
-                lambda: [dict(node.counters(), node="echo", interface=intf.name)])
-    idle = Idler([intf], spec.quiet)
-    try:
-        while not stop:
-            idle.after(forward_pass(intf, intf, node))
-    finally:
-        intf.close("echo stopped")
+    run_dataplane(dp, stop, reason="echo stopped")
     if json_out:
-        emit_json({"seconds": stop.elapsed, "echo": node.counters(),
+        (counters,) = p.counters().values()
+        emit_json({"seconds": stop.elapsed, "echo": counters,
                    "interfaces": {intf.name: intf.stats()}})
 
 

@@ -192,6 +192,24 @@ def _access_key(spec, key, value):
         raise click.BadParameter("%s=%s: %s" % (key, value, e))
 
 
+def spec_from_mapping(keys):
+    """A Spec from a mapping of the same keys as the text form (``{"socket":
+    "/run/a.sock", "role": "master", "rx-queues": 2}``; ``_`` may stand for
+    ``-``; list values for the ``:`` lists), checked by parse_spec: the same
+    rules and the same messages (click.BadParameter)."""
+    items = []
+    for key, value in keys.items():
+        if not isinstance(key, str):
+            raise click.BadParameter("%r: keys are strings" % (key,))
+        if isinstance(value, (list, tuple)):
+            value = ":".join(str(v) for v in value)
+        value = str(value)
+        if "," in value or "," in key or "=" in key:
+            raise click.BadParameter("%s=%s: no ',' in a key or value" % (key, value))
+        items.append("%s=%s" % (key.replace("_", "-"), value))
+    return parse_spec(",".join(items))
+
+
 class SpecType(click.ParamType):
     name = "SPEC"
 

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from scapy.all import ARP, ICMP, IP, IPerror, IPOption_NOP, IPv6, UDP, Ether, raw
 
 import memifx
-from memifx.cli.ip4_forward import build_fib
+from memifx.runtime.ip4 import build_fib
 from memifx.cli.main import main
 from memifx.cli.spec import parse_spec
 from memifx.fib import Fib, RouteError
@@ -261,7 +261,7 @@ def mac_bytes(text):
 @pytest.fixture
 def node():
     """The router of the end-to-end tests, without rings: (router, fib)."""
-    from memifx.cli.ip4_forward import parse_neighbor
+    from memifx.runtime.ip4 import parse_neighbor
     specs = [parse_spec(s) for s in SPECS]
     fib, _, _ = build_fib(specs, ROUTES, None)
     r = Router(fib)
