@@ -191,15 +191,6 @@ def test_entrypoint_checks_the_default_document_as_non_root(shared_dir):
     assert r.returncode == 1 and "interfaces.a.ring-size" in r.stderr
 
 
-def runtime_available():
-    try:
-        import memifx.runtime  # noqa: F401
-        return True
-    except ImportError:
-        return False
-
-
-@pytest.mark.skipif(not runtime_available(), reason="memifx.runtime (issue 11) not merged yet")
 def test_entrypoint_runs_as_non_root_and_answers_probes(shared_dir, procs):
     with open(os.path.join(DEPLOY, "agent.yaml")) as f:
         data = document(f.read(), shared_dir)

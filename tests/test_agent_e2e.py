@@ -1,7 +1,7 @@
 """The agent as a process driving the real data plane: traffic through what
 it applied, changes applied live with 0 lost on the untouched pipeline, a
 broken document rejected while traffic goes on, health following a killed
-worker.  Needs memifx.runtime (issue 11); skipped until it is there.
+worker.
 
 CPU budget (2 CPUs): the agent's pipelines sleep in interrupt mode; one gen
 at a time, rate-limited."""
@@ -20,16 +20,8 @@ import yaml
 from conftest import wait_for
 from test_agent_etcd import free_port
 
-try:
-    import memifx.runtime  # noqa: F401
-    HAVE_RUNTIME = True
-except ImportError:
-    HAVE_RUNTIME = False
-
 MEMIFX = [sys.executable, "-m", "memifx.cli.main"]
-pytestmark = [pytest.mark.timeout(180),
-              pytest.mark.skipif(not HAVE_RUNTIME,
-                                 reason="memifx.runtime (issue 11) not merged yet")]
+pytestmark = pytest.mark.timeout(180)
 MAC_C = "02:00:00:00:01:01"
 
 
@@ -162,10 +154,8 @@ def test_agent_health_follows_workers_and_required_links(procs, tmp_path):
 
 
 def test_agent_from_etcd_forwarding_survives_etcd_restart(procs, tmp_path):
-    from test_agent_etcd import ETCD, EtcdServer, client
+    from test_agent_etcd import EtcdServer, client
     from memifx.agent.store import put_document
-    if ETCD is None:
-        pytest.skip("etcd-server not installed")
     server = EtcdServer(tmp_path)
     server.start()
     try:
