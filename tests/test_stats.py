@@ -279,6 +279,43 @@ def test_in_process_file_follows_reconnects(sock, statsdir):
     assert not os.path.exists(sf.path)
 
 
+@pytest.mark.timeout(60)
+def test_untracked_interface_leaves_the_file_and_its_slots_are_reused(sock, statsdir):
+    """An interface removed for good (Dataplane.remove_interface) leaves the
+    description; churn of many interfaces does not grow the file once the
+    slots' grace has passed (8 x 128 queue slots: more than a chunk); the
+    one that stays keeps its counters."""
+    sf = stats.StatsFile()
+    keep = memifx.Interface(socket=sock, role="master", id=0, name="keep").connect()
+    try:
+        sf.track(keep)
+        with memifx.Interface(socket=sock, id=0, name="peer") as slave:
+            assert slave.wait_connected(5) and keep.wait_connected(5)
+            for rnd in range(2):
+                names = ["gone%d-%d" % (rnd, i) for i in range(8)]
+                for i, name in enumerate(names):
+                    intf = memifx.Interface(socket=sock, role="master", id=1 + i, name=name,
+                                            rx_queues=64, tx_queues=64).connect()
+                    sf.track(intf)
+                    intf.close()
+                    sf.untrack(intf)
+                    sf.untrack(intf)            # twice: nothing more happens
+                listed = [t["name"] for t in stats.read_file(sf.path)[0]["interfaces"]]
+                assert listed == ["keep"]
+                if rnd == 0:
+                    size = os.fstat(sf.fileno()).st_size
+                    time.sleep(stats.writer.SLOT_GRACE + 0.2)
+            assert os.fstat(sf.fileno()).st_size == size     # the slots came back
+            assert slave.tx_burst([frame(i, 60) for i in range(5)]) == 5
+            got = []
+            assert wait_for(lambda: got.extend(keep.rx_burst()) or len(got) == 5)
+            mine = stats.read_file(sf.path)[0]
+            assert interface_stats(mine, "keep") == strip(keep.stats())
+    finally:
+        keep.close()
+        sf.close()
+
+
 def interface_stats(proc, name):
     s = interface(proc, name)["stats"]
     return {"rx": s["rx"], "tx": s["tx"]}

@@ -142,6 +142,8 @@ class Dataplane:
             del self.interfaces[name]
             del self.specs[name]
             intf.close(reason)
+            if self.stats is not None:
+                self.stats.untrack(intf)        # memifx show stops listing it
             self._idler = None
 
     def set_rx_mode(self, name: str, mode: str, queue: Optional[int] = None) -> None:

@@ -300,6 +300,24 @@ class StatsFile:
                 if intf.connected:
                     self._attach(t)
 
+    def untrack(self, intf: Interface) -> None:
+        """Stop counting ``intf`` here (an interface removed for good): its
+        queues count privately again, it leaves the file's description, and
+        its slots are reused after SLOT_GRACE (a reader may still hold the
+        old description)."""
+        with self._lock:
+            mine = [t for t in self._tracked if t.intf is intf]
+            if self.closed or not mine:
+                return
+            intf.remove_on_link(self.link_changed)
+            now = time.monotonic()
+            with self._writing():
+                for t in mine:
+                    self._fold(t)
+                    self._tracked.remove(t)
+                    for kind in ("rx", "tx"):
+                        self._free.extend((now, region, off) for region, off in t.base[kind])
+
     def set_nodes(self, provider: NodeProvider) -> None:
         """provider() -> a list of node counter dicts: "node" (its name), any
         of "interface", "queue", "direction" (labels), numbers, and "drops"
