@@ -48,11 +48,14 @@ import ipaddress
 import json
 import re
 from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import click
-import yaml
+import yaml  # type: ignore[import-untyped]  # PyYAML ships no types; safe_load gives Any
 
-from memifx.cli.spec import parse_spec
+# cli/ is installed as memifx.cli (setup.py's package_dir), which mypy, reading
+# the source tree, does not see; parse_spec is then Any.
+from memifx.cli.spec import parse_spec  # type: ignore[import-not-found]
 
 SECTIONS = ("agent", "interfaces", "xconnects", "routers", "endpoints")
 PIPELINE_SECTIONS = ("xconnects", "routers", "endpoints")
@@ -63,12 +66,14 @@ ENDPOINT_KINDS = ("echo", "gen", "sink")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
+Spec = Dict[str, str]        # an interface: spec key -> text value (cli/spec.py)
+
 
 class ConfigError(ValueError):
     """A document the agent refuses; ``path`` names the bad field ('' for the
     document itself) and ``reason`` says what is wrong with it."""
 
-    def __init__(self, path, reason):
+    def __init__(self, path: str, reason: str) -> None:
         self.path, self.reason = path, reason
         super().__init__("%s: %s" % (path, reason) if path else reason)
 
@@ -77,7 +82,7 @@ class ConfigError(ValueError):
 class Settings:
     http_port: int = DEFAULT_HTTP_PORT
     http_bind: str = "127.0.0.1"
-    required: tuple = None          # None: every interface
+    required: Optional[Tuple[str, ...]] = None     # None: every interface
     retry_seconds: float = DEFAULT_RETRY_SECONDS
 
 
@@ -88,11 +93,11 @@ class Pipeline:
     (``routes`` and ``neighbors`` as the text --route/--neighbor take)."""
     section: str
     kind: str
-    interfaces: tuple
-    params: dict = field(default_factory=dict)
-    routes: tuple = ()
+    interfaces: Tuple[str, ...]
+    params: Dict[str, Any] = field(default_factory=dict)
+    routes: Tuple[str, ...] = ()
 
-    def without_routes(self):
+    def without_routes(self) -> Tuple[str, str, Tuple[str, ...], Dict[str, Any]]:
         return (self.section, self.kind, self.interfaces, self.params)
 
 
@@ -101,17 +106,17 @@ class Config:
     """A validated document: interface specs (spec key -> text value, as
     cli/spec.py reads them) and pipelines, by name."""
     settings: Settings = field(default_factory=Settings)
-    interfaces: dict = field(default_factory=dict)
-    pipelines: dict = field(default_factory=dict)
-    document: dict = field(default_factory=dict)    # as given (for GET /config)
+    interfaces: Dict[str, Spec] = field(default_factory=dict)
+    pipelines: Dict[str, Pipeline] = field(default_factory=dict)
+    document: Dict[str, Any] = field(default_factory=dict)  # as given (for GET /config)
 
-    def required_interfaces(self):
+    def required_interfaces(self) -> List[str]:
         if self.settings.required is None:
             return sorted(self.interfaces)
         return list(self.settings.required)
 
 
-def parse_text(text, origin="document"):
+def parse_text(text: Union[str, bytes], origin: str = "document") -> Any:
     """YAML or JSON text -> the plain data (ConfigError if it does not parse)."""
     try:
         data = yaml.safe_load(text)
@@ -123,7 +128,7 @@ def parse_text(text, origin="document"):
     return {} if data is None else data
 
 
-def load(data):
+def load(data: Any) -> Config:
     """Validate plain data (a parsed document) into a Config, or raise
     ConfigError for the first bad field."""
     if isinstance(data, (str, bytes)):
@@ -136,7 +141,7 @@ def load(data):
     for name, item in _section(data, "interfaces"):
         cfg.interfaces[name] = _interface("interfaces." + name, item)
     _unique_endpoints(cfg)
-    users = {}                       # interface -> path of the pipeline using it
+    users: Dict[str, str] = {}       # interface -> path of the pipeline using it
     for section in PIPELINE_SECTIONS:
         for name, item in _section(data, section):
             path = "%s.%s" % (section, name)
@@ -158,7 +163,7 @@ def load(data):
 
 # ------------------------------------------------------------------ helpers
 
-def _mapping(path, value):
+def _mapping(path: str, value: Any) -> Dict[str, Any]:
     if not isinstance(value, dict):
         raise ConfigError(path, "expected a mapping, got %s" % _what(value))
     for k in value:
@@ -167,31 +172,31 @@ def _mapping(path, value):
     return value
 
 
-def _list(path, value):
+def _list(path: str, value: Any) -> List[Any]:
     if not isinstance(value, list):
         raise ConfigError(path, "expected a list, got %s" % _what(value))
     return value
 
 
-def _what(value):
+def _what(value: object) -> str:
     return {dict: "a mapping", list: "a list", str: "text", bool: "a boolean",
             int: "a number", float: "a number", type(None): "nothing"}.get(type(value),
                                                                             type(value).__name__)
 
 
-def _section(data, section):
+def _section(data: Mapping[str, Any], section: str) -> Iterable[Tuple[str, Any]]:
     items = data.get(section)
     if items is None:
         return []
-    _mapping(section, items)
-    for name in items:
+    checked = _mapping(section, items)
+    for name in checked:
         if not _NAME.match(name):
             raise ConfigError("%s.%s" % (section, name),
                               "bad name (letters, digits, '_', '.', '-'; at most 64)")
-    return items.items()
+    return checked.items()
 
 
-def _int(path, value, lo, hi):
+def _int(path: str, value: Any, lo: int, hi: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(path, "expected an integer, got %s" % _what(value))
     if not lo <= value <= hi:
@@ -199,7 +204,7 @@ def _int(path, value, lo, hi):
     return value
 
 
-def _number(path, value, lo):
+def _number(path: str, value: Any, lo: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(path, "expected a number, got %s" % _what(value))
     if value < lo:
@@ -207,20 +212,20 @@ def _number(path, value, lo):
     return value
 
 
-def _text(path, value):
+def _text(path: str, value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigError(path, "expected text, got %s" % _what(value))
     return value
 
 
-def _ip4(path, value):
+def _ip4(path: str, value: Any) -> str:
     try:
         return str(ipaddress.IPv4Address(_text(path, value)))
     except ValueError:
         raise ConfigError(path, "not an IPv4 address")
 
 
-def _keys(path, item, allowed):
+def _keys(path: str, item: Mapping[str, Any], allowed: Sequence[str]) -> None:
     for k in item:
         if k not in allowed:
             raise ConfigError("%s.%s" % (path, k), "unknown key; allowed: %s"
@@ -229,11 +234,11 @@ def _keys(path, item, allowed):
 
 # --------------------------------------------------------------- interfaces
 
-def _interface(path, item):
+def _interface(path: str, item: Any) -> Spec:
     """An interface's mapping -> {spec key: text}, checked key by key with
     the CLI's own spec parser, then as a whole (keys that go together)."""
     _mapping(path, item)
-    spec = {}
+    spec: Spec = {}
     for key, value in item.items():
         where = "%s.%s" % (path, key)
         if key == "name":
@@ -264,13 +269,13 @@ def _interface(path, item):
     return spec
 
 
-def spec_text(name, spec):
+def spec_text(name: str, spec: Mapping[str, str]) -> str:
     """The CLI spec text of an interface (name= from the config's key)."""
     return ",".join(["name=" + name] + ["%s=%s" % kv for kv in spec.items()])
 
 
-def _unique_endpoints(cfg):
-    seen = {}
+def _unique_endpoints(cfg: Config) -> None:
+    seen: Dict[Tuple[Any, ...], str] = {}
     for name, spec in cfg.interfaces.items():
         s = parse_spec(spec_text(name, spec))
         key = (s.socket, s.id, s.role)
@@ -280,7 +285,7 @@ def _unique_endpoints(cfg):
         seen[key] = name
 
 
-def _uses(path, names, interfaces):
+def _uses(path: str, names: Sequence[Any], interfaces: Mapping[str, Spec]) -> Tuple[str, ...]:
     for i, n in enumerate(names):
         _text("%s[%d]" % (path, i), n)
         if n not in interfaces:
@@ -290,7 +295,7 @@ def _uses(path, names, interfaces):
     return tuple(names)
 
 
-def _workers(path, item, params):
+def _workers(path: str, item: Mapping[str, Any], params: Dict[str, Any]) -> None:
     if "workers" in item:
         params["workers"] = _int(path + ".workers", item["workers"], 0, MAX_WORKERS)
     if "cpus" in item:
@@ -301,7 +306,7 @@ def _workers(path, item, params):
 
 # ---------------------------------------------------------------- pipelines
 
-def _xconnect(path, item, interfaces):
+def _xconnect(path: str, item: Any, interfaces: Mapping[str, Spec]) -> Pipeline:
     _mapping(path, item)
     _keys(path, item, ("interfaces", "workers", "cpus"))
     if "interfaces" not in item:
@@ -309,21 +314,21 @@ def _xconnect(path, item, interfaces):
     names = _list(path + ".interfaces", item["interfaces"])
     if len(names) != 2:
         raise ConfigError(path + ".interfaces", "an xconnect joins exactly two interfaces")
-    params = {}
+    params: Dict[str, Any] = {}
     _workers(path, item, params)
     return Pipeline("xconnects", "xconnect", _uses(path + ".interfaces", names, interfaces),
                     params)
 
 
-def _router(path, item, interfaces):
+def _router(path: str, item: Any, interfaces: Mapping[str, Spec]) -> Pipeline:
     _mapping(path, item)
     _keys(path, item, ("interfaces", "routes", "neighbors", "workers", "cpus"))
     if "interfaces" not in item:
         raise ConfigError(path + ".interfaces", "required")
-    names = _list(path + ".interfaces", item["interfaces"])
-    if not names:
+    listed = _list(path + ".interfaces", item["interfaces"])
+    if not listed:
         raise ConfigError(path + ".interfaces", "at least one interface")
-    names = _uses(path + ".interfaces", names, interfaces)
+    names = _uses(path + ".interfaces", listed, interfaces)
     for i, n in enumerate(names):
         spec = interfaces[n]
         if "ip" not in spec:
@@ -336,19 +341,19 @@ def _router(path, item, interfaces):
                    for i, r in enumerate(_list(path + ".routes", item.get("routes", []))))
     neighbors = [_neighbor("%s.neighbors[%d]" % (path, i), r, names, interfaces)
                  for i, r in enumerate(_list(path + ".neighbors", item.get("neighbors", [])))]
-    params = {"neighbors": neighbors}
+    params: Dict[str, Any] = {"neighbors": neighbors}
     _workers(path, item, params)
     return Pipeline("routers", "ip4", names, params, routes)
 
 
-def _route(path, value, names):
+def _route(path: str, value: Any, names: Sequence[str]) -> str:
     """A route as text (PREFIX via GW dev NAME, ',' or ' ' between) or a
     mapping {prefix, via, dev} -> canonical text."""
     if isinstance(value, str):
         words = value.replace(",", " ").replace("=", " ").split()
         if not words:
             raise ConfigError(path, "empty route")
-        route = {"prefix": words[0]}
+        route: Dict[str, Any] = {"prefix": words[0]}
         rest = words[1:]
         while rest:
             if rest[0] not in ("via", "dev") or len(rest) < 2:
@@ -377,13 +382,14 @@ def _route(path, value, names):
     return text
 
 
-def _neighbor(path, value, names, interfaces):
+def _neighbor(path: str, value: Any, names: Sequence[str],
+              interfaces: Mapping[str, Spec]) -> str:
     """IP,MAC[,dev=NAME] text or a mapping {ip, mac, dev} -> canonical text."""
     if isinstance(value, str):
         parts = [p.strip() for p in value.split(",")]
         if len(parts) not in (2, 3):
             raise ConfigError(path, "expected IP,MAC[,dev=NAME]")
-        n = {"ip": parts[0], "mac": parts[1]}
+        n: Dict[str, Any] = {"ip": parts[0], "mac": parts[1]}
         if len(parts) == 3:
             key, _, dev = parts[2].partition("=")
             if key != "dev":
@@ -411,7 +417,8 @@ def _neighbor(path, value, names, interfaces):
 
 
 # gen/sink options the agent passes on, as the CLI spells them, and their checks
-_GEN = {
+Check = Callable[[str, Any], Any]     # (path, value) -> the value passed on, or ConfigError
+_GEN: Dict[str, Check] = {
     "size": lambda p, v: v if v in ("imix",) else _int(p, v, 60, 9000),
     "count": lambda p, v: _int(p, v, 0, 2**63 - 1),
     "rate": lambda p, v: _number(p, v, 0),
@@ -426,29 +433,29 @@ _GEN = {
 _SINK = {"verify": _GEN["verify"]}
 
 
-def _choice(path, value, allowed):
+def _choice(path: str, value: Any, allowed: Sequence[str]) -> str:
     if value not in allowed:
         raise ConfigError(path, "allowed values are %s" % "|".join(allowed))
-    return value
+    return str(value)           # one of allowed
 
 
-def _mac(path, value):
+def _mac(path: str, value: Any) -> str:
     if not isinstance(value, str) or not _MAC.match(value):
         raise ConfigError(path, "not a MAC address XX:XX:XX:XX:XX:XX")
     return value.lower()
 
 
-def _endpoint(path, item, interfaces):
+def _endpoint(path: str, item: Any, interfaces: Mapping[str, Spec]) -> Pipeline:
     _mapping(path, item)
     kind = _choice(path + ".kind", item.get("kind"), ENDPOINT_KINDS)
-    options = {"echo": {}, "gen": _GEN, "sink": _SINK}[kind]
+    options: Dict[str, Check] = {"echo": {}, "gen": _GEN, "sink": _SINK}[kind]
     _keys(path, item, ("kind", "interface", "workers", "cpus") + tuple(options))
     if "interface" not in item:
         raise ConfigError(path + ".interface", "required")
     intf = _text(path + ".interface", item["interface"])
     if intf not in interfaces:
         raise ConfigError(path + ".interface", "no interface named %s" % intf)
-    params = {}
+    params: Dict[str, Any] = {}
     for key, check in options.items():
         if key in item:
             params[key.replace("-", "_")] = check("%s.%s" % (path, key), item[key])
@@ -458,12 +465,12 @@ def _endpoint(path, item, interfaces):
     return Pipeline("endpoints", kind, (intf,), params)
 
 
-def _settings(item, interfaces):
+def _settings(item: Any, interfaces: Mapping[str, Spec]) -> Settings:
     if item is None:
         return Settings()
     _mapping("agent", item)
     _keys("agent", item, ("http-port", "http-bind", "required", "retry-seconds"))
-    s = {}
+    s: Dict[str, Any] = {}
     if "http-port" in item:
         s["http_port"] = _int("agent.http-port", item["http-port"], 0, 65535)
     if "http-bind" in item:

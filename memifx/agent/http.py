@@ -18,16 +18,26 @@ import json
 import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from memifx.agent.main import Agent
 
 log = logging.getLogger("memifx.agent")
 
 PATHS = ("/config", "/state", "/healthz", "/readyz", "/metrics")
 
 
+class _Server(ThreadingHTTPServer):
+    """The HTTP server, holding the agent its handlers answer for."""
+    agent: "Agent"
+
+
 class _Handler(BaseHTTPRequestHandler):
     server_version = "memifx-agent"
 
-    def do_GET(self):
+    def do_GET(self) -> None:
+        assert isinstance(self.server, _Server)
         agent = self.server.agent
         path = self.path.split("?", 1)[0]
         try:
@@ -46,18 +56,18 @@ class _Handler(BaseHTTPRequestHandler):
             log.exception("GET %s", path)
             self._json(500, {"error": "%s: %s" % (type(e).__name__, e)})
 
-    def _json(self, code, obj):
+    def _json(self, code: int, obj: Any) -> None:
         self._send(code, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode(),
                    "application/json")
 
-    def _send(self, code, body, ctype):
+    def _send(self, code: int, body: bytes, ctype: str) -> None:
         self.send_response(code)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, fmt, *args):
+    def log_message(self, fmt: str, *args: Any) -> None:
         log.debug("http: " + fmt, *args)
 
 
@@ -65,8 +75,8 @@ class ApiServer:
     """The API on ``host:port`` (port 0: a free one, see ``.port``), served
     by a thread per request until ``close()``."""
 
-    def __init__(self, agent, port, host="127.0.0.1"):
-        self.httpd = ThreadingHTTPServer((host, port), _Handler)
+    def __init__(self, agent: "Agent", port: int, host: str = "127.0.0.1") -> None:
+        self.httpd = _Server((host, port), _Handler)
         self.httpd.daemon_threads = True
         self.httpd.agent = agent
         self.port = self.httpd.server_address[1]
@@ -75,7 +85,7 @@ class ApiServer:
         self.thread.start()
         log.info("agent API on %s:%d", host, self.port)
 
-    def close(self):
+    def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
         self.thread.join(5)

@@ -16,11 +16,15 @@ management call at a time under the agent's lock.
 import logging
 import threading
 import time
+from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
 from memifx.agent import config as configmod
-from memifx.agent.apply import ApplyError
-from memifx.agent.config import Config, ConfigError
-from memifx.agent.plan import plan
+from memifx.agent.apply import Applier, ApplyError
+from memifx.agent.config import Config, ConfigError, Pipeline
+from memifx.agent.plan import Op, plan
+from memifx.agent.store import Source
+
+T = TypeVar("T")
 
 log = logging.getLogger("memifx.agent")
 
@@ -29,20 +33,20 @@ class Agent:
     """Desired vs applied state over an applier (apply.DataplaneApplier or a
     test double with the same methods)."""
 
-    def __init__(self, applier):
+    def __init__(self, applier: Applier) -> None:
         self.applier = applier
         self.lock = threading.RLock()
-        self.desired = None          # Config, once a document was accepted
+        self.desired: Optional[Config] = None         # once a document was accepted
         self.applied = Config()
-        self.errors = {}             # "section/name" -> last error of that item
-        self.document_error = None   # why the last document was rejected
-        self.source = None           # where the accepted document came from
+        self.errors: Dict[str, str] = {}              # "section/name" -> its last error
+        self.document_error: Optional[str] = None     # why the last document was rejected
+        self.source: Optional[str] = None             # where the accepted document came from
         self.generation = 0          # documents accepted
-        self.store = None            # the source, set by its start(); status() in /state
+        self.store: Optional[Source] = None           # set by its start(); status() in /state
 
     # ---------------------------------------------------------- documents
 
-    def submit(self, data, origin="document"):
+    def submit(self, data: Any, origin: str = "document") -> bool:
         """Validate a document (text or parsed data) and, if good, make it the
         desired state and apply it.  Returns True if accepted."""
         try:
@@ -64,19 +68,19 @@ class Agent:
             self.converge()
         return True
 
-    def reject(self, origin, reason):
+    def reject(self, origin: str, reason: str) -> None:
         """A document that could not even be read: same as a rejected one."""
         self._refuse("%s: %s" % (origin, reason))
 
-    def _refuse(self, message):
+    def _refuse(self, message: str) -> None:
         with self.lock:
             self.document_error = message
         log.warning("rejected %s", message)
 
-    def converge(self):
+    def converge(self) -> List[Op]:
         """Apply the difference between applied and desired; returns the
         operations that failed."""
-        failed = []
+        failed: List[Op] = []
         with self.lock:
             if self.desired is None:
                 return failed
@@ -95,9 +99,9 @@ class Agent:
                     del self.errors[key]
         return failed
 
-    def _execute(self, op):
+    def _execute(self, op: Op) -> Optional[str]:
         if op.action == "add_pipeline":
-            missing = [i for i in op.item.interfaces if i not in self.applied.interfaces]
+            missing = [i for i in op.pipeline.interfaces if i not in self.applied.interfaces]
             if missing:
                 return "waiting for interface %s" % ", ".join(missing)
         try:
@@ -111,43 +115,44 @@ class Agent:
         if op.action == "remove_interface":
             a.interfaces.pop(op.name)
         elif op.action in ("add_interface", "set_rx_mode"):
-            a.interfaces[op.name] = op.item
+            a.interfaces[op.name] = op.spec
         elif op.action == "remove_pipeline":
             a.pipelines.pop(op.name)
         else:
-            a.pipelines[op.name] = op.item
+            a.pipelines[op.name] = op.pipeline
         return None
 
-    def _wanted(self, section, name):
+    def _wanted(self, section: str, name: str) -> bool:
         d = self.desired
+        assert d is not None, "converge looks only with a desired state"
         if section == "interfaces":
             return name in d.interfaces
         return name in d.pipelines and d.pipelines[name].section == section
 
-    def _applied(self, section, name):
+    def _applied(self, section: str, name: str) -> bool:
         a = self.applied
         if section == "interfaces":
             return name in a.interfaces
         return name in a.pipelines and a.pipelines[name].section == section
 
-    def in_sync(self):
+    def in_sync(self) -> bool:
         with self.lock:
             return self.desired is not None and not plan(self.applied, self.desired)
 
     # ---------------------------------------------------------- reading back
 
-    def config_view(self):
+    def config_view(self) -> Dict[str, Any]:
         """GET /config: the accepted document, as given."""
         with self.lock:
             return {"source": self.source, "generation": self.generation,
                     "document": self.desired.document if self.desired else None}
 
-    def state_view(self):
+    def state_view(self) -> Dict[str, Any]:
         """GET /state: each item's desired and applied form and last error."""
         with self.lock:
             desired = self.desired or Config()
             up = self._links()
-            items = {}
+            items: Dict[str, Dict[str, Any]] = {}
             for cfg, which in ((desired, "desired"), (self.applied, "applied")):
                 for name, spec in cfg.interfaces.items():
                     items.setdefault("interfaces/" + name, {})[which] = dict(spec)
@@ -167,24 +172,24 @@ class Agent:
                     "store": self.store.status() if self.store else None,
                     "items": dict(sorted(items.items()))}
 
-    def _links(self):
+    def _links(self) -> Dict[str, bool]:
         try:
             return self.applier.interfaces_up()
         except Exception as e:            # a read-back must not take the API down
             log.warning("reading link state: %s", e)
             return {}
 
-    def health(self):
+    def health(self) -> Tuple[bool, List[str]]:
         """(alive, problems) for /healthz: the process answers and no worker
         is dead."""
         problems = list(self.applier.problems())
         return not problems, problems
 
-    def readiness(self):
+    def readiness(self) -> Tuple[bool, List[str]]:
         """(ready, reasons) for /readyz: a document is applied in full and the
         required interfaces are up."""
         with self.lock:
-            reasons = []
+            reasons: List[str] = []
             if self.desired is None:
                 return False, ["no configuration yet"]
             for key, err in sorted(self.errors.items()):
@@ -197,12 +202,12 @@ class Agent:
                     reasons.append("interfaces/%s: link down" % name)
             return not reasons, reasons
 
-    def metrics(self):
+    def metrics(self) -> str:
         return self.applier.metrics()
 
     # ---------------------------------------------------------- running
 
-    def retry_loop(self, stop):
+    def retry_loop(self, stop: threading.Event) -> None:
         """Retry failed items every retry-seconds until ``stop`` is set."""
         while not stop.wait(self._retry_seconds()):
             with self.lock:
@@ -210,25 +215,25 @@ class Agent:
                                                                       self.desired)):
                     self.converge()
 
-    def _retry_seconds(self):
+    def _retry_seconds(self) -> float:
         with self.lock:
             s = self.desired.settings if self.desired else configmod.Settings()
             return s.retry_seconds
 
-    def settings(self):
+    def settings(self) -> configmod.Settings:
         with self.lock:
             return self.desired.settings if self.desired else configmod.Settings()
 
 
-def _pipeline_view(pipe):
-    out = {"kind": pipe.kind, "interfaces": list(pipe.interfaces)}
+def _pipeline_view(pipe: Pipeline) -> Dict[str, Any]:
+    out: Dict[str, Any] = {"kind": pipe.kind, "interfaces": list(pipe.interfaces)}
     out.update({k: v for k, v in pipe.params.items()})
     if pipe.kind == "ip4":
         out["routes"] = list(pipe.routes)
     return out
 
 
-def wait_for(predicate, timeout, step=0.05):
+def wait_for(predicate: Callable[[], T], timeout: float, step: float = 0.05) -> T:
     """Poll ``predicate`` until true or ``timeout`` seconds; its last value."""
     end = time.monotonic() + timeout
     while True:
@@ -239,7 +244,8 @@ def wait_for(predicate, timeout, step=0.05):
 
 
 
-def run_agent(applier, source, stop, http_port=None, http_bind=None):
+def run_agent(applier: Applier, source: Source, stop: threading.Event,
+              http_port: Optional[int] = None, http_bind: Optional[str] = None) -> Agent:
     """The agent process: the first document, then the HTTP API, the source's
     watch and the retries on threads, and the data path on this thread until
     ``stop`` (a threading.Event) is set.  The HTTP port and address come from
@@ -247,7 +253,8 @@ def run_agent(applier, source, stop, http_port=None, http_bind=None):
     take effect at the next start.  OSError if the API's port is taken."""
     from memifx.agent.http import ApiServer
     agent = Agent(applier)
-    server = retry = None
+    server: Optional[ApiServer] = None
+    retry: Optional[threading.Thread] = None
     try:
         source.start(agent, stop)
         s = agent.settings()

@@ -16,8 +16,9 @@ back on the new interface), and added after all its interfaces::
 Items keep the order of the document within each step, so plans repeat.
 """
 from dataclasses import dataclass
+from typing import Dict, List, Mapping, Optional, Sequence, Set, Union
 
-from memifx.agent.config import Config
+from memifx.agent.config import Config, Pipeline, Spec
 
 ORDER = ("remove_pipeline", "remove_interface", "add_interface", "set_rx_mode",
          "set_routes", "add_pipeline")
@@ -31,30 +32,44 @@ class Op:
     action: str
     section: str
     name: str
-    item: object = None
+    item: Union[Spec, Pipeline, None] = None
 
     @property
-    def key(self):
+    def spec(self) -> Spec:
+        """``item`` of an interface operation (add_interface, set_rx_mode)."""
+        if not isinstance(self.item, dict):
+            raise TypeError("%s carries no interface spec" % self)
+        return self.item
+
+    @property
+    def pipeline(self) -> Pipeline:
+        """``item`` of a pipeline operation (add_pipeline, set_routes)."""
+        if not isinstance(self.item, Pipeline):
+            raise TypeError("%s carries no pipeline" % self)
+        return self.item
+
+    @property
+    def key(self) -> str:
         """The item's id in /state: section/name."""
         return "%s/%s" % (self.section, self.name)
 
-    def __str__(self):
+    def __str__(self) -> str:
         return "%s %s" % (self.action, self.key)
 
 
 RX_MODE_KEYS = ("rx-mode", "quiet-us")
 
 
-def _without(spec, keys):
+def _without(spec: Mapping[str, str], keys: Sequence[str]) -> Dict[str, str]:
     return {k: v for k, v in spec.items() if k not in keys}
 
 
-def plan(applied, desired):
+def plan(applied: Optional[Config], desired: Config) -> List[Op]:
     """Operations that take ``applied`` (a Config of what runs now) to
     ``desired``, in dependency order."""
     applied = applied or Config()
-    steps = {a: [] for a in ORDER}
-    replaced = set()                       # interfaces removed (and maybe added again)
+    steps: Dict[str, List[Op]] = {a: [] for a in ORDER}
+    replaced: Set[str] = set()         # interfaces removed (and maybe added again)
     for name, spec in applied.interfaces.items():
         new = desired.interfaces.get(name)
         if new is None:
@@ -71,17 +86,17 @@ def plan(applied, desired):
             steps["add_interface"].append(Op("add_interface", "interfaces", name, spec))
 
     for name, pipe in applied.pipelines.items():
-        new = desired.pipelines.get(name)
-        rebuild = new is None or replaced.intersection(pipe.interfaces)
-        if new is not None and not rebuild and new != pipe:
-            if new.without_routes() == pipe.without_routes():
-                steps["set_routes"].append(Op("set_routes", new.section, name, new))
+        want = desired.pipelines.get(name)
+        rebuild = want is None or bool(replaced.intersection(pipe.interfaces))
+        if want is not None and not rebuild and want != pipe:
+            if want.without_routes() == pipe.without_routes():
+                steps["set_routes"].append(Op("set_routes", want.section, name, want))
             else:
                 rebuild = True
         if rebuild:
             steps["remove_pipeline"].append(Op("remove_pipeline", pipe.section, name))
-            if new is not None:
-                steps["add_pipeline"].append(Op("add_pipeline", new.section, name, new))
+            if want is not None:
+                steps["add_pipeline"].append(Op("add_pipeline", want.section, name, want))
     for name, pipe in desired.pipelines.items():
         if name not in applied.pipelines:
             steps["add_pipeline"].append(Op("add_pipeline", pipe.section, name, pipe))

@@ -34,25 +34,43 @@ import os
 import signal
 import socket
 import threading
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Protocol, Tuple
 
-import yaml
+import yaml  # type: ignore[import-untyped]  # PyYAML ships no types
 
 from memifx.agent.config import ConfigError, parse_text
 
+if TYPE_CHECKING:
+    import requests
+
+    from memifx.agent.main import Agent
+
 log = logging.getLogger("memifx.agent")
+
+
+class Source(Protocol):
+    """Where documents come from: ``start`` submits the first one to the
+    agent (and sets ``agent.store``), then follows changes on a thread until
+    ``stop`` is set; ``status`` is shown in /state."""
+
+    def start(self, agent: "Agent", stop: threading.Event) -> None: ...
+
+    def status(self) -> Dict[str, Any]: ...
+
+    def close(self) -> None: ...
 
 
 class FileSource:
     """Document from a file; changes by polling and SIGHUP."""
 
-    def __init__(self, path, interval=0.5):
+    def __init__(self, path: str, interval: float = 0.5) -> None:
         self.path, self.interval = path, interval
         self.hup = threading.Event()
-        self.stop = None
-        self.thread = None
-        self.seen = None
+        self.stop: Optional[threading.Event] = None
+        self.thread: Optional[threading.Thread] = None
+        self.seen: Optional[Tuple[int, int, int]] = None
 
-    def start(self, agent, stop):
+    def start(self, agent: "Agent", stop: threading.Event) -> None:
         """Submit the file now, then watch it on a thread until ``stop``.
         Call from the main thread (SIGHUP handler)."""
         self.agent, self.stop = agent, stop
@@ -63,7 +81,7 @@ class FileSource:
         self.thread = threading.Thread(target=self._watch, name="agent-file", daemon=True)
         self.thread.start()
 
-    def stamp(self):
+    def stamp(self) -> Optional[Tuple[int, int, int]]:
         """(inode, size, mtime) of the file, None while it is missing: a
         change in any of them is a change of the file."""
         try:
@@ -72,7 +90,7 @@ class FileSource:
             return None
         return (st.st_ino, st.st_size, st.st_mtime_ns)
 
-    def read(self):
+    def read(self) -> None:
         self.seen = self.stamp()
         try:
             with open(self.path, "rb") as f:
@@ -82,10 +100,12 @@ class FileSource:
             return
         self.agent.submit(text, self.path)
 
-    def _watch(self):
-        while not self.stop.is_set():
+    def _watch(self) -> None:
+        stop = self.stop
+        assert stop is not None, "start() set it"
+        while not stop.is_set():
             self.hup.wait(self.interval)
-            if self.stop.is_set():
+            if stop.is_set():
                 break
             if self.hup.is_set():
                 self.hup.clear()
@@ -95,10 +115,10 @@ class FileSource:
                 log.info("%s changed", self.path)
                 self.read()
 
-    def status(self):
+    def status(self) -> Dict[str, Any]:
         return {"kind": "file", "path": self.path}
 
-    def close(self):
+    def close(self) -> None:
         if self.stop is not None:
             self.stop.set()
         self.hup.set()
@@ -106,24 +126,24 @@ class FileSource:
             self.thread.join(5)
 
 
-def _b64(text):
+def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
-def _unb64(text):
+def _unb64(text: str) -> str:
     return base64.b64decode(text).decode("utf-8", "replace")
 
 
-def _range_end(prefix):
+def _range_end(prefix: str) -> str:
     b = bytearray(prefix.encode())
     b[-1] += 1
     return bytes(b).decode()
 
 
-def document_from(kvs, prefix):
+def document_from(kvs: Mapping[str, str], prefix: str) -> Dict[str, Any]:
     """{key: value text} under ``prefix`` -> the document (ConfigError naming
     the key when one is misplaced or does not parse)."""
-    doc = {}
+    doc: Dict[str, Any] = {}
     for key, value in sorted(kvs.items()):
         rel = key[len(prefix):]
         try:
@@ -147,7 +167,7 @@ class EtcdSource:
 
     MIN_PAUSE, MAX_PAUSE = 0.2, 5.0
 
-    def __init__(self, url, prefix, timeout=3.0):
+    def __init__(self, url: str, prefix: str, timeout: float = 3.0) -> None:
         import etcd3gw
         from urllib.parse import urlsplit
         u = urlsplit(url if "://" in url else "http://" + url)
@@ -156,17 +176,17 @@ class EtcdSource:
         self.url, self.prefix, self.timeout = url, prefix, timeout
         self.client = etcd3gw.client(host=u.hostname or "127.0.0.1", port=u.port or 2379,
                                      protocol=u.scheme or "http", timeout=timeout)
-        self.kvs = {}
+        self.kvs: Dict[str, str] = {}
         self.revision = 0
         self.connected = False
-        self.last_error = None
+        self.last_error: Optional[str] = None
         self.resyncs = 0
-        self.response = None
-        self.stop = None
-        self.thread = None
-        self.submitted = None
+        self.response: Optional[requests.Response] = None
+        self.stop: Optional[threading.Event] = None
+        self.thread: Optional[threading.Thread] = None
+        self.submitted: Optional[Dict[str, str]] = None
 
-    def start(self, agent, stop):
+    def start(self, agent: "Agent", stop: threading.Event) -> None:
         """Read the prefix now (if etcd answers), then watch on a thread."""
         self.agent, self.stop = agent, stop
         agent.store = self
@@ -177,29 +197,31 @@ class EtcdSource:
         self.thread = threading.Thread(target=self._run, name="agent-etcd", daemon=True)
         self.thread.start()
 
-    def _run(self):
+    def _run(self) -> None:
+        stop = self.stop
+        assert stop is not None, "start() set it"
         pause = self.MIN_PAUSE
-        while not self.stop.is_set():
+        while not stop.is_set():
             try:
                 if not self.connected:
                     self._resync()
                 pause = self.MIN_PAUSE
                 self._watch()
             except Exception as e:
-                if self.stop.is_set():
+                if stop.is_set():
                     break
                 self._lost(e)
-            if self.stop.wait(pause):
+            if stop.wait(pause):
                 break
             pause = min(pause * 2, self.MAX_PAUSE)
 
-    def _lost(self, e):
+    def _lost(self, e: Exception) -> None:
         if self.connected or self.last_error is None:
             log.warning("etcd %s: %s", self.url, e)
         self.connected = False
         self.last_error = "%s: %s" % (type(e).__name__, e)
 
-    def _resync(self):
+    def _resync(self) -> None:
         """Read the whole prefix; submit it if it differs from the last one."""
         reply = self.client.post(self.client.get_url("/kv/range"),
                                  json={"key": _b64(self.prefix),
@@ -214,7 +236,7 @@ class EtcdSource:
                  self.revision)
         self._submit()
 
-    def _submit(self):
+    def _submit(self) -> None:
         if self.kvs == self.submitted:
             return
         self.submitted = dict(self.kvs)
@@ -226,18 +248,20 @@ class EtcdSource:
             return
         self.agent.submit(doc, origin)
 
-    def _watch(self):
+    def _watch(self) -> None:
         """Follow the prefix from the next revision until the stream ends."""
-        request = {"create_request": {"key": _b64(self.prefix),
-                                      "range_end": _b64(_range_end(self.prefix)),
-                                      "start_revision": self.revision + 1}}
+        stop = self.stop
+        assert stop is not None, "start() set it"
+        request: Dict[str, Any] = {"create_request": {
+            "key": _b64(self.prefix), "range_end": _b64(_range_end(self.prefix)),
+            "start_revision": self.revision + 1}}
         resp = self.client.session.post(self.client.get_url("/watch"), json=request,
                                         stream=True, timeout=(self.timeout, None))
         self.response = resp
         try:
             resp.raise_for_status()
             for line in resp.iter_lines():
-                if self.stop.is_set():
+                if stop.is_set():
                     return
                 if not line.strip():
                     continue
@@ -262,12 +286,12 @@ class EtcdSource:
             resp.close()
         raise ConnectionError("watch stream ended")
 
-    def status(self):
+    def status(self) -> Dict[str, Any]:
         return {"kind": "etcd", "url": self.url, "prefix": self.prefix,
                 "connected": self.connected, "revision": self.revision,
                 "resyncs": self.resyncs, "error": self.last_error}
 
-    def close(self):
+    def close(self) -> None:
         if self.stop is not None:
             self.stop.set()
         resp = self.response
@@ -281,12 +305,12 @@ class EtcdSource:
             self.thread.join(5)
 
 
-def put_document(client, prefix, data):
+def put_document(client: Any, prefix: str, data: Mapping[str, Any]) -> List[str]:
     """Write a document's items as keys under ``prefix`` (deleting the keys of
     items it no longer has): for ``memifx agent put`` and tests."""
     if not prefix.endswith("/"):
         prefix += "/"
-    keys = {}
+    keys: Dict[str, Any] = {}
     for section, items in data.items():
         if section == "agent":
             keys[prefix + "agent"] = items

@@ -25,11 +25,23 @@ them, so it counts as synced from birth.
 Each worker counts each interface into its own counter block in the stats
 file (Router block i = ifindex i), kept across restarts.
 """
+from __future__ import annotations
+
 import logging
 import time
+from typing import (TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set,
+                    Tuple)
 
-from memifx.workers.node import Node, import_path
-from memifx.workers.pool import WorkerPool
+from memifx.workers.node import Link, Node, Tell, import_path
+from memifx.workers.pool import Worker, WorkerPool
+from memifx.workers.protocol import Message
+
+if TYPE_CHECKING:
+    from memifx.fib import Fib
+    from memifx.interface import Interface
+    from memifx.neighbor import NeighborTable
+    from memifx.ring import Queue
+    from memifx.stats import StatsFile
 
 log = logging.getLogger("memifx")
 
@@ -38,7 +50,7 @@ class RouterNode(Node):
     """Our own Router over the FIB and the neighbor table the main process
     shares (both mapped read-only; the plan's fds, closed after)."""
 
-    def __init__(self, plan, fds, tell):
+    def __init__(self, plan: Message, fds: List[int], tell: Tell) -> None:
         from memifx.fib import Fib
         from memifx.ip4 import Router
         from memifx.neighbor import NeighborTable
@@ -49,20 +61,20 @@ class RouterNode(Node):
             r.add_interface(i, bytes.fromhex(info["mac"]), info["ip"], info["ip_mode"],
                             ip4["rx_queues"][i], plan["tx_queues"][name])
 
-    def count_in(self, stats_fd):
+    def count_in(self, stats_fd: int) -> None:
         from memifx.stats import attach_node_fd
         slots = self.plan.get("node_slots")
         for i, name in enumerate(self.plan["ip4"]["names"]):
             if slots:
                 attach_node_fd(self.router, stats_fd, slots[self.plan["worker"]][name], i)
 
-    def run(self, links):
+    def run(self, links: Mapping[str, Link]) -> int:
         """Every receive queue this worker owns once, through the router; the
         transmit queue of each interface is ours alone (index = worker mod n)."""
         plan, router = self.plan, self.router
         names = plan["ip4"]["names"]
         router.set_time(int(time.monotonic() * 1000))
-        txqs = []
+        txqs: List[Optional[Queue]] = []
         for name in names:
             link = links.get(name)
             txqs.append(None if link is None
@@ -78,7 +90,7 @@ class RouterNode(Node):
             self.tell({"op": "arp", "entries": [[i, ip, mac.hex()] for i, ip, mac in learned]})
         return n
 
-    def snapshot(self):
+    def snapshot(self) -> Tuple[Message, List[int]]:
         ip4 = self.plan["ip4"]
         if self.plan.get("node_slots"):
             return {"nodes": {}}, []    # counted in the stats file, read there
@@ -102,44 +114,47 @@ class RouterPool(WorkerPool):
     blocks back until every worker has moved on (reclaimed in poll(), or at
     once with synchronize())."""
 
-    def __init__(self, interfaces, workers, cpus, router_info, fib, neighbors,
-                 quiet=100e-6, stats=None):
+    def __init__(self, interfaces: Sequence[Interface], workers: int,
+                 cpus: Optional[Sequence[int]], router_info: Iterable[Mapping[str, Any]],
+                 fib: Fib, neighbors: NeighborTable, quiet: float = 100e-6,
+                 stats: Optional[StatsFile] = None) -> None:
         if any(i.tx_queues < workers for i in interfaces):
             raise ValueError("every interface needs at least %d transmit queues" % workers)
         self.order = [i.name for i in interfaces]
         self.fib = fib
         self.neighbors = neighbors
         fib.defer_reuse = True          # readers in other processes from now on
-        self.sync_token = None          # the sync the workers are answering, if any
-        self.arp_pending = []           # (ifindex, ip, mac) from the workers' data paths
-        self.ip4 = {"names": self.order, "info": list(router_info),
+        self.sync_token: Optional[int] = None  # the sync the workers are answering, if any
+        # (ifindex, ip, mac) from the workers' data paths
+        self.arp_pending: List[Tuple[int, int, bytes]] = []
+        self.ip4: Message = {"names": self.order, "info": list(router_info),
                     "rx_queues": [i.rx_queues for i in interfaces]}
         self.queue_counts = [(i.rx_queues, i.tx_queues) for i in interfaces]
         super().__init__(interfaces, workers, cpus, quiet, node=import_path(RouterNode),
                          stats=stats)
 
-    def counter_blocks(self):
+    def counter_blocks(self) -> Dict[str, int]:
         """One counter block per interface (Router block i = ifindex i)."""
         from memifx.ip4 import counter_block_size
         return {name: counter_block_size(nrx, ntx)
                 for name, (nrx, ntx) in zip(self.order, self.queue_counts)}
 
-    def plan_for_spawn(self, w):
+    def plan_for_spawn(self, w: int) -> Tuple[Message, Sequence[int]]:
         return dict(self.plan, ip4=self.ip4), [self.fib.fd, self.neighbors.fd]
 
-    def spawn(self, w):
+    def spawn(self, w: int) -> Worker:
         # It maps the tables after everything retired so far was unlinked.
         synced = self.fib.sync_begin()
         worker = super().spawn(w)
         worker.synced = synced
         return worker
 
-    def needs(self, name, w):
+    def needs(self, name: str, w: int) -> Tuple[Set[int], Set[int]]:
         intf = self.interfaces[name]
         rx = {i for i in range(intf.rx_queues) if i % self.nworkers == w}
         return rx, {w % intf.tx_queues}
 
-    def describe(self, w):
+    def describe(self, w: int) -> str:
         parts = []
         for name in self.order:
             rx, tx = self.needs(name, w)
@@ -147,7 +162,7 @@ class RouterPool(WorkerPool):
                                            ",".join(map(str, sorted(tx)))))
         return "ip4 " + ", ".join(parts)
 
-    def set_neighbor(self, ifindex, ip, mac):
+    def set_neighbor(self, ifindex: int, ip: int, mac: Optional[bytes]) -> None:
         """Add or change a neighbor (mac bytes), or remove it (mac None): the
         shared table changes, every worker sees it at once."""
         if mac is None:
@@ -155,12 +170,12 @@ class RouterPool(WorkerPool):
         else:
             self.neighbors.add(ifindex, ip, bytes(mac))
 
-    def take_arp(self):
+    def take_arp(self) -> List[Tuple[int, int, bytes]]:
         """ARP replies the workers reported since the last call (as Router.take_arp)."""
         out, self.arp_pending = self.arp_pending, []
         return out
 
-    def handle(self, w, msg, fds=()):
+    def handle(self, w: Worker, msg: Message, fds: Sequence[int] = ()) -> None:
         op = msg.get("op")
         if op == "arp":
             self.arp_pending.extend((i, ip, bytes.fromhex(mac)) for i, ip, mac in msg["entries"])
@@ -171,11 +186,11 @@ class RouterPool(WorkerPool):
 
     # ------------------------------------------- reclaiming retired items
 
-    def poll(self, timeout):
+    def poll(self, timeout: float) -> None:
         super().poll(timeout)
         self.reclaim()
 
-    def reclaim(self):
+    def reclaim(self) -> bool:
         """One step of the handshake: finish the sync in flight if every live
         worker answered, else start one if the fib holds retired items.
         Returns whether items are still waiting."""
@@ -193,7 +208,7 @@ class RouterPool(WorkerPool):
                 w.send({"op": "sync", "gen": self.sync_token})
             return True
 
-    def synchronize(self, timeout=1.0):
+    def synchronize(self, timeout: float = 1.0) -> bool:
         """Wait (up to ``timeout`` seconds) until every worker has moved past
         the FIB changes made so far, so what they retired is free again.
         Returns whether nothing is left waiting."""
@@ -206,7 +221,7 @@ class RouterPool(WorkerPool):
                 w.pump(min(0.01, left))
         return True
 
-    def router_counters(self, ifindex, base):
+    def router_counters(self, ifindex: int, base: Dict[str, Any]) -> Dict[str, Any]:
         """Router.counters of interface ``ifindex`` summed over live and retired
         workers, added to ``base`` (all zeros, the right shape, when the main
         process routes nothing itself).  Read from the workers' stats file
@@ -221,13 +236,13 @@ class RouterPool(WorkerPool):
                 total = add_counters(total, counters_from_block(per[name], nrx, ntx))
             return total
         for snap in self.node_snapshots():
-            per = (snap or {}).get("router")
-            if per and ifindex < len(per):
-                total = add_counters(total, per[ifindex])
+            routed = (snap or {}).get("router")
+            if routed and ifindex < len(routed):
+                total = add_counters(total, routed[ifindex])
         return total
 
 
-def add_counters(a, b):
+def add_counters(a: Any, b: Any) -> Any:
     """Sum two counter trees of the same shape (dicts, lists, numbers)."""
     if isinstance(a, dict):
         return {k: add_counters(v, b.get(k, 0) if isinstance(b, dict) else 0)

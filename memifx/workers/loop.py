@@ -23,6 +23,7 @@ import signal
 import socket
 import sys
 import time
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 from memifx import guard
 from memifx import stats as stats_file
@@ -32,7 +33,7 @@ from memifx.memory import Memory
 from memifx.ring import Queue
 from memifx.rxmode import Idler
 from memifx.workers import node as node_kinds
-from memifx.workers.protocol import HandoffError, close_fds, recv, send
+from memifx.workers.protocol import HandoffError, Message, close_fds, recv, send
 
 log = logging.getLogger("memifx")
 
@@ -45,20 +46,22 @@ class Attached:
     gets (memifx.workers.node), and a port for Idler and
     memifx.tester.Receiver."""
 
-    def __init__(self, gen, memory, rx, tx, modes):
+    def __init__(self, gen: int, memory: Memory, rx: Dict[int, Queue], tx: Dict[int, Queue],
+                 modes: List[str]) -> None:
         self.gen, self.memory, self.rx, self.tx = gen, memory, rx, tx
         self.rx_modes = modes
         self.connected = True
         self.fault_sent = False         # a fault was reported for this link
-        self.unslotted = set()          # (kind, index) of queues counted in no stats slot
+        # (kind, index) of the queues counted in no stats slot
+        self.unslotted: Set[Tuple[str, int]] = set()
 
-    def active_queues(self, kind):
+    def active_queues(self, kind: str) -> List[Queue]:
         return list((self.rx if kind == "rx" else self.tx).values())
 
-    def check_faults(self):
+    def check_faults(self) -> None:
         """The worker loop reports faults of every attached queue itself."""
 
-    def counters(self):
+    def counters(self) -> Dict[str, Dict[int, Dict[str, Any]]]:
         return {"rx": {i: q.counters() for i, q in self.rx.items()},
                 "tx": {i: q.counters() for i, q in self.tx.items()}}
 
@@ -67,22 +70,22 @@ class WorkerLoop:
     """One worker: its socket to the main process, its plan and node, the
     links it holds."""
 
-    def __init__(self, sock):
+    def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.plan = None
-        self.stats_fd = None
-        self.links = {}                 # interface name -> Attached
-        self.node = None
-        self.idler = None
+        self.plan: Optional[Message] = None
+        self.stats_fd: Optional[int] = None
+        self.links: Dict[str, Attached] = {}  # interface name -> Attached
+        self.node: Optional[node_kinds.Node] = None
+        self.idler: Optional[Idler] = None
         self.last_counters = 0.0
 
-    def tell(self, msg, fds=()):
+    def tell(self, msg: Message, fds: Sequence[int] = ()) -> None:
         """Write ``msg`` with ``fds`` to the main process."""
         send(self.sock, msg, fds)
 
     # ------------------------------------------------------------ messages
 
-    def start(self, plan, fds):
+    def start(self, plan: Message, fds: List[int]) -> None:
         """The plan: make the node it names, count where it says."""
         self.plan = plan
         if plan.get("stats") and fds:
@@ -92,20 +95,23 @@ class WorkerLoop:
             self.node.count_in(self.stats_fd)
         self.idler = Idler([], plan["quiet"], wake_fds=[self.sock.fileno()])
 
-    def attach(self, msg, fds):
+    def attach(self, msg: Message, fds: List[int]) -> None:
         """Take over a link: map its regions, rebuild the queues we own.
         MemifError if the fds are not what the message announces."""
+        plan = self.plan
+        assert plan is not None, "attach before the plan"     # read_control keeps it out
         nreg = len(msg["regions"])
         if len(fds) != nreg + len(msg["queues"]):
             raise MemifError("worker %d: fd handoff incomplete (%d fds for %d regions "
-                             "and %d queues)" % (self.plan["worker"], len(fds), nreg,
+                             "and %d queues)" % (plan["worker"], len(fds), nreg,
                                                  len(msg["queues"])))
         memory = Memory()
         for fd, size in zip(fds[:nreg], msg["regions"]):
             memory.add_peer_region(fd, size)
-        rx, tx = {}, {}
-        unslotted = set()
-        modes = self.plan["modes"][msg["key"]]
+        rx: Dict[int, Queue] = {}
+        tx: Dict[int, Queue] = {}
+        unslotted: Set[Tuple[str, int]] = set()
+        modes = plan["modes"][msg["key"]]
         for q, qfd in zip(msg["queues"], fds[nreg:]):
             g = dict(q)
             kind, state = g.pop("kind"), g.pop("state")
@@ -129,7 +135,7 @@ class WorkerLoop:
         link.unslotted = unslotted
         self.links[msg["key"]] = link
 
-    def detach(self, msg):
+    def detach(self, msg: Message) -> None:
         """Let go of a link and say so, with the counters of its queues
         that no stats slot holds."""
         link = self.links.get(msg["key"])
@@ -143,14 +149,16 @@ class WorkerLoop:
                   for kind, per in link.counters().items()}
         self.report({"op": "detached", "key": msg["key"], "gen": msg["gen"], "queues": queues})
 
-    def snapshot(self):
+    def snapshot(self) -> Tuple[Message, List[int]]:
         """The counters message and the fds that go with it (ours to close)."""
+        assert self.node is not None, "a snapshot before the plan"
         fields, fds = self.node.snapshot()
-        msg = {"op": "counters", "queues": {k: link.counters() for k, link in self.links.items()}}
+        msg: Message = {"op": "counters",
+                        "queues": {k: link.counters() for k, link in self.links.items()}}
         msg.update(fields)
         return msg, fds
 
-    def report(self, msg=None):
+    def report(self, msg: Optional[Message] = None) -> None:
         """Send a counters snapshot, alone or inside ``msg`` as "snapshot"."""
         snap, fds = self.snapshot()
         try:
@@ -162,7 +170,7 @@ class WorkerLoop:
         finally:
             close_fds(fds)
 
-    def handle(self, msg, fds):
+    def handle(self, msg: Optional[Message], fds: List[int]) -> bool:
         """One control message; False once the worker should stop."""
         if msg is None or msg.get("op") == "stop":
             if self.plan is not None:
@@ -187,14 +195,17 @@ class WorkerLoop:
                 # Between passes: nothing of the FIB is held from before.
                 self.tell({"op": "synced", "gen": msg["gen"]})
             else:
+                assert self.node is not None, "a node message before the plan"
                 self.node.message(msg)
         finally:
             close_fds(fds)              # what no queue took: region fds are dup'd
-        self.idler.interfaces = list(self.links.values())
-        self.idler.armed = [q for q in self.idler.armed if not q.closed]
+        idler = self.idler
+        assert idler is not None, "the plan made it"
+        idler.interfaces = list(self.links.values())
+        idler.armed = [q for q in idler.armed if not q.closed]
         return True
 
-    def read_control(self, block):
+    def read_control(self, block: bool) -> bool:
         """Handle the control messages waiting (``block``: wait for one).
         False once the worker should stop."""
         while True:
@@ -222,7 +233,7 @@ class WorkerLoop:
 
     # ----------------------------------------------------------- the loop
 
-    def report_faults(self, memory_faulted):
+    def report_faults(self, memory_faulted: bool) -> None:
         """A fault of each link (once per link): a region a peer truncated
         (``memory_faulted``: the guard counted one since the last look) goes
         first, before any ring fault the zeros in its place caused."""
@@ -239,7 +250,7 @@ class WorkerLoop:
                                "reason": q.fault_reason()})
                     break
 
-    def run(self):
+    def run(self) -> int:
         """Serve until told to stop; the exit status."""
         if not self.read_control(block=True):       # the plan first
             return 0
@@ -252,7 +263,8 @@ class WorkerLoop:
             look = not moved or passes % CONTROL_EVERY == 0
             if look and not self.read_control(block=False):
                 return 0
-            node = self.node
+            node, idler = self.node, self.idler
+            assert node is not None and idler is not None, "the plan made them"
             moved = node.run(self.links)
             look = not moved or passes % CONTROL_EVERY == 0
             if look:
@@ -268,12 +280,12 @@ class WorkerLoop:
             if node.idle(moved):
                 pass
             elif self.links:
-                self.idler.after(moved)
+                idler.after(moved)
             else:
                 wait_readable([self.sock.fileno()], 0.1)
 
 
-def main(fd):
+def main(fd: int) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     return WorkerLoop(socket.socket(fileno=fd)).run()
 

@@ -25,6 +25,28 @@ and ``idle`` after each pass.  What it needs from its host:
   serves as a port of memifx.tester.Receiver).
 """
 import importlib
+from typing import Any, List, Mapping, Protocol, Sequence, Tuple, Type
+
+from memifx.ring import Queue
+from memifx.workers.protocol import Message
+
+
+class Tell(Protocol):
+    """How a node writes a message (and fds) to the main process."""
+
+    def __call__(self, msg: Message, fds: Sequence[int] = ...) -> None: ...
+
+
+class Link(Protocol):
+    """What a node's run() gets per interface: the queues this host owns
+    (memifx.workers.loop.Attached in a worker, memifx.runtime.local.LocalLink
+    in the main process)."""
+
+    @property
+    def rx(self) -> Mapping[int, Queue]: ...
+
+    @property
+    def tx(self) -> Mapping[int, Queue]: ...
 
 
 class Node:
@@ -33,43 +55,43 @@ class Node:
     snapshot after the pass."""
     report_now = False
 
-    def __init__(self, plan, fds, tell):
+    def __init__(self, plan: Message, fds: List[int], tell: Tell) -> None:
         self.plan, self.tell = plan, tell
 
-    def run(self, links):
+    def run(self, links: Mapping[str, Link]) -> int:
         """One pass over ``links`` ({interface name: link}); frames moved."""
         return 0
 
-    def idle(self, moved):
+    def idle(self, moved: int) -> bool:
         """After a pass: True if the node waited itself, False to let the
         host decide (a worker sleeps on the receive queues' eventfds)."""
         return False
 
-    def snapshot(self):
+    def snapshot(self) -> Tuple[Message, List[int]]:
         """(fields for the counters message, fds to send with it; the host
         closes them once sent)."""
         return {"nodes": {}}, []
 
-    def message(self, msg):
+    def message(self, msg: Message) -> None:
         """A control message the host does not know (one for this kind)."""
 
-    def count_in(self, stats_fd):
+    def count_in(self, stats_fd: int) -> None:
         """Count into the stats file open as ``stats_fd`` where the plan says."""
 
 
-def import_path(kind):
+def import_path(kind: Type[Node]) -> str:
     """The name a plan carries for the Node class ``kind``: "module:Class"."""
     return "%s:%s" % (kind.__module__, kind.__qualname__)
 
 
-def load(path):
+def load(path: object) -> Type[Node]:
     """The Node class a plan names by ``path`` ("module:Class").  ValueError
     if the path is malformed, cannot be imported or is not a Node."""
     module, sep, name = path.partition(":") if isinstance(path, str) else ("", "", "")
     if not sep or not module or not name:
         raise ValueError("node kind %r: expected 'module:Class'" % (path,))
     try:
-        kind = importlib.import_module(module)
+        kind: Any = importlib.import_module(module)
         for part in name.split("."):
             kind = getattr(kind, part)
     except (ImportError, AttributeError) as e:

@@ -36,25 +36,36 @@ Several pools may run in one process, each on its own interfaces; ``stop``
 ends one pool's workers and unhooks it from its interfaces, which stay
 connected, while the others carry on.
 """
+from __future__ import annotations
+
 import logging
 import socket
 import subprocess
 import sys
 import threading
 import time
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping, Optional,
+                    Sequence, Set, Tuple)
 
 from memifx.fdwait import wait_readable
 from memifx.workers import protocol
-from memifx.workers.protocol import DEAD_PEER, HandoffError
+from memifx.workers.protocol import DEAD_PEER, HandoffError, Message
+
+if TYPE_CHECKING:
+    from memifx.interface import Interface
+    from memifx.stats import StatsFile
 
 log = logging.getLogger("memifx")
 
 DETACH_WAIT = 1.0           # seconds a link-down waits for each worker to let go
 
+# How a Worker hands what it read to its pool: handle(worker, msg, fds).
+Handler = Callable[["Worker", Message, List[int]], None]
 
-def parse_cpus(text):
+
+def parse_cpus(text: str) -> List[int]:
     """'2-5,8' -> [2, 3, 4, 5, 8]: the CPUs workers are pinned to."""
-    cpus = []
+    cpus: List[int] = []
     for part in filter(None, text.split(",")):
         lo, _, hi = part.partition("-")
         cpus.extend(range(int(lo), int(hi or lo) + 1))
@@ -66,11 +77,15 @@ def parse_cpus(text):
 class Worker:
     """One worker process, seen from the main process."""
 
-    def __init__(self, index, cpu, plan, handle, stats_fd=None, plan_fds=()):
+    synced: int                 # the latest sync it answered, where its pool syncs (router)
+
+    def __init__(self, index: int, cpu: Optional[int], plan: Mapping[str, Any],
+                 handle: Handler, stats_fd: Optional[int] = None,
+                 plan_fds: Iterable[int] = ()) -> None:
         self.index, self.cpu = index, cpu
         self.handle = handle            # handle(worker, msg, fds): the pool's dispatcher
         self.recv_lock = threading.Lock()
-        self.detached = set()           # (key, gen) the worker has let go of
+        self.detached: Set[Tuple[str, int]] = set()  # (key, gen) the worker has let go of
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "memifx.workers.loop", str(theirs.fileno())],
@@ -78,8 +93,8 @@ class Worker:
         theirs.close()
         self.sock = ours
         self.lock = threading.Lock()
-        self.counters = {}              # the latest snapshot: {"nodes": ..., "queues": ...}
-        self.send_error = None          # why the last send that failed did
+        self.counters: Message = {}     # the latest snapshot: {"nodes": ..., "queues": ...}
+        self.send_error: Optional[OSError] = None  # why the last send that failed did
         if cpu is not None:
             import psutil
             try:
@@ -98,7 +113,7 @@ class Worker:
                 self.sock.close()
                 raise
 
-    def send(self, msg, fds=()):
+    def send(self, msg: Message, fds: Sequence[int] = ()) -> bool:
         """Send ``msg`` with ``fds``; False if it did not go out.  A worker
         that died is restarted by poll(); any other failure is logged here
         and the caller decides what it costs (an attach fails its link)."""
@@ -113,7 +128,7 @@ class Worker:
                 self.send_error = e
                 return False
 
-    def pump(self, timeout):
+    def pump(self, timeout: float) -> None:
         """Read and dispatch what the worker sent (waiting up to ``timeout``
         for the first message).  Any thread may pump; one at a time."""
         with self.recv_lock:
@@ -137,20 +152,20 @@ class Worker:
                 finally:
                     protocol.close_fds(fds)
 
-    def wait_detached(self, key, gen, timeout):
+    def wait_detached(self, key: str, gen: int, timeout: float) -> bool:
         end = time.monotonic() + timeout
         while (key, gen) not in self.detached and self.alive() and time.monotonic() < end:
             self.pump(min(0.05, max(0.0, end - time.monotonic())))
         return (key, gen) in self.detached
 
     @property
-    def pid(self):
+    def pid(self) -> int:
         return self.proc.pid
 
-    def alive(self):
+    def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def close(self):
+    def close(self) -> None:
         self.send({"op": "stop"})
 
 
@@ -161,7 +176,9 @@ class WorkerPool:
     subclasses this with its ownership rule (``needs``) and what its plan
     carries (``plan_fields``, ``plan_for_spawn``)."""
 
-    def __init__(self, interfaces, workers, cpus, quiet=100e-6, node=None, stats=None):
+    def __init__(self, interfaces: Sequence[Interface], workers: int,
+                 cpus: Optional[Sequence[int]], quiet: float = 100e-6,
+                 node: Optional[str] = None, stats: Optional[StatsFile] = None) -> None:
         if not isinstance(node, str):
             raise TypeError("node: the node kind's import path, 'module:Class'")
         self.interfaces = {i.name: i for i in interfaces}
@@ -171,8 +188,8 @@ class WorkerPool:
         self.gens = {name: 0 for name in self.interfaces}
         self.restarts = 0
         self.stopping = False
-        self.retired = []               # counter snapshots of workers that died
-        self.plan = {"workers": workers, "node": node,
+        self.retired: List[Message] = []  # counter snapshots of workers that died
+        self.plan: Message = {"workers": workers, "node": node,
                      "tx_queues": {n: i.tx_queues for n, i in self.interfaces.items()},
                      "modes": {n: list(i.rx_modes) for n, i in self.interfaces.items()},
                      "quiet": quiet}
@@ -192,11 +209,11 @@ class WorkerPool:
 
     # ------------------------------------------- what a node kind's pool says
 
-    def plan_fields(self):
+    def plan_fields(self) -> Message:
         """{key: value} the node kind adds to every worker's plan."""
         return {}
 
-    def needs(self, name, w):
+    def needs(self, name: str, w: int) -> Tuple[Set[int], Set[int]]:
         """(rx, tx): the sets of queue indices of interface ``name`` worker
         ``w`` owns.  The default gives worker w the queues q with
         ``q mod workers == w``, both ways."""
@@ -204,23 +221,25 @@ class WorkerPool:
         return ({q for q in range(intf.rx_queues) if q % self.nworkers == w},
                 {q for q in range(intf.tx_queues) if q % self.nworkers == w})
 
-    def counter_blocks(self):
+    def counter_blocks(self) -> Dict[str, int]:
         """{name: bytes} of the counter blocks one worker's node counts into
         stats file slots (memifx/counted.pyx; ``node_slots`` in the plan)."""
         return {}
 
-    def plan_for_spawn(self, w):
+    def plan_for_spawn(self, w: int) -> Tuple[Message, Sequence[int]]:
         """The plan message for worker w and the fds that go with it (after
         the stats fd)."""
         return self.plan, ()
 
-    def slot_values(self):
+    def slot_values(self) -> List[Dict[str, List[int]]]:
         """Per worker, {block name: its slot's u64s}: what every worker that
         ever had that index counted (a restarted one continues there)."""
-        return [{name: self.stats.read_slot(off, self.node_blocks[name])
+        stats = self.stats
+        assert stats is not None, "node_slots are only planned with a stats file"
+        return [{name: stats.read_slot(off, self.node_blocks[name])
                  for name, off in per.items()} for per in self.plan["node_slots"]]
 
-    def spawn(self, w):
+    def spawn(self, w: int) -> Worker:
         """Start worker w (again, after a restart) and record where it runs."""
         plan, plan_fds = self.plan_for_spawn(w)
         worker = Worker(w, self._cpu(w), plan, self.handle,
@@ -233,16 +252,16 @@ class WorkerPool:
                         self.stats.set_worker(intf, kind, i, w, worker.cpu)
         return worker
 
-    def _cpu(self, w):
+    def _cpu(self, w: int) -> Optional[int]:
         return self.cpus[w % len(self.cpus)] if self.cpus else None
 
-    def mapping(self):
+    def mapping(self) -> List[str]:
         """Human-readable, a line per worker: where it runs, what it serves."""
         return ["worker %d (pid %d, cpu %s): %s" % (
             w.index, w.pid, "any" if w.cpu is None else w.cpu, self.describe(w.index))
             for w in self.workers]
 
-    def describe(self, w):
+    def describe(self, w: int) -> str:
         """What worker ``w`` serves, for mapping()."""
         parts = []
         for name in self.interfaces:
@@ -254,7 +273,7 @@ class WorkerPool:
 
     # ------------------------------------------------------- link changes
 
-    def _attach(self, intf, worker):
+    def _attach(self, intf: Interface, worker: Worker) -> None:
         conn = intf.connection
         if conn is None:
             return
@@ -274,7 +293,7 @@ class WorkerPool:
                 intf.report_fault(conn, "worker %d attach failed: %s" % (
                     worker.index, e.strerror or e))
 
-    def _on_up(self, intf, up):
+    def _on_up(self, intf: Interface, up: bool) -> None:
         if not up:
             return
         with self.lock:
@@ -284,7 +303,7 @@ class WorkerPool:
             for w in self.workers:
                 self._attach(intf, w)
 
-    def _on_down(self, intf, up):
+    def _on_down(self, intf: Interface, up: bool) -> None:
         """Before the interface and the stats file fold this link's counters:
         every worker stops using its queues and says so (bounded wait)."""
         if up:
@@ -299,7 +318,7 @@ class WorkerPool:
 
     # ----------------------------------------------------------- running
 
-    def poll(self, timeout):
+    def poll(self, timeout: float) -> None:
         """Handle worker messages for up to ``timeout`` seconds; restart dead workers."""
         socks = {w.sock.fileno(): w for w in self.workers}
         socks.pop(-1, None)             # closed: being replaced
@@ -310,7 +329,7 @@ class WorkerPool:
                 if not w.alive():
                     self._restart(w)
 
-    def handle(self, w, msg, fds=()):
+    def handle(self, w: Worker, msg: Message, fds: Sequence[int] = ()) -> None:
         """A message from worker ``w`` (its fds are closed after this returns)."""
         op = msg.get("op")
         if op == "counters":
@@ -328,7 +347,7 @@ class WorkerPool:
             if intf is not None and msg["gen"] == self.gens[msg["key"]] and intf.connection:
                 intf.report_fault(intf.connection, msg["reason"])
 
-    def _restart(self, w):
+    def _restart(self, w: Worker) -> None:
         code = w.proc.returncode
         log.warning("worker %d (pid %d) died (%s); restarting", w.index, w.pid,
                     "signal %d" % -code if code and code < 0 else "exit %s" % code)
@@ -344,13 +363,13 @@ class WorkerPool:
                     intf.report_fault(intf.connection, "worker %d restarted" % w.index)
         self.on_restart(w.index)
 
-    def on_restart(self, index):
+    def on_restart(self, index: int) -> None:
         """Hook for the command (it prints the event)."""
 
-    def node_counters(self):
+    def node_counters(self) -> Dict[str, Any]:
         """Node counters ({name: packets, bytes, drops}) summed over the
         snapshots of live and retired workers."""
-        total = {}
+        total: Dict[str, Any] = {}
         for snap in self.node_snapshots():
             for name, c in (snap or {}).get("nodes", {}).items():
                 t = total.setdefault(name, {"packets": 0, "bytes": 0, "drops": {}})
@@ -360,12 +379,12 @@ class WorkerPool:
                     t["drops"][r] = t["drops"].get(r, 0) + n
         return total
 
-    def node_snapshots(self):
+    def node_snapshots(self) -> List[Message]:
         """The snapshots node_counters adds up: the latest of every live
         worker and the last of every one that died."""
         return [w.counters for w in self.workers] + self.retired
 
-    def stop(self, timeout=5.0):
+    def stop(self, timeout: float = 5.0) -> None:
         """Stop this pool's workers (their final snapshots are read) and stop
         following its interfaces' link changes; the interfaces stay as they
         are, and other pools of this process are not touched."""

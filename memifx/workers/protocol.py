@@ -27,6 +27,7 @@ import json
 import os
 import socket
 import struct
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from memifx.fdwait import wait_readable
 
@@ -36,18 +37,20 @@ PART_BYTES = 32 << 10
 PART_WAIT = 1.0             # seconds the receiver waits for the next part
 DEAD_PEER = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN)     # the other process died
 
+Message = Dict[str, Any]    # one message: a JSON object, ``op`` says what it is
+
 
 class HandoffError(Exception):
     """A message arrived incomplete (its fds truncated, a part missing or
     aborted).  Its fds are closed; ``msg`` is the message if its text was
     whole (so the receiver knows which link it was about), else None."""
 
-    def __init__(self, reason, msg=None):
+    def __init__(self, reason: str, msg: Optional[Message] = None) -> None:
         super().__init__(reason)
         self.reason, self.msg = reason, msg
 
 
-def send(sock, msg, fds=()):
+def send(sock: socket.socket, msg: Mapping[str, Any], fds: Iterable[int] = ()) -> None:
     """Send ``msg`` and ``fds`` in as many parts as they need.  The caller
     holds whatever lock keeps other writers of ``sock`` out meanwhile."""
     data = json.dumps(msg).encode()
@@ -69,12 +72,13 @@ def send(sock, msg, fds=()):
             raise
 
 
-def _recv_part(sock, flags):
+def _recv_part(sock: socket.socket,
+               flags: int) -> Optional[Tuple[int, int, bytes, List[int], bool]]:
     """(index, count, text, fds, truncated) of one part, or None on EOF."""
     data, anc, mflags, _ = sock.recvmsg(PART.size + PART_BYTES,
                                         socket.CMSG_SPACE(PART_FDS * 4),
                                         flags | socket.MSG_CMSG_CLOEXEC)
-    fds = []
+    fds: List[int] = []
     for level, kind, payload in anc:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             a = array.array("i")
@@ -90,7 +94,7 @@ def _recv_part(sock, flags):
     return index, count, data[PART.size:], fds, truncated
 
 
-def recv(sock, flags=0):
+def recv(sock: socket.socket, flags: int = 0) -> Tuple[Optional[Message], List[int]]:
     """One message and its fds, or (None, []) on EOF; BlockingIOError if none
     (with MSG_DONTWAIT).  HandoffError if it arrived incomplete."""
     part = _recv_part(sock, flags)
@@ -98,7 +102,7 @@ def recv(sock, flags=0):
         return None, []
     index, count, text, fds, truncated = part
     texts = [text]
-    problem = None
+    problem: Optional[str] = None
     if count == 0:
         problem = "message aborted by its sender"
     elif index != 0:
@@ -128,7 +132,7 @@ def recv(sock, flags=0):
         close_fds(fds)
         raise HandoffError(problem)
     try:
-        msg = json.loads(b"".join(texts))
+        msg: Message = json.loads(b"".join(texts))
     except ValueError:
         close_fds(fds)
         raise HandoffError("message unreadable") from None
@@ -138,7 +142,7 @@ def recv(sock, flags=0):
     return msg, fds
 
 
-def close_fds(fds):
+def close_fds(fds: Iterable[int]) -> None:
     """Close every fd in ``fds`` (those a message brought and nobody took)."""
     for fd in fds:
         os.close(fd)
