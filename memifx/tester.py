@@ -4,6 +4,7 @@
   per flow, timestamp, a pattern or zeros over the rest) into a staging
   buffer per transmit queue; flows are spread over the queues by a hash of
   the flow id.
+- ``Replay``: the frames of a pcap file, unchanged, on queue 0.
 - ``Sender``: moves bursts from a source into transmit rings: admission by
   count and rate, back-pressure (a burst the ring does not take at once stays
   pending and is offered again, its stamps refreshed), and the counters of
@@ -14,7 +15,7 @@
   to a pcap file.
 
 They work on Queue objects, not on an Interface, so the same classes run in
-the main process (cli/gen.py, cli/sink.py) and in worker processes
+the main process (memifx/runtime/tester.py) and in worker processes
 (memifx/nodes/tester.py).
 """
 import os
@@ -109,6 +110,36 @@ class Synth:
         for j, f in enumerate(flows):
             self.gen.set_sequence(f, rounds + (j < extra))
         self.cursor[q] = extra
+
+
+class Replay:
+    """The frames of a pcap capture (memifx.pcap.Capture), unchanged and in
+    order, on queue 0; ``repeat``: start over at the end instead of running
+    out."""
+    restamp = False
+
+    def __init__(self, capture, repeat):
+        self.cap = capture
+        self.view = memoryview(capture.data)
+        self.lview = memoryview(capture.lengths)
+        self.repeat = repeat
+        self.pos = 0
+        self.queues = [0]
+
+    @property
+    def exhausted(self):
+        return not self.repeat and self.pos == len(self.cap)
+
+    def next(self, q, n):
+        if self.pos == len(self.cap):
+            if not self.repeat:
+                return None
+            self.pos = 0
+        i = self.pos
+        j = min(len(self.cap), i + n)
+        self.pos = j
+        return Pending(self.view[self.cap.offsets[i]:], self.lview[i:j], j - i,
+                       span(self.cap.lengths, i, j - i))
 
 
 class Sender:

@@ -27,11 +27,13 @@ A worker that dies is replaced by one that carries on from it:
   Frames the dead worker took after that snapshot, and frames lost in the
   link flap the restart causes, show up as sequence gaps: counted lost.
 """
+import functools
 import os
 import time
 
-from memifx.tester import (Receiver, Sender, Synth, in_flight, make_generator, queue_flows,
-                           send_result, single_size)
+from memifx import pcap
+from memifx.tester import (BURST, Receiver, Replay, Sender, Synth, in_flight, make_generator,
+                           queue_flows, send_result, single_size, sleep_or_receive)
 from memifx.traffic import Checker
 from memifx.workers.node import Node, import_path
 from memifx.workers.pool import WorkerPool
@@ -237,6 +239,11 @@ class TesterPool(WorkerPool):
                 _first([r["last"] for r in receivers], max))
 
 
+def link_type(ip_mode):
+    """The pcap link type of an interface's frames."""
+    return pcap.LINKTYPE_RAW if ip_mode else pcap.LINKTYPE_ETHERNET
+
+
 class NoLink:
     """A receive port while the link is down: no queues."""
     connected = False
@@ -252,8 +259,12 @@ NO_LINK = NoLink()
 
 
 class TesterNode(Node):
-    """The gen or sink node of one worker: a Sender over its share of the
-    flows (gen), a Receiver over its receive queues (sink, gen --receive)."""
+    """The gen or sink node of one worker (or of the main process): a Sender
+    over its share of the flows (gen), a Receiver over its receive queues
+    (sink, gen --receive).  In the main process only, the plan may also ask
+    for ``replay`` ({"path", "repeat"}: send a pcap file's frames instead of
+    stamped ones) and ``capture`` ({"path", "ip"}: write what arrives on the
+    sending interface, or on sink's, to a pcap file; ``close`` closes it)."""
 
     def __init__(self, plan, fds, tell):
         super().__init__(plan, fds, tell)
@@ -269,18 +280,33 @@ class TesterNode(Node):
         self.sent_now = 0
         self.txqs = []
         if self.send_key:
-            g = t["gen"]
-            source = Synth(make_generator(g), g["queues"], g["burst"], single_size(g),
-                           owned=lambda q: q % workers == w)
+            g, replay = t["gen"], t.get("replay")
+            if replay:
+                source, burst = Replay(pcap.read(replay["path"]), replay["repeat"]), BURST
+                self.ntx = t["tx_queues"]
+            else:
+                source = Synth(make_generator(g), g["queues"], g["burst"], single_size(g),
+                               owned=lambda q: q % workers == w)
+                burst, self.ntx = g["burst"], g["queues"]
             count, rate = t["shares"][w]
             if source.queues and (count or not t["count"]):
-                self.sender = Sender(source, g["burst"], count, rate)
-                self.ntx = g["queues"]
+                self.sender = Sender(source, burst, count, rate)
                 if "sender" in resume:
                     self._resume_sender(resume["sender"])
         self.done = self.sender is None or t["finished"] or self.sender.done
         self.receiver = (Receiver(NO_LINK, t["receive_ip"], verify=t["verify"])
                          if self.receive_key else None)
+        capture = t.get("capture")
+        self.capturer = None
+        if capture and self.send_key:       # gen --capture: its own interface
+            writer = pcap.Writer(capture["path"], link_type(capture["ip"]))
+            self.capturer = Receiver(NO_LINK, capture["ip"], writer, verify=t["verify"])
+        elif capture:                       # sink --pcap: the one receiver writes
+            self.receiver.writer = pcap.Writer(capture["path"], link_type(capture["ip"]))
+        self.receivers = [r for r in (self.receiver, self.capturer) if r is not None]
+        if self.sender is not None and self.receivers:
+            # a rate-limited sender's sleep ends when a frame arrives
+            self.sender.wait = functools.partial(sleep_or_receive, self.receivers)
         if self.receiver is not None and "receiver" in resume:
             r = resume["receiver"]
             self.receiver.first, self.receiver.last = r["first"], r["last"]
@@ -300,6 +326,9 @@ class TesterNode(Node):
         if self.receiver is not None:
             self.receiver.port = links.get(self.receive_key, NO_LINK)
             moved = self.receiver.poll()
+        if self.capturer is not None:
+            self.capturer.port = links.get(self.send_key, NO_LINK)
+            moved += self.capturer.poll()
         self.sent_now = 0
         s = self.sender
         if self.done:
@@ -334,9 +363,20 @@ class TesterNode(Node):
         self.done = True
         self.report_now = True
 
-    def message(self, msg):
-        if msg["op"] == "finish" and not self.done:
+    def finish(self):
+        """Stop admitting frames: what is staged stays unsent."""
+        if not self.done:
             self._finish()
+
+    def message(self, msg):
+        if msg["op"] == "finish":
+            self.finish()
+
+    def close(self):
+        """Close the capture file, if any (its frames are all written)."""
+        for r in self.receivers:
+            if r.writer is not None:
+                r.writer.close()
 
     def snapshot(self):
         state = {"done": self.done}
