@@ -17,6 +17,7 @@ went out (or --duration ran out, or SIGINT); then it waits for the peer to
 take what is still in the rings and for the receivers to see what is still
 on its way, and reports.
 """
+import ipaddress
 import re
 import time
 

@@ -239,7 +239,10 @@ class TesterPipeline(Pipeline):
     def _arrived(self, r: Any) -> int:
         """Frames of ours r has seen: stamped ones, unless we replay."""
         assert self.node is not None
-        return int(r.arrived if r is self.node.receiver and not self.replay else r.packets)
+        mine = self.node.receiver
+        if self.replay or mine is None or r is not mine:
+            return int(r.packets)
+        return mine.arrived
 
     def missing(self) -> bool:
         """Whether a receive side has seen fewer of our frames than went out."""
