@@ -206,6 +206,9 @@ class Dataplane:
             specs = [self.specs[n] for n in names]
             quiet = min(s.quiet for s in specs)
             ifs = {n: self.interfaces[n] for n in names}
+            if kind in ("gen", "sink"):
+                from memifx.runtime.tester import check_options
+                check_options(kind, params)
             if kind in ("ip4", "gen", "sink"):
                 params["specs"] = specs
             elif params:

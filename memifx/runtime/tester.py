@@ -33,6 +33,17 @@ DEFAULT_SRC_IP = bytes([198, 18, 0, 1])
 DEFAULT_DST_IP = bytes([198, 19, 0, 1])
 
 Address = Union[str, bytes, None]
+OPTIONS = {"gen": frozenset(("size", "sizes", "flows", "payload", "src_mac", "dst_mac", "src_ip",
+                             "dst_ip", "count", "rate", "duration", "receive", "replay",
+                             "capture", "verify")),
+           "sink": frozenset(("capture", "verify"))}
+
+
+def check_options(kind: str, params: Mapping[str, Any]) -> None:
+    """DataplaneError naming the options a ``kind`` pipeline does not take."""
+    unknown = sorted(set(params) - OPTIONS[kind])
+    if unknown:
+        raise DataplaneError("%s takes no %s" % (kind, ", ".join(unknown)))
 
 
 def _mac(value: Address, default: bytes, what: str) -> bytes:
