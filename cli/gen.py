@@ -76,7 +76,7 @@ class Ip4Type(click.ParamType):
             self.fail("%r: expected an IPv4 address A.B.C.D" % value, param, ctx)
 
 
-def load_replay(path, mode, count, duration):
+def load_replay(path, mode):
     """The pcap file's frames, checked against the interface's mode (a usage
     error of --pcap if they do not fit)."""
     try:
@@ -129,7 +129,7 @@ def run_gen(spec, sizes, count, duration, rate, flows, src_mac, dst_mac, src_ip,
         if rx_name == name:
             rx_name += "-rx"
         named.append((rx_name, receive_spec))
-    replay = load_replay(pcap_path, spec.mode, count, duration) if pcap_path else None
+    replay = load_replay(pcap_path, spec.mode) if pcap_path else None
     dp = build_dataplane(prometheus_port, json_out, named)
     intf = dp.interfaces[name]
     rx_specs = [receive_spec] if receive_spec is not None else []
