@@ -39,18 +39,6 @@ def print_link(json_out):
     return cb
 
 
-def connect_all(interfaces, json_out):
-    import memifx
-    for intf in interfaces:
-        intf.on_link(print_link(json_out))
-        try:
-            intf.connect()
-        except memifx.MemifError as e:
-            for other in interfaces:
-                other.close()
-            raise click.ClickException("%s: %s" % (intf.name, e.reason))
-
-
 class Ticker:
     """Prints a rate line every ``interval`` seconds from a packets() callback."""
 
@@ -114,47 +102,11 @@ def tester_worker_options(work, not_with):
 
 def tester_workers(workers, cpus):
     """gen and sink keep their data path in this process unless --workers or
-    --cpus is given: 0 then, else --workers as start_workers takes it (None:
-    one per queue, up to the CPUs allowed)."""
+    --cpus is given: 0 then, else --workers as given (None: one per queue,
+    up to the CPUs allowed, see default_workers)."""
     if workers is None and cpus is None:
         return 0
     return workers
-
-
-def start_workers(interfaces, directions, workers, cpus, quiet, queue_pairs, specs, json_out,
-                  stats=None, make_pool=None, busy=None):
-    """The WorkerPool for --workers/--cpus (None when the data path stays in
-    this process).  Prints the mapping, warns about too many busy pollers
-    (``busy``: whether the workers spin; default: unless every spec is in
-    interrupt mode).  ``make_pool(workers, allowed_cpus)``, if given, builds
-    the pool instead (ip4-forward's RouterPool, gen's and sink's TesterPool;
-    it may use fewer workers)."""
-    import os
-    from memifx.nodes.xconnect import XConnectPool as WorkerPool
-    allowed = cpus or sorted(os.sched_getaffinity(0))
-    if workers is None:
-        workers = min(queue_pairs, len(allowed))
-    if workers == 0:
-        return None
-    if make_pool is not None:
-        pool = make_pool(workers, allowed)
-        workers = pool.nworkers
-    else:
-        pool = WorkerPool(interfaces, directions, workers, allowed, quiet, stats=stats)
-    if busy is None:
-        busy = any(s.rx_mode != "interrupt" for s in specs)
-    if busy and workers > len(allowed):
-        click.echo("warning: %d busy-polling workers on %d CPUs: they will starve "
-                   "each other (use rx-mode=interrupt or fewer workers)"
-                   % (workers, len(allowed)), err=True)
-
-    def restarted(index):
-        click.echo("worker %d died: restarted" % index, err=True)
-    pool.on_restart = restarted
-    if not json_out:
-        for line in pool.mapping():
-            click.echo(line)
-    return pool
 
 
 # ------------------------------------------------------- the runtime
@@ -197,16 +149,19 @@ def build_dataplane(prometheus_port, json_out, named_specs):
     return dp
 
 
-def start_pipeline(dp, name, kind, specs, json_out, **params):
+def start_pipeline(dp, name, kind, specs, json_out, busy=None, **params):
     """Add the command's one pipeline, tell the operator where its workers
-    run (warning about too many busy pollers), then connect every interface."""
+    run (warning about too many busy pollers; ``busy``: whether the workers
+    spin, by default unless every spec is in interrupt mode), then connect
+    every interface."""
     from memifx.runtime import DataplaneError
     try:
         p = dp.add_pipeline(name, kind, **params)
     except DataplaneError as e:
         raise fail(dp, e)
     if p.pool is not None:
-        busy = any(s.rx_mode != "interrupt" for s in specs)
+        if busy is None:
+            busy = any(s.rx_mode != "interrupt" for s in specs)
         if busy and p.pool.nworkers > len(p.cpus):
             click.echo("warning: %d busy-polling workers on %d CPUs: they will starve "
                        "each other (use rx-mode=interrupt or fewer workers)"
@@ -247,31 +202,3 @@ def prometheus_option(f):
         "--prometheus-port", type=click.IntRange(0, 65535), default=0, metavar="PORT",
         help="Serve the counters at http://HOST:PORT/metrics in the Prometheus text "
              "format (0: off).")(f)
-
-
-def start_stats(interfaces, prometheus_port=0, nodes=None):
-    """This process's stats file (``memifx show``): track ``interfaces``,
-    copy ``nodes()`` (node counter dicts, see StatsFile.set_nodes) into it
-    periodically, serve /metrics on ``prometheus_port``.  Closed when the
-    command ends (and at exit).  Returns the StatsFile, or None."""
-    from memifx import stats
-    sf = stats.process_stats()
-    if sf is None:
-        return None
-    for intf in interfaces:
-        sf.track(intf)
-    if nodes is not None:
-        sf.set_nodes(nodes)
-    if prometheus_port:
-        try:
-            sf.serve_metrics(prometheus_port)
-        except OSError as e:
-            for intf in interfaces:
-                intf.close()
-            sf.close()
-            raise click.ClickException("--prometheus-port %d: %s"
-                                       % (prometheus_port, e.strerror or e))
-    ctx = click.get_current_context(silent=True)
-    if ctx is not None:
-        ctx.call_on_close(sf.close)
-    return sf

@@ -1,26 +1,25 @@
 """``memifx sink SPEC``: receive, verify every stamped frame in full, report.
 
-The receive path is one ``memifx.tester.Receiver``: each pass copies a burst
-per receive queue out of the ring (frames back to back in one buffer), hands
-the burst to ``memifx.traffic.Checker`` (stamps, full payload, sequence
-window, latency; GIL released, no Python object per frame) and, when asked,
-appends it to a pcap file.  ``memifx gen --receive`` and ``--capture`` use the
-same class.
+A thin wrapper: a Dataplane with the one interface and one ``sink``
+pipeline (memifx/runtime/tester.py).  Its receive path is one
+``memifx.tester.Receiver`` in memifx.nodes.tester.TesterNode: each pass
+copies a burst per receive queue out of the ring (frames back to back in one
+buffer), hands the burst to ``memifx.traffic.Checker`` (stamps, full
+payload, sequence window, latency; GIL released, no Python object per frame)
+and, when asked, appends it to a pcap file.  ``memifx gen --receive`` and
+``--capture`` use the same class.
 
 With ``--workers N`` (or ``--cpus``) the receive queues are spread over N
-worker processes (memifx/tester_workers.py, queue q to worker q mod N) and
-the report adds up their Checkers' states: the same numbers, counted in
-parallel.  ``--count`` then ends the run once the workers together have
-looked at N frames; they report every 0.5 s, so they may have taken a few
-more by the time they are stopped.
+worker processes (a TesterPool, queue q to worker q mod N) and the report
+adds up their Checkers' states: the same numbers, counted in parallel.
+``--count`` then ends the run once the workers together have looked at N
+frames; they report every 0.5 s, so they may have taken a few more by the
+time they are stopped.
 """
 import click
 
-from memifx import pcap
-from memifx.tester import Receiver, receive_result
-from memifx.cli.common import (Stop, Ticker, connect_all, emit_json, start_stats,
-                               start_workers, tester_workers)
-from memifx.rxmode import Idler
+from memifx.cli.common import (Stop, Ticker, build_dataplane, default_workers, emit_json,
+                               start_pipeline, tester_workers)
 
 
 def summary(r, what="sink"):
@@ -36,60 +35,36 @@ def summary(r, what="sink"):
     return line
 
 
-def linktype(intf):
-    return pcap.LINKTYPE_RAW if intf.mode == "ip" else pcap.LINKTYPE_ETHERNET
-
-
 def run_sink(spec, duration, count, pcap_path, stats_interval, json_out, prometheus_port=0,
              verify="full", workers=None, cpus=None):
     workers = tester_workers(workers, cpus)
     if workers != 0 and pcap_path:
         raise click.UsageError("--pcap runs in the main process only: leave out --workers "
                                "and --cpus")
-    intf = spec.interface()
-    writer = pcap.Writer(pcap_path, linktype(intf)) if pcap_path else None
-    rx = Receiver(intf, intf.mode == "ip", writer, verify=verify)
-    pool = None
+    name = spec.name or "memifx%d" % spec.id
+    dp = build_dataplane(prometheus_port, json_out, [(name, spec)])
     stop = Stop(duration)
-
-    def counters():
-        return pool.receive_counters() if pool is not None else rx.checker.counters()
-    sf = start_stats([intf], prometheus_port, lambda: [dict(counters(), node="sink",
-                                                            interface=intf.name,
-                                                            direction="rx")])
-    if workers != 0:
-        from memifx.nodes.tester import TesterPool
-
-        def make_pool(n, allowed):
-            return TesterPool(n, allowed, spec.quiet, sf, receive=intf)
-        pool = start_workers([intf], [], workers, cpus, spec.quiet, spec.rx_queues, [spec],
-                             json_out, sf, make_pool)
-    connect_all([intf], json_out)
+    workers = default_workers(workers, cpus, spec.rx_queues)
+    p = start_pipeline(dp, "sink", "sink", [spec], json_out, interface=name, workers=workers,
+                       cpus=cpus, verify=verify, capture=pcap_path)
+    intf = dp.interfaces[name]
     if not json_out:
         click.echo("sink: %s %s on %s id %d, %s mode, receiving"
                    % (intf.name, intf.role, intf.socket, intf.id, spec.rx_mode))
-    ticker = Ticker(0 if json_out else stats_interval, [intf.name],
-                    lambda: [counters()["packets"]])
-    idle = Idler([intf], spec.quiet)
+    ticker = Ticker(0 if json_out else stats_interval, [intf.name], lambda: [p.received()])
     try:
-        while not stop and not (count and counters()["packets"] >= count):
-            if pool is not None:
-                pool.poll(0.1)
-            else:
-                idle.after(rx.poll())
+        while not stop and not (count and p.received() >= count):
+            dp.poll(0.1)
             ticker.maybe()
     finally:
-        intf.close("sink stopped")
-        if writer is not None:
-            writer.close()
-        if pool is not None:
-            pool.stop()
-    result = receive_result(*pool.merged_checker()) if pool is not None else rx.result()
+        dp.close("sink stopped")
+    result, _ = p.receive_result()
     result["interface"] = intf.stats()
-    if writer is not None:
-        result["captured"] = writer.frames
-    if pool is not None:
-        result["workers"] = {"count": pool.nworkers, "restarts": pool.restarts}
+    captured = p.captured()
+    if captured is not None:
+        result["captured"] = captured
+    if p.pool is not None:
+        result["workers"] = {"count": p.pool.nworkers, "restarts": p.pool.restarts}
     if json_out:
         emit_json(result)
     else:
@@ -101,6 +76,6 @@ def run_sink(spec, duration, count, pcap_path, stats_interval, json_out, prometh
                     drops[k] = drops.get(k, 0) + v
         if drops:
             click.echo("sink: ring drops %s" % drops)
-        if pool is not None:
-            click.echo("workers: %d, restarts: %d" % (pool.nworkers, pool.restarts))
+        if p.pool is not None:
+            click.echo("workers: %d, restarts: %d" % (p.pool.nworkers, p.pool.restarts))
     return result

@@ -4,6 +4,7 @@
   per flow, timestamp, a pattern or zeros over the rest) into a staging
   buffer per transmit queue; flows are spread over the queues by a hash of
   the flow id.
+- ``Replay``: the frames of a pcap file, unchanged, on queue 0.
 - ``Sender``: moves bursts from a source into transmit rings: admission by
   count and rate, back-pressure (a burst the ring does not take at once stays
   pending and is offered again, its stamps refreshed), and the counters of
@@ -14,15 +15,20 @@
   to a pcap file.
 
 They work on Queue objects, not on an Interface, so the same classes run in
-the main process (cli/gen.py, cli/sink.py) and in worker processes
+the main process (memifx/runtime/tester.py) and in worker processes
 (memifx/nodes/tester.py).
 """
+from __future__ import annotations
+
 import os
 import time
 from array import array
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from memifx.rxmode import sleep_on
 from memifx.traffic import Checker, Generator, span
+
+Counters = Dict[str, Any]
 
 BURST = 256
 DRAIN_BURSTS = 16           # bursts a Receiver takes per queue in one call into C
@@ -32,20 +38,20 @@ STALL_SPINS = 8             # zero-progress passes before yielding the CPU (a sl
                             # would let a receiver on another CPU run dry: ~60 us)
 
 
-def flow_queue(flow, nqueues):
+def flow_queue(flow: int, nqueues: int) -> int:
     """The transmit queue of a flow: a multiplicative hash, stable per flow."""
     return ((flow * 2654435761) & 0xFFFFFFFF) * nqueues >> 32
 
 
-def queue_flows(flows, nqueues):
+def queue_flows(flows: int, nqueues: int) -> List[List[int]]:
     """The flows of each queue: ``groups[q]`` lists the flows hashed onto q."""
-    groups = [[] for _ in range(nqueues)]
+    groups: List[List[int]] = [[] for _ in range(nqueues)]
     for f in range(flows):
         groups[flow_queue(f, nqueues)].append(f)
     return groups
 
 
-def make_generator(args):
+def make_generator(args: Dict[str, Any]) -> Generator:
     """A Generator from a plain dict (sizes, ip_mode, flows, payload, and the
     addresses as hex strings): how a worker gets the main process's."""
     return Generator(args["sizes"], ip_mode=args["ip_mode"], flows=args["flows"],
@@ -55,7 +61,7 @@ def make_generator(args):
                      payload=args.get("payload", "pattern"))
 
 
-def single_size(args):
+def single_size(args: Dict[str, Any]) -> bool:
     """Whether the Generator of these arguments makes frames of one size."""
     return len(set(args["sizes"])) == 1
 
@@ -64,7 +70,7 @@ class Pending:
     """A burst on its way out: frames k..n of a packed buffer remain."""
     __slots__ = ("view", "lview", "n", "k", "off", "total")
 
-    def __init__(self, view, lview, n, total):
+    def __init__(self, view: memoryview, lview: memoryview, n: int, total: int) -> None:
         self.view, self.lview, self.n, self.total = view, lview, n, total
         self.k = self.off = 0
 
@@ -75,7 +81,8 @@ class Synth:
     queues this process sends on (a worker's share)."""
     restamp = True
 
-    def __init__(self, gen, nqueues, burst, single_size, owned=None):
+    def __init__(self, gen: Generator, nqueues: int, burst: int, single_size: bool,
+                 owned: Optional[Callable[[int], bool]] = None) -> None:
         self.gen = gen
         # Zeros after the stamp, one frame size: each staging buffer keeps
         # its frames at the same offsets, so their payload stays zero and a
@@ -85,11 +92,11 @@ class Synth:
         self.queues = [q for q, g in enumerate(groups) if g and (owned is None or owned(q))]
         self.flows = {q: array("I", groups[q]) for q in self.queues}
         self.cursor = dict.fromkeys(self.queues, 0)
-        self.staging = {}
+        self.staging: Dict[int, Any] = {}
         self.burst = burst
         self.exhausted = False
 
-    def next(self, q, n):
+    def next(self, q: int, n: int) -> Optional[Pending]:
         st = self.staging.get(q)
         if st is None:
             buf = bytearray(self.burst * self.gen.max_size)
@@ -101,7 +108,7 @@ class Synth:
         self.cursor[q] = (self.cursor[q] + n) % len(self.flows[q])
         return Pending(view, lview[:n], n, total) if n else None
 
-    def resume(self, q, sent):
+    def resume(self, q: int, sent: int) -> None:
         """Continue queue q as if its first ``sent`` frames had gone out: the
         flows take turns, so each one's next sequence number follows."""
         flows = self.flows[q]
@@ -111,27 +118,60 @@ class Synth:
         self.cursor[q] = extra
 
 
+class Replay:
+    """The frames of a pcap capture (memifx.pcap.Capture), unchanged and in
+    order, on queue 0; ``repeat``: start over at the end instead of running
+    out."""
+    restamp = False
+
+    def __init__(self, capture: Any, repeat: bool) -> None:
+        self.cap = capture
+        self.view = memoryview(capture.data)
+        self.lview = memoryview(capture.lengths)
+        self.repeat = repeat
+        self.pos = 0
+        self.queues = [0]
+
+    @property
+    def exhausted(self) -> bool:
+        return not self.repeat and self.pos == len(self.cap)
+
+    def next(self, q: int, n: int) -> Optional[Pending]:
+        if self.pos == len(self.cap):
+            if not self.repeat:
+                return None
+            self.pos = 0
+        i = self.pos
+        j = min(len(self.cap), i + n)
+        self.pos = j
+        return Pending(self.view[self.cap.offsets[i]:], self.lview[i:j], j - i,
+                       span(self.cap.lengths, i, j - i))
+
+
 class Sender:
     """Moves bursts from a source into the transmit rings: admission by
     count and rate, back-pressure, and the counters of what went out."""
 
-    def __init__(self, source, burst, count, rate, wait=time.sleep):
+    def __init__(self, source: Any, burst: int, count: int, rate: float,
+                 wait: Callable[[float], Any] = time.sleep) -> None:
         self.source, self.burst = source, burst
         self.count, self.rate = count, rate
         self.wait = wait                # how a rate-limited sender sleeps
         # a rate-limited sender waits for a batch worth ~100 us of traffic
         self.min_batch = max(1, min(burst, int(rate * 2 * SLEEP_MIN))) if rate else 1
-        self.pending = {}               # queue -> Pending
+        self.pending: Dict[int, Pending] = {}     # queue -> Pending
         self.sent = self.bytes = self.admitted = self.ring_full = 0
-        self.t_up = self.t_last = self.rate_t0 = None
+        self.t_up: Optional[float] = None
+        self.t_last: Optional[float] = None
+        self.rate_t0: Optional[float] = None
         self.start = self.stalls = 0
 
     @property
-    def done(self):
+    def done(self) -> bool:
         return bool((self.count and self.sent >= self.count) or
                     (self.source.exhausted and not self.pending))
 
-    def budget(self, now):
+    def budget(self, now: float) -> int:
         """Frames that may be admitted now."""
         if self.t_up is None:
             self.t_up = now
@@ -146,7 +186,7 @@ class Sender:
             budget = min(budget, allowed)
         return budget
 
-    def send_pass(self, txqs, budget):
+    def send_pass(self, txqs: Sequence[Any], budget: int) -> int:
         """One burst per queue (pending ones first) into ring ``q mod
         len(txqs)`` (a None ring is not ours to use now: the burst waits);
         returns frames sent."""
@@ -187,7 +227,7 @@ class Sender:
         self.sent += moved
         return moved
 
-    def idle(self, moved):
+    def idle(self, moved: int) -> None:
         """After a pass: yield the CPU when the ring stays full (to a peer
         that shares it), or sleep until the rate limiter admits the next
         batch."""
@@ -199,7 +239,7 @@ class Sender:
             if self.stalls >= STALL_SPINS:
                 os.sched_yield()
                 self.stalls = 0
-        elif self.rate:
+        elif self.rate and self.rate_t0 is not None:
             due = self.rate_t0 + (self.admitted + self.min_batch) / self.rate
             due -= time.monotonic()
             # A sleep costs ~60 us or more of timer slack: worth it only when
@@ -208,15 +248,15 @@ class Sender:
                 self.wait(min(due - SLEEP_MIN / 2, 0.01))
 
     @property
-    def unsent(self):
+    def unsent(self) -> int:
         return sum(p.n - p.k for p in self.pending.values())
 
-    def result(self):
+    def result(self) -> Counters:
         return send_result(self.sent, self.bytes, self.ring_full, self.unsent,
                            self.t_up, self.t_last)
 
 
-def sleep_or_receive(receivers, seconds):
+def sleep_or_receive(receivers: Sequence[Receiver], seconds: float) -> None:
     """A Sender's wait when the same loop also receives: sleep ``seconds``,
     or less if a receive queue signals a frame (queues in interrupt mode
     do), so that the receiver takes it at once and the latency it measures
@@ -225,16 +265,17 @@ def sleep_or_receive(receivers, seconds):
     sleep_on([q for r in receivers for q in r.port.active_queues("rx")], seconds)
 
 
-def send_result(sent, nbytes, ring_full, unsent, t_up, t_last):
+def send_result(sent: int, nbytes: int, ring_full: int, unsent: int, t_up: Optional[float],
+                t_last: Optional[float]) -> Counters:
     """gen's report of what went out (t_up, t_last: first admission and last
     frame sent, monotonic)."""
-    seconds = (t_last - t_up) if t_last is not None else 0.0
+    seconds = (t_last - t_up) if t_last is not None and t_up is not None else 0.0
     r = rates(sent, nbytes, seconds)
     r.update({"ring_full": ring_full, "unsent": unsent})
     return r
 
 
-def in_flight(txqs):
+def in_flight(txqs: Sequence[Any]) -> int:
     """Frames published on these transmit rings the peer has not taken yet."""
     return sum(q.in_flight() for q in txqs if q is not None)
 
@@ -244,15 +285,17 @@ class Receiver:
     burst at a time.  ``port``: an Interface, or a worker's share of one.
     ``verify``: "full" checks every byte, "stamp" headers and stamp only."""
 
-    def __init__(self, port, ip_mode, writer=None, burst=BURST, verify="full"):
+    def __init__(self, port: Any, ip_mode: bool, writer: Any = None, burst: int = BURST,
+                 verify: str = "full") -> None:
         self.port = port
         self.checker = Checker(ip_mode=ip_mode, payload=verify == "full")
         self.buf = bytearray(burst * SLOT)
         self.lengths = array("I", bytes(4 * burst))
         self.writer = writer
-        self.first = self.last = None       # monotonic time of first/last burst
+        self.first: Optional[float] = None      # monotonic time of first/last burst
+        self.last: Optional[float] = None
 
-    def poll(self):
+    def poll(self) -> int:
         """One burst from each receive queue; returns frames received."""
         moved = 0
         buf, lengths = self.buf, self.lengths
@@ -273,26 +316,26 @@ class Receiver:
         return moved
 
     @property
-    def packets(self):
+    def packets(self) -> int:
         return self.checker.packets
 
     @property
-    def arrived(self):
+    def arrived(self) -> int:
         return arrived(self.checker.counters())
 
-    def result(self):
+    def result(self) -> Counters:
         return receive_result(self.checker, self.first, self.last)
 
 
-def arrived(counters):
+def arrived(counters: Counters) -> int:
     """Distinct stamped frames that arrived (good or damaged), from
     Checker.counters()."""
-    return counters["received"] + counters["corrupt"] - counters["duplicated"]
+    return int(counters["received"] + counters["corrupt"] - counters["duplicated"])
 
 
-def receive_result(checker, first, last):
+def receive_result(checker: Checker, first: Optional[float], last: Optional[float]) -> Counters:
     """sink's report from a Checker and the times of the first and last burst."""
-    seconds = (last - first) if first is not None else 0.0
+    seconds = (last - first) if first is not None and last is not None else 0.0
     out = rates(checker.packets, checker.bytes, seconds)
     out.update(checker.counters())
     lat = checker.latency()
@@ -300,7 +343,7 @@ def receive_result(checker, first, last):
     return out
 
 
-def rates(packets, nbytes, seconds):
+def rates(packets: int, nbytes: int, seconds: float) -> Counters:
     return {"packets": packets, "bytes": nbytes, "seconds": round(seconds, 6),
             "mpps": round(packets / seconds / 1e6, 6) if seconds > 0 else 0.0,
             "gbps": round(nbytes * 8 / seconds / 1e9, 6) if seconds > 0 else 0.0}

@@ -27,19 +27,27 @@ A worker that dies is replaced by one that carries on from it:
   Frames the dead worker took after that snapshot, and frames lost in the
   link flap the restart causes, show up as sequence gaps: counted lost.
 """
+from __future__ import annotations
+
+import functools
 import os
 import time
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 
-from memifx.tester import (Receiver, Sender, Synth, in_flight, make_generator, queue_flows,
-                           send_result, single_size)
+from memifx import pcap
+from memifx.tester import (BURST, Receiver, Replay, Sender, Synth, in_flight, make_generator,
+                           queue_flows, send_result, single_size, sleep_or_receive)
 from memifx.traffic import Checker
 from memifx.workers.node import Node, import_path
 from memifx.workers.pool import WorkerPool
 
+Message = Dict[str, Any]
 
-def split(total, weights):
+
+def split(total: int, weights: Sequence[int]) -> List[int]:
     """``total`` in proportion to ``weights``, in whole numbers adding up to it."""
-    out, done, acc, whole = [], 0, 0, sum(weights)
+    out: List[int] = []
+    done, acc, whole = 0, 0, sum(weights)
     for w in weights:
         acc += w
         share = total * acc // whole if whole else 0
@@ -48,7 +56,7 @@ def split(total, weights):
     return out
 
 
-def to_memfd(data):
+def to_memfd(data: bytes) -> int:
     fd = os.memfd_create("memifx-checker", os.MFD_CLOEXEC)
     view = memoryview(data)
     while view:
@@ -56,14 +64,15 @@ def to_memfd(data):
     return fd
 
 
-def read_fd(fd):
+def read_fd(fd: int) -> bytes:
     size = os.fstat(fd).st_size
     return os.pread(fd, size, 0) if size else b""
 
 
-def _first(values, pick):
-    values = [v for v in values if v is not None]
-    return pick(values) if values else None
+def _first(values: Sequence[Optional[float]],
+           pick: Callable[[List[float]], float]) -> Optional[float]:
+    present = [v for v in values if v is not None]
+    return pick(present) if present else None
 
 
 class TesterPool(WorkerPool):
@@ -74,17 +83,19 @@ class TesterPool(WorkerPool):
     queues) and ``burst``; ``verify``: what the receivers check (as
     memifx.tester.Receiver)."""
 
-    def __init__(self, workers, cpus, quiet=100e-6, stats=None, send=None, receive=None,
-                 gen=None, count=0, rate=0.0, duration=0.0, verify="full"):
+    def __init__(self, workers: int, cpus: Sequence[int], quiet: float = 100e-6,
+                 stats: Any = None, send: Any = None, receive: Any = None,
+                 gen: Optional[Message] = None, count: int = 0, rate: float = 0.0,
+                 duration: float = 0.0, verify: str = "full") -> None:
         self.send_intf, self.receive_intf = send, receive
-        self.states = {}                # worker index -> its latest tester state
-        self.reports = {}               # worker index -> counters messages received
-        self.spawned = set()
+        self.states: Dict[int, Message] = {}    # worker index -> its latest tester state
+        self.reports: Dict[int, int] = {}       # worker index -> counters messages received
+        self.spawned: Set[int] = set()
         self.finishing = False
-        self.memfds = []                # made for a plan, closed once it is sent
-        self.sending = []               # per worker: its source queues
-        shares = [[0, 0.0]] * workers
-        if send is not None:
+        self.memfds: List[int] = []             # made for a plan, closed once it is sent
+        self.sending: List[List[int]] = []      # per worker: its source queues
+        shares: List[List[Union[int, float]]] = [[0, 0.0]] * workers
+        if send is not None and gen is not None:
             groups = queue_flows(gen["flows"], gen["queues"])
             active = [q for q, g in enumerate(groups) if g]
             self.sending = [[q for q in active if q % workers == w] for w in range(workers)]
@@ -101,7 +112,7 @@ class TesterPool(WorkerPool):
 
     # ------------------------------------------------------ workers
 
-    def needs(self, name, w):
+    def needs(self, name: str, w: int) -> Tuple[Set[int], Set[int]]:
         intf = self.interfaces[name]
         rx = ({q for q in range(intf.rx_queues) if q % self.nworkers == w}
               if self.receive_intf is intf else set())
@@ -109,16 +120,16 @@ class TesterPool(WorkerPool):
               if self.send_intf is intf else set())
         return rx, tx
 
-    def plan_for_spawn(self, w):
+    def plan_for_spawn(self, w: int) -> Tuple[Message, List[int]]:
         tester = dict(self.tester, finished=self.finishing)
-        fds = []
+        fds: List[int] = []
         if w in self.spawned:           # a restart: carry on from the one that died
             tester["resume"], fds = self._resume(w)
         self.spawned.add(w)
         self.memfds.extend(fds)
         return dict(self.plan, tester=tester), fds
 
-    def spawn(self, w):
+    def spawn(self, w: int) -> Any:
         try:
             return super().spawn(w)
         finally:
@@ -126,10 +137,11 @@ class TesterPool(WorkerPool):
                 os.close(fd)
             self.memfds = []
 
-    def _resume(self, w):
+    def _resume(self, w: int) -> Tuple[Message, List[int]]:
         """What worker w's successor starts from, and the fds that go with it."""
         last = self.states.get(w, {})
-        resume, fds = {}, []
+        resume: Message = {}
+        fds: List[int] = []
         if self.send_intf is not None:
             tx = self.send_intf.stats()["tx"]       # every frame that reached a ring
             sender = last.get("sender") or {}
@@ -144,7 +156,7 @@ class TesterPool(WorkerPool):
                 fds.append(to_memfd(last["checker"]))
         return resume, fds
 
-    def handle(self, w, msg, fds=()):
+    def handle(self, w: Any, msg: Message, fds: Sequence[int] = ()) -> None:
         op = msg.get("op")
         snap = msg if op == "counters" else msg.get("snapshot") if op == "detached" else None
         if snap is not None and "tester" in snap:
@@ -155,7 +167,7 @@ class TesterPool(WorkerPool):
             self.reports[w.index] = self.reports.get(w.index, 0) + 1
         super().handle(w, msg, fds)
 
-    def describe(self, w):
+    def describe(self, w: int) -> str:
         parts = []
         for what, intf, kind in (("send", self.send_intf, 1), ("receive", self.receive_intf, 0)):
             if intf is not None:
@@ -166,13 +178,13 @@ class TesterPool(WorkerPool):
 
     # ------------------------------------------------------ the run
 
-    def finish(self):
+    def finish(self) -> None:
         """Stop admitting frames (SIGINT): what is staged stays unsent."""
         self.finishing = True
         for w in self.workers:
             w.send({"op": "finish"})
 
-    def refresh(self, timeout=0.2):
+    def refresh(self, timeout: float = 0.2) -> None:
         """Ask every worker for a snapshot now; wait up to ``timeout`` for them."""
         before = {w.index: self.reports.get(w.index, 0) for w in self.workers}
         for w in self.workers:
@@ -182,27 +194,27 @@ class TesterPool(WorkerPool):
                                              for i, n in before.items()):
             self.poll(min(0.02, max(0.0, end - time.monotonic())))
 
-    def sending_done(self):
+    def sending_done(self) -> bool:
         """Every worker has sent its share (or was told to stop)."""
         return (len(self.states) == self.nworkers and
                 all(s["done"] for s in self.states.values()))
 
-    def _senders(self):
+    def _senders(self) -> List[Message]:
         return [s["sender"] for s in self.states.values() if s.get("sender")]
 
-    def sent(self):
+    def sent(self) -> int:
         return sum(s["sent"] for s in self._senders())
 
-    def sent_bytes(self):
+    def sent_bytes(self) -> int:
         return sum(s["bytes"] for s in self._senders())
 
-    def ring_full(self):
+    def ring_full(self) -> int:
         return sum(s["ring_full"] for s in self._senders())
 
-    def in_flight(self):
+    def in_flight(self) -> int:
         return sum(s["in_flight"] for s in self._senders())
 
-    def send_result(self):
+    def send_result(self) -> Message:
         """gen's report of what went out, the workers' added up."""
         senders = self._senders()
         return send_result(self.sent(), self.sent_bytes(), self.ring_full(),
@@ -210,14 +222,14 @@ class TesterPool(WorkerPool):
                            _first([s["t_up"] for s in senders], min),
                            _first([s["t_last"] for s in senders], max))
 
-    def _receivers(self):
+    def _receivers(self) -> List[Message]:
         return [s["receiver"] for s in self.states.values() if s.get("receiver")]
 
-    def received(self):
+    def received(self) -> int:
         """Frames the receivers looked at (as Receiver.packets)."""
         return sum(r["counters"]["packets"] for r in self._receivers())
 
-    def receive_counters(self):
+    def receive_counters(self) -> Message:
         """Checker.counters() of every worker, added up (cheap: for live stats)."""
         total = dict.fromkeys(Checker().counters(), 0)
         for r in self._receivers():
@@ -225,7 +237,7 @@ class TesterPool(WorkerPool):
                 total[k] += v
         return total
 
-    def merged_checker(self):
+    def merged_checker(self) -> Tuple[Checker, Optional[float], Optional[float]]:
         """(Checker holding every worker's state, first burst, last burst)."""
         checker = Checker(ip_mode=self.tester["receive_ip"],
                           payload=self.tester["verify"] == "full")
@@ -237,14 +249,19 @@ class TesterPool(WorkerPool):
                 _first([r["last"] for r in receivers], max))
 
 
+def link_type(ip_mode: bool) -> int:
+    """The pcap link type of an interface's frames."""
+    return pcap.LINKTYPE_RAW if ip_mode else pcap.LINKTYPE_ETHERNET
+
+
 class NoLink:
     """A receive port while the link is down: no queues."""
     connected = False
 
-    def active_queues(self, kind):
+    def active_queues(self, kind: str) -> List[Any]:
         return []
 
-    def check_faults(self):
+    def check_faults(self) -> None:
         pass
 
 
@@ -252,10 +269,15 @@ NO_LINK = NoLink()
 
 
 class TesterNode(Node):
-    """The gen or sink node of one worker: a Sender over its share of the
-    flows (gen), a Receiver over its receive queues (sink, gen --receive)."""
+    """The gen or sink node of one worker (or of the main process): a Sender
+    over its share of the flows (gen), a Receiver over its receive queues
+    (sink, gen --receive).  In the main process only, the plan may also ask
+    for ``replay`` ({"path", "repeat"}: send a pcap file's frames instead of
+    stamped ones) and ``capture`` ({"path", "ip"}: write what arrives on the
+    sending interface, or on sink's, to a pcap file; ``close`` closes it)."""
 
-    def __init__(self, plan, fds, tell):
+    def __init__(self, plan: Message, fds: List[int],
+                 tell: Callable[..., None]) -> None:
         super().__init__(plan, fds, tell)
         t = plan["tester"]
         w, workers = plan["worker"], plan["workers"]
@@ -263,56 +285,77 @@ class TesterNode(Node):
         self.send_key, self.receive_key = t["send"], t["receive"]
         self.keys = [k for k in (self.send_key, self.receive_key) if k]
         self.duration = t["duration"]
-        self.sender = None
+        self.sender: Optional[Sender] = None
+        self.ntx = 0
+        source: Union[Replay, Synth]
         self.report_now = False
         self.waiting = False
         self.sent_now = 0
-        self.txqs = []
+        self.txqs: List[Any] = []
         if self.send_key:
-            g = t["gen"]
-            source = Synth(make_generator(g), g["queues"], g["burst"], single_size(g),
-                           owned=lambda q: q % workers == w)
+            g, replay = t["gen"], t.get("replay")
+            if replay:
+                source, burst = Replay(pcap.read(replay["path"]), replay["repeat"]), BURST
+                self.ntx = t["tx_queues"]
+            else:
+                source = Synth(make_generator(g), g["queues"], g["burst"], single_size(g),
+                               owned=lambda q: q % workers == w)
+                burst, self.ntx = g["burst"], g["queues"]
             count, rate = t["shares"][w]
             if source.queues and (count or not t["count"]):
-                self.sender = Sender(source, g["burst"], count, rate)
-                self.ntx = g["queues"]
+                self.sender = Sender(source, burst, count, rate)
                 if "sender" in resume:
                     self._resume_sender(resume["sender"])
         self.done = self.sender is None or t["finished"] or self.sender.done
         self.receiver = (Receiver(NO_LINK, t["receive_ip"], verify=t["verify"])
                          if self.receive_key else None)
+        capture = t.get("capture")
+        self.capturer: Optional[Receiver] = None
+        if capture and self.send_key:       # gen --capture: its own interface
+            writer = pcap.Writer(capture["path"], link_type(capture["ip"]))
+            self.capturer = Receiver(NO_LINK, capture["ip"], writer, verify=t["verify"])
+        elif capture and self.receiver is not None:     # sink --pcap: its receiver writes
+            self.receiver.writer = pcap.Writer(capture["path"], link_type(capture["ip"]))
+        self.receivers = [r for r in (self.receiver, self.capturer) if r is not None]
+        if self.sender is not None and self.receivers:
+            # a rate-limited sender's sleep ends when a frame arrives
+            self.sender.wait = functools.partial(sleep_or_receive, self.receivers)
         if self.receiver is not None and "receiver" in resume:
             r = resume["receiver"]
             self.receiver.first, self.receiver.last = r["first"], r["last"]
             if fds:
                 self.receiver.checker.merge(read_fd(fds[0]))
 
-    def _resume_sender(self, r):
+    def _resume_sender(self, r: Message) -> None:
         s = self.sender
+        assert s is not None
         for q, sent in r["queues"].items():
             s.source.resume(int(q), sent)
             s.sent += sent
         s.admitted = s.sent
         s.bytes, s.ring_full, s.t_up = r["bytes"], r["ring_full"], r["t_up"]
 
-    def run(self, links):
+    def run(self, links: Dict[str, Any]) -> int:
         moved = 0
         if self.receiver is not None:
             self.receiver.port = links.get(self.receive_key, NO_LINK)
             moved = self.receiver.poll()
+        if self.capturer is not None:
+            self.capturer.port = links.get(self.send_key, NO_LINK)
+            moved += self.capturer.poll()
         self.sent_now = 0
         s = self.sender
-        if self.done:
+        if self.done or s is None:
             return moved
         link = links.get(self.send_key)
         # the first frame waits for every link, as in the main process
         self.waiting = link is None or (s.t_up is None and
                                         not all(k in links for k in self.keys))
-        if self.waiting:
+        if self.waiting or link is None:
             return moved
         now = time.monotonic()
         budget = s.budget(now)
-        if self.duration and now - s.t_up >= self.duration:
+        if self.duration and s.t_up is not None and now - s.t_up >= self.duration:
             self._finish()
             return moved
         self.txqs = [link.tx.get(i) for i in range(self.ntx)]
@@ -321,8 +364,8 @@ class TesterNode(Node):
             self._finish()
         return moved + self.sent_now
 
-    def idle(self, moved):
-        if self.done:
+    def idle(self, moved: int) -> bool:
+        if self.done or self.sender is None:
             return False                # receiving only: the worker's Idler
         if self.waiting:
             time.sleep(0.002)
@@ -330,15 +373,26 @@ class TesterNode(Node):
             self.sender.idle(self.sent_now)
         return True
 
-    def _finish(self):
+    def _finish(self) -> None:
         self.done = True
         self.report_now = True
 
-    def message(self, msg):
-        if msg["op"] == "finish" and not self.done:
+    def finish(self) -> None:
+        """Stop admitting frames: what is staged stays unsent."""
+        if not self.done:
             self._finish()
 
-    def snapshot(self):
+    def message(self, msg: Message) -> None:
+        if msg["op"] == "finish":
+            self.finish()
+
+    def close(self) -> None:
+        """Close the capture file, if any (its frames are all written)."""
+        for r in self.receivers:
+            if r.writer is not None:
+                r.writer.close()
+
+    def snapshot(self) -> Tuple[Message, List[int]]:
         state = {"done": self.done}
         fds = []
         s = self.sender

@@ -173,7 +173,8 @@ class Dataplane:
         (echo).  ``workers``: 0 runs it in this process, N on N worker
         processes pinned to ``cpus`` (default: those allowed).  ip4 takes
         ``routes`` and ``neighbors`` (texts as --route/--neighbor) and
-        ``routes_file``."""
+        ``routes_file``; gen and sink their options (memifx/runtime/tester.py),
+        gen's ``receive`` naming a second interface it checks."""
         with self._managing():
             self._check_open()
             if name in self.pipelines:
@@ -183,6 +184,12 @@ class Dataplane:
                                      % (kind, ", ".join(sorted(KINDS))))
             k = KINDS[kind]
             names = list(interfaces) + ([interface] if interface is not None else [])
+            if kind == "gen":           # one interface, and the one it checks, if any
+                if len(names) != 1:
+                    raise DataplaneError("a gen pipeline takes 1 interface, not %d"
+                                         % len(names))
+                if params.get("receive") is not None:
+                    names.append(params["receive"])
             if k.interfaces and len(names) != k.interfaces:
                 raise DataplaneError("a %s pipeline takes %d interface%s, not %d"
                                      % (kind, k.interfaces, "s" if k.interfaces > 1 else "",
@@ -201,7 +208,10 @@ class Dataplane:
             specs = [self.specs[n] for n in names]
             quiet = min(s.quiet for s in specs)
             ifs = {n: self.interfaces[n] for n in names}
-            if kind == "ip4":
+            if kind in ("gen", "sink"):
+                from memifx.runtime.tester import check_options
+                check_options(kind, params)
+            if kind in ("ip4", "gen", "sink"):
                 params["specs"] = specs
             elif params:
                 raise DataplaneError("%s takes no %s" % (kind, ", ".join(sorted(params))))

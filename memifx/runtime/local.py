@@ -38,6 +38,15 @@ class LocalLink:
                    if lane is None or q.index % lanes == lane}
         n = len(conn.tx)
         self.tx = {t: conn.tx[t % n] for t in range(intf.tx_queues)} if n else {}
+        self.connected = True
+
+    def active_queues(self, kind: str) -> List[Any]:
+        """The receive queues of this lane, or every negotiated transmit
+        queue once (a port of memifx.tester.Receiver)."""
+        return list(self.rx.values()) if kind == "rx" else list(self.conn.tx)
+
+    def check_faults(self) -> None:
+        """LocalHost checks every interface's faults after each pass."""
 
 
 class LocalHost:

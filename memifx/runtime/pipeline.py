@@ -43,6 +43,9 @@ KINDS: Dict[str, Kind] = {k.name: k for k in (
     Kind("ip4", ("memif-input", "ethernet-input", "arp-input", "ip4-input", "ip4-lookup",
                  "ip4-local", "ip4-rewrite", "interface-output"),
          "memifx.nodes.router:RouterNode", 0),
+    Kind("gen", ("gen", "interface-output"),
+         "memifx.nodes.tester:TesterNode", 0),
+    Kind("sink", ("memif-input", "sink"), "memifx.nodes.tester:TesterNode", 1),
 )}
 
 
@@ -188,5 +191,8 @@ def pipeline_class(kind: str) -> Callable[..., Pipeline]:
     if kind == "ip4":
         from memifx.runtime.ip4 import Ip4Pipeline
         return Ip4Pipeline
+    if kind in ("gen", "sink"):
+        from memifx.runtime.tester import TesterPipeline
+        return TesterPipeline
     raise DataplaneError("unknown pipeline kind %r; kinds are %s"
                          % (kind, ", ".join(sorted(KINDS))))
