@@ -9,7 +9,6 @@
 - the shared view follows every change; the seals: no one else can map the
   file writable, write to it or resize it (checked from another process).
 """
-import ipaddress
 import mmap
 import os
 import subprocess

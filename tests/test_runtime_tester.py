@@ -10,7 +10,7 @@ import pytest
 
 from memifx.runtime import DataplaneError
 from conftest import wait_for
-from test_runtime import Running, master, running  # noqa: F401  (the fixture)
+from test_runtime import master, running  # noqa: F401  (running: the fixture)
 
 COUNT = 3000
 RATE = 20000

@@ -32,13 +32,13 @@ from __future__ import annotations
 import functools
 import os
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 from memifx import pcap
 from memifx.tester import (BURST, Receiver, Replay, Sender, Synth, in_flight, make_generator,
                            queue_flows, send_result, single_size, sleep_or_receive)
 from memifx.traffic import Checker
-from memifx.workers.node import Node, import_path
+from memifx.workers.node import Link, Node, import_path
 from memifx.workers.pool import WorkerPool
 
 Message = Dict[str, Any]
@@ -335,7 +335,7 @@ class TesterNode(Node):
         s.admitted = s.sent
         s.bytes, s.ring_full, s.t_up = r["bytes"], r["ring_full"], r["t_up"]
 
-    def run(self, links: Dict[str, Any]) -> int:
+    def run(self, links: Mapping[str, Link]) -> int:
         moved = 0
         if self.receiver is not None:
             self.receiver.port = links.get(self.receive_key, NO_LINK)
