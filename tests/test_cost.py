@@ -238,7 +238,7 @@ def inclusive_matching(out, pattern):
     return best
 
 
-def tester_cost(tmp_path, mode, size):
+def entry_cost_per_frame(tmp_path, mode, size):
     """Ir per frame inside the mode's entry point (Generator.fill or Checker.check)."""
     pattern = TESTER_ENTRY[mode.split("-")[0]]
     ir = [inclusive_matching(run_callgrind(tmp_path, n, mode=mode, size=size), pattern)
@@ -248,11 +248,11 @@ def tester_cost(tmp_path, mode, size):
     return (ir[1] - ir[0]) / N
 
 
-def tester_cells(tmp_path, side):
+def check_cells(tmp_path, side):
     got = {}
     for mode, size in TESTER_CELLS:
         if mode.startswith(side):
-            got[mode, size] = tester_cost(tmp_path, mode, size)
+            got[mode, size] = entry_cost_per_frame(tmp_path, mode, size)
     print("\n" + ", ".join("%s %d B: %.1f Ir/frame" % (m, s, v) for (m, s), v in got.items()))
     for cell, v in got.items():
         assert v < TESTER_CELLS[cell], (cell, v, TESTER_CELLS[cell])
@@ -263,7 +263,7 @@ def tester_cells(tmp_path, side):
 def test_gen_instructions_per_frame(tmp_path):
     """Generator.fill, bursts of 256, zeros (headers and stamp) and pattern
     payloads at 64 and 1518 bytes."""
-    tester_cells(tmp_path, "gen")
+    check_cells(tmp_path, "gen")
 
 
 @pytest.mark.timeout(240)
@@ -271,7 +271,7 @@ def test_gen_instructions_per_frame(tmp_path):
 def test_sink_instructions_per_frame(tmp_path):
     """Checker.check of stamped frames in order, --verify stamp and full, 64
     and 1518 bytes."""
-    tester_cells(tmp_path, "sink")
+    check_cells(tmp_path, "sink")
 
 
 # ------------------------------------------------------------------- GIL
