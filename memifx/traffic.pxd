@@ -40,8 +40,10 @@ cdef class Generator:
     cdef readonly uint32_t max_size
     cdef readonly bint zeros        # payload: zeros (else the pattern)
 
-    cdef void write_frame(self, uint8_t *p, uint32_t si, uint32_t flow, uint64_t seq,
-                          uint64_t ts, bint payload) noexcept nogil
+    cdef (uint32_t, uint64_t) fill_raw(self, uint8_t *base, uint64_t room, uint32_t *lengths,
+                                       uint32_t n, const uint32_t *flows, uint32_t nflows,
+                                       uint32_t cursor, bint payload,
+                                       uint64_t ts) noexcept nogil
 
 
 @cython.final           # direct (inlinable) calls to its cdef methods

@@ -100,6 +100,23 @@ cdef inline uint16_t ip_checksum(const uint8_t *p, uint32_t length) noexcept nog
     return <uint16_t>(~s & 0xffff)
 
 
+cdef inline uint16_t ip_checksum20(const uint8_t *p) noexcept nogil:
+    """ip_checksum(p, 20), unrolled: an IPv4 header without options."""
+    cdef uint32_t w0, w1, w2, w3, w4
+    cdef uint64_t s
+    memcpy(&w0, p, 4)
+    memcpy(&w1, p + 4, 4)
+    memcpy(&w2, p + 8, 4)
+    memcpy(&w3, p + 12, 4)
+    memcpy(&w4, p + 16, 4)
+    s = <uint64_t>w0 + w1 + w2 + w3 + w4
+    s = (s & 0xffffffffULL) + (s >> 32)
+    s = (s & 0xffff) + (s >> 16)
+    s = (s & 0xffff) + (s >> 16)
+    s = (s & 0xffff) + (s >> 16)
+    return <uint16_t>(~s & 0xffff)
+
+
 cdef inline uint64_t pattern_seed(uint64_t seq, uint16_t flow) noexcept nogil:
     return (seq + 1) * SEED_MUL ^ SEED_XOR ^ (<uint64_t>flow << 40)
 
@@ -140,6 +157,19 @@ cdef inline bint zeros_ok(const uint8_t *p, uint32_t length) noexcept nogil:
     return acc == 0
 
 
+cdef inline bint payload_ok(const uint8_t *p, uint32_t length, uint16_t magic, uint64_t seq,
+                            uint16_t flow) noexcept nogil:
+    """The payload after a sound stamp with this magic, sequence and flow."""
+    if magic == STAMP_MAGIC_ZEROS:
+        return zeros_ok(p, length)
+    return pattern_ok(p, length, pattern_seed(seq, flow))
+
+
+cdef inline uint16_t sport(uint32_t flow) noexcept nogil:
+    """The UDP source port of a flow's frames."""
+    return <uint16_t>(SPORT_BASE + (flow if flow < SPORT_SPAN else flow - SPORT_SPAN))
+
+
 cdef inline uint32_t lat_bucket(uint64_t v) noexcept nogil:
     cdef int shift
     if v < LAT_SUB:
@@ -169,6 +199,74 @@ def _ip4(value, what):
     if len(b) != 4:
         raise ValueError("%s must be 4 bytes" % what)
     return b
+
+
+cdef inline void write_frame(uint8_t *p, const uint8_t *t, uint32_t hlen, uint32_t size,
+                             uint32_t flow, uint64_t seq, uint64_t ts, bint zeros,
+                             bint payload) noexcept nogil:
+    """One frame of ``size`` bytes from its size's template ``t`` (``hlen``
+    bytes of headers): then what is per frame (IP id and checksum, source
+    port, stamp) and, if ``payload``, the payload."""
+    cdef uint8_t *ip = p + hlen - IP_HLEN - UDP_HLEN
+    cdef uint8_t *st = p + hlen
+    cdef uint32_t rest = size - hlen - STAMP_LEN, sum
+    cdef uint16_t f16 = <uint16_t>flow, id16, csum
+    cdef uint16_t magic = STAMP_MAGIC_ZEROS if zeros else STAMP_MAGIC
+    cdef uint8_t stamp[STAMP_LEN]
+    # A fixed-size copy (inlined); the stamp overwrites what lies beyond
+    # the template (every frame has room for template and stamp).
+    memcpy(p, t, HDR_MAX)
+    put16(ip + 4, <uint16_t>seq)
+    # The template's checksum is for id 0: add the id (RFC 1624), all in
+    # memory order as ip_checksum() works.
+    memcpy(&csum, t + hlen - IP_HLEN - UDP_HLEN + 10, 2)
+    memcpy(&id16, ip + 4, 2)
+    sum = <uint32_t>(~csum & 0xffff) + id16
+    sum = (sum & 0xffff) + (sum >> 16)
+    csum = <uint16_t>~sum
+    memcpy(ip + 10, &csum, 2)
+    put16(ip + IP_HLEN, sport(flow))
+    # the stamp built in registers, stored at once
+    memcpy(stamp, &magic, 2)
+    memcpy(stamp + 2, &f16, 2)
+    memcpy(stamp + 4, &seq, 8)
+    memcpy(stamp + 12, &ts, 8)
+    memcpy(st, stamp, STAMP_LEN)
+    if not zeros:
+        write_pattern(st + STAMP_LEN, rest, pattern_seed(seq, f16))
+    elif payload:
+        memset(st + STAMP_LEN, 0, rest)
+
+
+cdef inline (uint32_t, uint64_t, uint32_t) fill_frames(
+        uint8_t *base, uint64_t room, uint32_t *lengths, uint32_t n, const uint32_t *flows,
+        uint32_t nflows, uint32_t cursor, uint64_t ts, const uint32_t *sizes, uint32_t nsizes,
+        uint32_t si, const uint8_t *hdr, uint32_t hlen, uint64_t *seqs, bint zeros,
+        bint payload) noexcept nogil:
+    """Generator.fill_raw's loop; returns (frames, bytes, next size index).
+    Everything it reads is a local: the frames are bytes, which may alias
+    anything, so the compiler would reload the generator's fields after each
+    frame written."""
+    cdef uint32_t i = 0, size, flow
+    cdef uint64_t off = 0, seq
+    while i < n:
+        size = sizes[si]
+        if off + size > room:
+            break
+        flow = flows[cursor]
+        cursor += 1
+        if cursor == nflows:
+            cursor = 0
+        seq = seqs[flow]
+        seqs[flow] = seq + 1
+        write_frame(base + off, hdr + si * HDR_MAX, hlen, size, flow, seq, ts, zeros, payload)
+        si += 1
+        if si == nsizes:
+            si = 0
+        lengths[i] = size
+        off += size
+        i += 1
+    return i, off, si
 
 
 cdef class Generator:
@@ -260,8 +358,8 @@ cdef class Generator:
         frames of this one size at these offsets); only headers and stamps
         are written."""
         cdef bint payload = not (headers_only and self.zeros)
-        cdef uint32_t nflows = flows.shape[0], i = 0, size, flow, si
-        cdef uint64_t off = 0, room = buf.shape[0], ts
+        cdef uint32_t nflows = flows.shape[0], i = 0
+        cdef uint64_t off = 0, room = buf.shape[0]
         cdef uint8_t *base
         if n > <uint32_t>lengths.shape[0]:
             n = lengths.shape[0]
@@ -273,60 +371,29 @@ cdef class Generator:
             if flows[i] >= self.flows:
                 raise ValueError("flow %d out of range" % flows[i])
         base = &buf[0]
-        i = 0
         with nogil:
-            ts = now_ns()
-            cursor = cursor % nflows
-            while i < n:
-                si = self.size_pos
-                size = self.sizes[si]
-                if off + size > room:
-                    break
-                self.size_pos += 1
-                if self.size_pos == self.nsizes:
-                    self.size_pos = 0
-                flow = flows[cursor]
-                cursor += 1
-                if cursor == nflows:
-                    cursor = 0
-                self.write_frame(base + off, si, flow, self.seq[flow], ts, payload)
-                self.seq[flow] += 1
-                lengths[i] = size
-                off += size
-                i += 1
+            i, off = self.fill_raw(base, room, &lengths[0], n, &flows[0], nflows,
+                                   cursor % nflows, payload, now_ns())
         return i, off
 
-    cdef void write_frame(self, uint8_t *p, uint32_t si, uint32_t flow, uint64_t seq,
-                          uint64_t ts, bint payload) noexcept nogil:
-        """Frame ``si`` of the size list: the template, then what is per
-        frame (IP id and checksum, source port, stamp) and the payload."""
-        cdef uint8_t *ip = p + self.hlen - IP_HLEN - UDP_HLEN
-        cdef uint8_t *st = p + self.hlen
-        cdef const uint8_t *t = self.hdr + si * HDR_MAX
-        cdef uint32_t rest = self.sizes[si] - self.hlen - STAMP_LEN, sum
-        cdef uint16_t f16 = <uint16_t>flow, id16, csum
-        cdef uint16_t magic = STAMP_MAGIC_ZEROS if self.zeros else STAMP_MAGIC
-        # A fixed-size copy (inlined); the stamp overwrites what lies beyond
-        # the template (every frame has room for template and stamp).
-        memcpy(p, t, HDR_MAX)
-        put16(ip + 4, <uint16_t>seq)
-        # The template's checksum is for id 0: add the id (RFC 1624), all in
-        # memory order as ip_checksum() works.
-        memcpy(&csum, ip + 10, 2)
-        memcpy(&id16, ip + 4, 2)
-        sum = <uint32_t>(~csum & 0xffff) + id16
-        sum = (sum & 0xffff) + (sum >> 16)
-        csum = <uint16_t>~sum
-        memcpy(ip + 10, &csum, 2)
-        put16(ip + IP_HLEN, <uint16_t>(SPORT_BASE + (flow if flow < SPORT_SPAN else flow - SPORT_SPAN)))
-        memcpy(st, &magic, 2)
-        memcpy(st + 2, &f16, 2)
-        memcpy(st + 4, &seq, 8)
-        memcpy(st + 12, &ts, 8)
-        if not self.zeros:
-            write_pattern(st + STAMP_LEN, rest, pattern_seed(seq, f16))
-        elif payload:
-            memset(st + STAMP_LEN, 0, rest)
+    cdef (uint32_t, uint64_t) fill_raw(self, uint8_t *base, uint64_t room, uint32_t *lengths,
+                                       uint32_t n, const uint32_t *flows, uint32_t nflows,
+                                       uint32_t cursor, bint payload,
+                                       uint64_t ts) noexcept nogil:
+        """fill() on raw pointers."""
+        cdef uint32_t i, si = self.size_pos
+        cdef uint64_t off
+        # zeros or pattern as a constant: the compiler makes a loop for each
+        if self.zeros:
+            i, off, si = fill_frames(base, room, lengths, n, flows, nflows, cursor, ts,
+                                     self.sizes, self.nsizes, si, self.hdr, self.hlen,
+                                     self.seq, True, payload)
+        else:
+            i, off, si = fill_frames(base, room, lengths, n, flows, nflows, cursor, ts,
+                                     self.sizes, self.nsizes, si, self.hdr, self.hlen,
+                                     self.seq, False, True)
+        self.size_pos = si
+        return i, off
 
     def restamp(self, uint8_t[::1] buf, const uint32_t[::1] lengths):
         """Write the current time into frames made by fill() that are still
@@ -355,6 +422,73 @@ def span(const uint32_t[::1] lengths, uint32_t first, uint32_t n):
     for i in range(first, end):
         s += lengths[i]
     return s
+
+
+cdef inline uint32_t check_frames(Checker self, const uint8_t *base, const uint32_t *lengths,
+                                  uint32_t n, uint32_t l2, bint payload) noexcept nogil:
+    """Checker.check_packed for ``l2`` bytes of Ethernet header (0 or 14) and
+    with or without the payload check.
+
+    The usual frame (ours, IPv4 without options, sound, next in its flow's
+    sequence) is taken here in one pass with the counters kept in locals for
+    the burst.  Any other frame goes to check_one(), which decides every
+    case: the fast path moves nothing before it has found the frame good, so
+    the result is the same either way."""
+    cdef uint32_t i, good = 0, length, avail
+    cdef uint64_t off = 0, now = now_ns(), seq, ts, lat
+    cdef uint64_t received = 0, lat_sum = 0, lat_min = self.lat_min, lat_max = self.lat_max
+    cdef const uint8_t *p
+    cdef const uint8_t *ip
+    cdef const uint8_t *st
+    cdef uint16_t magic, flow
+    cdef flow_t *f
+    for i in range(n):
+        p = base + off
+        length = lengths[i]
+        off += length
+        ip = p + l2
+        st = ip + IP_HLEN + UDP_HLEN
+        avail = length - l2
+        if (length >= l2 + IP_HLEN + UDP_HLEN + STAMP_LEN
+                and (l2 == 0 or get16(p + 12) == 0x0800)
+                and ip[0] == 0x45 and ip[9] == 17
+                and get16(ip + IP_HLEN + 2) == UDP_PORT
+                and get16(ip + 2) == avail
+                and get16(ip + IP_HLEN + 4) == avail - IP_HLEN
+                and ip_checksum20(ip) == 0):
+            memcpy(&magic, st, 2)
+            memcpy(&flow, st + 2, 2)
+            memcpy(&seq, st + 4, 8)
+            memcpy(&ts, st + 12, 8)
+            f = self.flow[flow]
+            if ((magic == STAMP_MAGIC_ZEROS or magic == STAMP_MAGIC)
+                    and get16(ip + IP_HLEN) == sport(flow)
+                    and f != NULL and seq == f.next and ts >= f.newest
+                    and (not payload or payload_ok(st + STAMP_LEN, avail - IP_HLEN - UDP_HLEN
+                                                   - STAMP_LEN, magic, seq, flow))):
+                received += 1
+                lat = now - ts if now > ts else 0
+                self.lat_hist[lat_bucket(lat)] += 1
+                lat_sum += lat
+                if lat < lat_min:
+                    lat_min = lat
+                if lat > lat_max:
+                    lat_max = lat
+                f.newest = ts
+                f.next = seq + 1
+                f.seen[(seq % WINDOW) >> 6] |= 1ULL << (seq & 63)
+                continue
+        if self.check_one(p, length, now) == GOOD:
+            good += 1
+    self.packets += n
+    self.bytes += off
+    self.received += received
+    self.lat_sum += lat_sum
+    if lat_min < self.lat_min:
+        self.lat_min = lat_min
+    if lat_max > self.lat_max:
+        self.lat_max = lat_max
+    return good + <uint32_t>received
 
 
 cdef class Checker:
@@ -418,15 +552,17 @@ cdef class Checker:
     cdef uint32_t check_packed(self, const uint8_t *base, const uint32_t *lengths,
                                uint32_t n) noexcept nogil:
         """check() on raw pointers; the lengths are known to fit."""
-        cdef uint32_t i, good = 0
-        cdef uint64_t off = 0, now = now_ns()
-        for i in range(n):
-            if self.check_one(base + off, lengths[i], now) == GOOD:
-                good += 1
-            off += lengths[i]
-        return good
+        # the mode as constants: the compiler makes a loop for each
+        if self.ip_mode:
+            if self.payload:
+                return check_frames(self, base, lengths, n, 0, True)
+            return check_frames(self, base, lengths, n, 0, False)
+        if self.payload:
+            return check_frames(self, base, lengths, n, ETH_HLEN, True)
+        return check_frames(self, base, lengths, n, ETH_HLEN, False)
 
     cdef int check_one(self, const uint8_t *p, uint32_t length, uint64_t now) noexcept nogil:
+        """One frame, every case (the caller counts packets and bytes)."""
         cdef const uint8_t *ip = p
         cdef const uint8_t *udp
         cdef const uint8_t *st
@@ -434,8 +570,6 @@ cdef class Checker:
         cdef uint16_t magic, flow
         cdef flow_t *f
         cdef uint64_t seq, ts, lat
-        self.packets += 1
-        self.bytes += length
         if not self.ip_mode:
             if length < ETH_HLEN or get16(p + 12) != 0x0800:
                 self.other += 1
@@ -462,12 +596,11 @@ cdef class Checker:
         memcpy(&seq, st + 4, 8)
         memcpy(&ts, st + 12, 8)
         if ((magic != STAMP_MAGIC and magic != STAMP_MAGIC_ZEROS) or
-                get16(udp) != SPORT_BASE + (flow if flow < SPORT_SPAN else flow - SPORT_SPAN)):
+                get16(udp) != sport(flow)):
             self.corrupt += 1
             return CORRUPT
         rest = ip_len - ihl - UDP_HLEN - STAMP_LEN
-        if self.payload and not (zeros_ok(st + STAMP_LEN, rest) if magic == STAMP_MAGIC_ZEROS
-                                 else pattern_ok(st + STAMP_LEN, rest, pattern_seed(seq, flow))):
+        if self.payload and not payload_ok(st + STAMP_LEN, rest, magic, seq, flow):
             # The stamp looks sound: the frame arrived, damaged (not lost).
             self.corrupt += 1
             self.track(flow, seq, ts)

@@ -15,6 +15,13 @@ arrived.  MODE says what sits between the slave's transmit and receive:
   interface 1 out) -> M2S ring -> slave rx_batch.  Every frame is an
   IPv4/UDP frame to our MAC with a valid checksum and a route with a static
   neighbor, so every one is forwarded (TTL 64 -> 63, MACs rewritten).
+- ``gen-zeros`` / ``gen-pattern``: no rings; ``memifx gen``'s per-burst
+  work alone: Generator.fill into one staging buffer, as the gen source
+  calls it (zeros: headers and stamp only after the first burst).
+- ``sink-stamp`` / ``sink-full``: no rings; each burst is made by
+  Generator.fill (zeros payload for stamp, pattern for full) and then
+  checked by Checker.check with ``memifx sink --verify stamp`` / ``full``.
+  The test takes the checker's share from callgrind_annotate.
 
 Everything else the script does (interpreter start, imports, building the
 rings, the router and its FIB) is the same for every N, so the difference
@@ -81,13 +88,37 @@ def make_router():
     return router
 
 
+TESTER_MODES = ("gen-zeros", "gen-pattern", "sink-stamp", "sink-full")
+
+
+def tester(mode, n, size, burst):
+    from memifx.traffic import Checker, Generator
+    zeros = mode in ("gen-zeros", "sink-stamp")
+    gen = Generator([size], flows=4, payload="zeros" if zeros else "pattern")
+    flows = array("I", range(4))
+    buf = bytearray(burst * size)
+    lens = array("I", [0]) * burst
+    checker = Checker(payload=mode == "sink-full") if mode.startswith("sink") else None
+    for _ in range(n // burst):
+        if gen.fill(buf, lens, burst, flows, 0, zeros)[0] != burst:
+            raise SystemExit("short fill")
+        if checker is not None and checker.check(buf, lens, burst) != burst:
+            raise SystemExit("checker: %r" % checker.counters())
+    if checker is not None:
+        c = checker.counters()
+        if c["received"] != n or c["lost"] or c["reordered"] or c["corrupt"]:
+            raise SystemExit("checker: %r" % c)
+
+
 def main():
     n = int(sys.argv[1])
     size = int(sys.argv[2]) if len(sys.argv) > 2 else 64
     burst = int(sys.argv[3]) if len(sys.argv) > 3 else 256
     mode = sys.argv[4] if len(sys.argv) > 4 else "ring"
     assert n % burst == 0
-    assert mode in ("ring", "xconnect", "ip4"), mode
+    assert mode in ("ring", "xconnect", "ip4") + TESTER_MODES, mode
+    if mode in TESTER_MODES:
+        return tester(mode, n, size, burst)
     lb = Loopback(log2=10, buffer_size=2048, n_m2s=0 if mode == "ring" else 1)
     tx, rx = lb.s2m
     if mode == "ip4":

@@ -1,0 +1,102 @@
+"""Checker.check takes the usual frame (IPv4 without options, sound, next in
+its flow) on a fast path and every other frame the general way; both must
+count alike.  A frame with IP options never takes the fast path, so the same
+stream sent once plain and once with a 4-byte option in every IP header must
+give the same counters (bytes aside)."""
+import random
+import struct
+from array import array
+
+import pytest
+
+from memifx.traffic import Checker, Generator
+
+
+def ip_checksum(header):
+    s = sum(struct.unpack("!%dH" % (len(header) // 2), header))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def with_option(frame, l2):
+    """The frame with four NOP option bytes in its IPv4 header."""
+    ip = bytearray(frame[l2:l2 + 20])
+    ip[0] = 0x46
+    struct.pack_into("!H", ip, 2, struct.unpack_from("!H", ip, 2)[0] + 4)
+    good = ip_checksum(bytes(frame[l2:l2 + 20])) == 0       # keep damage as it was
+    ip += b"\x01" * 4
+    ip[10:12] = b"\0\0"
+    csum = ip_checksum(bytes(ip))
+    struct.pack_into("!H", ip, 10, csum if good else csum ^ 1)
+    return bytes(frame[:l2]) + bytes(ip) + bytes(frame[l2 + 20:])
+
+
+def frames_of(gen, n, size, nflows):
+    buf = bytearray(n * size)
+    lengths = array("I", bytes(4 * n))
+    got, _ = gen.fill(buf, lengths, n, array("I", range(nflows)))
+    assert got == n
+    return [bytes(buf[i * size:(i + 1) * size]) for i in range(n)]
+
+
+def stream(ip_mode, rng):
+    """Stamped frames of three flows in a shuffled, damaged order, with
+    foreign frames between them and a sender restart at the end."""
+    l2 = 0 if ip_mode else 14
+    gen = Generator([128], ip_mode=ip_mode, flows=3)
+    frames = frames_of(gen, 90, 128, 3)
+    order = list(range(90))
+    for _ in range(25):                             # reordering within a flow
+        i = rng.randrange(84)
+        j = i + 3 * rng.randrange(1, 3)
+        order[i], order[j] = order[j], order[i]
+    out = []
+    for k, i in enumerate(order):
+        f = bytearray(frames[i])
+        if k % 17 == 5:
+            continue                                 # lost
+        if k % 13 == 7:
+            out.append(bytes(f))                     # duplicated
+        if k % 11 == 3:
+            f[l2 + 8] ^= 1                           # TTL: IP checksum off
+        elif k % 19 == 4:
+            f[-1] ^= 0x40                            # a payload byte: damaged, not lost
+        elif k % 23 == 6:
+            f[l2 + 28] ^= 1                          # the magic
+        elif k % 29 == 8:
+            f[l2 + 20] ^= 1                          # source port vs flow
+        out.append(bytes(f))
+        if k % 31 == 9:                              # not ours
+            out.append(bytes(f[:l2 + 9]) + b"\x06" + bytes(f[l2 + 10:]))
+    gen2 = Generator([128], ip_mode=ip_mode, flows=3)   # a new sender run: from 0
+    out += frames_of(gen2, 9, 128, 3)
+    return out
+
+
+def counters(frames, ip_mode, payload, burst):
+    c = Checker(ip_mode=ip_mode, payload=payload)
+    for i in range(0, len(frames), burst):
+        part = frames[i:i + burst]
+        c.check(bytearray(b"".join(part)), array("I", [len(f) for f in part]))
+    got = c.counters()
+    del got["bytes"]
+    return got
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("ip_mode", [False, True])
+@pytest.mark.parametrize("payload", [False, True])
+def test_fast_and_general_paths_count_alike(ip_mode, payload):
+    l2 = 0 if ip_mode else 14
+    for seed in range(5):
+        frames = stream(ip_mode, random.Random(seed))
+        optioned = [with_option(f, l2) if f[l2 + 9] == 17 else f for f in frames]
+        for burst in (1, 7, 256):
+            fast = counters(frames, ip_mode, payload, burst)
+            general = counters(optioned, ip_mode, payload, burst)
+            assert fast == general, (seed, burst)
+            # the stream has every case in it
+            assert fast["lost"] and fast["reordered"] and fast["duplicated"]
+            assert fast["corrupt"] and fast["other"] and fast["resets"]
+            assert fast["packets"] == len(frames)
