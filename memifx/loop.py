@@ -45,13 +45,41 @@ class Timer:
         self.fn, self.args = None, ()           # drop references now, not when due
 
 
+class WakePipe:
+    """A self-pipe: wake() from any thread makes fileno() readable until
+    drain() -- how a poller asleep on other fds is told there is work."""
+
+    def __init__(self) -> None:
+        self._r, self._w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def fileno(self) -> int:
+        return self._r
+
+    def wake(self) -> None:
+        try:
+            os.write(self._w, b"x")
+        except OSError:
+            pass                    # full: already awake; closed: nobody to wake
+
+    def drain(self) -> None:
+        try:
+            while os.read(self._r, 4096):
+                pass
+        except OSError:
+            pass                    # empty (EAGAIN), or closed
+
+    def close(self) -> None:
+        os.close(self._r)
+        os.close(self._w)
+
+
 class ControlLoop:
     """Runs memifx's control plane: a selector, timers and calls from other threads."""
 
     def __init__(self) -> None:
         self._sel = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._sel.register(self._wake_r, selectors.EVENT_READ, self._drain_wake)
+        self._waker = WakePipe()
+        self._sel.register(self._waker.fileno(), selectors.EVENT_READ, self._waker.drain)
         # A peer truncated memory we map (any thread hit it): end its link.
         self._sel.register(guard.fileno(), selectors.EVENT_READ, guard.dispatch)
         self._calls: list[tuple[Callable[..., object], tuple[Any, ...]]] = []
@@ -116,7 +144,7 @@ class ControlLoop:
     def stop(self) -> None:
         """Stop the loop (and join its thread, unless called from it)."""
         self._stop = True
-        self._wake()
+        self._waker.wake()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(5)
 
@@ -131,7 +159,7 @@ class ControlLoop:
         """Thread-safe: run fn(*args) in the loop."""
         with self._calls_lock:
             self._calls.append((fn, args))
-        self._wake()
+        self._waker.wake()
 
     def call_later(self, delay: float, fn: Callable[..., object], *args: Any) -> Timer:
         """Loop thread only."""
@@ -173,19 +201,6 @@ class ControlLoop:
         try:
             self._sel.unregister(fd)
         except (KeyError, ValueError):
-            pass
-
-    def _wake(self) -> None:
-        try:
-            os.write(self._wake_w, b"x")
-        except BlockingIOError:
-            pass                                # already awake
-
-    def _drain_wake(self) -> None:
-        try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except BlockingIOError:
             pass
 
 

@@ -18,7 +18,6 @@ rings are consistent for whoever uses it next.
 """
 import importlib
 import logging
-import os
 import threading
 import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -26,6 +25,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import memifx
 from memifx.fdwait import wait_readable
 from memifx.interface import Interface
+from memifx.loop import WakePipe
 from memifx.runtime.errors import DataplaneError
 from memifx.runtime.pipeline import KINDS, Pipeline, pipeline_class
 from memifx.rxmode import Idler
@@ -64,7 +64,7 @@ class Dataplane:
         self.on_link = on_link
         self.closed = False
         self.stats: Any = None
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._waker = WakePipe()
         self._idler: Optional[Idler] = None
         self._last_pools = 0.0
         self._moved = 0                 # frames the last round moved here
@@ -83,15 +83,9 @@ class Dataplane:
 
     # ------------------------------------------------------------ locking
 
-    def _wake(self) -> None:
-        try:
-            os.write(self._wake_w, b"x")
-        except OSError:
-            pass
-
     def _managing(self) -> Any:
         """The lock, after waking the poller so it lets go soon."""
-        self._wake()
+        self._waker.wake()
         return self.lock
 
     # --------------------------------------------------------- interfaces
@@ -296,7 +290,7 @@ class Dataplane:
         sleep (on the receive queues, worker sockets and management wake-ups;
         ``timeout`` at most when nothing runs here).  Frames moved here."""
         with self.lock:
-            self._drain_wake()
+            self._waker.drain()
             local = [p for p in self.pipelines.values() if p.host is not None]
             pooled = [p for p in self.pipelines.values() if p.pool is not None]
             moved = 0
@@ -315,7 +309,7 @@ class Dataplane:
                 if not any(p.host is not None and p.host.idle(moved) for p in local):
                     idler.after(moved)
             elif not moved:
-                fds = [self._wake_r] + [fd for p in pooled for fd in p.worker_fds()]
+                fds = [self._waker.fileno()] + [fd for p in pooled for fd in p.worker_fds()]
                 if wait_readable(fds, timeout):
                     for p in pooled:
                         p.poll_pool(0)
@@ -341,8 +335,7 @@ class Dataplane:
                 p.stop()
             if self.stats is not None:
                 self.stats.close()
-            os.close(self._wake_r)
-            os.close(self._wake_w)
+            self._waker.close()
 
     def mapping(self) -> List[str]:
         """Which worker serves which queues, every pipeline's."""
@@ -373,19 +366,12 @@ class Dataplane:
                 return pname
         return None
 
-    def _drain_wake(self) -> None:
-        try:
-            while os.read(self._wake_r, 512):
-                pass
-        except OSError:
-            pass
-
     def _local_idler(self, local: List[Pipeline], pooled: List[Pipeline]) -> Idler:
         if self._idler is None:
             ifs = [i for p in local for i in p.interfaces.values()]
-            self._idler = Idler(ifs, min(p.quiet for p in local),
-                                wake_fds=[self._wake_r])
-        self._idler.wake_fds = [self._wake_r] + [fd for p in pooled for fd in p.worker_fds()]
+            self._idler = Idler(ifs, min(p.quiet for p in local))
+        self._idler.wake_fds = ([self._waker.fileno()]
+                                + [fd for p in pooled for fd in p.worker_fds()])
         return self._idler
 
     def _node_entries(self) -> List[Dict[str, Any]]:
