@@ -6,15 +6,15 @@ so that this module imports no host.  A pipeline is one kind applied to
 some interfaces; it runs either in this process (memifx/runtime/local.py)
 or on its own worker pool (memifx/workers/), the same node class in both.
 """
-import importlib
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Type
 
 from memifx.interface import Interface
 from memifx.runtime.errors import DataplaneError
 from memifx.runtime.local import LocalHost
+from memifx.workers.node import Node, load
 
 Counters = Dict[str, Any]
 RESTART_SHOWN = 5.0     # seconds a worker's restart stays among the problems
@@ -30,9 +30,8 @@ class Kind:
     node: str
     interfaces: int
 
-    def node_class(self) -> Any:
-        module, _, cls = self.node.partition(":")
-        return getattr(importlib.import_module(module), cls)
+    def node_class(self) -> Type[Node]:
+        return load(self.node)
 
 
 KINDS: Dict[str, Kind] = {k.name: k for k in (
