@@ -15,15 +15,14 @@ network namespace can reach it, and the allow lists are the only gate.
 """
 import ipaddress
 import os
-import re
 from dataclasses import dataclass, field
 
 import click
 
 from memifx.interface import DEFAULT_SOCKET, LIMITS, ROLES, RX_MODES
 from memifx import access, wire
+from memifx.ethernet import is_mac
 
-_MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
 
 @dataclass
@@ -149,7 +148,7 @@ def parse_spec(text):
         elif key == "name":
             spec.name = value
         elif key == "mac":
-            if not _MAC.match(value):
+            if not is_mac(value):
                 raise click.BadParameter("mac=%s: expected XX:XX:XX:XX:XX:XX" % value)
             spec.mac = value
         elif key == "ip":

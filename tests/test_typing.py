@@ -30,7 +30,8 @@ PKG = os.path.join(ROOT, "memifx")
 
 # The annotated public Python modules (the compiled ones are checked through
 # their stubs, which every import of them uses).
-PUBLIC = ["__init__", "access", "aio", "errors", "interface", "loop", "pcap", "rxmode", "wire",
+PUBLIC = ["__init__", "access", "aio", "errors", "ethernet", "interface", "loop", "pcap",
+          "rxmode", "wire",
           "stats/__init__", "stats/exporters", "stats/layout", "stats/reader", "stats/schema",
           "stats/writer"]
 # Packages checked whole, every module in them: the runtime, the workers

@@ -53,6 +53,8 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 import click
 import yaml  # type: ignore[import-untyped]  # PyYAML ships no types; safe_load gives Any
 
+from memifx.ethernet import is_mac
+
 # cli/ is installed as memifx.cli (setup.py's package_dir), which mypy, reading
 # the source tree, does not see; parse_spec is then Any.
 from memifx.cli.spec import parse_spec  # type: ignore[import-not-found]
@@ -64,7 +66,6 @@ DEFAULT_RETRY_SECONDS = 5.0
 MAX_WORKERS = 64
 ENDPOINT_KINDS = ("echo", "gen", "sink")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
 Spec = Dict[str, str]        # an interface: spec key -> text value (cli/spec.py)
 
@@ -403,7 +404,7 @@ def _neighbor(path: str, value: Any, names: Sequence[str],
             raise ConfigError("%s.%s" % (path, k), "required")
     ip = _ip4(path + ".ip", n["ip"])
     mac = _text(path + ".mac", n["mac"])
-    if not _MAC.match(mac):
+    if not is_mac(mac):
         raise ConfigError(path + ".mac", "not a MAC address XX:XX:XX:XX:XX:XX")
     text = "%s,%s" % (ip, mac.lower())
     if "dev" in n:
@@ -440,7 +441,7 @@ def _choice(path: str, value: Any, allowed: Sequence[str]) -> str:
 
 
 def _mac(path: str, value: Any) -> str:
-    if not isinstance(value, str) or not _MAC.match(value):
+    if not is_mac(value):
         raise ConfigError(path, "not a MAC address XX:XX:XX:XX:XX:XX")
     return value.lower()
 

@@ -17,10 +17,10 @@ routes, with no pause in forwarding.
 """
 import ipaddress
 import logging
-import re
 import time
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
+from memifx.ethernet import is_mac
 from memifx.fib import Fib, FibFull, RouteError, pack_route
 from memifx.interface import Interface
 from memifx.ip4 import DROP_REASONS, TX_DROPS, Router
@@ -34,7 +34,6 @@ log = logging.getLogger("memifx")
 
 MAX_INTERFACES = 64
 LIMITED_BROADCAST = 0xFFFFFFFF
-_MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 Neighbor = Tuple[int, int, bytes]           # (ifindex, ip, mac)
 
 
@@ -159,7 +158,7 @@ def parse_neighbor(text: str, specs: Sequence[Any]) -> Neighbor:
         ip = ipaddress.IPv4Address(parts[0])
     except ValueError:
         raise bad("%s: bad IPv4 address %r" % (text, parts[0]))
-    if not _MAC.match(parts[1]):
+    if not is_mac(parts[1]):
         raise bad("%s: bad MAC %r (expected XX:XX:XX:XX:XX:XX)" % (text, parts[1]))
     mac = bytes(int(x, 16) for x in parts[1].split(":"))
     if len(parts) == 3:
