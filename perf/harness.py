@@ -6,6 +6,8 @@ Every measured program is a separate process in its own session, so one kill of
 its process group takes its workers too.  Busy pollers are pinned before exec
 (CPU 0: the generator or tester, CPU 1: the sink or DUT), so every thread and
 child starts on its CPU: two pollers on one CPU would measure the scheduler.
+(The N-queue cells pin through the commands' --cpus and testpmd's -l instead:
+perf/cpuplan.py.)
 Rates are read from what the receivers print once a second (memifx's Ticker
 lines, testpmd's port statistics), not timed by the harness: starting and
 stopping processes takes longer and varies more than one interval.

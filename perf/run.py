@@ -21,13 +21,13 @@ samples over the trial (5 s; 1 s with --quick).  Trials run in rounds: the
 first trial of every cell, then the second of every cell, and so on, so a slow
 drift of the host falls on memifx and testpmd alike.  The median of the trials
 is reported with min-max.  Every busy poller is pinned to a CPU of its own (CPU 0:
-generator/tester, CPU 1: sink/DUT); two pollers on one CPU would measure the
-scheduler.  Frame sizes are L2 bytes without FCS; Gbit/s = Mpps x size x 8
+generator/tester, CPU 1: sink/DUT; the N-queue cells: see below); two pollers on
+one CPU would measure the scheduler.  Frame sizes are L2 bytes without FCS; Gbit/s = Mpps x size x 8
 (imix: 7:4:1 of 64/570/1518, 353.8 B average).
 
 The tests, their groups and frame sizes: --list (or --help).  A name for
---only may be a test's name, a prefix of names or a group (uni, xc, ip4, py,
-irq, host).
+--only may be a test's name, a prefix of names or a group (uni, xc, mq, ip4,
+py, irq, host).
 
 Ring 1024 slots and 2048-byte buffers everywhere (the tester's receive side
 uses a larger ring, as tests/test_pipeline.py does, so it is not the bottleneck).

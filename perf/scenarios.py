@@ -217,7 +217,9 @@ def start_main(s, args, ready, cp):
 
 
 def testpmd_queues(n):
-    """testpmd's options for n queues per port, one forwarding lcore per queue."""
+    """testpmd's options for n queues per port, one forwarding lcore per queue.
+    With two ports (io), DPDK 22.11's testpmd gives lcore k queue k of both
+    ports (`show config fwd`), as xconnect gives worker k queue k of A and B."""
     return ["--nb-cores=%d" % n, "--rxq=%d" % n, "--txq=%d" % n]
 
 
