@@ -273,6 +273,9 @@ def render_markdown(results):
             corrupt = sum(t.get("corrupt") or 0 for t in cell["trials"])
             if corrupt:
                 notes.append("corrupt %d" % corrupt)
+            restarts = sum(t.get("restarts") or 0 for t in cell["trials"])
+            if restarts:
+                notes.append("worker restarts %d" % restarts)
             L.append("| %s | %s | %s | %s | %s |" % (
                 name, size, fmt(st, 1, 2) if cell.get("mpps") else "-",
                 fmt(st, g, 2) if cell.get("mpps") else "-",
