@@ -125,8 +125,8 @@ cdef class Stream:
         """Index into the flows of the next frame's flow."""
         return self._cursor
 
-    @cursor.setter
-    def cursor(self, uint32_t value):
+    def set_cursor(self, uint32_t value):
+        """Make flow ``value`` (mod the number of flows) the next frame's."""
         self._cursor = value % self.nflows
 
     @property

@@ -115,7 +115,7 @@ class Synth:
         rounds, extra = divmod(sent, len(flows))
         for j, f in enumerate(flows):
             self.gen.set_sequence(f, rounds + (j < extra))
-        self.streams[q].cursor = extra
+        self.streams[q].set_cursor(extra)
 
 
 class Replay:
