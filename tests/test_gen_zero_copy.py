@@ -16,6 +16,7 @@ budget: sinks run in interrupt mode, so only gen spins.
 import json
 import subprocess
 import sys
+import time
 from array import array
 
 import pytest
@@ -206,3 +207,39 @@ def test_pipeline_option_zero_copy(running, tmp_path):  # noqa: F811
         p = dp.add_pipeline(name, "gen", interface="a", rate=10, **params)
         assert [st.zero_copy for st in p.node.sender.source.streams.values()] == [want]
         dp.remove_pipeline(name)
+
+
+@pytest.mark.timeout(40)
+def test_hostile_slave_bad_posted_buffer_to_zero_copy_master_gen(procs, abstract_sock):
+    """A slave (tests/rogue.py) posts three good buffers and one outside its
+    region to a master gen --zero-copy: the three carry intact frames, the
+    link ends with the posted-buffer reason, gen counts exactly three."""
+    import signal
+    from rogue import RogueSlave
+    gen = procs.start(MEMIFX + ["gen", "socket=%s,role=master" % abstract_sock,
+                                "--rate", "20000", "--zero-copy", "--json"])
+    r = None
+    for _ in range(200):                    # until gen listens
+        try:
+            r = RogueSlave.connect(abstract_sock)
+            break
+        except OSError:
+            time.sleep(0.05)
+    assert r is not None
+    with r:
+        r.handshake()
+        ring = r.m2s[0]
+        for k in range(3):
+            ring.put(k, length=2048, offset=r.buf(ring, k))
+        ring.put(3, length=2048, offset=r.region_size)
+        ring.head = 4
+        assert r.outcome() == "posted buffer outside memory region"
+        assert ring.tail == 3
+        frames = r.take()
+    c = Checker(payload=True)
+    data = b"".join(frames)
+    c.check(data, array("I", [len(f) for f in frames]))
+    assert (c.received, c.corrupt, c.lost) == (3, 0, 0)
+    gen.send_signal(signal.SIGTERM)
+    g = finish(gen)
+    assert g["packets"] == 3 and g["interface"]["tx"][0]["packets"] == 3
