@@ -150,10 +150,11 @@ def run_gen(spec, sizes, count, duration, rate, flows, src_mac, dst_mac, src_ip,
         what = ("replaying %d frames of %s" % (len(replay), pcap_path) if pcap_path else
                 "%s frames, %d flow%s" % ("imix" if len(set(sizes)) > 1 else
                                           "%d-byte" % sizes[0], flows, "s" if flows > 1 else ""))
-        click.echo("gen: %s %s on %s id %d: %s, rate %s%s"
+        click.echo("gen: %s %s on %s id %d: %s, rate %s%s%s"
                    % (intf.name, intf.role, intf.socket, intf.id, what,
                       "%g pps" % rate if rate else "unlimited",
-                      ", count %d" % count if count else ""))
+                      ", count %d" % count if count else "",
+                      ", zero-copy" if zero_copy and not pcap_path else ""))
     ticker = Ticker(0 if json_out else stats_interval,
                     [intf.name + " tx"] + [n + " rx" for n, _ in p.receive_counters()],
                     lambda: [p.sent()] + [c["packets"] for _, c in p.receive_counters()])

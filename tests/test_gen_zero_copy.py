@@ -243,3 +243,37 @@ def test_hostile_slave_bad_posted_buffer_to_zero_copy_master_gen(procs, abstract
     gen.send_signal(signal.SIGTERM)
     g = finish(gen)
     assert g["packets"] == 3 and g["interface"]["tx"][0]["packets"] == 3
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("zero_copy", [False, True], ids=["copying", "zero-copy"])
+def test_send_releases_the_gil(zero_copy):
+    """Stream.send runs its bursts with the GIL released (the method of
+    tests/test_cost.py::test_bursts_release_the_gil: with the switch
+    interval at 100 s another thread moves only while this one lets go)."""
+    from test_cost import Counter, steps_during
+    lb = Loopback(log2=13, buffer_size=9216, n_m2s=0)
+    tx, rx = lb.s2m
+    st = stream([9000], "pattern", zero_copy=zero_copy, burst=256)
+    buf = bytearray(lb.size * 9000)
+    lens = array("I", [0]) * lb.size
+
+    def bursts():
+        assert st.send(tx, lb.size, 32) == lb.size
+        assert rx.rx_batch(buf, lens) == lb.size
+
+    old = sys.getswitchinterval()
+    counter = Counter()
+    sys.setswitchinterval(100)
+    try:
+        counter.start()
+        counter.started.wait(5)
+        held = steps_during(counter, lambda: sum(range(3_000_000)), times=5)
+        released = steps_during(counter, bursts, times=5)
+    finally:
+        counter.done = True
+        sys.setswitchinterval(old)
+        counter.join(5)
+        lb.close()
+    assert held == 0
+    assert released > 0
