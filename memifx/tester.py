@@ -198,9 +198,9 @@ class Sender:
             txq = txqs[q % len(txqs)]
             if streams is not None:
                 if txq is not None:
-                    m = self.send_stream(streams[q], txq, budget)
-                    budget -= m[1]
-                    moved += m[0]
+                    sent, admitted = self.send_stream(streams[q], txq, budget)
+                    budget -= admitted
+                    moved += sent
                 continue
             p = self.pending.get(q)
             if p is None:
