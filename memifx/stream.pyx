@@ -146,8 +146,9 @@ cdef class Stream:
             raise ValueError("not a transmit queue")
         zc = (self.zero_copy and self.gen.max_size <= q.max_frame and
               (not q.slave or self.gen.max_size <= q.buffer_size))
-        if zc and q.slave and q is not self.held_queue:
-            # new ring buffers: nothing known of what they hold
+        if zc and q.slave and self.gen.zeros and q is not self.held_queue:
+            # new ring buffers: nothing known of what they hold (a pattern
+            # payload is written in full anyway: nothing to track)
             if self.held_size != q.size:
                 PyMem_Free(self.held)
                 self.held = <uint32_t *>PyMem_Malloc(q.size * sizeof(uint32_t))
