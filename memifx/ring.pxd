@@ -79,6 +79,10 @@ cdef class Queue:
     cdef uint32_t *lens
 
     cdef uint32_t tx_copy(self, uint32_t n) noexcept nogil
+    cdef uint32_t tx_copy_parts(self, uint32_t n, const seg_t *parts,
+                                const uint32_t *nparts) noexcept nogil
+    cdef uint32_t tx_write(self, uint32_t n, const seg_t *parts,
+                           const uint32_t *nparts) noexcept nogil
     cdef uint32_t gather(self, uint32_t max_frames) noexcept nogil
     cdef uint32_t rx_copy(self, uint8_t *base, uint64_t room, uint32_t *lengths,
                           uint32_t maxf) noexcept nogil
