@@ -207,6 +207,27 @@ cdef inline uint32_t sum16(const uint8_t *p, uint32_t n) noexcept nogil:
         s = (s & 0xFFFF) + (s >> 16)
     return <uint32_t>s
 
+cdef inline bint header_sum_ok(const uint8_t *h, uint32_t hl) noexcept nogil:
+    """The IPv4 header (``hl`` a multiple of 4) sums to 0xFFFF.  Summed as
+    native-order 32-bit words and folded: a ones'-complement sum does not
+    depend on byte order, and all ones reads the same either way (RFC 1071)."""
+    cdef uint64_t s = 0
+    cdef uint32_t w[5]
+    cdef uint32_t i
+    if hl == 20:                # no options: the usual header, unrolled
+        memcpy(w, h, 20)
+        s = <uint64_t>w[0] + w[1] + w[2] + w[3] + w[4]
+    else:
+        for i in range(0, hl, 4):
+            memcpy(w, h + i, 4)
+            s += w[0]
+    s = (s & 0xFFFFFFFFu) + (s >> 32)
+    s = (s & 0xFFFF) + (s >> 16)
+    s = (s & 0xFFFF) + (s >> 16)
+    s = (s & 0xFFFF) + (s >> 16)
+    return s == 0xFFFF
+
+
 cdef inline uint16_t checksum(const uint8_t *p, uint32_t n) noexcept nogil:
     """The checksum to store (the checksum field must read zero)."""
     return <uint16_t>(~sum16(p, n) & 0xFFFF)
@@ -628,7 +649,7 @@ cdef class Router(CountedNode):
             if tot < hl or tot > p.l3_len:
                 self.drop(rc, D_BAD_LENGTH)
                 continue
-            if sum16(h, hl) != 0xFFFF:
+            if not header_sum_ok(h, hl):
                 self.drop(rc, D_BAD_CHECKSUM)
                 continue
             p.l3_len = tot                          # Ethernet padding stays behind
@@ -756,7 +777,7 @@ cdef class Router(CountedNode):
         cdef iface_t *o
         cdef uint8_t *h
         cdef uint8_t *e
-        cdef uint64_t mac = 0
+        cdef uint64_t mac = 0, key, last_key = 0    # 0 is no key (nbr_key)
         for j in range(self.nvec[V_IP4_REWRITE]):
             k = self.vec[V_IP4_REWRITE][j]
             p = &self.pkts[k]
@@ -767,10 +788,16 @@ cdef class Router(CountedNode):
                 continue
             o = &self.ifs[p.out]
             if not o.ip_mode:
-                if not nbr_find(self.nbr, self.nbr_mask, nbr_key(p.out, p.nh_ip), &mac):
-                    self.drop(rc, D_ARP_UNRESOLVED)
-                    self.push(V_ARP_REQUEST, k)
-                    continue
+                # One lookup per run of frames to the same next hop in the
+                # burst (the burst sees the table as it was at that lookup).
+                key = nbr_key(p.out, p.nh_ip)
+                if key != last_key:
+                    if not nbr_find(self.nbr, self.nbr_mask, key, &mac):
+                        last_key = 0
+                        self.drop(rc, D_ARP_UNRESOLVED)
+                        self.push(V_ARP_REQUEST, k)
+                        continue
+                    last_key = key
             old = rd16(h + 8)
             h[8] -= 1
             wr16(h + 10, checksum_update(rd16(h + 10), old, rd16(h + 8)))
