@@ -101,8 +101,9 @@ def run_rings(buffer_size, log2, batch):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("buffer_size, log2, batch", [(2048, 6, 16), (256, 8, 16), (64, 10, 12)],
-                         ids=["one-buffer", "chained", "headers-straddle"])
+@pytest.mark.parametrize("buffer_size, log2, batch",
+                         [(2048, 6, 16), (256, 8, 16), (128, 9, 16), (64, 10, 12)],
+                         ids=["one-buffer", "chained", "headers-fill-first", "headers-straddle"])
 def test_poll_matches_process(buffer_size, log2, batch):
     got, r, mrx, lb = run_rings(buffer_size, log2, batch)
     ref = make_router()
