@@ -492,7 +492,6 @@ cdef class Router(CountedNode):
             for i in range(n):
                 if rxq.frames[i].drop < 0:
                     rc.packets += 1
-                    rc.bytes += rxq.frames[i].length
                     rc.drops[D_NO_MEMORY] += 1
             self.npkts = 0
             return n
