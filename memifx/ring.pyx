@@ -299,7 +299,8 @@ cdef class Queue:
         cdef memif_ring_t *ring = self.ring
         cdef uint16_t peer, avail, used = 0, start, slot
         cdef uint32_t i, c, cap, remaining, bs = self.buffer_size, dropped = 0
-        cdef uint32_t pi = 0, pj = 0, left = 0, o       # parts: frame i's first, the current one, bytes left in it
+        # parts: frame i's first, the one being copied, bytes left in it
+        cdef uint32_t pi = 0, pj = 0, left = 0, o
         cdef uint64_t nbytes = 0
         cdef const uint8_t *p
         cdef memif_desc_t d

@@ -50,8 +50,9 @@ def payload(n):
 def udp_frame(size, nopts=0, ttl=64, pad=0, dst="172.16.5.1"):
     """An Ethernet/IPv4/UDP frame of ``size`` bytes before ``pad`` bytes of
     Ethernet padding."""
-    head = Ether(dst=MAC_IN, src=HOST) / IP(src="10.0.1.5", dst=dst, ttl=ttl,
-                                            options=[IPOption_NOP()] * nopts) / UDP(sport=7, dport=9)
+    head = (Ether(dst=MAC_IN, src=HOST)
+            / IP(src="10.0.1.5", dst=dst, ttl=ttl, options=[IPOption_NOP()] * nopts)
+            / UDP(sport=7, dport=9))
     return raw(head / payload(max(0, size - len(raw(head))))) + b"\0" * pad
 
 
@@ -63,13 +64,15 @@ def frames():
             udp_frame(1518, nopts=10, ttl=1),
             raw(Ether(dst=MAC_IN, src=HOST) / IP(src="10.0.1.5", dst="10.0.1.1")
                 / ICMP(type=8, id=7, seq=1) / payload(1400)),        # echo reply, whole
-            raw(Ether(dst=MAC_IN, src=HOST) / IP(src="10.0.1.5", dst="10.0.1.1", options=[IPOption_NOP()] * 4)
+            raw(Ether(dst=MAC_IN, src=HOST)
+                / IP(src="10.0.1.5", dst="10.0.1.1", options=[IPOption_NOP()] * 4)
                 / ICMP(type=8, id=7, seq=2) / payload(90)),
             raw(Ether(dst=MAC_IN, src=HOST) / IP(src="10.0.1.5", dst="10.0.1.1")
                 / ICMP(type=8, id=7, seq=3, chksum=0x1234) / payload(900)),   # bad icmp checksum
             raw(Ether(dst="ff:ff:ff:ff:ff:ff", src=HOST)
                 / ARP(op=1, hwsrc=HOST, psrc="10.0.1.5", pdst="10.0.1.1")),
-            raw(Ether(dst=MAC_IN, src=HOST) / IP(src="10.0.1.5", dst="8.8.8.8") / UDP() / payload(1400))]
+            raw(Ether(dst=MAC_IN, src=HOST) / IP(src="10.0.1.5", dst="8.8.8.8") / UDP()
+                / payload(1400))]
     bad = bytearray(udp_frame(1518))
     bad[24] ^= 0x55                                                 # header checksum
     out.append(bytes(bad))
