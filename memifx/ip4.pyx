@@ -8,7 +8,7 @@ the vector of the node it goes to next (VPP style):
 =================  ============================  ===============================
 node               job                           next
 =================  ============================  ===============================
-memif-input        copy the burst off the ring   ethernet-input | ip-mode-input
+memif-input        copy the headers off the ring ethernet-input | ip-mode-input
 ethernet-input     dst MAC ours/broadcast, type  arp-input | ip4-input
 ip-mode-input      version nibble                ip4-input
 arp-input          answer requests for us,       interface-output
@@ -24,12 +24,21 @@ interface-output   sort by output interface,     (the transmit rings)
                    copy into its ring
 =================  ============================  ===============================
 
-memif-input copies every frame out of the shared ring into a private arena
-first: every later check and rewrite works on that copy, so a peer writing
-into shared memory while we work cannot change a header between check and
-use.  Each arena slot has headroom in front (to prepend an Ethernet header to
-a bare IP packet) and room for the largest reply we generate in place
-(ICMP time exceeded, ARP).
+memif-input copies the first HDR_COPY (128) bytes of every frame out of the
+shared ring into a private arena: all the nodes read (Ethernet 14 + IPv4 with
+options up to 60 + the 8 bytes after it that an ICMP error quotes = 82; an
+ARP frame is 42) fits.  Every check and rewrite works on that copy, so a peer
+writing into shared memory while we work cannot change a header between check
+and use.  The rest of a longer frame stays in the receive ring, whose slots
+are held until interface-output has copied the frames out: a forwarded frame
+leaves as its rewritten headers from the arena followed by the rest straight
+from the receive buffers (Queue.tx_copy_parts), one copy of the payload.  The
+payload is never looked at, so a peer changing it under us only changes its
+own bytes.  The one node that must read a whole packet, ip4-local (the ICMP
+checksum of an echo request, and the reply that carries its data), first
+copies the packet whole into a second private area.  Each arena slot has
+headroom in front (to prepend an Ethernet header to a bare IP packet) and
+room for the largest reply we generate in place (ICMP time exceeded, ARP).
 
 Everything runs with the GIL released; the GIL comes back only between
 bursts, once per output interface, to pick that interface's transmit Queue.
@@ -39,13 +48,13 @@ read-only, and reads the ARP replies the data path queued for it once per
 pass.  The lookups here are safe while it changes them (csrc/fib.h,
 csrc/neighbor.h).
 """
-from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.stdlib cimport calloc, realloc, free
 from libc.string cimport memcpy, memset, memcmp
 
 from memifx.counted cimport CountedNode
-from memifx.ring cimport Queue, frame_t
+from memifx.ring cimport Queue, frame_t, seg_t
 from memifx.fib cimport (Fib, nexthop_t, fib_lookup,
                          NH_CONNECTED, NH_GATEWAY, NH_LOCAL, NH_BROADCAST)
 from memifx.neighbor cimport NeighborTable, nbr_entry_t, nbr_find, nbr_key
@@ -56,6 +65,7 @@ cdef enum:
     MAX_BURST = 256
     HEADROOM = 64           # room to prepend an Ethernet header
     MIN_ROOM = 128          # every slot holds a generated reply this long
+    HDR_COPY = MIN_ROOM     # bytes of a frame memif-input copies (the rest stays in the ring)
     ETH_HLEN = 14
     MAX_ROUTED = 65535 + ETH_HLEN   # longer is no IPv4 packet: never copied
     ARP_LEN = 28
@@ -152,11 +162,16 @@ cdef struct learned_t:
 
 cdef struct pkt_t:
     uint8_t *buf                # arena slot; the frame as received starts at buf + HEADROOM
-    uint32_t rx_len
+    uint32_t rx_len             # the whole frame's length
+    uint32_t copied             # how much of it is in the slot (HDR_COPY, or all)
+    const seg_t *segs           # the whole frame where it was received (ring buffers)
+    uint32_t nsegs
     uint8_t *l3                 # IPv4 header or ARP message
     uint32_t l3_len             # bytes from l3 on (the IPv4 total length after ip4-input)
-    uint8_t *data               # what leaves, and how long it is
+    uint8_t *data               # what leaves: these bytes (private) ...
     uint32_t len
+    uint32_t tail_off           # ... then bytes [tail_off, tail_off + tail_len) of the
+    uint32_t tail_len           # received frame, straight from segs (0: nothing)
     uint32_t nh_ip              # neighbor to resolve
     uint16_t out                # output interface
 
@@ -192,6 +207,27 @@ cdef inline uint32_t sum16(const uint8_t *p, uint32_t n) noexcept nogil:
         s = (s & 0xFFFF) + (s >> 16)
     return <uint32_t>s
 
+cdef inline bint header_sum_ok(const uint8_t *h, uint32_t hl) noexcept nogil:
+    """The IPv4 header (``hl`` a multiple of 4) sums to 0xFFFF.  Summed as
+    native-order 32-bit words and folded: a ones'-complement sum does not
+    depend on byte order, and all ones reads the same either way (RFC 1071)."""
+    cdef uint64_t s = 0
+    cdef uint32_t w[5]
+    cdef uint32_t i
+    if hl == 20:                # no options: the usual header, unrolled
+        memcpy(w, h, 20)
+        s = <uint64_t>w[0] + w[1] + w[2] + w[3] + w[4]
+    else:
+        for i in range(0, hl, 4):
+            memcpy(w, h + i, 4)
+            s += w[0]
+    s = (s & 0xFFFFFFFFu) + (s >> 32)
+    s = (s & 0xFFFF) + (s >> 16)
+    s = (s & 0xFFFF) + (s >> 16)
+    s = (s & 0xFFFF) + (s >> 16)
+    return s == 0xFFFF
+
+
 cdef inline uint16_t checksum(const uint8_t *p, uint32_t n) noexcept nogil:
     """The checksum to store (the checksum field must read zero)."""
     return <uint16_t>(~sum16(p, n) & 0xFFFF)
@@ -208,6 +244,47 @@ cdef inline uint32_t mix(uint64_t k) noexcept nogil:
 
 cdef inline bint is_broadcast_mac(const uint8_t *m) noexcept nogil:
     return (m[0] & m[1] & m[2] & m[3] & m[4] & m[5]) == 0xFF
+
+cdef uint32_t frame_parts(seg_t *out, const seg_t *segs, uint32_t nsegs,
+                          uint64_t off, uint64_t length) noexcept nogil:
+    """Bytes [off, off + length) of a frame held in ``segs``, as pieces into
+    ``out`` (at most nsegs of them); returns how many."""
+    cdef uint32_t s = 0, k = 0
+    cdef uint64_t c
+    while length and s < nsegs:
+        if off >= segs[s].len:
+            off -= segs[s].len
+        else:
+            c = segs[s].len - off
+            if c > length:
+                c = length
+            out[k].ptr = segs[s].ptr + off
+            out[k].len = <uint32_t>c
+            k += 1
+            length -= c
+            off = 0
+        s += 1
+    return k
+
+
+cdef void frame_copy(uint8_t *dst, const seg_t *segs, uint32_t nsegs,
+                     uint64_t off, uint64_t length) noexcept nogil:
+    """Copy bytes [off, off + length) of a frame held in ``segs`` to dst."""
+    cdef uint32_t s = 0
+    cdef uint64_t c
+    while length and s < nsegs:
+        if off >= segs[s].len:
+            off -= segs[s].len
+        else:
+            c = segs[s].len - off
+            if c > length:
+                c = length
+            memcpy(dst, segs[s].ptr + off, c)
+            dst += c
+            length -= c
+            off = 0
+        s += 1
+
 
 cdef uint8_t BROADCAST[6]
 memset(BROADCAST, 0xFF, 6)
@@ -268,6 +345,13 @@ cdef class Router(CountedNode):
     # the burst in flight
     cdef uint8_t *arena
     cdef uint64_t arena_size
+    cdef uint8_t *whole             # packets ip4-local needs whole (echo requests)
+    cdef uint64_t whole_size
+    cdef seg_t *parts               # interface-output's pieces (Queue.tx_copy_parts)
+    cdef uint32_t parts_size
+    cdef uint32_t nparts[MAX_BURST]
+    cdef bint tails                 # some frame of the burst leaves with part of it from the ring
+    cdef seg_t bytes_segs[MAX_BURST]    # process(): the frames given
     cdef pkt_t pkts[MAX_BURST]
     cdef uint32_t npkts
     cdef uint16_t vec[N_VECTORS][MAX_BURST]
@@ -287,6 +371,8 @@ cdef class Router(CountedNode):
         for i in range(MAX_IF):
             free(self.ifs[i].own)
         free(self.arena)
+        free(self.whole)
+        free(self.parts)
 
     # ------------------------------------------------------ control plane
 
@@ -376,29 +462,37 @@ cdef class Router(CountedNode):
         self.arena_size = need
         return True
 
+    cdef bint reserve_whole(self, uint64_t need) noexcept nogil:
+        cdef uint8_t *a
+        if need <= self.whole_size:
+            return True
+        a = <uint8_t *>realloc(self.whole, need)
+        if a == NULL:
+            return False
+        self.whole = a
+        self.whole_size = need
+        return True
+
     cdef inline uint64_t slot_size(self, uint64_t length) noexcept nogil:
         if length < MIN_ROOM:
             length = MIN_ROOM
         return (HEADROOM + length + 63) & ~(<uint64_t>63)
 
     cdef uint32_t memif_input(self, Queue rxq, uint32_t max_frames, rx_counters_t *rc) noexcept nogil:
-        """Copy a burst out of the ring into the arena and hand the slots back;
-        returns the frames consumed (ring-level drops included)."""
-        cdef uint32_t n, i, s, k = 0
-        cdef uint64_t need = 0, off = 0
+        """Gather a burst and copy the headers of each frame into the arena;
+        returns the frames gathered (ring-level drops included).  The caller
+        commits them (rxq.commit) once interface-output has copied them out."""
+        cdef uint32_t n, i, s, k = 0, c
+        cdef uint64_t left
         cdef frame_t *f
         cdef pkt_t *p
         cdef uint8_t *d
         n = rxq.gather(max_frames)
-        for i in range(n):
-            if rxq.frames[i].drop < 0 and rxq.frames[i].length <= MAX_ROUTED:
-                need += self.slot_size(rxq.frames[i].length)
-        if not self.reserve(need):
+        if not self.reserve(<uint64_t>n * self.slot_size(HDR_COPY)):
             for i in range(n):
                 if rxq.frames[i].drop < 0:
                     rc.packets += 1
                     rc.drops[D_NO_MEMORY] += 1
-            rxq.commit(n, False)
             self.npkts = 0
             return n
         for i in range(n):
@@ -411,17 +505,29 @@ cdef class Router(CountedNode):
                 rc.drops[D_TOO_LONG] += 1
                 continue
             p = &self.pkts[k]
-            p.buf = self.arena + off
+            p.buf = self.arena + <uint64_t>k * self.slot_size(HDR_COPY)
             p.rx_len = <uint32_t>f.length
+            p.segs = &rxq.segs[f.first_seg]
+            p.nsegs = f.nsegs
+            p.tail_len = 0
             d = p.buf + HEADROOM
-            for s in range(f.first_seg, f.first_seg + f.nsegs):
-                memcpy(d, rxq.segs[s].ptr, rxq.segs[s].len)
-                d += rxq.segs[s].len
-            off += self.slot_size(f.length)
+            if f.nsegs == 1 or rxq.segs[f.first_seg].len >= HDR_COPY:
+                p.copied = p.rx_len if p.rx_len < HDR_COPY else HDR_COPY
+                memcpy(d, rxq.segs[f.first_seg].ptr, p.copied)
+            else:
+                p.copied = 0
+                left = HDR_COPY
+                for s in range(f.first_seg, f.first_seg + f.nsegs):
+                    c = rxq.segs[s].len if rxq.segs[s].len < left else <uint32_t>left
+                    memcpy(d, rxq.segs[s].ptr, c)
+                    d += c
+                    p.copied += c
+                    left -= c
+                    if left == 0:
+                        break
             rc.packets += 1
             rc.bytes += f.length
             k += 1
-        rxq.commit(n, False)
         self.npkts = k
         return n
 
@@ -542,7 +648,7 @@ cdef class Router(CountedNode):
             if tot < hl or tot > p.l3_len:
                 self.drop(rc, D_BAD_LENGTH)
                 continue
-            if sum16(h, hl) != 0xFFFF:
+            if not header_sum_ok(h, hl):
                 self.drop(rc, D_BAD_CHECKSUM)
                 continue
             p.l3_len = tot                          # Ethernet padding stays behind
@@ -577,6 +683,46 @@ cdef class Router(CountedNode):
                 p.nh_ip = nh.gw if nh.kind == NH_GATEWAY else dst
                 self.push(V_IP4_REWRITE, k)
 
+    cdef inline bint is_echo_request(self, pkt_t *p) noexcept nogil:
+        """ICMP echo request (reads the IPv4 header and the ICMP type and code,
+        all in the arena)."""
+        cdef uint8_t *h = p.l3
+        cdef uint32_t hl = (h[0] & 0xF) * 4
+        return h[9] == 1 and p.l3_len - hl >= 8 and h[hl] == 8 and h[hl + 1] == 0
+
+    cdef bint make_whole(self, rx_counters_t *rc) noexcept nogil:
+        """Copy the echo requests in ip4-local's vector whole into private
+        memory (their ICMP checksum covers the data, and the reply carries it);
+        False (all counted dropped) if there is no memory for it."""
+        cdef uint32_t j, k, l3off, n
+        cdef uint64_t need = 0, off = 0
+        cdef pkt_t *p
+        cdef uint8_t *d
+        for j in range(self.nvec[V_IP4_LOCAL]):
+            p = &self.pkts[self.vec[V_IP4_LOCAL][j]]
+            if p.l3 - (p.buf + HEADROOM) + p.l3_len > p.copied and self.is_echo_request(p):
+                need += self.slot_size(p.l3 - (p.buf + HEADROOM) + p.l3_len)
+        if need == 0:
+            return True
+        if not self.reserve_whole(need):
+            for j in range(self.nvec[V_IP4_LOCAL]):
+                self.drop(rc, D_NO_MEMORY)
+            return False
+        for j in range(self.nvec[V_IP4_LOCAL]):
+            p = &self.pkts[self.vec[V_IP4_LOCAL][j]]
+            l3off = <uint32_t>(p.l3 - (p.buf + HEADROOM))
+            n = l3off + p.l3_len
+            if n <= p.copied or not self.is_echo_request(p):
+                continue
+            d = self.whole + off
+            memcpy(d + HEADROOM, p.buf + HEADROOM, p.copied)
+            frame_copy(d + HEADROOM + p.copied, p.segs, p.nsegs, p.copied, n - p.copied)
+            p.buf = d
+            p.l3 = d + HEADROOM + l3off
+            p.copied = n
+            off += self.slot_size(n)
+        return True
+
     cdef void ip4_local(self, uint32_t ifindex, rx_counters_t *rc) noexcept nogil:
         """To one of our addresses: answer ICMP echo, count the rest."""
         cdef iface_t *rif = &self.ifs[ifindex]
@@ -585,6 +731,8 @@ cdef class Router(CountedNode):
         cdef uint8_t *h
         cdef uint8_t *icmp
         cdef uint8_t *e
+        if self.nvec[V_IP4_LOCAL] == 0 or not self.make_whole(rc):
+            return
         for j in range(self.nvec[V_IP4_LOCAL]):
             k = self.vec[V_IP4_LOCAL][j]
             p = &self.pkts[k]
@@ -592,7 +740,7 @@ cdef class Router(CountedNode):
             hl = (h[0] & 0xF) * 4
             tot = p.l3_len
             icmp = h + hl
-            if h[9] != 1 or tot - hl < 8 or icmp[0] != 8 or icmp[1] != 0:
+            if not self.is_echo_request(p):
                 rc.local += 1
                 continue
             if sum16(icmp, tot - hl) != 0xFFFF:
@@ -622,13 +770,13 @@ cdef class Router(CountedNode):
 
     cdef void ip4_rewrite(self, rx_counters_t *rc) noexcept nogil:
         """TTL, checksum (incremental) and the Ethernet header of the output interface."""
-        cdef uint32_t j, k
+        cdef uint32_t j, k, l3off, n
         cdef uint16_t old
         cdef pkt_t *p
         cdef iface_t *o
         cdef uint8_t *h
         cdef uint8_t *e
-        cdef uint64_t mac = 0
+        cdef uint64_t mac = 0, key, last_key = 0    # 0 is no key (nbr_key)
         for j in range(self.nvec[V_IP4_REWRITE]):
             k = self.vec[V_IP4_REWRITE][j]
             p = &self.pkts[k]
@@ -639,16 +787,33 @@ cdef class Router(CountedNode):
                 continue
             o = &self.ifs[p.out]
             if not o.ip_mode:
-                if not nbr_find(self.nbr, self.nbr_mask, nbr_key(p.out, p.nh_ip), &mac):
-                    self.drop(rc, D_ARP_UNRESOLVED)
-                    self.push(V_ARP_REQUEST, k)
-                    continue
+                # One lookup per run of frames to the same next hop in the
+                # burst (the burst sees the table as it was at that lookup).
+                key = nbr_key(p.out, p.nh_ip)
+                if key != last_key:
+                    if not nbr_find(self.nbr, self.nbr_mask, key, &mac):
+                        last_key = 0
+                        self.drop(rc, D_ARP_UNRESOLVED)
+                        self.push(V_ARP_REQUEST, k)
+                        continue
+                    last_key = key
             old = rd16(h + 8)
             h[8] -= 1
             wr16(h + 10, checksum_update(rd16(h + 10), old, rd16(h + 8)))
+            # What the arena holds leaves from there (the whole packet when
+            # it is short); of a longer one, the IPv4 header, and the rest
+            # comes straight from the receive ring.
+            l3off = <uint32_t>(h - (p.buf + HEADROOM))
+            if l3off + p.l3_len <= p.copied:
+                n = p.l3_len
+            else:
+                n = (h[0] & 0xF) * 4
+                p.tail_off = l3off + n
+                p.tail_len = p.l3_len - n
+                self.tails = True
             if o.ip_mode:
                 p.data = h
-                p.len = p.l3_len
+                p.len = n
             else:
                 e = h - ETH_HLEN
                 memcpy(e, &mac, 6)
@@ -656,7 +821,7 @@ cdef class Router(CountedNode):
                 e[12] = 0x08
                 e[13] = 0x00
                 p.data = e
-                p.len = ETH_HLEN + p.l3_len
+                p.len = ETH_HLEN + n
             rc.forwarded += 1
             self.push(V_TX, k)
 
@@ -773,6 +938,7 @@ cdef class Router(CountedNode):
         cdef uint32_t v
         for v in range(N_VECTORS):
             self.nvec[v] = 0
+        self.tails = False
         if self.ifs[ifindex].ip_mode:
             self.ip_mode_input(rc)
         else:
@@ -789,17 +955,40 @@ cdef class Router(CountedNode):
     cdef void transmit(self, uint32_t o, Queue txq) noexcept nogil:
         """Interface o's share of the burst into one of its transmit rings."""
         cdef tx_counters_t *tc = &self.ifs[o].tx[<uint32_t>txq.index % self.ifs[o].ntx]
-        cdef uint32_t n = self.out_n[o], sent = 0, m, j, taken
+        cdef uint32_t k
+        cdef uint32_t n = self.out_n[o], sent = 0, m, j, taken, np
         cdef pkt_t *p
         while sent < n:
             m = n - sent
             if m > txq.size:
                 m = txq.size
-            for j in range(m):
-                p = &self.pkts[self.out_idx[o][sent + j]]
-                txq.src[j] = p.data
-                txq.lens[j] = p.len
-            taken = txq.tx_copy(m)
+            if self.tails:
+                # what the arena holds, then the rest of the frame from the receive ring
+                np = 0
+                for j in range(m):
+                    p = &self.pkts[self.out_idx[o][sent + j]]
+                    txq.lens[j] = p.len + p.tail_len
+                    self.parts[np].ptr = <char *>p.data
+                    self.parts[np].len = p.len
+                    np += 1
+                    if p.tail_len == 0:
+                        self.nparts[j] = 1
+                    elif p.nsegs == 1:
+                        self.parts[np].ptr = p.segs[0].ptr + p.tail_off
+                        self.parts[np].len = p.tail_len
+                        self.nparts[j] = 2
+                        np += 1
+                    else:
+                        k = frame_parts(self.parts + np, p.segs, p.nsegs, p.tail_off, p.tail_len)
+                        self.nparts[j] = 1 + k
+                        np += k
+                taken = txq.tx_copy_parts(m, self.parts, self.nparts)
+            else:
+                for j in range(m):
+                    p = &self.pkts[self.out_idx[o][sent + j]]
+                    txq.src[j] = p.data
+                    txq.lens[j] = p.len
+                taken = txq.tx_copy(m)
             tc.bytes += txq.tx_bytes
             tc.packets += taken - txq.tx_dropped
             tc.too_long += txq.tx_dropped
@@ -828,6 +1017,7 @@ cdef class Router(CountedNode):
             max_frames = MAX_BURST
         if max_frames > rxq.size:
             max_frames = rxq.size
+        self.reserve_parts(MAX_BURST + rxq.size)    # a piece per frame + one per segment
         for r in range(rounds):
             with nogil:
                 n = self.memif_input(rxq, max_frames, rc)
@@ -839,23 +1029,36 @@ cdef class Router(CountedNode):
             if n == 0:
                 break
             total += n
-            for o in range(self.nif):
-                if self.out_n[o] == 0:
-                    continue
-                txq = txqs[o] if o < len(txqs) else None
-                if txq is None:
-                    self.ifs[o].hdr.link_down += self.out_n[o]
-                    continue
-                with nogil:
-                    self.transmit(o, txq)
+            try:
+                for o in range(self.nif):
+                    if self.out_n[o] == 0:
+                        continue
+                    txq = txqs[o] if o < len(txqs) else None
+                    if txq is None:
+                        self.ifs[o].hdr.link_down += self.out_n[o]
+                        continue
+                    with nogil:
+                        self.transmit(o, txq)
+            finally:
+                # Only now: the frames forwarded were copied out of these slots.
+                rxq.commit(n, False)
         return total
+
+    cdef reserve_parts(self, uint32_t need):
+        cdef seg_t *a
+        if need > self.parts_size:
+            a = <seg_t *>realloc(self.parts, need * sizeof(seg_t))
+            if a == NULL:
+                raise MemoryError()
+            self.parts = a
+            self.parts_size = need
 
     def process(self, uint32_t ifindex, frames):
         """Run the graph on frames given as bytes (tests and tools; no rings):
         returns [(output ifindex, frame bytes)] in transmit order."""
         cdef rx_counters_t *rc
         cdef uint32_t n = len(frames), k, o, j
-        cdef uint64_t need = 0, off = 0
+        cdef bytes b
         cdef const uint8_t[:] view
         cdef pkt_t *p
         if ifindex >= self.nif or not self.ifs[ifindex].present:
@@ -866,17 +1069,22 @@ cdef class Router(CountedNode):
         for f in frames:
             if len(f) > MAX_ROUTED:
                 raise ValueError("frame longer than %d bytes" % MAX_ROUTED)
-            need += self.slot_size(len(f))
-        if not self.reserve(need):
+        if not self.reserve(n * self.slot_size(HDR_COPY)):
             raise MemoryError()
+        views = [memoryview(f) for f in frames]     # held (no resize) while the graph runs
         for k in range(n):
-            view = frames[k]
+            view = views[k]
             p = &self.pkts[k]
-            p.buf = self.arena + off
+            p.buf = self.arena + k * self.slot_size(HDR_COPY)
             p.rx_len = <uint32_t>view.shape[0]
-            if p.rx_len:
-                memcpy(p.buf + HEADROOM, &view[0], p.rx_len)
-            off += self.slot_size(p.rx_len)
+            p.copied = p.rx_len if p.rx_len < HDR_COPY else HDR_COPY
+            self.bytes_segs[k].ptr = <char *>&view[0] if p.rx_len else NULL
+            self.bytes_segs[k].len = p.rx_len
+            p.segs = &self.bytes_segs[k]
+            p.nsegs = 1
+            p.tail_len = 0
+            if p.copied:
+                memcpy(p.buf + HEADROOM, &view[0], p.copied)
             rc.packets += 1
             rc.bytes += p.rx_len
         self.npkts = n
@@ -885,7 +1093,11 @@ cdef class Router(CountedNode):
         out = []
         for j in range(self.nvec[V_TX]):
             p = &self.pkts[self.vec[V_TX][j]]
-            out.append((p.out, PyBytes_FromStringAndSize(<const char *>p.data, p.len)))
+            b = PyBytes_FromStringAndSize(NULL, p.len + p.tail_len)
+            memcpy(PyBytes_AS_STRING(b), p.data, p.len)
+            frame_copy(<uint8_t *>PyBytes_AS_STRING(b) + p.len, p.segs, p.nsegs,
+                       p.tail_off, p.tail_len)
+            out.append((p.out, b))
         return out
 
     def counters(self, uint32_t ifindex, uint32_t rx_queues=1, uint32_t tx_queues=1):

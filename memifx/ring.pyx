@@ -280,9 +280,27 @@ cdef class Queue:
         were taken (queued, or dropped and counted).  Of those taken,
         ``tx_dropped`` were dropped as too long and the rest, ``tx_bytes``
         bytes, queued: a caller that counts frames per reason needs both."""
+        return self.tx_write(n, NULL, NULL)
+
+    cdef uint32_t tx_copy_parts(self, uint32_t n, const seg_t *parts,
+                                const uint32_t *nparts) noexcept nogil:
+        """tx_copy for frames in pieces: frame i is the next ``nparts[i]``
+        (at least 1) pieces of ``parts`` one after the other, ``self.lens[i]``
+        bytes in all (the pieces must hold that many); self.src is not read.
+        A node that rewrote a frame's headers in a private copy sends them
+        and the untouched rest straight from the receive ring this way: one
+        copy of the payload."""
+        return self.tx_write(n, parts, nparts)
+
+    cdef uint32_t tx_write(self, uint32_t n, const seg_t *parts,
+                           const uint32_t *nparts) noexcept nogil:
+        """tx_copy (``parts`` NULL: frame i is self.src[i]) and
+        tx_copy_parts, one loop."""
         cdef memif_ring_t *ring = self.ring
         cdef uint16_t peer, avail, used = 0, start, slot
         cdef uint32_t i, c, cap, remaining, bs = self.buffer_size, dropped = 0
+        # parts: frame i's first, the one being copied, bytes left in it
+        cdef uint32_t pi = 0, pj = 0, left = 0, o
         cdef uint64_t nbytes = 0
         cdef const uint8_t *p
         cdef memif_desc_t d
@@ -309,10 +327,17 @@ cdef class Queue:
         i = 0
         while i < n:
             remaining = self.lens[i]
-            p = self.src[i]
+            if parts == NULL:
+                p = self.src[i]
+            else:
+                pj = pi
+                p = <const uint8_t *>parts[pj].ptr
+                left = parts[pj].len
             if remaining > self.max_frame or (self.slave and (remaining + bs - 1) / bs > self.size):
                 self.c.drops[DROP_TOO_LONG] += 1
                 dropped += 1
+                if parts != NULL:
+                    pi += nparts[i]
                 i += 1
                 continue
             start = used
@@ -335,9 +360,21 @@ cdef class Queue:
                     dst = regions[d.region].base + d.offset
                     cap = d.length
                 c = remaining if remaining < cap else cap
-                memcpy(dst, p, c)
+                if parts == NULL:
+                    memcpy(dst, p, c)
+                    p += c
+                else:
+                    o = 0
+                    while left < c - o:     # this piece ends inside the buffer
+                        memcpy(dst + o, p, left)
+                        o += left
+                        pj += 1
+                        p = <const uint8_t *>parts[pj].ptr
+                        left = parts[pj].len
+                    memcpy(dst + o, p, c - o)
+                    p += c - o
+                    left -= c - o
                 remaining -= c
-                p += c
                 used += 1
                 # Slave: region, offset and metadata of each slot were written
                 # once (init_ring) and only the peer could change them, to
@@ -355,11 +392,15 @@ cdef class Queue:
                     # The peer's whole ring of buffers cannot hold it: it never will.
                     self.c.drops[DROP_TOO_LONG] += 1
                     dropped += 1
+                    if parts != NULL:
+                        pi += nparts[i]
                     i += 1
                     continue
                 self.c.ring_full += 1
                 break
             nbytes += self.lens[i]
+            if parts != NULL:
+                pi += nparts[i]
             i += 1
         self.tx_dropped = dropped
         self.tx_bytes = nbytes

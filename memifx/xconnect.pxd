@@ -19,8 +19,7 @@ cdef struct xc_counters_t:          # u64s only: a stats file slot holds it
 cdef class XConnect(CountedNode):  # one counter block (0): xc_counters_t
     cdef xc_counters_t *c           # &own, or a slot in a shared stats file
     cdef xc_counters_t own
-    cdef char *stage                # chained frames are made contiguous here
-    cdef readonly uint64_t stage_size
-    cdef uint32_t small_bursts      # bursts in a row that needed at most STAGE_KEEP
+    cdef uint32_t *nparts           # segments of each frame of a burst with chained ones
+    cdef uint32_t nparts_size
 
     cdef int forward(self, Queue rxq, Queue txq, uint32_t max_frames) noexcept nogil

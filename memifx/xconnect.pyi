@@ -8,14 +8,10 @@ from memifx.ring import Queue
 DROP_REASONS: tuple[str, ...]
 COUNTER_SIZE: int
 DROPS_OFFSET: int
-STAGE_KEEP: int
-SHRINK_AFTER: int
 
 class XConnect(CountedNode):
     """Counters and scratch memory of one direction of a cross-connect."""
 
-    @property
-    def stage_size(self) -> int: ...
     def poll(self, rxq: Queue, txq: Queue, max_frames: int = ..., rounds: int = ...) -> int: ...
     def discard(self, rxq: Queue) -> int: ...
     @property

@@ -12,10 +12,9 @@ Accounting: every frame the receive queue delivers to the node is in
 exactly one of ``packets`` (forwarded) or ``drops[reason]``, so for one
 direction ``rx packets = packets + sum(drops)``.
 
-Chained frames are made contiguous in a staging buffer.  It is bounded by
-what one burst received (at most the receive queue's max_frame per frame)
-and shrinks back to STAGE_KEEP after SHRINK_AFTER bursts in a row that did
-not need more, so one burst of jumbo frames does not pin megabytes.
+A chained frame is copied the same way, segment by segment from its
+receive buffers into the transmit buffers (Queue.tx_copy_parts): one copy
+too, and no staging memory.
 
 The counters are one block of u64s (xc_counters_t) that may live in a stats
 file slot (memifx/counted.pyx): a worker process counts straight into shared
@@ -32,13 +31,6 @@ COUNTER_SIZE = sizeof(xc_counters_t)
 cdef xc_counters_t _layout
 DROPS_OFFSET = <char *>&_layout.drops[0] - <char *>&_layout   # tests check schema.XCONNECT
 
-cdef enum:  # Staging limits
-    STAGE_KEEP_BYTES = 64 * 1024    # bytes of staging kept between bursts
-    SHRINK_AFTER_BURSTS = 64        # small bursts in a row before a larger stage is given back
-
-STAGE_KEEP = STAGE_KEEP_BYTES
-SHRINK_AFTER = SHRINK_AFTER_BURSTS
-
 
 cdef class XConnect:
     """Counters and scratch memory of one direction of a cross-connect."""
@@ -47,7 +39,7 @@ cdef class XConnect:
         self.c = &self.own
 
     def __dealloc__(self):
-        free(self.stage)
+        free(self.nparts)
 
     # counter block 0, xc_counters_t (memifx/counted.pyx moves it into a slot)
     cdef Py_ssize_t block_size(self, Py_ssize_t block) except -1:
@@ -62,11 +54,11 @@ cdef class XConnect:
         self.c = <xc_counters_t *>at
 
     cdef int forward(self, Queue rxq, Queue txq, uint32_t max_frames) noexcept nogil:
-        """One burst from rxq to txq; returns frames moved (or -1: no memory)."""
-        cdef uint32_t n, i, k = 0, s, taken
-        cdef uint64_t need = 0, off = 0
+        """One burst from rxq to txq; returns frames moved.  self.nparts
+        holds rxq.size entries (poll)."""
+        cdef uint32_t n, i, j, k = 0, taken
+        cdef bint chained = False
         cdef frame_t *f
-        cdef char *p
         if max_frames > rxq.size:
             max_frames = rxq.size
         if max_frames > txq.size:
@@ -75,40 +67,26 @@ cdef class XConnect:
         if n == 0:
             return 0
         for i in range(n):
-            if rxq.frames[i].drop < 0 and rxq.frames[i].nsegs > 1:
-                need += rxq.frames[i].length
-        if need > self.stage_size:
-            p = <char *>realloc(self.stage, need)
-            if p == NULL:
-                return -1
-            self.stage = p
-            self.stage_size = need
-            self.small_bursts = 0
-        elif self.stage_size > STAGE_KEEP_BYTES:
-            if need > STAGE_KEEP_BYTES:
-                self.small_bursts = 0
-            else:
-                self.small_bursts += 1
-                if self.small_bursts >= SHRINK_AFTER_BURSTS:
-                    p = <char *>realloc(self.stage, STAGE_KEEP_BYTES)
-                    if p != NULL:
-                        self.stage = p
-                        self.stage_size = STAGE_KEEP_BYTES
-                    self.small_bursts = 0
-        for i in range(n):
             f = &rxq.frames[i]
             if f.drop >= 0:
                 continue
             if f.nsegs == 1:
                 txq.src[k] = <const uint8_t *>rxq.segs[f.first_seg].ptr
             else:
-                txq.src[k] = <const uint8_t *>(self.stage + off)
-                for s in range(f.first_seg, f.first_seg + f.nsegs):
-                    memcpy(self.stage + off, rxq.segs[s].ptr, rxq.segs[s].len)
-                    off += rxq.segs[s].len
+                chained = True
             txq.lens[k] = <uint32_t>f.length
             k += 1
-        taken = txq.tx_copy(k)
+        if chained:
+            # The delivered frames' segments are rxq.segs in order (a frame
+            # the ring dropped has none): each frame is its own segments.
+            j = 0
+            for i in range(n):
+                if rxq.frames[i].drop < 0:
+                    self.nparts[j] = rxq.frames[i].nsegs
+                    j += 1
+            taken = txq.tx_copy_parts(k, rxq.segs, self.nparts)
+        else:
+            taken = txq.tx_copy(k)
         self.c.packets += taken - txq.tx_dropped
         self.c.bytes += txq.tx_bytes
         self.c.drops[XC_TOO_LONG] += txq.tx_dropped
@@ -128,14 +106,19 @@ cdef class XConnect:
         cdef uint64_t total = 0
         cdef int r = 0
         cdef uint32_t i
+        cdef uint32_t *a
+        if rxq.size > self.nparts_size:
+            a = <uint32_t *>realloc(self.nparts, rxq.size * sizeof(uint32_t))
+            if a == NULL:
+                raise MemoryError()
+            self.nparts = a
+            self.nparts_size = rxq.size
         with nogil:
             for i in range(rounds):
                 r = self.forward(rxq, txq, max_frames)
                 if r <= 0:
                     break
                 total += r
-        if r < 0:
-            raise MemoryError()
         return total
 
     def discard(self, Queue rxq):

@@ -12,7 +12,9 @@ one process on in-process loopback rings (tests/loopback.py), in bursts of
 - sink: ``Queue.rx_batch`` on the master's side, then ``Checker.check``
   (every byte, or headers and stamp);
 - xconnect: ``XConnect.poll`` (master rx -> master tx, one copy);
-- ip4: ``Router.poll`` (the whole router graph, tests/cost_burst.py's setup).
+- ip4: ``Router.poll`` (the whole router graph, tests/cost_burst.py's setup:
+  the headers copied into the router's arena, the rest of each frame once,
+  ring to ring).
 
 The script runs itself twice under callgrind (N and 2N frames) and divides
 the difference of each node's inclusive cost by N: start-up cost cancels out.

@@ -63,7 +63,7 @@ def udp_frame(size, ttl=64):
     total = size - 14
     ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, total, 0x1234, 0, ttl, 17, 0, SRC, DST))
     struct.pack_into("!H", ip, 10, ip_checksum(bytes(ip)))
-    payload = bytes(range(total - 28))
+    payload = bytes(i & 0xFF for i in range(total - 28))
     udp = struct.pack("!HHHH", 1234, 5678, total - 20, 0)
     return MAC_IN + HOST + b"\x08\x00" + bytes(ip) + udp + payload
 
