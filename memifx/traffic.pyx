@@ -38,7 +38,7 @@ from libc.stdlib cimport calloc, free
 from libc.string cimport memcmp, memcpy, memset
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
-from memifx.ring cimport Queue
+from memifx.ring cimport Queue, frame_t, DROP_TOO_LONG
 
 import struct
 
@@ -168,6 +168,17 @@ cdef inline bint payload_ok(const uint8_t *p, uint32_t length, uint16_t magic, u
 cdef inline uint16_t sport(uint32_t flow) noexcept nogil:
     """The UDP source port of a flow's frames."""
     return <uint16_t>(SPORT_BASE + (flow if flow < SPORT_SPAN else flow - SPORT_SPAN))
+
+
+cdef inline uint32_t flow_ports(uint16_t flow) noexcept nogil:
+    """The UDP source and destination ports of a flow's frames, as the four
+    bytes lie in memory, read as a host integer."""
+    cdef uint8_t b[4]
+    cdef uint32_t v
+    put16(b, sport(flow))
+    put16(b + 2, UDP_PORT)
+    memcpy(&v, b, 4)
+    return v
 
 
 cdef inline uint32_t lat_bucket(uint64_t v) noexcept nogil:
@@ -424,71 +435,167 @@ def span(const uint32_t[::1] lengths, uint32_t first, uint32_t n):
     return s
 
 
+cdef struct tally_t:         # a burst's results, kept in locals while it is checked
+    uint64_t now
+    uint64_t received
+    uint64_t lat_sum
+    uint64_t lat_min
+    uint64_t lat_max
+
+
+cdef inline uint64_t load64(const uint8_t *p) noexcept nogil:
+    cdef uint64_t v
+    memcpy(&v, p, 8)
+    return v
+
+
+cdef inline uint32_t load32(const uint8_t *p) noexcept nogil:
+    cdef uint32_t v
+    memcpy(&v, p, 4)
+    return v
+
+
+cdef inline uint64_t bswap16(uint32_t v) noexcept nogil:
+    """A u16 as it lies in memory in network order, read as a host integer."""
+    return ((v >> 8) & 0xff) | ((v & 0xff) << 8)
+
+
+cdef inline bint fast_good(Checker self, const uint8_t *p, uint32_t length, uint32_t l2,
+                           bint payload, tally_t *t) noexcept nogil:
+    """The usual frame (ours, IPv4 without options, sound, next in its flow's
+    sequence), checked and counted in one pass; False for any other frame,
+    having changed nothing, so that check_one() decides it.
+
+    ``p`` may be a peer's shared buffer that changes under us: the headers
+    and stamp are copied into a local first and every decision is taken on
+    that copy; only the payload check reads ``p`` again, within ``length``
+    (our copy of the descriptor's).  The header checks are a few word
+    compares on the copy: Ethernet type, IPv4 version/length and total
+    length as one 32-bit compare, both UDP ports and the UDP length as one
+    64-bit compare against the flow's ports, the stamp's magic, flow and
+    sequence read as one 12-byte run."""
+    cdef uint8_t h[ETH_HLEN + IP_HLEN + UDP_HLEN + STAMP_LEN]
+    cdef const uint8_t *ip = h + l2
+    cdef const uint8_t *udp = ip + IP_HLEN
+    cdef const uint8_t *st = udp + UDP_HLEN
+    cdef uint32_t avail = length - l2
+    cdef uint64_t head, seq, ts, lat
+    cdef uint32_t magic
+    cdef flow_t *f
+    if length < l2 + IP_HLEN + UDP_HLEN + STAMP_LEN or avail > 0xffff:
+        return False
+    memcpy(h, p, l2 + IP_HLEN + UDP_HLEN + STAMP_LEN)
+    head = load64(st)                               # magic u16, flow u16, seq low half
+    f = self.flow[(head >> 16) & 0xffff]
+    memcpy(&seq, st + 4, 8)
+    memcpy(&ts, st + 12, 8)
+    magic = <uint32_t>(head & 0xffff)
+    if (f == NULL or seq != f.next or ts < f.newest
+            or (magic | (STAMP_MAGIC ^ STAMP_MAGIC_ZEROS)) != STAMP_MAGIC_ZEROS
+            or (l2 and (load32(h + 12) & 0xffff) != 0x0008)
+            or (load32(ip) & 0xffff00ffULL) != (0x45ULL | (bswap16(avail) << 16))
+            or ip[9] != 17
+            or (load64(udp) & 0xffffffffffffULL) != (f.ports | (bswap16(avail - IP_HLEN) << 32))
+            or ip_checksum20(ip) != 0):
+        return False
+    if payload and not payload_ok(p + l2 + IP_HLEN + UDP_HLEN + STAMP_LEN,
+                                  avail - IP_HLEN - UDP_HLEN - STAMP_LEN, <uint16_t>magic, seq,
+                                  <uint16_t>(head >> 16)):
+        return False
+    t.received += 1
+    lat = t.now - ts if t.now > ts else 0
+    self.lat_hist[lat_bucket(lat)] += 1
+    t.lat_sum += lat
+    if lat < t.lat_min:
+        t.lat_min = lat
+    if lat > t.lat_max:
+        t.lat_max = lat
+    f.newest = ts
+    f.next = seq + 1
+    f.seen[(seq % WINDOW) >> 6] |= 1ULL << (seq & 63)
+    return True
+
+
+cdef inline void tally_start(Checker self, tally_t *t) noexcept nogil:
+    t.now = now_ns()
+    t.received = 0
+    t.lat_sum = 0
+    t.lat_min = self.lat_min
+    t.lat_max = self.lat_max
+
+
+cdef inline void tally_end(Checker self, tally_t *t, uint32_t frames,
+                           uint64_t nbytes) noexcept nogil:
+    self.packets += frames
+    self.bytes += nbytes
+    self.received += t.received
+    self.lat_sum += t.lat_sum
+    if t.lat_min < self.lat_min:
+        self.lat_min = t.lat_min
+    if t.lat_max > self.lat_max:
+        self.lat_max = t.lat_max
+
+
 cdef inline uint32_t check_frames(Checker self, const uint8_t *base, const uint32_t *lengths,
                                   uint32_t n, uint32_t l2, bint payload) noexcept nogil:
     """Checker.check_packed for ``l2`` bytes of Ethernet header (0 or 14) and
-    with or without the payload check.
-
-    The usual frame (ours, IPv4 without options, sound, next in its flow's
-    sequence) is taken here in one pass with the counters kept in locals for
-    the burst.  Any other frame goes to check_one(), which decides every
-    case: the fast path moves nothing before it has found the frame good, so
-    the result is the same either way."""
-    cdef uint32_t i, good = 0, length, avail
-    cdef uint64_t off = 0, now = now_ns(), seq, ts, lat
-    cdef uint64_t received = 0, lat_sum = 0, lat_min = self.lat_min, lat_max = self.lat_max
+    with or without the payload check: fast_good() for each frame, and
+    check_one() for those it does not take."""
+    cdef uint32_t i, good = 0, length
+    cdef uint64_t off = 0
     cdef const uint8_t *p
-    cdef const uint8_t *ip
-    cdef const uint8_t *st
-    cdef uint16_t magic, flow
-    cdef flow_t *f
+    cdef tally_t t
+    tally_start(self, &t)
     for i in range(n):
         p = base + off
         length = lengths[i]
         off += length
-        ip = p + l2
-        st = ip + IP_HLEN + UDP_HLEN
-        avail = length - l2
-        if (length >= l2 + IP_HLEN + UDP_HLEN + STAMP_LEN
-                and (l2 == 0 or get16(p + 12) == 0x0800)
-                and ip[0] == 0x45 and ip[9] == 17
-                and get16(ip + IP_HLEN + 2) == UDP_PORT
-                and get16(ip + 2) == avail
-                and get16(ip + IP_HLEN + 4) == avail - IP_HLEN
-                and ip_checksum20(ip) == 0):
-            memcpy(&magic, st, 2)
-            memcpy(&flow, st + 2, 2)
-            memcpy(&seq, st + 4, 8)
-            memcpy(&ts, st + 12, 8)
-            f = self.flow[flow]
-            if ((magic == STAMP_MAGIC_ZEROS or magic == STAMP_MAGIC)
-                    and get16(ip + IP_HLEN) == sport(flow)
-                    and f != NULL and seq == f.next and ts >= f.newest
-                    and (not payload or payload_ok(st + STAMP_LEN, avail - IP_HLEN - UDP_HLEN
-                                                   - STAMP_LEN, magic, seq, flow))):
-                received += 1
-                lat = now - ts if now > ts else 0
-                self.lat_hist[lat_bucket(lat)] += 1
-                lat_sum += lat
-                if lat < lat_min:
-                    lat_min = lat
-                if lat > lat_max:
-                    lat_max = lat
-                f.newest = ts
-                f.next = seq + 1
-                f.seen[(seq % WINDOW) >> 6] |= 1ULL << (seq & 63)
+        if not fast_good(self, p, length, l2, payload, &t):
+            if self.check_one(p, length, t.now) == GOOD:
+                good += 1
+    tally_end(self, &t, n, off)
+    return good + <uint32_t>t.received
+
+
+cdef inline uint32_t check_gathered(Checker self, Queue q, uint32_t n, uint8_t *scratch,
+                                    uint64_t room, uint32_t l2, bint payload) noexcept nogil:
+    """Checker.check_in_place for ``l2`` bytes of Ethernet header and with or
+    without the payload check.  A frame in one buffer goes to fast_good()
+    where it lies; any other (chained, or one check_one() must decide) is
+    copied into ``scratch`` first, so that the general check, which reads
+    fields more than once, never reads memory the peer can change.  A frame
+    longer than ``scratch`` is dropped "frame too long", as rx_copy() drops
+    one longer than its buffer."""
+    cdef uint32_t i, s, frames = 0, length
+    cdef uint64_t nbytes = 0, off
+    cdef frame_t *fr
+    cdef const uint8_t *p
+    cdef tally_t t
+    tally_start(self, &t)
+    for i in range(n):
+        fr = &q.frames[i]
+        if fr.drop >= 0:
+            continue
+        length = <uint32_t>fr.length
+        if fr.nsegs == 1:
+            p = <const uint8_t *>q.segs[fr.first_seg].ptr
+            if fast_good(self, p, length, l2, payload, &t):
+                frames += 1
+                nbytes += length
                 continue
-        if self.check_one(p, length, now) == GOOD:
-            good += 1
-    self.packets += n
-    self.bytes += off
-    self.received += received
-    self.lat_sum += lat_sum
-    if lat_min < self.lat_min:
-        self.lat_min = lat_min
-    if lat_max > self.lat_max:
-        self.lat_max = lat_max
-    return good + <uint32_t>received
+        if length > room:
+            fr.drop = DROP_TOO_LONG
+            continue
+        off = 0
+        for s in range(fr.first_seg, fr.first_seg + fr.nsegs):
+            memcpy(scratch + off, q.segs[s].ptr, q.segs[s].len)
+            off += q.segs[s].len
+        frames += 1
+        nbytes += length
+        if fr.nsegs == 1 or not fast_good(self, scratch, length, l2, payload, &t):
+            self.check_one(scratch, length, t.now)
+    tally_end(self, &t, frames, nbytes)
+    return frames
 
 
 cdef class Checker:
@@ -548,6 +655,48 @@ cdef class Checker:
                 total += n
                 bursts -= 1
         return total
+
+    def drain_in_place(self, Queue q, uint8_t[::1] scratch, uint32_t max_frames,
+                       uint32_t bursts):
+        """Receive and check up to ``bursts`` bursts of up to ``max_frames``
+        frames from receive queue ``q`` in one call, each frame where it lies
+        in the ring's buffer (either role: a slave reads its own buffers, a
+        master the slave's, and neither writes them), then consume the burst
+        (a slave's buffers go straight back to its pool).  ``scratch``: room
+        for a frame that must be copied to be checked (chained, or not the
+        usual frame); a longer one is dropped "frame too long".  Stops early
+        at a burst that finds the ring empty.  Returns the frames received."""
+        cdef uint32_t n, total = 0
+        cdef uint64_t room = scratch.shape[0]
+        if q.tx:
+            raise ValueError("not a receive queue")
+        if room == 0:
+            raise ValueError("no scratch buffer")
+        if max_frames > q.size:
+            max_frames = q.size
+        if max_frames == 0:
+            return 0
+        with nogil:
+            while bursts:
+                n = q.gather(max_frames)
+                if n == 0:
+                    break
+                total += self.check_in_place(q, n, &scratch[0], room)
+                q.commit(n, False)
+                bursts -= 1
+        return total
+
+    cdef uint32_t check_in_place(self, Queue q, uint32_t n, uint8_t *scratch,
+                                 uint64_t room) noexcept nogil:
+        """Check the ``n`` frames q.gather() found, where they lie; returns
+        the frames delivered (a dropped one is left to q.commit() to count)."""
+        if self.ip_mode:
+            if self.payload:
+                return check_gathered(self, q, n, scratch, room, 0, True)
+            return check_gathered(self, q, n, scratch, room, 0, False)
+        if self.payload:
+            return check_gathered(self, q, n, scratch, room, ETH_HLEN, True)
+        return check_gathered(self, q, n, scratch, room, ETH_HLEN, False)
 
     cdef uint32_t check_packed(self, const uint8_t *base, const uint32_t *lengths,
                                uint32_t n) noexcept nogil:
@@ -630,6 +779,7 @@ cdef class Checker:
             if f == NULL:
                 return                          # no memory: no sequence tracking
             self.flow[flow] = f
+            f.ports = flow_ports(flow)
         if seq < f.next and ts > f.newest:
             # Behind, yet stamped later than anything seen: a new sender run
             # counting from 0 again, not a late or repeated frame.
@@ -746,6 +896,7 @@ cdef class Checker:
                 if fp == NULL:
                     raise MemoryError()
                 memcpy(fp, &v[off], sizeof(flow_t))
+                fp.ports = flow_ports(<uint16_t>f)
                 self.flow[f] = fp
             off += sizeof(flow_t)
 

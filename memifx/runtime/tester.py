@@ -16,7 +16,8 @@ gen: ``size`` (bytes or "imix") or ``sizes`` (a list), ``flows``,
 unlimited), ``duration`` (seconds from the first frame), ``receive`` (the
 checked interface's name), ``replay`` (a pcap path), ``capture`` (a pcap path
 for what arrives on the sending interface), ``verify`` ("full"|"stamp").
-sink: ``verify`` and ``capture``.
+sink: ``verify``, ``capture`` and ``zero_copy`` (bool: check frames in place
+in the ring's buffers instead of copying them out; a capture keeps the copy).
 """
 import ipaddress
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -36,7 +37,7 @@ Address = Union[str, bytes, None]
 OPTIONS = {"gen": frozenset(("size", "sizes", "flows", "payload", "src_mac", "dst_mac", "src_ip",
                              "dst_ip", "count", "rate", "duration", "receive", "replay",
                              "capture", "verify")),
-           "sink": frozenset(("capture", "verify"))}
+           "sink": frozenset(("capture", "verify", "zero_copy"))}
 
 
 def check_options(kind: str, params: Mapping[str, Any]) -> None:
@@ -120,10 +121,13 @@ class TesterPipeline(Pipeline):
                  dst_mac: Address = None, src_ip: Address = None, dst_ip: Address = None,
                  count: int = 0, rate: float = 0.0, duration: float = 0.0,
                  receive: Optional[str] = None, replay: Optional[str] = None,
-                 capture: Optional[str] = None, verify: str = "full") -> None:
+                 capture: Optional[str] = None, verify: str = "full",
+                 zero_copy: bool = False) -> None:
         super().__init__(name, kind, interfaces, workers, cpus, quiet, stats)
         if verify not in ("full", "stamp"):
             raise DataplaneError("verify %r: full or stamp" % verify, "--verify")
+        if not isinstance(zero_copy, bool):
+            raise DataplaneError("zero_copy %r: true or false" % (zero_copy,), "--zero-copy")
         if workers and (replay or capture):
             raise DataplaneError("replaying and capturing run in the main process only",
                                  "--workers")
@@ -147,13 +151,15 @@ class TesterPipeline(Pipeline):
         if workers:
             self.pool = TesterPool(workers, self.cpus, quiet, stats, send=self.send_intf,
                                    receive=self.receive_intf, gen=gen, count=count,
-                                   rate=rate, duration=duration, verify=verify)
+                                   rate=rate, duration=duration, verify=verify,
+                                   zero_copy=zero_copy)
             self.hook_restarts()
         else:
             send, recv = self.send_intf, self.receive_intf
             tester: Dict[str, Any] = {
                 "send": send and send.name, "receive": recv and recv.name,
                 "receive_ip": recv is not None and recv.mode == "ip", "verify": verify,
+                "zero_copy": zero_copy,
                 "gen": gen, "count": count, "duration": duration,
                 "shares": [[count, rate]], "finished": False,
                 "tx_queues": send.tx_queues if send is not None else 0}
