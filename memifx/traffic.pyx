@@ -44,6 +44,7 @@ import struct
 
 cdef extern from *:
     int __builtin_clzll(unsigned long long) nogil
+    uint16_t __builtin_bswap16(uint16_t) nogil
 
 cdef uint64_t SEED_MUL = 0x9E3779B97F4A7C15ULL
 cdef uint64_t SEED_XOR = 0x6D656D6966786D78ULL
@@ -449,15 +450,22 @@ cdef inline uint64_t load64(const uint8_t *p) noexcept nogil:
     return v
 
 
+cdef inline uint32_t load16(const uint8_t *p) noexcept nogil:
+    cdef uint16_t v
+    memcpy(&v, p, 2)
+    return v
+
+
 cdef inline uint32_t load32(const uint8_t *p) noexcept nogil:
     cdef uint32_t v
     memcpy(&v, p, 4)
     return v
 
 
-cdef inline uint64_t bswap16(uint32_t v) noexcept nogil:
-    """A u16 as it lies in memory in network order, read as a host integer."""
-    return ((v >> 8) & 0xff) | ((v & 0xff) << 8)
+cdef inline uint32_t bswap16(uint32_t v) noexcept nogil:
+    """The low 16 bits of ``v`` as they lie in memory in network order, read
+    as a host integer."""
+    return __builtin_bswap16(<uint16_t>v)
 
 
 cdef inline bint fast_good(Checker self, const uint8_t *p, uint32_t length, uint32_t l2,
@@ -466,41 +474,52 @@ cdef inline bint fast_good(Checker self, const uint8_t *p, uint32_t length, uint
     sequence), checked and counted in one pass; False for any other frame,
     having changed nothing, so that check_one() decides it.
 
-    ``p`` may be a peer's shared buffer that changes under us: the headers
-    and stamp are copied into a local first and every decision is taken on
-    that copy; only the payload check reads ``p`` again, within ``length``
-    (our copy of the descriptor's).  The header checks are a few word
-    compares on the copy: Ethernet type, IPv4 version/length and total
-    length as one 32-bit compare, both UDP ports and the UDP length as one
-    64-bit compare against the flow's ports, the stamp's magic, flow and
-    sequence read as one 12-byte run."""
-    cdef uint8_t h[ETH_HLEN + IP_HLEN + UDP_HLEN + STAMP_LEN]
-    cdef const uint8_t *ip = h + l2
-    cdef const uint8_t *udp = ip + IP_HLEN
-    cdef const uint8_t *st = udp + UDP_HLEN
-    cdef uint32_t avail = length - l2
-    cdef uint64_t head, seq, ts, lat
-    cdef uint32_t magic
+    ``p`` may be a peer's shared buffer that changes under us: each header
+    word is read once into a local and every decision is taken on the
+    locals; the payload check reads only within ``length`` (our copy of the
+    descriptor's), so whatever the peer writes meanwhile can make a frame
+    look damaged, never make us read outside it.  The checks are word
+    compares: the IPv4 header as five 32-bit words (version, length, total
+    length and protocol picked out of them, and their checksum), the UDP
+    header as one 64-bit compare against the flow's ports and the expected
+    length, the stamp as three 64-bit loads (magic and flow from the first,
+    the sequence number compared with the flow's next in one go)."""
+    cdef const uint8_t *ip = p + l2
+    cdef const uint8_t *st = ip + IP_HLEN + UDP_HLEN
+    cdef uint32_t avail = length - l2, w0, w1, w2, w3, w4, magic
+    cdef uint64_t head, seq, ts, lat, udp, s
     cdef flow_t *f
     if length < l2 + IP_HLEN + UDP_HLEN + STAMP_LEN or avail > 0xffff:
         return False
-    memcpy(h, p, l2 + IP_HLEN + UDP_HLEN + STAMP_LEN)
     head = load64(st)                               # magic u16, flow u16, seq low half
+    seq = load64(st + 4)
+    ts = load64(st + 12)
     f = self.flow[(head >> 16) & 0xffff]
-    memcpy(&seq, st + 4, 8)
-    memcpy(&ts, st + 12, 8)
     magic = <uint32_t>(head & 0xffff)
     if (f == NULL or seq != f.next or ts < f.newest
             or (magic | (STAMP_MAGIC ^ STAMP_MAGIC_ZEROS)) != STAMP_MAGIC_ZEROS
-            or (l2 and (load32(h + 12) & 0xffff) != 0x0008)
-            or (load32(ip) & 0xffff00ffULL) != (0x45ULL | (bswap16(avail) << 16))
-            or ip[9] != 17
-            or (load64(udp) & 0xffffffffffffULL) != (f.ports | (bswap16(avail - IP_HLEN) << 32))
-            or ip_checksum20(ip) != 0):
+            or (l2 and load16(p + 12) != 0x0008)):
         return False
-    if payload and not payload_ok(p + l2 + IP_HLEN + UDP_HLEN + STAMP_LEN,
-                                  avail - IP_HLEN - UDP_HLEN - STAMP_LEN, <uint16_t>magic, seq,
-                                  <uint16_t>(head >> 16)):
+    w0 = load32(ip)                 # version/IHL, TOS, total length
+    w2 = load32(ip + 8)             # TTL, protocol, checksum
+    udp = load64(ip + IP_HLEN)      # ports, length, checksum
+    if ((w0 & 0xffff00ffULL) != (0x45ULL | (<uint64_t>bswap16(avail) << 16))
+            or (w2 & 0xff00ULL) != (17ULL << 8)
+            or (udp & 0xffffffffffffULL)
+            != (f.ports | (<uint64_t>bswap16(avail - IP_HLEN) << 32))):
+        return False
+    w1 = load32(ip + 4)
+    w3 = load32(ip + 12)
+    w4 = load32(ip + 16)
+    s = <uint64_t>w0 + w1 + w2 + w3 + w4
+    s = (s & 0xffffffffULL) + (s >> 32)
+    s = (s & 0xffff) + (s >> 16)
+    s = (s & 0xffff) + (s >> 16)
+    s = (s & 0xffff) + (s >> 16)
+    if s != 0xffff:                                 # the header's ones' complement sum
+        return False
+    if payload and not payload_ok(st + STAMP_LEN, avail - IP_HLEN - UDP_HLEN - STAMP_LEN,
+                                  <uint16_t>magic, seq, <uint16_t>(head >> 16)):
         return False
     t.received += 1
     lat = t.now - ts if t.now > ts else 0
@@ -579,21 +598,24 @@ cdef inline uint32_t check_gathered(Checker self, Queue q, uint32_t n, uint8_t *
         length = <uint32_t>fr.length
         if fr.nsegs == 1:
             p = <const uint8_t *>q.segs[fr.first_seg].ptr
-            if fast_good(self, p, length, l2, payload, &t):
-                frames += 1
-                nbytes += length
-                continue
-        if length > room:
+        elif length > room:
             fr.drop = DROP_TOO_LONG
             continue
-        off = 0
-        for s in range(fr.first_seg, fr.first_seg + fr.nsegs):
-            memcpy(scratch + off, q.segs[s].ptr, q.segs[s].len)
-            off += q.segs[s].len
+        else:
+            off = 0
+            for s in range(fr.first_seg, fr.first_seg + fr.nsegs):
+                memcpy(scratch + off, q.segs[s].ptr, q.segs[s].len)
+                off += q.segs[s].len
+            p = scratch
+        if not fast_good(self, p, length, l2, payload, &t):
+            if p != scratch:
+                if length > room:
+                    fr.drop = DROP_TOO_LONG
+                    continue
+                memcpy(scratch, p, length)
+            self.check_one(scratch, length, t.now)
         frames += 1
         nbytes += length
-        if fr.nsegs == 1 or not fast_good(self, scratch, length, l2, payload, &t):
-            self.check_one(scratch, length, t.now)
     tally_end(self, &t, frames, nbytes)
     return frames
 
