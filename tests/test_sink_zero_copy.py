@@ -13,6 +13,8 @@ import os
 import random
 import signal
 import sys
+import threading
+import time
 from array import array
 
 import pytest
@@ -20,9 +22,10 @@ import pytest
 from memifx.traffic import Checker, Generator
 from conftest import wait_for
 from loopback import Loopback
-from rogue import PAGE, RogueSlave
+from rogue import PAGE, RogueSlave, Scribbler
 from test_checker_fast_path import stream
-from test_runtime import master, running  # noqa: F401  (running: the fixture)
+from test_hostile import master, rogue_slave  # noqa: F401  (master: the fixture)
+from test_runtime import master as runtime_master, running  # noqa: F401  (running: the fixture)
 
 MEMIFX = [sys.executable, "-m", "memifx.cli.main"]
 REASON = "memory region truncated"
@@ -220,7 +223,7 @@ def test_zero_copy_with_pcap_copies(procs, sock, tmp_path):
 def test_sink_pipeline_zero_copy(running, tmp_path, workers):  # noqa: F811
     dp = running.dp
     path = str(tmp_path / "z.sock")
-    dp.add_interface("g", master(path), connect=False)
+    dp.add_interface("g", runtime_master(path), connect=False)
     dp.add_interface("s", {"socket": path, "role": "slave", "rx-mode": "interrupt"},
                      connect=False)
     sink = dp.add_pipeline("s1", "sink", interface="s", workers=workers, zero_copy=True)
@@ -247,7 +250,7 @@ def test_sink_pipeline_zero_copy(running, tmp_path, workers):  # noqa: F811
 def test_zero_copy_option_is_checked(running, tmp_path):  # noqa: F811
     from memifx.runtime import DataplaneError
     dp = running.dp
-    dp.add_interface("a", master(str(tmp_path / "a.sock")))
+    dp.add_interface("a", runtime_master(str(tmp_path / "a.sock")))
     with pytest.raises(DataplaneError, match="zero_copy"):
         dp.add_pipeline("s1", "sink", interface="a", zero_copy="yes")
 
@@ -331,3 +334,58 @@ def test_truncated_region_ends_the_link_not_the_sink(procs, abstract_sock):
     s = stop(sink)
     assert s["received"] == 3 and s["other"] == 1 and s["packets"] == 4
     assert s["interface"]["memory_faults"] == 1
+
+
+@pytest.mark.timeout(30)
+def test_in_place_check_survives_a_peer_rewriting_everything(master):  # noqa: F811
+    """While stamped frames flow, one thread rewrites the ring's descriptors
+    at random and another flips random bytes of its buffers (headers, stamps,
+    payload) under the in-place check.  No crash, the link stays up, and
+    every frame the ring delivered is counted exactly once: received,
+    corrupt or other."""
+    r = rogue_slave(master, init=False)
+    r.handshake()
+    assert master.wait_connected(5)
+    ring = r.s2m[0]
+    frames = stamped(64)
+    sc = Scribbler([ring], r.region_size, seed=11)
+    halt = threading.Event()
+
+    def flip():
+        rng = random.Random(5)
+        lo = r.buf(ring, 0)
+        hi = lo + ring.size * r.buffer_size
+        while not halt.is_set():
+            for _ in range(200):
+                r.mem[rng.randrange(lo, hi)] = rng.getrandbits(8)
+            time.sleep(0)
+    flipper = threading.Thread(target=flip, daemon=True)
+    c = Checker()
+    scratch = bytearray(1 << 20)
+    (q,) = master.active_queues("rx")
+    delivered = k = 0
+    sc.start()
+    flipper.start()
+    try:
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:
+            free = ring.size - ((ring.head - ring.tail) & 0xFFFF)
+            for _ in range(min(free, 16)):
+                r.send_frame(frames[k % len(frames)])
+                k += 1
+            delivered += c.drain_in_place(q, scratch, 64, 4)
+            time.sleep(0.0005)
+    finally:
+        halt.set()
+        sc.stop()
+        flipper.join(5)
+    st = q.counters()
+    del q
+    assert master.connected
+    assert sc.writes > 1000 and delivered > 100
+    got = c.counters()
+    assert got["packets"] == delivered == st["packets"]
+    assert got["received"] + got["corrupt"] + got["other"] == delivered
+    assert got["corrupt"] and got["received"]
+    assert st["drops"]["bad descriptor"] > 0
+    r.close()
