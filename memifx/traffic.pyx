@@ -32,6 +32,14 @@ marks its sequence number as arrived (damaged, not lost).  Sequences start
 at 0, so frames sent before a sink started count as lost.  A flow that starts
 over (behind, yet stamped later than anything seen: a new gen run) resets its
 window and counts in ``resets``.
+
+The checker reads frames either packed back to back in a private buffer
+(``check``, ``drain``: what rx_copy() writes) or where they lie in the
+ring's shared buffers (``drain_in_place``: ``memifx sink --zero-copy``).
+Peer memory can change while it is read, so the usual frame is decided
+from header words each read once into locals, with every offset bounded by
+our copy of the descriptor's length; any other frame is copied out first
+and decided on the copy.  A truncated region reads as zeros (memifx/guard.pyx).
 """
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free

@@ -389,3 +389,34 @@ def test_in_place_check_survives_a_peer_rewriting_everything(master):  # noqa: F
     assert got["corrupt"] and got["received"]
     assert st["drops"]["bad descriptor"] > 0
     r.close()
+
+
+@pytest.mark.timeout(60)
+def test_hostile_master_lengths_are_counted_drops(procs, abstract_sock):
+    """sink --zero-copy as slave: its own buffers, read in place; a master
+    that publishes lengths longer than the buffers gets counted "bad
+    descriptor" drops, nothing read past a buffer, the good frames checked."""
+    from rogue import RogueMaster
+    m = RogueMaster.listen(abstract_sock)
+    sink = procs.start(MEMIFX + ["sink", "socket=%s,role=slave,rx-mode=interrupt"
+                                 % abstract_sock, "--zero-copy", "--json"])
+    try:
+        m.accept()
+        m.handshake()
+        ring = m.m2s[0]
+        assert wait_for(lambda: ring.head == ring.size, 10)       # posted
+        frames = stamped(4)
+        m.give(frames[0])
+        m.give(b"x" * 60, length=2049)
+        m.give(frames[1])
+        m.give(b"y" * 60, length=0xFFFFFFFF)
+        m.give(frames[2])
+        m.give(frames[3])
+        for fd in m.efds:
+            os.eventfd_write(fd, 1)
+        assert wait_for(lambda: ring.head == ring.size + 6, 10)   # consumed, reposted
+        s = stop(sink)
+    finally:
+        m.close()
+    assert_clean(s, 4)
+    assert s["interface"]["rx"][0]["drops"]["bad descriptor"] == 2
