@@ -109,23 +109,6 @@ cdef inline uint16_t ip_checksum(const uint8_t *p, uint32_t length) noexcept nog
     return <uint16_t>(~s & 0xffff)
 
 
-cdef inline uint16_t ip_checksum20(const uint8_t *p) noexcept nogil:
-    """ip_checksum(p, 20), unrolled: an IPv4 header without options."""
-    cdef uint32_t w0, w1, w2, w3, w4
-    cdef uint64_t s
-    memcpy(&w0, p, 4)
-    memcpy(&w1, p + 4, 4)
-    memcpy(&w2, p + 8, 4)
-    memcpy(&w3, p + 12, 4)
-    memcpy(&w4, p + 16, 4)
-    s = <uint64_t>w0 + w1 + w2 + w3 + w4
-    s = (s & 0xffffffffULL) + (s >> 32)
-    s = (s & 0xffff) + (s >> 16)
-    s = (s & 0xffff) + (s >> 16)
-    s = (s & 0xffff) + (s >> 16)
-    return <uint16_t>(~s & 0xffff)
-
-
 cdef inline uint64_t pattern_seed(uint64_t seq, uint16_t flow) noexcept nogil:
     return (seq + 1) * SEED_MUL ^ SEED_XOR ^ (<uint64_t>flow << 40)
 
