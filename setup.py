@@ -58,7 +58,7 @@ extensions = [
         extra_compile_args=["-O3", "-Wno-unused-function", "-Wno-sign-compare"] + SANITIZE,
         extra_link_args=SANITIZE,
     )
-    for name in ("guard", "memory", "ring", "counted", "xconnect", "traffic", "table", "reclaim",
+    for name in ("guard", "memory", "ring", "counted", "xconnect", "traffic", "stream", "table", "reclaim",
                  "fib", "routes", "neighbor", "ip4", "slots", "fdwait", "layout")
 ]
 

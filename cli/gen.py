@@ -8,7 +8,10 @@ frames (memifx.tester.Synth, flows spread over the transmit queues by a hash
 of the flow id) or, with --pcap, a capture's frames unchanged on queue 0
 (memifx.tester.Replay).  memifx.tester.Sender moves them into the rings with
 back-pressure (a burst the ring does not take at once is offered again,
-never lost) and the rate limiter.
+never lost) and the rate limiter.  ``--zero-copy``: stamped frames are
+written straight into the ring's buffers (one pass per frame, as a libmemif
+application sends) instead of copied from a staging buffer (the default,
+the work testpmd's txonly does).
 
 ``--receive SPEC2`` checks what comes back on a second interface, as a
 hardware tester does; ``--capture FILE`` writes whatever arrives on the
@@ -116,7 +119,7 @@ def drain(poll, pending, missing, quiet, limit):
 
 def run_gen(spec, sizes, count, duration, rate, flows, src_mac, dst_mac, src_ip, dst_ip,
             pcap_path, receive_spec, capture_path, stats_interval, json_out, prometheus_port=0,
-            payload="pattern", verify="full", workers=None, cpus=None):
+            payload="pattern", verify="full", workers=None, cpus=None, zero_copy=False):
     workers = tester_workers(workers, cpus)
     if workers != 0 and (pcap_path or capture_path):
         raise click.UsageError("--pcap and --capture run in the main process only: "
@@ -141,16 +144,17 @@ def run_gen(spec, sizes, count, duration, rate, flows, src_mac, dst_mac, src_ip,
                        sizes=sizes, flows=flows, payload=payload, src_mac=src_mac,
                        dst_mac=dst_mac, src_ip=src_ip, dst_ip=dst_ip, count=count, rate=rate,
                        duration=duration, replay=pcap_path, capture=capture_path,
-                       verify=verify)
+                       verify=verify, zero_copy=zero_copy)
     stop = Stop(0)
     if not json_out:
         what = ("replaying %d frames of %s" % (len(replay), pcap_path) if pcap_path else
                 "%s frames, %d flow%s" % ("imix" if len(set(sizes)) > 1 else
                                           "%d-byte" % sizes[0], flows, "s" if flows > 1 else ""))
-        click.echo("gen: %s %s on %s id %d: %s, rate %s%s"
+        click.echo("gen: %s %s on %s id %d: %s, rate %s%s%s"
                    % (intf.name, intf.role, intf.socket, intf.id, what,
                       "%g pps" % rate if rate else "unlimited",
-                      ", count %d" % count if count else ""))
+                      ", count %d" % count if count else "",
+                      ", zero-copy" if zero_copy and not pcap_path else ""))
     ticker = Ticker(0 if json_out else stats_interval,
                     [intf.name + " tx"] + [n + " rx" for n, _ in p.receive_counters()],
                     lambda: [p.sent()] + [c["packets"] for _, c in p.receive_counters()])

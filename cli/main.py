@@ -89,6 +89,9 @@ VERIFY = click.option(
               help="What follows the stamp: a pattern that lets the receiver check "
                    "every byte, or zeros (a load test: only headers and stamps are "
                    "written per frame, then the copy into the ring).")
+@click.option("--zero-copy", is_flag=True,
+              help="Write stamped frames straight into the ring's buffers (one pass per "
+                   "frame) instead of copying them in from a staging buffer.")
 @click.option("--src-mac", type=MacType(), help="Source MAC (default: the interface's).")
 @click.option("--dst-mac", type=MacType(), help="Destination MAC (default: broadcast).")
 @click.option("--src-ip", type=Ip4Type(), help="Source IPv4 (default: the spec's ip=, "
@@ -111,9 +114,9 @@ VERIFY = click.option(
                        "in worker q mod N; --count and --rate are split between them",
                        "--pcap or --capture")
 @prometheus_option
-def gen(spec, sizes, count, duration, rate, flows, payload, src_mac, dst_mac, src_ip, dst_ip,
-        pcap_path, receive_spec, capture_path, verify, stats_interval, json_out, workers, cpus,
-        prometheus_port):
+def gen(spec, sizes, count, duration, rate, flows, payload, zero_copy, src_mac, dst_mac, src_ip,
+        dst_ip, pcap_path, receive_spec, capture_path, verify, stats_interval, json_out, workers,
+        cpus, prometheus_port):
     """Traffic generator: IPv4/UDP frames stamped with a sequence number per
     flow and a timestamp, a pattern (or zeros) over the rest of every frame;
     or a pcap replay.  Without --count or --duration it runs until SIGINT/SIGTERM.
@@ -124,7 +127,7 @@ def gen(spec, sizes, count, duration, rate, flows, payload, src_mac, dst_mac, sr
     run_gen(spec, sizes, count, duration, rate, flows, src_mac, dst_mac, src_ip, dst_ip,
             pcap_path, receive_spec, capture_path, stats_interval, json_out,
             prometheus_port=prometheus_port, payload=payload, verify=verify,
-            workers=workers, cpus=cpus)
+            workers=workers, cpus=cpus, zero_copy=zero_copy)
 
 
 @main.command()

@@ -79,6 +79,11 @@ cdef class Queue:
     cdef uint32_t *lens
 
     cdef uint32_t tx_copy(self, uint32_t n) noexcept nogil
+    cdef uint32_t tx_packed(self, const uint8_t *base, const uint32_t *lengths,
+                            uint32_t n) noexcept nogil
+    cdef uint32_t tx_reserve(self, uint32_t n, uint8_t **ptrs, uint32_t *room,
+                             uint32_t *first) noexcept nogil
+    cdef uint32_t tx_publish(self, uint32_t n, const uint32_t *lengths) noexcept nogil
     cdef uint32_t gather(self, uint32_t max_frames) noexcept nogil
     cdef uint32_t rx_copy(self, uint8_t *base, uint64_t room, uint32_t *lengths,
                           uint32_t maxf) noexcept nogil

@@ -374,6 +374,104 @@ cdef class Queue:
             self.kick()
         return i
 
+    cdef uint32_t tx_packed(self, const uint8_t *base, const uint32_t *lengths,
+                            uint32_t n) noexcept nogil:
+        """tx_batch on raw pointers: ``n`` frames packed back to back from
+        ``base``, a ring's worth at a time until the ring stops taking them;
+        returns how many were taken (as tx_copy counts them)."""
+        cdef uint32_t sent = 0, m, got
+        cdef uint64_t off = 0
+        while sent < n:
+            m = 0
+            while m < self.size and sent + m < n:
+                self.src[m] = base + off
+                self.lens[m] = lengths[sent + m]
+                off += lengths[sent + m]
+                m += 1
+            got = self.tx_copy(m)
+            sent += got
+            if got < m:
+                break
+        return sent
+
+    cdef uint32_t tx_reserve(self, uint32_t n, uint8_t **ptrs, uint32_t *room,
+                             uint32_t *first) noexcept nogil:
+        """Zero-copy transmit, step one: up to ``n`` free transmit buffers in
+        ring order, nothing published.  ``ptrs[i]``/``room[i]``: where frame
+        i goes and how many bytes fit there; ``*first``: the ring slot of
+        ``ptrs[0]`` (the others follow it, modulo the ring size).
+
+        Slave: its own slot buffers (fixed per slot).  Master: the buffers
+        the slave posted, each descriptor read once and validated as tx_copy
+        does (region, offset + length in 64 bits, length not 0): a bad one
+        is FAULT_POSTED and ends the list, so the buffers before it can
+        still be published.  A ring with fewer than ``n`` free counts
+        ring_full, as tx_copy does.  Returns how many; 0 on a closed or
+        faulty ring or while tx_alloc buffers are out.  Until tx_publish,
+        nothing else may transmit on this queue."""
+        cdef memif_ring_t *ring = self.ring
+        cdef const region_t *regions = self.mem.regions
+        cdef uint16_t nregions = self.mem.count
+        cdef uint16_t peer, avail, slot
+        cdef uint32_t i, bs = self.buffer_size
+        cdef memif_desc_t d
+        if self.closed or self.fault or self.reserved or n == 0:
+            return 0
+        if self.slave:
+            peer = memif_load_acquire(&ring.tail)
+            if <uint16_t>(self.pos - peer) > self.size:
+                self.fault = FAULT_COUNTER
+                return 0
+            avail = <uint16_t>(self.size - <uint16_t>(self.pos - peer))
+        else:
+            peer = memif_load_acquire(&ring.head)
+            avail = <uint16_t>(peer - self.pos)
+            if avail > self.size:
+                self.fault = FAULT_COUNTER
+                return 0
+        if n > avail:
+            n = avail
+            self.c.ring_full += 1
+        first[0] = self.pos & self.mask
+        for i in range(n):
+            slot = <uint16_t>(self.pos + i) & self.mask
+            if self.slave:
+                ptrs[i] = <uint8_t *>self.bufs + <uint64_t>self.slot_buf[slot] * bs
+                room[i] = bs
+            else:
+                d = memif_desc_read(&ring.desc[slot])
+                if not desc_in_region(regions, nregions, &d) or d.length == 0:
+                    self.fault = FAULT_POSTED
+                    return i
+                ptrs[i] = <uint8_t *>regions[d.region].base + d.offset
+                room[i] = d.length
+        return n
+
+    cdef uint32_t tx_publish(self, uint32_t n, const uint32_t *lengths) noexcept nogil:
+        """Zero-copy transmit, step two: publish the first ``n`` buffers the
+        last tx_reserve gave, frame i ``lengths[i]`` bytes (each one within
+        its ``room[i]`` and max_frame: the caller's promise), count them and
+        kick the peer.  Returns ``n``, or 0 if the link went down meanwhile."""
+        cdef memif_desc_t *w
+        cdef uint32_t i
+        cdef uint64_t nbytes = 0
+        if n == 0 or self.closed:
+            return 0
+        for i in range(n):
+            w = &self.ring.desc[<uint16_t>(self.pos + i) & self.mask]
+            w.length = lengths[i]       # region and offset stay (see tx_copy)
+            w.flags = 0
+            nbytes += lengths[i]
+        self.c.packets += n
+        self.c.bytes += nbytes
+        self.pos = <uint16_t>(self.pos + n)
+        if self.slave:
+            memif_store_release(&self.ring.head, self.pos)
+        else:
+            memif_store_release(&self.ring.tail, self.pos)
+        self.kick()
+        return n
+
     cdef void kick(self) noexcept nogil:
         """Signal the consumer unless it masked interrupts.  Never waits on
         the peer longer than IRQ_WAIT_BOUND: the eventfd's file description

@@ -1,14 +1,16 @@
 """The data path of ``memifx gen`` and ``memifx sink``, wherever it runs.
 
-- ``Synth``: memifx.traffic.Generator writes stamped frames (sequence number
-  per flow, timestamp, a pattern or zeros over the rest) into a staging
-  buffer per transmit queue; flows are spread over the queues by a hash of
-  the flow id.
+- ``Synth``: stamped frames (sequence number per flow, timestamp, a pattern
+  or zeros over the rest) made by one memifx.traffic.Generator; a
+  memifx.stream.Stream per transmit queue makes them and puts them into the
+  ring, many bursts per call in C, copied from a staging buffer or (zero
+  copy) written in the ring's buffers.  Flows are spread over the queues by
+  a hash of the flow id.
 - ``Replay``: the frames of a pcap file, unchanged, on queue 0.
-- ``Sender``: moves bursts from a source into transmit rings: admission by
+- ``Sender``: moves frames from a source into transmit rings: admission by
   count and rate, back-pressure (a burst the ring does not take at once stays
-  pending and is offered again, its stamps refreshed), and the counters of
-  what went out.
+  pending and is offered again, a stamped one with fresh stamps), and the
+  counters of what went out.
 - ``Receiver``: copies a burst per receive queue out of the ring (frames back
   to back in one buffer) and hands it to memifx.traffic.Checker (every byte,
   or with ``verify="stamp"`` headers and stamp only); optionally appends it
@@ -25,15 +27,17 @@ from __future__ import annotations
 import os
 import time
 from array import array
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from memifx.rxmode import sleep_on
+from memifx.stream import Stream
 from memifx.traffic import Checker, Generator, span
 
 Counters = Dict[str, Any]
 
 BURST = 256
 DRAIN_BURSTS = 16           # bursts a Receiver takes per queue in one call into C
+SEND_BURSTS = 16            # bursts a Sender puts into one queue in one call into C
 SLOT = 9216 + 64            # room per frame in the receive copy buffer (jumbo frames)
 SLEEP_MIN = 0.0002          # seconds: shorter waits for the rate limiter spin
 STALL_SPINS = 8             # zero-progress passes before yielding the CPU (a sleep
@@ -78,37 +82,33 @@ class Pending:
 
 
 class Synth:
-    """Stamped frames, a staging buffer per queue.  ``single_size``: the
-    generator makes frames of one size.  ``owned(q)``, if given, picks the
-    queues this process sends on (a worker's share)."""
-    restamp = True
+    """Stamped frames: a memifx.stream.Stream per transmit queue, which
+    makes them and puts them into the ring, many bursts per call, in C.
+    ``single_size``: the generator makes frames of one size.  ``owned(q)``,
+    if given, picks the queues this process sends on (a worker's share).
+    ``zero_copy``: the streams write frames straight into the rings'
+    buffers instead of copying them from a staging buffer."""
 
     def __init__(self, gen: Generator, nqueues: int, burst: int, single_size: bool,
-                 owned: Optional[Callable[[int], bool]] = None) -> None:
+                 owned: Optional[Callable[[int], bool]] = None,
+                 zero_copy: bool = False) -> None:
         self.gen = gen
         # Zeros after the stamp, one frame size: each staging buffer keeps
         # its frames at the same offsets, so their payload stays zero and a
         # refill writes headers and stamps only.
         self.headers_only = gen.zeros and single_size
+        self.zero_copy = zero_copy
         groups = queue_flows(gen.flows, nqueues)
         self.queues = [q for q, g in enumerate(groups) if g and (owned is None or owned(q))]
-        self.flows = {q: array("I", groups[q]) for q in self.queues}
-        self.cursor = dict.fromkeys(self.queues, 0)
-        self.staging: Dict[int, Any] = {}
+        self.flows = {q: groups[q] for q in self.queues}
+        self.streams = {q: Stream(gen, groups[q], burst, headers_only=self.headers_only,
+                                  zero_copy=zero_copy) for q in self.queues}
         self.burst = burst
         self.exhausted = False
 
-    def next(self, q: int, n: int) -> Optional[Pending]:
-        st = self.staging.get(q)
-        if st is None:
-            buf = bytearray(self.burst * self.gen.max_size)
-            lengths = array("I", bytes(4 * self.burst))
-            st = self.staging[q] = (buf, memoryview(buf), lengths, memoryview(lengths))
-        buf, view, lengths, lview = st
-        n, total = self.gen.fill(buf, lengths, n, self.flows[q], self.cursor[q],
-                                 self.headers_only)
-        self.cursor[q] = (self.cursor[q] + n) % len(self.flows[q])
-        return Pending(view, lview[:n], n, total) if n else None
+    @property
+    def unsent(self) -> int:
+        return sum(st.unsent for st in self.streams.values())
 
     def resume(self, q: int, sent: int) -> None:
         """Continue queue q as if its first ``sent`` frames had gone out: the
@@ -117,14 +117,13 @@ class Synth:
         rounds, extra = divmod(sent, len(flows))
         for j, f in enumerate(flows):
             self.gen.set_sequence(f, rounds + (j < extra))
-        self.cursor[q] = extra
+        self.streams[q].set_cursor(extra)
 
 
 class Replay:
     """The frames of a pcap capture (memifx.pcap.Capture), unchanged and in
     order, on queue 0; ``repeat``: start over at the end instead of running
     out."""
-    restamp = False
 
     def __init__(self, capture: Any, repeat: bool) -> None:
         self.cap = capture
@@ -171,7 +170,7 @@ class Sender:
     @property
     def done(self) -> bool:
         return bool((self.count and self.sent >= self.count) or
-                    (self.source.exhausted and not self.pending))
+                    (self.source.exhausted and not self.unsent))
 
     def budget(self, now: float) -> int:
         """Frames that may be admitted now."""
@@ -189,14 +188,22 @@ class Sender:
         return budget
 
     def send_pass(self, txqs: Sequence[Any], budget: int) -> int:
-        """One burst per queue (pending ones first) into ring ``q mod
-        len(txqs)`` (a None ring is not ours to use now: the burst waits);
-        returns frames sent."""
+        """Each queue's pending frames, then new ones, into ring ``q mod
+        len(txqs)`` (a None ring is not ours to use now: the frames wait):
+        up to SEND_BURSTS bursts per queue for stamped frames (in C, by the
+        queue's Stream), one for a capture's; returns frames sent."""
         moved = 0
         queues = self.source.queues
         self.start = (self.start + 1) % len(queues)     # no queue always first
+        streams = self.source.streams if isinstance(self.source, Synth) else None
         for q in queues[self.start:] + queues[:self.start]:
             txq = txqs[q % len(txqs)]
+            if streams is not None:
+                if txq is not None:
+                    sent, admitted = self.send_stream(streams[q], txq, budget)
+                    budget -= admitted
+                    moved += sent
+                continue
             p = self.pending.get(q)
             if p is None:
                 n = min(self.burst, budget)
@@ -211,8 +218,6 @@ class Sender:
                 budget -= p.n
             elif txq is None:
                 continue
-            elif self.source.restamp:
-                self.source.gen.restamp(p.view[p.off:], p.lview[p.k:])
             m = txq.tx_batch(p.view[p.off:] if p.off else p.view,
                              p.lview[p.k:] if p.k else p.lview)
             if m == p.n - p.k:
@@ -229,6 +234,21 @@ class Sender:
         self.sent += moved
         return moved
 
+    def send_stream(self, st: Stream, txq: Any, budget: int) -> Tuple[int, int]:
+        """Stamped frames of one queue's Stream: (frames sent, frames admitted)."""
+        if not st.unsent:
+            n = min(self.burst, budget)
+            last = self.count and 0 < n == self.count - self.admitted
+            if n <= 0 or n < self.min_batch and not last:
+                return 0, 0
+        admitted, nbytes, ring_full = st.admitted, st.bytes, st.ring_full
+        m = st.send(txq, max(budget, 0), SEND_BURSTS)
+        admitted = st.admitted - admitted
+        self.admitted += admitted
+        self.bytes += st.bytes - nbytes
+        self.ring_full += st.ring_full - ring_full
+        return m, admitted
+
     def idle(self, moved: int) -> None:
         """After a pass: yield the CPU when the ring stays full (to a peer
         that shares it), or sleep until the rate limiter admits the next
@@ -236,7 +256,7 @@ class Sender:
         if moved:
             self.t_last = time.monotonic()
             self.stalls = 0
-        elif self.pending:
+        elif self.unsent:
             self.stalls += 1
             if self.stalls >= STALL_SPINS:
                 os.sched_yield()
@@ -251,7 +271,9 @@ class Sender:
 
     @property
     def unsent(self) -> int:
-        return sum(p.n - p.k for p in self.pending.values())
+        """Frames made but not taken by a ring yet."""
+        n = sum(p.n - p.k for p in self.pending.values())
+        return n + self.source.unsent if isinstance(self.source, Synth) else n
 
     def result(self) -> Counters:
         return send_result(self.sent, self.bytes, self.ring_full, self.unsent,

@@ -46,6 +46,11 @@ cdef class Generator:
                                        uint32_t n, const uint32_t *flows, uint32_t nflows,
                                        uint32_t cursor, bint payload,
                                        uint64_t ts) noexcept nogil
+    cdef uint32_t fill_at(self, uint8_t **ptrs, const uint32_t *room, uint32_t *lengths,
+                          uint32_t *held, uint32_t n, const uint32_t *flows, uint32_t nflows,
+                          uint32_t cursor, uint64_t ts) noexcept nogil
+    cdef void restamp_raw(self, uint8_t *base, const uint32_t *lengths, uint32_t n,
+                          uint64_t ts) noexcept nogil
 
 
 @cython.final           # direct (inlinable) calls to its cdef methods

@@ -398,6 +398,61 @@ cdef class Generator:
         self.size_pos = si
         return i, off
 
+    cdef uint32_t fill_at(self, uint8_t **ptrs, const uint32_t *room, uint32_t *lengths,
+                          uint32_t *held, uint32_t n, const uint32_t *flows, uint32_t nflows,
+                          uint32_t cursor, uint64_t ts) noexcept nogil:
+        """Frame i into its own buffer ``ptrs[i]`` of ``room[i]`` bytes (the
+        frames of a zero-copy burst, written in place); stops before a frame
+        its buffer cannot hold.  Returns the frames written, their sizes in
+        ``lengths``.  ``held`` (NULL: nothing known): ``held[i]`` bytes of
+        ``ptrs[i]`` are a zeros-payload frame written here before, so a
+        zeros frame no longer than that needs its headers and stamp only;
+        updated to what each buffer holds after."""
+        cdef uint32_t i = 0, size, flow, si = self.size_pos
+        cdef uint64_t seq
+        cdef uint64_t *seqs = self.seq
+        cdef const uint32_t *sizes = self.sizes
+        cdef const uint8_t *hdr = self.hdr
+        cdef uint32_t hlen = self.hlen, nsizes = self.nsizes
+        cdef bint zeros = self.zeros, payload
+        while i < n:
+            size = sizes[si]
+            if size > room[i]:
+                break
+            flow = flows[cursor]
+            cursor += 1
+            if cursor == nflows:
+                cursor = 0
+            seq = seqs[flow]
+            seqs[flow] = seq + 1
+            payload = True
+            if held != NULL:
+                if zeros and held[i] >= size:
+                    payload = False
+                else:
+                    held[i] = size if zeros else 0
+            if zeros:
+                write_frame(ptrs[i], hdr + si * HDR_MAX, hlen, size, flow, seq, ts, True, payload)
+            else:
+                write_frame(ptrs[i], hdr + si * HDR_MAX, hlen, size, flow, seq, ts, False, True)
+            si += 1
+            if si == nsizes:
+                si = 0
+            lengths[i] = size
+            i += 1
+        self.size_pos = si
+        return i
+
+    cdef void restamp_raw(self, uint8_t *base, const uint32_t *lengths, uint32_t n,
+                          uint64_t ts) noexcept nogil:
+        """restamp() on raw pointers: frames made by fill_raw, packed from ``base``."""
+        cdef uint32_t i, stamp = self.hlen + 12
+        cdef uint64_t off = 0
+        for i in range(n):
+            if lengths[i] >= stamp + 8:
+                memcpy(base + off + stamp, &ts, 8)
+            off += lengths[i]
+
     def restamp(self, uint8_t[::1] buf, const uint32_t[::1] lengths):
         """Write the current time into frames made by fill() that are still
         waiting to go out (their transmit ring was full)."""

@@ -6,6 +6,8 @@ Every measured program is a separate process in its own session, so one kill of
 its process group takes its workers too.  Busy pollers are pinned before exec
 (CPU 0: the generator or tester, CPU 1: the sink or DUT), so every thread and
 child starts on its CPU: two pollers on one CPU would measure the scheduler.
+(The N-queue cells pin through the commands' --cpus and testpmd's -l instead:
+perf/cpuplan.py.)
 Rates are read from what the receivers print once a second (memifx's Ticker
 lines, testpmd's port statistics), not timed by the harness: starting and
 stopping processes takes longer and varies more than one interval.
@@ -95,22 +97,38 @@ class Proc:
                         pattern, timeout, self.text()[-3000:]))
                 self.cond.wait(min(left, 0.2))
 
+    def pin_threads(self, cpus):
+        """Pin the process's own threads (not its children) to ``cpus``: for a
+        command whose --cpus must be CPUs it may use at start, and whose
+        main process is moved out of its workers' way once they run."""
+        for tid in os.listdir("/proc/%d/task" % self.p.pid):
+            try:
+                os.sched_setaffinity(int(tid), set(cpus))
+            except (ProcessLookupError, FileNotFoundError):
+                pass            # a thread that ended meanwhile
+
     def text(self):
         with self.cond:
             return "\n".join(l for _, l in self.lines)
 
     def stop(self, timeout=10):
-        """SIGTERM to the process group (SIGKILL after ``timeout``); its whole output."""
+        """SIGTERM to the process, which stops its own workers and reports;
+        SIGKILL to its process group after ``timeout``, and to whatever of
+        the group outlives it.  Its whole output."""
         if self.p.poll() is None:
             try:
-                os.killpg(self.p.pid, signal.SIGTERM)
+                os.kill(self.p.pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
             try:
                 self.p.wait(timeout)
             except subprocess.TimeoutExpired:
-                os.killpg(self.p.pid, signal.SIGKILL)
-                self.p.wait(5)
+                pass
+        try:
+            os.killpg(self.p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.p.wait(5)
         self.t.join(5)
         return self.text()
 
@@ -244,13 +262,19 @@ def run_rounds(cfg, cells):
     trial k of every cell before trial k + 1 of any, so that a slow drift of
     the host (a neighbour's load) falls on memifx and testpmd alike instead of
     on whichever ran during it.  A cell that failed twice in one round is not
-    tried again.  Returns ({(name, size): [result]}, {(name, size): error})."""
+    tried again.  No trial starts after ``cfg.stop_at`` (time.monotonic(), if
+    set): the cells keep the trials they got.  Returns ({(name, size):
+    [result]}, {(name, size): error})."""
     trials = {(name, size): [] for name, size, _ in cells}
     errors = {}
+    stop_at = getattr(cfg, "stop_at", None)
     for k in range(cfg.trials):
         for name, size, fn in cells:
             if (name, size) in errors:
                 continue
+            if stop_at is not None and time.monotonic() >= stop_at:
+                log("time budget spent: no more trials (round %d of %d)" % (k + 1, cfg.trials))
+                return trials, errors
             r = run_trial(cfg, name, size, fn, k)
             if isinstance(r, str):
                 errors[(name, size)] = r

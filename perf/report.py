@@ -10,7 +10,7 @@ import os
 import statistics
 
 from harness import BUF, RING, ROOT
-from scenarios import TESTS
+from scenarios import TESTS, cell_queues, queue_cell
 
 # Average L2 size of the imix mix (7:4:1 of 64/570/1518 bytes).
 IMIX_AVG = (7 * 64 + 4 * 570 + 1518) / 12.0
@@ -26,7 +26,29 @@ WORK = {
     "testpmd-xc": "2 copies: ring → mbuf → ring (io forwarding)",
     "ip4": "1 copy + Ethernet/IPv4 parse, LPM lookup, MAC rewrite, TTL and checksum update",
     "xc": "1 copy, ring A → ring B",
+    "memifx-zc": "tx: gen writes each frame once, straight into the shared buffer "
+                 "(headers from a template, stamp patched; --zero-copy --payload zeros); "
+                 "rx: sink reads headers and stamp where the frame lies (--zero-copy "
+                 "--verify stamp)",
+    "libmemif": "tx writes each frame into the shared buffers, rx reads the 4-byte "
+                "sequence in place (C, zero-copy)",
 }
+
+# libmemif tx → rx, 1 queue, ring 1024, buffer 2048, slave sends: the figures
+# quoted in issue 13 (measured outside this project's tests, not by this
+# suite), by machine.  Mpps by frame size.
+LIBMEMIF_ISSUE = {
+    "issue 13, 2-vCPU VM, median of 3": {"64": 41.2, "1518": 16.7},
+    "issue 13, 16-core Xeon, 1 trial": {"64": 25.0, "1518": 8.6},
+}
+ZERO_COPY_TESTS = ("uni-memifx-zc-slave", "uni-memifx-zc-master")
+
+# The n-queue pairs: (memifx test, testpmd test, what they are)
+MQ_PAIRS = [
+    ("mq-gensink-memifx", "mq-gensink-testpmd", "gen → sink vs testpmd txonly → rxonly"),
+    ("mq-xc-memifx", "mq-xc-testpmd", "tester → xconnect vs tester → testpmd io"),
+]
+MQ_EFFICIENCY = 0.9     # target: Mpps at N >= 0.9 * N * Mpps at 1 queue
 
 # (memifx test, testpmd test, work key memifx, work key testpmd, target)
 RATIOS = [
@@ -121,6 +143,96 @@ def floor_rows(tests):
     return rows
 
 
+def cell_names(test, tests):
+    """The result names of ``test`` present in ``tests``: its name, or for an
+    n-queue test its cells in order of queue count."""
+    if not test.queues:
+        return [test.name] if test.name in tests else []
+    cells = [(cell_queues(test.name, k), k) for k in tests]
+    return [k for n, k in sorted(c for c in cells if c[0] is not None)]
+
+
+def host_cpus(results):
+    """The CPU count in results["host"] ("name, 16 CPUs"); None if absent."""
+    tail = results.get("host", "").rsplit(", ", 1)[-1].split()
+    return int(tail[0]) if tail and tail[0].isdigit() else None
+
+
+def libmemif_reference(results):
+    """The issue's libmemif figures from the machine closest to this run's
+    host (the 2-vCPU VM for up to 2 CPUs, else the 16-core Xeon): (where,
+    {size: Mpps})."""
+    vm, xeon = LIBMEMIF_ISSUE.items()
+    cpus = host_cpus(results)
+    return vm if cpus is not None and cpus <= 2 else xeon
+
+
+def zero_copy_rows(results):
+    """Zero-copy gen → sink against the issue's libmemif tx → rx figure:
+    table rows (none without zero-copy cells)."""
+    tests = results["tests"]
+    where, ref = libmemif_reference(results)
+    rows = []
+    for name in ZERO_COPY_TESTS:
+        for size in ("64", "1518"):
+            st = tests.get(name, {}).get(size, {}).get("mpps")
+            if not st or size not in ref:
+                continue
+            r = st["median"] / ref[size]
+            v = ("met" if st["min"] / ref[size] >= 1.0 else
+                 "median meets it, the spread does not" if r >= 1.0 else
+                 "missed by %.0f %%" % (100 * (1 - r)))
+            if st["n"] < 3:
+                v += " (fewer than 3 trials: indicative only)"
+            rows.append("| %s | %s | %s | %.1f, %s | %.2f× (%.2f–%.2f) | ≥ 1.0×: %s |" % (
+                name, size, fmt(st), ref[size], where, r, st["min"] / ref[size],
+                st["max"] / ref[size], v))
+    return rows
+
+
+def efficiency(tests, name, n, size):
+    """Per-queue efficiency of ``name`` at n queues: median Mpps at n / (n x
+    median Mpps at 1 queue), from this run; None without both cells."""
+    st = tests.get(queue_cell(name, n), {}).get(size, {}).get("mpps")
+    one = tests.get(queue_cell(name, 1), {}).get(size, {}).get("mpps")
+    if not st or not one or one["median"] <= 0:
+        return None
+    return st["median"] / (n * one["median"])
+
+
+def queue_rows(results):
+    """The n-queue tables (one per MQ_PAIRS entry present): lines."""
+    tests = results["tests"]
+    L = []
+    for m, t, what in MQ_PAIRS:
+        counts = sorted({n for k in tests for n in (cell_queues(m, k), cell_queues(t, k))
+                         if n is not None})
+        if not counts:
+            continue
+        L.append("\n### %s\n" % what)
+        L.append("| N | frame | memifx Mpps | testpmd Mpps | ratio (range) | "
+                 "≥ 1.0× testpmd | per-queue efficiency, memifx / testpmd | "
+                 "≥ %.1f |" % MQ_EFFICIENCY)
+        L.append("|---|---|---|---|---|---|---|---|")
+        for n in counts:
+            sizes = sorted({z for k in (queue_cell(m, n), queue_cell(t, n))
+                            for z in tests.get(k, {})}, key=frame_bytes)
+            for size in sizes:
+                cm = tests.get(queue_cell(m, n), {}).get(size, {})
+                ct = tests.get(queue_cell(t, n), {}).get(size, {})
+                r, text = ratio_text(cm.get("mpps"), ct.get("mpps"))
+                em, et = efficiency(tests, m, n, size), efficiency(tests, t, n, size)
+                L.append("| %d | %s | %s | %s | %s | %s | %s / %s | %s |" % (
+                    n, size, fmt(cm.get("mpps")) if "error" not in cm else "error",
+                    fmt(ct.get("mpps")) if "error" not in ct else "error", text,
+                    verdict(r, 1.0, cm["mpps"], ct["mpps"]) if r is not None else "-",
+                    "%.2f" % em if em is not None else "-",
+                    "%.2f" % et if et is not None else "-",
+                    "-" if em is None or n == 1 else "met" if em >= MQ_EFFICIENCY else
+                    "missed by %.0f %%" % (100 * (1 - em / MQ_EFFICIENCY))))
+    return L
+
+
 def render_markdown(results):
     """The Markdown report of one run (a results.json document): the table of
     every cell, the ratios against testpmd with their verdicts, the host's
@@ -139,9 +251,7 @@ def render_markdown(results):
         L.append("**Quick run: 1 short trial per cell, no spread; orientation only.**\n")
     L.append("| test | frame | Mpps | Gbit/s | notes |")
     L.append("|---|---|---|---|---|")
-    for name, _, sizes, _, _ in TESTS:
-        if name not in tests:
-            continue
+    for name, sizes in [(k, t.sizes) for t in TESTS for k in cell_names(t, tests)]:
         for size in sorted(tests[name], key=lambda z: sizes.index(z) if z in sizes else 99):
             cell = tests[name][size]
             if "error" in cell:
@@ -163,6 +273,9 @@ def render_markdown(results):
             corrupt = sum(t.get("corrupt") or 0 for t in cell["trials"])
             if corrupt:
                 notes.append("corrupt %d" % corrupt)
+            restarts = sum(t.get("restarts") or 0 for t in cell["trials"])
+            if restarts:
+                notes.append("worker restarts %d" % restarts)
             L.append("| %s | %s | %s | %s | %s |" % (
                 name, size, fmt(st, 1, 2) if cell.get("mpps") else "-",
                 fmt(st, g, 2) if cell.get("mpps") else "-",
@@ -196,6 +309,30 @@ def render_markdown(results):
                 L.append("| %s | xc-memifx-inproc | %s | %s | %.2f× | ≥ 0.9×: %s | %s | %s |"
                          % (n, size, text, cm["max"] / cx["max"], verdict(r, 0.9, cm, cx),
                             WORK["ip4"], WORK["xc"]))
+    zc = zero_copy_rows(results)
+    if zc:
+        L.append("\n## Zero-copy against libmemif (reference figures from issue 13, "
+                 "not measured here)\n")
+        L.append("libmemif tx → rx was measured outside this suite; its figures are the "
+                 "ones the issue quotes, from the machine closest to this host. Work per "
+                 "frame: memifx %s; libmemif %s.\n" % (WORK["memifx-zc"], WORK["libmemif"]))
+        L.append("| test | frame | Mpps | libmemif Mpps, where | ratio (memifx min–max) | "
+                 "target |")
+        L.append("|---|---|---|---|---|---|")
+        L.extend(zc)
+    mq = queue_rows(results)
+    if mq:
+        L.append("\n## N queues, N workers each side (same run)\n")
+        L.append("Each busy worker or testpmd forwarding lcore on a CPU of its own "
+                 "(N for the sender, N for the receiver or DUT), the main processes on one "
+                 "more (perf/cpuplan.py). Per-queue efficiency: median Mpps at N / (N × "
+                 "median Mpps at 1 queue), same run. Work per frame as in the 1-queue "
+                 "ratios above: gen → sink as uni-memifx-gen-slave, testpmd as uni-testpmd, "
+                 "xconnect as xc-memifx-worker, testpmd io as xc-testpmd.\n")
+        L.extend(mq)
+    if results.get("skipped"):
+        L.append("\n## Skipped cells\n")
+        L.extend("- %s: %s" % (k, v) for k, v in sorted(results["skipped"].items()))
     floor = floor_rows(tests)
     if floor:
         L.append("\n## Against the host's own floor (same run)\n")
@@ -270,7 +407,7 @@ def chart(results, out):
     panels = []
     for size in sizes:
         bars = []
-        for name, _, _, _, _ in TESTS:
+        for name in [k for t in TESTS for k in cell_names(t, results["tests"])]:
             st = results["tests"].get(name, {}).get(size, {}).get("mpps")
             if st and not name.startswith("irq"):
                 bars.append((name, st))

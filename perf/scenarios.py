@@ -20,6 +20,7 @@ import tempfile
 import time
 from collections import namedtuple
 
+import cpuplan
 from harness import (BUF, DUT_CPU, HERE, MEMIFX, PY, RING, ROOT, TESTER_CPU, Session,
                      memifx_samples, spec, testpmd_samples, wait_window)
 
@@ -30,17 +31,42 @@ LEAN_TX = ["--payload", "zeros"]
 LEAN_RX = ["--verify", "stamp"]
 
 
-def uni_memifx(cfg, size, gen_role):
+# The zero-copy load-test modes: gen writes each frame straight into the
+# ring's buffers (one pass), sink checks headers and stamp where the frame lies.
+ZERO_COPY = ["--zero-copy"]
+
+
+@functools.lru_cache(maxsize=None)
+def command_help(command):
+    """``memifx COMMAND --help`` (asked once per run)."""
+    return subprocess.run(MEMIFX + [command, "--help"], capture_output=True, text=True,
+                          cwd=ROOT).stdout
+
+
+def zero_copy_missing():
+    """Why the zero-copy cells cannot run with this memifx (gen or sink
+    without --zero-copy), or None when they can."""
+    lacking = [c for c in ("gen", "sink") if "--zero-copy" not in command_help(c)]
+    if lacking:
+        return "this memifx's %s no --zero-copy" % (
+            " and ".join(lacking) + (" have" if len(lacking) > 1 else " has"))
+    return None
+
+
+def uni_memifx(cfg, size, gen_role, zero_copy=False):
     """memifx gen (CPU 0) -> memifx sink (CPU 1) on one socket, gen in
-    ``gen_role``; the master starts first.  The sink's receive rate."""
+    ``gen_role``; the master starts first.  The sink's receive rate.
+    ``zero_copy``: both in their zero-copy modes."""
     sink_role = "master" if gen_role == "slave" else "slave"
+    zc = ZERO_COPY if zero_copy else []
     with Session(cfg.out) as s:
         sock = s.sock("u")
         # start the master first
         ssink = spec(sock, role=sink_role, name="snk")
         sgen = spec(sock, role=gen_role, name="gen")
-        sink_args = MEMIFX + ["sink", ssink, "--stats-interval", "1"] + LEAN_RX
-        gen_args = MEMIFX + ["gen", sgen, "--size", str(size), "--stats-interval", "1"] + LEAN_TX
+        sink_args = MEMIFX + ["sink", ssink, "--stats-interval", "1"] + LEAN_RX + zc
+        gen_args = (MEMIFX + ["gen", sgen, "--size", str(size), "--stats-interval", "1"]
+                    + LEAN_TX + zc)
         first, second = (sink_args, DUT_CPU), (gen_args, TESTER_CPU)
         if gen_role == "master":
             first, second = second, first
@@ -135,6 +161,166 @@ def xc_testpmd(cfg, size):
         return r
 
 
+# ------------------------------------------------------------------ N queues
+#
+# N queues, N workers on each side, every busy worker on a CPU of its own and
+# the main processes (which sleep) on one housekeeping CPU: cpuplan.plan.
+
+def cell_plan(cfg, n):
+    """The CPU plan of an n-queue cell: ``cfg.plan`` when the caller fixed
+    one (tests), else this machine's; RuntimeError when it has too few CPUs
+    (run.py skips such cells before they start)."""
+    fixed = getattr(cfg, "plan", None)
+    if fixed is not None:
+        return fixed
+    p, reason = cpuplan.plan(n, cpuplan.usable_cpus())
+    if p is None:
+        raise RuntimeError(reason)
+    return p
+
+
+def gentle(cfg):
+    """Spec keys and gen options of a cell that must not busy-poll (a test on
+    a machine without spare CPUs sets ``cfg.mq_rate``): receivers in
+    interrupt mode, gen limited to ``--rate cfg.mq_rate``.  Nothing for a
+    measuring run."""
+    rate = getattr(cfg, "mq_rate", None)
+    if not rate:
+        return {}, []
+    return {"rx-mode": "interrupt"}, ["--rate", str(rate)]
+
+
+@functools.lru_cache(maxsize=None)
+def flows_for(n):
+    """The fewest flows (at least n) that give every one of n transmit queues
+    a flow of its own, as gen hashes flows onto queues."""
+    from memifx.tester import queue_flows
+    f = n
+    while not all(queue_flows(f, n)):
+        f += 1
+    return f
+
+
+def workers_args(cpus):
+    """--workers/--cpus for one busy worker on each of ``cpus``."""
+    return ["--workers", str(len(cpus)), "--cpus", cpuplan.cpu_list(cpus)]
+
+
+def start_main(s, args, ready, cp):
+    """A memifx command with workers: started unpinned (its --cpus must be
+    CPUs it may use), and once it says ``ready`` (its workers are running and
+    pinned) its own threads go to the housekeeping CPU."""
+    p = s.start(args)
+    p.wait_line(ready, 30)
+    p.pin_threads([cp.housekeeping])
+    return p
+
+
+def testpmd_queues(n):
+    """testpmd's options for n queues per port, one forwarding lcore per queue.
+    With two ports (io), DPDK 22.11's testpmd gives lcore k queue k of both
+    ports (`show config fwd`), as xconnect gives worker k queue k of A and B."""
+    return ["--nb-cores=%d" % n, "--rxq=%d" % n, "--txq=%d" % n]
+
+
+def mq_result(mpps, raw, n, cp, out=None):
+    """One n-queue trial's result; the receiver's corrupt count when its
+    final report (``out``) has one."""
+    r = {"mpps": mpps, "samples": raw, "queues": n,
+         "cpus": {"housekeeping": cp.housekeeping, "sender": list(cp.sender),
+                  "receiver": list(cp.receiver)}}
+    if out is not None:
+        m = re.search(r"corrupt (\d+)", out)
+        r["corrupt"] = int(m.group(1)) if m else None
+        m = re.search(r"workers: (\d+), restarts: (\d+)", out)
+        if m:
+            r["workers"], r["restarts"] = int(m.group(1)), int(m.group(2))
+    return r
+
+
+def mq_gensink_memifx(cfg, size, n):
+    """memifx gen (slave, n workers) -> memifx sink (master, n workers) over
+    n queues; the sink's receive rate."""
+    cp = cell_plan(cfg, n)
+    irq, rate = gentle(cfg)
+    with Session(cfg.out) as s:
+        sock = s.sock("u")
+        sink = start_main(s, MEMIFX + ["sink", spec(sock, role="master", name="snk", queues=n,
+                                                    **irq), "--stats-interval", "1"]
+                          + workers_args(cp.receiver) + LEAN_RX, r"^sink:", cp)
+        start_main(s, MEMIFX + ["gen", spec(sock, role="slave", name="gen", queues=n, **irq),
+                                "--size", str(size), "--flows", str(flows_for(n)),
+                                "--stats-interval", "1"] + workers_args(cp.sender) + LEAN_TX
+                   + rate, r"^gen:", cp)
+        mpps, raw = wait_window(lambda: memifx_samples(sink, "snk"), cfg.warm, cfg.trial,
+                                cfg.warm + cfg.trial + 60)
+        return mq_result(mpps, raw, n, cp, sink.stop())
+
+
+def mq_gensink_testpmd(cfg, size, n):
+    """testpmd txonly (client) -> rxonly (server) over n queues, n forwarding
+    lcores each, main lcores on the housekeeping CPU."""
+    cp = cell_plan(cfg, n)
+    with Session(cfg.out) as s:
+        sock = s.sock("t")
+        server = "net_memif0,role=server,id=0,socket=%s,socket-abstract=no" % sock
+        client = "net_memif0,role=client,id=0,socket=%s,socket-abstract=no,rsize=%d,bsize=%d" % (
+            sock, RING.bit_length() - 1, BUF)
+        rx = s.testpmd([server], "rxonly", cpus=cpuplan.cpu_list([cp.housekeeping] + cp.receiver),
+                       main_lcore=cp.housekeeping, extra=testpmd_queues(n))
+        rx.wait_line(r"Port statistics|Press enter", 30)
+        tx = s.testpmd([client], "txonly", cpus=cpuplan.cpu_list([cp.housekeeping] + cp.sender),
+                       main_lcore=cp.housekeeping,
+                       extra=["--txpkts=%s" % size] + testpmd_queues(n))
+        mpps, raw = wait_window(lambda: testpmd_samples(rx, 0), cfg.warm, cfg.trial,
+                                cfg.warm + cfg.trial + 40)
+        tx.stop()           # the sender first: testpmd dislikes a vanishing peer
+        return mq_result(mpps, raw, n, cp)
+
+
+def mq_tester(s, cfg, size, a, b, n, cp):
+    """The tester (gen --receive, slave) over n queue pairs with n workers on
+    the sender CPUs; its receive rate through the DUT listening on a and b."""
+    irq, rate = gentle(cfg)
+    t = start_main(s, MEMIFX + ["gen", spec(a, role="slave", name="tester", queues=n,
+                                            **dict(irq, **{"ring-size": 4096})),
+                                "--receive", spec(b, role="slave", name="tester-rx", queues=n,
+                                                  **dict(irq, **{"ring-size": 16384})),
+                                "--size", str(size), "--flows", str(flows_for(n)),
+                                "--stats-interval", "1"]
+                   + workers_args(cp.sender) + LEAN_TX + LEAN_RX + rate, r"^gen:", cp)
+    mpps, raw = wait_window(lambda: memifx_samples(t, "tester-rx rx"), cfg.warm, cfg.trial,
+                            cfg.warm + cfg.trial + 60)
+    return mq_result(mpps, raw, n, cp, t.stop())
+
+
+def mq_xc_memifx(cfg, size, n):
+    """The tester through memifx xconnect A <-> B (both master, n queues each)
+    with n workers on the receiver CPUs."""
+    cp = cell_plan(cfg, n)
+    irq, _ = gentle(cfg)
+    with Session(cfg.out) as s:
+        a, b = s.sock("a"), s.sock("b")
+        start_main(s, MEMIFX + ["xconnect", spec(a, role="master", name="A", queues=n, **irq),
+                                spec(b, role="master", name="B", queues=n, **irq)]
+                   + workers_args(cp.receiver), r"^xconnect ", cp)
+        return mq_tester(s, cfg, size, a, b, n, cp)
+
+
+def mq_xc_testpmd(cfg, size, n):
+    """The tester through testpmd io between two memif server ports of n
+    queues each, n forwarding lcores on the receiver CPUs."""
+    cp = cell_plan(cfg, n)
+    with Session(cfg.out) as s:
+        a, b = s.sock("a"), s.sock("b")
+        tp = s.testpmd(["net_memif0,role=server,id=0,socket=%s,socket-abstract=no" % a,
+                        "net_memif1,role=server,id=0,socket=%s,socket-abstract=no" % b],
+                       "io", cpus=cpuplan.cpu_list([cp.housekeeping] + cp.receiver),
+                       main_lcore=cp.housekeeping, extra=testpmd_queues(n))
+        tp.wait_line(r"Port statistics", 30)
+        return mq_tester(s, cfg, size, a, b, n, cp)
+
+
 def routes_file(n):
     """A routes file of ``n`` routes (cached in the temp dir across runs: the
     million-line file takes seconds to write)."""
@@ -154,12 +340,9 @@ ROUTER_MAC_A = "02:fe:00:00:00:0a"
 HOST_B_MAC = "02:aa:00:00:00:0b"
 
 
-@functools.lru_cache(maxsize=None)
 def ip4_has_workers():
-    """Whether this memifx's ip4-forward takes --workers (asked once per run)."""
-    h = subprocess.run(MEMIFX + ["ip4-forward", "--help"], capture_output=True, text=True,
-                       cwd=ROOT).stdout
-    return "--workers" in h
+    """Whether this memifx's ip4-forward takes --workers."""
+    return "--workers" in command_help("ip4-forward")
 
 
 def ip4(cfg, size, nroutes, workers=0):
@@ -313,9 +496,25 @@ def host_wake(cfg, size):
     return j
 
 
-Test = namedtuple("Test", "name group sizes run description")
-Test.__doc__ = """One test of the suite: ``run(cfg, size)`` is one trial of one cell;
-``sizes`` are the frame sizes of the full suite, in table order."""
+Test = namedtuple("Test", "name group sizes run description queues unavailable",
+                  defaults=(False, None))
+Test.__doc__ = """One test of the suite: ``run(cfg, size)`` is one trial of one cell
+(``run(cfg, size, n)`` for a test with ``queues``: one cell per queue count
+of --queues, named by queue_cell); ``sizes`` are the frame sizes of the full
+suite, in table order; ``unavailable()``, if given, says why this memifx
+cannot run the test (None: it can)."""
+
+
+def queue_cell(name, n):
+    """The cell name of test ``name`` at ``n`` queues."""
+    return "%s-q%d" % (name, n)
+
+
+def cell_queues(test_name, cell_name):
+    """The queue count of ``cell_name`` if it is a cell of the n-queue test
+    ``test_name``, else None."""
+    head, _, n = cell_name.rpartition("-q")
+    return int(n) if head == test_name and n.isdigit() else None
 
 TESTS = [
     Test("uni-memifx-gen-slave", "uni", ["64", "1518", "imix", "9000"],
@@ -324,6 +523,15 @@ TESTS = [
     Test("uni-memifx-gen-master", "uni", ["64", "1518", "imix", "9000"],
          lambda c, z: uni_memifx(c, z, "master"),
          "the reverse roles: gen master, sink slave"),
+    Test("uni-memifx-zc-slave", "uni", ["64", "1518"],
+         lambda c, z: uni_memifx(c, z, "slave", zero_copy=True),
+         "memifx gen --zero-copy (slave, CPU 0) -> memifx sink --zero-copy (master, CPU 1): "
+         "frames written once into the slave's buffers, stamp read where the frame lies",
+         unavailable=zero_copy_missing),
+    Test("uni-memifx-zc-master", "uni", ["64", "1518"],
+         lambda c, z: uni_memifx(c, z, "master", zero_copy=True),
+         "the reverse roles: gen --zero-copy master (writes into the buffers the sink "
+         "posts), sink --zero-copy slave", unavailable=zero_copy_missing),
     Test("uni-testpmd", "uni", ["64", "1518"], uni_testpmd,
          "testpmd txonly (client, lcore 0) -> testpmd rxonly (server, lcore 1)"),
     Test("uni-testpmd-master-tx", "uni", ["64", "1518"],
@@ -336,6 +544,19 @@ TESTS = [
          "same, xconnect --workers 0 pinned to CPU 1"),
     Test("xc-testpmd", "xc", ["64", "1518"], xc_testpmd,
          "same tester -> testpmd io, two memif server ports, lcore 1 -> tester"),
+    Test("mq-gensink-memifx", "mq", ["64"], mq_gensink_memifx,
+         "N queues: memifx gen (slave, --workers N) -> memifx sink (master, --workers N), "
+         "each worker on a CPU of its own, main processes on a housekeeping CPU",
+         queues=True),
+    Test("mq-gensink-testpmd", "mq", ["64"], mq_gensink_testpmd,
+         "N queues: testpmd txonly (client) -> rxonly (server), --rxq/--txq/--nb-cores=N",
+         queues=True),
+    Test("mq-xc-memifx", "mq", ["64"], mq_xc_memifx,
+         "N queues: tester gen --receive (--workers N) -> memifx xconnect --workers N -> tester",
+         queues=True),
+    Test("mq-xc-testpmd", "mq", ["64"], mq_xc_testpmd,
+         "N queues: the same tester -> testpmd io, two server ports of N queues, "
+         "--nb-cores=N -> tester", queues=True),
     Test("ip4-1route", "ip4", ["64", "1518"], lambda c, z: ip4(c, z, 1),
          "tester -> memifx ip4-forward --workers 0 (CPU 1), 1 route -> tester"),
     Test("ip4-1M", "ip4", ["64", "1518"], lambda c, z: ip4(c, z, 1000000),
@@ -377,3 +598,29 @@ def selected(only):
         return TESTS
     return [t for t in TESTS if any(t.name == o or t.name.startswith(o) or t.group == o
                                     for o in only)]
+
+
+def build_cells(tests, sizes, queues, cpus, have_testpmd):
+    """The (name, size, fn) cells to run for ``tests``, in table order, and
+    {name: reason} of those that cannot run here: a testpmd test without
+    dpdk-testpmd, a test this memifx cannot run (its ``unavailable``), an
+    n-queue cell with fewer than 2n + 1 of ``cpus``.  ``sizes``: the frame
+    sizes wanted (None: each test's own); ``queues``: the queue counts of the
+    n-queue tests."""
+    cells, skipped = [], {}
+    for t in tests:
+        names = [(queue_cell(t.name, n), n) for n in queues] if t.queues else [(t.name, None)]
+        reason = None
+        if "testpmd" in t.name and not have_testpmd:
+            reason = "dpdk-testpmd not installed"
+        elif t.unavailable is not None:
+            reason = t.unavailable()
+        for name, n in names:
+            why = reason or (cpuplan.plan(n, cpus)[1] if n is not None else None)
+            if why:
+                skipped[name] = why
+                continue
+            run = t.run if n is None else functools.partial(
+                lambda run, n, c, z: run(c, z, n), t.run, n)
+            cells += [(name, size, run) for size in t.sizes if not sizes or size in sizes]
+    return cells, skipped

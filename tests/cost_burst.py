@@ -18,6 +18,12 @@ arrived.  MODE says what sits between the slave's transmit and receive:
 - ``gen-zeros`` / ``gen-pattern``: no rings; ``memifx gen``'s per-burst
   work alone: Generator.fill into one staging buffer, as the gen source
   calls it (zeros: headers and stamp only after the first burst).
+- ``gen-fill-tx`` / ``gen-send-copy`` / ``gen-send-zc``: ``memifx gen``'s
+  transmit side into one S2M ring (zeros payload, 4 flows), the master
+  taking each burst with rx_batch: Generator.fill into a staging buffer
+  then Queue.tx_batch (the sender before memifx.stream), or
+  memifx.stream.Stream.send copying, or zero-copy (frames written in the
+  slave's ring buffers).  The master's copy is outside what the test counts.
 - ``sink-stamp`` / ``sink-full``: no rings; each burst is made by
   Generator.fill (zeros payload for stamp, pattern for full) and then
   checked by Checker.check with ``memifx sink --verify stamp`` / ``full``.
@@ -146,17 +152,57 @@ def sink_ring(mode, n, size, burst):
     lb.close()
 
 
+SEND_MODES = ("gen-fill-tx", "gen-send-copy", "gen-send-zc")
+
+
+def sender(mode, n, size, burst):
+    from memifx.stream import Stream
+    from memifx.traffic import Checker, Generator
+    lb = Loopback(log2=10, buffer_size=2048, n_m2s=0)
+    tx, rx = lb.s2m
+    gen = Generator([size], flows=4, payload="zeros")
+    dst = bytearray(burst * size)
+    out = array("I", [0]) * burst
+    if mode == "gen-fill-tx":
+        buf = bytearray(burst * size)
+        lens = array("I", [0]) * burst
+        flows = array("I", range(4))
+
+        def send():
+            gen.fill(buf, lens, burst, flows, 0, True)
+            return tx.tx_batch(buf, lens)
+    else:
+        st = Stream(gen, range(4), burst, headers_only=True, zero_copy=mode == "gen-send-zc")
+
+        def send():
+            return st.send(tx, burst, 1)
+    for _ in range(n // burst):
+        if send() != burst:
+            raise SystemExit("short send")
+        if rx.rx_batch(dst, out) != burst:
+            raise SystemExit("short rx")
+    checker = Checker(payload=True)         # the last burst, every byte
+    if checker.check(dst, out, burst) != burst:
+        raise SystemExit("checker: %r" % checker.counters())
+    if rx.counters()["packets"] != n:
+        raise SystemExit("rx counted %r" % rx.counters())
+    lb.close()
+
+
 def main():
     n = int(sys.argv[1])
     size = int(sys.argv[2]) if len(sys.argv) > 2 else 64
     burst = int(sys.argv[3]) if len(sys.argv) > 3 else 256
     mode = sys.argv[4] if len(sys.argv) > 4 else "ring"
     assert n % burst == 0
-    assert mode in ("ring", "xconnect", "ip4") + TESTER_MODES + SINK_RING_MODES, mode
+    assert mode in ("ring", "xconnect", "ip4") + TESTER_MODES + SINK_RING_MODES + SEND_MODES, \
+        mode
     if mode in TESTER_MODES:
         return tester(mode, n, size, burst)
     if mode in SINK_RING_MODES:
         return sink_ring(mode, n, size, burst)
+    if mode in SEND_MODES:
+        return sender(mode, n, size, burst)
     lb = Loopback(log2=10, buffer_size=2048, n_m2s=0 if mode == "ring" else 1)
     tx, rx = lb.s2m
     if mode == "ip4":

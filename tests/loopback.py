@@ -144,6 +144,10 @@ class Loopback:
         """Bytes of the region at ``offset`` (descriptors' offsets are into it)."""
         return self._peek[offset:offset + length]
 
+    def write(self, offset, data):
+        """Write ``data`` into the region at ``offset``, as a peer can."""
+        self._poke[offset:offset + len(data)] = data
+
     def close(self):
         for q in self.queues():
             q.close()

@@ -7,11 +7,18 @@ the JSON has a positive rate, no corrupt frame, and that the Markdown table was
 written.  The other tests run the harness and the report without processes:
 the rounds of trials with scripted scenario functions, the trial window over
 scripted samples, the report against the committed results, the README
-rewrite, and the test table that --list and --only use."""
+rewrite, and the test table that --list and --only use.
+
+The multi-queue cells need 2N + 1 CPUs to measure; here they are tested for
+their CPU plans and which cells run or are skipped on a machine of a given
+size, and run once at N = 2 on two CPUs with nothing busy-polling (interrupt
+mode, gen rate-limited), which checks their command lines and results, not
+their speed."""
 import json
 import os
 import subprocess
 import sys
+import time
 import types
 
 import pytest
@@ -26,13 +33,16 @@ def perf_modules(monkeypatch):
     """perf/'s harness, scenarios and report, imported as perf/run.py imports
     them (perf/ on sys.path); the names are dropped again afterwards."""
     monkeypatch.syspath_prepend(PERF)
-    names = ("harness", "scenarios", "report")
+    names = ("cpuplan", "harness", "scenarios", "report", "run")
     for n in names:
         monkeypatch.delitem(sys.modules, n, raising=False)
+    import cpuplan
     import harness
     import report
+    import run
     import scenarios
-    yield types.SimpleNamespace(harness=harness, scenarios=scenarios, report=report)
+    yield types.SimpleNamespace(cpuplan=cpuplan, harness=harness, scenarios=scenarios,
+                                report=report, run=run)
     for n in names:
         sys.modules.pop(n, None)
 
@@ -184,3 +194,174 @@ def test_list_and_only_come_from_the_test_table(perf_modules):
     assert only == ["xc-memifx-worker", "xc-memifx-inproc", "ip4-1route", "ip4-1M",
                     "ip4-1route-worker"]
     assert scenarios.selected([]) == scenarios.TESTS
+
+
+@pytest.mark.perf
+@pytest.mark.timeout(30)
+def test_queues_and_budget_options(perf_modules):
+    run = perf_modules.run
+    cfg = run.parse_args([])
+    assert cfg.queues == [1] and cfg.stop_at is None
+    cfg = run.parse_args(["--queues", "1,2,4,2", "--budget", "60"])
+    assert cfg.queues == [1, 2, 4]
+    assert 50 < cfg.stop_at - time.monotonic() <= 60
+    for bad in ("0", "1,x", ",", "-2"):
+        with pytest.raises(SystemExit):
+            run.parse_args(["--queues", bad])
+
+
+@pytest.mark.perf
+@pytest.mark.timeout(30)
+def test_cpu_plans_never_share_a_cpu(perf_modules):
+    cpuplan = perf_modules.cpuplan
+    assert cpuplan.plan(7, range(16)) == (cpuplan.Plan(0, list(range(1, 8)),
+                                                       list(range(8, 15))), None)
+    assert cpuplan.plan(2, [9, 3, 5, 1, 7])[0] == cpuplan.Plan(1, [3, 5], [7, 9])
+    p, why = cpuplan.plan(1, [0, 1])
+    assert p is None and "needs 3 CPUs" in why and "2 usable" in why
+    for ncpus in range(1, 18):
+        for n in range(1, 9):
+            p, why = cpuplan.plan(n, range(ncpus))
+            if ncpus < 2 * n + 1:
+                assert p is None and why, (n, ncpus)
+                continue
+            assert why is None
+            used = [p.housekeeping] + p.sender + p.receiver
+            assert len(p.sender) == len(p.receiver) == n
+            assert len(set(used)) == len(used) == 2 * n + 1, (n, ncpus, p)
+    assert cpuplan.cpu_list([1, 2, 5]) == "1,2,5"
+
+
+@pytest.mark.perf
+@pytest.mark.timeout(30)
+def test_cells_run_or_are_skipped_with_a_reason(perf_modules):
+    """Which cells a machine of a given size runs: an n-queue cell only with
+    2n + 1 CPUs, a testpmd test only with testpmd, a test its memifx cannot
+    run never; each skipped one with its reason; each n-queue cell's
+    function gets its n."""
+    sc = perf_modules.scenarios
+    got = []
+    tests = [
+        sc.Test("one", "g", ["64", "1518"], lambda c, z: got.append(("one", z)), "d"),
+        sc.Test("mq-x", "g", ["64"], lambda c, z, n: got.append(("mq-x", z, n)), "d",
+                queues=True),
+        sc.Test("mq-x-testpmd", "g", ["64"], lambda c, z, n: None, "d", queues=True),
+        sc.Test("zc", "g", ["64"], lambda c, z: None, "d", unavailable=lambda: "no flag"),
+    ]
+    cells, skipped = sc.build_cells(tests, None, [1, 2, 4], list(range(5)), False)
+    assert [(name, size) for name, size, _ in cells] == [
+        ("one", "64"), ("one", "1518"), ("mq-x-q1", "64"), ("mq-x-q2", "64")]
+    assert set(skipped) == {"mq-x-q4", "mq-x-testpmd-q1", "mq-x-testpmd-q2",
+                            "mq-x-testpmd-q4", "zc"}
+    assert "needs 9 CPUs" in skipped["mq-x-q4"] and "5 usable" in skipped["mq-x-q4"]
+    assert skipped["mq-x-testpmd-q1"] == "dpdk-testpmd not installed"
+    assert skipped["zc"] == "no flag"
+    for _, size, fn in cells:
+        fn(None, size)
+    assert got == [("one", "64"), ("one", "1518"), ("mq-x", "64", 1), ("mq-x", "64", 2)]
+    # two CPUs: no n-queue cell at all; --sizes filters
+    cells, skipped = sc.build_cells(tests, ["1518"], [1], [0, 1], True)
+    assert [(name, size) for name, size, _ in cells] == [("one", "1518")]
+    assert "needs 3 CPUs" in skipped["mq-x-q1"] and "mq-x-testpmd-q1" in skipped
+    # the real table: names round-trip, the mq group selects the n-queue tests
+    mq = sc.selected(["mq"])
+    assert mq and all(t.queues for t in mq)
+    assert all(sc.cell_queues(t.name, sc.queue_cell(t.name, 7)) == 7 for t in mq)
+    assert sc.cell_queues("mq-xc-memifx", "mq-xc-memifx-testpmd-q1") is None
+    assert sc.flows_for(1) == 1 and all(sc.flows_for(n) >= n for n in range(1, 9))
+
+
+@pytest.mark.perf
+@pytest.mark.timeout(30)
+def test_zero_copy_cells_skip_without_the_flags(perf_modules, monkeypatch):
+    sc = perf_modules.scenarios
+    helps = {"gen": "--size  --zero-copy  write in place", "sink": "--verify"}
+    monkeypatch.setattr(sc, "command_help", lambda c: helps[c])
+    assert sc.zero_copy_missing() == "this memifx's sink has no --zero-copy"
+    helps["sink"] += " --zero-copy"
+    assert sc.zero_copy_missing() is None
+    zc = [t for t in sc.TESTS if "-zc-" in t.name]
+    assert [t.name for t in zc] == ["uni-memifx-zc-slave", "uni-memifx-zc-master"]
+    assert all(t.unavailable is sc.zero_copy_missing for t in zc)
+
+
+@pytest.mark.perf
+@pytest.mark.timeout(30)
+def test_run_rounds_starts_no_trial_after_the_budget(perf_modules, tmp_path):
+    harness = perf_modules.harness
+    calls = []
+
+    def slow(cfg, size):
+        calls.append(size)
+        time.sleep(0.3)
+        return {"mpps": 1.0}
+
+    cfg = types.SimpleNamespace(trials=3, out=str(tmp_path), stop_at=time.monotonic() + 0.2)
+    trials, errors = harness.run_rounds(cfg, [("a", "64", slow), ("b", "64", slow)])
+    assert calls == ["64"] and errors == {}
+    assert trials == {("a", "64"): [{"mpps": 1.0, "attempts": 1}], ("b", "64"): []}
+
+
+def cell(report, size, *mpps):
+    return report.summarize_cell([{"mpps": m} for m in mpps], None, size)
+
+
+@pytest.mark.perf
+@pytest.mark.timeout(30)
+def test_report_queue_zero_copy_and_skipped_sections(perf_modules):
+    report = perf_modules.report
+    restarted = cell(report, "64", 20, 21, 22)
+    restarted["trials"][1]["restarts"] = 1
+    tests = {"mq-gensink-memifx-q1": {"64": restarted},
+             "mq-gensink-memifx-q2": {"64": cell(report, "64", 38, 40, 41)},
+             "mq-gensink-memifx-q4": {"64": cell(report, "64", 60, 63, 64)},
+             "mq-gensink-testpmd-q1": {"64": cell(report, "64", 18, 18.1, 18.2)},
+             "mq-gensink-testpmd-q2": {"64": cell(report, "64", 28, 28.4, 29)},
+             "mq-xc-memifx-q2": {"64": {"trials": [], "error": "RuntimeError: no line"}},
+             "uni-memifx-zc-slave": {"64": cell(report, "64", 30, 31, 32),
+                                     "1518": cell(report, "1518", 8, 8.2, 8.4)}}
+    results = {"host": "device, 16 CPUs", "date": "d", "quick": False, "trials": 3,
+               "trial_seconds": 2, "warmup_seconds": 1, "loadavg": "0 0 0", "tests": tests,
+               "skipped": {"mq-xc-testpmd-q2": "dpdk-testpmd not installed"}}
+    text = report.render_markdown(results)
+    lines = text.splitlines()
+    # every n-queue cell in the main table, in queue order
+    rows = [l.split(" | ")[0][2:] for l in lines if l.startswith("| mq-gensink-memifx-q")]
+    assert rows == ["mq-gensink-memifx-q1", "mq-gensink-memifx-q2", "mq-gensink-memifx-q4"]
+    assert next(l for l in lines if l.startswith("| mq-gensink-memifx-q1 |")).endswith(
+        "| worker restarts 1 |")
+    # per N: ratio to testpmd at that N, per-queue efficiency against N = 1
+    q2 = next(l for l in lines if l.startswith("| 2 | 64 | 40.00"))
+    assert "1.41×" in q2 and "| met |" in q2 and "0.95 / 0.78" in q2 and q2.endswith("| met |")
+    q4 = next(l for l in lines if l.startswith("| 4 | 64 | 63.00"))
+    # 63 / (4 x 21) = 0.75: 17 % short of 0.9; no testpmd cell at 4
+    assert "0.75 / -" in q4 and "missed by 17 %" in q4
+    assert any(l.startswith("| 2 | 64 | error |") for l in lines)
+    # zero-copy against the issue's libmemif figures for a 16-core machine
+    assert "not measured here" in text
+    zc = [l for l in lines if l.startswith("| uni-memifx-zc-slave | ")]
+    assert "25.0, issue 13, 16-core Xeon" in zc[-2] and "1.24×" in zc[-2] and "met" in zc[-2]
+    assert "8.6, issue 13, 16-core Xeon" in zc[-1] and "missed by 5 %" in zc[-1]
+    assert "- mq-xc-testpmd-q2: dpdk-testpmd not installed" in lines
+    # a 2-CPU host is compared with the issue's 2-vCPU VM figures
+    results["host"] = "vm, 2 CPUs"
+    assert "41.2, issue 13, 2-vCPU VM" in report.render_markdown(results)
+    assert report.efficiency(tests, "mq-gensink-memifx", 2, "64") == pytest.approx(40 / 42)
+    assert report.efficiency(tests, "mq-xc-memifx", 2, "64") is None
+
+
+@pytest.mark.perf
+@pytest.mark.timeout(120)
+def test_two_queue_cells_run_on_two_cpus_without_busy_polling(perf_modules, tmp_path):
+    """gen -> sink and tester -> xconnect at N = 2 (two workers each side),
+    on the first two usable CPUs, receivers in interrupt mode and gen at 20
+    kpps: each reports a positive rate, no corrupt frame, 2 workers and no
+    restart."""
+    sc, cpuplan = perf_modules.scenarios, perf_modules.cpuplan
+    cpus = cpuplan.usable_cpus()[:2]
+    cfg = types.SimpleNamespace(out=str(tmp_path), warm=0, trial=1, mq_rate=20000,
+                                plan=cpuplan.Plan(cpus[0], cpus, cpus))
+    for fn in (sc.mq_gensink_memifx, sc.mq_xc_memifx):
+        r = fn(cfg, "64", 2)
+        assert r["queues"] == 2 and r["mpps"] > 0, (fn.__name__, r)
+        assert r["corrupt"] == 0 and r["workers"] == 2 and r["restarts"] == 0, (fn.__name__, r)

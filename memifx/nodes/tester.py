@@ -301,7 +301,8 @@ class TesterNode(Node):
                 self.ntx = t["tx_queues"]
             else:
                 source = Synth(make_generator(g), g["queues"], g["burst"], single_size(g),
-                               owned=lambda q: q % workers == w)
+                               owned=lambda q: q % workers == w,
+                               zero_copy=g.get("zero_copy", False))
                 burst, self.ntx = g["burst"], g["queues"]
             count, rate = t["shares"][w]
             if source.queues and (count or not t["count"]):

@@ -15,7 +15,9 @@ gen: ``size`` (bytes or "imix") or ``sizes`` (a list), ``flows``,
 ``src_ip``/``dst_ip`` (text or 4 bytes), ``count``, ``rate`` (frames/s, 0:
 unlimited), ``duration`` (seconds from the first frame), ``receive`` (the
 checked interface's name), ``replay`` (a pcap path), ``capture`` (a pcap path
-for what arrives on the sending interface), ``verify`` ("full"|"stamp").
+for what arrives on the sending interface), ``verify`` ("full"|"stamp"),
+``zero_copy`` (bool: stamped frames are written straight into the ring's
+buffers instead of copied from a staging buffer).
 sink: ``verify``, ``capture`` and ``zero_copy`` (bool: check frames in place
 in the ring's buffers instead of copying them out; a capture keeps the copy).
 """
@@ -36,7 +38,7 @@ DEFAULT_DST_IP = bytes([198, 19, 0, 1])
 Address = Union[str, bytes, None]
 OPTIONS = {"gen": frozenset(("size", "sizes", "flows", "payload", "src_mac", "dst_mac", "src_ip",
                              "dst_ip", "count", "rate", "duration", "receive", "replay",
-                             "capture", "verify")),
+                             "capture", "verify", "zero_copy")),
            "sink": frozenset(("capture", "verify", "zero_copy"))}
 
 
@@ -89,18 +91,19 @@ def sizes_of(size: Union[int, str, None], sizes: Optional[Sequence[int]]) -> Lis
 
 def generator_args(spec: Any, ip_mode: bool, sizes: Sequence[int], flows: int,
                    payload: str, src_mac: Address, dst_mac: Address, src_ip: Address,
-                   dst_ip: Address) -> Dict[str, Any]:
+                   dst_ip: Address, zero_copy: bool = False) -> Dict[str, Any]:
     """The Generator's arguments (memifx.tester.make_generator) plus
     ``queues`` and ``burst``; DataplaneError (option --size/--flows) if the
     Generator refuses them.  Defaults: the interface's MAC and IP, broadcast,
-    198.19.0.1."""
+    198.19.0.1.  ``zero_copy``: memifx.tester.Synth's."""
     own_ip = spec.ip.ip.packed if spec.ip is not None else DEFAULT_SRC_IP
     args: Dict[str, Any] = {
         "sizes": list(sizes), "ip_mode": ip_mode, "flows": flows,
         "src_mac": _mac(src_mac, spec.mac_bytes(), "src_mac").hex(),
         "dst_mac": _mac(dst_mac, b"\xff" * 6, "dst_mac").hex(),
         "src_ip": _ip(src_ip, own_ip, "src_ip").hex(),
-        "dst_ip": _ip(dst_ip, DEFAULT_DST_IP, "dst_ip").hex(), "payload": payload}
+        "dst_ip": _ip(dst_ip, DEFAULT_DST_IP, "dst_ip").hex(), "payload": payload,
+        "zero_copy": bool(zero_copy)}
     try:
         gen = make_generator(args)
     except ValueError as e:
@@ -144,22 +147,25 @@ class TesterPipeline(Pipeline):
             if not replay:
                 self.sizes = sizes_of(size, sizes)
                 gen = generator_args(specs[0], self.send_intf.mode == "ip", self.sizes,
-                                     flows, payload, src_mac, dst_mac, src_ip, dst_ip)
+                                     flows, payload, src_mac, dst_mac, src_ip, dst_ip,
+                                     zero_copy)
         else:
             self.receive_intf = self.interfaces[names[0]]
+        # sink's zero_copy: its receiver checks in place (gen's is the Generator's)
+        in_place = zero_copy and kind.name == "sink"
         self.node: Optional[TesterNode] = None
         if workers:
             self.pool = TesterPool(workers, self.cpus, quiet, stats, send=self.send_intf,
                                    receive=self.receive_intf, gen=gen, count=count,
                                    rate=rate, duration=duration, verify=verify,
-                                   zero_copy=zero_copy)
+                                   zero_copy=in_place)
             self.hook_restarts()
         else:
             send, recv = self.send_intf, self.receive_intf
             tester: Dict[str, Any] = {
                 "send": send and send.name, "receive": recv and recv.name,
                 "receive_ip": recv is not None and recv.mode == "ip", "verify": verify,
-                "zero_copy": zero_copy,
+                "zero_copy": in_place,
                 "gen": gen, "count": count, "duration": duration,
                 "shares": [[count, rate]], "finished": False,
                 "tx_queues": send.tx_queues if send is not None else 0}

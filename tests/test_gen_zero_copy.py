@@ -1,0 +1,279 @@
+"""Zero-copy transmit (memifx.stream.Stream, Queue.tx_reserve/tx_publish,
+``memifx gen --zero-copy``): frames written straight into the ring's buffers.
+
+In process, on loopback rings: every frame arrives intact in both roles and
+at every size (a frame longer than the buffer the slave posted goes out
+copied, chained); the slave's slots are never assumed zero, and once a slot
+holds a zeros frame only its headers and stamp are written again (shown by
+a peer that scribbles on a held payload: the next frame in that slot carries
+the scribble); a slave posting a bad descriptor to a master that sends zero
+copy is a fault, with the frames before it published and counted.
+
+Real processes: gen --zero-copy -> sink, exact counts, in both roles, zeros
+and pattern payloads checked by sink --verify full, with workers too.  CPU
+budget: sinks run in interrupt mode, so only gen spins.
+"""
+import json
+import subprocess
+import sys
+import time
+from array import array
+
+import pytest
+
+from loopback import Loopback
+from memifx.stream import Stream
+from memifx.traffic import Checker, Generator
+from test_runtime import master, running  # noqa: F401  (running: the fixture)
+
+MEMIFX = [sys.executable, "-m", "memifx.cli.main"]
+FLOWS = 4
+
+
+def stream(sizes, payload, zero_copy=True, burst=32):
+    gen = Generator(sizes, flows=FLOWS, payload=payload)
+    return Stream(gen, range(FLOWS), burst, headers_only=payload == "zeros" and len(sizes) == 1,
+                  zero_copy=zero_copy)
+
+
+def pump(st, tx, rx, count, checker):
+    """Send ``count`` frames of ``st`` through (tx, rx), checking each burst."""
+    buf = bytearray(64 * 9300)
+    lens = array("I", [0]) * 64
+    sent = 0
+    for _ in range(10 * count):
+        sent += st.send(tx, count - st.admitted, 4)
+        checker.drain(rx, buf, lens, 16)
+        if sent == count and not st.unsent:
+            break
+    return sent
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("payload", ["zeros", "pattern"])
+@pytest.mark.parametrize("sizes", [[64], [1518], [9000], [64, 570, 1518, 64]])
+def test_loopback_every_frame_intact_both_roles(sizes, payload):
+    lb = Loopback(log2=6, buffer_size=2048)
+    try:
+        for tx, rx in (lb.s2m, lb.m2s):
+            st = stream(sizes, payload)
+            c = Checker(payload=True)
+            assert pump(st, tx, rx, 1000, c) == 1000
+            assert (st.admitted, st.sent, st.unsent) == (1000, 1000, 0)
+            assert (c.received, c.lost, c.corrupt, c.reordered) == (1000, 0, 0, 0)
+            assert tx.counters()["packets"] == 1000
+            assert tx.counters()["bytes"] == st.bytes == c.bytes
+            assert st.ring_full > 0         # a 64-slot ring, bursts of 4 x 32
+            assert tx.fault_reason() is None
+    finally:
+        lb.close()
+
+
+@pytest.mark.timeout(30)
+def test_slave_slots_never_assumed_zero_then_headers_only():
+    lb = Loopback(log2=4, buffer_size=2048, n_m2s=0)
+    try:
+        tx, rx = lb.s2m
+        slots = [lb.desc(0, i).offset for i in range(16)]
+        for off in slots:                   # what an earlier user left there
+            lb.write(off, b"\xa5" * 2048)
+        st = stream([256], "zeros", burst=16)
+        c = Checker(payload=True)
+        assert pump(st, tx, rx, 16, c) == 16
+        assert (c.received, c.corrupt) == (16, 0)     # payload written in full
+        # Each slot now holds a zeros frame of 256 bytes: the next frame in
+        # slot 3 writes headers and stamp only, so a scribble on its payload
+        # (which only a peer could make) shows.  A copying stream rewrites it.
+        lb.write(slots[3] + 200, b"\xff")
+        assert pump(st, tx, rx, 32, c) == 16
+        assert (c.received, c.corrupt) == (31, 1)
+        copying = stream([256], "zeros", zero_copy=False, burst=16)
+        lb.write(slots[5] + 200, b"\xff")
+        c2 = Checker(payload=True)
+        assert pump(copying, tx, rx, 16, c2) == 16
+        assert (c2.received, c2.corrupt) == (16, 0)
+        assert lb.read(slots[5] + 200, 1) == b"\0"
+    finally:
+        lb.close()
+
+
+@pytest.mark.timeout(30)
+def test_master_short_posted_buffer_goes_out_copied():
+    lb = Loopback(log2=4, buffer_size=2048, n_s2m=0)
+    try:
+        tx, rx = lb.m2s
+        lb.poke_desc(0, 2, length=512)      # the slave posts one short buffer
+        st = stream([1518], "pattern", burst=8)
+        c = Checker(payload=True)
+        assert pump(st, tx, rx, 64, c) == 64
+        assert (c.received, c.lost, c.corrupt, c.reordered) == (64, 0, 0, 0)
+        assert tx.fault_reason() is None and not any(tx.counters()["drops"].values())
+    finally:
+        lb.close()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("bad", [dict(region=7), dict(offset=0xFFFFFF00),
+                                 dict(length=0), dict(length=0xFFFFFFFF)])
+def test_master_bad_posted_descriptor_is_a_fault(bad):
+    lb = Loopback(log2=4, buffer_size=2048, n_s2m=0)
+    try:
+        tx, rx = lb.m2s
+        lb.poke_desc(0, 5, **bad)
+        st = stream([64], "zeros", burst=16)
+        assert st.send(tx, 16, 1) == 5             # the frames before it go out
+        assert tx.fault_reason() is not None and "posted" in tx.fault_reason()
+        assert tx.counters()["packets"] == 5
+        assert st.send(tx, 16, 1) == 0             # the ring stays stopped
+        assert st.admitted == st.sent == 5 and st.unsent == 0
+        c = Checker(payload=True)
+        buf = bytearray(16 * 2048)
+        lens = array("I", [0]) * 16
+        assert c.drain(rx, buf, lens, 4) == 5
+        assert (c.received, c.corrupt) == (5, 0)
+    finally:
+        lb.close()
+
+
+def finish(proc, timeout=40):
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out
+    return json.loads(out.strip().splitlines()[-1])
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("gen_role, size, payload, count, extra", [
+    ("slave", "64", "zeros", 200000, ""),
+    ("master", "64", "zeros", 200000, ""),
+    ("slave", "1518", "pattern", 40000, ""),
+    ("master", "1518", "pattern", 40000, ""),
+    ("slave", "imix", "zeros", 40000, ",queues=2"),
+    ("master", "9000", "pattern", 5000, ""),
+])
+def test_gen_zero_copy_to_sink_exact(procs, sock, gen_role, size, payload, count, extra):
+    sink_role = "master" if gen_role == "slave" else "slave"
+    sink = procs.start(MEMIFX + ["sink", "socket=%s,role=%s,rx-mode=interrupt%s"
+                                 % (sock, sink_role, extra), "--verify", "full", "--json"])
+    gen = procs.start(MEMIFX + ["gen", "socket=%s,role=%s%s" % (sock, gen_role, extra),
+                                "--size", size, "--payload", payload, "--count", str(count),
+                                "--flows", "16", "--zero-copy", "--json"])
+    g = finish(gen)
+    sink.terminate()
+    s = finish(sink)
+    assert g["packets"] == count and g["unsent"] == 0
+    assert s["packets"] == s["received"] == count
+    assert (s["lost"], s["reordered"], s["duplicated"], s["corrupt"], s["other"]) == \
+        (0, 0, 0, 0, 0)
+    assert s["bytes"] == g["bytes"]
+
+
+@pytest.mark.timeout(60)
+def test_gen_zero_copy_workers_rate_limited(procs, sock):
+    """--zero-copy reaches the worker processes; --count exact under --rate."""
+    sink = procs.start(MEMIFX + ["sink", "socket=%s,role=slave,rx-mode=interrupt,queues=2"
+                                 % sock, "--json"])
+    gen = procs.start(MEMIFX + ["gen", "socket=%s,role=master,queues=2" % sock,
+                                "--count", "30001", "--rate", "40000", "--flows", "8",
+                                "--payload", "pattern", "--zero-copy", "--workers", "2",
+                                "--json"])
+    g = finish(gen)
+    sink.terminate()
+    s = finish(sink)
+    assert g["packets"] == 30001 and g["unsent"] == 0
+    assert s["received"] == 30001 and (s["lost"], s["corrupt"]) == (0, 0)
+
+
+@pytest.mark.timeout(30)
+def test_zero_copy_reaches_the_stream():
+    from memifx.nodes.tester import TesterNode
+    args = {"sizes": [64], "ip_mode": False, "flows": 4, "src_mac": "020000000001",
+            "dst_mac": "ffffffffffff", "src_ip": "c6120001", "dst_ip": "c6130001",
+            "payload": "zeros", "queues": 2, "burst": 32, "zero_copy": True}
+    tester = {"send": "a", "receive": None, "receive_ip": False, "verify": "full", "gen": args,
+              "count": 0, "duration": 0, "shares": [[0, 0.0]], "finished": False,
+              "tx_queues": 2}
+    node = TesterNode({"workers": 1, "worker": 0, "tester": tester}, [], lambda *a: None)
+    assert all(st.zero_copy for st in node.sender.source.streams.values())
+    r = subprocess.run(MEMIFX + ["gen", "-h"], capture_output=True, text=True, timeout=20)
+    assert "--zero-copy" in r.stdout
+
+
+@pytest.mark.timeout(30)
+def test_pipeline_option_zero_copy(running, tmp_path):  # noqa: F811
+    """The runtime's gen takes ``zero_copy`` (default off) down to its Streams."""
+    dp = running.dp
+    dp.add_interface("a", master(str(tmp_path / "a.sock")))
+    for name, params, want in (("g0", {}, False), ("g1", {"zero_copy": True}, True)):
+        p = dp.add_pipeline(name, "gen", interface="a", rate=10, **params)
+        assert [st.zero_copy for st in p.node.sender.source.streams.values()] == [want]
+        dp.remove_pipeline(name)
+
+
+@pytest.mark.timeout(40)
+def test_hostile_slave_bad_posted_buffer_to_zero_copy_master_gen(procs, abstract_sock):
+    """A slave (tests/rogue.py) posts three good buffers and one outside its
+    region to a master gen --zero-copy: the three carry intact frames, the
+    link ends with the posted-buffer reason, gen counts exactly three."""
+    import signal
+    from rogue import RogueSlave
+    gen = procs.start(MEMIFX + ["gen", "socket=%s,role=master" % abstract_sock,
+                                "--rate", "20000", "--zero-copy", "--json"])
+    r = None
+    for _ in range(200):                    # until gen listens
+        try:
+            r = RogueSlave.connect(abstract_sock)
+            break
+        except OSError:
+            time.sleep(0.05)
+    assert r is not None
+    with r:
+        r.handshake()
+        ring = r.m2s[0]
+        for k in range(3):
+            ring.put(k, length=2048, offset=r.buf(ring, k))
+        ring.put(3, length=2048, offset=r.region_size)
+        ring.head = 4
+        assert r.outcome() == "posted buffer outside memory region"
+        assert ring.tail == 3
+        frames = r.take()
+    c = Checker(payload=True)
+    data = b"".join(frames)
+    c.check(data, array("I", [len(f) for f in frames]))
+    assert (c.received, c.corrupt, c.lost) == (3, 0, 0)
+    gen.send_signal(signal.SIGTERM)
+    g = finish(gen)
+    assert g["packets"] == 3 and g["interface"]["tx"][0]["packets"] == 3
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("zero_copy", [False, True], ids=["copying", "zero-copy"])
+def test_send_releases_the_gil(zero_copy):
+    """Stream.send runs its bursts with the GIL released (the method of
+    tests/test_cost.py::test_bursts_release_the_gil: with the switch
+    interval at 100 s another thread moves only while this one lets go)."""
+    from test_cost import Counter, steps_during
+    lb = Loopback(log2=13, buffer_size=9216, n_m2s=0)
+    tx, rx = lb.s2m
+    st = stream([9000], "pattern", zero_copy=zero_copy, burst=256)
+    buf = bytearray(lb.size * 9000)
+    lens = array("I", [0]) * lb.size
+
+    def bursts():
+        assert st.send(tx, lb.size, 32) == lb.size
+        assert rx.rx_batch(buf, lens) == lb.size
+
+    old = sys.getswitchinterval()
+    counter = Counter()
+    sys.setswitchinterval(100)
+    try:
+        counter.start()
+        counter.started.wait(5)
+        held = steps_during(counter, lambda: sum(range(3_000_000)), times=5)
+        released = steps_during(counter, bursts, times=5)
+    finally:
+        counter.done = True
+        sys.setswitchinterval(old)
+        counter.join(5)
+        lb.close()
+    assert held == 0
+    assert released > 0
