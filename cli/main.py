@@ -142,21 +142,27 @@ def gen(spec, sizes, count, duration, rate, flows, payload, zero_copy, src_mac, 
 @click.option("--stats-interval", type=click.FloatRange(0), default=0,
               help="Print the receive rate every S seconds.")
 @VERIFY
+@click.option("--zero-copy", "zero_copy", is_flag=True,
+              help="Check each frame where it lies in shared memory instead of copying "
+                   "it out first (either role: nothing is written to the buffers); "
+                   "not with --pcap, which copies every frame.")
 @click.option("--json", "json_out", is_flag=True,
               help="Print one JSON object at exit (packets, bytes, seconds, mpps, gbps, "
                    "received, lost, reordered, duplicated, corrupt, latency_us, ...).")
 @tester_worker_options("receive and check, receive queue q in worker q mod N; the report "
                        "adds up their results", "--pcap")
 @prometheus_option
-def sink(spec, duration, count, pcap_path, stats_interval, verify, json_out, workers, cpus,
-         prometheus_port):
+def sink(spec, duration, count, pcap_path, stats_interval, verify, zero_copy, json_out,
+         workers, cpus, prometheus_port):
     """Receiver: checks each frame's stamp and its full payload and reports
     received, lost, reordered, duplicated, corrupt and latency percentiles
     (frames that are not gen's are counted as "other").
 
     Every frame is copied out of shared memory in full (rx_into) and then
     checked byte for byte (headers and stamp only with --verify stamp): the
-    measured rate includes that copy.  With
+    measured rate includes that copy.  With --zero-copy each frame is checked
+    in place instead, and only one the fast check does not take (chained,
+    damaged, out of order) is copied.  With
     rx-mode=interrupt in SPEC the sink sleeps on the queue's eventfd when
     idle; in polling mode it busy-polls.  Sequence numbers start at 0 per
     flow: frames gen sent before the sink started count as lost.
@@ -166,7 +172,8 @@ def sink(spec, duration, count, pcap_path, stats_interval, verify, json_out, wor
     histograms); --count then stops the run once they have seen N frames
     together (they report twice a second, so a few more may be counted)."""
     run_sink(spec, duration, count, pcap_path, stats_interval, json_out,
-             prometheus_port=prometheus_port, verify=verify, workers=workers, cpus=cpus)
+             prometheus_port=prometheus_port, verify=verify, workers=workers, cpus=cpus,
+             zero_copy=zero_copy)
 
 
 from memifx.cli.xconnect import xconnect  # noqa: E402

@@ -6,7 +6,10 @@ pipeline (memifx/runtime/tester.py).  Its receive path is one
 copies a burst per receive queue out of the ring (frames back to back in one
 buffer), hands the burst to ``memifx.traffic.Checker`` (stamps, full
 payload, sequence window, latency; GIL released, no Python object per frame)
-and, when asked, appends it to a pcap file.  ``memifx gen --receive`` and
+and, when asked, appends it to a pcap file.  With ``--zero-copy`` the
+Checker reads each frame where it lies in the ring's buffers instead (slave:
+its own buffers; master: the slave's, read only), as a libmemif receiver
+does; with ``--pcap`` the frames are copied anyway.  ``memifx gen --receive`` and
 ``--capture`` use the same class.
 
 With ``--workers N`` (or ``--cpus``) the receive queues are spread over N
@@ -36,7 +39,7 @@ def summary(r, what="sink"):
 
 
 def run_sink(spec, duration, count, pcap_path, stats_interval, json_out, prometheus_port=0,
-             verify="full", workers=None, cpus=None):
+             verify="full", workers=None, cpus=None, zero_copy=False):
     workers = tester_workers(workers, cpus)
     if workers != 0 and pcap_path:
         raise click.UsageError("--pcap runs in the main process only: leave out --workers "
@@ -46,7 +49,7 @@ def run_sink(spec, duration, count, pcap_path, stats_interval, json_out, prometh
     stop = Stop(duration)
     workers = default_workers(workers, cpus, spec.rx_queues)
     p = start_pipeline(dp, "sink", "sink", [spec], json_out, interface=name, workers=workers,
-                       cpus=cpus, verify=verify, capture=pcap_path)
+                       cpus=cpus, verify=verify, capture=pcap_path, zero_copy=zero_copy)
     intf = dp.interfaces[name]
     if not json_out:
         click.echo("sink: %s %s on %s id %d, %s mode, receiving"

@@ -14,7 +14,9 @@
 - ``Receiver``: copies a burst per receive queue out of the ring (frames back
   to back in one buffer) and hands it to memifx.traffic.Checker (every byte,
   or with ``verify="stamp"`` headers and stamp only); optionally appends it
-  to a pcap file.
+  to a pcap file.  With ``zero_copy`` the Checker reads each frame where it
+  lies in the ring's buffers instead (Checker.drain_in_place), as a libmemif
+  receiver does; a pcap writer keeps the copy.
 
 They work on Queue objects, not on an Interface, so the same classes run in
 the main process (memifx/runtime/tester.py) and in worker processes
@@ -305,12 +307,18 @@ def in_flight(txqs: Sequence[Any]) -> int:
 class Receiver:
     """Drains every receive queue ``port.active_queues("rx")`` offers, a
     burst at a time.  ``port``: an Interface, or a worker's share of one.
-    ``verify``: "full" checks every byte, "stamp" headers and stamp only."""
+    ``verify``: "full" checks every byte, "stamp" headers and stamp only.
+    ``zero_copy``: check each frame in place in the ring's buffers (either
+    role; nothing is written to them), ``buf`` being only the room for a
+    frame that must be copied to be checked (chained, or not the usual
+    frame).  Not with a pcap ``writer``: a capture copies every frame anyway."""
 
     def __init__(self, port: Any, ip_mode: bool, writer: Any = None, burst: int = BURST,
-                 verify: str = "full") -> None:
+                 verify: str = "full", zero_copy: bool = False) -> None:
         self.port = port
         self.checker = Checker(ip_mode=ip_mode, payload=verify == "full")
+        self.zero_copy = zero_copy
+        self.burst = burst
         self.buf = bytearray(burst * SLOT)
         self.lengths = array("I", bytes(4 * burst))
         self.writer = writer
@@ -323,7 +331,10 @@ class Receiver:
         buf, lengths = self.buf, self.lengths
         for q in self.port.active_queues("rx"):
             if self.writer is None:
-                moved += self.checker.drain(q, buf, lengths, DRAIN_BURSTS)
+                if self.zero_copy:
+                    moved += self.checker.drain_in_place(q, buf, self.burst, DRAIN_BURSTS)
+                else:
+                    moved += self.checker.drain(q, buf, lengths, DRAIN_BURSTS)
                 continue
             n = q.rx_batch(buf, lengths)
             if n:

@@ -1,5 +1,6 @@
 cimport cython
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from memifx.ring cimport Queue
 
 # Test traffic: what `memifx gen` writes and `memifx sink` checks.
 cdef enum:
@@ -22,6 +23,7 @@ cdef struct flow_t:
     uint64_t next           # highest sequence number seen + 1
     uint64_t newest         # latest timestamp seen (a sender stamps in sequence order)
     uint64_t seen[WINDOW_WORDS]  # bit (s % WINDOW): s in [next - WINDOW, next) arrived
+    uint32_t ports          # its frames' UDP ports as they lie in memory (a host u32)
 
 
 cdef enum:
@@ -71,4 +73,6 @@ cdef class Checker:
     cdef int check_one(self, const uint8_t *p, uint32_t length, uint64_t now) noexcept nogil
     cdef uint32_t check_packed(self, const uint8_t *base, const uint32_t *lengths,
                                uint32_t n) noexcept nogil
+    cdef uint32_t check_in_place(self, Queue q, uint32_t n, uint8_t *scratch,
+                                 uint64_t room) noexcept nogil
     cdef void track(self, uint16_t flow, uint64_t seq, uint64_t ts) noexcept nogil

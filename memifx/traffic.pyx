@@ -32,18 +32,27 @@ marks its sequence number as arrived (damaged, not lost).  Sequences start
 at 0, so frames sent before a sink started count as lost.  A flow that starts
 over (behind, yet stamped later than anything seen: a new gen run) resets its
 window and counts in ``resets``.
+
+The checker reads frames either packed back to back in a private buffer
+(``check``, ``drain``: what rx_copy() writes) or where they lie in the
+ring's shared buffers (``drain_in_place``: ``memifx sink --zero-copy``).
+Peer memory can change while it is read, so the usual frame is decided
+from header words each read once into locals, with every offset bounded by
+our copy of the descriptor's length; any other frame is copied out first
+and decided on the copy.  A truncated region reads as zeros (memifx/guard.pyx).
 """
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcmp, memcpy, memset
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
-from memifx.ring cimport Queue
+from memifx.ring cimport Queue, frame_t, DROP_TOO_LONG
 
 import struct
 
 cdef extern from *:
     int __builtin_clzll(unsigned long long) nogil
+    uint16_t __builtin_bswap16(uint16_t) nogil
 
 cdef uint64_t SEED_MUL = 0x9E3779B97F4A7C15ULL
 cdef uint64_t SEED_XOR = 0x6D656D6966786D78ULL
@@ -93,23 +102,6 @@ cdef inline uint16_t ip_checksum(const uint8_t *p, uint32_t length) noexcept nog
     for i in range(0, length, 4):
         memcpy(&w, p + i, 4)
         s += w
-    s = (s & 0xffffffffULL) + (s >> 32)
-    s = (s & 0xffff) + (s >> 16)
-    s = (s & 0xffff) + (s >> 16)
-    s = (s & 0xffff) + (s >> 16)
-    return <uint16_t>(~s & 0xffff)
-
-
-cdef inline uint16_t ip_checksum20(const uint8_t *p) noexcept nogil:
-    """ip_checksum(p, 20), unrolled: an IPv4 header without options."""
-    cdef uint32_t w0, w1, w2, w3, w4
-    cdef uint64_t s
-    memcpy(&w0, p, 4)
-    memcpy(&w1, p + 4, 4)
-    memcpy(&w2, p + 8, 4)
-    memcpy(&w3, p + 12, 4)
-    memcpy(&w4, p + 16, 4)
-    s = <uint64_t>w0 + w1 + w2 + w3 + w4
     s = (s & 0xffffffffULL) + (s >> 32)
     s = (s & 0xffff) + (s >> 16)
     s = (s & 0xffff) + (s >> 16)
@@ -168,6 +160,17 @@ cdef inline bint payload_ok(const uint8_t *p, uint32_t length, uint16_t magic, u
 cdef inline uint16_t sport(uint32_t flow) noexcept nogil:
     """The UDP source port of a flow's frames."""
     return <uint16_t>(SPORT_BASE + (flow if flow < SPORT_SPAN else flow - SPORT_SPAN))
+
+
+cdef inline uint32_t flow_ports(uint16_t flow) noexcept nogil:
+    """The UDP source and destination ports of a flow's frames, as the four
+    bytes lie in memory, read as a host integer."""
+    cdef uint8_t b[4]
+    cdef uint32_t v
+    put16(b, sport(flow))
+    put16(b + 2, UDP_PORT)
+    memcpy(&v, b, 4)
+    return v
 
 
 cdef inline uint32_t lat_bucket(uint64_t v) noexcept nogil:
@@ -479,71 +482,188 @@ def span(const uint32_t[::1] lengths, uint32_t first, uint32_t n):
     return s
 
 
+cdef struct tally_t:         # a burst's results, kept in locals while it is checked
+    uint64_t now
+    uint64_t received
+    uint64_t lat_sum
+    uint64_t lat_min
+    uint64_t lat_max
+
+
+cdef inline uint64_t load64(const uint8_t *p) noexcept nogil:
+    cdef uint64_t v
+    memcpy(&v, p, 8)
+    return v
+
+
+cdef inline uint32_t load16(const uint8_t *p) noexcept nogil:
+    cdef uint16_t v
+    memcpy(&v, p, 2)
+    return v
+
+
+cdef inline uint32_t load32(const uint8_t *p) noexcept nogil:
+    cdef uint32_t v
+    memcpy(&v, p, 4)
+    return v
+
+
+cdef inline uint32_t bswap16(uint32_t v) noexcept nogil:
+    """The low 16 bits of ``v`` as they lie in memory in network order, read
+    as a host integer."""
+    return __builtin_bswap16(<uint16_t>v)
+
+
+cdef inline bint fast_good(Checker self, const uint8_t *p, uint32_t length, uint32_t l2,
+                           bint payload, tally_t *t) noexcept nogil:
+    """The usual frame (ours, IPv4 without options, sound, next in its flow's
+    sequence), checked and counted in one pass; False for any other frame,
+    having changed nothing, so that check_one() decides it.
+
+    ``p`` may be a peer's shared buffer that changes under us: each header
+    word is read once into a local and every decision is taken on the
+    locals; the payload check reads only within ``length`` (our copy of the
+    descriptor's), so whatever the peer writes meanwhile can make a frame
+    look damaged, never make us read outside it.  The checks are word
+    compares: the IPv4 header as five 32-bit words (version, length, total
+    length and protocol picked out of them, and their checksum), the UDP
+    header as one 64-bit compare against the flow's ports and the expected
+    length, the stamp as three 64-bit loads (magic and flow from the first,
+    the sequence number compared with the flow's next in one go)."""
+    cdef const uint8_t *ip = p + l2
+    cdef const uint8_t *st = ip + IP_HLEN + UDP_HLEN
+    cdef uint32_t avail = length - l2, w0, w1, w2, w3, w4, magic
+    cdef uint64_t head, seq, ts, lat, udp, s
+    cdef flow_t *f
+    if length < l2 + IP_HLEN + UDP_HLEN + STAMP_LEN or avail > 0xffff:
+        return False
+    head = load64(st)                               # magic u16, flow u16, seq low half
+    seq = load64(st + 4)
+    ts = load64(st + 12)
+    f = self.flow[(head >> 16) & 0xffff]
+    magic = <uint32_t>(head & 0xffff)
+    if (f == NULL or seq != f.next or ts < f.newest
+            or (magic | (STAMP_MAGIC ^ STAMP_MAGIC_ZEROS)) != STAMP_MAGIC_ZEROS
+            or (l2 and load16(p + 12) != 0x0008)):
+        return False
+    w0 = load32(ip)                 # version/IHL, TOS, total length
+    w2 = load32(ip + 8)             # TTL, protocol, checksum
+    udp = load64(ip + IP_HLEN)      # ports, length, checksum
+    if ((w0 & 0xffff00ffULL) != (0x45ULL | (<uint64_t>bswap16(avail) << 16))
+            or (w2 & 0xff00ULL) != (17ULL << 8)
+            or (udp & 0xffffffffffffULL)
+            != (f.ports | (<uint64_t>bswap16(avail - IP_HLEN) << 32))):
+        return False
+    w1 = load32(ip + 4)
+    w3 = load32(ip + 12)
+    w4 = load32(ip + 16)
+    s = <uint64_t>w0 + w1 + w2 + w3 + w4
+    s = (s & 0xffffffffULL) + (s >> 32)
+    s = (s & 0xffff) + (s >> 16)
+    s = (s & 0xffff) + (s >> 16)
+    s = (s & 0xffff) + (s >> 16)
+    if s != 0xffff:                                 # the header's ones' complement sum
+        return False
+    if payload and not payload_ok(st + STAMP_LEN, avail - IP_HLEN - UDP_HLEN - STAMP_LEN,
+                                  <uint16_t>magic, seq, <uint16_t>(head >> 16)):
+        return False
+    t.received += 1
+    lat = t.now - ts if t.now > ts else 0
+    self.lat_hist[lat_bucket(lat)] += 1
+    t.lat_sum += lat
+    if lat < t.lat_min:
+        t.lat_min = lat
+    if lat > t.lat_max:
+        t.lat_max = lat
+    f.newest = ts
+    f.next = seq + 1
+    f.seen[(seq % WINDOW) >> 6] |= 1ULL << (seq & 63)
+    return True
+
+
+cdef inline void tally_start(Checker self, tally_t *t) noexcept nogil:
+    t.now = now_ns()
+    t.received = 0
+    t.lat_sum = 0
+    t.lat_min = self.lat_min
+    t.lat_max = self.lat_max
+
+
+cdef inline void tally_end(Checker self, tally_t *t, uint32_t frames,
+                           uint64_t nbytes) noexcept nogil:
+    self.packets += frames
+    self.bytes += nbytes
+    self.received += t.received
+    self.lat_sum += t.lat_sum
+    if t.lat_min < self.lat_min:
+        self.lat_min = t.lat_min
+    if t.lat_max > self.lat_max:
+        self.lat_max = t.lat_max
+
+
 cdef inline uint32_t check_frames(Checker self, const uint8_t *base, const uint32_t *lengths,
                                   uint32_t n, uint32_t l2, bint payload) noexcept nogil:
     """Checker.check_packed for ``l2`` bytes of Ethernet header (0 or 14) and
-    with or without the payload check.
-
-    The usual frame (ours, IPv4 without options, sound, next in its flow's
-    sequence) is taken here in one pass with the counters kept in locals for
-    the burst.  Any other frame goes to check_one(), which decides every
-    case: the fast path moves nothing before it has found the frame good, so
-    the result is the same either way."""
-    cdef uint32_t i, good = 0, length, avail
-    cdef uint64_t off = 0, now = now_ns(), seq, ts, lat
-    cdef uint64_t received = 0, lat_sum = 0, lat_min = self.lat_min, lat_max = self.lat_max
+    with or without the payload check: fast_good() for each frame, and
+    check_one() for those it does not take."""
+    cdef uint32_t i, good = 0, length
+    cdef uint64_t off = 0
     cdef const uint8_t *p
-    cdef const uint8_t *ip
-    cdef const uint8_t *st
-    cdef uint16_t magic, flow
-    cdef flow_t *f
+    cdef tally_t t
+    tally_start(self, &t)
     for i in range(n):
         p = base + off
         length = lengths[i]
         off += length
-        ip = p + l2
-        st = ip + IP_HLEN + UDP_HLEN
-        avail = length - l2
-        if (length >= l2 + IP_HLEN + UDP_HLEN + STAMP_LEN
-                and (l2 == 0 or get16(p + 12) == 0x0800)
-                and ip[0] == 0x45 and ip[9] == 17
-                and get16(ip + IP_HLEN + 2) == UDP_PORT
-                and get16(ip + 2) == avail
-                and get16(ip + IP_HLEN + 4) == avail - IP_HLEN
-                and ip_checksum20(ip) == 0):
-            memcpy(&magic, st, 2)
-            memcpy(&flow, st + 2, 2)
-            memcpy(&seq, st + 4, 8)
-            memcpy(&ts, st + 12, 8)
-            f = self.flow[flow]
-            if ((magic == STAMP_MAGIC_ZEROS or magic == STAMP_MAGIC)
-                    and get16(ip + IP_HLEN) == sport(flow)
-                    and f != NULL and seq == f.next and ts >= f.newest
-                    and (not payload or payload_ok(st + STAMP_LEN, avail - IP_HLEN - UDP_HLEN
-                                                   - STAMP_LEN, magic, seq, flow))):
-                received += 1
-                lat = now - ts if now > ts else 0
-                self.lat_hist[lat_bucket(lat)] += 1
-                lat_sum += lat
-                if lat < lat_min:
-                    lat_min = lat
-                if lat > lat_max:
-                    lat_max = lat
-                f.newest = ts
-                f.next = seq + 1
-                f.seen[(seq % WINDOW) >> 6] |= 1ULL << (seq & 63)
-                continue
-        if self.check_one(p, length, now) == GOOD:
-            good += 1
-    self.packets += n
-    self.bytes += off
-    self.received += received
-    self.lat_sum += lat_sum
-    if lat_min < self.lat_min:
-        self.lat_min = lat_min
-    if lat_max > self.lat_max:
-        self.lat_max = lat_max
-    return good + <uint32_t>received
+        if not fast_good(self, p, length, l2, payload, &t):
+            if self.check_one(p, length, t.now) == GOOD:
+                good += 1
+    tally_end(self, &t, n, off)
+    return good + <uint32_t>t.received
+
+
+cdef inline uint32_t check_gathered(Checker self, Queue q, uint32_t n, uint8_t *scratch,
+                                    uint64_t room, uint32_t l2, bint payload) noexcept nogil:
+    """Checker.check_in_place for ``l2`` bytes of Ethernet header and with or
+    without the payload check.  A frame in one buffer goes to fast_good()
+    where it lies; any other (chained, or one check_one() must decide) is
+    copied into ``scratch`` first, so that the general check, which reads
+    fields more than once, never reads memory the peer can change.  A frame
+    longer than ``scratch`` is dropped "frame too long", as rx_copy() drops
+    one longer than its buffer."""
+    cdef uint32_t i, s, frames = 0, length
+    cdef uint64_t nbytes = 0, off
+    cdef frame_t *fr
+    cdef const uint8_t *p
+    cdef tally_t t
+    tally_start(self, &t)
+    for i in range(n):
+        fr = &q.frames[i]
+        if fr.drop >= 0:
+            continue
+        length = <uint32_t>fr.length
+        if fr.nsegs == 1:
+            p = <const uint8_t *>q.segs[fr.first_seg].ptr
+        elif length > room:
+            fr.drop = DROP_TOO_LONG
+            continue
+        else:
+            off = 0
+            for s in range(fr.first_seg, fr.first_seg + fr.nsegs):
+                memcpy(scratch + off, q.segs[s].ptr, q.segs[s].len)
+                off += q.segs[s].len
+            p = scratch
+        if not fast_good(self, p, length, l2, payload, &t):
+            if p != scratch:
+                if length > room:
+                    fr.drop = DROP_TOO_LONG
+                    continue
+                memcpy(scratch, p, length)
+            self.check_one(scratch, length, t.now)
+        frames += 1
+        nbytes += length
+    tally_end(self, &t, frames, nbytes)
+    return frames
 
 
 cdef class Checker:
@@ -603,6 +723,48 @@ cdef class Checker:
                 total += n
                 bursts -= 1
         return total
+
+    def drain_in_place(self, Queue q, uint8_t[::1] scratch, uint32_t max_frames,
+                       uint32_t bursts):
+        """Receive and check up to ``bursts`` bursts of up to ``max_frames``
+        frames from receive queue ``q`` in one call, each frame where it lies
+        in the ring's buffer (either role: a slave reads its own buffers, a
+        master the slave's, and neither writes them), then consume the burst
+        (a slave's buffers go straight back to its pool).  ``scratch``: room
+        for a frame that must be copied to be checked (chained, or not the
+        usual frame); a longer one is dropped "frame too long".  Stops early
+        at a burst that finds the ring empty.  Returns the frames received."""
+        cdef uint32_t n, total = 0
+        cdef uint64_t room = scratch.shape[0]
+        if q.tx:
+            raise ValueError("not a receive queue")
+        if room == 0:
+            raise ValueError("no scratch buffer")
+        if max_frames > q.size:
+            max_frames = q.size
+        if max_frames == 0:
+            return 0
+        with nogil:
+            while bursts:
+                n = q.gather(max_frames)
+                if n == 0:
+                    break
+                total += self.check_in_place(q, n, &scratch[0], room)
+                q.commit(n, False)
+                bursts -= 1
+        return total
+
+    cdef uint32_t check_in_place(self, Queue q, uint32_t n, uint8_t *scratch,
+                                 uint64_t room) noexcept nogil:
+        """Check the ``n`` frames q.gather() found, where they lie; returns
+        the frames delivered (a dropped one is left to q.commit() to count)."""
+        if self.ip_mode:
+            if self.payload:
+                return check_gathered(self, q, n, scratch, room, 0, True)
+            return check_gathered(self, q, n, scratch, room, 0, False)
+        if self.payload:
+            return check_gathered(self, q, n, scratch, room, ETH_HLEN, True)
+        return check_gathered(self, q, n, scratch, room, ETH_HLEN, False)
 
     cdef uint32_t check_packed(self, const uint8_t *base, const uint32_t *lengths,
                                uint32_t n) noexcept nogil:
@@ -685,6 +847,7 @@ cdef class Checker:
             if f == NULL:
                 return                          # no memory: no sequence tracking
             self.flow[flow] = f
+            f.ports = flow_ports(flow)
         if seq < f.next and ts > f.newest:
             # Behind, yet stamped later than anything seen: a new sender run
             # counting from 0 again, not a late or repeated frame.
@@ -801,6 +964,7 @@ cdef class Checker:
                 if fp == NULL:
                     raise MemoryError()
                 memcpy(fp, &v[off], sizeof(flow_t))
+                fp.ports = flow_ports(<uint16_t>f)
                 self.flow[f] = fp
             off += sizeof(flow_t)
 

@@ -28,6 +28,12 @@ arrived.  MODE says what sits between the slave's transmit and receive:
   Generator.fill (zeros payload for stamp, pattern for full) and then
   checked by Checker.check with ``memifx sink --verify stamp`` / ``full``.
   The test takes the checker's share from callgrind_annotate.
+- ``sink-stamp-copy`` / ``sink-full-copy`` / ``sink-stamp-zc`` /
+  ``sink-full-zc``: ``memifx sink``'s receive step over a real ring: each
+  burst is made by Generator.fill and sent with tx_batch over one S2M ring
+  (slave to master), then the master receives and checks it with
+  Checker.drain (copied out, as ``memifx sink``) or Checker.drain_in_place
+  (read where it lies, ``memifx sink --zero-copy``).
 
 Everything else the script does (interpreter start, imports, building the
 rings, the router and its FIB) is the same for every N, so the difference
@@ -95,6 +101,7 @@ def make_router():
 
 
 TESTER_MODES = ("gen-zeros", "gen-pattern", "sink-stamp", "sink-full")
+SINK_RING_MODES = ("sink-stamp-copy", "sink-full-copy", "sink-stamp-zc", "sink-full-zc")
 
 
 def tester(mode, n, size, burst):
@@ -114,6 +121,35 @@ def tester(mode, n, size, burst):
         c = checker.counters()
         if c["received"] != n or c["lost"] or c["reordered"] or c["corrupt"]:
             raise SystemExit("checker: %r" % c)
+
+
+def sink_ring(mode, n, size, burst):
+    from memifx.traffic import Checker, Generator
+    stamp = mode.startswith("sink-stamp")
+    gen = Generator([size], flows=4, payload="zeros" if stamp else "pattern")
+    flows = array("I", range(4))
+    buf = bytearray(burst * size)
+    lens = array("I", [0]) * burst
+    checker = Checker(payload=not stamp)
+    lb = Loopback(log2=10, buffer_size=2048, n_m2s=0)
+    tx, rx = lb.s2m
+    rbuf = bytearray(burst * 2048)
+    rlens = array("I", [0]) * burst
+    for _ in range(n // burst):
+        if gen.fill(buf, lens, burst, flows, 0, stamp)[0] != burst:
+            raise SystemExit("short fill")
+        if tx.tx_batch(buf, lens) != burst:
+            raise SystemExit("short tx")
+        if mode.endswith("-zc"):
+            got = checker.drain_in_place(rx, rbuf, burst, 1)
+        else:
+            got = checker.drain(rx, rbuf, rlens, 1)
+        if got != burst:
+            raise SystemExit("short drain: %d" % got)
+    c = checker.counters()
+    if c["received"] != n or c["lost"] or c["reordered"] or c["corrupt"]:
+        raise SystemExit("checker: %r" % c)
+    lb.close()
 
 
 SEND_MODES = ("gen-fill-tx", "gen-send-copy", "gen-send-zc")
@@ -159,9 +195,12 @@ def main():
     burst = int(sys.argv[3]) if len(sys.argv) > 3 else 256
     mode = sys.argv[4] if len(sys.argv) > 4 else "ring"
     assert n % burst == 0
-    assert mode in ("ring", "xconnect", "ip4") + TESTER_MODES + SEND_MODES, mode
+    assert mode in ("ring", "xconnect", "ip4") + TESTER_MODES + SINK_RING_MODES + SEND_MODES, \
+        mode
     if mode in TESTER_MODES:
         return tester(mode, n, size, burst)
+    if mode in SINK_RING_MODES:
+        return sink_ring(mode, n, size, burst)
     if mode in SEND_MODES:
         return sender(mode, n, size, burst)
     lb = Loopback(log2=10, buffer_size=2048, n_m2s=0 if mode == "ring" else 1)

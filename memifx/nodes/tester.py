@@ -81,12 +81,14 @@ class TesterPool(WorkerPool):
     (gen --receive, or sink's).  ``gen``: the Generator's arguments (see
     memifx.tester.make_generator) plus ``queues`` (gen's configured transmit
     queues) and ``burst``; ``verify``: what the receivers check (as
-    memifx.tester.Receiver)."""
+    memifx.tester.Receiver); ``zero_copy``: the receivers check frames in
+    place (memifx.tester.Receiver)."""
 
     def __init__(self, workers: int, cpus: Sequence[int], quiet: float = 100e-6,
                  stats: Any = None, send: Any = None, receive: Any = None,
                  gen: Optional[Message] = None, count: int = 0, rate: float = 0.0,
-                 duration: float = 0.0, verify: str = "full") -> None:
+                 duration: float = 0.0, verify: str = "full",
+                 zero_copy: bool = False) -> None:
         self.send_intf, self.receive_intf = send, receive
         self.states: Dict[int, Message] = {}    # worker index -> its latest tester state
         self.reports: Dict[int, int] = {}       # worker index -> counters messages received
@@ -104,7 +106,7 @@ class TesterPool(WorkerPool):
                       for c, n in zip(split(count, weights), weights)]
         self.tester = {"send": send and send.name, "receive": receive and receive.name,
                        "receive_ip": receive is not None and receive.mode == "ip",
-                       "verify": verify,
+                       "verify": verify, "zero_copy": zero_copy,
                        "gen": gen, "count": count, "duration": duration, "shares": shares}
         interfaces = [i for i in (send, receive) if i is not None]
         super().__init__(interfaces, workers, cpus, quiet, node=import_path(TesterNode),
@@ -308,7 +310,8 @@ class TesterNode(Node):
                 if "sender" in resume:
                     self._resume_sender(resume["sender"])
         self.done = self.sender is None or t["finished"] or self.sender.done
-        self.receiver = (Receiver(NO_LINK, t["receive_ip"], verify=t["verify"])
+        self.receiver = (Receiver(NO_LINK, t["receive_ip"], verify=t["verify"],
+                                  zero_copy=t.get("zero_copy", False))
                          if self.receive_key else None)
         capture = t.get("capture")
         self.capturer: Optional[Receiver] = None

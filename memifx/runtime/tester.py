@@ -18,7 +18,8 @@ checked interface's name), ``replay`` (a pcap path), ``capture`` (a pcap path
 for what arrives on the sending interface), ``verify`` ("full"|"stamp"),
 ``zero_copy`` (bool: stamped frames are written straight into the ring's
 buffers instead of copied from a staging buffer).
-sink: ``verify`` and ``capture``.
+sink: ``verify``, ``capture`` and ``zero_copy`` (bool: check frames in place
+in the ring's buffers instead of copying them out; a capture keeps the copy).
 """
 import ipaddress
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -38,7 +39,7 @@ Address = Union[str, bytes, None]
 OPTIONS = {"gen": frozenset(("size", "sizes", "flows", "payload", "src_mac", "dst_mac", "src_ip",
                              "dst_ip", "count", "rate", "duration", "receive", "replay",
                              "capture", "verify", "zero_copy")),
-           "sink": frozenset(("capture", "verify"))}
+           "sink": frozenset(("capture", "verify", "zero_copy"))}
 
 
 def check_options(kind: str, params: Mapping[str, Any]) -> None:
@@ -128,6 +129,8 @@ class TesterPipeline(Pipeline):
         super().__init__(name, kind, interfaces, workers, cpus, quiet, stats)
         if verify not in ("full", "stamp"):
             raise DataplaneError("verify %r: full or stamp" % verify, "--verify")
+        if not isinstance(zero_copy, bool):
+            raise DataplaneError("zero_copy %r: true or false" % (zero_copy,), "--zero-copy")
         if workers and (replay or capture):
             raise DataplaneError("replaying and capturing run in the main process only",
                                  "--workers")
@@ -148,17 +151,21 @@ class TesterPipeline(Pipeline):
                                      zero_copy)
         else:
             self.receive_intf = self.interfaces[names[0]]
+        # sink's zero_copy: its receiver checks in place (gen's is the Generator's)
+        in_place = zero_copy and kind.name == "sink"
         self.node: Optional[TesterNode] = None
         if workers:
             self.pool = TesterPool(workers, self.cpus, quiet, stats, send=self.send_intf,
                                    receive=self.receive_intf, gen=gen, count=count,
-                                   rate=rate, duration=duration, verify=verify)
+                                   rate=rate, duration=duration, verify=verify,
+                                   zero_copy=in_place)
             self.hook_restarts()
         else:
             send, recv = self.send_intf, self.receive_intf
             tester: Dict[str, Any] = {
                 "send": send and send.name, "receive": recv and recv.name,
                 "receive_ip": recv is not None and recv.mode == "ip", "verify": verify,
+                "zero_copy": in_place,
                 "gen": gen, "count": count, "duration": duration,
                 "shares": [[count, rate]], "finished": False,
                 "tx_queues": send.tx_queues if send is not None else 0}
