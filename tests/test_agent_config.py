@@ -105,6 +105,9 @@ def test_yaml_and_json_text(tmp_path):
     (lambda d: d.setdefault("endpoints", {}).update({"g": {"kind": "sink", "interface": "a",
                                                             "rate": 5}}),
      "endpoints.g.rate: unknown key"),
+    (lambda d: d.setdefault("endpoints", {}).update({"g": {"kind": "sink", "interface": "e",
+                                                            "zero-copy": "yes"}}),
+     "endpoints.g.zero-copy: expected true or false, got text"),
     (lambda d: d["routers"]["r1"]["interfaces"].append("a"),
      "routers.r1.interfaces[2]: interface a has no ip"),
     (lambda d: d["agent"].update({"required": ["q"]}), "agent.required[0]: no interface named q"),
@@ -116,6 +119,16 @@ def test_bad_field_named_by_path(tmp_path, change, error):
     doc = base(tmp_path)
     change(doc)
     rejected(doc, error)
+
+
+def test_endpoint_zero_copy_reaches_the_pipeline(tmp_path):
+    doc = base(tmp_path)
+    del doc["xconnects"]["x2"]
+    doc["endpoints"] = {"g": {"kind": "gen", "interface": "e", "zero-copy": True},
+                        "s": {"kind": "sink", "interface": "f", "zero-copy": False}}
+    cfg = load(doc)
+    assert cfg.pipelines["g"].params["zero_copy"] is True
+    assert cfg.pipelines["s"].params["zero_copy"] is False
 
 
 def test_owner_needs_master_file_socket(tmp_path):

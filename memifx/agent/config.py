@@ -35,7 +35,7 @@ every one optional::
     endpoints:
       e1: {kind: echo, interface: e}
       g1: {kind: gen, interface: g, rate: 1000, size: 64, flows: 4}
-      s1: {kind: sink, interface: s, verify: stamp}
+      s1: {kind: sink, interface: s, verify: stamp, zero-copy: true}
 
 Interfaces, xconnects, routers and endpoints are the items the agent applies
 one by one; pipelines (xconnects, routers, endpoints) share one namespace, and
@@ -430,8 +430,15 @@ _GEN: Dict[str, Check] = {
     "src-ip": _ip4,
     "dst-ip": _ip4,
     "verify": lambda p, v: _choice(p, v, ("full", "stamp")),
+    "zero-copy": lambda p, v: _flag(p, v),
 }
-_SINK = {"verify": _GEN["verify"]}
+_SINK = {"verify": _GEN["verify"], "zero-copy": _GEN["zero-copy"]}
+
+
+def _flag(path: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(path, "expected true or false, got %s" % _what(value))
+    return value
 
 
 def _choice(path: str, value: Any, allowed: Sequence[str]) -> str:
