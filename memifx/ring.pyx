@@ -23,9 +23,11 @@ A receive burst is two steps, ``gather`` (validate descriptors into a list
 of segments) and ``commit`` (consume slots, count, hand buffers back), so the
 copy, batch and zero-copy front ends share one validated walk of the ring.
 """
-from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyBUF_WRITABLE
+from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyBUF_WRITABLE,
+                             PyBUF_FORMAT, PyBUF_C_CONTIGUOUS)
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from cpython.mem cimport PyMem_Malloc, PyMem_Free
+from libc.stdlib cimport malloc, free
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.string cimport memcpy
 from libc.errno cimport errno, EAGAIN, EINTR, EINVAL, ENOSYS, EOPNOTSUPP
@@ -118,6 +120,27 @@ cdef inline bint desc_in_region(const region_t *regions, uint16_t count,
             <uint64_t>d.offset + <uint64_t>d.length <= regions[d.region].size)
 
 cdef char *FORMAT_B = "B"
+
+
+cdef int get_lengths(object obj, Py_buffer *view, bint writable) except -1:
+    """Acquire ``obj`` as the lengths of a batch call: a C-contiguous
+    one-dimensional array of native uint32 (array("I"), a memoryview cast
+    to "I", numpy uint32).  Checking the format here, once a call, costs
+    less than a typed memoryview's set-up."""
+    cdef const char *fmt
+    cdef bytes shown
+    PyObject_GetBuffer(obj, view, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS |
+                       (PyBUF_WRITABLE if writable else 0))
+    fmt = view.format if view.format != NULL else FORMAT_B
+    if fmt[0] == c'@' or fmt[0] == c'=' or fmt[0] == c'<':   # native or little-endian: x86, arm
+        fmt += 1
+    if view.ndim != 1 or view.itemsize != 4 or fmt[0] != c'I' or fmt[1] != 0:
+        shown = view.format if view.format != NULL else FORMAT_B
+        msg = ("lengths must be a one-dimensional uint32 array (format 'I'), not %d-dimensional "
+               "format %r" % (view.ndim, shown.decode("ascii", "replace")))
+        PyBuffer_Release(view)
+        raise ValueError(msg)
+    return 0
 
 
 cdef class Queue:
@@ -709,34 +732,53 @@ cdef class Queue:
             PyMem_Free(views)
         return done
 
-    def tx_batch(self, const uint8_t[::1] buf, const uint32_t[::1] lengths):
-        """Transmit frames packed back to back in ``buf``; return how many were taken."""
-        cdef Py_ssize_t n = lengths.shape[0], i
-        cdef uint64_t off = 0
-        cdef uint32_t sent = 0, m
-        cdef const uint8_t *base
+    def tx_batch(self, buf, lengths):
+        """Transmit frames packed back to back in ``buf`` (any C-contiguous
+        buffer), their lengths in ``lengths`` (a one-dimensional uint32
+        array); return how many were taken."""
+        cdef Py_buffer data, lens
+        cdef uint32_t sent
         self._check_tx()
-        if n == 0:
-            return 0
-        base = &buf[0] if buf.shape[0] else NULL
+        get_lengths(lengths, &lens, False)
+        try:
+            PyObject_GetBuffer(buf, &data, PyBUF_SIMPLE)
+        except BaseException:
+            PyBuffer_Release(&lens)
+            raise
         with nogil:
-            for i in range(n):
-                off += lengths[i]
-            if off <= <uint64_t>buf.shape[0]:
-                off = 0
-                while sent < n:
-                    m = 0
-                    while m < self.size and sent + m < n:
-                        self.src[m] = base + off
-                        self.lens[m] = lengths[sent + m]
-                        off += lengths[sent + m]
-                        m += 1
-                    i = self.tx_copy(m)
-                    sent += <uint32_t>i
-                    if i < m:
-                        break
-        if off > <uint64_t>buf.shape[0]:
+            sent = self.tx_packed(<const uint8_t *>data.buf, <uint64_t>data.len,
+                                  <const uint32_t *>lens.buf, <uint32_t>lens.shape[0])
+        PyBuffer_Release(&data)
+        PyBuffer_Release(&lens)
+        if sent == TX_PACKED_OVERRUN:
             raise ValueError("lengths add up to more than the buffer")
+        return sent
+
+    cdef uint32_t tx_packed(self, const uint8_t *base, uint64_t room, const uint32_t *lengths,
+                            uint32_t n) noexcept nogil:
+        """tx_batch() on raw pointers: frames back to back from ``base``
+        (``room`` bytes).  Returns how many were taken, or
+        TX_PACKED_OVERRUN (nothing sent) when the lengths add up to more
+        than ``room``.  Checks the whole batch before sending any of it."""
+        cdef uint64_t off = 0
+        cdef uint32_t sent = 0, m, i, taken
+        for i in range(n):
+            off += lengths[i]
+        if off > room:
+            return TX_PACKED_OVERRUN
+        off = 0
+        while sent < n:
+            m = n - sent
+            if m > self.size:
+                m = self.size
+            for i in range(m):
+                self.src[i] = base + off
+                self.lens[i] = lengths[sent + i]
+                off += lengths[sent + i]
+            taken = self.tx_copy(m)
+            sent += taken
+            if taken < m:
+                break
         return sent
 
     def rx_frames(self, uint32_t max_frames):
@@ -768,45 +810,140 @@ cdef class Queue:
             self.commit(n, False)
         return out
 
-    def rx_batch(self, uint8_t[::1] buf, uint32_t[::1] lengths):
-        """Copy frames back to back into ``buf``, their lengths into
-        ``lengths``; return the number of frames.  Stops when either is full."""
-        cdef uint32_t k
+    def rx_batch(self, buf, lengths):
+        """Copy frames back to back into ``buf`` (any writable C-contiguous
+        buffer), their lengths into ``lengths`` (a writable one-dimensional
+        uint32 array); return the number of frames.  Stops when either is full."""
+        cdef Py_buffer data, lens
+        cdef uint32_t k = 0
         if self.tx:
             raise ValueError("not a receive queue")
-        if lengths.shape[0] == 0 or buf.shape[0] == 0:
-            return 0
-        with nogil:
-            k = self.rx_copy(&buf[0], buf.shape[0], &lengths[0], lengths.shape[0])
+        PyObject_GetBuffer(buf, &data, PyBUF_WRITABLE)
+        try:
+            get_lengths(lengths, &lens, True)
+        except BaseException:
+            PyBuffer_Release(&data)
+            raise
+        if data.len and lens.shape[0]:
+            with nogil:
+                k = self.rx_copy(<uint8_t *>data.buf, <uint64_t>data.len, <uint32_t *>lens.buf,
+                                 <uint32_t>lens.shape[0] if lens.shape[0] < self.size else self.size)
+        PyBuffer_Release(&lens)
+        PyBuffer_Release(&data)
         return k
 
     cdef uint32_t rx_copy(self, uint8_t *base, uint64_t room, uint32_t *lengths,
                           uint32_t maxf) noexcept nogil:
         """rx_batch() on raw pointers (``room`` bytes at ``base``, ``maxf``
         lengths), for nodes that loop over bursts in C."""
-        cdef uint32_t n, i, s, k = 0, take = 0
+        # The frame and segment tables in locals: memcpy may write anywhere
+        # as far as the compiler knows, which would reload them per frame.
+        cdef const frame_t *frames = self.frames
+        cdef const seg_t *sg
+        cdef const seg_t *segs = self.segs
+        cdef uint32_t n, i, s, k = 0, take = 0, length
         cdef uint64_t off = 0
-        cdef frame_t *f
+        cdef uint8_t *dst
         if maxf > self.size:
             maxf = self.size
         n = self.gather(maxf)
         for i in range(n):
-            f = &self.frames[i]
-            if f.drop < 0:
-                if off + f.length > room:
+            if frames[i].drop < 0:
+                if off + frames[i].length > room:
                     if k or off:
                         break
-                    f.drop = DROP_TOO_LONG      # could never fit: do not stall
+                    self.frames[i].drop = DROP_TOO_LONG     # could never fit: do not stall
                     take = i + 1
                     continue
-                for s in range(f.first_seg, f.first_seg + f.nsegs):
-                    memcpy(base + off, self.segs[s].ptr, self.segs[s].len)
-                    off += self.segs[s].len
-                lengths[k] = <uint32_t>f.length
+                length = <uint32_t>frames[i].length
+                sg = &segs[frames[i].first_seg]
+                if frames[i].nsegs == 1:
+                    memcpy(base + off, sg.ptr, length)
+                else:
+                    dst = base + off
+                    for s in range(frames[i].nsegs):
+                        memcpy(dst, sg[s].ptr, sg[s].len)
+                        dst += sg[s].len
+                off += length
+                lengths[k] = length
                 k += 1
             take = i + 1
         self.commit(take, False)
         return k
+
+    def forward(self, Queue txq not None, uint32_t max_frames=256):
+        """Move up to ``max_frames`` received frames to the transmit queue
+        ``txq``, each copied once, ring buffer to ring buffer, with the GIL
+        released; return how many were queued on ``txq``.  Frames ``txq``
+        cannot take now (ring full, link down, fault) stay in this ring for
+        the next call; a frame longer than ``txq`` can ever send is dropped
+        and counted there ("frame too long").  The calling thread uses both
+        queues."""
+        cdef int64_t r
+        if self.tx:
+            raise ValueError("not a receive queue")
+        txq._check_tx()
+        with nogil:
+            r = self.forward_to(txq, max_frames)
+        if r < 0:
+            raise MemoryError()
+        return r
+
+    cdef int64_t forward_to(self, Queue txq, uint32_t max_frames) noexcept nogil:
+        """forward() without the checks; -1: no memory to make a chained
+        frame contiguous (nothing consumed)."""
+        cdef const frame_t *frames = self.frames
+        cdef const seg_t *segs = self.segs
+        cdef const seg_t *sg
+        cdef uint32_t n, i, s, k = 0, taken, take
+        cdef uint64_t need = 0
+        cdef char *stage = NULL
+        cdef char *dst
+        if max_frames > self.size:
+            max_frames = self.size
+        if max_frames > txq.size:       # txq.src / txq.lens hold txq.size frames
+            max_frames = txq.size
+        n = self.gather(max_frames)
+        if n == 0:
+            return 0
+        # A chained frame goes out from a contiguous copy (tx_copy takes one
+        # pointer per frame): rare, so a staging block only for its burst.
+        for i in range(n):
+            if frames[i].drop < 0 and frames[i].nsegs != 1:
+                need += frames[i].length
+        if need:
+            stage = <char *>malloc(need)
+            if stage == NULL:
+                return -1
+        dst = stage
+        for i in range(n):
+            if frames[i].drop >= 0:
+                continue
+            sg = &segs[frames[i].first_seg]
+            if frames[i].nsegs == 1:
+                txq.src[k] = <const uint8_t *>sg.ptr
+            else:
+                txq.src[k] = <const uint8_t *>dst
+                for s in range(frames[i].nsegs):
+                    memcpy(dst, sg[s].ptr, sg[s].len)
+                    dst += sg[s].len
+            txq.lens[k] = <uint32_t>frames[i].length
+            k += 1
+        taken = txq.tx_copy(k)
+        free(stage)
+        take = n
+        if taken < k:
+            # Consume up to the first frame txq did not take (and the
+            # dropped ones before it); it and the rest stay in the ring.
+            k = 0
+            for i in range(n):
+                if frames[i].drop < 0:
+                    if k == taken:
+                        take = i
+                        break
+                    k += 1
+        self.commit(take, False)
+        return taken - txq.tx_dropped
 
     def rx_buffers(self, uint32_t max_frames):
         """Slave zero-copy receive: Buffer objects viewing the shared buffers,

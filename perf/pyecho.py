@@ -2,14 +2,17 @@
 interface A is sent on interface B (the perf suite's tester sends on A and
 receives on B).  Three variants of the same loop:
 
-  burst  rx_burst() -> tx_burst()          bytes objects, one per frame
-  zc     rx_zero_copy() -> tx_burst()      Buffer views of shared memory (slave side)
-  batch  rx_into() -> tx_from()            one bytearray + uint32 array per burst
+  burst    rx_burst() -> tx_burst()        bytes objects, one per frame
+  zc       rx_zero_copy() -> tx_burst()    Buffer views of shared memory (slave side)
+  batch    rx_into() -> tx_from()          one bytearray + uint32 array per burst
+  forward  a.forward(b)                    ring to ring in C, one copy, no buffer
 
 Usage: python perf/pyecho.py VARIANT SOCKET_A SOCKET_B [ROLE]
-Runs until SIGTERM/SIGINT; prints "pyecho: ready" when both links are up and
-"pyecho: N frames" at exit.  Frames that find B's ring full are dropped
-(counted), as a forwarder under MRR load does.
+Runs until SIGTERM/SIGINT; prints "pyecho: VARIANT listening" once both
+interfaces listen (or connect) and "pyecho: N frames, M dropped" at exit.
+Frames that find B's ring full are dropped (counted), as a forwarder under
+MRR load does, except with ``forward``: it leaves them in A's ring until B
+has room (back-pressure), so it never drops.
 """
 import signal
 import sys
@@ -57,6 +60,10 @@ def main():
                 k = tx_from(buf, lv[:n])
                 moved += k
                 dropped += n - k
+    elif variant == "forward":
+        forward = a.forward
+        while not stop:
+            moved += forward(b, 256)
     else:
         sys.exit("unknown variant %r" % variant)
     a.close()

@@ -218,3 +218,135 @@ def test_master_is_up_before_it_sends_connected(sock, monkeypatch):
     finally:
         s.close()
         m.close()
+
+
+# ------------------------------------------------ forward: ring to ring
+
+def linked_pair(sock, ring_size=64, buffer_size=2048, **master_kw):
+    """An in-process master and slave on ``sock``, link up."""
+    m = memifx.Interface(socket=sock, role="master", name="m", **master_kw).connect()
+    s = memifx.Interface(socket=sock, role="slave", name="s", ring_size=ring_size,
+                         buffer_size=buffer_size).connect()
+    assert wait_for(lambda: m.connected and s.connected, 5)
+    return m, s
+
+
+def drain(intf, want, timeout=5.0):
+    got = []
+    end = time.monotonic() + timeout
+    while len(got) < want and time.monotonic() < end:
+        got += intf.rx_burst()
+    return got
+
+
+def test_forward_moves_each_frame_once(abstract_sock):
+    """a.forward(b): what a's slave sent arrives at b's slave, in order,
+    chained frames (buffer 256) included; a frame longer than b may send
+    is dropped and counted there "frame too long"; nothing else is lost."""
+    a, sa = linked_pair(abstract_sock + "a", buffer_size=256)
+    b, sb = linked_pair(abstract_sock + "b", buffer_size=256, max_frame=1000)
+    try:
+        sizes = [60, 300, 1500, 64, 2000, 0, 1000, 256, 257]
+        frames = [frame(i, n) if n >= 8 else b"" for i, n in enumerate(sizes)]
+        assert sa.tx_burst(frames) == len(frames)
+        assert a.forward(b) == len(frames) - 2      # 1500 and 2000 > b's max_frame
+        assert drain(sb, len(frames) - 2) == [f for f in frames if len(f) <= 1000]
+        assert a.forward(b) == 0
+        rx, tx = a.stats()["rx"][0], b.stats()["tx"][0]
+        assert rx["packets"] == len(frames) and not any(rx["drops"].values())
+        assert tx["packets"] == len(frames) - 2 and tx["drops"]["frame too long"] == 2
+        assert tx["bytes"] == sum(len(f) for f in frames if len(f) <= 1000)
+    finally:
+        for i in (sa, sb, a, b):
+            i.close()
+
+
+def test_forward_leaves_what_does_not_fit_in_the_ring(abstract_sock):
+    """b's ring full or b's link down: the frames wait in a's receive ring
+    (back-pressure, nothing dropped) and go out once b can take them."""
+    a, sa = linked_pair(abstract_sock + "a", ring_size=64)
+    b, sb = linked_pair(abstract_sock + "b", ring_size=16)
+    sb2 = None
+    try:
+        frames = [frame(i, 64 + i) for i in range(64)]
+        assert sa.tx_burst(frames) == 64
+        assert a.forward(b) == 16                  # b's ring holds 16
+        assert a.forward(b) == 0
+        assert a.stats()["rx"][0]["packets"] == 16
+        got = drain(sb, 16)
+        assert a.forward(b, max=5) == 5
+        got += drain(sb, 5)
+        # b's slave goes away: forward moves nothing, loses nothing
+        sb.close()
+        assert wait_for(lambda: not b.connected, 5)
+        assert a.forward(b) == 0 and a.stats()["rx"][0]["packets"] == 21
+        sb2 = memifx.Interface(socket=abstract_sock + "b", role="slave", name="s2",
+                               ring_size=64).connect()
+        assert wait_for(lambda: b.connected and sb2.connected, 5)
+        assert a.forward(b) == 43
+        got += drain(sb2, 43)
+        assert got == frames
+        rx = a.stats()["rx"][0]
+        assert rx["packets"] == 64 and not any(rx["drops"].values())
+        assert b.stats()["tx"][0]["packets"] == 64
+    finally:
+        for i in (sa, sb, sb2, a, b):
+            if i is not None:
+                i.close()
+
+
+def test_forward_to_itself_and_queue_checks(abstract_sock):
+    """m.forward(m) echoes to the peer; queue numbers are checked whether or
+    not the link is up; a link that is down moves nothing."""
+    m, s = linked_pair(abstract_sock)
+    idle = memifx.Interface(socket=abstract_sock + "idle", role="master")
+    try:
+        frames = [frame(i, 100) for i in range(200)]
+        got = []
+        sent = 0
+        end = time.monotonic() + 10
+        while len(got) < len(frames) and time.monotonic() < end:
+            sent += s.tx_burst(frames[sent:sent + 50])
+            m.forward(m, 32)
+            got += s.rx_burst()
+        assert got == frames
+        with pytest.raises(IndexError):
+            m.forward(m, queue=1)
+        with pytest.raises(IndexError):
+            m.forward(m, to_queue=1)
+        with pytest.raises(IndexError):
+            idle.forward(m, queue=1)
+        assert idle.forward(m) == 0 and m.forward(idle) == 0
+    finally:
+        s.close()
+        m.close()
+
+
+def test_queue_forward_peer_faults():
+    """Queue.forward against a hostile peer: a bad descriptor on the
+    receive ring is dropped and counted, the frames around it go out; a
+    buffer the receiving slave posted outside its region faults the
+    transmit queue, and every frame not sent stays in the receive ring."""
+    from loopback import Loopback
+    src = Loopback(log2=4, buffer_size=2048, n_m2s=0)        # slave tx -> master rx
+    dst = Loopback(log2=4, buffer_size=2048, n_s2m=0)        # master tx -> slave rx
+    try:
+        stx, mrx = src.s2m
+        mtx, srx = dst.m2s
+        frames = [frame(i, 80) for i in range(6)]
+        assert stx.tx_frames(frames) == 6
+        src.poke_desc(0, 2, offset=src.region_size)            # frame 2: outside the region
+        assert mrx.forward(mtx) == 5
+        assert srx.rx_frames(16) == frames[:2] + frames[3:]
+        assert mrx.counters()["drops"]["bad descriptor"] == 1
+        # the slave of dst poisons the buffer it posted in slot 5 (the 6th frame)
+        assert stx.tx_frames(frames) == 6
+        dst.poke_desc(0, 5 + 5, offset=dst.region_size)
+        assert mrx.forward(mtx) == 5 and mtx.fault
+        assert mrx.counters()["packets"] == 5 + 5
+        assert srx.rx_frames(16) == frames[:5]
+        with pytest.raises(ValueError):
+            mtx.forward(mrx)                                   # not a receive queue
+    finally:
+        src.close()
+        dst.close()

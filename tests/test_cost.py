@@ -460,3 +460,65 @@ def test_bursts_release_the_gil():
 
 def no_loss(tx, rx):
     return tx.counters()["bytes"] == rx.counters()["bytes"]
+
+
+# ------------------------------------------------------ the batch echo
+#
+# perf/pyecho.py's DUT loop on real Interfaces (tests/cost_echo.py: a master
+# and a slave linked over an abstract socket in one process, the control
+# loop driven from the workload's thread).  Each round the slave's tx_batch
+# puts a burst of 256 64-byte frames into the S2M ring, the master echoes
+# it, the slave's rx_batch takes it off the M2S ring.  The same two-run
+# difference: whole program Ir per frame, feed and drain included (each
+# about a ring-mode tx_batch / rx_batch).
+#
+# Ceilings, about 1.4x what was measured (x86-64, gcc -O3, CPython 3.11).
+# "before": Interface.rx_into/tx_from through _q()/_after(), Queue.rx_batch
+# and tx_batch taking typed memoryviews (a Cython memoryview object and a
+# format parse per argument per call), rx_copy reloading the frame and
+# segment tables after every memcpy.  "after": the queue looked up inline,
+# the buffers taken with PyObject_GetBuffer and one format check for the
+# lengths, tx_batch's checks and packing in a C helper (tx_packed), rx_copy
+# on local tables with a one-segment fast path.  ``forward`` (Interface.
+# forward, added then) copies ring to ring once, with no buffer between.
+#                         before   after
+ECHO_CELLS = {  # variant: ceiling
+    "into": 820,        # 652.9    584.8   rx_into -> tx_from
+    "forward": 760,     #    -     540.4   forward
+}
+ECHO_WORKLOAD = os.path.join(HERE, "cost_echo.py")
+Q = "__pyx_f_6memifx_4ring_5Queue_"
+ECHO_PARTS = [Q + f for f in ("gather", "rx_copy", "forward_to", "tx_packed", "tx_copy")]
+
+
+def echo_cost(tmp_path, variant):
+    """Per frame: (whole program, {C function: inclusive Ir})."""
+    runs = []
+    for n in (N, 2 * N):
+        out = tmp_path / ("cg.echo.%s.%d" % (variant, n))
+        cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=%s" % out,
+               sys.executable, ECHO_WORKLOAD, str(n), "64", str(BURST), variant]
+        env = dict(os.environ, PYTHONHASHSEED="0",
+                   PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
+        r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=100)
+        assert r.returncode == 0, r.stderr[-3000:]
+        runs.append((totals(out), inclusive(out, ECHO_PARTS)))
+    (w0, f0), (w1, f1) = runs
+    assert f0[Q + "tx_copy"] > 20 * N, "callgrind saw nothing of tx_copy"
+    return (w1 - w0) / N, {k[len(Q):]: (f1[k] - f0[k]) / N for k in ECHO_PARTS}
+
+
+@pytest.mark.timeout(240)
+@needs_callgrind
+def test_batch_echo_instructions_per_frame(tmp_path):
+    """perf/pyecho.py's batch loop (rx_into -> tx_from) and forward loop on
+    real Interfaces, 64-byte frames, bursts of 256."""
+    got = {}
+    for variant in ECHO_CELLS:
+        got[variant], parts = echo_cost(tmp_path, variant)
+        print("\necho %s: whole program %.1f Ir/frame (inclusive: %s)" % (
+            variant, got[variant], ", ".join("%s %.1f" % kv for kv in parts.items())))
+    for variant, v in got.items():
+        assert v < ECHO_CELLS[variant], (variant, v, ECHO_CELLS[variant])
+    # one copy instead of two, and no Python between receive and transmit
+    assert got["forward"] < got["into"]
