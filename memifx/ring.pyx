@@ -760,26 +760,36 @@ cdef class Queue:
         (``room`` bytes).  Returns how many were taken, or
         TX_PACKED_OVERRUN (nothing sent) when the lengths add up to more
         than ``room``.  Checks the whole batch before sending any of it."""
-        cdef uint64_t off = 0
+        cdef const uint8_t **src = self.src
+        cdef uint32_t *lens = self.lens
+        cdef uint64_t off = 0, total
         cdef uint32_t sent = 0, m, i, taken
-        for i in range(n):
+        # Pack the first ring's worth while adding up, then add up the rest:
+        # one pass over the lengths for a batch that fits the ring.
+        m = n if n < self.size else self.size
+        for i in range(m):
+            src[i] = base + off
+            lens[i] = lengths[i]
             off += lengths[i]
-        if off > room:
+        total = off
+        for i in range(m, n):
+            total += lengths[i]
+        if total > room:
             return TX_PACKED_OVERRUN
-        off = 0
-        while sent < n:
+        if n == 0:
+            return 0
+        while True:
+            taken = self.tx_copy(m)
+            sent += taken
+            if taken < m or sent == n:
+                return sent
             m = n - sent
             if m > self.size:
                 m = self.size
             for i in range(m):
-                self.src[i] = base + off
-                self.lens[i] = lengths[sent + i]
+                src[i] = base + off
+                lens[i] = lengths[sent + i]
                 off += lengths[sent + i]
-            taken = self.tx_copy(m)
-            sent += taken
-            if taken < m:
-                break
-        return sent
 
     def rx_frames(self, uint32_t max_frames):
         """Receive up to ``max_frames`` frames as a list of bytes (copies)."""

@@ -478,13 +478,13 @@ def no_loss(tx, rx):
 # format parse per argument per call), rx_copy reloading the frame and
 # segment tables after every memcpy.  "after": the queue looked up inline,
 # the buffers taken with PyObject_GetBuffer and one format check for the
-# lengths, tx_batch's checks and packing in a C helper (tx_packed), rx_copy
-# on local tables with a one-segment fast path.  ``forward`` (Interface.
+# lengths, tx_batch's check and packing in one pass in a C helper
+# (tx_packed), rx_copy on local tables with a one-segment fast path.  ``forward`` (Interface.
 # forward, added then) copies ring to ring once, with no buffer between.
 #                         before   after
 ECHO_CELLS = {  # variant: ceiling
-    "into": 820,        # 652.9    584.8   rx_into -> tx_from
-    "forward": 760,     #    -     540.4   forward
+    "into": 810,        # 652.9    578.2   rx_into -> tx_from
+    "forward": 750,     #    -     537.1   forward
 }
 ECHO_WORKLOAD = os.path.join(HERE, "cost_echo.py")
 Q = "__pyx_f_6memifx_4ring_5Queue_"

@@ -60,6 +60,7 @@ def copying(intf: Interface) -> int:
     lengths = array("I", [0] * 64)
     n = intf.rx_into(buf, lengths)
     assert_type(n, int)
+    assert_type(intf.forward(intf, max=0, queue=0, to_queue=0), int)   # moves nothing
     return sent + len(frames) + intf.tx_from(buf, lengths[:n])
 
 
