@@ -903,12 +903,15 @@ cdef class Queue:
         """forward() without the checks; -1: no memory to make a chained
         frame contiguous (nothing consumed)."""
         cdef const frame_t *frames = self.frames
+        cdef const frame_t *f
         cdef const seg_t *segs = self.segs
         cdef const seg_t *sg
-        cdef uint32_t n, i, s, k = 0, taken, take
+        cdef const uint8_t **src = txq.src
+        cdef uint32_t *lens = txq.lens
+        cdef uint32_t n, i, j, s, k = 0, taken, take
         cdef uint64_t need = 0
         cdef char *stage = NULL
-        cdef char *dst
+        cdef char *dst = NULL
         if max_frames > self.size:
             max_frames = self.size
         if max_frames > txq.size:       # txq.src / txq.lens hold txq.size frames
@@ -916,28 +919,30 @@ cdef class Queue:
         n = self.gather(max_frames)
         if n == 0:
             return 0
-        # A chained frame goes out from a contiguous copy (tx_copy takes one
-        # pointer per frame): rare, so a staging block only for its burst.
         for i in range(n):
-            if frames[i].drop < 0 and frames[i].nsegs != 1:
-                need += frames[i].length
-        if need:
-            stage = <char *>malloc(need)
-            if stage == NULL:
-                return -1
-        dst = stage
-        for i in range(n):
-            if frames[i].drop >= 0:
+            f = &frames[i]
+            if f.drop >= 0:
                 continue
-            sg = &segs[frames[i].first_seg]
-            if frames[i].nsegs == 1:
-                txq.src[k] = <const uint8_t *>sg.ptr
+            sg = &segs[f.first_seg]
+            if f.nsegs == 1:
+                src[k] = <const uint8_t *>sg.ptr
             else:
-                txq.src[k] = <const uint8_t *>dst
-                for s in range(frames[i].nsegs):
+                # A chained frame goes out from a contiguous copy (tx_copy
+                # takes one pointer per frame): rare, so a staging block
+                # for this burst's chains, made at the first one.
+                if stage == NULL:
+                    for j in range(i, n):
+                        if frames[j].drop < 0 and frames[j].nsegs != 1:
+                            need += frames[j].length
+                    stage = <char *>malloc(need)
+                    if stage == NULL:
+                        return -1
+                    dst = stage
+                src[k] = <const uint8_t *>dst
+                for s in range(f.nsegs):
                     memcpy(dst, sg[s].ptr, sg[s].len)
                     dst += sg[s].len
-            txq.lens[k] = <uint32_t>frames[i].length
+            lens[k] = <uint32_t>f.length
             k += 1
         taken = txq.tx_copy(k)
         free(stage)
