@@ -350,3 +350,42 @@ def test_queue_forward_peer_faults():
     finally:
         src.close()
         dst.close()
+
+
+def test_batch_calls_check_their_buffers():
+    """rx_batch/tx_batch (rx_into/tx_from below them) take the lengths only
+    as a one-dimensional native uint32 array, the frames from any
+    C-contiguous buffer (writable to receive into), and send nothing when a
+    check fails."""
+    from loopback import Loopback
+    lb = Loopback(log2=4, n_m2s=0)
+    tx, rx = lb.s2m
+    try:
+        data = bytes(range(64)) * 2
+        for bad in (array("H", [64, 64]), array("i", [64, 64]), array("Q", [64, 64]),
+                    bytes(8), memoryview(array("I", [64, 64, 0, 0])).cast("B").cast("I", (2, 2))):
+            with pytest.raises(ValueError, match="uint32"):
+                tx.tx_batch(data, bad)
+            with pytest.raises((ValueError, BufferError)):
+                rx.rx_batch(bytearray(256), bad)
+        with pytest.raises(BufferError):
+            rx.rx_batch(bytearray(256), memoryview(array("I", [0, 0])).toreadonly())
+        with pytest.raises(BufferError):
+            rx.rx_batch(bytes(256), array("I", [0, 0]))
+        with pytest.raises(BufferError):                    # not contiguous
+            tx.tx_batch(memoryview(data * 2)[::2], array("I", [64, 64]))
+        with pytest.raises(TypeError):
+            tx.tx_batch(None, array("I", [64]))
+        with pytest.raises(ValueError, match="more than the buffer"):
+            tx.tx_batch(data, array("I", [64, 65]))
+        assert tx.counters()["packets"] == 0
+        # accepted: memoryviews cast to "I" and "@I", frames in any buffer
+        lengths = memoryview(bytearray(8)).cast("I")
+        lengths[0] = lengths[1] = 64
+        assert tx.tx_batch(array("B", data), lengths) == 2
+        assert tx.tx_batch(memoryview(data), memoryview(array("I", [64, 64]))) == 2
+        out, got = bytearray(512), memoryview(bytearray(16)).cast("@I")
+        assert rx.rx_batch(out, got) == 4 and list(got) == [64] * 4
+        assert bytes(out[:256]) == data * 2
+    finally:
+        lb.close()
