@@ -29,9 +29,9 @@ cdef struct counters_t:             # u64s only: shared stats files map it as an
     uint64_t mode_switches  # adaptive rx mode: polling <-> interrupt
     uint64_t chain_waits  # rx bursts that stopped at a chain whose end is not published yet
 
-# tx_packed: the lengths add up to more than the buffer (nothing sent).
+# tx_checked: the lengths add up to more than the buffer (nothing sent).
 cdef enum:
-    TX_PACKED_OVERRUN = 0xFFFFFFFF
+    TX_OVERRUN = 0xFFFFFFFF
 
 cdef struct seg_t:
     char *ptr
@@ -95,8 +95,8 @@ cdef class Queue:
     cdef uint32_t gather(self, uint32_t max_frames) noexcept nogil
     cdef uint32_t rx_copy(self, uint8_t *base, uint64_t room, uint32_t *lengths,
                           uint32_t maxf) noexcept nogil
-    cdef uint32_t tx_packed(self, const uint8_t *base, uint64_t room, const uint32_t *lengths,
-                            uint32_t n) noexcept nogil
+    cdef uint32_t tx_checked(self, const uint8_t *base, uint64_t room, const uint32_t *lengths,
+                             uint32_t n) noexcept nogil
     cdef int64_t forward_to(self, Queue txq, uint32_t max_frames) noexcept nogil
     cdef void commit(self, uint32_t nframes, bint hold) noexcept nogil
     cdef void refill(self) noexcept nogil

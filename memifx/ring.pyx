@@ -443,15 +443,20 @@ cdef class Queue:
         """tx_batch on raw pointers: ``n`` frames packed back to back from
         ``base``, a ring's worth at a time until the ring stops taking them;
         returns how many were taken (as tx_copy counts them)."""
-        cdef uint32_t sent = 0, m, got
+        # src and lens in locals: a store through either could, for all the
+        # compiler knows, change the pointers in self, reloaded per frame.
+        cdef const uint8_t **src = self.src
+        cdef uint32_t *lens = self.lens
+        cdef uint32_t sent = 0, m, got, i
         cdef uint64_t off = 0
         while sent < n:
-            m = 0
-            while m < self.size and sent + m < n:
-                self.src[m] = base + off
-                self.lens[m] = lengths[sent + m]
-                off += lengths[sent + m]
-                m += 1
+            m = n - sent
+            if m > self.size:
+                m = self.size
+            for i in range(m):
+                src[i] = base + off
+                lens[i] = lengths[sent + i]
+                off += lengths[sent + i]
             got = self.tx_copy(m)
             sent += got
             if got < m:
@@ -746,50 +751,27 @@ cdef class Queue:
             PyBuffer_Release(&lens)
             raise
         with nogil:
-            sent = self.tx_packed(<const uint8_t *>data.buf, <uint64_t>data.len,
-                                  <const uint32_t *>lens.buf, <uint32_t>lens.shape[0])
+            sent = self.tx_checked(<const uint8_t *>data.buf, <uint64_t>data.len,
+                                   <const uint32_t *>lens.buf, <uint32_t>lens.shape[0])
         PyBuffer_Release(&data)
         PyBuffer_Release(&lens)
-        if sent == TX_PACKED_OVERRUN:
+        if sent == TX_OVERRUN:
             raise ValueError("lengths add up to more than the buffer")
         return sent
 
-    cdef uint32_t tx_packed(self, const uint8_t *base, uint64_t room, const uint32_t *lengths,
-                            uint32_t n) noexcept nogil:
-        """tx_batch() on raw pointers: frames back to back from ``base``
-        (``room`` bytes).  Returns how many were taken, or
-        TX_PACKED_OVERRUN (nothing sent) when the lengths add up to more
-        than ``room``.  Checks the whole batch before sending any of it."""
-        cdef const uint8_t **src = self.src
-        cdef uint32_t *lens = self.lens
-        cdef uint64_t off = 0, total
-        cdef uint32_t sent = 0, m, i, taken
-        # Pack the first ring's worth while adding up, then add up the rest:
-        # one pass over the lengths for a batch that fits the ring.
-        m = n if n < self.size else self.size
-        for i in range(m):
-            src[i] = base + off
-            lens[i] = lengths[i]
-            off += lengths[i]
-        total = off
-        for i in range(m, n):
+    cdef uint32_t tx_checked(self, const uint8_t *base, uint64_t room, const uint32_t *lengths,
+                             uint32_t n) noexcept nogil:
+        """tx_packed() that first checks the whole batch fits its buffer
+        (``room`` bytes): TX_OVERRUN, nothing sent, when the lengths add up
+        to more."""
+        cdef uint64_t total = 0
+        cdef uint32_t i
+        for i in range(n):
             total += lengths[i]
         if total > room:
-            return TX_PACKED_OVERRUN
-        if n == 0:
-            return 0
-        while True:
-            taken = self.tx_copy(m)
-            sent += taken
-            if taken < m or sent == n:
-                return sent
-            m = n - sent
-            if m > self.size:
-                m = self.size
-            for i in range(m):
-                src[i] = base + off
-                lens[i] = lengths[sent + i]
-                off += lengths[sent + i]
+            return TX_OVERRUN
+        return self.tx_packed(base, lengths, n)
+
 
     def rx_frames(self, uint32_t max_frames):
         """Receive up to ``max_frames`` frames as a list of bytes (copies)."""

@@ -478,17 +478,17 @@ def no_loss(tx, rx):
 # format parse per argument per call), rx_copy reloading the frame and
 # segment tables after every memcpy.  "after": the queue looked up inline,
 # the buffers taken with PyObject_GetBuffer and one format check for the
-# lengths, tx_batch's check and packing in one pass in a C helper
-# (tx_packed), rx_copy on local tables with a one-segment fast path.  ``forward`` (Interface.
+# lengths, tx_batch's check and packing in C (tx_checked, tx_packed),
+# rx_copy on local tables with a one-segment fast path.  ``forward`` (Interface.
 # forward, added then) copies ring to ring once, with no buffer between.
 #                         before   after
 ECHO_CELLS = {  # variant: ceiling
-    "into": 810,        # 652.9    578.2   rx_into -> tx_from
-    "forward": 745,     #    -     531.2   forward
+    "into": 820,        # 652.9    584.7   rx_into -> tx_from
+    "forward": 750,     #    -     534.4   forward
 }
 ECHO_WORKLOAD = os.path.join(HERE, "cost_echo.py")
 Q = "__pyx_f_6memifx_4ring_5Queue_"
-ECHO_PARTS = [Q + f for f in ("gather", "rx_copy", "forward_to", "tx_packed", "tx_copy")]
+ECHO_PARTS = [Q + f for f in ("gather", "rx_copy", "forward_to", "tx_checked", "tx_copy")]
 
 
 def echo_cost(tmp_path, variant):
