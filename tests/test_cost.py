@@ -488,7 +488,7 @@ ECHO_CELLS = {  # variant: ceiling
 }
 ECHO_WORKLOAD = os.path.join(HERE, "cost_echo.py")
 Q = "__pyx_f_6memifx_4ring_5Queue_"
-ECHO_PARTS = [Q + f for f in ("gather", "rx_copy", "forward_to", "tx_checked", "tx_copy")]
+ECHO_PARTS = [Q + f for f in ("gather", "rx_copy", "forward_to", "tx_copy")]
 
 
 def echo_cost(tmp_path, variant):
