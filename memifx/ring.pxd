@@ -1,5 +1,5 @@
 cimport cython
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from memifx.memif cimport memif_ring_t, memif_desc_t
 from memifx.memory cimport Memory
 
@@ -97,7 +97,7 @@ cdef class Queue:
                           uint32_t maxf) noexcept nogil
     cdef uint32_t tx_checked(self, const uint8_t *base, uint64_t room, const uint32_t *lengths,
                              uint32_t n) noexcept nogil
-    cdef int64_t forward_to(self, Queue txq, uint32_t max_frames) noexcept nogil
+    cdef uint32_t forward_to(self, Queue txq, uint32_t max_frames) noexcept nogil
     cdef void commit(self, uint32_t nframes, bint hold) noexcept nogil
     cdef void refill(self) noexcept nogil
     cdef void kick(self) noexcept nogil

@@ -27,7 +27,6 @@ from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE,
                              PyBUF_FORMAT, PyBUF_C_CONTIGUOUS)
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from cpython.mem cimport PyMem_Malloc, PyMem_Free
-from libc.stdlib cimport malloc, free
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.string cimport memcpy
 from libc.errno cimport errno, EAGAIN, EINTR, EINVAL, ENOSYS, EOPNOTSUPP
@@ -871,29 +870,25 @@ cdef class Queue:
         the next call; a frame longer than ``txq`` can ever send is dropped
         and counted there ("frame too long").  The calling thread uses both
         queues."""
-        cdef int64_t r
+        cdef uint32_t r
         if self.tx:
             raise ValueError("not a receive queue")
         txq._check_tx()
         with nogil:
             r = self.forward_to(txq, max_frames)
-        if r < 0:
-            raise MemoryError()
         return r
 
-    cdef int64_t forward_to(self, Queue txq, uint32_t max_frames) noexcept nogil:
-        """forward() without the checks; -1: no memory to make a chained
-        frame contiguous (nothing consumed)."""
+    cdef uint32_t forward_to(self, Queue txq, uint32_t max_frames) noexcept nogil:
+        """forward() without the checks."""
         cdef const frame_t *frames = self.frames
         cdef const frame_t *f
-        cdef const seg_t *segs = self.segs
-        cdef const seg_t *sg
         cdef const uint8_t **src = txq.src
         cdef uint32_t *lens = txq.lens
-        cdef uint32_t n, i, j, s, k = 0, taken, take
-        cdef uint64_t need = 0
-        cdef char *stage = NULL
-        cdef char *dst = NULL
+        # Our own lens array is free on a receive queue: it holds how many
+        # segments each frame has, for tx_copy_parts.
+        cdef uint32_t *nparts = self.lens
+        cdef uint32_t n, i, k = 0, taken, take
+        cdef bint chained = False
         if max_frames > self.size:
             max_frames = self.size
         if max_frames > txq.size:       # txq.src / txq.lens hold txq.size frames
@@ -905,29 +900,19 @@ cdef class Queue:
             f = &frames[i]
             if f.drop >= 0:
                 continue
-            sg = &segs[f.first_seg]
             if f.nsegs == 1:
-                src[k] = <const uint8_t *>sg.ptr
+                src[k] = <const uint8_t *>self.segs[f.first_seg].ptr
             else:
-                # A chained frame goes out from a contiguous copy (tx_copy
-                # takes one pointer per frame): rare, so a staging block
-                # for this burst's chains, made at the first one.
-                if stage == NULL:
-                    for j in range(i, n):
-                        if frames[j].drop < 0 and frames[j].nsegs != 1:
-                            need += frames[j].length
-                    stage = <char *>malloc(need)
-                    if stage == NULL:
-                        return -1
-                    dst = stage
-                src[k] = <const uint8_t *>dst
-                for s in range(f.nsegs):
-                    memcpy(dst, sg[s].ptr, sg[s].len)
-                    dst += sg[s].len
+                chained = True
             lens[k] = <uint32_t>f.length
+            nparts[k] = f.nsegs
             k += 1
-        taken = txq.tx_copy(k)
-        free(stage)
+        if chained:
+            # The delivered frames' segments are self.segs in order (a frame
+            # the ring dropped has none): each frame is its own segments.
+            taken = txq.tx_copy_parts(k, self.segs, nparts)
+        else:
+            taken = txq.tx_copy(k)
         take = n
         if taken < k:
             # Consume up to the first frame txq did not take (and the
