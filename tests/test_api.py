@@ -389,3 +389,27 @@ def test_batch_calls_check_their_buffers():
         assert bytes(out[:256]) == data * 2
     finally:
         lb.close()
+
+
+def test_queue_forward_chained_frames_around_a_dropped_one():
+    """Chained frames go out whole (tx_copy_parts from the receive
+    segments); a chain with a bad descriptor is dropped and counted, and
+    the frames after it still line up with their own segments."""
+    from loopback import Loopback
+    src = Loopback(log2=5, buffer_size=128, n_m2s=0)
+    dst = Loopback(log2=5, buffer_size=2048, n_s2m=0)
+    try:
+        stx, mrx = src.s2m
+        mtx, srx = dst.m2s
+        frames = [frame(0, 300), frame(1, 80), frame(2, 300), frame(3, 200), frame(4, 129)]
+        assert stx.tx_frames(frames) == 5
+        # frame 2 starts at slot 4 (3 + 1 slots before it): break its second buffer
+        src.poke_desc(0, 5, offset=src.region_size)
+        assert mrx.forward(mtx) == 4
+        assert srx.rx_frames(32) == [frames[0], frames[1], frames[3], frames[4]]
+        assert mrx.counters()["drops"]["bad descriptor"] == 1
+        assert mtx.counters()["packets"] == 4
+        assert mtx.counters()["bytes"] == 300 + 80 + 200 + 129
+    finally:
+        src.close()
+        dst.close()
