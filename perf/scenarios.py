@@ -571,6 +571,8 @@ TESTS = [
          "the same, rx_zero_copy -> tx_burst (pyecho is the slave)"),
     Test("py-batch", "py", ["64"], lambda c, z: pyapi(c, z, "batch"),
          "the same, rx_into -> tx_from"),
+    Test("py-forward", "py", ["64"], lambda c, z: pyapi(c, z, "forward"),
+         "the same, a.forward(b): ring to ring, one copy per frame"),
     Test("irq-latency", "irq", ["64"], irq_latency,
          "gen at 10 kfps through xconnect in interrupt mode: p50/p99 of gen's stamps "
          "(send time to receive time, tester and DUT in interrupt mode)"),
