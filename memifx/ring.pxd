@@ -90,6 +90,7 @@ cdef class Queue:
     cdef uint32_t tx_publish(self, uint32_t n, const uint32_t *lengths) noexcept nogil
     cdef uint32_t tx_copy_parts(self, uint32_t n, const seg_t *parts,
                                 const uint32_t *nparts) noexcept nogil
+    cdef uint16_t tx_room(self) noexcept nogil
     cdef uint32_t tx_write(self, uint32_t n, const seg_t *parts,
                            const uint32_t *nparts) noexcept nogil
     cdef uint32_t gather(self, uint32_t max_frames) noexcept nogil

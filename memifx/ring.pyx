@@ -314,12 +314,30 @@ cdef class Queue:
         copy of the payload."""
         return self.tx_write(n, parts, nparts)
 
+    cdef uint16_t tx_room(self) noexcept nogil:
+        """Transmit slots free now, from the peer's counter (read once,
+        acquire).  A counter moved past what is possible is FAULT_COUNTER
+        (and 0 slots)."""
+        cdef uint16_t peer, avail
+        if self.slave:
+            peer = memif_load_acquire(&self.ring.tail)
+            if <uint16_t>(self.pos - peer) > self.size:
+                self.fault = FAULT_COUNTER
+                return 0
+            return <uint16_t>(self.size - <uint16_t>(self.pos - peer))
+        peer = memif_load_acquire(&self.ring.head)
+        avail = <uint16_t>(peer - self.pos)
+        if avail > self.size:
+            self.fault = FAULT_COUNTER
+            return 0
+        return avail
+
     cdef uint32_t tx_write(self, uint32_t n, const seg_t *parts,
                            const uint32_t *nparts) noexcept nogil:
         """tx_copy (``parts`` NULL: frame i is self.src[i]) and
         tx_copy_parts, one loop."""
         cdef memif_ring_t *ring = self.ring
-        cdef uint16_t peer, avail, used = 0, start, slot
+        cdef uint16_t avail, used = 0, start, slot
         cdef uint32_t i, c, cap, remaining, bs = self.buffer_size, dropped = 0
         # parts: frame i's first, the one being copied, bytes left in it
         cdef uint32_t pi = 0, pj = 0, left = 0, o
@@ -334,18 +352,9 @@ cdef class Queue:
         self.tx_bytes = 0
         if self.closed or self.fault:
             return 0
-        if self.slave:
-            peer = memif_load_acquire(&ring.tail)
-            if <uint16_t>(self.pos - peer) > self.size:
-                self.fault = FAULT_COUNTER
-                return 0
-            avail = <uint16_t>(self.size - <uint16_t>(self.pos - peer))
-        else:
-            peer = memif_load_acquire(&ring.head)
-            avail = <uint16_t>(peer - self.pos)
-            if avail > self.size:
-                self.fault = FAULT_COUNTER
-                return 0
+        avail = self.tx_room()
+        if self.fault:
+            return 0
         i = 0
         while i < n:
             remaining = self.lens[i]
@@ -480,23 +489,14 @@ cdef class Queue:
         cdef memif_ring_t *ring = self.ring
         cdef const region_t *regions = self.mem.regions
         cdef uint16_t nregions = self.mem.count
-        cdef uint16_t peer, avail, slot
+        cdef uint16_t avail, slot
         cdef uint32_t i, bs = self.buffer_size
         cdef memif_desc_t d
         if self.closed or self.fault or self.reserved or n == 0:
             return 0
-        if self.slave:
-            peer = memif_load_acquire(&ring.tail)
-            if <uint16_t>(self.pos - peer) > self.size:
-                self.fault = FAULT_COUNTER
-                return 0
-            avail = <uint16_t>(self.size - <uint16_t>(self.pos - peer))
-        else:
-            peer = memif_load_acquire(&ring.head)
-            avail = <uint16_t>(peer - self.pos)
-            if avail > self.size:
-                self.fault = FAULT_COUNTER
-                return 0
+        avail = self.tx_room()
+        if self.fault:
+            return 0
         if n > avail:
             n = avail
             self.c.ring_full += 1
