@@ -242,6 +242,20 @@ cdef inline uint16_t checksum_update(uint16_t hc, uint16_t old, uint16_t new) no
 cdef inline uint32_t mix(uint64_t k) noexcept nogil:
     return <uint32_t>((k * 0x9E3779B97F4A7C15ULL) >> 32)
 
+cdef inline bint grow(uint8_t **buf, uint64_t *size, uint64_t need) noexcept nogil:
+    """Make ``*buf`` hold at least ``need`` bytes (it never shrinks);
+    False, and ``*buf`` as it was, when memory runs out."""
+    cdef uint8_t *a
+    if need <= size[0]:
+        return True
+    a = <uint8_t *>realloc(buf[0], need)
+    if a == NULL:
+        return False
+    buf[0] = a
+    size[0] = need
+    return True
+
+
 cdef inline bint is_broadcast_mac(const uint8_t *m) noexcept nogil:
     return (m[0] & m[1] & m[2] & m[3] & m[4] & m[5]) == 0xFF
 
@@ -452,26 +466,12 @@ cdef class Router(CountedNode):
         self.nvec[v] += 1
 
     cdef bint reserve(self, uint64_t need) noexcept nogil:
-        cdef uint8_t *a
-        if need <= self.arena_size:
-            return True
-        a = <uint8_t *>realloc(self.arena, need)
-        if a == NULL:
-            return False
-        self.arena = a
-        self.arena_size = need
-        return True
+        """The header arena: room for ``need`` bytes."""
+        return grow(&self.arena, &self.arena_size, need)
 
     cdef bint reserve_whole(self, uint64_t need) noexcept nogil:
-        cdef uint8_t *a
-        if need <= self.whole_size:
-            return True
-        a = <uint8_t *>realloc(self.whole, need)
-        if a == NULL:
-            return False
-        self.whole = a
-        self.whole_size = need
-        return True
+        """The area for whole echo requests: room for ``need`` bytes."""
+        return grow(&self.whole, &self.whole_size, need)
 
     cdef inline uint64_t slot_size(self, uint64_t length) noexcept nogil:
         if length < MIN_ROOM:
