@@ -33,16 +33,9 @@ a pass); admission is ``budget``: frames made in this call never exceed it.
 from cpython.mem cimport PyMem_Malloc, PyMem_Free
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
-from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 from memifx.ring cimport Queue
-from memifx.traffic cimport Generator
-
-
-cdef inline uint64_t now_ns() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return <uint64_t>ts.tv_sec * 1000000000ULL + <uint64_t>ts.tv_nsec
+from memifx.traffic cimport Generator, now_ns
 
 
 cdef class Stream:

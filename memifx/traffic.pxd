@@ -1,5 +1,13 @@
 cimport cython
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+
+
+cdef inline uint64_t now_ns() noexcept nogil:
+    """CLOCK_MONOTONIC in ns: the clock of the stamps (gen and sink)."""
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <uint64_t>ts.tv_sec * 1000000000ULL + <uint64_t>ts.tv_nsec
 from memifx.ring cimport Queue
 
 # Test traffic: what `memifx gen` writes and `memifx sink` checks.

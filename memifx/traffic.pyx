@@ -44,7 +44,6 @@ and decided on the copy.  A truncated region reads as zeros (memifx/guard.pyx).
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcmp, memcpy, memset
-from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 from memifx.ring cimport Queue, frame_t, DROP_TOO_LONG
 
@@ -70,12 +69,6 @@ cdef enum:                  # what check_one() found
     GOOD = 0
     CORRUPT = 1
     OTHER = 2
-
-
-cdef inline uint64_t now_ns() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return <uint64_t>ts.tv_sec * 1000000000ULL + <uint64_t>ts.tv_nsec
 
 
 def monotonic_ns():
