@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from array import array
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -39,15 +40,16 @@ C_BURST_CEILING = 290
 WHOLE_CEILING = 460
 
 
-def run_callgrind(tmp_path, n, toggles=(), mode="ring", size=64):
-    """Run the workload under callgrind; return the output file."""
+def run_callgrind(tmp_path, n, toggles=(), mode="ring", size=64, workload=WORKLOAD):
+    """Run a workload (cost_burst.py, or cost_echo.py) under callgrind;
+    return the output file."""
     out = tmp_path / ("cg.%s.%d.%d.%d" % (mode, n, len(toggles), size))
     cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=%s" % out]
     cmd += ["--toggle-collect=%s" % f for f in toggles]
-    cmd += [sys.executable, WORKLOAD, str(n), str(size), str(BURST), mode]
+    cmd += [sys.executable, workload, str(n), str(size), str(BURST), mode]
     env = dict(os.environ, PYTHONHASHSEED="0",
                PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
-    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=80)
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=100)
     assert r.returncode == 0, r.stderr[-3000:]
     return out
 
@@ -59,8 +61,12 @@ def totals(out):
     raise AssertionError("no totals in callgrind output")
 
 
-def callgrind_ir(tmp_path, n, toggles):
-    return totals(run_callgrind(tmp_path, n, toggles))
+def run_pair(tmp_path, toggles=(), mode="ring", size=64, workload=WORKLOAD):
+    """run_callgrind for N and 2 * N frames, the two runs side by side (they
+    are independent: one per CPU halves the wait)."""
+    with ThreadPoolExecutor(2) as pool:
+        return list(pool.map(lambda n: run_callgrind(tmp_path, n, toggles, mode, size, workload),
+                             (N, 2 * N)))
 
 
 @pytest.mark.timeout(90)
@@ -71,8 +77,8 @@ def test_instructions_per_packet(tmp_path):
     (tx + rx), 303.7 Ir/packet for the whole program."""
     # Two runs that differ only in the number of frames: start-up, imports and
     # ring set-up cancel in the difference.
-    burst = [callgrind_ir(tmp_path, n, BURST_FUNCTIONS) for n in (N, 2 * N)]
-    whole = [callgrind_ir(tmp_path, n, []) for n in (N, 2 * N)]
+    burst = [totals(out) for out in run_pair(tmp_path, BURST_FUNCTIONS)]
+    whole = [totals(out) for out in run_pair(tmp_path)]
     c_per_packet = (burst[1] - burst[0]) / N
     whole_per_packet = (whole[1] - whole[0]) / N
     print("\ninstructions per 64-byte packet (tx+rx, burst %d): C burst functions %.1f, "
@@ -166,8 +172,7 @@ def inclusive(out, names):
 def node_profile(tmp_path, mode, names, size=64):
     """Per packet: (whole program, {function: inclusive Ir})."""
     runs = []
-    for n in (N, 2 * N):
-        out = run_callgrind(tmp_path, n, mode=mode, size=size)
+    for out in run_pair(tmp_path, mode=mode, size=size):
         runs.append((totals(out), inclusive(out, names)))
     (w0, f0), (w1, f1) = runs
     # Zero would mean no such function (renamed, or inlined away).
@@ -294,8 +299,7 @@ def entry_cost_per_frame(tmp_path, mode, size):
         pattern = SINK_RING_ENTRY[mode.rsplit("-", 1)[1]]
     else:
         pattern = TESTER_ENTRY[mode.split("-")[0]]
-    ir = [inclusive_matching(run_callgrind(tmp_path, n, mode=mode, size=size), pattern)
-          for n in (N, 2 * N)]
+    ir = [inclusive_matching(out, pattern) for out in run_pair(tmp_path, mode=mode, size=size)]
     # Zero would mean the entry point was renamed.
     assert ir[0] > 20 * N, "callgrind saw nothing of %s" % pattern.pattern
     return (ir[1] - ir[0]) / N
@@ -371,8 +375,7 @@ def send_cost_per_frame(tmp_path, mode, size):
     """Ir per frame inside Stream.send (or, gen-fill-tx, Generator.fill + Queue.tx_batch)."""
     patterns = BEFORE_ENTRIES if mode == "gen-fill-tx" else (SEND_ENTRY,)
     ir = []
-    for n in (N, 2 * N):
-        out = run_callgrind(tmp_path, n, mode=mode, size=size)
+    for out in run_pair(tmp_path, mode=mode, size=size):
         ir.append([inclusive_matching(out, p) for p in patterns])
     for p, v in zip(patterns, ir[0]):
         assert v > 20 * N, "callgrind saw nothing of %s" % p.pattern
@@ -495,16 +498,8 @@ ECHO_PARTS = [Q + f for f in ("gather", "rx_copy", "forward_to")]
 
 def echo_cost(tmp_path, variant):
     """Per frame: (whole program, {C function: inclusive Ir})."""
-    runs = []
-    for n in (N, 2 * N):
-        out = tmp_path / ("cg.echo.%s.%d" % (variant, n))
-        cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=%s" % out,
-               sys.executable, ECHO_WORKLOAD, str(n), "64", str(BURST), variant]
-        env = dict(os.environ, PYTHONHASHSEED="0",
-                   PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
-        r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=100)
-        assert r.returncode == 0, r.stderr[-3000:]
-        runs.append((totals(out), inclusive(out, ECHO_PARTS)))
+    runs = [(totals(out), inclusive(out, ECHO_PARTS))
+            for out in run_pair(tmp_path, mode=variant, workload=ECHO_WORKLOAD)]
     (w0, f0), (w1, f1) = runs
     assert f0[Q + "gather"] > 20 * N, "callgrind saw nothing of gather"
     return (w1 - w0) / N, {k[len(Q):]: (f1[k] - f0[k]) / N for k in ECHO_PARTS}
