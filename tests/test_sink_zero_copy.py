@@ -8,10 +8,8 @@ region truncated under the sink).
 CPU budget (2 CPUs shared): the sinks run with rx-mode=interrupt, so at
 most gen spins, and only while it has frames to send.
 """
-import json
 import os
 import random
-import signal
 import sys
 import threading
 import time
@@ -24,26 +22,12 @@ from conftest import wait_for
 from loopback import Loopback
 from rogue import PAGE, RogueSlave, Scribbler
 from test_checker_fast_path import stream
+from test_gen_sink import finish, stop
 from test_hostile import master, rogue_slave  # noqa: F401  (master: the fixture)
 from test_runtime import master as runtime_master, running  # noqa: F401  (running: the fixture)
 
 MEMIFX = [sys.executable, "-m", "memifx.cli.main"]
 REASON = "memory region truncated"
-
-
-def last_json(out):
-    return json.loads(out.strip().splitlines()[-1])
-
-
-def finish(proc, timeout=30):
-    out, _ = proc.communicate(timeout=timeout)
-    assert proc.returncode == 0, out
-    return last_json(out)
-
-
-def stop(proc, timeout=15):
-    proc.send_signal(signal.SIGTERM)
-    return finish(proc, timeout)
 
 
 def assert_clean(r, count):
