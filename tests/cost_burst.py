@@ -14,7 +14,10 @@ arrived.  MODE says what sits between the slave's transmit and receive:
   interface); slave tx_batch -> S2M ring -> Router.poll (interface 0 in,
   interface 1 out) -> M2S ring -> slave rx_batch.  Every frame is an
   IPv4/UDP frame to our MAC with a valid checksum and a route with a static
-  neighbor, so every one is forwarded (TTL 64 -> 63, MACs rewritten).
+  neighbor, so every one is forwarded (TTL 64 -> 63, MACs rewritten), and
+  every one is the usual frame the router's ip4-fast node takes alone.
+- ``ip4-options``: the same with 4 bytes of IPv4 options (NOPs) in every
+  header, which ip4-fast leaves to the router's general graph.
 - ``gen-zeros`` / ``gen-pattern``: no rings; ``memifx gen``'s per-burst
   work alone: Generator.fill into one staging buffer, as the gen source
   calls it (zeros: headers and stamp only after the first burst).
@@ -63,24 +66,28 @@ def ip_checksum(header):
     return ~s & 0xFFFF
 
 
-def udp_frame(size, ttl=64):
+def udp_frame(size, ttl=64, options=b""):
     """An Ethernet/IPv4/UDP frame of ``size`` bytes (no FCS) from HOST to
-    DST, addressed to MAC_IN, with a valid header checksum."""
+    DST, addressed to MAC_IN, with a valid header checksum (and ``options``,
+    a multiple of 4 bytes, in the header)."""
     total = size - 14
-    ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, total, 0x1234, 0, ttl, 17, 0, SRC, DST))
+    hl = 20 + len(options)
+    ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x40 | hl // 4, 0, total, 0x1234, 0, ttl, 17, 0,
+                               SRC, DST) + options)
     struct.pack_into("!H", ip, 10, ip_checksum(bytes(ip)))
-    payload = bytes(i & 0xFF for i in range(total - 28))
-    udp = struct.pack("!HHHH", 1234, 5678, total - 20, 0)
+    payload = bytes(i & 0xFF for i in range(total - hl - 8))
+    udp = struct.pack("!HHHH", 1234, 5678, total - hl, 0)
     return MAC_IN + HOST + b"\x08\x00" + bytes(ip) + udp + payload
 
 
 def forwarded(frame):
     """What the router makes of ``frame``: new MACs, TTL - 1, checksum fixed."""
-    ip = bytearray(frame[14:34])
+    hl = (frame[14] & 0xF) * 4
+    ip = bytearray(frame[14:14 + hl])
     ip[8] -= 1
     ip[10:12] = b"\0\0"
     struct.pack_into("!H", ip, 10, ip_checksum(bytes(ip)))
-    return NEXT_HOP + MAC_OUT + b"\x08\x00" + bytes(ip) + frame[34:]
+    return NEXT_HOP + MAC_OUT + b"\x08\x00" + bytes(ip) + frame[14 + hl:]
 
 
 def make_router():
@@ -195,8 +202,8 @@ def main():
     burst = int(sys.argv[3]) if len(sys.argv) > 3 else 256
     mode = sys.argv[4] if len(sys.argv) > 4 else "ring"
     assert n % burst == 0
-    assert mode in ("ring", "xconnect", "ip4") + TESTER_MODES + SINK_RING_MODES + SEND_MODES, \
-        mode
+    assert mode in (("ring", "xconnect", "ip4", "ip4-options") + TESTER_MODES + SINK_RING_MODES
+                    + SEND_MODES), mode
     if mode in TESTER_MODES:
         return tester(mode, n, size, burst)
     if mode in SINK_RING_MODES:
@@ -205,8 +212,8 @@ def main():
         return sender(mode, n, size, burst)
     lb = Loopback(log2=10, buffer_size=2048, n_m2s=0 if mode == "ring" else 1)
     tx, rx = lb.s2m
-    if mode == "ip4":
-        frame = udp_frame(size)
+    if mode.startswith("ip4"):
+        frame = udp_frame(size, options=b"\x01" * 4 if mode == "ip4-options" else b"")
         src = frame * burst
         expect = forwarded(frame) * burst
     else:
@@ -243,7 +250,7 @@ def main():
                 raise SystemExit("short forward")
             if srx.rx_batch(dst, out) != burst:
                 raise SystemExit("short rx")
-        if mode == "ip4":
+        if mode.startswith("ip4"):
             c = node.counters(0)["rx"][0]
             if c["forwarded"] != n or any(c["drops"].values()):
                 raise SystemExit("router: %r" % c)

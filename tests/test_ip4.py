@@ -261,6 +261,10 @@ def mac_bytes(text):
 @pytest.fixture
 def node():
     """The router of the end-to-end tests, without rings: (router, fib)."""
+    return make_node()
+
+
+def make_node():
     from memifx.runtime.ip4 import parse_neighbor
     specs = [parse_spec(s) for s in SPECS]
     fib, _, _ = build_fib(specs, ROUTES, None)
@@ -527,6 +531,34 @@ def test_every_packet_accounted_for(node):
         + c["local"] + sum(c["drops"].values())
     assert c["packets"] == len(frames) == outcomes
     assert set(c["drops"]) == set(DROP_REASONS)
+
+
+# Usual frames (ip4-fast takes them in one pass) and every other kind (the
+# general graph decides them), to the same output interfaces.
+USUAL = [raw(udp(d, ttl=t)) for d in ("172.20.1.1", "172.16.5.7", "198.51.100.9")
+         for t in (2, 64)] + [raw(udp("172.16.5.1")), raw(udp("10.0.1.5"))]
+UNUSUAL = [f for _, i, f in DROP_CASES if i == 0] + [
+    raw(udp("172.20.1.1", options=[IPOption_NOP()] * 4)),          # options: forwarded
+    raw(eth(dst="ff:ff:ff:ff:ff:ff") / IP(src="10.0.1.5", dst="172.20.1.1") / UDP()),
+    raw(eth() / IP(src="10.0.1.5", dst="10.0.1.1") / ICMP(seq=3)),
+    raw(eth() / IP(src="10.0.1.5", dst="10.0.1.255") / UDP()),
+    raw(eth(dst="ff:ff:ff:ff:ff:ff") / ARP(op=1, hwsrc=HOST_A, psrc="10.0.1.5", pdst="10.0.1.1"))]
+
+
+@pytest.mark.timeout(120)
+@SETTINGS
+@given(order=st.permutations(USUAL + UNUSUAL))
+def test_burst_outcome_is_each_frames_alone(order):
+    """A burst mixing usual and unusual frames: each frame leaves (or is
+    counted) exactly as when it comes alone, and everything leaves in the
+    order it came (whether ip4-fast or the general graph took it)."""
+    burst, _ = make_node()
+    alone, _ = make_node()
+    got = burst.process(0, order)
+    want = [out for f in order for out in alone.process(0, [f])]
+    assert got == want
+    assert burst.counters(0) == alone.counters(0)
+    assert burst.counters(0)["rx"][0]["forwarded"] >= len(USUAL)
 
 
 # ------------------------------------------------- the command, end to end

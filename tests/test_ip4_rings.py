@@ -116,10 +116,10 @@ def test_poll_matches_process(buffer_size, log2, batch):
         for o, f in ref.process(0, fs[i:i + 8]):
             want[o].append(f)
     assert [len(g) for g in got] == [len(w) for w in want] == [5, 23]
-    # forwarded frames keep their order; the replies on interface 0 come in
-    # node order within a burst, and bursts depend on the ring
+    # every output in the order its frame came in, whichever nodes it took
+    # (ip4-fast or the general graph), so bursts of 16 and of 8 agree
     assert got[1] == want[1]
-    assert sorted(got[0]) == sorted(want[0])
+    assert got[0] == want[0]
     # every frame counted once, and in the same place as process counts it
     assert r.counters(0)["rx"] == ref.counters(0)["rx"]
     c = r.counters(0)["rx"][0]
