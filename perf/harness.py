@@ -28,6 +28,7 @@ ROOT = os.path.dirname(HERE)
 PY = sys.executable
 MEMIFX = [PY, "-m", "memifx.cli.main"]
 TESTER_CPU, DUT_CPU = 0, 1
+SINK_CPU = 2        # the DUT cells' receiving tester, where the machine has it
 # Ring slots and buffer size of every measured interface, memifx and testpmd.
 RING, BUF = 1024, 2048
 FAILURES_LOG = "failures.log"

@@ -355,11 +355,15 @@ def render_markdown(results):
              "interrupt mode, poll-pingpong the same with both sides busy-polling.\n")
     L.append("\nPython API targets at 64 B: burst ≥ 3 Mpps, batch ≥ 10 Mpps. Interrupt mode: "
              "idle CPU ≈ 0, p99 < 50 µs.\n")
-    L.append("DUT tests: tester `memifx gen --receive` on CPU 0 sends on A and receives on B; "
-             "the DUT polls on CPU 1 (xconnect --workers 1 --cpus 1; --workers 0 pinned; "
-             "testpmd io with its forwarding lcore 1 and its sleeping main lcore 0). "
-             "The tester is the same for every DUT, so the DUT ratios are bounded by the "
-             "tester's own rate.\n")
+    if results.get("tester") == "split":
+        who = ("tester `memifx gen` on CPU 0 sends on A, `memifx sink` on CPU 2 receives "
+               "on B (each side a CPU of its own)")
+    else:
+        who = "tester `memifx gen --receive` on CPU 0 sends on A and receives on B"
+    L.append("DUT tests: %s; the DUT polls on CPU 1 (xconnect --workers 1 --cpus 1; "
+             "--workers 0 pinned; testpmd io with its forwarding lcore 1 and its sleeping "
+             "main lcore 0). The tester is the same for every DUT, so the DUT ratios are "
+             "bounded by the tester's own rate.\n" % who)
     if results.get("nodes"):
         L.append("## Instructions per frame, per node (callgrind, 64 B, bursts of 256)\n")
         L.append("Counted by `perf/nodes.py` on in-process loopback rings: exact and "

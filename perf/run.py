@@ -21,7 +21,8 @@ samples over the trial (5 s; 1 s with --quick).  Trials run in rounds: the
 first trial of every cell, then the second of every cell, and so on, so a slow
 drift of the host falls on memifx and testpmd alike.  The median of the trials
 is reported with min-max.  Every busy poller is pinned to a CPU of its own (CPU 0:
-generator/tester, CPU 1: sink/DUT; the N-queue cells: see below); two pollers on
+generator/tester, CPU 1: sink/DUT, CPU 2 where usable: the DUT cells' receiving
+tester, --tester; the N-queue cells: see below); two pollers on
 one CPU would measure the scheduler.  Frame sizes are L2 bytes without FCS; Gbit/s = Mpps x size x 8
 (imix: 7:4:1 of 64/570/1518, 353.8 B average).
 
@@ -47,7 +48,7 @@ import time
 import cpuplan
 from harness import HERE, log, run_rounds
 from report import chart, summarize_cell, update_readme, write_report
-from scenarios import TESTS, build_cells, selected
+from scenarios import TESTS, build_cells, selected, split_tester
 
 
 def listing():
@@ -86,6 +87,10 @@ def parse_args(argv=None):
                     help="replace README.md's performance section (between the "
                          "<!-- perf:begin --> and <!-- perf:end --> markers; appended if absent) "
                          "with this run's table")
+    ap.add_argument("--tester", choices=("auto", "split", "one"), default="auto",
+                    help="the DUT cells' tester: split = gen on CPU 0 and sink on CPU 2 "
+                         "(each side a CPU of its own), one = gen --receive on CPU 0; "
+                         "auto (default): split where CPU 2 is usable")
     ap.add_argument("--list", action="store_true", help="list the tests and exit")
     ap.add_argument("--no-nodes", action="store_true",
                     help="skip the per-node instruction counts (perf/nodes.py, ~1 min)")
@@ -120,7 +125,8 @@ def main(argv=None):
     results = {"host": "%s, %d CPUs" % (os.uname().nodename, os.cpu_count()),
                "date": time.strftime("%Y-%m-%d %H:%M:%S"), "quick": cfg.quick,
                "loadavg": "%.2f %.2f %.2f" % os.getloadavg(), "trials": cfg.trials,
-               "trial_seconds": cfg.trial, "warmup_seconds": cfg.warm, "tests": {}}
+               "trial_seconds": cfg.trial, "warmup_seconds": cfg.warm, "tests": {},
+               "tester": "split" if split_tester(cfg) else "one-cpu"}
     # (name, size, fn), in table order
     cells, skipped = build_cells(selected(cfg.only), want_sizes, cfg.queues,
                                  cpuplan.usable_cpus(), have_testpmd)

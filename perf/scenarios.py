@@ -21,8 +21,8 @@ import time
 from collections import namedtuple
 
 import cpuplan
-from harness import (BUF, DUT_CPU, HERE, MEMIFX, PY, RING, ROOT, TESTER_CPU, Session,
-                     memifx_samples, spec, testpmd_samples, wait_window)
+from harness import (BUF, DUT_CPU, HERE, MEMIFX, PY, RING, ROOT, SINK_CPU, TESTER_CPU,
+                     Session, memifx_samples, spec, testpmd_samples, wait_window)
 
 # The load-test modes: the same work per frame as testpmd's txonly/rxonly (one
 # copy each way, headers written and read); the sink's full check is a
@@ -124,14 +124,42 @@ def tester(s, cfg, size, a, b, role="slave", rate=None, extra=()):
     return s.start(args, [TESTER_CPU])
 
 
+def split_tester(cfg):
+    """Whether the DUT cells' tester sends and receives on CPUs of their own
+    (gen on CPU 0, sink on CPU 2) rather than both on CPU 0 (gen --receive):
+    --tester split|one, or by default split wherever CPU 2 is usable."""
+    mode = getattr(cfg, "tester", "auto")
+    if mode == "auto":
+        return SINK_CPU in cpuplan.usable_cpus()
+    return mode == "split"
+
+
 def measure_tester(s, cfg, size, a, b, role="slave", extra=()):
-    """Run the tester through a DUT already listening on a and b; its receive rate."""
-    t = tester(s, cfg, size, a, b, role, extra=extra)
-    mpps, raw = wait_window(lambda: memifx_samples(t, "tester-rx rx"), cfg.warm, cfg.trial,
+    """Run the tester through a DUT already listening on a and b; its receive
+    rate.  ``extra``: gen's options (what it sends)."""
+    if not split_tester(cfg):
+        t = tester(s, cfg, size, a, b, role, extra=extra)
+        mpps, raw = wait_window(lambda: memifx_samples(t, "tester-rx rx"), cfg.warm,
+                                cfg.trial, cfg.warm + cfg.trial + 40)
+        out = t.stop()
+        m = re.search(r"corrupt (\d+)", out)
+        return {"mpps": mpps, "samples": raw, "corrupt": int(m.group(1)) if m else None,
+                "tester": "one-cpu"}
+    # the receiver first, so no frame is offered before it listens
+    sink = s.start(MEMIFX + ["sink", spec(b, role=role, name="tester-rx",
+                                          **{"ring-size": 16384}),
+                             "--stats-interval", "1"] + LEAN_RX, [SINK_CPU])
+    sink.wait_line(r"^sink:", 20)
+    gen = s.start(MEMIFX + ["gen", spec(a, role=role, name="tester", **{"ring-size": 4096}),
+                            "--size", str(size), "--stats-interval", "1"] + LEAN_TX
+                  + list(extra), [TESTER_CPU])
+    mpps, raw = wait_window(lambda: memifx_samples(sink, "tester-rx"), cfg.warm, cfg.trial,
                             cfg.warm + cfg.trial + 40)
-    out = t.stop()
+    gen.stop()
+    out = sink.stop()
     m = re.search(r"corrupt (\d+)", out)
-    return {"mpps": mpps, "samples": raw, "corrupt": int(m.group(1)) if m else None}
+    return {"mpps": mpps, "samples": raw, "corrupt": int(m.group(1)) if m else None,
+            "tester": "split"}
 
 
 def xc_memifx(cfg, size, workers):

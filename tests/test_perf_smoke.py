@@ -212,6 +212,22 @@ def test_queues_and_budget_options(perf_modules):
 
 @pytest.mark.perf
 @pytest.mark.timeout(30)
+def test_tester_split_where_cpu_2_is_usable(perf_modules, monkeypatch):
+    """The DUT cells' tester: gen and sink on CPUs of their own where CPU 2
+    is usable (--tester auto), else gen --receive; --tester forces either."""
+    run, sc = perf_modules.run, perf_modules.scenarios
+    assert run.parse_args([]).tester == "auto"
+    for cpus, auto in (([0, 1], False), ([0, 1, 2, 3], True), ([0, 1, 3], False)):
+        monkeypatch.setattr(sc.cpuplan, "usable_cpus", lambda cpus=cpus: cpus)
+        assert sc.split_tester(run.parse_args([])) is auto
+        assert sc.split_tester(run.parse_args(["--tester", "split"])) is True
+        assert sc.split_tester(run.parse_args(["--tester", "one"])) is False
+    with pytest.raises(SystemExit):
+        run.parse_args(["--tester", "both"])
+
+
+@pytest.mark.perf
+@pytest.mark.timeout(30)
 def test_cpu_plans_never_share_a_cpu(perf_modules):
     cpuplan = perf_modules.cpuplan
     assert cpuplan.plan(7, range(16)) == (cpuplan.Plan(0, list(range(1, 8)),
