@@ -335,7 +335,9 @@ cdef class Queue:
     cdef uint32_t tx_write(self, uint32_t n, const seg_t *parts,
                            const uint32_t *nparts) noexcept nogil:
         """tx_copy (``parts`` NULL: frame i is self.src[i]) and
-        tx_copy_parts, one loop."""
+        tx_copy_parts.  A frame that fits the next slot's buffer is copied
+        there at once; anything else (a chain, a refusal, a fault) takes
+        the general loop after it."""
         cdef memif_ring_t *ring = self.ring
         cdef uint16_t avail, used = 0, start, slot
         cdef uint32_t i, c, cap, remaining, bs = self.buffer_size, dropped = 0
@@ -348,6 +350,12 @@ cdef class Queue:
         cdef char *dst
         cdef const region_t *regions = self.mem.regions
         cdef uint16_t nregions = self.mem.count
+        # read once: memcpy could, for all the compiler knows, change self
+        cdef bint slave = self.slave
+        cdef uint16_t pos = self.pos, mask = self.mask
+        cdef uint32_t max_frame = self.max_frame
+        cdef char *bufs = self.bufs
+        cdef const uint32_t *slot_buf = self.slot_buf
         self.tx_dropped = 0
         self.tx_bytes = 0
         if self.closed or self.fault:
@@ -358,13 +366,43 @@ cdef class Queue:
         i = 0
         while i < n:
             remaining = self.lens[i]
+            # The usual frame: whole, into the one buffer of the next slot,
+            # which holds it (any other case: the general loop below).
+            if used < avail and 0 < remaining <= max_frame:
+                slot = <uint16_t>(pos + used) & mask
+                w = &ring.desc[slot]
+                dst = NULL
+                if slave:
+                    if remaining <= bs:
+                        dst = bufs + <uint64_t>slot_buf[slot] * bs
+                else:
+                    d = memif_desc_read(w)
+                    if desc_in_region(regions, nregions, &d) and d.length >= remaining:
+                        dst = regions[d.region].base + d.offset
+                if dst != NULL:
+                    if parts == NULL:
+                        memcpy(dst, self.src[i], remaining)
+                    else:
+                        left = remaining
+                        for pj in range(pi, pi + nparts[i]):
+                            c = parts[pj].len if parts[pj].len < left else left
+                            memcpy(dst, parts[pj].ptr, c)
+                            dst += c
+                            left -= c
+                        pi += nparts[i]
+                    w.length = remaining
+                    w.flags = 0
+                    used += 1
+                    nbytes += remaining
+                    i += 1
+                    continue
             if parts == NULL:
                 p = self.src[i]
             else:
                 pj = pi
                 p = <const uint8_t *>parts[pj].ptr
                 left = parts[pj].len
-            if remaining > self.max_frame or (self.slave and (remaining + bs - 1) / bs > self.size):
+            if remaining > max_frame or (slave and (remaining + bs - 1) / bs > self.size):
                 self.c.drops[DROP_TOO_LONG] += 1
                 dropped += 1
                 if parts != NULL:
@@ -375,10 +413,10 @@ cdef class Queue:
             while True:
                 if used == avail:
                     break
-                slot = <uint16_t>(self.pos + used) & self.mask
+                slot = <uint16_t>(pos + used) & mask
                 w = &ring.desc[slot]
-                if self.slave:
-                    dst = self.bufs + <uint64_t>self.slot_buf[slot] * bs
+                if slave:
+                    dst = bufs + <uint64_t>slot_buf[slot] * bs
                     cap = bs
                 else:
                     d = memif_desc_read(w)
