@@ -621,6 +621,15 @@ cdef class Queue:
         cdef int drop
         cdef memif_desc_t d
         cdef char *ptr
+        # read once: a store into segs or frames could, for all the
+        # compiler knows, change self
+        cdef bint slave = self.slave
+        cdef uint16_t pos = self.pos, mask = self.mask
+        cdef uint32_t bs = self.buffer_size, max_frame = self.max_frame
+        cdef char *bufs = self.bufs
+        cdef const uint32_t *slot_buf = self.slot_buf
+        cdef seg_t *segs = self.segs
+        cdef frame_t *frames = self.frames
         if self.closed or self.fault:
             return 0
         if self.slave:
@@ -634,6 +643,29 @@ cdef class Queue:
             self.fault = FAULT_COUNTER
             return 0
         while n < max_frames and used < avail:
+            # The usual frame: one slot, a good buffer, not too long (any
+            # other case: the general walk below, from the same slot).
+            slot = <uint16_t>(pos + used) & mask
+            d = memif_desc_read(&ring.desc[slot])
+            if not (d.flags & MEMIF_DESC_FLAG_NEXT) and d.length <= max_frame:
+                ptr = NULL
+                if slave:
+                    if d.length <= bs:
+                        ptr = bufs + <uint64_t>slot_buf[slot] * bs
+                elif desc_in_region(regions, nregions, &d):
+                    ptr = regions[d.region].base + d.offset
+                if ptr != NULL:
+                    segs[nseg].ptr = ptr
+                    segs[nseg].len = d.length
+                    used += 1
+                    frames[n].first_seg = nseg
+                    frames[n].nsegs = 1
+                    frames[n].length = d.length
+                    frames[n].end = used
+                    frames[n].drop = -1
+                    nseg += 1
+                    n += 1
+                    continue
             first = nseg
             start = used
             length = 0

@@ -30,16 +30,17 @@ BURST = 256
 # x86-64, gcc -O3, CPython 3.11; deterministic under callgrind):
 #   C burst functions (tx_copy + gather + commit, inclusive of memcpy and the
 #   eventfd check): measured 191.6, then 140.7 (tx_write's one-buffer case
-#   first, with the queue's fields in locals) -> ceiling 210
+#   first, with the queue's fields in locals), then 116.7 (gather's one-slot
+#   case first, the same way) -> ceiling 165
 #   whole program (adds the tx_batch/rx_batch front ends: filling the source
 #   list, copying frames out into the caller's buffer, argument parsing and
 #   the interpreter loop, amortised over the burst): measured 303.7, then
-#   256.3, then 230.4 -> ceiling 345
+#   256.3, then 230.4, then 206.4 -> ceiling 290
 # For scale, the same loop with bursts of one frame (Python per packet) costs
 # about 6600 Ir per packet, so either ceiling still fails loudly if per-packet
 # Python work or a per-packet syscall creeps into a burst.
-C_BURST_CEILING = 210
-WHOLE_CEILING = 345
+C_BURST_CEILING = 165
+WHOLE_CEILING = 290
 
 
 def run_callgrind(tmp_path, n, toggles=(), mode="ring", size=64, workload=WORKLOAD):
@@ -75,8 +76,8 @@ def run_pair(tmp_path, toggles=(), mode="ring", size=64, workload=WORKLOAD):
 @pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind not installed")
 def test_instructions_per_packet(tmp_path):
     """64-byte frames, tx_batch + rx_batch in bursts of 256 over an S2M
-    loopback.  Measured: 140.7 Ir/packet in the C burst functions
-    (tx + rx), 230.4 Ir/packet for the whole program."""
+    loopback.  Measured: 116.7 Ir/packet in the C burst functions
+    (tx + rx), 206.4 Ir/packet for the whole program."""
     # Two runs that differ only in the number of frames: start-up, imports and
     # ring set-up cancel in the difference.
     burst = [totals(out) for out in run_pair(tmp_path, BURST_FUNCTIONS)]
@@ -116,26 +117,27 @@ IP4_NODES = ["ip4_fast", "tx_in_arrival_order"] + GRAPH_NODES + ["interface_outp
 # once, ring to ring (Queue.tx_copy_parts); the checksum on 32-bit words;
 # one neighbor lookup per run of frames to the same next hop.  "one-buffer":
 # Queue.tx_write copies a frame that fits the next slot's buffer before
-# its general loop (chaining, refusals, faults), the queue's fields in locals.
+# its general loop (chaining, refusals, faults), and Queue.gather takes a
+# good one-slot frame before its general walk, the queue's fields in locals.
 #
 #   XConnect.forward (gather on the master's S2M ring, one memcpy per frame
 #   into the M2S ring with tx_copy, commit):
-#        64 B: before 231.0, after 214.0, one-buffer 191.1 -> ceiling 260
-#      1518 B: before 391.0, after 374.0, one-buffer 351.1 -> ceiling 475
+#        64 B: before 231.0, after 214.0, one-buffer 168.1 -> ceiling 235
+#      1518 B: before 391.0, after 374.0, one-buffer 328.1 -> ceiling 460
 #   whole program (adds the slave's tx_batch and rx_batch):
-#        64 B: before 565.4, after 549.3, one-buffer 474.9 -> ceiling 650
-#      1518 B: before 1047.1, after 1031.0, one-buffer 956.7 -> ceiling 1300
-XC_CEILINGS = {64: (260, 650), 1518: (475, 1300)}     # (forward, whole program)
+#        64 B: before 565.4, after 549.3, one-buffer 426.0 -> ceiling 600
+#      1518 B: before 1047.1, after 1031.0, one-buffer 907.8 -> ceiling 1270
+XC_CEILINGS = {64: (235, 600), 1518: (460, 1270)}     # (forward, whole program)
 #   ip4, everything Router.poll runs per burst (the usual frame, cost_burst
 #   mode "ip4"; "fast": ip4-fast takes it alone, one pass, where it went
 #   through the general graph's nodes before; the TTL checksum update with
 #   a constant, the Ethernet header prepared per neighbor, the header sum
 #   tested with one multiply instead of folded; then the one-buffer
 #   transmit):
-#        64 B: before 626.1, after 522.1, fast 430.8, one-buffer 406.8 -> ceiling 560
-#      1518 B: before 947.8, after 790.2, fast 697.9, one-buffer 679.9 -> ceiling 950
+#        64 B: before 626.1, after 522.1, fast 430.8, one-buffer 383.9 -> ceiling 540
+#      1518 B: before 947.8, after 790.2, fast 697.9, one-buffer 657.0 -> ceiling 920
 #     memif_input (gather, the headers into the arena)
-#        64 B: 187.6 -> 150.4 -> 210;  1518 B: 348.5 -> 158.4 -> 225
+#        64 B: 187.6 -> 150.4 -> 128.4 -> 180;  1518 B: 348.5 -> 158.4 -> 136.4 -> 195
 #     run (ip4-fast; it was the graph below: 64 B 323.8 -> 256.0, 1518 B
 #     323.8 -> 265.0)
 #        64 B: 163.6 -> 230;  1518 B: 172.6 -> 245
@@ -143,17 +145,17 @@ XC_CEILINGS = {64: (260, 650), 1518: (475, 1300)}     # (forward, whole program)
 #       16.1 -> 25; the general graph's nodes see nothing (< 1 together)
 #     transmit (tx_copy into the M2S ring; at 1518 B tx_copy_parts: the
 #     headers from the arena, the rest from the S2M ring)
-#        64 B: 114.7 -> 115.8 -> 92.8 -> 130;  1518 B: 275.6 -> 366.8 -> 348.9 -> 490
+#        64 B: 114.7 -> 115.8 -> 91.8 -> 130;  1518 B: 275.6 -> 366.8 -> 347.9 -> 490
 #   whole program (adds the slave's tx_batch and rx_batch, building the
 #   frames is outside the loop):
-#        64 B: before 962.6, after 874.8, fast 758.0, one-buffer 708.1 -> ceiling 990
-#      1518 B: before 1606.1, after 1464.7, fast 1346.9, one-buffer 1303.0 -> ceiling 1830
+#        64 B: before 962.6, after 874.8, fast 758.0, one-buffer 659.2 -> ceiling 925
+#      1518 B: before 1606.1, after 1464.7, fast 1346.9, one-buffer 1254.1 -> ceiling 1760
 #
 #   The general graph (cost_burst mode "ip4-options", 64 B: 4 bytes of
 #   options in every header, which ip4-fast leaves to the graph; the
 #   figures before ip4-fast were measured on option-less frames):
-#     everything Router.poll runs: 559.6, one-buffer 535.7 -> ceiling 750;
-#     whole program 886.9, one-buffer 837.0 -> 1170
+#     everything Router.poll runs: 559.6, one-buffer 512.7 -> ceiling 720;
+#     whole program 886.9, one-buffer 788.1 -> 1105
 #     ip4_fast refusing a frame 17.2 -> 25; tx_in_arrival_order 13.2 -> 20
 #     (it runs only when some frame of the burst took the graph)
 #     ethernet_input 29.1 -> 36.1 (it walks a vector now) -> 50,
@@ -162,17 +164,17 @@ XC_CEILINGS = {64: (260, 650), 1518: (475, 1300)}     # (forward, whole program)
 #     ip4_rewrite (the neighbor lookup of csrc/neighbor.h, a seqlock read,
 #     included) 126.1 -> 94.3 -> 72.3 -> 100; the nodes with empty vectors
 #     (arp_input, ip4_local, ip4_icmp_error, arp_request) cost < 0.1 together
-IP4_CEILING = {"ip4-64": 560, "ip4-1518": 950, "ip4-options-64": 750}
+IP4_CEILING = {"ip4-64": 540, "ip4-1518": 920, "ip4-options-64": 720}
 IP4_CEILINGS = {
-    "ip4-64": {"memif_input": 210, "run": 230, "ip4_fast": 205, "transmit": 130,
+    "ip4-64": {"memif_input": 180, "run": 230, "ip4_fast": 205, "transmit": 130,
                "interface_output": 25},
-    "ip4-1518": {"memif_input": 225, "run": 245, "ip4_fast": 220, "transmit": 490,
+    "ip4-1518": {"memif_input": 195, "run": 245, "ip4_fast": 220, "transmit": 490,
                  "interface_output": 25},
     "ip4-options-64": {"ip4_fast": 25, "tx_in_arrival_order": 20, "ethernet_input": 50,
                        "ip4_input": 125, "ip4_lookup": 70, "ip4_rewrite": 100,
                        "interface_output": 25},
 }
-IP4_WHOLE_CEILING = {"ip4-64": 990, "ip4-1518": 1830, "ip4-options-64": 1170}
+IP4_WHOLE_CEILING = {"ip4-64": 925, "ip4-1518": 1760, "ip4-options-64": 1105}
 
 
 ANNOTATE_LINE = re.compile(r"^\s*([\d,]+)\s+\(\s*[\d.]+%\)\s+\S*:(\w+)(\s|$)")
@@ -214,8 +216,8 @@ needs_callgrind = pytest.mark.skipif(
 @pytest.mark.parametrize("size", [64, 1518])
 def test_xconnect_node_instructions_per_packet(tmp_path, size):
     """Frames through XConnect.poll between two loopback rings.  Measured
-    (Ir/packet inclusive in XConnect.forward, whole program): 64 B 191.1,
-    474.9; 1518 B 351.1, 956.7."""
+    (Ir/packet inclusive in XConnect.forward, whole program): 64 B 168.1,
+    426.0; 1518 B 328.1, 907.8."""
     whole, f = node_profile(tmp_path, "xconnect", [XC + "forward"], size)
     node = f[XC + "forward"]
     print("\nxconnect, instructions per %d-byte packet (burst %d): XConnect.forward %.1f, "
@@ -230,8 +232,8 @@ def test_xconnect_node_instructions_per_packet(tmp_path, size):
 def test_ip4_nodes_instructions_per_packet(tmp_path, mode, size):
     """IPv4/UDP frames forwarded by Router.poll (interface 0 in, interface
     1 out, a /12 route via a static neighbor).  Measured (Ir/packet in
-    memif_input + run + transmit, whole program): 64 B 406.8, 708.1;
-    1518 B 679.9, 1303.0; with IPv4 options 535.7, 837.0.  The usual frame
+    memif_input + run + transmit, whole program): 64 B 383.9, 659.2;
+    1518 B 657.0, 1254.1; with IPv4 options 512.7, 788.1.  The usual frame
     is ip4-fast's alone: the general graph's nodes see none of it; a frame
     with options goes through them all.  At 1518 B memif_input's ceiling
     fails if it copies whole frames again (348.5 when it did)."""
@@ -517,11 +519,12 @@ def no_loss(tx, rx):
 # rx_copy on local tables with a one-segment fast path.  ``forward``
 # (Interface.forward, added then) copies ring to ring once, chained frames
 # included (tx_copy_parts), with no buffer between.  "one-buffer": tx_write
-# copies a frame that fits one buffer before its general loop.
+# copies a frame that fits one buffer before its general loop, and gather
+# takes a good one-slot frame before its general walk.
 #                         before   after   one-buffer
 ECHO_CELLS = {  # variant: ceiling
-    "into": 755,        # 655.1    586.7   538.8   rx_into -> tx_from
-    "forward": 680,     #    -     533.3   485.4   forward
+    "into": 690,        # 655.1    586.7   489.9   rx_into -> tx_from
+    "forward": 615,     #    -     533.3   436.5   forward
 }
 ECHO_WORKLOAD = os.path.join(HERE, "cost_echo.py")
 Q = "__pyx_f_6memifx_4ring_5Queue_"
