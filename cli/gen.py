@@ -143,7 +143,7 @@ def run_gen(spec, sizes, count, duration, rate, flows, src_mac, dst_mac, src_ip,
                        interface=name, receive=rx_name, workers=workers, cpus=cpus,
                        sizes=sizes, flows=flows, payload=payload, src_mac=src_mac,
                        dst_mac=dst_mac, src_ip=src_ip, dst_ip=dst_ip, count=count, rate=rate,
-                       duration=duration, replay=pcap_path, capture=capture_path,
+                       duration=duration, replay=replay, capture=capture_path,
                        verify=verify, zero_copy=zero_copy)
     stop = Stop(0)
     if not json_out:

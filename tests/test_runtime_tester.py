@@ -71,6 +71,7 @@ def test_gen_and_sink_options_are_checked(running, sockdir):  # noqa: F811
         (dict(kind="gen", interface="a", src_ip="10.0.0.300"), "src_ip '10.0.0.300'"),
         (dict(kind="gen", interface="a", capture="x.pcap", workers=1),
          "capturing run in the main process only"),
+        (dict(kind="gen", interface="a", replay=os.path.join(sockdir, "none.pcap")), "--pcap"),
     ]
     for params, message in cases:
         kind = params.pop("kind")

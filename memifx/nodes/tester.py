@@ -287,9 +287,10 @@ class TesterNode(Node):
     """The gen or sink node of one worker (or of the main process): a Sender
     over its share of the flows (gen), a Receiver over its receive queues
     (sink, gen --receive).  In the main process only, the plan may also ask
-    for ``replay`` ({"path", "repeat"}: send a pcap file's frames instead of
-    stamped ones) and ``capture`` ({"path", "ip"}: write what arrives on the
-    sending interface, or on sink's, to a pcap file; ``close`` closes it)."""
+    for ``replay`` ({"capture": a memifx.pcap.Capture already read,
+    "repeat"}: send its frames instead of stamped ones) and ``capture``
+    ({"path", "ip"}: write what arrives on the sending interface, or on
+    sink's, to a pcap file; ``close`` closes it)."""
 
     def __init__(self, plan: Message, fds: List[int],
                  tell: Callable[..., None]) -> None:
@@ -310,7 +311,7 @@ class TesterNode(Node):
         if self.send_key:
             g, replay = t["gen"], t.get("replay")
             if replay:
-                source, burst = Replay(pcap.read(replay["path"]), replay["repeat"]), BURST
+                source, burst = Replay(replay["capture"], replay["repeat"]), BURST
                 self.ntx = t["tx_queues"]
             else:
                 source = Synth(make_generator(g), g["queues"], g["burst"], single_size(g),

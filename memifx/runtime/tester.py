@@ -14,7 +14,8 @@ gen: ``size`` (bytes or "imix") or ``sizes`` (a list), ``flows``,
 ``payload`` ("pattern"|"zeros"), ``src_mac``/``dst_mac`` (text or 6 bytes),
 ``src_ip``/``dst_ip`` (text or 4 bytes), ``count``, ``rate`` (frames/s, 0:
 unlimited), ``duration`` (seconds from the first frame), ``receive`` (the
-checked interface's name), ``replay`` (a pcap path), ``capture`` (a pcap path
+checked interface's name), ``replay`` (a pcap path, or a memifx.pcap.Capture
+the caller has read already: a file is read once), ``capture`` (a pcap path
 for what arrives on the sending interface), ``verify`` ("full"|"stamp"),
 ``zero_copy`` (bool: stamped frames are written straight into the ring's
 buffers instead of copied from a staging buffer).
@@ -24,6 +25,7 @@ in the ring's buffers instead of copying them out; a capture keeps the copy).
 import ipaddress
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+from memifx import pcap
 from memifx.interface import Interface
 from memifx.nodes.tester import TesterNode, TesterPool
 from memifx.runtime.errors import DataplaneError
@@ -113,6 +115,17 @@ def generator_args(spec: Any, ip_mode: bool, sizes: Sequence[int], flows: int,
     return args
 
 
+def read_replay(replay: Union[str, pcap.Capture]) -> pcap.Capture:
+    """The capture to replay: ``replay`` itself, or the file it names, read
+    (DataplaneError, option --pcap, if it cannot be)."""
+    if isinstance(replay, pcap.Capture):
+        return replay
+    try:
+        return pcap.read(replay)
+    except (OSError, pcap.PcapError) as e:
+        raise DataplaneError(str(e), "--pcap")
+
+
 class TesterPipeline(Pipeline):
     """``gen`` or ``sink`` (see the module docstring)."""
 
@@ -123,7 +136,8 @@ class TesterPipeline(Pipeline):
                  flows: int = 1, payload: str = "pattern", src_mac: Address = None,
                  dst_mac: Address = None, src_ip: Address = None, dst_ip: Address = None,
                  count: int = 0, rate: float = 0.0, duration: float = 0.0,
-                 receive: Optional[str] = None, replay: Optional[str] = None,
+                 receive: Optional[str] = None,
+                 replay: Union[str, pcap.Capture, None] = None,
                  capture: Optional[str] = None, verify: str = "full",
                  zero_copy: bool = False) -> None:
         super().__init__(name, kind, interfaces, workers, cpus, quiet, stats)
@@ -170,7 +184,8 @@ class TesterPipeline(Pipeline):
                 "shares": [[count, rate]], "finished": False,
                 "tx_queues": send.tx_queues if send is not None else 0}
             if replay:
-                tester["replay"] = {"path": replay, "repeat": bool(count or duration)}
+                tester["replay"] = {"capture": read_replay(replay),
+                                    "repeat": bool(count or duration)}
             if capture:
                 port = send if send is not None else recv
                 assert port is not None
