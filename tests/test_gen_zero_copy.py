@@ -21,6 +21,7 @@ from array import array
 
 import pytest
 
+from conftest import wait_for
 from loopback import Loopback
 from memifx.stream import Stream
 from memifx.traffic import Checker, Generator
@@ -207,6 +208,44 @@ def test_pipeline_option_zero_copy(running, tmp_path):  # noqa: F811
         p = dp.add_pipeline(name, "gen", interface="a", rate=10, **params)
         assert [st.zero_copy for st in p.node.sender.source.streams.values()] == [want]
         dp.remove_pipeline(name)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("zero_copy", [False, True], ids=["copying", "zero-copy"])
+@pytest.mark.parametrize("receiver_role", ["master", "slave"])
+@pytest.mark.parametrize("workers", [0, 1], ids=["in-process", "on-a-worker"])
+def test_gen_receive_side_zero_copy(running, tmp_path, workers, receiver_role,  # noqa: F811
+                                    zero_copy):
+    """gen's ``zero_copy`` reaches its receive side too: what comes back is
+    checked in place (Checker.drain_in_place, as sink --zero-copy), reading
+    its own buffers (slave) or the peer's (master), in this process and on
+    a worker; every frame counted exactly as the copying path counts it."""
+    dp = running.dp
+    path = str(tmp_path / "r.sock")
+    sender_role = "slave" if receiver_role == "master" else "master"
+    dp.add_interface("g", {"socket": path, "role": sender_role, "rx-mode": "interrupt"},
+                     connect=False)
+    dp.add_interface("r", {"socket": path, "role": receiver_role, "rx-mode": "interrupt"},
+                     connect=False)
+    p = dp.add_pipeline("g1", "gen", interface="g", receive="r", workers=workers,
+                        zero_copy=zero_copy, count=3000, rate=20000, flows=4, size=1518)
+    if workers:
+        assert p.pool.tester["zero_copy"] is zero_copy
+    else:
+        assert p.node.receiver.zero_copy is zero_copy
+    dp.connect("g")
+    dp.connect("r")
+    assert wait_for(p.sending_done, 20)
+
+    def result():
+        p.refresh(0.2)              # workers: a report now
+        return p.receive_result()
+    assert wait_for(lambda: result()[1] == 3000, 10), result()
+    r, arrived = result()
+    assert (r["packets"], r["received"], r["bytes"]) == (3000, 3000, 3000 * 1518)
+    assert (r["lost"], r["reordered"], r["duplicated"], r["corrupt"], r["other"]) == \
+        (0, 0, 0, 0, 0), r
+    running.stop()
 
 
 @pytest.mark.timeout(40)

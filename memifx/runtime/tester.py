@@ -18,7 +18,8 @@ checked interface's name), ``replay`` (a pcap path, or a memifx.pcap.Capture
 the caller has read already: a file is read once), ``capture`` (a pcap path
 for what arrives on the sending interface), ``verify`` ("full"|"stamp"),
 ``zero_copy`` (bool: stamped frames are written straight into the ring's
-buffers instead of copied from a staging buffer).
+buffers instead of copied from a staging buffer, and what comes back on
+``receive`` is checked in place, as sink's).
 sink: ``verify``, ``capture`` and ``zero_copy`` (bool: check frames in place
 in the ring's buffers instead of copying them out; a capture keeps the copy).
 """
@@ -165,21 +166,19 @@ class TesterPipeline(Pipeline):
                                      zero_copy)
         else:
             self.receive_intf = self.interfaces[names[0]]
-        # sink's zero_copy: its receiver checks in place (gen's is the Generator's)
-        in_place = zero_copy and kind.name == "sink"
         self.node: Optional[TesterNode] = None
         if workers:
             self.pool = TesterPool(workers, self.cpus, quiet, stats, send=self.send_intf,
                                    receive=self.receive_intf, gen=gen, count=count,
                                    rate=rate, duration=duration, verify=verify,
-                                   zero_copy=in_place)
+                                   zero_copy=zero_copy)
             self.hook_restarts()
         else:
             send, recv = self.send_intf, self.receive_intf
             tester: Dict[str, Any] = {
                 "send": send and send.name, "receive": recv and recv.name,
                 "receive_ip": recv is not None and recv.mode == "ip", "verify": verify,
-                "zero_copy": in_place,
+                "zero_copy": zero_copy,     # the receiver (sink's, gen --receive's)
                 "gen": gen, "count": count, "duration": duration,
                 "shares": [[count, rate]], "finished": False,
                 "tx_queues": send.tx_queues if send is not None else 0}
