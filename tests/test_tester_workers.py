@@ -202,12 +202,14 @@ def test_worker_option_errors(args, message):
 
 
 @pytest.mark.timeout(60)
-def test_gen_workers_all_killed_after_sending_reports_real_time(procs, abstract_sock):
+def test_gen_workers_all_killed_after_sending_reports_real_time(procs, abstract_sock, sockdir,
+                                                                monkeypatch):
     """Every gen worker SIGKILLed once it has sent its share, while its frames
     still wait in the rings (the sink is stopped): the replacements send
     nothing (each resumes after the frames its ring counted), yet the report
     gives the time the frames really took to go out (the dead workers' first
     and last frame), not 0 s and 0 Mpps."""
+    monkeypatch.setenv("MEMIFX_STATS_DIR", os.path.join(sockdir, "stats"))
     count, rate = 1000, 2000.0              # 0.5 s; fits in the two rings untaken
     sink = procs.start(MEMIFX + ["sink", "socket=%s,role=master,rx-mode=interrupt,queues=2"
                                  % abstract_sock])
@@ -219,7 +221,12 @@ def test_gen_workers_all_killed_after_sending_reports_real_time(procs, abstract_
         os.kill(sink.pid, signal.SIGSTOP)      # nothing is taken from the rings from now on
         assert wait_for(lambda: len(workers_of(gen)) == 2, 10)
         first = workers_of(gen)
-        time.sleep(count / rate + 1.0)          # both have sent all and reported it
+
+        def in_rings():
+            p = show(gen.pid)
+            return sum(per_queue(p["interfaces"][0]["stats"], "tx")) if p else 0
+        assert wait_for(lambda: in_rings() == count, 20, 0.1)
+        time.sleep(0.3)                         # the workers' last reports, handled
         for w in first:
             os.kill(w.pid, signal.SIGKILL)
         line = read_until(gen, "gen: sent", 30)
