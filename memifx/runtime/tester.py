@@ -146,20 +146,20 @@ class TesterPipeline(Pipeline):
             raise DataplaneError("verify %r: full or stamp" % verify, "--verify")
         if not isinstance(zero_copy, bool):
             raise DataplaneError("zero_copy %r: true or false" % (zero_copy,), "--zero-copy")
-        if workers and (replay or capture):
+        if workers and (replay is not None or capture):
             raise DataplaneError("replaying and capturing run in the main process only",
                                  "--workers")
         names = list(self.interfaces)
         self.send_intf: Optional[Interface] = None
         self.receive_intf: Optional[Interface] = None
-        self.replay = bool(replay)
+        self.replay = replay is not None
         self.sizes: List[int] = []
         gen: Optional[Dict[str, Any]] = None
         if kind.name == "gen":
             self.send_intf = self.interfaces[names[0]]
             if receive is not None:
                 self.receive_intf = self.interfaces[receive]
-            if not replay:
+            if replay is None:
                 self.sizes = sizes_of(size, sizes)
                 gen = generator_args(specs[0], self.send_intf.mode == "ip", self.sizes,
                                      flows, payload, src_mac, dst_mac, src_ip, dst_ip,
@@ -182,7 +182,7 @@ class TesterPipeline(Pipeline):
                 "gen": gen, "count": count, "duration": duration,
                 "shares": [[count, rate]], "finished": False,
                 "tx_queues": send.tx_queues if send is not None else 0}
-            if replay:
+            if replay is not None:
                 tester["replay"] = {"capture": read_replay(replay),
                                     "repeat": bool(count or duration)}
             if capture:
