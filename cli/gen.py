@@ -11,7 +11,8 @@ back-pressure (a burst the ring does not take at once is offered again,
 never lost) and the rate limiter.  ``--zero-copy``: stamped frames are
 written straight into the ring's buffers (one pass per frame, as a libmemif
 application sends) instead of copied from a staging buffer (the default,
-the work testpmd's txonly does).
+the work testpmd's txonly does), and the --receive side checks frames where
+they lie, as ``sink --zero-copy`` does.
 
 ``--receive SPEC2`` checks what comes back on a second interface, as a
 hardware tester does; ``--capture FILE`` writes whatever arrives on the
@@ -143,7 +144,7 @@ def run_gen(spec, sizes, count, duration, rate, flows, src_mac, dst_mac, src_ip,
                        interface=name, receive=rx_name, workers=workers, cpus=cpus,
                        sizes=sizes, flows=flows, payload=payload, src_mac=src_mac,
                        dst_mac=dst_mac, src_ip=src_ip, dst_ip=dst_ip, count=count, rate=rate,
-                       duration=duration, replay=pcap_path, capture=capture_path,
+                       duration=duration, replay=replay, capture=capture_path,
                        verify=verify, zero_copy=zero_copy)
     stop = Stop(0)
     if not json_out:
@@ -154,7 +155,7 @@ def run_gen(spec, sizes, count, duration, rate, flows, src_mac, dst_mac, src_ip,
                    % (intf.name, intf.role, intf.socket, intf.id, what,
                       "%g pps" % rate if rate else "unlimited",
                       ", count %d" % count if count else "",
-                      ", zero-copy" if zero_copy and not pcap_path else ""))
+                      ", zero-copy" if zero_copy and (not pcap_path or rx_name) else ""))
     ticker = Ticker(0 if json_out else stats_interval,
                     [intf.name + " tx"] + [n + " rx" for n, _ in p.receive_counters()],
                     lambda: [p.sent()] + [c["packets"] for _, c in p.receive_counters()])

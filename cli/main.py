@@ -91,7 +91,9 @@ VERIFY = click.option(
                    "written per frame, then the copy into the ring).")
 @click.option("--zero-copy", is_flag=True,
               help="Write stamped frames straight into the ring's buffers (one pass per "
-                   "frame) instead of copying them in from a staging buffer.")
+                   "frame) instead of copying them in from a staging buffer; with "
+                   "--receive, check what comes back where it lies in the ring's "
+                   "buffers, as sink --zero-copy does.")
 @click.option("--src-mac", type=MacType(), help="Source MAC (default: the interface's).")
 @click.option("--dst-mac", type=MacType(), help="Destination MAC (default: broadcast).")
 @click.option("--src-ip", type=Ip4Type(), help="Source IPv4 (default: the spec's ip=, "

@@ -204,6 +204,10 @@ class Interface:
         self._last_reason: str | None = None
         self._totals: dict[str, list[Counters | None]] = {
             "rx": [None] * rx_queues, "tx": [None] * tx_queues}
+        # A link going down: its queues still count in stats() until their
+        # counters are in _totals (the link-down callbacks run in between).
+        self._going: control.Connection | None = None
+        self._counting = threading.Lock()   # _totals and _going change together
         self._flaps = 0
         self._memory_faults = 0         # links lost to a truncated peer region
 
@@ -298,7 +302,9 @@ class Interface:
         if channel is not self._channel:
             return
         self._channel = None
-        conn, self._conn = self._conn, None
+        with self._counting:
+            conn, self._conn = self._conn, None
+            self._going = conn
         self._last_reason = reason
         if conn is not None:
             conn.memory.on_fault = None
@@ -309,17 +315,20 @@ class Interface:
             # Callbacks first: a worker pool stops its workers' use of these
             # queues there, so the counters read below are final.
             self._notify(False)
-            for kind, queues in (("rx", conn.rx), ("tx", conn.tx)):
-                for q in queues:
-                    self._totals[kind][q.index] = _sum(self._totals[kind][q.index],
-                                                      q.counters())
+            with self._counting:
+                for kind, queues in (("rx", conn.rx), ("tx", conn.tx)):
+                    for q in queues:
+                        self._totals[kind][q.index] = _sum(self._totals[kind][q.index],
+                                                          q.counters())
+                self._going = None
         if self.role == "slave":
             self._schedule_reconnect()
 
     def fold_counters(self, kind: str, index: int, counters: Counters | None) -> None:
         """Fold counters a worker process kept for one of our queues into the
         totals (a worker pool calls this when the worker lets go of the queue)."""
-        self._totals[kind][index] = _sum(self._totals[kind][index], counters)
+        with self._counting:
+            self._totals[kind][index] = _sum(self._totals[kind][index], counters)
 
     def _notify(self, up: bool) -> None:
         for cb in list(self._callbacks):
@@ -434,11 +443,12 @@ class Interface:
 
     def stats(self) -> dict[str, Any]:
         """Per-queue counters since creation (across reconnects)."""
-        conn = self._conn
         out: dict[str, Any] = {}
-        for kind, n in (("rx", self.rx_queues), ("tx", self.tx_queues)):
-            live = {q.index: q.counters() for q in getattr(conn, kind)} if conn else {}
-            out[kind] = [_sum(self._totals[kind][i], live.get(i)) for i in range(n)]
+        with self._counting:
+            conn = self._conn or self._going
+            for kind, n in (("rx", self.rx_queues), ("tx", self.tx_queues)):
+                live = {q.index: q.counters() for q in getattr(conn, kind)} if conn else {}
+                out[kind] = [_sum(self._totals[kind][i], live.get(i)) for i in range(n)]
         out["link_flaps"] = self._flaps
         out["refused"] = dict(self.refused)
         out["memory_faults"] = self._memory_faults

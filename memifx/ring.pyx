@@ -214,7 +214,9 @@ cdef class Queue:
         PyMem_Free(self.lens)
         PyMem_Free(self.slot_buf)
         PyMem_Free(self.free_bufs)
-        if self.fd >= 0:
+        # Arguments that failed to convert skip __cinit__'s body: fd is then
+        # the zero the object started as, not ours (mem is still None).
+        if self.fd >= 0 and self.mem is not None:
             close(self.fd)
 
     # ---------------------------------------------------------------- setup

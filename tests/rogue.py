@@ -326,6 +326,23 @@ class RogueSlave(Peer):
             ring.put(h + k, length=self.buffer_size, offset=self.buf(ring, h + k))
         ring.head = h + n
 
+    def cut_region(self, how):
+        """Shrink region 0 (our own fd; the handshake must have been made
+        with ``sealable=False``).  ``zero``: to nothing, rings included;
+        ``buffers``: to one page, the rings stay, every buffer goes, and a
+        frame is then published on the first S2M ring pointing into the lost
+        buffers (only the page that is left is touched here)."""
+        if how == "zero":
+            os.ftruncate(self.fds[0], 0)
+            return
+        assert how == "buffers" and self.buffers_at == PAGE
+        ring = self.s2m[0]
+        h = ring.head
+        ring.put(h, length=60, offset=self.buf(ring, h))
+        os.ftruncate(self.fds[0], PAGE)
+        ring.head = h + 1
+        os.eventfd_write(self.efds[0], 1)
+
     def take(self, ring=None, since=0):
         """Frames the master has put on an M2S ring, slots ``since``..tail."""
         ring = ring or self.m2s[0]

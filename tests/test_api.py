@@ -413,3 +413,24 @@ def test_queue_forward_chained_frames_around_a_dropped_one():
     finally:
         src.close()
         dst.close()
+
+
+def test_stats_keep_counting_a_link_while_it_goes_down(sock):
+    """Link-down callbacks (a worker pool waits there for its workers) run
+    before the link's queue counters are folded into the totals: stats()
+    read meanwhile, by a callback or by another thread, still counts them
+    (a worker pool resumes a restarted sender from these numbers)."""
+    m = memifx.Interface(socket=sock, role="master", name="m").connect()
+    s = memifx.Interface(socket=sock, role="slave", name="s").connect()
+    seen = []
+    try:
+        assert m.wait_connected(5) and s.wait_connected(5)
+        assert s.tx_burst([b"x" * 64] * 5) == 5
+        s.on_link(lambda intf, up: seen.append(intf.stats()["tx"][0]["packets"]), first=True)
+        m.close()
+        assert wait_for(lambda: seen, 5)
+        assert seen == [5]
+        assert s.stats()["tx"][0]["packets"] == 5
+    finally:
+        s.close()
+        m.close()

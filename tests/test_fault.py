@@ -57,23 +57,6 @@ def isolated(scenario, *args, timeout=45):
     return out
 
 
-def cut_region(r, how):
-    """The rogue shrinks its region 0 (its own fd).  ``zero``: to nothing,
-    rings included; ``buffers``: to one page, the rings stay, every buffer
-    goes; a frame is then published pointing into the lost buffers (the
-    rogue touches only the page that is left)."""
-    ring = r.s2m[0]
-    if how == "zero":
-        os.ftruncate(r.fds[0], 0)
-        return
-    assert r.buffers_at == PAGE
-    h = ring.head
-    ring.put(h, length=60, offset=r.buf(ring, h))
-    os.ftruncate(r.fds[0], PAGE)
-    ring.head = h + 1
-    os.eventfd_write(r.efds[0], 1)
-
-
 # ============================================ memifx master, main process
 
 def _master_survives(how, via="burst"):
@@ -99,7 +82,7 @@ def _master_survives(how, via="burst"):
     assert bad.info()["warnings"] == ["region 0: region not sealed against shrinking"]
     r.send_frame(b"a" * 60)
     assert receive(bad, 1) == [b"a" * 60]
-    cut_region(r, how)
+    r.cut_region(how)
     # The burst that touches the lost pages reads zeros instead of dying: a
     # frame being copied then holds zeros (bytes the peer could have
     # written itself), an empty ring has nothing.
@@ -210,7 +193,7 @@ def _two_links_fault_at_once():
     for t in threads:
         t.start()
     for r in rogues:
-        cut_region(r, "buffers")
+        r.cut_region("buffers")
     go.wait()
     for t in threads:
         t.join(10)
@@ -303,7 +286,7 @@ def test_worker_survives_truncated_region(xconnect, how):
         r.send_frame(b"z" * 60)
         assert receive(sb, 1) == [b"z" * 60]
         os.eventfd_write(r.efds[0], 1)
-        cut_region(r, how)
+        r.cut_region(how)
         if how == "zero":
             os.eventfd_write(r.efds[0], 1)      # the worker wakes and reads the ring
         assert r.outcome() == REASON

@@ -13,6 +13,7 @@ import resource
 import signal
 import subprocess
 import sys
+import threading
 import time
 from array import array
 
@@ -300,6 +301,32 @@ def test_pcap_replay_loops_to_count(procs, abstract_sock, tmp_path):
     g = finish(gen)
     assert g["packets"] == 23 and g["receive"]["packets"] == 23
     assert g["receive"]["other"] == 23
+
+
+@pytest.mark.timeout(60)
+def test_pcap_replay_reads_the_file_once(procs, abstract_sock, tmp_path):
+    """--pcap from a pipe (``--pcap <(zcat x.pcap.gz)``): the file can be
+    read once only, so gen must check and load it in one read."""
+    frames = scapy_frames("ethernet")[:5]
+    src = str(tmp_path / "in.pcap")
+    with pcap.Writer(src, pcap.LINKTYPE_ETHERNET) as w:
+        for f in frames:
+            w.write(f)
+    blob = open(src, "rb").read()
+    fifo = str(tmp_path / "pipe.pcap")
+    os.mkfifo(fifo)
+
+    def feed():                     # one writer: a second open would wait forever
+        with open(fifo, "wb") as f:
+            f.write(blob)
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    gen = procs.start(MEMIFX + ["gen", "socket=%s" % abstract_sock, "--pcap", fifo, "--json",
+                                "--receive", "socket=%s,role=master" % abstract_sock])
+    g = finish(gen, 20)
+    writer.join(5)
+    assert g["packets"] == len(frames) and g["receive"]["packets"] == len(frames)
+    assert g["bytes"] == sum(map(len, frames))
 
 
 @pytest.mark.timeout(30)

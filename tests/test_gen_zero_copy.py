@@ -10,10 +10,11 @@ the scribble); a slave posting a bad descriptor to a master that sends zero
 copy is a fault, with the frames before it published and counted.
 
 Real processes: gen --zero-copy -> sink, exact counts, in both roles, zeros
-and pattern payloads checked by sink --verify full, with workers too.  CPU
-budget: sinks run in interrupt mode, so only gen spins.
+and pattern payloads checked by sink --verify full, with workers too.  The
+runtime's gen with zero_copy also checks what comes back (``receive``) in
+place, counting as the copying path does.  CPU budget: sinks run in
+interrupt mode, so only gen spins.
 """
-import json
 import subprocess
 import sys
 import time
@@ -21,9 +22,11 @@ from array import array
 
 import pytest
 
+from conftest import wait_for
 from loopback import Loopback
 from memifx.stream import Stream
 from memifx.traffic import Checker, Generator
+from test_gen_sink import finish
 from test_runtime import master, running  # noqa: F401  (running: the fixture)
 
 MEMIFX = [sys.executable, "-m", "memifx.cli.main"]
@@ -98,47 +101,37 @@ def test_slave_slots_never_assumed_zero_then_headers_only():
 
 
 @pytest.mark.timeout(30)
-def test_master_short_posted_buffer_goes_out_copied():
+@pytest.mark.parametrize("posted, delivered", [
+    (dict(length=512), 64),                 # short: its frame goes out copied, chained
+    (dict(region=7), 5),                    # bad: a fault after the frames before it
+    (dict(offset=0xFFFFFF00), 5),
+    (dict(length=0), 5),
+    (dict(length=0xFFFFFFFF), 5),
+], ids=["short", "bad-region", "bad-offset", "empty", "huge"])
+def test_master_writes_into_what_the_slave_posted(posted, delivered):
+    """A zero-copy master writes each frame into the buffer the slave
+    posted in that slot; the one in slot 5 is changed.  A short buffer gets
+    its frame copied, chained, and every frame arrives intact.  A bad one
+    (another region, outside the region, empty, endless) is a fault: the
+    frames before it are published and counted, then the ring stays
+    stopped."""
     lb = Loopback(log2=4, buffer_size=2048, n_s2m=0)
     try:
         tx, rx = lb.m2s
-        lb.poke_desc(0, 2, length=512)      # the slave posts one short buffer
+        lb.poke_desc(0, 5, **posted)
         st = stream([1518], "pattern", burst=8)
         c = Checker(payload=True)
-        assert pump(st, tx, rx, 64, c) == 64
-        assert (c.received, c.lost, c.corrupt, c.reordered) == (64, 0, 0, 0)
-        assert tx.fault_reason() is None and not any(tx.counters()["drops"].values())
+        assert pump(st, tx, rx, 64, c) == delivered
+        assert st.admitted == st.sent == delivered and st.unsent == 0
+        assert (c.received, c.lost, c.corrupt, c.reordered) == (delivered, 0, 0, 0)
+        assert tx.counters()["packets"] == delivered
+        if delivered == 64:
+            assert tx.fault_reason() is None and not any(tx.counters()["drops"].values())
+        else:
+            assert tx.fault_reason() is not None and "posted" in tx.fault_reason()
+            assert st.send(tx, 16, 1) == 0         # the ring stays stopped
     finally:
         lb.close()
-
-
-@pytest.mark.timeout(30)
-@pytest.mark.parametrize("bad", [dict(region=7), dict(offset=0xFFFFFF00),
-                                 dict(length=0), dict(length=0xFFFFFFFF)])
-def test_master_bad_posted_descriptor_is_a_fault(bad):
-    lb = Loopback(log2=4, buffer_size=2048, n_s2m=0)
-    try:
-        tx, rx = lb.m2s
-        lb.poke_desc(0, 5, **bad)
-        st = stream([64], "zeros", burst=16)
-        assert st.send(tx, 16, 1) == 5             # the frames before it go out
-        assert tx.fault_reason() is not None and "posted" in tx.fault_reason()
-        assert tx.counters()["packets"] == 5
-        assert st.send(tx, 16, 1) == 0             # the ring stays stopped
-        assert st.admitted == st.sent == 5 and st.unsent == 0
-        c = Checker(payload=True)
-        buf = bytearray(16 * 2048)
-        lens = array("I", [0]) * 16
-        assert c.drain(rx, buf, lens, 4) == 5
-        assert (c.received, c.corrupt) == (5, 0)
-    finally:
-        lb.close()
-
-
-def finish(proc, timeout=40):
-    out, _ = proc.communicate(timeout=timeout)
-    assert proc.returncode == 0, out
-    return json.loads(out.strip().splitlines()[-1])
 
 
 @pytest.mark.timeout(60)
@@ -157,9 +150,9 @@ def test_gen_zero_copy_to_sink_exact(procs, sock, gen_role, size, payload, count
     gen = procs.start(MEMIFX + ["gen", "socket=%s,role=%s%s" % (sock, gen_role, extra),
                                 "--size", size, "--payload", payload, "--count", str(count),
                                 "--flows", "16", "--zero-copy", "--json"])
-    g = finish(gen)
+    g = finish(gen, 40)
     sink.terminate()
-    s = finish(sink)
+    s = finish(sink, 40)
     assert g["packets"] == count and g["unsent"] == 0
     assert s["packets"] == s["received"] == count
     assert (s["lost"], s["reordered"], s["duplicated"], s["corrupt"], s["other"]) == \
@@ -176,9 +169,9 @@ def test_gen_zero_copy_workers_rate_limited(procs, sock):
                                 "--count", "30001", "--rate", "40000", "--flows", "8",
                                 "--payload", "pattern", "--zero-copy", "--workers", "2",
                                 "--json"])
-    g = finish(gen)
+    g = finish(gen, 40)
     sink.terminate()
-    s = finish(sink)
+    s = finish(sink, 40)
     assert g["packets"] == 30001 and g["unsent"] == 0
     assert s["received"] == 30001 and (s["lost"], s["corrupt"]) == (0, 0)
 
@@ -207,6 +200,44 @@ def test_pipeline_option_zero_copy(running, tmp_path):  # noqa: F811
         p = dp.add_pipeline(name, "gen", interface="a", rate=10, **params)
         assert [st.zero_copy for st in p.node.sender.source.streams.values()] == [want]
         dp.remove_pipeline(name)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("zero_copy", [False, True], ids=["copying", "zero-copy"])
+@pytest.mark.parametrize("receiver_role", ["master", "slave"])
+@pytest.mark.parametrize("workers", [0, 1], ids=["in-process", "on-a-worker"])
+def test_gen_receive_side_zero_copy(running, tmp_path, workers, receiver_role,  # noqa: F811
+                                    zero_copy):
+    """gen's ``zero_copy`` reaches its receive side too: what comes back is
+    checked in place (Checker.drain_in_place, as sink --zero-copy), reading
+    its own buffers (slave) or the peer's (master), in this process and on
+    a worker; every frame counted exactly as the copying path counts it."""
+    dp = running.dp
+    path = str(tmp_path / "r.sock")
+    sender_role = "slave" if receiver_role == "master" else "master"
+    dp.add_interface("g", {"socket": path, "role": sender_role, "rx-mode": "interrupt"},
+                     connect=False)
+    dp.add_interface("r", {"socket": path, "role": receiver_role, "rx-mode": "interrupt"},
+                     connect=False)
+    p = dp.add_pipeline("g1", "gen", interface="g", receive="r", workers=workers,
+                        zero_copy=zero_copy, count=3000, rate=20000, flows=4, size=1518)
+    if workers:
+        assert p.pool.tester["zero_copy"] is zero_copy
+    else:
+        assert p.node.receiver.zero_copy is zero_copy
+    dp.connect("g")
+    dp.connect("r")
+    assert wait_for(p.sending_done, 20)
+
+    def result():
+        p.refresh(0.2)              # workers: a report now
+        return p.receive_result()
+    assert wait_for(lambda: result()[1] == 3000, 10), result()
+    r, arrived = result()
+    assert (r["packets"], r["received"], r["bytes"]) == (3000, 3000, 3000 * 1518)
+    assert (r["lost"], r["reordered"], r["duplicated"], r["corrupt"], r["other"]) == \
+        (0, 0, 0, 0, 0), r
+    running.stop()
 
 
 @pytest.mark.timeout(40)
@@ -241,7 +272,7 @@ def test_hostile_slave_bad_posted_buffer_to_zero_copy_master_gen(procs, abstract
     c.check(data, array("I", [len(f) for f in frames]))
     assert (c.received, c.corrupt, c.lost) == (3, 0, 0)
     gen.send_signal(signal.SIGTERM)
-    g = finish(gen)
+    g = finish(gen, 40)
     assert g["packets"] == 3 and g["interface"]["tx"][0]["packets"] == 3
 
 

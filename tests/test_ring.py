@@ -5,6 +5,7 @@ region and builds both sides' queues on it.  "s2m" is slave tx -> master rx,
 "m2s" is master tx -> slave rx (the master copies into the buffers the slave
 posted).
 """
+import contextlib
 import gc
 import os
 import random
@@ -591,11 +592,46 @@ def test_failed_queue_leaves_fd_to_caller():
         os.close(efd)
 
 
+@contextlib.contextmanager
+def fd0_kept():
+    """Fails if the body closed or replaced fd 0, and puts fd 0 back either
+    way, so later tests (and pytest) still have their stdin."""
+    saved = os.dup(0)
+    before = os.fstat(saved)
+    try:
+        yield
+        try:
+            now = os.fstat(0)
+        except OSError:
+            now = None
+        assert now is not None and (now.st_dev, now.st_ino) == (before.st_dev, before.st_ino), \
+            "fd 0 was closed or replaced"
+    finally:
+        os.dup2(saved, 0)
+        os.close(saved)
+
+
+def test_unconverted_arguments_close_no_fd():
+    """Regression: a Queue whose arguments failed to convert (None for the
+    Memory, a region number out of range) never ran its constructor, and its
+    destructor closed fd 0, the zero its fd field started as: the process's
+    stdin, or whatever had that number."""
+    mem = Memory()
+    os.close(mem.create_region(8192))
+    with fd0_kept():
+        for bad in ((None, 0), (mem, -1), (mem, 1 << 16)):
+            with pytest.raises((TypeError, OverflowError)):
+                Queue(bad[0], bad[1], 0, 4, True, True, 0, -1, 128, 4096)
+        gc.collect()
+
+
 def test_queue_argument_checks():
     mem = Memory()
     os.close(mem.create_region(8192))
-    with pytest.raises(TypeError):
-        Queue(None, 0, 0, 4, True, True, 0, -1, 128, 4096)   # used to read Py_None as Memory
+    with fd0_kept():
+        with pytest.raises(TypeError):
+            Queue(None, 0, 0, 4, True, True, 0, -1, 128, 4096)   # used to read Py_None as Memory
+        gc.collect()
     with pytest.raises(MemifError):
         Queue(mem, 0, 0, 4, True, True, 0, -1, 0, 4096)      # slave without buffers: SIGFPE
     with pytest.raises(MemifError):

@@ -71,6 +71,7 @@ def test_gen_and_sink_options_are_checked(running, sockdir):  # noqa: F811
         (dict(kind="gen", interface="a", src_ip="10.0.0.300"), "src_ip '10.0.0.300'"),
         (dict(kind="gen", interface="a", capture="x.pcap", workers=1),
          "capturing run in the main process only"),
+        (dict(kind="gen", interface="a", replay=os.path.join(sockdir, "none.pcap")), "--pcap"),
     ]
     for params, message in cases:
         kind = params.pop("kind")
@@ -85,3 +86,21 @@ def test_gen_and_sink_options_are_checked(running, sockdir):  # noqa: F811
         dp.add_pipeline("s", "sink", interface="b")
     dp.remove_pipeline("g")
     dp.add_pipeline("s", "sink", interface="b")
+
+
+@pytest.mark.timeout(30)
+def test_gen_replays_a_capture_it_is_handed(running, sockdir):  # noqa: F811
+    """``replay`` may be a memifx.pcap.Capture already read (the command
+    reads --pcap once): it is replayed as it is, even an empty one, never
+    taken for "no replay"."""
+    from array import array
+    from memifx import pcap
+    dp = running.dp
+    dp.add_interface("a", master(os.path.join(sockdir, "a.sock")))
+    empty = pcap.Capture(pcap.LINKTYPE_ETHERNET, bytearray(), array("I"), array("Q"))
+    one = pcap.Capture(pcap.LINKTYPE_ETHERNET, bytearray(60), array("I", [60]), array("Q", [0]))
+    for cap in (empty, one):
+        p = dp.add_pipeline("r", "gen", interface="a", replay=cap)
+        assert p.replay and p.sizes == []
+        assert p.node.sender.source.cap is cap
+        dp.remove_pipeline("r")

@@ -20,7 +20,7 @@ import pytest
 from memifx.traffic import Checker, Generator
 from conftest import wait_for
 from loopback import Loopback
-from rogue import PAGE, RogueSlave, Scribbler
+from rogue import RogueSlave, Scribbler
 from test_checker_fast_path import stream
 from test_gen_sink import finish, stop
 from test_hostile import master, rogue_slave  # noqa: F401  (master: the fixture)
@@ -306,12 +306,7 @@ def test_truncated_region_ends_the_link_not_the_sink(procs, abstract_sock):
         r.send_frame(f)
     os.eventfd_write(r.efds[0], 1)
     assert wait_for(lambda: ring.tail == ring.head, 10)
-    assert r.buffers_at == PAGE
-    h = ring.head
-    ring.put(h, length=60, offset=r.buf(ring, h))
-    os.ftruncate(r.fds[0], PAGE)
-    ring.head = h + 1
-    os.eventfd_write(r.efds[0], 1)
+    r.cut_region("buffers")
     assert r.outcome() == REASON
     r.close()
     assert sink.poll() is None                  # alive

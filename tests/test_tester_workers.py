@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import psutil
 import pytest
@@ -198,3 +199,81 @@ def test_worker_option_errors(args, message):
     r = subprocess.run(MEMIFX + args, capture_output=True, text=True, timeout=20)
     assert r.returncode == 2, r.stdout + r.stderr
     assert message in r.stderr
+
+
+@pytest.mark.timeout(60)
+def test_gen_workers_all_killed_after_sending_reports_real_time(procs, abstract_sock, sockdir,
+                                                                monkeypatch):
+    """Every gen worker SIGKILLed once it has sent its share, while its frames
+    still wait in the rings (the sink is stopped): the replacements send
+    nothing (each resumes after the frames its ring counted), yet the report
+    gives the time the frames really took to go out (the dead workers' first
+    and last frame), not 0 s and 0 Mpps."""
+    monkeypatch.setenv("MEMIFX_STATS_DIR", os.path.join(sockdir, "stats"))
+    count, rate = 1000, 2000.0              # 0.5 s; fits in the two rings untaken
+    sink = procs.start(MEMIFX + ["sink", "socket=%s,role=master,rx-mode=interrupt,queues=2"
+                                 % abstract_sock])
+    read_until(sink, "receiving")
+    gen = procs.start(MEMIFX + ["gen", "socket=%s,queues=2" % abstract_sock, "--workers", "2",
+                                "--count", str(count), "--flows", "8", "--rate", str(rate)])
+    try:
+        read_until(gen, "link up", 20)
+        os.kill(sink.pid, signal.SIGSTOP)      # nothing is taken from the rings from now on
+        assert wait_for(lambda: len(workers_of(gen)) == 2, 10)
+        first = workers_of(gen)
+
+        def in_rings():
+            p = show(gen.pid)
+            return sum(per_queue(p["interfaces"][0]["stats"], "tx")) if p else 0
+        assert wait_for(lambda: in_rings() == count, 20, 0.1)
+        time.sleep(0.3)                         # the workers' last reports, handled
+        for w in first:
+            os.kill(w.pid, signal.SIGKILL)
+        line = read_until(gen, "gen: sent", 30)
+        read_until(gen, "workers: 2, restarts: 2")
+        assert gen.wait(15) == 0
+    finally:
+        os.kill(sink.pid, signal.SIGCONT)
+    # gen: sent N frames, B bytes in S s: R Mpps, G Gbit/s (ring full F times)
+    words = line.split()
+    sent, seconds, mpps = int(words[2]), float(words[7]), float(words[9])
+    assert sent == count
+    assert 0.8 * (count - 64) / rate < seconds < count / rate + 1.0, line
+    assert mpps == pytest.approx(count / seconds / 1e6, abs=0.001)
+
+
+def test_resumed_sender_spans_frames_its_dead_worker_never_reported(monkeypatch):
+    """A gen worker that died before reporting what it sent (its ring
+    counters say more than its last report): its successor's sender starts
+    from the pool's start and ends no earlier than the death was seen, so
+    those frames are inside the reported time; a worker that reported all it
+    sent hands on its own first and last frame times."""
+    from memifx.nodes import tester as tester_workers
+    from memifx.workers import pool as worker
+
+    def no_spawn(self, interfaces, workers, cpus, quiet=100e-6, node=None, stats=None):
+        self.nworkers = workers
+        self.plan = {"workers": workers, "node": node}
+    monkeypatch.setattr(worker.WorkerPool, "__init__", no_spawn)
+
+    class Port:
+        name, mode, sent = "a", "eth", [300, 500]
+
+        def stats(self):
+            return {"tx": [{"packets": n, "bytes": 64 * n} for n in self.sent]}
+    args = {"sizes": [64], "ip_mode": False, "flows": 8, "src_mac": "020000000001",
+            "dst_mac": "ffffffffffff", "src_ip": "c6120001", "dst_ip": "c6130001",
+            "payload": "pattern", "queues": 2, "burst": 32}
+    pool = tester_workers.TesterPool(2, None, send=Port(), gen=args, count=1000)
+    pool.spawned = {0, 1}
+    pool.states = {1: {"done": True, "sender": {"sent": 500, "bytes": 32000, "ring_full": 0,
+                                                "unsent": 0, "t_up": 5.0, "t_last": 6.0,
+                                                "in_flight": 0}}}
+    before = time.monotonic()
+    plans = {w: pool.plan_for_spawn(w)[0] for w in (0, 1)}
+    resumed = {w: p["tester"]["resume"]["sender"] for w, p in plans.items()}
+    assert resumed[0]["queues"] == {"0": 300}
+    assert resumed[0]["t_up"] == pool.started and resumed[0]["t_last"] >= before
+    assert (resumed[1]["t_up"], resumed[1]["t_last"]) == (5.0, 6.0)
+    node = tester_workers.TesterNode(dict(plans[1], worker=1), [], lambda *a: None)
+    assert node.done and (node.sender.t_up, node.sender.t_last) == (5.0, 6.0)

@@ -22,7 +22,10 @@ A worker that dies is replaced by one that carries on from it:
 - its sender resumes each queue after the frames the ring counters (in the
   shared stats file, which outlive the worker) say went out: sequence
   numbers continue, nothing is sent twice, and frames it had staged but not
-  sent are sent by the new worker;
+  sent are sent by the new worker; the times of its first and last frame
+  go on too, so the report spans its frames even when the new worker has
+  none left to send (frames it sent after its last report are bounded by
+  the pool's start and the moment its death was seen);
 - its receiver starts from the dead worker's last exported Checker state.
   Frames the dead worker took after that snapshot, and frames lost in the
   link flap the restart causes, show up as sequence gaps: counted lost.
@@ -94,6 +97,7 @@ class TesterPool(WorkerPool):
         self.reports: Dict[int, int] = {}       # worker index -> counters messages received
         self.spawned: Set[int] = set()
         self.finishing = False
+        self.started = time.monotonic()         # before any worker's first frame
         self.memfds: List[int] = []             # made for a plan, closed once it is sent
         self.sending: List[List[int]] = []      # per worker: its source queues
         shares: List[List[Union[int, float]]] = [[0, 0.0]] * workers
@@ -147,10 +151,19 @@ class TesterPool(WorkerPool):
         if self.send_intf is not None:
             tx = self.send_intf.stats()["tx"]       # every frame that reached a ring
             sender = last.get("sender") or {}
-            resume["sender"] = {"queues": {str(q): tx[q]["packets"] for q in self.sending[w]},
+            queues = {str(q): tx[q]["packets"] for q in self.sending[w]}
+            t_up, t_last = sender.get("t_up"), sender.get("t_last")
+            if sum(queues.values()) > sender.get("sent", 0):
+                # It sent frames after its last report, before it died:
+                # they went out between its first report (or our start,
+                # when it never reported) and now.
+                t_last = time.monotonic()
+                if t_up is None:
+                    t_up = self.started
+            resume["sender"] = {"queues": queues,
                                 "bytes": sum(tx[q]["bytes"] for q in self.sending[w]),
                                 "ring_full": sender.get("ring_full", 0),
-                                "t_up": sender.get("t_up")}
+                                "t_up": t_up, "t_last": t_last}
         receiver = last.get("receiver")
         if receiver is not None:
             resume["receiver"] = {"first": receiver["first"], "last": receiver["last"]}
@@ -274,9 +287,10 @@ class TesterNode(Node):
     """The gen or sink node of one worker (or of the main process): a Sender
     over its share of the flows (gen), a Receiver over its receive queues
     (sink, gen --receive).  In the main process only, the plan may also ask
-    for ``replay`` ({"path", "repeat"}: send a pcap file's frames instead of
-    stamped ones) and ``capture`` ({"path", "ip"}: write what arrives on the
-    sending interface, or on sink's, to a pcap file; ``close`` closes it)."""
+    for ``replay`` ({"capture": a memifx.pcap.Capture already read,
+    "repeat"}: send its frames instead of stamped ones) and ``capture``
+    ({"path", "ip"}: write what arrives on the sending interface, or on
+    sink's, to a pcap file; ``close`` closes it)."""
 
     def __init__(self, plan: Message, fds: List[int],
                  tell: Callable[..., None]) -> None:
@@ -297,7 +311,7 @@ class TesterNode(Node):
         if self.send_key:
             g, replay = t["gen"], t.get("replay")
             if replay:
-                source, burst = Replay(pcap.read(replay["path"]), replay["repeat"]), BURST
+                source, burst = Replay(replay["capture"], replay["repeat"]), BURST
                 self.ntx = t["tx_queues"]
             else:
                 source = Synth(make_generator(g), g["queues"], g["burst"], single_size(g),
@@ -337,7 +351,10 @@ class TesterNode(Node):
             s.source.resume(int(q), sent)
             s.sent += sent
         s.admitted = s.sent
-        s.bytes, s.ring_full, s.t_up = r["bytes"], r["ring_full"], r["t_up"]
+        s.bytes, s.ring_full = r["bytes"], r["ring_full"]
+        # the frames before carry their times: the report spans them too,
+        # even when this worker has nothing left to send
+        s.t_up, s.t_last = r["t_up"], r.get("t_last")
 
     def run(self, links: Mapping[str, Link]) -> int:
         moved = 0
@@ -358,6 +375,8 @@ class TesterNode(Node):
         if self.waiting or link is None:
             return moved
         now = time.monotonic()
+        if s.t_up is None:
+            self.report_now = True      # the parent learns when sending began at once
         budget = s.budget(now)
         if self.duration and s.t_up is not None and now - s.t_up >= self.duration:
             self._finish()

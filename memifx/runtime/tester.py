@@ -14,16 +14,19 @@ gen: ``size`` (bytes or "imix") or ``sizes`` (a list), ``flows``,
 ``payload`` ("pattern"|"zeros"), ``src_mac``/``dst_mac`` (text or 6 bytes),
 ``src_ip``/``dst_ip`` (text or 4 bytes), ``count``, ``rate`` (frames/s, 0:
 unlimited), ``duration`` (seconds from the first frame), ``receive`` (the
-checked interface's name), ``replay`` (a pcap path), ``capture`` (a pcap path
+checked interface's name), ``replay`` (a pcap path, or a memifx.pcap.Capture
+the caller has read already: a file is read once), ``capture`` (a pcap path
 for what arrives on the sending interface), ``verify`` ("full"|"stamp"),
 ``zero_copy`` (bool: stamped frames are written straight into the ring's
-buffers instead of copied from a staging buffer).
+buffers instead of copied from a staging buffer, and what comes back on
+``receive`` is checked in place, as sink's).
 sink: ``verify``, ``capture`` and ``zero_copy`` (bool: check frames in place
 in the ring's buffers instead of copying them out; a capture keeps the copy).
 """
 import ipaddress
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+from memifx import pcap
 from memifx.interface import Interface
 from memifx.nodes.tester import TesterNode, TesterPool
 from memifx.runtime.errors import DataplaneError
@@ -113,6 +116,17 @@ def generator_args(spec: Any, ip_mode: bool, sizes: Sequence[int], flows: int,
     return args
 
 
+def read_replay(replay: Union[str, pcap.Capture]) -> pcap.Capture:
+    """The capture to replay: ``replay`` itself, or the file it names, read
+    (DataplaneError, option --pcap, if it cannot be)."""
+    if isinstance(replay, pcap.Capture):
+        return replay
+    try:
+        return pcap.read(replay)
+    except (OSError, pcap.PcapError) as e:
+        raise DataplaneError(str(e), "--pcap")
+
+
 class TesterPipeline(Pipeline):
     """``gen`` or ``sink`` (see the module docstring)."""
 
@@ -123,7 +137,8 @@ class TesterPipeline(Pipeline):
                  flows: int = 1, payload: str = "pattern", src_mac: Address = None,
                  dst_mac: Address = None, src_ip: Address = None, dst_ip: Address = None,
                  count: int = 0, rate: float = 0.0, duration: float = 0.0,
-                 receive: Optional[str] = None, replay: Optional[str] = None,
+                 receive: Optional[str] = None,
+                 replay: Union[str, pcap.Capture, None] = None,
                  capture: Optional[str] = None, verify: str = "full",
                  zero_copy: bool = False) -> None:
         super().__init__(name, kind, interfaces, workers, cpus, quiet, stats)
@@ -131,46 +146,45 @@ class TesterPipeline(Pipeline):
             raise DataplaneError("verify %r: full or stamp" % verify, "--verify")
         if not isinstance(zero_copy, bool):
             raise DataplaneError("zero_copy %r: true or false" % (zero_copy,), "--zero-copy")
-        if workers and (replay or capture):
+        if workers and (replay is not None or capture):
             raise DataplaneError("replaying and capturing run in the main process only",
                                  "--workers")
         names = list(self.interfaces)
         self.send_intf: Optional[Interface] = None
         self.receive_intf: Optional[Interface] = None
-        self.replay = bool(replay)
+        self.replay = replay is not None
         self.sizes: List[int] = []
         gen: Optional[Dict[str, Any]] = None
         if kind.name == "gen":
             self.send_intf = self.interfaces[names[0]]
             if receive is not None:
                 self.receive_intf = self.interfaces[receive]
-            if not replay:
+            if replay is None:
                 self.sizes = sizes_of(size, sizes)
                 gen = generator_args(specs[0], self.send_intf.mode == "ip", self.sizes,
                                      flows, payload, src_mac, dst_mac, src_ip, dst_ip,
                                      zero_copy)
         else:
             self.receive_intf = self.interfaces[names[0]]
-        # sink's zero_copy: its receiver checks in place (gen's is the Generator's)
-        in_place = zero_copy and kind.name == "sink"
         self.node: Optional[TesterNode] = None
         if workers:
             self.pool = TesterPool(workers, self.cpus, quiet, stats, send=self.send_intf,
                                    receive=self.receive_intf, gen=gen, count=count,
                                    rate=rate, duration=duration, verify=verify,
-                                   zero_copy=in_place)
+                                   zero_copy=zero_copy)
             self.hook_restarts()
         else:
             send, recv = self.send_intf, self.receive_intf
             tester: Dict[str, Any] = {
                 "send": send and send.name, "receive": recv and recv.name,
                 "receive_ip": recv is not None and recv.mode == "ip", "verify": verify,
-                "zero_copy": in_place,
+                "zero_copy": zero_copy,     # the receiver (sink's, gen --receive's)
                 "gen": gen, "count": count, "duration": duration,
                 "shares": [[count, rate]], "finished": False,
                 "tx_queues": send.tx_queues if send is not None else 0}
-            if replay:
-                tester["replay"] = {"path": replay, "repeat": bool(count or duration)}
+            if replay is not None:
+                tester["replay"] = {"capture": read_replay(replay),
+                                    "repeat": bool(count or duration)}
             if capture:
                 port = send if send is not None else recv
                 assert port is not None
