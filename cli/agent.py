@@ -25,6 +25,16 @@ def _load_file(path):
               help="Take the document from etcd v3 at URL (e.g. http://etcd:2379).")
 @click.option("--prefix", default=DEFAULT_PREFIX, show_default=True,
               help="With --etcd: the keys of this node (PREFIX/interfaces/NAME, ...).")
+@click.option("--etcd-timeout", type=click.FloatRange(min=0.1), default=None,
+              metavar="SECONDS",
+              help="With --etcd: the longest wait for the answer to each request to etcd "
+                   "(default 3).")
+@click.option("--etcd-watch-idle", type=click.FloatRange(min=0.1), default=None,
+              metavar="SECONDS",
+              help="With --etcd: when the watch has heard nothing this long, ask etcd "
+                   "whether it is alive; no answer within --etcd-timeout: disconnected, "
+                   "then reconnect and resync.  /state shows a silent etcd after about "
+                   "idle + timeout seconds (default 10).")
 @click.option("--http-port", type=click.IntRange(0, 65535), default=None,
               help="Port of the HTTP API and probes (default: the document's "
                    "agent.http-port, else 9110; 0: none).")
@@ -35,7 +45,8 @@ def _load_file(path):
               help="Only validate --config's document: print the error with the path of "
                    "the bad field and exit 1, or exit 0.")
 @click.pass_context
-def agent(ctx, config_path, etcd_url, prefix, http_port, http_bind, check):
+def agent(ctx, config_path, etcd_url, prefix, etcd_timeout, etcd_watch_idle, http_port,
+          http_bind, check):
     """Hold a declarative configuration (interfaces, xconnects, ip4 routers,
     gen/sink/echo endpoints) and apply it to this process's data plane by
     difference as it changes; serve /config, /state, /healthz, /readyz and
@@ -59,7 +70,11 @@ def agent(ctx, config_path, etcd_url, prefix, http_port, http_bind, check):
     from memifx.agent.apply import ApplyError, DataplaneApplier
     from memifx.agent.main import run_agent
     from memifx.agent.store import EtcdSource, FileSource
-    source = FileSource(config_path) if config_path else EtcdSource(etcd_url, prefix)
+    if config_path:
+        source = FileSource(config_path)
+    else:
+        given = {"timeout": etcd_timeout, "watch_idle": etcd_watch_idle}
+        source = EtcdSource(etcd_url, prefix, **{k: v for k, v in given.items() if v is not None})
     try:
         applier = DataplaneApplier()
     except ApplyError as e:

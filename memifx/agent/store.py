@@ -19,6 +19,19 @@ to 5 s), and on reconnection reads the prefix again (resync) and watches
 from there, so nothing that changed meanwhile is missed.  The data plane
 keeps forwarding throughout; it only stops hearing about changes.
 
+etcd may also go silent without closing anything (host frozen, network
+partition, a middlebox dropping the long-lived connection): the watch stream
+then neither ends nor speaks, and a one-way HTTP watch cannot ask etcd for a
+progress report.  So every read of the stream is bounded by ``watch_idle``
+seconds; when it passes with nothing heard, a count-only range read of the
+prefix (linearizable, so a member without quorum fails it too) under the
+normal request timeout decides.  etcd answers: the watch is opened again from
+the next revision, quietly (nothing is missed; counted in ``watch_reopens``).
+No answer: the source is lost as above.  /state therefore shows the truth
+about ``watch_idle + timeout`` seconds after etcd goes silent (at most
+``watch_idle + 2 * timeout`` when even new connections go unanswered: the
+check's connect and its read are each bounded by ``timeout``).
+
 The etcd client is etcd3gw: maintained (2.7.0, 2026), it speaks etcd's
 grpc-gateway JSON API over HTTP with ``requests``, so the image needs no gRPC
 wheels and its calls are plain blocking calls that suit a thread.  aetcd is
@@ -140,6 +153,12 @@ def _range_end(prefix: str) -> str:
     return bytes(b).decode()
 
 
+def _reason(e: Exception) -> str:
+    """'Type: text' of an error; etcd3gw's errors keep their text in
+    ``detail_text``, not in their arguments."""
+    return "%s: %s" % (type(e).__name__, getattr(e, "detail_text", None) or e)
+
+
 def document_from(kvs: Mapping[str, str], prefix: str) -> Dict[str, Any]:
     """{key: value text} under ``prefix`` -> the document (ConfigError naming
     the key when one is misplaced or does not parse)."""
@@ -161,19 +180,31 @@ def document_from(kvs: Mapping[str, str], prefix: str) -> Dict[str, Any]:
     return doc
 
 
+class EtcdSilent(ConnectionError):
+    """The watch stream heard nothing for ``watch_idle`` seconds and etcd
+    did not answer the check that followed."""
+
+
 class EtcdSource:
     """Document from an etcd v3 prefix; changes by watch, with reconnection
-    and resync."""
+    and resync.  ``timeout``: seconds for each request to etcd;
+    ``watch_idle``: seconds the watch stream may stay silent before etcd is
+    checked."""
 
     MIN_PAUSE, MAX_PAUSE = 0.2, 5.0
+    TIMEOUT, WATCH_IDLE = 3.0, 10.0
 
-    def __init__(self, url: str, prefix: str, timeout: float = 3.0) -> None:
+    def __init__(self, url: str, prefix: str, timeout: float = TIMEOUT,
+                 watch_idle: float = WATCH_IDLE) -> None:
         import etcd3gw
         from urllib.parse import urlsplit
+        if not (timeout > 0 and watch_idle > 0):
+            raise ValueError("etcd timeout and watch_idle must be positive seconds")
         u = urlsplit(url if "://" in url else "http://" + url)
         if not prefix.endswith("/"):
             prefix += "/"
         self.url, self.prefix, self.timeout = url, prefix, timeout
+        self.watch_idle = watch_idle
         self.client = etcd3gw.client(host=u.hostname or "127.0.0.1", port=u.port or 2379,
                                      protocol=u.scheme or "http", timeout=timeout)
         self.kvs: Dict[str, str] = {}
@@ -181,6 +212,7 @@ class EtcdSource:
         self.connected = False
         self.last_error: Optional[str] = None
         self.resyncs = 0
+        self.watch_reopens = 0
         self.response: Optional[requests.Response] = None
         self.stop: Optional[threading.Event] = None
         self.thread: Optional[threading.Thread] = None
@@ -207,6 +239,13 @@ class EtcdSource:
                     self._resync()
                 pause = self.MIN_PAUSE
                 self._watch()
+                if stop.is_set():
+                    break
+                self._check_alive()
+                self.watch_reopens += 1
+                log.debug("etcd %s: watch silent for %g s, etcd answers: watching again "
+                          "from revision %d", self.url, self.watch_idle, self.revision + 1)
+                continue
             except Exception as e:
                 if stop.is_set():
                     break
@@ -216,10 +255,11 @@ class EtcdSource:
             pause = min(pause * 2, self.MAX_PAUSE)
 
     def _lost(self, e: Exception) -> None:
+        reason = _reason(e)
         if self.connected or self.last_error is None:
-            log.warning("etcd %s: %s", self.url, e)
+            log.warning("etcd %s: %s", self.url, reason)
         self.connected = False
-        self.last_error = "%s: %s" % (type(e).__name__, e)
+        self.last_error = reason
 
     def _resync(self) -> None:
         """Read the whole prefix; submit it if it differs from the last one."""
@@ -236,6 +276,18 @@ class EtcdSource:
                  self.revision)
         self._submit()
 
+    def _check_alive(self) -> None:
+        """After a silent watch: return if etcd answers a count-only read of
+        the prefix within ``timeout``, else raise EtcdSilent."""
+        try:
+            self.client.post(self.client.get_url("/kv/range"),
+                             json={"key": _b64(self.prefix),
+                                   "range_end": _b64(_range_end(self.prefix)),
+                                   "count_only": True})
+        except Exception as e:
+            raise EtcdSilent("watch silent for %g s and etcd does not answer: %s"
+                             % (self.watch_idle, _reason(e))) from e
+
     def _submit(self) -> None:
         if self.kvs == self.submitted:
             return
@@ -249,47 +301,68 @@ class EtcdSource:
         self.agent.submit(doc, origin)
 
     def _watch(self) -> None:
-        """Follow the prefix from the next revision until the stream ends."""
+        """Follow the prefix from the next revision.  Returns when the stream
+        has been silent for ``watch_idle`` seconds (etcd may still be fine);
+        raises when it ends or fails."""
+        import requests
+        from urllib3.exceptions import ReadTimeoutError
         stop = self.stop
         assert stop is not None, "start() set it"
         request: Dict[str, Any] = {"create_request": {
             "key": _b64(self.prefix), "range_end": _b64(_range_end(self.prefix)),
             "start_revision": self.revision + 1}}
-        resp = self.client.session.post(self.client.get_url("/watch"), json=request,
-                                        stream=True, timeout=(self.timeout, None))
+        try:
+            resp = self.client.session.post(self.client.get_url("/watch"), json=request,
+                                            stream=True,
+                                            timeout=(self.timeout, self.watch_idle))
+        except requests.exceptions.ReadTimeout:
+            return                      # not even the created reply: check etcd
         self.response = resp
         try:
             resp.raise_for_status()
-            for line in resp.iter_lines():
-                if stop.is_set():
+            try:
+                self._follow(resp, stop)
+            except requests.exceptions.ConnectionError as e:
+                # requests reports a read timeout in the body as a ConnectionError
+                # around urllib3's ReadTimeoutError: that is silence, not an end
+                if e.args and isinstance(e.args[0], ReadTimeoutError):
                     return
-                if not line.strip():
-                    continue
-                result = json.loads(line).get("result", {})
-                if result.get("canceled") or int(result.get("compact_revision", 0) or 0):
-                    self.connected = False          # compacted: read everything again
-                    raise ConnectionError("watch canceled: %s"
-                                          % result.get("cancel_reason", "compacted"))
-                events = result.get("events", [])
-                for ev in events:
-                    kv = ev["kv"]
-                    key = _unb64(kv["key"])
-                    if ev.get("type") == "DELETE":
-                        self.kvs.pop(key, None)
-                    else:
-                        self.kvs[key] = _unb64(kv.get("value", ""))
-                    self.revision = max(self.revision, int(kv.get("mod_revision", 0)))
-                if events:
-                    self._submit()
+                raise
         finally:
             self.response = None
             resp.close()
         raise ConnectionError("watch stream ended")
 
+    def _follow(self, resp: "requests.Response", stop: threading.Event) -> None:
+        """Apply the watch's events line by line until the stream ends or
+        ``stop``."""
+        for line in resp.iter_lines():
+            if stop.is_set():
+                return
+            if not line.strip():
+                continue
+            result = json.loads(line).get("result", {})
+            if result.get("canceled") or int(result.get("compact_revision", 0) or 0):
+                self.connected = False          # compacted: read everything again
+                raise ConnectionError("watch canceled: %s"
+                                      % result.get("cancel_reason", "compacted"))
+            events = result.get("events", [])
+            for ev in events:
+                kv = ev["kv"]
+                key = _unb64(kv["key"])
+                if ev.get("type") == "DELETE":
+                    self.kvs.pop(key, None)
+                else:
+                    self.kvs[key] = _unb64(kv.get("value", ""))
+                self.revision = max(self.revision, int(kv.get("mod_revision", 0)))
+            if events:
+                self._submit()
+
     def status(self) -> Dict[str, Any]:
         return {"kind": "etcd", "url": self.url, "prefix": self.prefix,
                 "connected": self.connected, "revision": self.revision,
-                "resyncs": self.resyncs, "error": self.last_error}
+                "resyncs": self.resyncs, "watch_idle": self.watch_idle,
+                "watch_reopens": self.watch_reopens, "error": self.last_error}
 
     def close(self) -> None:
         if self.stop is not None:
@@ -326,4 +399,4 @@ def put_document(client: Any, prefix: str, data: Mapping[str, Any]) -> List[str]
     return sorted(keys)
 
 
-__all__ = ["FileSource", "EtcdSource", "document_from", "put_document"]
+__all__ = ["FileSource", "EtcdSource", "EtcdSilent", "document_from", "put_document"]
