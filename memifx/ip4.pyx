@@ -500,10 +500,13 @@ cdef class Router(CountedNode):
         returns the frames gathered (ring-level drops included).  The caller
         commits them (rxq.commit) once interface-output has copied them out."""
         cdef uint32_t n, i, s, k = 0, c
-        cdef uint64_t left, slot = self.slot_size(HDR_COPY)
+        cdef uint64_t left, slot = self.slot_size(HDR_COPY), packets = 0, nbytes = 0
         cdef frame_t *f
         cdef pkt_t *p
         cdef uint8_t *d
+        cdef uint8_t *arena
+        cdef const frame_t *frames
+        cdef const seg_t *segs
         n = rxq.gather(max_frames)
         if not self.reserve(<uint64_t>n * slot):
             for i in range(n):
@@ -512,39 +515,44 @@ cdef class Router(CountedNode):
                     rc.drops[D_NO_MEMORY] += 1
             self.npkts = 0
             return n
+        # in locals: memcpy could, for all the compiler knows, change them
+        arena, frames, segs = self.arena, rxq.frames, rxq.segs
         for i in range(n):
-            f = &rxq.frames[i]
+            f = &frames[i]
             if f.drop >= 0:
                 continue
+            packets += 1
+            nbytes += f.length
             if f.length > MAX_ROUTED:
-                rc.packets += 1
-                rc.bytes += f.length
                 rc.drops[D_TOO_LONG] += 1
                 continue
             p = &self.pkts[k]
-            p.buf = self.arena + <uint64_t>k * slot
+            p.buf = arena + <uint64_t>k * slot
             p.rx_len = <uint32_t>f.length
-            p.segs = &rxq.segs[f.first_seg]
+            p.segs = &segs[f.first_seg]
             p.nsegs = f.nsegs
             p.tail_len = 0
             d = p.buf + HEADROOM
-            if f.nsegs == 1 or rxq.segs[f.first_seg].len >= HDR_COPY:
-                p.copied = p.rx_len if p.rx_len < HDR_COPY else HDR_COPY
-                memcpy(d, rxq.segs[f.first_seg].ptr, p.copied)
+            if segs[f.first_seg].len >= HDR_COPY:
+                p.copied = HDR_COPY
+                memcpy(d, segs[f.first_seg].ptr, HDR_COPY)     # a fixed size: inlined
+            elif f.nsegs == 1:
+                p.copied = p.rx_len
+                memcpy(d, segs[f.first_seg].ptr, p.copied)
             else:
                 p.copied = 0
                 left = HDR_COPY
                 for s in range(f.first_seg, f.first_seg + f.nsegs):
-                    c = rxq.segs[s].len if rxq.segs[s].len < left else <uint32_t>left
-                    memcpy(d, rxq.segs[s].ptr, c)
+                    c = segs[s].len if segs[s].len < left else <uint32_t>left
+                    memcpy(d, segs[s].ptr, c)
                     d += c
                     p.copied += c
                     left -= c
                     if left == 0:
                         break
-            rc.packets += 1
-            rc.bytes += f.length
             k += 1
+        rc.packets += packets
+        rc.bytes += nbytes
         self.npkts = k
         return n
 
