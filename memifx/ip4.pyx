@@ -227,15 +227,19 @@ cdef inline bint header_sum_ok(const uint8_t *h, uint32_t hl) noexcept nogil:
     is a non-zero multiple of 0xFFFF (one multiply, where folding takes
     eight instructions)."""
     cdef uint64_t s = 0
-    cdef uint32_t w[5]
+    cdef uint32_t w0, w1, w2, w3, w4
     cdef uint32_t i
     if hl == 20:                # no options: the usual header, unrolled
-        memcpy(w, h, 20)
-        s = <uint64_t>w[0] + w[1] + w[2] + w[3] + w[4]
+        memcpy(&w0, h, 4)
+        memcpy(&w1, h + 4, 4)
+        memcpy(&w2, h + 8, 4)
+        memcpy(&w3, h + 12, 4)
+        memcpy(&w4, h + 16, 4)
+        s = <uint64_t>w0 + w1 + w2 + w3 + w4
     else:
         for i in range(0, hl, 4):
-            memcpy(w, h + i, 4)
-            s += w[0]
+            memcpy(&w0, h + i, 4)
+            s += w0
     return s != 0 and s % 0xFFFF == 0
 
 
@@ -572,14 +576,18 @@ cdef class Router(CountedNode):
         cdef const uint32_t *t8 = self.fib.tbl8
         cdef const nexthop_t *nhs = self.fib.nh
         cdef const nexthop_t *nh
-        cdef const iface_t *o
+        cdef const iface_t *o = NULL
         cdef uint32_t k, tot, dst, m4, nif = self.nif
         cdef uint32_t l2 = 0 if rif.ip_mode else ETH_HLEN
         cdef uint16_t m2, et
         cdef uint16_t ip4_type = 0x0008         # 0x0800 as loaded from the wire (little endian)
-        cdef int64_t r
+        cdef int64_t r, last_r = -1             # the last frame's route, dst, interface
+        cdef uint32_t last_dst = 0
+        cdef uint16_t last_out = 0
+        cdef bint last_any = False
         cdef uint64_t key, last_key = 0         # 0 is no key (nbr_key)
         cdef uint8_t l2hdr[16]                  # the Ethernet header towards last_key
+        cdef uint64_t forwarded = 0
         cdef pkt_t *p
         cdef uint8_t *d
         cdef uint8_t *h
@@ -608,26 +616,34 @@ cdef class Router(CountedNode):
             if r < 0:
                 self.push(V_INPUT, k)
                 continue
-            nh = &nhs[r]
-            if (nh.kind != NH_CONNECTED and nh.kind != NH_GATEWAY) or nh.ifindex >= nif \
-                    or not ifs[nh.ifindex].present:
-                self.push(V_INPUT, k)
-                continue
-            o = &ifs[nh.ifindex]
-            if not o.ip_mode:
-                key = nbr_key(nh.ifindex, nh.gw if nh.kind == NH_GATEWAY else dst)
-                if key != last_key:
-                    if not self.neighbor_header(key, o, l2hdr):
-                        last_key = 0
-                        self.push(V_INPUT, k)
-                        continue
-                    last_key = key
+            if r != last_r or (dst != last_dst and not last_any):
+                # Another way out than the last frame's: its next hop,
+                # interface and neighbor (the rest of the burst goes the
+                # way these were when looked up).
+                last_r = -1
+                nh = &nhs[r]
+                if (nh.kind != NH_CONNECTED and nh.kind != NH_GATEWAY) or nh.ifindex >= nif \
+                        or not ifs[nh.ifindex].present:
+                    self.push(V_INPUT, k)
+                    continue
+                o = &ifs[nh.ifindex]
+                if not o.ip_mode:
+                    key = nbr_key(nh.ifindex, nh.gw if nh.kind == NH_GATEWAY else dst)
+                    if key != last_key:
+                        if not self.neighbor_header(key, o, l2hdr):
+                            last_key = 0
+                            self.push(V_INPUT, k)
+                            continue
+                        last_key = key
+                last_r, last_dst, last_out = r, dst, nh.ifindex
+                last_any = nh.kind == NH_GATEWAY or o.ip_mode   # the same for any dst
             p.l3 = h
             p.l3_len = tot
-            p.out = nh.ifindex
+            p.out = last_out
             self.rewrite(p, o, l2hdr)
-            rc.forwarded += 1
+            forwarded += 1
             self.push(V_TX, k)
+        rc.forwarded += forwarded
 
     cdef void ethernet_input(self, uint32_t ifindex, rx_counters_t *rc) noexcept nogil:
         """Frames for our MAC (or broadcast): IPv4 to ip4-input, ARP to arp-input."""

@@ -133,25 +133,31 @@ XC_CEILINGS = {64: (235, 600), 1518: (460, 1270)}     # (forward, whole program)
 #   through the general graph's nodes before; the TTL checksum update with
 #   a constant, the Ethernet header prepared per neighbor, the header sum
 #   tested with one multiply instead of folded; then the one-buffer
-#   transmit):
-#        64 B: before 626.1, after 522.1, fast 430.8, one-buffer 370.9 -> ceiling 520
-#      1518 B: before 947.8, after 790.2, fast 697.9, one-buffer 629.0 -> ceiling 880
+#   transmit; "route cache": ip4-fast reuses the last frame's way out when
+#   its route (and, for a connected route, its destination) is the same):
+#        64 B: before 626.1, after 522.1, fast 430.8, one-buffer 370.9,
+#              route cache 338.2 -> ceiling 475
+#      1518 B: before 947.8, after 790.2, fast 697.9, one-buffer 629.0,
+#              route cache 596.3 -> ceiling 835
 #     memif_input (gather, the headers into the arena; "one-buffer" also
 #     copies a fixed 128 bytes when the first buffer holds them, and keeps
 #     its counters in locals)
 #        64 B: 187.6 -> 150.4 -> 115.5 -> 160;  1518 B: 348.5 -> 158.4 -> 108.5 -> 155
 #     run (ip4-fast; it was the graph below: 64 B 323.8 -> 256.0, 1518 B
 #     323.8 -> 265.0)
-#        64 B: 163.6 -> 230;  1518 B: 172.6 -> 245
-#       ip4_fast 64 B 147.4 -> 205, 1518 B 156.4 -> 220; interface_output
-#       16.1 -> 25; the general graph's nodes see nothing (< 1 together)
+#        64 B: 163.6 -> 130.8 -> 185;  1518 B: 172.6 -> 139.8 -> 200
+#       ip4_fast 64 B 147.4 -> 114.7 -> 160, 1518 B 156.4 -> 123.7 -> 175;
+#       interface_output 16.1 -> 25; the general graph's nodes see nothing
+#       (< 1 together)
 #     transmit (tx_copy into the M2S ring; at 1518 B tx_copy_parts: the
 #     headers from the arena, the rest from the S2M ring)
 #        64 B: 114.7 -> 115.8 -> 91.8 -> 130;  1518 B: 275.6 -> 366.8 -> 347.9 -> 490
 #   whole program (adds the slave's tx_batch and rx_batch, building the
 #   frames is outside the loop):
-#        64 B: before 962.6, after 874.8, fast 758.0, one-buffer 646.3 -> ceiling 905
-#      1518 B: before 1606.1, after 1464.7, fast 1346.9, one-buffer 1226.1 -> ceiling 1720
+#        64 B: before 962.6, after 874.8, fast 758.0, one-buffer 646.3,
+#              route cache 613.5 -> ceiling 860
+#      1518 B: before 1606.1, after 1464.7, fast 1346.9, one-buffer 1226.1,
+#              route cache 1193.3 -> ceiling 1670
 #
 #   The general graph (cost_burst mode "ip4-options", 64 B: 4 bytes of
 #   options in every header, which ip4-fast leaves to the graph; the
@@ -166,17 +172,17 @@ XC_CEILINGS = {64: (235, 600), 1518: (460, 1270)}     # (forward, whole program)
 #     ip4_rewrite (the neighbor lookup of csrc/neighbor.h, a seqlock read,
 #     included) 126.1 -> 94.3 -> 72.3 -> 100; the nodes with empty vectors
 #     (arp_input, ip4_local, ip4_icmp_error, arp_request) cost < 0.1 together
-IP4_CEILING = {"ip4-64": 520, "ip4-1518": 880, "ip4-options-64": 700}
+IP4_CEILING = {"ip4-64": 475, "ip4-1518": 835, "ip4-options-64": 700}
 IP4_CEILINGS = {
-    "ip4-64": {"memif_input": 160, "run": 230, "ip4_fast": 205, "transmit": 130,
+    "ip4-64": {"memif_input": 160, "run": 185, "ip4_fast": 160, "transmit": 130,
                "interface_output": 25},
-    "ip4-1518": {"memif_input": 155, "run": 245, "ip4_fast": 220, "transmit": 490,
+    "ip4-1518": {"memif_input": 155, "run": 200, "ip4_fast": 175, "transmit": 490,
                  "interface_output": 25},
     "ip4-options-64": {"ip4_fast": 25, "tx_in_arrival_order": 20, "ethernet_input": 50,
                        "ip4_input": 125, "ip4_lookup": 70, "ip4_rewrite": 100,
                        "interface_output": 25},
 }
-IP4_WHOLE_CEILING = {"ip4-64": 905, "ip4-1518": 1720, "ip4-options-64": 1085}
+IP4_WHOLE_CEILING = {"ip4-64": 860, "ip4-1518": 1670, "ip4-options-64": 1085}
 
 
 ANNOTATE_LINE = re.compile(r"^\s*([\d,]+)\s+\(\s*[\d.]+%\)\s+\S*:(\w+)(\s|$)")
@@ -234,8 +240,8 @@ def test_xconnect_node_instructions_per_packet(tmp_path, size):
 def test_ip4_nodes_instructions_per_packet(tmp_path, mode, size):
     """IPv4/UDP frames forwarded by Router.poll (interface 0 in, interface
     1 out, a /12 route via a static neighbor).  Measured (Ir/packet in
-    memif_input + run + transmit, whole program): 64 B 370.9, 646.3;
-    1518 B 629.0, 1226.1; with IPv4 options 499.8, 775.1.  The usual frame
+    memif_input + run + transmit, whole program): 64 B 338.2, 613.5;
+    1518 B 596.3, 1193.3; with IPv4 options 499.8, 775.1.  The usual frame
     is ip4-fast's alone: the general graph's nodes see none of it; a frame
     with options goes through them all.  At 1518 B memif_input's ceiling
     fails if it copies whole frames again (348.5 when it did)."""

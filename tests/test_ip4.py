@@ -535,8 +535,11 @@ def test_every_packet_accounted_for(node):
 
 # Usual frames (ip4-fast takes them in one pass) and every other kind (the
 # general graph decides them), to the same output interfaces.
-USUAL = [raw(udp(d, ttl=t)) for d in ("172.20.1.1", "172.16.5.7", "198.51.100.9")
-         for t in (2, 64)] + [raw(udp("172.16.5.1")), raw(udp("10.0.1.5"))]
+# 198.51.100.9 and .10: one connected route, two neighbors (N254, N_10).
+N_10 = "0a:00:00:00:00:10"
+USUAL = [raw(udp(d, ttl=t)) for d in ("172.20.1.1", "172.16.5.7", "198.51.100.9",
+                                      "198.51.100.10") for t in (2, 64)] + [
+    raw(udp("198.51.100.9")), raw(udp("172.16.5.1")), raw(udp("10.0.1.5"))]
 UNUSUAL = [f for _, i, f in DROP_CASES if i == 0] + [
     raw(udp("172.20.1.1", options=[IPOption_NOP()] * 4)),          # options: forwarded
     raw(eth(dst="ff:ff:ff:ff:ff:ff") / IP(src="10.0.1.5", dst="172.20.1.1") / UDP()),
@@ -554,6 +557,8 @@ def test_burst_outcome_is_each_frames_alone(order):
     order it came (whether ip4-fast or the general graph took it)."""
     burst, _ = make_node()
     alone, _ = make_node()
+    for r in (burst, alone):
+        r.add_neighbor(1, A("198.51.100.10"), mac_bytes(N_10))
     got = burst.process(0, order)
     want = [out for f in order for out in alone.process(0, [f])]
     assert got == want
