@@ -723,21 +723,25 @@ cdef class Queue:
         buffers of dropped frames go back to the pool at once."""
         cdef uint32_t i, start = 0, j
         cdef uint16_t used
+        cdef uint64_t packets = 0, nbytes = 0
+        cdef const frame_t *frames = self.frames
         if nframes == 0:
             return
         for i in range(nframes):
-            if self.frames[i].drop < 0:
-                self.c.packets += 1
-                self.c.bytes += self.frames[i].length
+            if frames[i].drop < 0:
+                packets += 1
+                nbytes += frames[i].length
             else:
-                self.c.drops[self.frames[i].drop] += 1
-            if self.slave and not (hold and self.frames[i].drop < 0):
-                for j in range(start, self.frames[i].end):
+                self.c.drops[frames[i].drop] += 1
+            if self.slave and not (hold and frames[i].drop < 0):
+                for j in range(start, frames[i].end):
                     self.free_bufs[self.nfree] = self.slot_buf[<uint16_t>(self.pos + j) & self.mask]
                     self.nfree += 1
             elif self.slave:
-                self.zc_held += self.frames[i].end - start
-            start = self.frames[i].end
+                self.zc_held += frames[i].end - start
+            start = frames[i].end
+        self.c.packets += packets
+        self.c.bytes += nbytes
         used = <uint16_t>self.frames[nframes - 1].end
         self.pos = <uint16_t>(self.pos + used)
         if not self.slave:
