@@ -24,7 +24,8 @@ cdef enum:
     MAX_FLOWS = 65536       # the flow id is a u16 in the stamp
     WINDOW = 1024           # per-flow sequence window of the checker (bits)
     WINDOW_WORDS = 16       # WINDOW / 64
-    LAT_SUB = 64            # latency histogram: buckets per power of two
+    LAT_SUB_BITS = 6
+    LAT_SUB = 64            # latency histogram: buckets per power of two (1 << LAT_SUB_BITS)
     LAT_BUCKETS = 64 + 58 * 64
 
 cdef struct flow_t:

@@ -50,7 +50,14 @@ from memifx.ring cimport Queue, frame_t, DROP_TOO_LONG
 import struct
 
 cdef extern from *:
+    """
+    #define mx_unlikely(x) __builtin_expect(!!(x), 0)
+    #define mx_keep_branch() __asm__ __volatile__("")
+    """
     int __builtin_clzll(unsigned long long) nogil
+    bint unlikely "mx_unlikely"(bint) nogil      # a hint: lay out the branch as rare
+    # No code; a branch that holds it stays a branch (not a conditional move)
+    void keep_branch "mx_keep_branch"() nogil
     uint16_t __builtin_bswap16(uint16_t) nogil
 
 cdef uint64_t SEED_MUL = 0x9E3779B97F4A7C15ULL
@@ -107,8 +114,8 @@ cdef inline uint64_t pattern_seed(uint64_t seq, uint16_t flow) noexcept nogil:
 
 
 cdef inline void write_pattern(uint8_t *p, uint32_t length, uint64_t w) noexcept nogil:
-    cdef uint32_t k, words = length >> 3
-    for k in range(words):
+    cdef uint64_t k, words = length >> 3
+    for k in range(words):      # no dependence between words: the compiler vectorises it
         memcpy(p + 8 * k, &w, 8)
         w += STEP
     if length & 7:
@@ -116,13 +123,17 @@ cdef inline void write_pattern(uint8_t *p, uint32_t length, uint64_t w) noexcept
 
 
 cdef inline bint pattern_ok(const uint8_t *p, uint32_t length, uint64_t w) noexcept nogil:
-    cdef uint32_t k, words = length >> 3
-    cdef uint64_t v = 0
+    """Whether ``length`` bytes at ``p`` are the pattern that starts with
+    word ``w``.  The differences of all words are or-ed together, without
+    an exit per word: a loop the compiler vectorises (a damaged frame costs
+    as much as a sound one)."""
+    cdef uint64_t k, words = length >> 3, v, diff = 0
     for k in range(words):
         memcpy(&v, p + 8 * k, 8)
-        if v != w:
-            return False
+        diff |= v ^ w
         w += STEP
+    if diff:
+        return False
     if length & 7:
         v = 0
         memcpy(&v, p + 8 * words, length & 7)
@@ -167,11 +178,12 @@ cdef inline uint32_t flow_ports(uint16_t flow) noexcept nogil:
 
 
 cdef inline uint32_t lat_bucket(uint64_t v) noexcept nogil:
-    cdef int shift
-    if v < LAT_SUB:
-        return <uint32_t>v
-    shift = 63 - __builtin_clzll(v) - 6             # v >> shift is in [64, 128)
-    return <uint32_t>(LAT_SUB + shift * LAT_SUB + ((v >> shift) - LAT_SUB))
+    """The latency histogram's bucket of ``v`` ns: ``v`` itself below
+    LAT_SUB, else LAT_SUB buckets per power of two, ``v >> shift`` in
+    [LAT_SUB, 2 * LAT_SUB) picking one.  Without a branch: ``v | LAT_SUB``
+    makes the shift 0 below LAT_SUB, where the formula gives ``v``."""
+    cdef uint32_t shift = 63 - LAT_SUB_BITS - __builtin_clzll(v | LAT_SUB)
+    return shift * LAT_SUB + <uint32_t>(v >> shift)
 
 
 cdef inline uint64_t lat_bucket_top(uint32_t b) noexcept nogil:
@@ -477,10 +489,14 @@ def span(const uint32_t[::1] lengths, uint32_t first, uint32_t n):
 
 cdef struct tally_t:         # a burst's results, kept in locals while it is checked
     uint64_t now
-    uint64_t received
     uint64_t lat_sum
     uint64_t lat_min
     uint64_t lat_max
+    # what the headers of a frame of ``length`` bytes hold, in memory order:
+    # the last frame's (a burst's frames mostly have one size)
+    uint32_t length
+    uint32_t ip_w0          # version and IHL, total length (TOS masked out)
+    uint32_t udp_len        # UDP length
 
 
 cdef inline uint64_t load64(const uint8_t *p) noexcept nogil:
@@ -499,6 +515,13 @@ cdef inline uint32_t load32(const uint8_t *p) noexcept nogil:
     cdef uint32_t v
     memcpy(&v, p, 4)
     return v
+
+
+cdef inline bint divisible_by_ffff(uint64_t x) noexcept nogil:
+    """``x % 0xffff == 0`` without a division: 0xffff is odd, so it has an
+    inverse modulo 2**64, and the multiples of 0xffff are exactly the x
+    whose product with it is at most (2**64 - 1) / 0xffff."""
+    return x * 0xfffefffefffeffffULL <= 0x0001000100010001ULL
 
 
 cdef inline uint32_t bswap16(uint32_t v) noexcept nogil:
@@ -525,10 +548,11 @@ cdef inline bint fast_good(Checker self, const uint8_t *p, uint32_t length, uint
     the sequence number compared with the flow's next in one go)."""
     cdef const uint8_t *ip = p + l2
     cdef const uint8_t *st = ip + IP_HLEN + UDP_HLEN
-    cdef uint32_t avail = length - l2, w0, w1, w2, w3, w4, magic
-    cdef uint64_t head, seq, ts, lat, udp, s
+    cdef uint32_t avail = length - l2, w0, w2, magic
+    cdef uint64_t head, seq, ts, lat, s
     cdef flow_t *f
-    if length < l2 + IP_HLEN + UDP_HLEN + STAMP_LEN or avail > 0xffff:
+    # l2 + IP_HLEN + UDP_HLEN + STAMP_LEN <= length <= l2 + 0xffff, as one compare
+    if length - (l2 + IP_HLEN + UDP_HLEN + STAMP_LEN) > 0xffff - (IP_HLEN + UDP_HLEN + STAMP_LEN):
         return False
     head = load64(st)                               # magic u16, flow u16, seq low half
     seq = load64(st + 4)
@@ -539,36 +563,37 @@ cdef inline bint fast_good(Checker self, const uint8_t *p, uint32_t length, uint
             or (magic | (STAMP_MAGIC ^ STAMP_MAGIC_ZEROS)) != STAMP_MAGIC_ZEROS
             or (l2 and load16(p + 12) != 0x0008)):
         return False
+    if length != t.length:
+        t.length = length
+        t.ip_w0 = 0x45 | (bswap16(avail) << 16)
+        t.udp_len = bswap16(avail - IP_HLEN)
     w0 = load32(ip)                 # version/IHL, TOS, total length
     w2 = load32(ip + 8)             # TTL, protocol, checksum
-    udp = load64(ip + IP_HLEN)      # ports, length, checksum
-    if ((w0 & 0xffff00ffULL) != (0x45ULL | (<uint64_t>bswap16(avail) << 16))
-            or (w2 & 0xff00ULL) != (17ULL << 8)
-            or (udp & 0xffffffffffffULL)
-            != (f.ports | (<uint64_t>bswap16(avail - IP_HLEN) << 32))):
-        return False
-    w1 = load32(ip + 4)
-    w3 = load32(ip + 12)
-    w4 = load32(ip + 16)
-    s = <uint64_t>w0 + w1 + w2 + w3 + w4
-    s = (s & 0xffffffffULL) + (s >> 32)
-    s = (s & 0xffff) + (s >> 16)
-    s = (s & 0xffff) + (s >> 16)
-    s = (s & 0xffff) + (s >> 16)
-    if s != 0xffff:                                 # the header's ones' complement sum
+    # The header's ones' complement sum must be 0xffff.  That sum of 16-bit
+    # words folds their plain sum S modulo 0xffff (2**16 = 1 mod 0xffff),
+    # mapping a non-zero multiple of 0xffff to 0xffff; adding 32-bit words
+    # instead changes S by multiples of 0xffff only; S > 0 (version byte,
+    # checked).  So: S % 0xffff == 0, tested as a multiply and a compare.
+    s = <uint64_t>w0 + load32(ip + 4) + w2 + load32(ip + 12) + load32(ip + 16)
+    if ((w0 & 0xffff00ffU) != t.ip_w0 or (w2 & 0xff00) != (17 << 8)
+            or load32(ip + IP_HLEN) != f.ports                  # UDP ports
+            or load16(ip + IP_HLEN + 4) != t.udp_len            # UDP length
+            or not divisible_by_ffff(s)):
         return False
     if payload and not payload_ok(st + STAMP_LEN, avail - IP_HLEN - UDP_HLEN - STAMP_LEN,
                                   <uint16_t>magic, seq, <uint16_t>(head >> 16)):
         return False
-    t.received += 1
+    f.newest = ts
     lat = t.now - ts if t.now > ts else 0
     self.lat_hist[lat_bucket(lat)] += 1
     t.lat_sum += lat
-    if lat < t.lat_min:
+    # a new minimum or maximum is rare: branches, not conditional moves
+    if unlikely(lat < t.lat_min):
         t.lat_min = lat
-    if lat > t.lat_max:
+        keep_branch()
+    if unlikely(lat > t.lat_max):
         t.lat_max = lat
-    f.newest = ts
+        keep_branch()
     f.next = seq + 1
     f.seen[(seq % WINDOW) >> 6] |= 1ULL << (seq & 63)
     return True
@@ -576,17 +601,19 @@ cdef inline bint fast_good(Checker self, const uint8_t *p, uint32_t length, uint
 
 cdef inline void tally_start(Checker self, tally_t *t) noexcept nogil:
     t.now = now_ns()
-    t.received = 0
     t.lat_sum = 0
+    t.length = 0            # no frame is that short: the first one sets it
     t.lat_min = self.lat_min
     t.lat_max = self.lat_max
 
 
-cdef inline void tally_end(Checker self, tally_t *t, uint32_t frames,
-                           uint64_t nbytes) noexcept nogil:
+cdef inline void tally_end(Checker self, tally_t *t, uint32_t frames, uint64_t nbytes,
+                           uint32_t fast) noexcept nogil:
+    """The burst's results into the checker: ``frames`` looked at, of which
+    ``fast`` passed fast_good() (check_one() counted the others itself)."""
     self.packets += frames
     self.bytes += nbytes
-    self.received += t.received
+    self.received += fast
     self.lat_sum += t.lat_sum
     if t.lat_min < self.lat_min:
         self.lat_min = t.lat_min
@@ -599,7 +626,7 @@ cdef inline uint32_t check_frames(Checker self, const uint8_t *base, const uint3
     """Checker.check_packed for ``l2`` bytes of Ethernet header (0 or 14) and
     with or without the payload check: fast_good() for each frame, and
     check_one() for those it does not take."""
-    cdef uint32_t i, good = 0, length
+    cdef uint32_t i, good = 0, slow = 0, length
     cdef uint64_t off = 0
     cdef const uint8_t *p
     cdef tally_t t
@@ -609,10 +636,11 @@ cdef inline uint32_t check_frames(Checker self, const uint8_t *base, const uint3
         length = lengths[i]
         off += length
         if not fast_good(self, p, length, l2, payload, &t):
+            slow += 1
             if self.check_one(p, length, t.now) == GOOD:
                 good += 1
-    tally_end(self, &t, n, off)
-    return good + <uint32_t>t.received
+    tally_end(self, &t, n, off, n - slow)
+    return good + n - slow
 
 
 cdef inline uint32_t check_gathered(Checker self, Queue q, uint32_t n, uint8_t *scratch,
@@ -624,7 +652,7 @@ cdef inline uint32_t check_gathered(Checker self, Queue q, uint32_t n, uint8_t *
     fields more than once, never reads memory the peer can change.  A frame
     longer than ``scratch`` is dropped "frame too long", as rx_copy() drops
     one longer than its buffer."""
-    cdef uint32_t i, s, frames = 0, length
+    cdef uint32_t i, s, frames = 0, slow = 0, length
     cdef uint64_t nbytes = 0, off
     cdef frame_t *fr
     cdef const uint8_t *p
@@ -653,9 +681,10 @@ cdef inline uint32_t check_gathered(Checker self, Queue q, uint32_t n, uint8_t *
                     continue
                 memcpy(scratch, p, length)
             self.check_one(scratch, length, t.now)
+            slow += 1
         frames += 1
         nbytes += length
-    tally_end(self, &t, frames, nbytes)
+    tally_end(self, &t, frames, nbytes, frames - slow)
     return frames
 
 
