@@ -599,8 +599,8 @@ cdef inline bint fast_good(Checker self, const uint8_t *p, uint32_t length, uint
     return True
 
 
-cdef inline void tally_start(Checker self, tally_t *t) noexcept nogil:
-    t.now = now_ns()
+cdef inline void tally_start(Checker self, tally_t *t, uint64_t now) noexcept nogil:
+    t.now = now if now else now_ns()
     t.lat_sum = 0
     t.length = 0            # no frame is that short: the first one sets it
     t.lat_min = self.lat_min
@@ -622,7 +622,8 @@ cdef inline void tally_end(Checker self, tally_t *t, uint32_t frames, uint64_t n
 
 
 cdef inline uint32_t check_frames(Checker self, const uint8_t *base, const uint32_t *lengths,
-                                  uint32_t n, uint32_t l2, bint payload) noexcept nogil:
+                                  uint32_t n, uint32_t l2, bint payload,
+                                  uint64_t now) noexcept nogil:
     """Checker.check_packed for ``l2`` bytes of Ethernet header (0 or 14) and
     with or without the payload check: fast_good() for each frame, and
     check_one() for those it does not take."""
@@ -630,7 +631,7 @@ cdef inline uint32_t check_frames(Checker self, const uint8_t *base, const uint3
     cdef uint64_t off = 0
     cdef const uint8_t *p
     cdef tally_t t
-    tally_start(self, &t)
+    tally_start(self, &t, now)
     for i in range(n):
         p = base + off
         length = lengths[i]
@@ -657,7 +658,7 @@ cdef inline uint32_t check_gathered(Checker self, Queue q, uint32_t n, uint8_t *
     cdef frame_t *fr
     cdef const uint8_t *p
     cdef tally_t t
-    tally_start(self, &t)
+    tally_start(self, &t, 0)
     for i in range(n):
         fr = &q.frames[i]
         if fr.drop >= 0:
@@ -707,9 +708,12 @@ cdef class Checker:
                 free(self.flow[i])
             free(self.flow)
 
-    def check(self, const uint8_t[::1] buf, const uint32_t[::1] lengths, uint32_t n=0xffffffff):
+    def check(self, const uint8_t[::1] buf, const uint32_t[::1] lengths, uint32_t n=0xffffffff,
+              uint64_t now=0):
         """Check the first ``n`` frames packed back to back in ``buf`` (the
-        layout rx_into() writes).  Returns how many were good."""
+        layout rx_into() writes).  ``now``: when they were received,
+        CLOCK_MONOTONIC ns, the time their latencies count from (0: now).
+        Returns how many were good."""
         cdef uint32_t i, good
         cdef uint64_t off = 0
         if n > <uint32_t>lengths.shape[0]:
@@ -721,7 +725,7 @@ cdef class Checker:
         if off > <uint64_t>buf.shape[0]:
             raise ValueError("lengths add up to more than the buffer")
         with nogil:
-            good = self.check_packed(&buf[0] if off else NULL, &lengths[0], n)
+            good = self.check_packed(&buf[0] if off else NULL, &lengths[0], n, now)
         return good
 
     def drain(self, Queue q, uint8_t[::1] buf, uint32_t[::1] lengths, uint32_t bursts):
@@ -741,7 +745,7 @@ cdef class Checker:
                 n = q.rx_copy(&buf[0], room, &lengths[0], maxf)
                 if n == 0:
                     break
-                self.check_packed(&buf[0], &lengths[0], n)
+                self.check_packed(&buf[0], &lengths[0], n, 0)
                 total += n
                 bursts -= 1
         return total
@@ -789,16 +793,16 @@ cdef class Checker:
         return check_gathered(self, q, n, scratch, room, ETH_HLEN, False)
 
     cdef uint32_t check_packed(self, const uint8_t *base, const uint32_t *lengths,
-                               uint32_t n) noexcept nogil:
+                               uint32_t n, uint64_t now) noexcept nogil:
         """check() on raw pointers; the lengths are known to fit."""
         # the mode as constants: the compiler makes a loop for each
         if self.ip_mode:
             if self.payload:
-                return check_frames(self, base, lengths, n, 0, True)
-            return check_frames(self, base, lengths, n, 0, False)
+                return check_frames(self, base, lengths, n, 0, True, now)
+            return check_frames(self, base, lengths, n, 0, False, now)
         if self.payload:
-            return check_frames(self, base, lengths, n, ETH_HLEN, True)
-        return check_frames(self, base, lengths, n, ETH_HLEN, False)
+            return check_frames(self, base, lengths, n, ETH_HLEN, True, now)
+        return check_frames(self, base, lengths, n, ETH_HLEN, False, now)
 
     cdef int check_one(self, const uint8_t *p, uint32_t length, uint64_t now) noexcept nogil:
         """One frame, every case (the caller counts packets and bytes)."""

@@ -100,3 +100,88 @@ def test_fast_and_general_paths_count_alike(ip_mode, payload):
             assert fast["lost"] and fast["reordered"] and fast["duplicated"]
             assert fast["corrupt"] and fast["other"] and fast["resets"]
             assert fast["packets"] == len(frames)
+
+
+# ------------------------------------------------- the latency histogram
+
+def reference_bucket(v):
+    """The histogram's bucket of a latency of ``v`` ns: ``v`` below 64, then
+    64 buckets per power of two."""
+    if v < 64:
+        return v
+    shift = v.bit_length() - 1 - 6
+    return 64 + shift * 64 + ((v >> shift) - 64)
+
+
+def latency_state(checker):
+    """(min, max, sum, {bucket: count}) out of Checker.export()."""
+    state = checker.export()
+    head = struct.unpack_from("=12Q", state, 0)
+    off = 12 * 8
+    n = struct.unpack_from("=Q", state, off)[0]
+    pairs = struct.unpack_from("=%dQ" % (2 * n), state, off + 8)
+    return head[9], head[10], head[11], dict(zip(pairs[::2], pairs[1::2]))
+
+
+def stamped(ip_mode, latencies, now, nflows=3):
+    """Frames whose stamps say they were sent ``latencies[i]`` ns before
+    ``now`` (a negative latency: after it), each flow's in sequence."""
+    l2 = 0 if ip_mode else 14
+    gen = Generator([96], ip_mode=ip_mode, flows=nflows)
+    frames = frames_of(gen, len(latencies), 96, nflows)
+    out = []
+    for f, lat in zip(frames, latencies):
+        f = bytearray(f)
+        struct.pack_into("=Q", f, l2 + 20 + 8 + 12, now - lat)
+        out.append(bytes(f))
+    return out
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("ip_mode", [False, True])
+def test_latency_histogram_is_exact(ip_mode):
+    """Each good frame's latency (now - stamp, 0 for a stamp after now) in
+    its bucket, and min, max and sum, exactly: on the fast path, and on the
+    general one (the same frames with an IP option).  The latencies cover
+    every bucket edge up to 2**64 - 8 ns; within each flow the stamps rise
+    (latencies fall), as a sender's do."""
+    l2 = 0 if ip_mode else 14
+    now = (1 << 64) - 8
+    edges = {0, 1, 2, 62, 63, 64, 65, 126, 127, 128, 129, now}
+    for k in range(7, 64):
+        edges |= {(1 << k) - 1, 1 << k, (1 << k) + 1, (1 << k) + (1 << (k - 6)) - 1}
+    rng = random.Random(13)
+    values = sorted(v for v in edges | {rng.getrandbits(rng.randrange(1, 64))
+                                         for _ in range(400)} if v <= now)
+    latencies = values[::-1] + [-5, -1]         # (stamps after now: latency 0)
+    frames = stamped(ip_mode, latencies, now)
+    optioned = [with_option(f, l2) for f in frames]
+    expect_lat = [max(v, 0) for v in latencies]
+    hist = {}
+    for v in expect_lat:
+        hist[reference_bucket(v)] = hist.get(reference_bucket(v), 0) + 1
+    expect = (min(expect_lat), max(expect_lat), sum(expect_lat) % (1 << 64), hist)
+    for burst in (1, 5, 256):
+        for sent in (frames, optioned):
+            c = Checker(ip_mode=ip_mode)
+            for i in range(0, len(sent), burst):
+                part = sent[i:i + burst]
+                c.check(bytearray(b"".join(part)), array("I", [len(f) for f in part]), now=now)
+            assert c.received == len(sent) and not (c.lost or c.reordered or c.corrupt)
+            assert latency_state(c) == expect, (burst, sent is optioned)
+    assert max(hist) == 57 * 64 + 127             # the last bucket: 2**63 .. 2**64 - 1
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("ip_mode", [False, True])
+def test_latency_counts_from_the_clock_by_default(ip_mode):
+    """Without ``now``, a frame stamped just before the check has a small,
+    real latency."""
+    gen = Generator([96], ip_mode=ip_mode)
+    buf = bytearray(2 * 96)
+    lengths = array("I", [0, 0])
+    assert gen.fill(buf, lengths, 2, array("I", [0])) == (2, 192)
+    c = Checker(ip_mode=ip_mode)
+    assert c.check(buf, lengths) == 2
+    lat_min, lat_max, _, hist = latency_state(c)
+    assert 0 < lat_min <= lat_max < 10 ** 10 and sum(hist.values()) == 2
