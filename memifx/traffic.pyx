@@ -246,35 +246,66 @@ cdef inline void write_frame(uint8_t *p, const uint8_t *t, uint32_t hlen, uint32
         memset(st + STAMP_LEN, 0, rest)
 
 
-cdef inline (uint32_t, uint64_t, uint32_t) fill_frames(
-        uint8_t *base, uint64_t room, uint32_t *lengths, uint32_t n, const uint32_t *flows,
-        uint32_t nflows, uint32_t cursor, uint64_t ts, const uint32_t *sizes, uint32_t nsizes,
-        uint32_t si, const uint8_t *hdr, uint32_t hlen, uint64_t *seqs, bint zeros,
-        bint payload) noexcept nogil:
-    """Generator.fill_raw's loop; returns (frames, bytes, next size index).
-    Everything it reads is a local: the frames are bytes, which may alias
-    anything, so the compiler would reload the generator's fields after each
-    frame written."""
-    cdef uint32_t i = 0, size, flow
+cdef struct cycle_t:
+    # Where the generator is in its cycles of flows and sizes, held in
+    # locals while a burst is made: the frames are bytes, which may alias
+    # anything, so the compiler would reload the generator's fields after
+    # each frame written.
+    const uint32_t *flows   # the flows frames belong to, in turn
+    uint32_t nflows
+    uint32_t cursor         # flows[cursor]: the next frame's flow
+    uint64_t *seqs          # per flow: its next sequence number
+    const uint32_t *sizes   # the frame sizes, in turn
+    uint32_t nsizes
+    uint32_t si             # sizes[si]: the next frame's size
+
+
+cdef inline uint32_t take_frame(cycle_t *c, uint32_t *flow, uint64_t *seq) noexcept nogil:
+    """The next frame: its flow and sequence number into ``flow`` and
+    ``seq``, its size index returned; the cycles move on by one frame."""
+    cdef uint32_t si = c.si
+    flow[0] = c.flows[c.cursor]
+    c.cursor += 1
+    if c.cursor == c.nflows:
+        c.cursor = 0
+    seq[0] = c.seqs[flow[0]]
+    c.seqs[flow[0]] = seq[0] + 1
+    c.si += 1
+    if c.si == c.nsizes:
+        c.si = 0
+    return si
+
+
+cdef inline cycle_t cycle_of(Generator g, const uint32_t *flows, uint32_t nflows,
+                            uint32_t cursor) noexcept nogil:
+    """``g``'s cycles, ``flows`` taken in turn from ``cursor``."""
+    cdef cycle_t c
+    c.flows = flows
+    c.nflows = nflows
+    c.cursor = cursor
+    c.seqs = g.seq
+    c.sizes = g.sizes
+    c.nsizes = g.nsizes
+    c.si = g.size_pos
+    return c
+
+
+cdef inline (uint32_t, uint64_t) fill_frames(
+        cycle_t *c, uint8_t *base, uint64_t room, uint32_t *lengths, uint32_t n, uint64_t ts,
+        const uint8_t *hdr, uint32_t hlen, bint zeros, bint payload) noexcept nogil:
+    """Generator.fill_raw's loop; returns (frames, bytes)."""
+    cdef uint32_t i = 0, size, flow, si
     cdef uint64_t off = 0, seq
     while i < n:
-        size = sizes[si]
+        size = c.sizes[c.si]
         if off + size > room:
             break
-        flow = flows[cursor]
-        cursor += 1
-        if cursor == nflows:
-            cursor = 0
-        seq = seqs[flow]
-        seqs[flow] = seq + 1
+        si = take_frame(c, &flow, &seq)
         write_frame(base + off, hdr + si * HDR_MAX, hlen, size, flow, seq, ts, zeros, payload)
-        si += 1
-        if si == nsizes:
-            si = 0
         lengths[i] = size
         off += size
         i += 1
-    return i, off, si
+    return i, off
 
 
 cdef class Generator:
@@ -389,18 +420,17 @@ cdef class Generator:
                                        uint32_t cursor, bint payload,
                                        uint64_t ts) noexcept nogil:
         """fill() on raw pointers."""
-        cdef uint32_t i, si = self.size_pos
+        cdef uint32_t i
         cdef uint64_t off
+        cdef cycle_t c = cycle_of(self, flows, nflows, cursor)
         # zeros or pattern as a constant: the compiler makes a loop for each
         if self.zeros:
-            i, off, si = fill_frames(base, room, lengths, n, flows, nflows, cursor, ts,
-                                     self.sizes, self.nsizes, si, self.hdr, self.hlen,
-                                     self.seq, True, payload)
+            i, off = fill_frames(&c, base, room, lengths, n, ts, self.hdr, self.hlen, True,
+                                 payload)
         else:
-            i, off, si = fill_frames(base, room, lengths, n, flows, nflows, cursor, ts,
-                                     self.sizes, self.nsizes, si, self.hdr, self.hlen,
-                                     self.seq, False, True)
-        self.size_pos = si
+            i, off = fill_frames(&c, base, room, lengths, n, ts, self.hdr, self.hlen, False,
+                                 True)
+        self.size_pos = c.si
         return i, off
 
     cdef uint32_t fill_at(self, uint8_t **ptrs, const uint32_t *room, uint32_t *lengths,
@@ -413,23 +443,17 @@ cdef class Generator:
         ``ptrs[i]`` are a zeros-payload frame written here before, so a
         zeros frame no longer than that needs its headers and stamp only;
         updated to what each buffer holds after."""
-        cdef uint32_t i = 0, size, flow, si = self.size_pos
+        cdef uint32_t i = 0, size, flow, si
         cdef uint64_t seq
-        cdef uint64_t *seqs = self.seq
-        cdef const uint32_t *sizes = self.sizes
+        cdef cycle_t c = cycle_of(self, flows, nflows, cursor)
         cdef const uint8_t *hdr = self.hdr
-        cdef uint32_t hlen = self.hlen, nsizes = self.nsizes
+        cdef uint32_t hlen = self.hlen
         cdef bint zeros = self.zeros, payload
         while i < n:
-            size = sizes[si]
+            size = c.sizes[c.si]
             if size > room[i]:
                 break
-            flow = flows[cursor]
-            cursor += 1
-            if cursor == nflows:
-                cursor = 0
-            seq = seqs[flow]
-            seqs[flow] = seq + 1
+            si = take_frame(&c, &flow, &seq)
             payload = True
             if held != NULL:
                 if zeros and held[i] >= size:
@@ -440,12 +464,9 @@ cdef class Generator:
                 write_frame(ptrs[i], hdr + si * HDR_MAX, hlen, size, flow, seq, ts, True, payload)
             else:
                 write_frame(ptrs[i], hdr + si * HDR_MAX, hlen, size, flow, seq, ts, False, True)
-            si += 1
-            if si == nsizes:
-                si = 0
             lengths[i] = size
             i += 1
-        self.size_pos = si
+        self.size_pos = c.si
         return i
 
     cdef void restamp_raw(self, uint8_t *base, const uint32_t *lengths, uint32_t n,
