@@ -114,12 +114,15 @@ cdef inline uint64_t pattern_seed(uint64_t seq, uint16_t flow) noexcept nogil:
 
 
 cdef inline void write_pattern(uint8_t *p, uint32_t length, uint64_t w) noexcept nogil:
-    cdef uint64_t k, words = length >> 3
-    for k in range(words):      # no dependence between words: the compiler vectorises it
+    # No address of ``w`` taken (the tail goes through ``tail``): a loop the
+    # compiler vectorises.
+    cdef uint64_t k, words = length >> 3, tail
+    for k in range(words):
         memcpy(p + 8 * k, &w, 8)
         w += STEP
     if length & 7:
-        memcpy(p + 8 * words, &w, length & 7)
+        tail = w
+        memcpy(p + 8 * words, &tail, length & 7)
 
 
 cdef inline bint pattern_ok(const uint8_t *p, uint32_t length, uint64_t w) noexcept nogil:
