@@ -567,9 +567,12 @@ cdef inline bint fast_good(Checker self, const uint8_t *p, uint32_t length, uint
     look damaged, never make us read outside it.  The checks are word
     compares: the IPv4 header as five 32-bit words (version, length, total
     length and protocol picked out of them, and their checksum), the UDP
-    header as one 64-bit compare against the flow's ports and the expected
-    length, the stamp as three 64-bit loads (magic and flow from the first,
-    the sequence number compared with the flow's next in one go)."""
+    ports as one 32-bit word against the flow's, the IP total length and
+    the UDP length against what ``t`` worked out for this frame length,
+    the stamp as three 64-bit loads (magic and flow from the first, the
+    sequence number compared with the flow's next in one go).  The
+    latency goes into the histogram and ``t``; the checker's counters are
+    left to the caller (tally_end)."""
     cdef const uint8_t *ip = p + l2
     cdef const uint8_t *st = ip + IP_HLEN + UDP_HLEN
     cdef uint32_t avail = length - l2, w0, w2, magic
