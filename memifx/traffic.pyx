@@ -45,7 +45,7 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcmp, memcpy, memset
 
-from memifx.ring cimport Queue, frame_t, DROP_TOO_LONG
+from memifx.ring cimport Queue, frame_t, seg_t, DROP_TOO_LONG
 
 import struct
 
@@ -683,24 +683,26 @@ cdef inline uint32_t check_gathered(Checker self, Queue q, uint32_t n, uint8_t *
     cdef uint32_t i, s, frames = 0, slow = 0, length
     cdef uint64_t nbytes = 0, off
     cdef frame_t *fr
+    cdef frame_t *table = q.frames     # in locals: the checker's stores may alias q
+    cdef const seg_t *segs = q.segs
     cdef const uint8_t *p
     cdef tally_t t
     tally_start(self, &t, 0)
     for i in range(n):
-        fr = &q.frames[i]
+        fr = &table[i]
         if fr.drop >= 0:
             continue
         length = <uint32_t>fr.length
         if fr.nsegs == 1:
-            p = <const uint8_t *>q.segs[fr.first_seg].ptr
+            p = <const uint8_t *>segs[fr.first_seg].ptr
         elif length > room:
             fr.drop = DROP_TOO_LONG
             continue
         else:
             off = 0
             for s in range(fr.first_seg, fr.first_seg + fr.nsegs):
-                memcpy(scratch + off, q.segs[s].ptr, q.segs[s].len)
-                off += q.segs[s].len
+                memcpy(scratch + off, segs[s].ptr, segs[s].len)
+                off += segs[s].len
             p = scratch
         if not fast_good(self, p, length, l2, payload, &t):
             if p != scratch:
