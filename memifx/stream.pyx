@@ -195,21 +195,27 @@ cdef class Stream:
     cdef uint32_t send_in_place(self, Queue q, uint32_t n, uint64_t ts) noexcept nogil:
         """One zero-copy burst of up to ``n`` frames; returns frames sent.
         ``short_buf``: it stopped at a buffer too short for the next frame."""
-        cdef uint32_t got, k, i, first = 0, mask = q.size - 1
+        cdef uint32_t got, k, i, first = 0, slot, mask = q.size - 1
         cdef uint32_t *hold = NULL
+        cdef bint wraps = False
         got = q.tx_reserve(n, self.ptrs, self.room, &first)
         self.short_buf = False
         if got == 0:
             return 0
         if self.held_queue is q:
-            hold = self.hold
-            for i in range(got):
-                hold[i] = self.held[(first + i) & mask]
+            slot = first & mask
+            if slot + got <= q.size:
+                hold = self.held + slot     # the burst's slots in a row: used in place
+            else:
+                wraps = True                # the ring wraps within the burst: a copy
+                hold = self.hold
+                for i in range(got):
+                    hold[i] = self.held[(slot + i) & mask]
         k = self.gen.fill_at(self.ptrs, self.room, self.lengths, hold, got, self.flows,
                              self.nflows, self._cursor, ts)
-        if hold != NULL:
+        if wraps:
             for i in range(k):
-                self.held[(first + i) & mask] = hold[i]
+                self.held[(slot + i) & mask] = hold[i]
         self.short_buf = k < got
         self._cursor = (self._cursor + k) % self.nflows
         self.admitted += k

@@ -101,6 +101,39 @@ def test_slave_slots_never_assumed_zero_then_headers_only():
 
 
 @pytest.mark.timeout(30)
+def test_slave_slots_tracked_across_ring_wrap():
+    """Bursts of 5 on a 16-slot ring: some bursts run past the ring's end
+    and wrap.  What each slot holds is tracked alike either way: every
+    payload written in full first (the slots start dirty), then headers and
+    stamp only, so a scribble on every slot's payload shows in every frame
+    after it."""
+    lb = Loopback(log2=4, buffer_size=2048, n_m2s=0)
+    try:
+        tx, rx = lb.s2m
+        slots = [lb.desc(0, i).offset for i in range(16)]
+        for off in slots:
+            lb.write(off, b"\xa5" * 2048)
+        st = stream([256], "zeros", burst=5)
+        c = Checker(payload=True)
+        buf = bytearray(16 * 2048)
+        lens = array("I", [0]) * 16
+
+        def bursts(count):          # one burst a call: 5 slots on from the last
+            for _ in range(count):
+                assert st.send(tx, 5, 1) == 5
+                assert c.drain(rx, buf, lens, 1) == 5
+
+        bursts(9)                   # the bursts at slots 15 and 14 wrap
+        assert (c.received, c.corrupt) == (45, 0)
+        for off in slots:
+            lb.write(off + 200, b"\xff")
+        bursts(4)                   # every slot, from 13 on (wrapping at 13 and 8)
+        assert (c.received, c.corrupt, c.lost) == (45, 20, 0)
+    finally:
+        lb.close()
+
+
+@pytest.mark.timeout(30)
 @pytest.mark.parametrize("posted, delivered", [
     (dict(length=512), 64),                 # short: its frame goes out copied, chained
     (dict(region=7), 5),                    # bad: a fault after the frames before it
