@@ -102,6 +102,28 @@ def test_fast_and_general_paths_count_alike(ip_mode, payload):
             assert fast["packets"] == len(frames)
 
 
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("ip_mode", [False, True])
+@pytest.mark.parametrize("payload", [False, True])
+def test_every_header_bit_flip_decided_alike(ip_mode, payload):
+    """One frame per bit of the IPv4 header (but its first byte, which the
+    option changes), UDP header and stamp, that bit flipped, each after a
+    sound frame (so that it is next in its flow, as the fast path needs):
+    the fast path and the general one count the stream alike."""
+    l2 = 0 if ip_mode else 14
+    bits = [(i, b) for i in range(l2 + 1, l2 + 48) for b in range(8)]
+    frames = frames_of(Generator([128], ip_mode=ip_mode), 2 * len(bits), 128, 1)
+    flipped = []
+    for k, (i, b) in enumerate(bits):
+        f = bytearray(frames[2 * k + 1])
+        f[i] ^= 1 << b
+        flipped += [frames[2 * k], bytes(f)]
+    optioned = [with_option(f, l2) if f[l2 + 9] == 17 else f for f in flipped]
+    fast = counters(flipped, ip_mode, payload, 256)
+    assert fast == counters(optioned, ip_mode, payload, 256)
+    assert fast["corrupt"] and fast["other"] and fast["received"]
+
+
 # ------------------------------------------------- the latency histogram
 
 def reference_bucket(v):
