@@ -40,6 +40,9 @@ DRAIN_BURSTS = 16           # bursts a Receiver takes per queue in one call into
 SEND_BURSTS = 16            # bursts a Sender puts into one queue in one call into C
 SLOT = 9216 + 64            # room per frame in the receive copy buffer (jumbo frames)
 SLEEP_MIN = 0.0002          # seconds: shorter waits for the rate limiter spin
+CATCH_UP = 0.005            # seconds of frames a rate-limited sender may owe and still
+                            # send at once (an oversleep, a preemption); after a longer
+                            # stall it starts afresh (at least 2 bursts are owed)
 STALL_SPINS = 8             # zero-progress passes before yielding the CPU (a sleep
                             # would let a receiver on another CPU run dry: ~60 us)
 
@@ -181,9 +184,10 @@ class Sender:
         budget = self.count - self.admitted if self.count else 1 << 62
         if self.rate:
             allowed = int((now - self.rate_t0) * self.rate) - self.admitted
-            if allowed > 2 * self.burst:        # after a stall: no catch-up flood
-                self.rate_t0 = now - (self.admitted + self.burst) / self.rate
-                allowed = self.burst
+            owed = max(2 * self.burst, int(self.rate * CATCH_UP))
+            if allowed > owed:                  # after a long stall: no catch-up flood
+                self.rate_t0 = now - (self.admitted + owed) / self.rate
+                allowed = owed
             budget = min(budget, allowed)
         return budget
 

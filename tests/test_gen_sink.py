@@ -419,6 +419,40 @@ def test_sigterm_link_events_and_cleanup(procs, sock):
 
 
 @pytest.mark.timeout(30)
+def test_rate_limiter_catches_up_short_stalls_only():
+    """--rate: frames owed after an oversleep or a preemption of up to
+    CATCH_UP seconds are admitted at once, so the rate asked is the rate
+    sent on a busy machine; after a longer stall no more than that is owed
+    (no flood).  Before, anything above 2 bursts was forgotten: at 1.5
+    Mpps every wake-up later than 0.34 ms lost frames."""
+    from types import SimpleNamespace
+    from memifx.tester import BURST, CATCH_UP, Sender
+
+    rate = 1.5e6
+    s = Sender(SimpleNamespace(exhausted=False), BURST, 0, rate)
+    owed = int(rate * CATCH_UP)
+    assert owed > 2 * BURST
+    t = 100.0
+    assert s.budget(t) == 0
+    # every pass oversleeps by 1 ms and sends what it may: the asked rate
+    for _ in range(1000):
+        t += 0.001
+        s.admitted += s.budget(t)
+    assert abs(s.admitted - rate * 1.0) <= 2 * BURST, s.admitted
+    # a stall of one second: CATCH_UP's worth now, then the rate again
+    t += 1.0
+    burst = s.budget(t)
+    assert burst == owed
+    s.admitted += burst
+    t += 0.001
+    assert abs(s.budget(t) - rate * 0.001) <= 1
+    # a slow rate still owes at least two bursts
+    slow = Sender(SimpleNamespace(exhausted=False), BURST, 0, 1000.0)
+    slow.budget(t)
+    assert slow.budget(t + 5.0) == 2 * BURST
+
+
+@pytest.mark.timeout(30)
 def test_rate_limited_sender_wakes_for_arrivals():
     """A rate-limited gen that also receives sleeps on its receive queues'
     eventfds: a frame that arrives ends the sleep (its latency is then the
