@@ -63,6 +63,7 @@ from libc.stdlib cimport calloc, realloc, free
 from libc.string cimport memcpy, memset, memcmp
 
 from memifx.counted cimport CountedNode
+from memifx.inet cimport sums_to_all_ones
 from memifx.ring cimport Queue, frame_t, seg_t
 from memifx.fib cimport (Fib, nexthop_t, fib_lookup,
                          NH_CONNECTED, NH_GATEWAY, NH_LOCAL, NH_BROADCAST)
@@ -222,10 +223,7 @@ cdef inline uint32_t sum16(const uint8_t *p, uint32_t n) noexcept nogil:
 cdef inline bint header_sum_ok(const uint8_t *h, uint32_t hl) noexcept nogil:
     """The IPv4 header (``hl`` a multiple of 4) sums to 0xFFFF.  Summed as
     native-order 32-bit words: a ones'-complement sum does not depend on
-    byte order, and all ones reads the same either way (RFC 1071).  As
-    2**16 is 1 modulo 0xFFFF, a folded sum of all ones is a plain sum that
-    is a non-zero multiple of 0xFFFF (one multiply, where folding takes
-    eight instructions)."""
+    byte order, and all ones reads the same either way (RFC 1071)."""
     cdef uint64_t s = 0
     cdef uint32_t w0, w1, w2, w3, w4
     cdef uint32_t i
@@ -240,7 +238,7 @@ cdef inline bint header_sum_ok(const uint8_t *h, uint32_t hl) noexcept nogil:
         for i in range(0, hl, 4):
             memcpy(&w0, h + i, 4)
             s += w0
-    return s != 0 and s % 0xFFFF == 0
+    return sums_to_all_ones(s)
 
 
 cdef inline uint16_t checksum(const uint8_t *p, uint32_t n) noexcept nogil:
@@ -270,10 +268,6 @@ cdef inline bint grow(uint8_t **buf, uint64_t *size, uint64_t need) noexcept nog
     size[0] = need
     return True
 
-
-cdef inline bint is_little_endian() noexcept nogil:
-    cdef uint16_t one = 1
-    return (<uint8_t *>&one)[0] == 1
 
 cdef inline bint is_broadcast_mac(const uint8_t *m) noexcept nogil:
     return (m[0] & m[1] & m[2] & m[3] & m[4] & m[5]) == 0xFF
@@ -579,8 +573,7 @@ cdef class Router(CountedNode):
         cdef const iface_t *o = NULL
         cdef uint32_t k, tot, dst, m4, nif = self.nif
         cdef uint32_t l2 = 0 if rif.ip_mode else ETH_HLEN
-        cdef uint16_t m2, et
-        cdef uint16_t ip4_type = 0x0008         # 0x0800 as loaded from the wire (little endian)
+        cdef uint16_t m2
         cdef int64_t r, last_r = -1             # the last frame's route, dst, interface
         cdef uint32_t last_dst = 0
         cdef uint16_t last_out = 0
@@ -591,8 +584,6 @@ cdef class Router(CountedNode):
         cdef pkt_t *p
         cdef uint8_t *d
         cdef uint8_t *h
-        if not is_little_endian():
-            ip4_type = 0x0800
         for k in range(self.npkts):
             p = &self.pkts[k]
             d = p.buf + HEADROOM
@@ -603,8 +594,7 @@ cdef class Router(CountedNode):
             if l2:
                 memcpy(&m4, d, 4)
                 memcpy(&m2, d + 4, 2)
-                memcpy(&et, d + 12, 2)
-                if m4 != rif.mac4 or m2 != rif.mac2 or et != ip4_type:
+                if m4 != rif.mac4 or m2 != rif.mac2 or rd16(d + 12) != 0x0800:
                     self.push(V_INPUT, k)
                     continue
             tot = rd16(h + 2)

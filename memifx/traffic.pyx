@@ -45,6 +45,7 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcmp, memcpy, memset
 
+from memifx.inet cimport sums_to_all_ones
 from memifx.ring cimport Queue, frame_t, seg_t, DROP_TOO_LONG
 
 import struct
@@ -541,13 +542,6 @@ cdef inline uint32_t load32(const uint8_t *p) noexcept nogil:
     return v
 
 
-cdef inline bint divisible_by_ffff(uint64_t x) noexcept nogil:
-    """``x % 0xffff == 0`` without a division: 0xffff is odd, so it has an
-    inverse modulo 2**64, and the multiples of 0xffff are exactly the x
-    whose product with it is at most (2**64 - 1) / 0xffff."""
-    return x * 0xfffefffefffeffffULL <= 0x0001000100010001ULL
-
-
 cdef inline uint32_t bswap16(uint32_t v) noexcept nogil:
     """The low 16 bits of ``v`` as they lie in memory in network order, read
     as a host integer."""
@@ -605,7 +599,7 @@ cdef inline bint fast_good(Checker self, const uint8_t *p, uint32_t length, uint
     if ((w0 & 0xffff00ffU) != t.ip_w0 or (w2 & 0xff00) != (17 << 8)
             or load32(ip + IP_HLEN) != f.ports                  # UDP ports
             or load16(ip + IP_HLEN + 4) != t.udp_len            # UDP length
-            or not divisible_by_ffff(s)):
+            or not sums_to_all_ones(s)):
         return False
     if payload and not payload_ok(st + STAMP_LEN, avail - IP_HLEN - UDP_HLEN - STAMP_LEN,
                                   <uint16_t>magic, seq, <uint16_t>(head >> 16)):

@@ -138,9 +138,9 @@ XC_CEILINGS = {64: (230, 595), 1518: (455, 1265)}     # (forward, whole program)
 #   transmit; "route cache": ip4-fast reuses the last frame's way out when
 #   its route (and, for a connected route, its destination) is the same):
 #        64 B: before 626.1, after 522.1, fast 430.8, one-buffer 370.9,
-#              route cache 338.2 -> ceiling 475
+#              route cache 338.2, 333.2 (inet.pxd's sum test) -> ceiling 475
 #      1518 B: before 947.8, after 790.2, fast 697.9, one-buffer 629.0,
-#              route cache 596.3 -> ceiling 835
+#              route cache 596.3, 591.3 -> ceiling 835
 #     memif_input (gather, the headers into the arena; "one-buffer" also
 #     copies a fixed 128 bytes when the first buffer holds them, and keeps
 #     its counters in locals)
@@ -148,7 +148,7 @@ XC_CEILINGS = {64: (230, 595), 1518: (455, 1265)}     # (forward, whole program)
 #     run (ip4-fast; it was the graph below: 64 B 323.8 -> 256.0, 1518 B
 #     323.8 -> 265.0)
 #        64 B: 163.6 -> 130.8 -> 185;  1518 B: 172.6 -> 139.8 -> 200
-#       ip4_fast 64 B 147.4 -> 114.7 -> 160, 1518 B 156.4 -> 123.7 -> 175;
+#       ip4_fast 64 B 147.4 -> 109.7 -> 160, 1518 B 156.4 -> 118.7 -> 175;
 #       interface_output 16.1 -> 25; the general graph's nodes see nothing
 #       (< 1 together)
 #     transmit (tx_copy into the M2S ring; at 1518 B tx_copy_parts: the
@@ -157,9 +157,9 @@ XC_CEILINGS = {64: (230, 595), 1518: (455, 1265)}     # (forward, whole program)
 #   whole program (adds the slave's tx_batch and rx_batch, building the
 #   frames is outside the loop):
 #        64 B: before 962.6, after 874.8, fast 758.0, one-buffer 646.3,
-#              route cache 613.5 -> ceiling 860
+#              route cache 605.5 -> ceiling 860
 #      1518 B: before 1606.1, after 1464.7, fast 1346.9, one-buffer 1226.1,
-#              route cache 1193.3 -> ceiling 1670
+#              route cache 1185.4 -> ceiling 1670
 #
 #   The general graph (cost_burst mode "ip4-options", 64 B: 4 bytes of
 #   options in every header, which ip4-fast leaves to the graph; the
@@ -242,8 +242,8 @@ def test_xconnect_node_instructions_per_packet(tmp_path, size):
 def test_ip4_nodes_instructions_per_packet(tmp_path, mode, size):
     """IPv4/UDP frames forwarded by Router.poll (interface 0 in, interface
     1 out, a /12 route via a static neighbor).  Measured (Ir/packet in
-    memif_input + run + transmit, whole program): 64 B 338.2, 613.5;
-    1518 B 596.3, 1193.3; with IPv4 options 499.8, 775.1.  The usual frame
+    memif_input + run + transmit, whole program): 64 B 333.2, 605.5;
+    1518 B 591.3, 1185.4; with IPv4 options 499.8, 772.2.  The usual frame
     is ip4-fast's alone: the general graph's nodes see none of it; a frame
     with options goes through them all.  At 1518 B memif_input's ceiling
     fails if it copies whole frames again (348.5 when it did)."""
