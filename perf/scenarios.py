@@ -137,29 +137,27 @@ def split_tester(cfg):
 def measure_tester(s, cfg, size, a, b, role="slave", extra=()):
     """Run the tester through a DUT already listening on a and b; its receive
     rate.  ``extra``: gen's options (what it sends)."""
-    if not split_tester(cfg):
-        t = tester(s, cfg, size, a, b, role, extra=extra)
-        mpps, raw = wait_window(lambda: memifx_samples(t, "tester-rx rx"), cfg.warm,
-                                cfg.trial, cfg.warm + cfg.trial + 40)
-        out = t.stop()
-        m = re.search(r"corrupt (\d+)", out)
-        return {"mpps": mpps, "samples": raw, "corrupt": int(m.group(1)) if m else None,
-                "tester": "one-cpu"}
-    # the receiver first, so no frame is offered before it listens
-    sink = s.start(MEMIFX + ["sink", spec(b, role=role, name="tester-rx",
-                                          **{"ring-size": 16384}),
-                             "--stats-interval", "1"] + LEAN_RX, [SINK_CPU])
-    sink.wait_line(r"^sink:", 20)
-    gen = s.start(MEMIFX + ["gen", spec(a, role=role, name="tester", **{"ring-size": 4096}),
-                            "--size", str(size), "--stats-interval", "1"] + LEAN_TX
-                  + list(extra), [TESTER_CPU])
-    mpps, raw = wait_window(lambda: memifx_samples(sink, "tester-rx"), cfg.warm, cfg.trial,
+    if split_tester(cfg):
+        # the receiver first, so no frame is offered before it listens
+        rx = s.start(MEMIFX + ["sink", spec(b, role=role, name="tester-rx",
+                                            **{"ring-size": 16384}),
+                               "--stats-interval", "1"] + LEAN_RX, [SINK_CPU])
+        rx.wait_line(r"^sink:", 20)
+        tx = s.start(MEMIFX + ["gen", spec(a, role=role, name="tester", **{"ring-size": 4096}),
+                               "--size", str(size), "--stats-interval", "1"] + LEAN_TX
+                     + list(extra), [TESTER_CPU])
+        name, kind = "tester-rx", "split"
+    else:
+        rx = tx = tester(s, cfg, size, a, b, role, extra=extra)
+        name, kind = "tester-rx rx", "one-cpu"
+    mpps, raw = wait_window(lambda: memifx_samples(rx, name), cfg.warm, cfg.trial,
                             cfg.warm + cfg.trial + 40)
-    gen.stop()
-    out = sink.stop()
+    if tx is not rx:
+        tx.stop()
+    out = rx.stop()
     m = re.search(r"corrupt (\d+)", out)
     return {"mpps": mpps, "samples": raw, "corrupt": int(m.group(1)) if m else None,
-            "tester": "split"}
+            "tester": kind}
 
 
 def xc_memifx(cfg, size, workers):
