@@ -682,37 +682,37 @@ cdef class Queue:
                         return n
                     drop = DROP_CHAIN       # fills every slot we lent and still goes on
                     break
-                slot = <uint16_t>(self.pos + used) & self.mask
+                slot = <uint16_t>(pos + used) & mask
                 used += 1
                 d = memif_desc_read(&ring.desc[slot])
                 if drop < 0:
-                    if self.slave:
+                    if slave:
                         # Our own record says where the buffer is; only the
                         # length comes from the peer.
-                        if d.length > self.buffer_size:
+                        if d.length > bs:
                             drop = DROP_BAD_DESC
-                        ptr = self.bufs + <uint64_t>self.slot_buf[slot] * self.buffer_size
+                        ptr = bufs + <uint64_t>slot_buf[slot] * bs
                     elif desc_in_region(regions, nregions, &d):
                         ptr = regions[d.region].base + d.offset
                     else:
                         drop = DROP_BAD_DESC
                     if drop < 0:
                         length += d.length
-                        if length > self.max_frame:
+                        if length > max_frame:
                             drop = DROP_TOO_LONG
                         else:
-                            self.segs[nseg].ptr = ptr
-                            self.segs[nseg].len = d.length
+                            segs[nseg].ptr = ptr
+                            segs[nseg].len = d.length
                             nseg += 1
                 if not (d.flags & MEMIF_DESC_FLAG_NEXT):
                     break
             if drop >= 0:
                 nseg = first
-            self.frames[n].first_seg = first
-            self.frames[n].nsegs = nseg - first
-            self.frames[n].length = length
-            self.frames[n].end = used
-            self.frames[n].drop = drop
+            frames[n].first_seg = first
+            frames[n].nsegs = nseg - first
+            frames[n].length = length
+            frames[n].end = used
+            frames[n].drop = drop
             n += 1
         return n
 

@@ -33,11 +33,12 @@ BURST = 256
 #   first, with the queue's fields in locals), then 116.7 (gather's one-slot
 #   case first, the same way), 127.9 with commit's counters in locals (gcc
 #   stopped splitting commit into a part the toggle did not count, so this
-#   figure rose while the whole program fell) -> ceiling 165
+#   figure rose while the whole program fell), 123.9 with gather's general
+#   walk on the same locals -> ceiling 165
 #   whole program (adds the tx_batch/rx_batch front ends: filling the source
 #   list, copying frames out into the caller's buffer, argument parsing and
 #   the interpreter loop, amortised over the burst): measured 303.7, then
-#   256.3, then 230.4, then 206.4, then 202.5 -> ceiling 290
+#   256.3, then 230.4, then 206.4, then 202.5, then 198.5 -> ceiling 290
 # For scale, the same loop with bursts of one frame (Python per packet) costs
 # about 6600 Ir per packet, so either ceiling still fails loudly if per-packet
 # Python work or a per-packet syscall creeps into a burst.
@@ -78,8 +79,8 @@ def run_pair(tmp_path, toggles=(), mode="ring", size=64, workload=WORKLOAD):
 @pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind not installed")
 def test_instructions_per_packet(tmp_path):
     """64-byte frames, tx_batch + rx_batch in bursts of 256 over an S2M
-    loopback.  Measured: 127.9 Ir/packet in the C burst functions
-    (tx + rx), 202.5 Ir/packet for the whole program."""
+    loopback.  Measured: 123.9 Ir/packet in the C burst functions
+    (tx + rx), 198.5 Ir/packet for the whole program."""
     # Two runs that differ only in the number of frames: start-up, imports and
     # ring set-up cancel in the difference.
     burst = [totals(out) for out in run_pair(tmp_path, BURST_FUNCTIONS)]
@@ -124,11 +125,11 @@ IP4_NODES = ["ip4_fast", "tx_in_arrival_order"] + GRAPH_NODES + ["interface_outp
 #
 #   XConnect.forward (gather on the master's S2M ring, one memcpy per frame
 #   into the M2S ring with tx_copy, commit):
-#        64 B: before 231.0, after 214.0, one-buffer 164.1 -> ceiling 230
-#      1518 B: before 391.0, after 374.0, one-buffer 324.1 -> ceiling 455
+#        64 B: before 231.0, after 214.0, one-buffer 160.1 -> ceiling 230
+#      1518 B: before 391.0, after 374.0, one-buffer 320.1 -> ceiling 455
 #   whole program (adds the slave's tx_batch and rx_batch):
-#        64 B: before 565.4, after 549.3, one-buffer 423.0 -> ceiling 595
-#      1518 B: before 1047.1, after 1031.0, one-buffer 904.8 -> ceiling 1265
+#        64 B: before 565.4, after 549.3, one-buffer 416.0 -> ceiling 595
+#      1518 B: before 1047.1, after 1031.0, one-buffer 897.8 -> ceiling 1265
 XC_CEILINGS = {64: (230, 595), 1518: (455, 1265)}     # (forward, whole program)
 #   ip4, everything Router.poll runs per burst (the usual frame, cost_burst
 #   mode "ip4"; "fast": ip4-fast takes it alone, one pass, where it went
@@ -138,9 +139,9 @@ XC_CEILINGS = {64: (230, 595), 1518: (455, 1265)}     # (forward, whole program)
 #   transmit; "route cache": ip4-fast reuses the last frame's way out when
 #   its route (and, for a connected route, its destination) is the same):
 #        64 B: before 626.1, after 522.1, fast 430.8, one-buffer 370.9,
-#              route cache 338.2, 333.2 (inet.pxd's sum test) -> ceiling 475
+#              route cache 338.2, 333.2 (inet.pxd's sum test), 329.2 -> ceiling 475
 #      1518 B: before 947.8, after 790.2, fast 697.9, one-buffer 629.0,
-#              route cache 596.3, 591.3 -> ceiling 835
+#              route cache 596.3, 591.3, 587.3 -> ceiling 835
 #     memif_input (gather, the headers into the arena; "one-buffer" also
 #     copies a fixed 128 bytes when the first buffer holds them, and keeps
 #     its counters in locals)
@@ -226,8 +227,8 @@ needs_callgrind = pytest.mark.skipif(
 @pytest.mark.parametrize("size", [64, 1518])
 def test_xconnect_node_instructions_per_packet(tmp_path, size):
     """Frames through XConnect.poll between two loopback rings.  Measured
-    (Ir/packet inclusive in XConnect.forward, whole program): 64 B 164.1,
-    423.0; 1518 B 324.1, 904.8."""
+    (Ir/packet inclusive in XConnect.forward, whole program): 64 B 160.1,
+    416.0; 1518 B 320.1, 897.8."""
     whole, f = node_profile(tmp_path, "xconnect", [XC + "forward"], size)
     node = f[XC + "forward"]
     print("\nxconnect, instructions per %d-byte packet (burst %d): XConnect.forward %.1f, "
@@ -242,8 +243,8 @@ def test_xconnect_node_instructions_per_packet(tmp_path, size):
 def test_ip4_nodes_instructions_per_packet(tmp_path, mode, size):
     """IPv4/UDP frames forwarded by Router.poll (interface 0 in, interface
     1 out, a /12 route via a static neighbor).  Measured (Ir/packet in
-    memif_input + run + transmit, whole program): 64 B 333.2, 605.5;
-    1518 B 591.3, 1185.4; with IPv4 options 499.8, 772.2.  The usual frame
+    memif_input + run + transmit, whole program): 64 B 329.2, 598.5;
+    1518 B 587.3, 1178.4; with IPv4 options 495.8, 765.2.  The usual frame
     is ip4-fast's alone: the general graph's nodes see none of it; a frame
     with options goes through them all.  At 1518 B memif_input's ceiling
     fails if it copies whole frames again (348.5 when it did)."""
