@@ -380,6 +380,49 @@ def test_node_counter_blocks_live_in_stats_file_slots(statsdir):
         sf.close()
 
 
+def test_no_two_counter_slots_share_a_cache_line(sock, statsdir):
+    """Workers on different CPUs count into neighbouring slots at every
+    burst: each slot, queue (base and live) or node block, must start on a
+    block of stats.writer.SLOT_ALIGN bytes (two cache lines) and no two
+    may touch the same block."""
+    import mmap
+    from memifx.ip4 import counter_block_size
+    from memifx.stats.layout import HEADER, META, META_AT
+    from memifx.xconnect import COUNTER_SIZE
+    align = stats.writer.SLOT_ALIGN
+    assert align % 64 == 0
+    sf = stats.StatsFile()
+    master = memifx.Interface(socket=sock, role="master", name="m", rx_queues=3,
+                              tx_queues=3).connect()
+    try:
+        sf.track(master)
+        spans = [(sf.node_slot(COUNTER_SIZE), COUNTER_SIZE),
+                 (sf.node_slot(counter_block_size(2, 3)), counter_block_size(2, 3))]
+        with memifx.Interface(socket=sock, name="s", rx_queues=3, tx_queues=3) as slave:
+            assert slave.wait_connected(5) and master.wait_connected(5)
+            spans.append((sf.node_slot(stats.SLOT), stats.SLOT))
+            with open(sf.path, "rb") as f:
+                mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                moff, _, mlen = META.unpack_from(mm, META_AT)
+                assert HEADER.unpack_from(mm, 0)[0] == b"MEMIFXST"
+                meta = json.loads(mm[moff:moff + mlen])
+                mm.close()
+            for kind in ("rx", "tx"):
+                for q in meta["interfaces"][0]["queues"][kind]:
+                    assert q["live"] == sf.live_slot(master, kind, q["queue"]) is not None
+                    spans += [(q["base"], stats.SLOT), (q["live"], stats.SLOT)]
+    finally:
+        master.close()
+        sf.close()
+    assert len(spans) == 15
+    blocks = set()
+    for off, size in spans:
+        assert off % align == 0, (off, size)
+        mine = set(range(off // align, (off + size - 1) // align + 1))
+        assert not mine & blocks, (off, size)
+        blocks |= mine
+
+
 def layout_mismatches(block, c_fields, c_size):
     """Where a schema Block and its C struct disagree: [(what, schema, C)].
     ``c_fields`` is [(name, byte offset)] as the compiler laid them out."""

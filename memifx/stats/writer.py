@@ -15,10 +15,11 @@ Counters
     drops by reason, gen/sink) are copied into the metadata every REFRESH
     seconds by a background thread: cheap, never per packet.  A worker's
     xconnect and ip4 router nodes count straight into slots of their own
-    (``node_slot``, ``attach_node_fd``; a slot is as many SLOTs as the
-    node's counter block needs), which outlive the worker: a killed worker
-    loses none of its counts, and the one that replaces it continues in the
-    same slots.
+    (``node_slot``, ``attach_node_fd``; a slot is as large as the node's
+    counter block), which outlive the worker: a killed worker loses none of
+    its counts, and the one that replaces it continues in the same slots.
+    Every slot, queue or node, starts on a SLOT_ALIGN block of its own, so
+    no two slots share a cache line.
 
 The file is removed at exit (``close``, registered with atexit by
 ``process_stats``).
@@ -62,6 +63,12 @@ CHUNK = 16 * PAGE           # counter slots are allocated this much at a time
 REFRESH = 0.5               # seconds between metadata/node counter refreshes
 SLOT_GRACE = 2.0            # seconds before a retired live slot is reused
 SLOT = slots.COUNTER_SIZE   # bytes of one queue's counters (counters_t = schema.QUEUE)
+# Every slot starts on a block of its own of this many bytes: two cache lines,
+# a line and the neighbour the adjacent-line prefetcher fetches with it.
+# Slots are written at every burst by workers on different CPUs; packed at
+# SLOT bytes, one queue's ring_full or irq_sent shared a line with the next
+# queue's packets, and each such write took the line from the other CPU.
+SLOT_ALIGN = 128
 _U64S = struct.Struct("=%dQ" % (SLOT // 8))
 
 
@@ -175,9 +182,9 @@ class StatsFile:
         return self._new_slot()
 
     def _new_slot(self, size: int = SLOT) -> SlotRef:
-        """A never used (zero) slot of ``size`` bytes (whole SLOTs, in one
-        region): (region, offset in region)."""
-        size = -(-size // SLOT) * SLOT
+        """A never used (zero) slot of ``size`` bytes (in one region, on
+        SLOT_ALIGN blocks of its own): (region, offset in region)."""
+        size = -(-size // SLOT_ALIGN) * SLOT_ALIGN
         if self._chunk is None or self._chunk_used + size > self._chunk.size:
             self._chunk, self._chunk_used = self._append(max(CHUNK, size)), 0
         region, off = self._chunk, self._chunk_used
