@@ -98,6 +98,7 @@ cdef class Queue:
                           uint32_t maxf) noexcept nogil
     cdef uint32_t tx_checked(self, const uint8_t *base, uint64_t room, const uint32_t *lengths,
                              uint32_t n) noexcept nogil
+    cdef uint32_t forward_usual(self, Queue txq, uint32_t max_frames) noexcept nogil
     cdef uint32_t forward_to(self, Queue txq, uint32_t max_frames) noexcept nogil
     cdef void commit(self, uint32_t nframes, bint hold) noexcept nogil
     cdef void refill(self) noexcept nogil

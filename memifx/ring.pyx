@@ -22,6 +22,9 @@ with the GIL released.
 A receive burst is two steps, ``gather`` (validate descriptors into a list
 of segments) and ``commit`` (consume slots, count, hand buffers back), so the
 copy, batch and zero-copy front ends share one validated walk of the ring.
+Forwarding ring to ring (xconnect, ``Queue.forward``) first moves the usual
+frames in one loop over both rings (``forward_usual``) and leaves the rest
+of the burst to those steps.
 """
 from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyBUF_WRITABLE,
                              PyBUF_FORMAT, PyBUF_C_CONTIGUOUS)
@@ -954,6 +957,118 @@ cdef class Queue:
             r = self.forward_to(txq, max_frames)
         return r
 
+    cdef uint32_t forward_usual(self, Queue txq, uint32_t max_frames) noexcept nogil:
+        """Receive queue -> transmit queue ``txq`` in one pass over both
+        rings, for the usual frames at the front of this one: one slot, a
+        good buffer, and a length txq's next slot holds whole.  It stops at
+        the first other frame, at ``max_frames``, or where either ring has
+        no more; the caller then takes the rest through gather, tx_copy and
+        commit, which decide every case (and the first frame of that walk is
+        the one this loop stopped at: order is kept).  What it moves is
+        consumed here, queued on txq and counted on both queues, as those
+        three would have; ``txq.tx_bytes`` holds its bytes.  Each
+        descriptor is read once into a local; the payload is copied unread.
+        Returns the frames moved."""
+        cdef memif_ring_t *rring = self.ring
+        cdef memif_ring_t *tring = txq.ring
+        cdef const region_t *rregions = self.mem.regions
+        cdef const region_t *tregions = txq.mem.regions
+        cdef uint16_t rnregions = self.mem.count, tnregions = txq.mem.count
+        cdef bint rslave = self.slave, tslave = txq.slave
+        cdef uint16_t rpos = self.pos, rmask = self.mask, tpos = txq.pos, tmask = txq.mask
+        cdef uint32_t rbs = self.buffer_size, tbs = txq.buffer_size
+        cdef const uint32_t *rslot_buf = self.slot_buf
+        cdef const uint32_t *tslot_buf = txq.slot_buf
+        cdef char *rbufs = self.bufs
+        cdef char *tbufs = txq.bufs
+        cdef uint32_t *free_bufs = self.free_bufs
+        cdef uint32_t nfree = self.nfree
+        # the longest frame both queues take
+        cdef uint32_t most = self.max_frame if self.max_frame < txq.max_frame else txq.max_frame
+        cdef uint16_t peer, avail, room, slot
+        cdef uint32_t n, k = 0, length
+        cdef uint64_t nbytes = 0
+        cdef memif_desc_t d, td
+        cdef memif_desc_t *w
+        cdef char *src
+        cdef char *dst
+        txq.tx_dropped = 0
+        txq.tx_bytes = 0
+        if self.closed or self.fault or txq.closed or txq.fault or txq.reserved:
+            return 0
+        if rslave:
+            peer = memif_load_acquire(&rring.tail)
+            if <uint16_t>(peer - rpos) > <uint16_t>(self.posted - rpos):
+                return 0                # gather finds it and faults the queue
+        else:
+            peer = memif_load_acquire(&rring.head)
+            if <uint16_t>(peer - rpos) > self.size:
+                return 0
+        avail = <uint16_t>(peer - rpos)
+        room = txq.tx_room()
+        n = max_frames
+        if avail < n:
+            n = avail
+        if room < n:
+            n = room
+        while k < n:
+            slot = <uint16_t>(rpos + k) & rmask
+            d = memif_desc_read(&rring.desc[slot])
+            length = d.length
+            if (d.flags & MEMIF_DESC_FLAG_NEXT) or length > most:
+                break
+            if rslave:
+                # our own record says where the buffer is; the peer, how full
+                if length > rbs:
+                    break
+                src = rbufs + <uint64_t>rslot_buf[slot] * rbs
+            elif desc_in_region(rregions, rnregions, &d):
+                src = rregions[d.region].base + d.offset
+            else:
+                break
+            slot = <uint16_t>(tpos + k) & tmask
+            w = &tring.desc[slot]
+            if tslave:
+                if length > tbs:
+                    break
+                dst = tbufs + <uint64_t>tslot_buf[slot] * tbs
+            else:
+                td = memif_desc_read(w)
+                if not desc_in_region(tregions, tnregions, &td) or td.length < length:
+                    break
+                dst = tregions[td.region].base + td.offset
+            memcpy(dst, src, length)
+            w.length = length
+            w.flags = 0
+            nbytes += length
+            k += 1
+        if k == 0:
+            return 0
+        # consumed: every byte read above, before the release below
+        if rslave:
+            for n in range(k):
+                free_bufs[nfree] = rslot_buf[<uint16_t>(rpos + n) & rmask]
+                nfree += 1
+            self.nfree = nfree
+        self.pos = <uint16_t>(rpos + k)
+        self.c.packets += k
+        self.c.bytes += nbytes
+        if rslave:
+            self.refill()
+        else:
+            memif_store_release(&rring.tail, self.pos)
+        # queued
+        txq.pos = <uint16_t>(tpos + k)
+        txq.c.packets += k
+        txq.c.bytes += nbytes
+        txq.tx_bytes = nbytes
+        if tslave:
+            memif_store_release(&tring.head, txq.pos)
+        else:
+            memif_store_release(&tring.tail, txq.pos)
+        txq.kick()
+        return k
+
     cdef uint32_t forward_to(self, Queue txq, uint32_t max_frames) noexcept nogil:
         """forward() without the checks."""
         cdef const frame_t *frames = self.frames
@@ -963,15 +1078,18 @@ cdef class Queue:
         # Our own lens array is free on a receive queue: it holds how many
         # segments each frame has, for tx_copy_parts.
         cdef uint32_t *nparts = self.lens
-        cdef uint32_t n, i, k = 0, taken, take
+        cdef uint32_t n, i, k = 0, taken, take, usual
         cdef bint chained = False
         if max_frames > self.size:
             max_frames = self.size
         if max_frames > txq.size:       # txq.src / txq.lens hold txq.size frames
             max_frames = txq.size
-        n = self.gather(max_frames)
+        usual = self.forward_usual(txq, max_frames)
+        if usual == max_frames:
+            return usual
+        n = self.gather(max_frames - usual)
         if n == 0:
-            return 0
+            return usual
         for i in range(n):
             f = &frames[i]
             if f.drop >= 0:
@@ -1001,7 +1119,7 @@ cdef class Queue:
                         break
                     k += 1
         self.commit(take, False)
-        return taken - txq.tx_dropped
+        return usual + taken - txq.tx_dropped
 
     def rx_buffers(self, uint32_t max_frames):
         """Slave zero-copy receive: Buffer objects viewing the shared buffers,

@@ -122,15 +122,18 @@ IP4_NODES = ["ip4_fast", "tx_in_arrival_order"] + GRAPH_NODES + ["interface_outp
 # Queue.tx_write copies a frame that fits the next slot's buffer before
 # its general loop (chaining, refusals, faults), and Queue.gather takes a
 # good one-slot frame before its general walk, the queue's fields in locals.
+# "one pass": xconnect moves the usual frame in one loop over both rings
+# (Queue.forward_usual: no frame and segment tables, no second walk to
+# commit); gather / tx_copy / commit see only what it leaves.
 #
 #   XConnect.forward (gather on the master's S2M ring, one memcpy per frame
-#   into the M2S ring with tx_copy, commit):
-#        64 B: before 231.0, after 214.0, one-buffer 160.1 -> ceiling 230
-#      1518 B: before 391.0, after 374.0, one-buffer 320.1 -> ceiling 455
+#   into the M2S ring with tx_copy, commit; one pass: forward_usual alone):
+#        64 B: before 231.0, after 214.0, one-buffer 160.1, one pass 91.8 -> ceiling 130
+#      1518 B: before 391.0, after 374.0, one-buffer 320.1, one pass 251.8 -> ceiling 355
 #   whole program (adds the slave's tx_batch and rx_batch):
-#        64 B: before 565.4, after 549.3, one-buffer 416.0 -> ceiling 595
-#      1518 B: before 1047.1, after 1031.0, one-buffer 897.8 -> ceiling 1265
-XC_CEILINGS = {64: (230, 595), 1518: (455, 1265)}     # (forward, whole program)
+#        64 B: before 565.4, after 549.3, one-buffer 416.0, one pass 347.7 -> ceiling 485
+#      1518 B: before 1047.1, after 1031.0, one-buffer 897.8, one pass 829.5 -> ceiling 1160
+XC_CEILINGS = {64: (130, 485), 1518: (355, 1160)}     # (forward, whole program)
 #   ip4, everything Router.poll runs per burst (the usual frame, cost_burst
 #   mode "ip4"; "fast": ip4-fast takes it alone, one pass, where it went
 #   through the general graph's nodes before; the TTL checksum update with
@@ -227,8 +230,8 @@ needs_callgrind = pytest.mark.skipif(
 @pytest.mark.parametrize("size", [64, 1518])
 def test_xconnect_node_instructions_per_packet(tmp_path, size):
     """Frames through XConnect.poll between two loopback rings.  Measured
-    (Ir/packet inclusive in XConnect.forward, whole program): 64 B 160.1,
-    416.0; 1518 B 320.1, 897.8."""
+    (Ir/packet inclusive in XConnect.forward, whole program): 64 B 91.8,
+    347.7; 1518 B 251.8, 829.5."""
     whole, f = node_profile(tmp_path, "xconnect", [XC + "forward"], size)
     node = f[XC + "forward"]
     print("\nxconnect, instructions per %d-byte packet (burst %d): XConnect.forward %.1f, "
