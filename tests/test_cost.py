@@ -548,11 +548,13 @@ def no_loss(tx, rx):
 # (Interface.forward, added then) copies ring to ring once, chained frames
 # included (tx_copy_parts), with no buffer between.  "one-buffer": tx_write
 # copies a frame that fits one buffer before its general loop, and gather
-# takes a good one-slot frame before its general walk.
-#                         before   after   one-buffer
+# takes a good one-slot frame before its general walk.  "one pass":
+# forward moves the usual frame in one loop over both rings
+# (Queue.forward_usual).
+#                         before   after   one-buffer  one pass
 ECHO_CELLS = {  # variant: ceiling
-    "into": 690,        # 655.1    586.7   489.9   rx_into -> tx_from
-    "forward": 615,     #    -     533.3   436.5   forward
+    "into": 690,        # 655.1    586.7   489.9       479.9   rx_into -> tx_from
+    "forward": 500,     #    -     533.3   436.5       357.3   forward
 }
 ECHO_WORKLOAD = os.path.join(HERE, "cost_echo.py")
 Q = "__pyx_f_6memifx_4ring_5Queue_"
