@@ -121,6 +121,68 @@ cdef inline bint desc_in_region(const region_t *regions, uint16_t count,
     return (d.region < count and
             <uint64_t>d.offset + <uint64_t>d.length <= regions[d.region].size)
 
+
+cdef inline uint32_t copy_usual(Queue rxq, Queue txq, uint32_t n, uint64_t *nbytes,
+                                bint rslave, bint tslave) noexcept nogil:
+    """Queue.forward_usual's loop over at most ``n`` frames, for the roles
+    given (constants where it is inlined): copies the usual frames from the
+    front of rxq's ring into txq's next slots and writes their descriptors,
+    consuming and publishing nothing.  Returns how many; ``nbytes`` gets
+    their bytes."""
+    cdef memif_ring_t *rring = rxq.ring
+    cdef memif_ring_t *tring = txq.ring
+    cdef const region_t *rregions = rxq.mem.regions
+    cdef const region_t *tregions = txq.mem.regions
+    cdef uint16_t rnregions = rxq.mem.count, tnregions = txq.mem.count
+    cdef uint16_t rpos = rxq.pos, rmask = rxq.mask, tpos = txq.pos, tmask = txq.mask
+    cdef uint32_t rbs = rxq.buffer_size, tbs = txq.buffer_size
+    cdef const uint32_t *rslot_buf = rxq.slot_buf
+    cdef const uint32_t *tslot_buf = txq.slot_buf
+    cdef char *rbufs = rxq.bufs
+    cdef char *tbufs = txq.bufs
+    # the longest frame both queues take
+    cdef uint32_t most = rxq.max_frame if rxq.max_frame < txq.max_frame else txq.max_frame
+    cdef uint32_t k = 0, length
+    cdef uint64_t total = 0
+    cdef uint16_t slot
+    cdef memif_desc_t d, td
+    cdef memif_desc_t *w
+    cdef char *src
+    cdef char *dst
+    while k < n:
+        slot = <uint16_t>(rpos + k) & rmask
+        d = memif_desc_read(&rring.desc[slot])
+        length = d.length
+        if (d.flags & MEMIF_DESC_FLAG_NEXT) or length > most:
+            break
+        if rslave:
+            # our own record says where the buffer is; the peer, how full
+            if length > rbs:
+                break
+            src = rbufs + <uint64_t>rslot_buf[slot] * rbs
+        elif desc_in_region(rregions, rnregions, &d):
+            src = rregions[d.region].base + d.offset
+        else:
+            break
+        slot = <uint16_t>(tpos + k) & tmask
+        w = &tring.desc[slot]
+        if tslave:
+            if length > tbs:
+                break
+            dst = tbufs + <uint64_t>tslot_buf[slot] * tbs
+        else:
+            td = memif_desc_read(w)
+            if not desc_in_region(tregions, tnregions, &td) or td.length < length:
+                break
+            dst = tregions[td.region].base + td.offset
+        memcpy(dst, src, length)
+        w.length = length
+        w.flags = 0
+        total += length
+        k += 1
+    nbytes[0] = total
+    return k
+
 cdef char *FORMAT_B = "B"
 
 
@@ -969,39 +1031,23 @@ cdef class Queue:
         three would have; ``txq.tx_bytes`` holds its bytes.  Each
         descriptor is read once into a local; the payload is copied unread.
         Returns the frames moved."""
-        cdef memif_ring_t *rring = self.ring
-        cdef memif_ring_t *tring = txq.ring
-        cdef const region_t *rregions = self.mem.regions
-        cdef const region_t *tregions = txq.mem.regions
-        cdef uint16_t rnregions = self.mem.count, tnregions = txq.mem.count
-        cdef bint rslave = self.slave, tslave = txq.slave
-        cdef uint16_t rpos = self.pos, rmask = self.mask, tpos = txq.pos, tmask = txq.mask
-        cdef uint32_t rbs = self.buffer_size, tbs = txq.buffer_size
+        cdef uint16_t rpos = self.pos, rmask = self.mask
         cdef const uint32_t *rslot_buf = self.slot_buf
-        cdef const uint32_t *tslot_buf = txq.slot_buf
-        cdef char *rbufs = self.bufs
-        cdef char *tbufs = txq.bufs
         cdef uint32_t *free_bufs = self.free_bufs
         cdef uint32_t nfree = self.nfree
-        # the longest frame both queues take
-        cdef uint32_t most = self.max_frame if self.max_frame < txq.max_frame else txq.max_frame
-        cdef uint16_t peer, avail, room, slot
-        cdef uint32_t n, k = 0, length
+        cdef uint16_t peer, avail, room
+        cdef uint32_t n, k
         cdef uint64_t nbytes = 0
-        cdef memif_desc_t d, td
-        cdef memif_desc_t *w
-        cdef char *src
-        cdef char *dst
         txq.tx_dropped = 0
         txq.tx_bytes = 0
         if self.closed or self.fault or txq.closed or txq.fault or txq.reserved:
             return 0
-        if rslave:
-            peer = memif_load_acquire(&rring.tail)
+        if self.slave:
+            peer = memif_load_acquire(&self.ring.tail)
             if <uint16_t>(peer - rpos) > <uint16_t>(self.posted - rpos):
                 return 0                # gather finds it and faults the queue
         else:
-            peer = memif_load_acquire(&rring.head)
+            peer = memif_load_acquire(&self.ring.head)
             if <uint16_t>(peer - rpos) > self.size:
                 return 0
         avail = <uint16_t>(peer - rpos)
@@ -1011,41 +1057,20 @@ cdef class Queue:
             n = avail
         if room < n:
             n = room
-        while k < n:
-            slot = <uint16_t>(rpos + k) & rmask
-            d = memif_desc_read(&rring.desc[slot])
-            length = d.length
-            if (d.flags & MEMIF_DESC_FLAG_NEXT) or length > most:
-                break
-            if rslave:
-                # our own record says where the buffer is; the peer, how full
-                if length > rbs:
-                    break
-                src = rbufs + <uint64_t>rslot_buf[slot] * rbs
-            elif desc_in_region(rregions, rnregions, &d):
-                src = rregions[d.region].base + d.offset
+        # the roles as constants: a loop for each pair, without their tests
+        if self.slave:
+            if txq.slave:
+                k = copy_usual(self, txq, n, &nbytes, True, True)
             else:
-                break
-            slot = <uint16_t>(tpos + k) & tmask
-            w = &tring.desc[slot]
-            if tslave:
-                if length > tbs:
-                    break
-                dst = tbufs + <uint64_t>tslot_buf[slot] * tbs
-            else:
-                td = memif_desc_read(w)
-                if not desc_in_region(tregions, tnregions, &td) or td.length < length:
-                    break
-                dst = tregions[td.region].base + td.offset
-            memcpy(dst, src, length)
-            w.length = length
-            w.flags = 0
-            nbytes += length
-            k += 1
+                k = copy_usual(self, txq, n, &nbytes, True, False)
+        elif txq.slave:
+            k = copy_usual(self, txq, n, &nbytes, False, True)
+        else:
+            k = copy_usual(self, txq, n, &nbytes, False, False)
         if k == 0:
             return 0
         # consumed: every byte read above, before the release below
-        if rslave:
+        if self.slave:
             for n in range(k):
                 free_bufs[nfree] = rslot_buf[<uint16_t>(rpos + n) & rmask]
                 nfree += 1
@@ -1053,19 +1078,19 @@ cdef class Queue:
         self.pos = <uint16_t>(rpos + k)
         self.c.packets += k
         self.c.bytes += nbytes
-        if rslave:
+        if self.slave:
             self.refill()
         else:
-            memif_store_release(&rring.tail, self.pos)
+            memif_store_release(&self.ring.tail, self.pos)
         # queued
-        txq.pos = <uint16_t>(tpos + k)
+        txq.pos = <uint16_t>(txq.pos + k)
         txq.c.packets += k
         txq.c.bytes += nbytes
         txq.tx_bytes = nbytes
-        if tslave:
-            memif_store_release(&tring.head, txq.pos)
+        if txq.slave:
+            memif_store_release(&txq.ring.head, txq.pos)
         else:
-            memif_store_release(&tring.tail, txq.pos)
+            memif_store_release(&txq.ring.tail, txq.pos)
         txq.kick()
         return k
 

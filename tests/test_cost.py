@@ -128,12 +128,12 @@ IP4_NODES = ["ip4_fast", "tx_in_arrival_order"] + GRAPH_NODES + ["interface_outp
 #
 #   XConnect.forward (gather on the master's S2M ring, one memcpy per frame
 #   into the M2S ring with tx_copy, commit; one pass: forward_usual alone):
-#        64 B: before 231.0, after 214.0, one-buffer 160.1, one pass 91.8 -> ceiling 130
-#      1518 B: before 391.0, after 374.0, one-buffer 320.1, one pass 251.8 -> ceiling 355
+#        64 B: before 231.0, after 214.0, one-buffer 160.1, one pass 77.8 -> ceiling 110
+#      1518 B: before 391.0, after 374.0, one-buffer 320.1, one pass 237.8 -> ceiling 335
 #   whole program (adds the slave's tx_batch and rx_batch):
-#        64 B: before 565.4, after 549.3, one-buffer 416.0, one pass 347.7 -> ceiling 485
-#      1518 B: before 1047.1, after 1031.0, one-buffer 897.8, one pass 829.5 -> ceiling 1160
-XC_CEILINGS = {64: (130, 485), 1518: (355, 1160)}     # (forward, whole program)
+#        64 B: before 565.4, after 549.3, one-buffer 416.0, one pass 333.7 -> ceiling 470
+#      1518 B: before 1047.1, after 1031.0, one-buffer 897.8, one pass 815.5 -> ceiling 1145
+XC_CEILINGS = {64: (110, 470), 1518: (335, 1145)}     # (forward, whole program)
 #   ip4, everything Router.poll runs per burst (the usual frame, cost_burst
 #   mode "ip4"; "fast": ip4-fast takes it alone, one pass, where it went
 #   through the general graph's nodes before; the TTL checksum update with
@@ -230,8 +230,8 @@ needs_callgrind = pytest.mark.skipif(
 @pytest.mark.parametrize("size", [64, 1518])
 def test_xconnect_node_instructions_per_packet(tmp_path, size):
     """Frames through XConnect.poll between two loopback rings.  Measured
-    (Ir/packet inclusive in XConnect.forward, whole program): 64 B 91.8,
-    347.7; 1518 B 251.8, 829.5."""
+    (Ir/packet inclusive in XConnect.forward, whole program): 64 B 77.8,
+    333.7; 1518 B 237.8, 815.5."""
     whole, f = node_profile(tmp_path, "xconnect", [XC + "forward"], size)
     node = f[XC + "forward"]
     print("\nxconnect, instructions per %d-byte packet (burst %d): XConnect.forward %.1f, "
@@ -554,7 +554,7 @@ def no_loss(tx, rx):
 #                         before   after   one-buffer  one pass
 ECHO_CELLS = {  # variant: ceiling
     "into": 690,        # 655.1    586.7   489.9       479.9   rx_into -> tx_from
-    "forward": 500,     #    -     533.3   436.5       357.3   forward
+    "forward": 480,     #    -     533.3   436.5       343.3   forward
 }
 ECHO_WORKLOAD = os.path.join(HERE, "cost_echo.py")
 Q = "__pyx_f_6memifx_4ring_5Queue_"
