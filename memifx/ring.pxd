@@ -99,6 +99,8 @@ cdef class Queue:
     cdef uint32_t tx_checked(self, const uint8_t *base, uint64_t room, const uint32_t *lengths,
                              uint32_t n) noexcept nogil
     cdef uint32_t forward_usual(self, Queue txq, uint32_t max_frames) noexcept nogil
+    cdef uint16_t rx_ready(self) noexcept nogil
+    cdef void rx_consumed(self, uint32_t k, uint64_t nbytes) noexcept nogil
     cdef uint32_t forward_to(self, Queue txq, uint32_t max_frames) noexcept nogil
     cdef void commit(self, uint32_t nframes, bint hold) noexcept nogil
     cdef void refill(self) noexcept nogil

@@ -122,6 +122,51 @@ cdef inline bint desc_in_region(const region_t *regions, uint16_t count,
             <uint64_t>d.offset + <uint64_t>d.length <= regions[d.region].size)
 
 
+cdef struct rx_side_t:          # a receive queue's fields, read once a burst
+    memif_ring_t *ring
+    const region_t *regions
+    uint16_t nregions
+    uint16_t pos
+    uint16_t mask
+    uint32_t bs
+    const uint32_t *slot_buf
+    char *bufs
+
+
+cdef inline rx_side_t rx_side(Queue q) noexcept nogil:
+    cdef rx_side_t r
+    r.ring = q.ring
+    r.regions = q.mem.regions
+    r.nregions = q.mem.count
+    r.pos = q.pos
+    r.mask = q.mask
+    r.bs = q.buffer_size
+    r.slot_buf = q.slot_buf
+    r.bufs = q.bufs
+    return r
+
+
+cdef inline char *usual_rx(const rx_side_t *r, uint32_t k, uint32_t most, bint slave,
+                           uint32_t *length) noexcept nogil:
+    """Where the frame in the ``k``-th slot from ``r.pos`` lies if it is the
+    usual one: one slot (no NEXT), at most ``most`` bytes, a good buffer
+    (slave: our own record, the length within it; master: inside a
+    region).  NULL for any other frame, which the caller leaves to gather.
+    ``length``: its length, from our one read of the descriptor."""
+    cdef uint16_t slot = <uint16_t>(r.pos + k) & r.mask
+    cdef memif_desc_t d = memif_desc_read(&r.ring.desc[slot])
+    length[0] = d.length
+    if (d.flags & MEMIF_DESC_FLAG_NEXT) or d.length > most:
+        return NULL
+    if slave:
+        if d.length > r.bs:
+            return NULL
+        return r.bufs + <uint64_t>r.slot_buf[slot] * r.bs
+    if desc_in_region(r.regions, r.nregions, &d):
+        return r.regions[d.region].base + d.offset
+    return NULL
+
+
 cdef inline uint32_t copy_usual(Queue rxq, Queue txq, uint32_t n, uint64_t *nbytes,
                                 bint rslave, bint tslave) noexcept nogil:
     """Queue.forward_usual's loop over at most ``n`` frames, for the roles
@@ -129,40 +174,25 @@ cdef inline uint32_t copy_usual(Queue rxq, Queue txq, uint32_t n, uint64_t *nbyt
     front of rxq's ring into txq's next slots and writes their descriptors,
     consuming and publishing nothing.  Returns how many; ``nbytes`` gets
     their bytes."""
-    cdef memif_ring_t *rring = rxq.ring
+    cdef rx_side_t r = rx_side(rxq)
     cdef memif_ring_t *tring = txq.ring
-    cdef const region_t *rregions = rxq.mem.regions
     cdef const region_t *tregions = txq.mem.regions
-    cdef uint16_t rnregions = rxq.mem.count, tnregions = txq.mem.count
-    cdef uint16_t rpos = rxq.pos, rmask = rxq.mask, tpos = txq.pos, tmask = txq.mask
-    cdef uint32_t rbs = rxq.buffer_size, tbs = txq.buffer_size
-    cdef const uint32_t *rslot_buf = rxq.slot_buf
+    cdef uint16_t tnregions = txq.mem.count, tpos = txq.pos, tmask = txq.mask
+    cdef uint32_t tbs = txq.buffer_size
     cdef const uint32_t *tslot_buf = txq.slot_buf
-    cdef char *rbufs = rxq.bufs
     cdef char *tbufs = txq.bufs
     # the longest frame both queues take
     cdef uint32_t most = rxq.max_frame if rxq.max_frame < txq.max_frame else txq.max_frame
     cdef uint32_t k = 0, length
     cdef uint64_t total = 0
     cdef uint16_t slot
-    cdef memif_desc_t d, td
+    cdef memif_desc_t td
     cdef memif_desc_t *w
     cdef char *src
     cdef char *dst
     while k < n:
-        slot = <uint16_t>(rpos + k) & rmask
-        d = memif_desc_read(&rring.desc[slot])
-        length = d.length
-        if (d.flags & MEMIF_DESC_FLAG_NEXT) or length > most:
-            break
-        if rslave:
-            # our own record says where the buffer is; the peer, how full
-            if length > rbs:
-                break
-            src = rbufs + <uint64_t>rslot_buf[slot] * rbs
-        elif desc_in_region(rregions, rnregions, &d):
-            src = rregions[d.region].base + d.offset
-        else:
+        src = usual_rx(&r, k, most, rslave, &length)
+        if src == NULL:
             break
         slot = <uint16_t>(tpos + k) & tmask
         w = &tring.desc[slot]
@@ -182,6 +212,30 @@ cdef inline uint32_t copy_usual(Queue rxq, Queue txq, uint32_t n, uint64_t *nbyt
         k += 1
     nbytes[0] = total
     return k
+
+
+cdef inline uint32_t copy_out_usual(Queue q, uint8_t *base, uint64_t room, uint32_t *lengths,
+                                    uint32_t n, uint64_t *nbytes, bint slave) noexcept nogil:
+    """Queue.rx_copy's loop over the usual frames at the front of q's ring
+    (at most ``n``), for the role given: each copied to ``base`` after the
+    one before while ``room`` lasts, its length into ``lengths``; nothing
+    consumed.  Returns how many; ``nbytes`` gets their bytes."""
+    cdef rx_side_t r = rx_side(q)
+    cdef uint32_t most = q.max_frame
+    cdef uint32_t k = 0, length
+    cdef uint64_t off = 0
+    cdef char *src
+    while k < n:
+        src = usual_rx(&r, k, most, slave, &length)
+        if src == NULL or off + length > room:
+            break
+        memcpy(base + off, src, length)
+        lengths[k] = length
+        off += length
+        k += 1
+    nbytes[0] = off
+    return k
+
 
 cdef char *FORMAT_B = "B"
 
@@ -978,7 +1032,19 @@ cdef class Queue:
         cdef uint8_t *dst
         if maxf > self.size:
             maxf = self.size
-        n = self.gather(maxf)
+        # the usual frames in one pass; the rest below, after them
+        n = self.rx_ready()
+        if maxf < n:
+            n = maxf
+        if self.slave:
+            k = copy_out_usual(self, base, room, lengths, n, &off, True)
+        else:
+            k = copy_out_usual(self, base, room, lengths, n, &off, False)
+        if k:
+            self.rx_consumed(k, off)
+            if k == maxf:
+                return k
+        n = self.gather(maxf - k)
         for i in range(n):
             if frames[i].drop < 0:
                 if off + frames[i].length > room:
@@ -1031,30 +1097,17 @@ cdef class Queue:
         three would have; ``txq.tx_bytes`` holds its bytes.  Each
         descriptor is read once into a local; the payload is copied unread.
         Returns the frames moved."""
-        cdef uint16_t rpos = self.pos, rmask = self.mask
-        cdef const uint32_t *rslot_buf = self.slot_buf
-        cdef uint32_t *free_bufs = self.free_bufs
-        cdef uint32_t nfree = self.nfree
-        cdef uint16_t peer, avail, room
+        cdef uint16_t room
         cdef uint32_t n, k
         cdef uint64_t nbytes = 0
         txq.tx_dropped = 0
         txq.tx_bytes = 0
-        if self.closed or self.fault or txq.closed or txq.fault or txq.reserved:
+        if txq.closed or txq.fault or txq.reserved:
             return 0
-        if self.slave:
-            peer = memif_load_acquire(&self.ring.tail)
-            if <uint16_t>(peer - rpos) > <uint16_t>(self.posted - rpos):
-                return 0                # gather finds it and faults the queue
-        else:
-            peer = memif_load_acquire(&self.ring.head)
-            if <uint16_t>(peer - rpos) > self.size:
-                return 0
-        avail = <uint16_t>(peer - rpos)
+        n = self.rx_ready()
         room = txq.tx_room()
-        n = max_frames
-        if avail < n:
-            n = avail
+        if max_frames < n:
+            n = max_frames
         if room < n:
             n = room
         # the roles as constants: a loop for each pair, without their tests
@@ -1069,20 +1122,7 @@ cdef class Queue:
             k = copy_usual(self, txq, n, &nbytes, False, False)
         if k == 0:
             return 0
-        # consumed: every byte read above, before the release below
-        if self.slave:
-            for n in range(k):
-                free_bufs[nfree] = rslot_buf[<uint16_t>(rpos + n) & rmask]
-                nfree += 1
-            self.nfree = nfree
-        self.pos = <uint16_t>(rpos + k)
-        self.c.packets += k
-        self.c.bytes += nbytes
-        if self.slave:
-            self.refill()
-        else:
-            memif_store_release(&self.ring.tail, self.pos)
-        # queued
+        self.rx_consumed(k, nbytes)     # every byte was read above
         txq.pos = <uint16_t>(txq.pos + k)
         txq.c.packets += k
         txq.c.bytes += nbytes
@@ -1093,6 +1133,42 @@ cdef class Queue:
             memif_store_release(&txq.ring.tail, txq.pos)
         txq.kick()
         return k
+
+    cdef uint16_t rx_ready(self) noexcept nogil:
+        """Receive: slots the peer published that we have not taken, from
+        its counter (read once, acquire); 0 also when the counter is past
+        what is possible, which gather finds and faults."""
+        cdef uint16_t peer, limit
+        if self.closed or self.fault:
+            return 0
+        if self.slave:
+            peer = memif_load_acquire(&self.ring.tail)
+            limit = <uint16_t>(self.posted - self.pos)
+        else:
+            peer = memif_load_acquire(&self.ring.head)
+            limit = <uint16_t>self.size
+        if <uint16_t>(peer - self.pos) > limit:
+            return 0
+        return <uint16_t>(peer - self.pos)
+
+    cdef void rx_consumed(self, uint32_t k, uint64_t nbytes) noexcept nogil:
+        """Receive: the next ``k`` slots, ``k`` one-slot frames of ``nbytes``
+        bytes in all that were read to the end, are consumed: counted, and
+        their buffers handed back (slave: into the pool and posted again;
+        master: the counter published)."""
+        cdef uint32_t i
+        cdef uint16_t pos = self.pos, mask = self.mask
+        if self.slave:
+            for i in range(k):
+                self.free_bufs[self.nfree + i] = self.slot_buf[<uint16_t>(pos + i) & mask]
+            self.nfree += k
+        self.pos = <uint16_t>(pos + k)
+        self.c.packets += k
+        self.c.bytes += nbytes
+        if self.slave:
+            self.refill()
+        else:
+            memif_store_release(&self.ring.tail, self.pos)
 
     cdef uint32_t forward_to(self, Queue txq, uint32_t max_frames) noexcept nogil:
         """forward() without the checks."""

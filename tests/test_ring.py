@@ -270,6 +270,66 @@ def test_rx_batch_stops_when_full(direction):
     assert bytes(small[:50]) == frame(50) and olen[0] == 50
 
 
+RX_MIX = {"usual": 200, "small": 60, "empty": 0, "chained": 3000, "bad": 200}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("direction", DIRECTIONS)
+@settings(max_examples=80, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(kinds=st.lists(st.sampled_from(sorted(RX_MIX)), min_size=1, max_size=30),
+       room=st.integers(1, 4000), maxf=st.integers(1, 40))
+def test_rx_batch_any_burst_matches_a_frame_by_frame_model(direction, kinds, room, maxf):
+    """rx_batch (Queue.rx_copy: the usual one-slot frames in one pass, gather
+    and commit for the rest) over any mix of usual, small, empty, chained
+    and spoiled frames, into ``room`` bytes and ``maxf`` lengths: it takes
+    exactly what a frame-by-frame walk takes, in order.  Each frame counts
+    toward ``maxf``; a spoiled descriptor is dropped "bad descriptor"; a
+    frame that does not fit what is left stops the call, unless it is the
+    first and can never fit ("frame too long").  A second call with room
+    for everything takes the rest."""
+    lb = Loopback(log2=6, buffer_size=2048)
+    try:
+        tx, rx = pair(lb, direction)
+        frames = [frame(RX_MIX[k], i) for i, k in enumerate(kinds)]
+        assert tx.tx_frames(frames) == len(frames)
+        ring = 0 if direction == "s2m" else 1
+        slot = 0
+        for k, f in zip(kinds, frames):
+            if k == "bad":      # the master reads a region offset; the slave, the length
+                if direction == "s2m":
+                    lb.poke_desc(ring, slot, offset=lb.region_size)
+                else:
+                    lb.poke_desc(ring, slot, length=4096)
+            slot += slots(len(f), 2048)
+        first, rest, bad, too_long, seen, off = [], [], 0, 0, 0, 0
+        for k, f in zip(kinds, frames):
+            if rest or seen == maxf or (k != "bad" and off + len(f) > room and first):
+                rest.append((k, f))         # this one and all after it stay
+                continue
+            seen += 1
+            if k == "bad":
+                bad += 1
+            elif off + len(f) > room:
+                too_long += 1
+            else:
+                first.append(f)
+                off += len(f)
+        out, olen = bytearray(room), array("I", [0]) * maxf
+        n = rx.rx_batch(out, olen)
+        assert unpack(out, olen, n) == first
+        big, blen = bytearray(100000), array("I", [0]) * 64
+        m = rx.rx_batch(big, blen)
+        assert unpack(big, blen, m) == [f for k, f in rest if k != "bad"]
+        c = rx.counters()
+        assert c["drops"]["bad descriptor"] == kinds.count("bad")
+        assert c["drops"]["frame too long"] == too_long
+        assert c["packets"] == n + m == len(frames) - kinds.count("bad") - too_long
+        assert not rx.pending()
+    finally:
+        lb.close()
+
+
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("direction", DIRECTIONS)
 def test_tx_batch_limits(direction):
