@@ -95,8 +95,8 @@ class Worker:
         self.handle = handle            # handle(worker, msg, fds): the pool's dispatcher
         self.recv_lock = threading.Lock()
         self.detached: Set[Tuple[str, int]] = set()  # (key, gen) the worker has let go of
-        # (key, gen) -> {"rx"/"tx": {index: state}}: where its queues stopped
-        self.final_states: Dict[Tuple[str, int], Dict[str, Dict[str, Any]]] = {}
+        # key -> (gen, {"rx"/"tx": {index: state}}): where its queues of that link stopped
+        self.final_states: Dict[str, Tuple[int, Dict[str, Dict[str, Any]]]] = {}
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "memifx.workers.loop", str(theirs.fileno())],
@@ -300,8 +300,9 @@ class WorkerPool:
                         queues.append(dict(q.geometry(), kind=kind,
                                            state=handoff.export_state(q), slot=slot))
                         fds.append(q.fd)
-        except MemifError as e:
-            intf.report_fault(conn, "worker %d cannot take over: %s" % (worker.index, e.reason))
+        except MemifError as err:
+            intf.report_fault(conn, "worker %d cannot take over: %s" % (worker.index,
+                                                                        err.reason))
             return
         if not worker.send({"op": "attach", "key": intf.name, "gen": self.gens[intf.name],
                             "regions": conn.memory.sizes(), "queues": queues}, fds):
@@ -387,7 +388,7 @@ class WorkerPool:
                     for index, counters in msg["queues"].get(kind, {}).items():
                         intf.fold_counters(kind, int(index), counters)
             w.counters = msg.get("snapshot", w.counters)
-            w.final_states[(msg["key"], msg["gen"])] = msg.get("states") or {}
+            w.final_states[msg["key"]] = (msg["gen"], msg.get("states") or {})
             w.detached.add((msg["key"], msg["gen"]))
         elif op == "fault":
             intf = self.interfaces.get(msg["key"])
@@ -438,10 +439,11 @@ class WorkerPool:
         conn = intf.connection
         if conn is None or self.attached.get(intf.name) is not conn:
             return
+        live: Any = conn
         key, gen = intf.name, self.gens[intf.name]
         for w in self.workers:
             w.send({"op": "detach", "key": key, "gen": gen})
-        queues = {"rx": {q.index: q for q in conn.rx}, "tx": {q.index: q for q in conn.tx}}
+        queues = {"rx": {q.index: q for q in live.rx}, "tx": {q.index: q for q in live.tx}}
         problem = None
         for w in self.workers:
             rx, tx = self.needs(key, w.index)
@@ -452,7 +454,9 @@ class WorkerPool:
             if not w.wait_detached(key, gen, DETACH_WAIT):
                 problem = "worker %d did not hand back its queues" % w.index
                 continue
-            states = w.final_states.pop((key, gen), {})
+            got_gen, states = w.final_states.pop(key, (None, {}))
+            if got_gen != gen:
+                states = {}
             for kind in ("rx", "tx"):
                 for index in owned[kind]:
                     state = states.get(kind, {}).get(str(index))
@@ -465,7 +469,7 @@ class WorkerPool:
         self.attached.pop(key, None)
         if problem is not None:
             log.warning("memif %s: %s", key, problem)
-            intf.report_fault(conn, problem)
+            intf.report_fault(live, problem)
 
     def stop(self, timeout: float = 5.0, hand_back: bool = False) -> None:
         """Stop this pool's workers (their final snapshots are read) and stop
