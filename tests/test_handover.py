@@ -7,6 +7,7 @@ The peer never sees a DISCONNECT; no frame is lost or delivered twice.
 The traffic comes from ``memifx gen --receive`` in another process at a
 limited rate (interrupt mode everywhere else), as in test_runtime."""
 import os
+import signal
 import subprocess
 import time
 
@@ -179,3 +180,45 @@ def test_restore_state_refuses_a_state_that_does_not_fit(sock):
     finally:
         s.close()
         m.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_that_cannot_hand_back_costs_its_link_a_cycle(sockdir):
+    """A worker that does not answer the detach (stopped) cannot say where
+    its queues stopped: removing its pipeline cycles the links it served,
+    with a reason, instead of guessing; they come back and carry frames."""
+    running = Running()
+    dp = running.dp
+    a, b = os.path.join(sockdir, "a.sock"), os.path.join(sockdir, "b.sock")
+    sa = sb = None
+    try:
+        dp.add_interface("a", spec(a, "master"))
+        dp.add_interface("b", spec(b, "master"))
+        sa = memifx.Interface(socket=a, name="sa").connect()
+        sb = memifx.Interface(socket=b, name="sb").connect()
+        assert sa.wait_connected(10) and sb.wait_connected(10)
+        p = dp.add_pipeline("p", "xconnect", interfaces=["a", "b"], workers=1)
+        time.sleep(0.2)
+        frames = [frame(i, 100) for i in range(50)]
+        assert pump(sa, sb, frames, window=16) == frames
+        worker = p.pool.workers[0].proc
+        os.kill(worker.pid, signal.SIGSTOP)
+        try:
+            dp.remove_pipeline("p")
+        finally:
+            if worker.poll() is None:
+                os.kill(worker.pid, signal.SIGCONT)
+        st = dp.state()["interfaces"]
+        for name in ("a", "b"):
+            assert st[name]["link_flaps"] == 1
+            assert "did not hand back" in st[name]["last_disconnect"], st[name]
+        assert sa.wait_connected(10) and sb.wait_connected(10)
+        assert wait_for(lambda: all(i["up"] for i in dp.state()["interfaces"].values()), 10)
+        dp.add_pipeline("p", "xconnect", interfaces=["a", "b"], workers=0)
+        frames = [frame(100 + i, 100) for i in range(50)]
+        assert pump(sa, sb, frames, window=16) == frames
+    finally:
+        for s in (sa, sb):
+            if s is not None:
+                s.close()
+        running.stop()

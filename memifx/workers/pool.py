@@ -467,6 +467,8 @@ class WorkerPool:
                     except (ValueError, TypeError) as e:
                         problem = "worker %d handed back a bad state: %s" % (w.index, e)
         self.attached.pop(key, None)
+        for q in live.rx:               # as at link-up here: adaptive starts polling
+            q.set_interrupt(intf.rx_modes[q.index] == "interrupt")
         if problem is not None:
             log.warning("memif %s: %s", key, problem)
             intf.report_fault(live, problem)
