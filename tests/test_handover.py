@@ -14,10 +14,10 @@ import time
 import pytest
 
 import memifx
-from memifx import handoff
+from memifx import handoff, stats
 from conftest import wait_for
 from test_link import frame, pump
-from test_runtime import MEMIFX, Running, gen_result
+from test_runtime import GW1, MEMIFX, SPEC_A, SPEC_B, Running, arriving, gen_result
 
 COUNT = 40000
 RATE = 20000            # frames a second: two seconds of traffic
@@ -31,10 +31,11 @@ def spec(path, role, **extra):
     return d
 
 
-def start_gen(procs, a, b, role):
-    return procs.start(MEMIFX + ["gen", "socket=%s,name=tester,role=%s" % (a, role),
-                                 "--receive",
-                                 "socket=%s,name=tester-rx,ring-size=4096,role=%s" % (b, role),
+def start_gen(procs, a, b, role, queues=1):
+    q = "rx-queues=%d,tx-queues=%d" % (queues, queues)
+    return procs.start(MEMIFX + ["gen", "socket=%s,name=tester,role=%s,%s" % (a, role, q),
+                                 "--receive", "socket=%s,name=tester-rx,ring-size=4096,role=%s,%s"
+                                 % (b, role, q), "--flows", str(4 * queues),
                                  "--count", str(COUNT), "--rate", str(RATE), "--json"],
                        stderr=subprocess.PIPE)
 
@@ -44,33 +45,44 @@ def flaps(dp):
             for n, i in dp.state()["interfaces"].items()}
 
 
+def peer_flaps(pid):
+    """{interface: link_flaps} of process ``pid`` as ``memifx show`` reads
+    its stats file; None before it has one."""
+    for proc in stats.scan():
+        if proc["pid"] == pid:
+            return {i["name"]: i["link_flaps"] for i in proc["interfaces"]}
+    return None
+
+
 @pytest.fixture
 def stats_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("MEMIFX_STATS_DIR", str(tmp_path / "stats"))
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("role,stats", [("master", True), ("slave", False)],
-                         ids=["master-stats", "slave"])
+@pytest.mark.parametrize("role,with_stats,queues", [("master", True, 1), ("slave", False, 1),
+                                                  ("master", True, 2)],
+                         ids=["master-stats", "slave", "master-2-queues"])
 def test_pipelines_change_hosts_under_traffic_without_a_flap(procs, sockdir, stats_dir,
-                                                             role, stats):
+                                                             role, with_stats, queues):
     """xconnect in-process, on 1 and 2 workers, in turn, under a gen's
     traffic: every frame arrives once and in order, no link goes down until
     the gen leaves, and the interface counters count each frame once.  As
     slave, this process's receive queues keep a buffer pool of their own:
     it moves with them."""
-    running = Running(stats=stats)  # stats: a worker's queue counts in this one's slot
+    running = Running(stats=with_stats)    # a worker's queue counts in this one's slot
     dp = running.dp
     try:
         a, b = os.path.join(sockdir, "a.sock"), os.path.join(sockdir, "b.sock")
         peer_role = "slave" if role == "master" else "master"
-        dp.add_interface("a", spec(a, role))
-        dp.add_interface("b", spec(b, role, **{"ring-size": 4096}))
+        nq = {"rx-queues": str(queues), "tx-queues": str(queues)}
+        dp.add_interface("a", spec(a, role, **nq))
+        dp.add_interface("b", spec(b, role, **dict(nq, **{"ring-size": "4096"})))
         dp.add_pipeline("p", "xconnect", interfaces=["a", "b"], workers=0)
-        gen = start_gen(procs, a, b, peer_role)
+        gen = start_gen(procs, a, b, peer_role, queues)
         assert wait_for(lambda: all(i["up"] for i in dp.state()["interfaces"].values()), 10)
         assert wait_for(lambda: dp.state()["interfaces"]["a"]["stats"]["rx"][0]["packets"], 10)
-        steps = 0
+        steps = peer_looked = 0
         while gen.poll() is None or steps < len(HOSTS):
             workers = HOSTS[steps % len(HOSTS)]
             dp.remove_pipeline("p")
@@ -79,6 +91,9 @@ def test_pipelines_change_hosts_under_traffic_without_a_flap(procs, sockdir, sta
             time.sleep(0.15)
             for n, (count, reason) in flaps(dp).items():    # down only when the gen ends
                 assert count == 0 or (count == 1 and reason in PEER_LEAVING), (n, reason)
+            seen = peer_flaps(gen.pid)
+            if gen.poll() is None and seen is not None and not any(seen.values()):
+                peer_looked += 1            # and the peer says so too
             steps += 1
         result = gen_result(gen)
         rx = result["receive"]
@@ -91,11 +106,13 @@ def test_pipelines_change_hosts_under_traffic_without_a_flap(procs, sockdir, sta
             assert (st[name]["link_flaps"], st[name]["last_disconnect"] in PEER_LEAVING) \
                 == (1, True), st[name]
         # Each frame counted once, whoever served the queue at the time.
-        assert st["a"]["stats"]["rx"][0]["packets"] == COUNT
-        assert st["b"]["stats"]["tx"][0]["packets"] == COUNT
-        assert not any(st["a"]["stats"]["rx"][0]["drops"].values())
+        assert sum(q["packets"] for q in st["a"]["stats"]["rx"]) == COUNT
+        assert sum(q["packets"] for q in st["b"]["stats"]["tx"]) == COUNT
+        assert not any(sum(q["drops"].values()) for q in st["a"]["stats"]["rx"])
+        if queues > 1:                      # the flows really spread over the queues
+            assert all(q["packets"] for q in st["a"]["stats"]["rx"])
         assert dp.problems() == []
-        assert steps >= len(HOSTS)
+        assert steps >= len(HOSTS) and peer_looked >= 3
     finally:
         running.stop()
 
@@ -217,6 +234,39 @@ def test_a_worker_that_cannot_hand_back_costs_its_link_a_cycle(sockdir):
         dp.add_pipeline("p", "xconnect", interfaces=["a", "b"], workers=0)
         frames = [frame(100 + i, 100) for i in range(50)]
         assert pump(sa, sb, frames, window=16) == frames
+    finally:
+        for s in (sa, sb):
+            if s is not None:
+                s.close()
+        running.stop()
+
+
+@pytest.mark.timeout(60)
+def test_a_router_moves_between_hosts_without_a_flap(sockdir):
+    """ip4 in-process, on 2 workers, in-process again: the routed frames
+    arrive every time, the links stay up (the router's queues change hands
+    as xconnect's do)."""
+    running = Running()
+    dp = running.dp
+    a, b = os.path.join(sockdir, "a.sock"), os.path.join(sockdir, "b.sock")
+    sa = sb = None
+    router = dict(routes=["172.16.0.0/12,via=10.0.2.254"],
+                  neighbors=["10.0.2.254,%s" % GW1])
+    try:
+        dp.add_interface("a", spec(a, "master", **SPEC_A))
+        dp.add_interface("b", spec(b, "master", **SPEC_B))
+        sa = memifx.Interface(socket=a, name="sa").connect()
+        sb = memifx.Interface(socket=b, name="sb").connect()
+        assert sa.wait_connected(10) and sb.wait_connected(10)
+        assert wait_for(lambda: all(i["up"] for i in dp.state()["interfaces"].values()), 10)
+        for workers in (0, 2, 0, 1):
+            dp.add_pipeline("r", "ip4", interfaces=["a", "b"], workers=workers,
+                            **dict(router))
+            time.sleep(0.2)                 # the attach reaches the workers
+            assert arriving(sa, sb, 50) == [GW1] * 50, workers
+            dp.remove_pipeline("r")
+        assert flaps(dp) == {"a": (0, None), "b": (0, None)}
+        assert sa.info()["link_flaps"] == 0 and sb.info()["link_flaps"] == 0
     finally:
         for s in (sa, sb):
             if s is not None:

@@ -30,9 +30,9 @@ from memifx import guard, handoff, slots
 from memifx import stats as stats_file
 from memifx.errors import MemifError
 from memifx.fdwait import wait_readable
+from memifx.interface import RX_MODES
 from memifx.memory import Memory
 from memifx.ring import Queue
-from memifx.interface import RX_MODES
 from memifx.rxmode import Idler
 from memifx.workers import node as node_kinds
 from memifx.workers.protocol import HandoffError, Message, close_fds, recv, send
