@@ -243,7 +243,7 @@ def test_a_worker_that_cannot_hand_back_costs_its_link_a_cycle(sockdir):
 
 @pytest.mark.timeout(60)
 def test_a_router_moves_between_hosts_without_a_flap(sockdir):
-    """ip4 in-process, on 2 workers, in-process again: the routed frames
+    """ip4 in-process, on a worker, in turn: the routed frames
     arrive every time, the links stay up (the router's queues change hands
     as xconnect's do)."""
     running = Running()
@@ -259,7 +259,7 @@ def test_a_router_moves_between_hosts_without_a_flap(sockdir):
         sb = memifx.Interface(socket=b, name="sb").connect()
         assert sa.wait_connected(10) and sb.wait_connected(10)
         assert wait_for(lambda: all(i["up"] for i in dp.state()["interfaces"].values()), 10)
-        for workers in (0, 2, 0, 1):
+        for workers in (0, 1, 0, 1):
             dp.add_pipeline("r", "ip4", interfaces=["a", "b"], workers=workers,
                             **dict(router))
             time.sleep(0.2)                 # the attach reaches the workers
