@@ -197,7 +197,8 @@ class WorkerPool:
         self.cpus = cpus
         self.node = node
         self.gens = {name: 0 for name in self.interfaces}
-        self.attached: Dict[str, Any] = {}  # name -> the connection the workers were given
+        # name -> the connection the workers were given, while it is up
+        self.attached: Dict[str, Any] = {}
         self.restarts = 0
         self.stopping = False
         self.retired: List[Message] = []  # counter snapshots of workers that died
@@ -339,6 +340,7 @@ class WorkerPool:
         if up:
             return
         with self.lock:
+            self.attached.pop(intf.name, None)      # its mapping and fds go with it
             gen = self.gens[intf.name]
             for w in self.workers:
                 w.send({"op": "detach", "key": intf.name, "gen": gen})
@@ -489,6 +491,7 @@ class WorkerPool:
                 for intf in self.hooked:
                     self._hand_back(intf)
             self.hooked = []
+            self.attached.clear()
         for w in self.workers:
             w.close()
         end = time.monotonic() + timeout
