@@ -154,6 +154,25 @@ def test_rx_mode_of_a_worker_served_queue_changes_in_the_worker(sockdir):
         frames = [frame(200 + i, 100) for i in range(50)]
         assert pump(sa, sb, frames, window=16) == frames
         assert kicks() == before
+        # adaptive: quiet, the worker unmasks and sleeps; the first burst
+        # kicks it.  Then interrupt, set while it sleeps that way: the ring
+        # stays unmasked for good (adaptive masks it again at each
+        # wakeup), so every later burst kicks too.
+        dp.set_rx_mode("a", "adaptive")
+        time.sleep(0.3)
+        before = kicks()
+        frames = [frame(300 + i, 100) for i in range(50)]
+        assert pump(sa, sb, frames, window=16) == frames
+        assert kicks() > before
+        time.sleep(0.3)                     # quiet again: unmasked, asleep
+        dp.set_rx_mode("a", "interrupt")
+        assert dp.state()["interfaces"]["a"]["rx_modes"] == ["interrupt"]
+        for rnd in range(3):
+            time.sleep(0.1)
+            before = kicks()
+            frames = [frame(400 + 100 * rnd + i, 100) for i in range(50)]
+            assert pump(sa, sb, frames, window=16) == frames
+            assert kicks() > before, rnd
         assert flaps(dp) == {"a": (0, None), "b": (0, None)}
         assert sa.info()["link_flaps"] == 0 and sb.info()["link_flaps"] == 0
     finally:
