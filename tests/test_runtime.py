@@ -36,8 +36,8 @@ def master(path, **extra):
 class Running:
     """A Dataplane polled by a thread of its own until stopped."""
 
-    def __init__(self):
-        self.dp = Dataplane(stats=False)
+    def __init__(self, stats=False):
+        self.dp = Dataplane(stats=stats)
         self.done = threading.Event()
         self.error = None
         self.thread = threading.Thread(target=self._run, daemon=True)

@@ -10,11 +10,15 @@ on workers keeps its own pool; link changes reach its workers through the
 pool's link callbacks (attach at link-up, detach before link-down), so the
 links of one pipeline come and go without touching another's.
 
-Each interface belongs to at most one pipeline.  Worker processes hold
-private ring positions, so an interface that workers served and that is
-still up is reconnected when their pipeline goes (and one that is already
-up is reconnected when a pipeline on workers takes it): afterwards its
-rings are consistent for whoever uses it next.
+Each interface belongs to at most one pipeline.  Moving an interface
+between hosts never takes its link down: a pipeline on workers that takes
+an interface that is up hands the workers the positions its queues reached
+here (WorkerPool.take_over), and removing it hands them back
+(``stop(hand_back=True)``), so whoever serves the queues next continues
+exactly: no frame lost, none twice, and the peer sees no DISCONNECT.  Only
+a worker that dies, or one that cannot say where it stopped, costs a link
+cycle.  Rx modes of worker-served queues change in the worker that serves
+them (a control message), also without a flap.
 """
 import importlib
 import logging
@@ -145,14 +149,14 @@ class Dataplane:
         with self._managing():
             intf = self._interface(name)
             user = self._user(name)
-            if user is not None and self.pipelines[user].pool is not None:
-                raise DataplaneError("interface %s is served by the workers of pipeline %s: "
-                                     "its rx modes are fixed while that pipeline runs"
-                                     % (name, user))
+            pool = self.pipelines[user].pool if user is not None else None
             queues = range(intf.rx_queues) if queue is None else [queue]
             try:
                 for q in queues:
-                    intf.set_rx_mode(mode, q)
+                    if pool is not None:
+                        pool.set_rx_mode(intf, q, mode)     # the worker serving it
+                    else:
+                        intf.set_rx_mode(mode, q)
             except (ValueError, IndexError) as e:
                 raise DataplaneError("%s: %s" % (name, e))
             self.specs[name].rx_mode = mode if queue is None else self.specs[name].rx_mode
@@ -216,27 +220,20 @@ class Dataplane:
                 raise DataplaneError("pipeline %s: %s" % (name, e))
             self.pipelines[name] = p
             if p.pool is not None:
-                for intf in ifs.values():       # its workers attach at the next link-up
-                    conn = intf.connection
-                    if conn is not None:
-                        intf.report_fault(conn, "pipeline %s takes over the link" % name)
+                p.pool.take_over()      # links up now; the others attach at link-up
             self._idler = None
             if self.stats is not None:
                 self.stats.refresh()        # its counters listed from now on
             return p
 
     def remove_pipeline(self, name: str) -> None:
-        """Stop pipeline ``name`` (its workers, if any); its interfaces stay."""
+        """Stop pipeline ``name`` (its workers, if any); its interfaces stay,
+        their links up, their queues where the pipeline left them."""
         with self._managing():
             p = self._pipeline(name)
             del self.pipelines[name]
             self._idler = None
-            p.stop()
-            if p.pool is not None:
-                for intf in p.interfaces.values():
-                    conn = intf.connection
-                    if conn is not None:
-                        intf.report_fault(conn, "pipeline %s removed" % name)
+            p.stop(hand_back=True)
             if self.stats is not None:
                 self.stats.refresh()
 

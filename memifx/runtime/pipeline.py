@@ -103,10 +103,12 @@ class Pipeline:
             return []
         return [fd for fd in (w.sock.fileno() for w in self.pool.workers) if fd >= 0]
 
-    def stop(self) -> None:
-        """Stop its workers (they let go of every queue); counters final."""
+    def stop(self, hand_back: bool = False) -> None:
+        """Stop its workers (they let go of every queue); counters final.
+        ``hand_back``: the links the workers served stay up, this process's
+        queues continuing where theirs stopped (WorkerPool.stop)."""
         if self.pool is not None:
-            self.pool.stop()            # it unregisters its link callbacks too
+            self.pool.stop(hand_back=hand_back)     # it unregisters its link callbacks too
         self.final = self.counters()
 
     def workers_state(self) -> Dict[str, Any]:

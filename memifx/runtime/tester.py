@@ -312,8 +312,8 @@ class TesterPipeline(Pipeline):
 
     # --------------------------------------------------------- the pipeline
 
-    def stop(self) -> None:
-        super().stop()
+    def stop(self, hand_back: bool = False) -> None:
+        super().stop(hand_back)
         if self.node is not None:
             self.node.close()
 

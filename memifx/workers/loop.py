@@ -19,16 +19,18 @@ Ctrl-C reaches the whole process group: the main process decides when a
 worker stops (a ``stop`` message, or its end of the socket closing).
 """
 import logging
+import os
 import signal
 import socket
 import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
-from memifx import guard
+from memifx import guard, handoff, slots
 from memifx import stats as stats_file
 from memifx.errors import MemifError
 from memifx.fdwait import wait_readable
+from memifx.interface import RX_MODES
 from memifx.memory import Memory
 from memifx.ring import Queue
 from memifx.rxmode import Idler
@@ -120,10 +122,14 @@ class WorkerLoop:
                           buffer_size=g["buffer_size"], buf_offset=g["buf_offset"],
                           nbufs=g["nbufs"], max_frame=g["max_frame"])
             fds.remove(qfd)             # the queue owns it now
-            queue.restore(*state)
+            handoff.restore_state(queue, state)
             slot = g.pop("slot", None)
             if slot is not None and self.stats_fd is not None:
-                stats_file.attach_fd(queue, self.stats_fd, slot)    # counted where show reads
+                # Counted where show reads, on from what the slot holds (what
+                # the main process counted there before handing it over).
+                kept = os.pread(self.stats_fd, slots.COUNTER_SIZE, slot)
+                stats_file.attach_fd(queue, self.stats_fd, slot)
+                os.pwrite(self.stats_fd, kept, slot)    # nothing counts here meanwhile
             else:
                 unslotted.add((kind, g["index"]))
             if kind == "rx":
@@ -137,17 +143,45 @@ class WorkerLoop:
 
     def detach(self, msg: Message) -> None:
         """Let go of a link and say so, with the counters of its queues
-        that no stats slot holds."""
+        that no stats slot holds and where each queue stopped (the main
+        process continues from there when the link stays up)."""
         link = self.links.get(msg["key"])
         if link is None or link.gen != msg["gen"]:
             self.tell({"op": "detached", "key": msg["key"], "gen": msg["gen"], "queues": {}})
             return
         del self.links[msg["key"]]
-        for q in link.active_queues("rx") + link.active_queues("tx"):
-            q.close()
+        states: Dict[str, Dict[int, Any]] = {"rx": {}, "tx": {}}
+        for kind in ("rx", "tx"):
+            for q in link.active_queues(kind):
+                q.close()
+                try:
+                    states[kind][q.index] = handoff.export_state(q)
+                except MemifError as e:     # missing: the main process cycles the link
+                    log.warning("worker: %s %s queue %d: %s", msg["key"], kind, q.index, e)
         queues = {kind: {i: c for i, c in per.items() if (kind, i) in link.unslotted}
                   for kind, per in link.counters().items()}
-        self.report({"op": "detached", "key": msg["key"], "gen": msg["gen"], "queues": queues})
+        self.report({"op": "detached", "key": msg["key"], "gen": msg["gen"], "queues": queues,
+                     "states": states})
+
+    def set_rx_mode(self, msg: Message) -> None:
+        """Receive mode of one queue of a link this worker serves (and of
+        that queue on every later attach)."""
+        plan = self.plan
+        assert plan is not None, "read_control keeps it out before the plan"
+        key, index, mode = msg["key"], msg["index"], msg["mode"]
+        modes = plan["modes"].get(key)
+        if modes is None or not 0 <= index < len(modes) or mode not in RX_MODES:
+            log.error("worker: rx mode %r of %s queue %r refused", mode, key, index)
+            return
+        modes[index] = mode
+        link = self.links.get(key)
+        q = link.rx.get(index) if link is not None else None
+        if q is None:
+            return
+        idler = self.idler
+        assert idler is not None, "the plan made it"
+        idler.armed = [a for a in idler.armed if a is not q]    # adaptive no more
+        q.set_interrupt(mode == "interrupt")
 
     def snapshot(self) -> Tuple[Message, List[int]]:
         """The counters message and the fds that go with it (ours to close)."""
@@ -189,6 +223,8 @@ class WorkerLoop:
                                "reason": getattr(e, "reason", None) or str(e)})
             elif op == "detach":
                 self.detach(msg)
+            elif op == "rx_mode":
+                self.set_rx_mode(msg)
             elif op == "report":
                 self.report()
             elif op == "sync":

@@ -20,6 +20,13 @@ Who owns what is the pool's ``needs(name, w)``, one rule per node kind
 (memifx.nodes): every rule gives every transmit ring exactly one producer
 and every receive ring exactly one consumer, whatever the links do.
 
+A pool may also take over a link that is already up (``take_over``: the
+attach carries the positions the main process's queues reached) and hand
+it back when it stops (``stop(hand_back=True)``: every worker answers the
+detach with its queues' final state, memifx.handoff, and the main
+process's queues continue from there).  Either way the link stays up and
+no frame is lost or seen twice; the peer notices nothing.
+
 A worker that dies is restarted; the links it served are flapped (its
 private ring positions died with it), which shows in link_flaps.
 
@@ -47,6 +54,8 @@ import time
 from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping, Optional,
                     Sequence, Set, Tuple)
 
+from memifx import handoff
+from memifx.errors import MemifError
 from memifx.fdwait import wait_readable
 from memifx.workers import protocol
 from memifx.workers.protocol import DEAD_PEER, HandoffError, Message
@@ -86,6 +95,8 @@ class Worker:
         self.handle = handle            # handle(worker, msg, fds): the pool's dispatcher
         self.recv_lock = threading.Lock()
         self.detached: Set[Tuple[str, int]] = set()  # (key, gen) the worker has let go of
+        # key -> (gen, {"rx"/"tx": {index: state}}): where its queues of that link stopped
+        self.final_states: Dict[str, Tuple[int, Dict[str, Dict[str, Any]]]] = {}
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "memifx.workers.loop", str(theirs.fileno())],
@@ -186,6 +197,8 @@ class WorkerPool:
         self.cpus = cpus
         self.node = node
         self.gens = {name: 0 for name in self.interfaces}
+        # name -> the connection the workers were given, while it is up
+        self.attached: Dict[str, Any] = {}
         self.restarts = 0
         self.stopping = False
         self.retired: List[Message] = []  # counter snapshots of workers that died
@@ -279,13 +292,19 @@ class WorkerPool:
             return
         rx_need, tx_need = self.needs(intf.name, worker.index)
         queues, fds = [], list(conn.memory.fds)
-        for kind, qs, need in (("rx", conn.rx, rx_need), ("tx", conn.tx, tx_need)):
-            for q in qs:
-                if q.index in need:
-                    slot = (self.stats.live_slot(intf, kind, q.index)
-                            if self.stats is not None else None)
-                    queues.append(dict(q.geometry(), kind=kind, state=q.state(), slot=slot))
-                    fds.append(q.fd)
+        try:
+            for kind, qs, need in (("rx", conn.rx, rx_need), ("tx", conn.tx, tx_need)):
+                for q in qs:
+                    if q.index in need:
+                        slot = (self.stats.live_slot(intf, kind, q.index)
+                                if self.stats is not None else None)
+                        queues.append(dict(q.geometry(), kind=kind,
+                                           state=handoff.export_state(q), slot=slot))
+                        fds.append(q.fd)
+        except MemifError as err:
+            intf.report_fault(conn, "worker %d cannot take over: %s" % (worker.index,
+                                                                        err.reason))
+            return
         if not worker.send({"op": "attach", "key": intf.name, "gen": self.gens[intf.name],
                             "regions": conn.memory.sizes(), "queues": queues}, fds):
             e = worker.send_error
@@ -293,11 +312,23 @@ class WorkerPool:
                 intf.report_fault(conn, "worker %d attach failed: %s" % (
                     worker.index, e.strerror or e))
 
+    def take_over(self) -> None:
+        """Attach the workers to the links of our interfaces that are up
+        already (those that come up later attach at link-up): they continue
+        from the positions the queues of this process reached, which nobody
+        in this process may touch from now on.  The link stays up."""
+        with self.lock:
+            for intf in self.hooked:
+                conn = intf.connection
+                if conn is not None and self.attached.get(intf.name) is not conn:
+                    self._on_up(intf, True)
+
     def _on_up(self, intf: Interface, up: bool) -> None:
         if not up:
             return
         with self.lock:
             self.gens[intf.name] += 1
+            self.attached[intf.name] = intf.connection
             if self.stats is not None:
                 self.stats.link_changed(intf, True)     # live slots exist before we hand them out
             for w in self.workers:
@@ -309,12 +340,30 @@ class WorkerPool:
         if up:
             return
         with self.lock:
+            self.attached.pop(intf.name, None)      # its mapping and fds go with it
             gen = self.gens[intf.name]
             for w in self.workers:
                 w.send({"op": "detach", "key": intf.name, "gen": gen})
             for w in self.workers:
                 if not w.wait_detached(intf.name, gen, DETACH_WAIT):
                     log.warning("worker %d did not let go of %s in time", w.index, intf.name)
+
+    def set_rx_mode(self, intf: Interface, index: int, mode: str) -> None:
+        """Receive mode of ``intf``'s queue ``index``: set by the worker
+        that serves it (now, and on every later attach or restart), and
+        recorded in ``intf.rx_modes``.  ValueError/IndexError for a mode or
+        queue that does not exist."""
+        from memifx.interface import RX_MODES
+        if mode not in RX_MODES:
+            raise ValueError("rx mode must be %s" % ", ".join(RX_MODES))
+        if not 0 <= index < intf.rx_queues:
+            raise IndexError("no receive queue %d" % index)
+        with self.lock:
+            intf.rx_modes[index] = mode
+            self.plan["modes"][intf.name][index] = mode
+            for w in self.workers:
+                if index in self.needs(intf.name, w.index)[0]:
+                    w.send({"op": "rx_mode", "key": intf.name, "index": index, "mode": mode})
 
     # ----------------------------------------------------------- running
 
@@ -341,6 +390,7 @@ class WorkerPool:
                     for index, counters in msg["queues"].get(kind, {}).items():
                         intf.fold_counters(kind, int(index), counters)
             w.counters = msg.get("snapshot", w.counters)
+            w.final_states[msg["key"]] = (msg["gen"], msg.get("states") or {})
             w.detached.add((msg["key"], msg["gen"]))
         elif op == "fault":
             intf = self.interfaces.get(msg["key"])
@@ -384,15 +434,64 @@ class WorkerPool:
         worker and the last of every one that died."""
         return [w.counters for w in self.workers] + self.retired
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def _hand_back(self, intf: Interface) -> None:
+        """Detach the workers from ``intf``'s live link and make the queues
+        of this process continue where theirs stopped; a link whose state
+        did not all come back is taken down (its positions are unknown)."""
+        conn = intf.connection
+        if conn is None or self.attached.get(intf.name) is not conn:
+            return
+        live: Any = conn
+        key, gen = intf.name, self.gens[intf.name]
+        for w in self.workers:
+            w.send({"op": "detach", "key": key, "gen": gen})
+        queues = {"rx": {q.index: q for q in live.rx}, "tx": {q.index: q for q in live.tx}}
+        problem = None
+        for w in self.workers:
+            rx, tx = self.needs(key, w.index)
+            owned = {"rx": rx & set(queues["rx"]), "tx": tx & set(queues["tx"])}
+            if not (owned["rx"] or owned["tx"]):
+                w.wait_detached(key, gen, DETACH_WAIT)
+                continue
+            if not w.wait_detached(key, gen, DETACH_WAIT):
+                problem = "worker %d did not hand back its queues" % w.index
+                continue
+            got_gen, states = w.final_states.pop(key, (None, {}))
+            if got_gen != gen:
+                states = {}
+            for kind in ("rx", "tx"):
+                for index in owned[kind]:
+                    state = states.get(kind, {}).get(str(index))
+                    try:
+                        if state is None:
+                            raise ValueError("no state for %s queue %d" % (kind, index))
+                        handoff.restore_state(queues[kind][index], state)
+                    except (ValueError, TypeError) as e:
+                        problem = "worker %d handed back a bad state: %s" % (w.index, e)
+        self.attached.pop(key, None)
+        for q in live.rx:               # as at link-up here: adaptive starts polling
+            q.set_interrupt(intf.rx_modes[q.index] == "interrupt")
+        if problem is not None:
+            log.warning("memif %s: %s", key, problem)
+            intf.report_fault(live, problem)
+
+    def stop(self, timeout: float = 5.0, hand_back: bool = False) -> None:
         """Stop this pool's workers (their final snapshots are read) and stop
         following its interfaces' link changes; the interfaces stay as they
-        are, and other pools of this process are not touched."""
-        self.stopping = True
-        for intf in self.hooked:
-            intf.remove_on_link(self._on_down)
-            intf.remove_on_link(self._on_up)
-        self.hooked = []
+        are, and other pools of this process are not touched.  ``hand_back``:
+        the links the workers serve stay up and this process's queues
+        continue exactly where the workers' stopped (else their positions
+        are stale: the caller cycles those links)."""
+        with self.lock:
+            self.stopping = True
+            for intf in self.hooked:
+                intf.remove_on_link(self._on_down)
+                intf.remove_on_link(self._on_up)
+            if hand_back:
+                for intf in self.hooked:
+                    self._hand_back(intf)
+            self.hooked = []
+            self.attached.clear()
         for w in self.workers:
             w.close()
         end = time.monotonic() + timeout

@@ -17,7 +17,8 @@ that fails this way in either process fails that link with a reason instead
 of leaving it up with nobody serving it (memifx.workers.pool and .loop).
 
 The ops: main -> worker ``plan`` (first, once), ``attach``, ``detach``,
-``report``, ``sync``, ``stop`` and whatever a node kind adds (``finish``);
+``rx_mode``, ``report``, ``sync``, ``stop`` and whatever a node kind adds
+(``finish``);
 worker -> main ``counters``, ``detached``, ``fault``, ``synced`` and what a
 node kind adds (``arp``).
 """
