@@ -59,7 +59,7 @@ extensions = [
         extra_link_args=SANITIZE,
     )
     for name in ("guard", "memory", "ring", "counted", "xconnect", "traffic", "stream", "table", "reclaim",
-                 "fib", "routes", "neighbor", "ip4", "slots", "fdwait", "layout", "handoff")
+                 "fib", "routes", "neighbor", "ip4", "slots", "fdwait", "layout")
 ]
 
 if PREBUILT:

@@ -394,16 +394,61 @@ cdef class Queue:
                     buf_offset=self.buf_offset, nbufs=self.nbufs, max_frame=self.max_frame)
 
     def state(self):
-        """Our private ring positions (pos, posted): what a queue rebuilt in
-        another process continues from.  Only for a queue handed over before
-        it received anything (at link up): then slot i holds buffer i."""
-        if self.free_bufs != NULL and (self.zc_held or self.c.packets or self.c.drops[0]):
-            raise MemifError("a receive queue can be handed over only before it is used")
-        return (self.pos, self.posted)
+        """Our private state, whole, so that another Queue over the same
+        ring (rebuilt from geometry(), in this process or in a worker)
+        continues exactly where this one stopped: ``[pos, posted,
+        posted_bufs, free_bufs]``, plain JSON.  The lists are empty but for
+        a slave receive queue: the pool buffer of each slot from pos to
+        posted, and its free stack (bottom first); it never reads that back
+        from the ring, where the peer may rewrite descriptors.  MemifError
+        while zero-copy or tx_alloc buffers are lent out (they would be lost
+        or delivered twice)."""
+        cdef uint16_t i, n
+        if self.zc_held or self.reserved:
+            raise MemifError("queue %d has buffers lent out: it cannot be handed over now"
+                             % self.index)
+        posted, free = [], []
+        if self.free_bufs != NULL:
+            n = <uint16_t>(self.posted - self.pos)
+            posted = [self.slot_buf[<uint16_t>(self.pos + i) & self.mask] for i in range(n)]
+            free = [self.free_bufs[i] for i in range(self.nfree)]
+        return [self.pos, self.posted, posted, free]
 
-    def restore(self, uint16_t pos, uint16_t posted):
+    def restore(self, state):
+        """Continue from ``state`` (state() of a queue of the same
+        geometry).  ValueError if it does not fit this queue, before
+        anything changes: for a slave receive queue, the posted and free
+        buffers must be every pool buffer exactly once and no more slots
+        posted than the ring has."""
+        cdef uint32_t k
+        pos, posted, posted_bufs, free_bufs = state
+        if (type(pos) is not int or type(posted) is not int
+                or not (0 <= pos <= 0xFFFF and 0 <= posted <= 0xFFFF)):
+            raise ValueError("queue %d: positions out of range" % self.index)
+        if self.free_bufs == NULL:
+            if posted_bufs or free_bufs:
+                raise ValueError("queue %d keeps no buffer pool" % self.index)
+            self.pos, self.posted = pos, posted
+            return
+        in_use = <uint16_t>(posted - pos)
+        if (in_use > self.size or len(posted_bufs) != in_use
+                or len(posted_bufs) + len(free_bufs) != self.nbufs):
+            raise ValueError("queue %d: %d posted and %d free buffers do not make its pool "
+                             "of %d with %d slots posted" % (self.index, len(posted_bufs),
+                                                            len(free_bufs), self.nbufs, in_use))
+        seen = bytearray(self.nbufs)
+        for v in list(posted_bufs) + list(free_bufs):
+            if type(v) is not int or not 0 <= v < self.nbufs or seen[v]:
+                raise ValueError("queue %d: buffer %r twice or outside its pool"
+                                 % (self.index, v))
+            seen[v] = 1
         self.pos, self.posted = pos, posted
-        self._fill_pool(<uint16_t>(posted - pos))
+        for k in range(in_use):
+            self.slot_buf[<uint16_t>(pos + k) & self.mask] = posted_bufs[k]
+        for k in range(len(free_bufs)):
+            self.free_bufs[k] = free_bufs[k]
+        self.nfree = len(free_bufs)
+        self.zc_held = 0
 
     def close(self):
         """Link down: no burst starts on this queue again; lent buffers die."""

@@ -14,7 +14,7 @@ import time
 import pytest
 
 import memifx
-from memifx import handoff, stats
+from memifx import stats
 from conftest import wait_for
 from test_link import frame, pump
 from test_runtime import GW1, MEMIFX, SPEC_A, SPEC_B, Running, arriving, gen_result
@@ -183,7 +183,7 @@ def test_rx_mode_of_a_worker_served_queue_changes_in_the_worker(sockdir):
 
 
 @pytest.mark.timeout(30)
-def test_restore_state_refuses_a_state_that_does_not_fit(sock):
+def test_queue_restore_refuses_a_state_that_does_not_fit(sock):
     """A slave receive queue's handed-back pool must be its pool, each
     buffer once; positions must be u16s.  A bad state changes nothing."""
     m = memifx.Interface(socket=sock, role="master", name="m").connect()
@@ -191,7 +191,7 @@ def test_restore_state_refuses_a_state_that_does_not_fit(sock):
     try:
         assert s.wait_connected(10) and m.wait_connected(10)
         q = s.connection.rx[0]
-        good = handoff.export_state(q)
+        good = q.state()
         pos, posted, bufs, free = good
         assert (pos, posted, len(bufs), len(bufs) + len(free)) == (0, 16, 16, q.nbufs)
         assert sorted(bufs + free) == list(range(q.nbufs))
@@ -203,14 +203,14 @@ def test_restore_state_refuses_a_state_that_does_not_fit(sock):
                [pos, posted, bufs, free[:-1] + ["x"]]]
         for state in bad:
             with pytest.raises(ValueError):
-                handoff.restore_state(q, state)
-        assert handoff.export_state(q) == good
+                q.restore(state)
+        assert q.state() == good
         # The queue still works after the refusals.
         frames = [frame(i, 100) for i in range(40)]
         assert pump(m, s, frames, window=8) == frames
-        state = handoff.export_state(q)
-        handoff.restore_state(q, state)
-        assert handoff.export_state(q) == state
+        state = q.state()
+        q.restore(state)
+        assert q.state() == state
         frames = [frame(100 + i, 100) for i in range(40)]
         assert pump(m, s, frames, window=8) == frames
     finally:

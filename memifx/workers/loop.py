@@ -26,7 +26,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
-from memifx import guard, handoff, slots
+from memifx import guard, slots
 from memifx import stats as stats_file
 from memifx.errors import MemifError
 from memifx.fdwait import wait_readable
@@ -122,7 +122,7 @@ class WorkerLoop:
                           buffer_size=g["buffer_size"], buf_offset=g["buf_offset"],
                           nbufs=g["nbufs"], max_frame=g["max_frame"])
             fds.remove(qfd)             # the queue owns it now
-            handoff.restore_state(queue, state)
+            queue.restore(state)
             slot = g.pop("slot", None)
             if slot is not None and self.stats_fd is not None:
                 # Counted where show reads, on from what the slot holds (what
@@ -155,7 +155,7 @@ class WorkerLoop:
             for q in link.active_queues(kind):
                 q.close()
                 try:
-                    states[kind][q.index] = handoff.export_state(q)
+                    states[kind][q.index] = q.state()
                 except MemifError as e:     # missing: the main process cycles the link
                     log.warning("worker: %s %s queue %d: %s", msg["key"], kind, q.index, e)
         queues = {kind: {i: c for i, c in per.items() if (kind, i) in link.unslotted}

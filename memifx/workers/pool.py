@@ -23,7 +23,7 @@ and every receive ring exactly one consumer, whatever the links do.
 A pool may also take over a link that is already up (``take_over``: the
 attach carries the positions the main process's queues reached) and hand
 it back when it stops (``stop(hand_back=True)``: every worker answers the
-detach with its queues' final state, memifx.handoff, and the main
+detach with its queues' final state, Queue.state(), and the main
 process's queues continue from there).  Either way the link stays up and
 no frame is lost or seen twice; the peer notices nothing.
 
@@ -54,7 +54,6 @@ import time
 from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping, Optional,
                     Sequence, Set, Tuple)
 
-from memifx import handoff
 from memifx.errors import MemifError
 from memifx.fdwait import wait_readable
 from memifx.workers import protocol
@@ -299,7 +298,7 @@ class WorkerPool:
                         slot = (self.stats.live_slot(intf, kind, q.index)
                                 if self.stats is not None else None)
                         queues.append(dict(q.geometry(), kind=kind,
-                                           state=handoff.export_state(q), slot=slot))
+                                           state=q.state(), slot=slot))
                         fds.append(q.fd)
         except MemifError as err:
             intf.report_fault(conn, "worker %d cannot take over: %s" % (worker.index,
@@ -465,7 +464,7 @@ class WorkerPool:
                     try:
                         if state is None:
                             raise ValueError("no state for %s queue %d" % (kind, index))
-                        handoff.restore_state(queues[kind][index], state)
+                        queues[kind][index].restore(state)
                     except (ValueError, TypeError) as e:
                         problem = "worker %d handed back a bad state: %s" % (w.index, e)
         self.attached.pop(key, None)
