@@ -107,7 +107,7 @@ cdef class Queue:
     cdef void kick(self) noexcept nogil
 
     cdef _check_tx(self)
-    cdef void _fill_pool(self, uint32_t in_use) noexcept
+    cdef void _fill_pool(self) noexcept
     cdef void attach_counters(self, counters_t *slot, object owner) noexcept
 
 

@@ -362,7 +362,7 @@ cdef class Queue:
         """Called when the link comes up.  The master resets both counters
         (the slave has written nothing yet); the slave posts its receive buffers."""
         self.pos = self.posted = 0
-        self._fill_pool(0)
+        self._fill_pool()
         if not self.slave:
             self.ring.head = 0
             self.ring.tail = 0
@@ -372,16 +372,13 @@ cdef class Queue:
             with nogil:
                 self.refill()
 
-    cdef void _fill_pool(self, uint32_t in_use) noexcept:
-        """Slave rx: buffers 0..in_use-1 sit in the slots from pos on (as
-        start() posts them); every other buffer is free."""
+    cdef void _fill_pool(self) noexcept:
+        """Slave rx: every pool buffer is free (start() posts them)."""
         cdef uint32_t i
         if self.free_bufs == NULL:
             return
-        for i in range(in_use):
-            self.slot_buf[<uint16_t>(self.pos + i) & self.mask] = scatter(i, self.nbufs)
-        self.nfree = self.nbufs - in_use
-        for i in range(self.nfree):             # a stack: pops come out as buffers in_use, in_use+1...
+        self.nfree = self.nbufs
+        for i in range(self.nfree):             # a stack: pops come out as buffers 0, 1...
             self.free_bufs[i] = scatter(self.nbufs - 1 - i, self.nbufs)
         self.zc_held = 0
 
