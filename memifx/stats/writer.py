@@ -342,6 +342,14 @@ class StatsFile:
                     t.workers[(kind, index)] = (worker, cpu)
         self.refresh()
 
+    def clear_workers(self, intf: Interface) -> None:
+        """No worker serves ``intf``'s queues any more (its pool stopped)."""
+        with self._lock:
+            for t in self._tracked:
+                if t.intf is intf:
+                    t.workers.clear()
+        self.refresh()
+
     def live_slot(self, intf: Interface, kind: str, index: int) -> Optional[int]:
         """File offset of the slot ``intf``'s queue counts into now (None
         while down).  A worker process that runs the queue maps fileno() and

@@ -491,6 +491,9 @@ class WorkerPool:
                     self._hand_back(intf)
             self.hooked = []
             self.attached.clear()
+            if self.stats is not None:
+                for intf in self.interfaces.values():
+                    self.stats.clear_workers(intf)
         for w in self.workers:
             w.close()
         end = time.monotonic() + timeout
