@@ -103,7 +103,9 @@ cdef class Queue:
     cdef void rx_consumed(self, uint32_t k, uint64_t nbytes) noexcept nogil
     cdef uint32_t forward_to(self, Queue txq, uint32_t max_frames) noexcept nogil
     cdef void commit(self, uint32_t nframes, bint hold) noexcept nogil
+    cdef void rx_released(self, uint16_t used, uint32_t packets, uint64_t nbytes) noexcept nogil
     cdef void refill(self) noexcept nogil
+    cdef void tx_published(self, uint16_t used, uint32_t packets, uint64_t nbytes) noexcept nogil
     cdef void kick(self) noexcept nogil
 
     cdef _check_tx(self)

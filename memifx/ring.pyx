@@ -636,15 +636,7 @@ cdef class Queue:
             i += 1
         self.tx_dropped = dropped
         self.tx_bytes = nbytes
-        self.c.packets += i - dropped
-        self.c.bytes += nbytes
-        if used:
-            self.pos = <uint16_t>(self.pos + used)
-            if self.slave:
-                memif_store_release(&ring.head, self.pos)
-            else:
-                memif_store_release(&ring.tail, self.pos)
-            self.kick()
+        self.tx_published(used, i - dropped, nbytes)
         return i
 
     cdef uint32_t tx_packed(self, const uint8_t *base, const uint32_t *lengths,
@@ -731,15 +723,23 @@ cdef class Queue:
             w.length = lengths[i]       # region and offset stay (see tx_copy)
             w.flags = 0
             nbytes += lengths[i]
-        self.c.packets += n
+        self.tx_published(<uint16_t>n, n, nbytes)
+        return n
+
+    cdef void tx_published(self, uint16_t used, uint32_t packets, uint64_t nbytes) noexcept nogil:
+        """Transmit: the descriptors of the next ``used`` slots are written,
+        ``packets`` frames of ``nbytes`` bytes: count them, publish the
+        slots (release) and kick the peer."""
+        self.c.packets += packets
         self.c.bytes += nbytes
-        self.pos = <uint16_t>(self.pos + n)
+        if used == 0:
+            return
+        self.pos = <uint16_t>(self.pos + used)
         if self.slave:
             memif_store_release(&self.ring.head, self.pos)
         else:
             memif_store_release(&self.ring.tail, self.pos)
         self.kick()
-        return n
 
     cdef void kick(self) noexcept nogil:
         """Signal the consumer unless it masked interrupts.  Never waits on
@@ -883,7 +883,6 @@ cdef class Queue:
         application (zero-copy) and come back through release_buffers; the
         buffers of dropped frames go back to the pool at once."""
         cdef uint32_t i, start = 0, j
-        cdef uint16_t used
         cdef uint64_t packets = 0, nbytes = 0
         cdef const frame_t *frames = self.frames
         if nframes == 0:
@@ -901,14 +900,20 @@ cdef class Queue:
             elif self.slave:
                 self.zc_held += frames[i].end - start
             start = frames[i].end
+        self.rx_released(<uint16_t>self.frames[nframes - 1].end, packets, nbytes)
+
+    cdef void rx_released(self, uint16_t used, uint32_t packets, uint64_t nbytes) noexcept nogil:
+        """Receive: the next ``used`` slots are consumed, ``packets`` frames
+        of ``nbytes`` bytes delivered (their buffers already back in the pool
+        or lent out): count them and give the slots back (master: publish
+        our counter; slave: post pool buffers into them)."""
         self.c.packets += packets
         self.c.bytes += nbytes
-        used = <uint16_t>self.frames[nframes - 1].end
         self.pos = <uint16_t>(self.pos + used)
-        if not self.slave:
+        if self.slave:
+            self.refill()
+        else:
             memif_store_release(&self.ring.tail, self.pos)
-            return
-        self.refill()
 
     cdef void refill(self) noexcept nogil:
         """Slave rx: post free pool buffers into every empty slot (our record
@@ -1165,15 +1170,8 @@ cdef class Queue:
         if k == 0:
             return 0
         self.rx_consumed(k, nbytes)     # every byte was read above
-        txq.pos = <uint16_t>(txq.pos + k)
-        txq.c.packets += k
-        txq.c.bytes += nbytes
         txq.tx_bytes = nbytes
-        if txq.slave:
-            memif_store_release(&txq.ring.head, txq.pos)
-        else:
-            memif_store_release(&txq.ring.tail, txq.pos)
-        txq.kick()
+        txq.tx_published(<uint16_t>k, k, nbytes)
         return k
 
     cdef uint16_t rx_ready(self) noexcept nogil:
@@ -1204,13 +1202,7 @@ cdef class Queue:
             for i in range(k):
                 self.free_bufs[self.nfree + i] = self.slot_buf[<uint16_t>(pos + i) & mask]
             self.nfree += k
-        self.pos = <uint16_t>(pos + k)
-        self.c.packets += k
-        self.c.bytes += nbytes
-        if self.slave:
-            self.refill()
-        else:
-            memif_store_release(&self.ring.tail, self.pos)
+        self.rx_released(<uint16_t>k, k, nbytes)
 
     cdef uint32_t forward_to(self, Queue txq, uint32_t max_frames) noexcept nogil:
         """forward() without the checks."""
@@ -1342,6 +1334,7 @@ cdef class Queue:
         """Publish the first len(bufs) lent buffers with their lengths; every
         other lent buffer is taken back.  Returns the number sent."""
         cdef uint32_t i, n = len(bufs), length
+        cdef uint64_t nbytes = 0
         cdef uint16_t slot
         cdef Buffer b
         cdef memif_desc_t *w
@@ -1369,16 +1362,12 @@ cdef class Queue:
             w.offset = self.buf_offset + self.slot_buf[b.slot] * self.buffer_size
             w.length = length
             w.metadata = 0
-            self.c.packets += 1
-            self.c.bytes += length
+            nbytes += length
             b._invalidate()
         self.epoch += 1                  # the rest of the allocation is void
         self.reserved = 0
-        if n:
-            self.pos = <uint16_t>(self.pos + n)
-            memif_store_release(&self.ring.head, self.pos)
-            with nogil:
-                self.kick()
+        with nogil:
+            self.tx_published(<uint16_t>n, n, nbytes)
         return n
 
     # ---------------------------------------------------------- interrupts
