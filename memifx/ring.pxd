@@ -1,4 +1,5 @@
 cimport cython
+from cpython.buffer cimport Py_buffer
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from memifx.memif cimport memif_ring_t, memif_desc_t
 from memifx.memory cimport Memory
@@ -125,3 +126,8 @@ cdef class Buffer:
 
     cdef _bind(self, Queue q, char *ptr, uint32_t length, uint32_t capacity, bint chained)
     cdef _invalidate(self)
+
+
+# The lengths of a batch call (a C-contiguous one-dimensional native uint32
+# buffer) acquired into ``view``, or ValueError; the caller releases it.
+cdef int get_lengths(object obj, Py_buffer *view, bint writable) except -1

@@ -41,12 +41,13 @@ from header words each read once into locals, with every offset bounded by
 our copy of the descriptor's length; any other frame is copied out first
 and decided on the copy.  A truncated region reads as zeros (memifx/guard.pyx).
 """
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyBUF_WRITABLE
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcmp, memcpy, memset
 
 from memifx.inet cimport sums_to_all_ones
-from memifx.ring cimport Queue, frame_t, seg_t, DROP_TOO_LONG
+from memifx.ring cimport Queue, frame_t, seg_t, DROP_TOO_LONG, get_lengths
 
 import struct
 
@@ -60,6 +61,40 @@ cdef extern from *:
     # No code; a branch that holds it stays a branch (not a conditional move)
     void keep_branch "mx_keep_branch"() nogil
     uint16_t __builtin_bswap16(uint16_t) nogil
+
+cdef struct views_t:
+    # The buffers of one call, acquired with the buffer protocol (plain
+    # PyObject_GetBuffer: a typed memoryview's set-up costs some thousand
+    # instructions a call) and released together by release_views().
+    Py_buffer v[3]
+    int n                   # how many are held
+
+
+cdef inline int get_bytes(views_t *b, object obj, bint writable) except -1:
+    """Acquire ``obj`` (any C-contiguous buffer) as bytes into the next view."""
+    PyObject_GetBuffer(obj, &b.v[b.n], PyBUF_WRITABLE if writable else PyBUF_SIMPLE)
+    b.n += 1
+    return 0
+
+
+cdef inline int get_u32(views_t *b, object obj, bint writable) except -1:
+    """Acquire ``obj`` as a one-dimensional uint32 array into the next view."""
+    get_lengths(obj, &b.v[b.n], writable)
+    b.n += 1
+    return 0
+
+
+cdef inline void release_views(views_t *b) noexcept:
+    while b.n:
+        b.n -= 1
+        PyBuffer_Release(&b.v[b.n])
+
+
+cdef inline uint32_t u32_count(const Py_buffer *v) noexcept:
+    """Items of a uint32 view acquired by get_u32, as a count a burst can
+    use (a longer array counts as 2**32 - 1 items)."""
+    return <uint32_t>v.shape[0] if <uint64_t>v.shape[0] < 0xffffffffULL else 0xffffffffU
+
 
 cdef uint64_t SEED_MUL = 0x9E3779B97F4A7C15ULL
 cdef uint64_t SEED_XOR = 0x6D656D6966786D78ULL
@@ -390,8 +425,8 @@ cdef class Generator:
             raise IndexError("flow out of range")
         self.seq[flow] = seq
 
-    def fill(self, uint8_t[::1] buf, uint32_t[::1] lengths, uint32_t n,
-             const uint32_t[::1] flows, uint32_t cursor=0, bint headers_only=False):
+    def fill(self, buf, lengths, uint32_t n, flows, uint32_t cursor=0,
+             bint headers_only=False):
         """Write ``n`` frames back to back into ``buf``, their sizes into
         ``lengths``; frame i belongs to flow ``flows[(cursor + i) % len(flows)]``.
         Stops early when ``buf`` is full.  Returns (frames, bytes).
@@ -401,22 +436,39 @@ cdef class Generator:
         frames of this one size at these offsets); only headers and stamps
         are written."""
         cdef bint payload = not (headers_only and self.zeros)
-        cdef uint32_t nflows = flows.shape[0], i = 0
-        cdef uint64_t off = 0, room = buf.shape[0]
+        cdef uint32_t nflows, i = 0
+        cdef uint64_t off = 0, room
         cdef uint8_t *base
-        if n > <uint32_t>lengths.shape[0]:
-            n = lengths.shape[0]
-        if n == 0 or room == 0:
-            return 0, 0
-        if nflows == 0:
-            raise ValueError("no flows")
-        for i in range(nflows):
-            if flows[i] >= self.flows:
-                raise ValueError("flow %d out of range" % flows[i])
-        base = &buf[0]
-        with nogil:
-            i, off = self.fill_raw(base, room, &lengths[0], n, &flows[0], nflows,
-                                   cursor % nflows, payload, now_ns())
+        cdef uint32_t *lens
+        cdef const uint32_t *fl
+        cdef views_t b
+        b.n = 0
+        try:
+            get_bytes(&b, buf, True)
+            get_u32(&b, lengths, True)
+            try:
+                get_u32(&b, flows, False)
+            except ValueError as e:     # get_lengths names the argument "lengths"
+                raise ValueError(str(e).replace("lengths", "flows", 1)) from None
+            base = <uint8_t *>b.v[0].buf
+            room = <uint64_t>b.v[0].len
+            lens = <uint32_t *>b.v[1].buf
+            if n > u32_count(&b.v[1]):
+                n = u32_count(&b.v[1])
+            fl = <const uint32_t *>b.v[2].buf
+            nflows = u32_count(&b.v[2])
+            if n == 0 or room == 0:
+                return 0, 0
+            if nflows == 0:
+                raise ValueError("no flows")
+            for i in range(nflows):
+                if fl[i] >= self.flows:
+                    raise ValueError("flow %d out of range" % fl[i])
+            with nogil:
+                i, off = self.fill_raw(base, room, lens, n, fl, nflows, cursor % nflows,
+                                       payload, now_ns())
+        finally:
+            release_views(&b)
         return i, off
 
     cdef (uint32_t, uint64_t) fill_raw(self, uint8_t *base, uint64_t room, uint32_t *lengths,
@@ -483,32 +535,49 @@ cdef class Generator:
                 memcpy(base + off + stamp, &ts, 8)
             off += lengths[i]
 
-    def restamp(self, uint8_t[::1] buf, const uint32_t[::1] lengths):
+    def restamp(self, buf, lengths):
         """Write the current time into frames made by fill() that are still
         waiting to go out (their transmit ring was full)."""
-        cdef uint32_t i, n = lengths.shape[0]
-        cdef uint64_t off = 0, ts, room = buf.shape[0]
+        cdef uint32_t i, n
+        cdef uint64_t off = 0, ts, room
         cdef uint32_t stamp = (0 if self.ip_mode else ETH_HLEN) + IP_HLEN + UDP_HLEN + 12
-        if n == 0 or room == 0:
-            return
-        with nogil:
-            ts = now_ns()
-            for i in range(n):
-                if off + lengths[i] > room:
-                    break
-                if lengths[i] >= stamp + 8:
-                    memcpy(&buf[off + stamp], &ts, 8)
-                off += lengths[i]
+        cdef uint8_t *base
+        cdef const uint32_t *lens
+        cdef views_t b
+        b.n = 0
+        try:
+            get_bytes(&b, buf, True)
+            get_u32(&b, lengths, False)
+            base = <uint8_t *>b.v[0].buf
+            room = <uint64_t>b.v[0].len
+            lens = <const uint32_t *>b.v[1].buf
+            n = u32_count(&b.v[1])
+            with nogil:
+                ts = now_ns()
+                for i in range(n):
+                    if off + lens[i] > room:
+                        break
+                    if lens[i] >= stamp + 8:
+                        memcpy(base + off + stamp, &ts, 8)
+                    off += lens[i]
+        finally:
+            release_views(&b)
 
 
-def span(const uint32_t[::1] lengths, uint32_t first, uint32_t n):
+def span(lengths, uint32_t first, uint32_t n):
     """Bytes of frames first..first+n-1 of a packed burst."""
-    cdef uint64_t s = 0
-    cdef uint32_t i, end = first + n
-    if end > <uint32_t>lengths.shape[0]:
-        end = lengths.shape[0]
-    for i in range(first, end):
-        s += lengths[i]
+    cdef uint64_t s = 0, end = <uint64_t>first + n
+    cdef uint32_t i
+    cdef const uint32_t *lens
+    cdef views_t b
+    b.n = 0
+    get_u32(&b, lengths, False)
+    lens = <const uint32_t *>b.v[0].buf
+    if end > u32_count(&b.v[0]):
+        end = u32_count(&b.v[0])
+    for i in range(first, <uint32_t>end):
+        s += lens[i]
+    release_views(&b)
     return s
 
 
@@ -731,50 +800,68 @@ cdef class Checker:
                 free(self.flow[i])
             free(self.flow)
 
-    def check(self, const uint8_t[::1] buf, const uint32_t[::1] lengths, uint32_t n=0xffffffff,
-              uint64_t now=0):
+    def check(self, buf, lengths, uint32_t n=0xffffffff, uint64_t now=0):
         """Check the first ``n`` frames packed back to back in ``buf`` (the
         layout rx_into() writes).  ``now``: when they were received,
         CLOCK_MONOTONIC ns, the time their latencies count from (0: now).
         Returns how many were good."""
-        cdef uint32_t i, good
+        cdef uint32_t i, good = 0
         cdef uint64_t off = 0
-        if n > <uint32_t>lengths.shape[0]:
-            n = lengths.shape[0]
-        if n == 0:
-            return 0
-        for i in range(n):
-            off += lengths[i]
-        if off > <uint64_t>buf.shape[0]:
-            raise ValueError("lengths add up to more than the buffer")
-        with nogil:
-            good = self.check_packed(&buf[0] if off else NULL, &lengths[0], n, now)
+        cdef const uint32_t *lens
+        cdef views_t b
+        b.n = 0
+        try:
+            get_bytes(&b, buf, False)
+            get_u32(&b, lengths, False)
+            lens = <const uint32_t *>b.v[1].buf
+            if n > u32_count(&b.v[1]):
+                n = u32_count(&b.v[1])
+            for i in range(n):
+                off += lens[i]
+            if off > <uint64_t>b.v[0].len:
+                raise ValueError("lengths add up to more than the buffer")
+            if n:
+                with nogil:
+                    good = self.check_packed(<const uint8_t *>b.v[0].buf, lens, n, now)
+        finally:
+            release_views(&b)
         return good
 
-    def drain(self, Queue q, uint8_t[::1] buf, uint32_t[::1] lengths, uint32_t bursts):
+    def drain(self, Queue q not None, buf, lengths, uint32_t bursts):
         """Receive and check up to ``bursts`` bursts from receive queue
         ``q`` in one call (``q.rx_batch(buf, lengths)`` then check(), looped
         in C): the per-call cost of Python is paid once for all of them.
         Stops early at a burst that finds the ring empty.  Returns the
         frames received."""
-        cdef uint32_t n, total = 0, maxf = lengths.shape[0]
-        cdef uint64_t room = buf.shape[0]
+        cdef uint32_t n, total = 0, maxf
+        cdef uint64_t room
+        cdef uint8_t *base
+        cdef uint32_t *lens
+        cdef views_t b
         if q.tx:
             raise ValueError("not a receive queue")
-        if maxf == 0 or room == 0:
-            return 0
-        with nogil:
-            while bursts:
-                n = q.rx_copy(&buf[0], room, &lengths[0], maxf)
-                if n == 0:
-                    break
-                self.check_packed(&buf[0], &lengths[0], n, 0)
-                total += n
-                bursts -= 1
+        b.n = 0
+        try:
+            get_bytes(&b, buf, True)
+            get_u32(&b, lengths, True)
+            base = <uint8_t *>b.v[0].buf
+            room = <uint64_t>b.v[0].len
+            lens = <uint32_t *>b.v[1].buf
+            maxf = u32_count(&b.v[1])
+            if maxf and room:
+                with nogil:
+                    while bursts:
+                        n = q.rx_copy(base, room, lens, maxf)
+                        if n == 0:
+                            break
+                        self.check_packed(base, lens, n, 0)
+                        total += n
+                        bursts -= 1
+        finally:
+            release_views(&b)
         return total
 
-    def drain_in_place(self, Queue q, uint8_t[::1] scratch, uint32_t max_frames,
-                       uint32_t bursts):
+    def drain_in_place(self, Queue q not None, scratch, uint32_t max_frames, uint32_t bursts):
         """Receive and check up to ``bursts`` bursts of up to ``max_frames``
         frames from receive queue ``q`` in one call, each frame where it lies
         in the ring's buffer (either role: a slave reads its own buffers, a
@@ -784,23 +871,31 @@ cdef class Checker:
         usual frame); a longer one is dropped "frame too long".  Stops early
         at a burst that finds the ring empty.  Returns the frames received."""
         cdef uint32_t n, total = 0
-        cdef uint64_t room = scratch.shape[0]
+        cdef uint64_t room
+        cdef uint8_t *base
+        cdef views_t b
         if q.tx:
             raise ValueError("not a receive queue")
-        if room == 0:
-            raise ValueError("no scratch buffer")
         if max_frames > q.size:
             max_frames = q.size
-        if max_frames == 0:
-            return 0
-        with nogil:
-            while bursts:
-                n = q.gather(max_frames)
-                if n == 0:
-                    break
-                total += self.check_in_place(q, n, &scratch[0], room)
-                q.commit(n, False)
-                bursts -= 1
+        b.n = 0
+        try:
+            get_bytes(&b, scratch, True)
+            base = <uint8_t *>b.v[0].buf
+            room = <uint64_t>b.v[0].len
+            if room == 0:
+                raise ValueError("no scratch buffer")
+            if max_frames:
+                with nogil:
+                    while bursts:
+                        n = q.gather(max_frames)
+                        if n == 0:
+                            break
+                        total += self.check_in_place(q, n, base, room)
+                        q.commit(n, False)
+                        bursts -= 1
+        finally:
+            release_views(&b)
         return total
 
     cdef uint32_t check_in_place(self, Queue q, uint32_t n, uint8_t *scratch,
