@@ -582,10 +582,21 @@ def span(lengths, uint32_t first, uint32_t n):
 
 
 cdef struct tally_t:         # a burst's results, kept in locals while it is checked
+    flow_t **flows          # the checker's flow table and latency histogram: in
+    uint64_t *hist          # locals, the compiler need not reload them after a store
     uint64_t now
     uint64_t lat_sum
     uint64_t lat_min
     uint64_t lat_max
+    # The current run of good frames with one timestamp (a sender stamps a
+    # whole burst with one): they share a latency, so its bucket is worked
+    # out once a run and the histogram, sum, minimum and maximum take the
+    # run at once (tally_flush).  At the start: the empty run of timestamp
+    # 0, whose latency is ``now``.
+    uint64_t run_ts
+    uint64_t run_lat
+    uint64_t run            # frames in the run
+    uint32_t run_bucket
     # what the headers of a frame of ``length`` bytes hold, in memory order:
     # the last frame's (a burst's frames mostly have one size)
     uint32_t length
@@ -647,7 +658,7 @@ cdef inline bint fast_good(Checker self, const uint8_t *p, uint32_t length, uint
     head = load64(st)                               # magic u16, flow u16, seq low half
     seq = load64(st + 4)
     ts = load64(st + 12)
-    f = self.flow[(head >> 16) & 0xffff]
+    f = t.flows[(head >> 16) & 0xffff]
     magic = <uint32_t>(head & 0xffff)
     if (f == NULL or seq != f.next or ts < f.newest
             or (magic | (STAMP_MAGIC ^ STAMP_MAGIC_ZEROS)) != STAMP_MAGIC_ZEROS
@@ -674,33 +685,49 @@ cdef inline bint fast_good(Checker self, const uint8_t *p, uint32_t length, uint
                                   <uint16_t>magic, seq, <uint16_t>(head >> 16)):
         return False
     f.newest = ts
-    lat = t.now - ts if t.now > ts else 0
-    self.lat_hist[lat_bucket(lat)] += 1
-    t.lat_sum += lat
-    # a new minimum or maximum is rare: branches, not conditional moves
-    if unlikely(lat < t.lat_min):
-        t.lat_min = lat
-        keep_branch()
-    if unlikely(lat > t.lat_max):
-        t.lat_max = lat
-        keep_branch()
+    if unlikely(ts != t.run_ts):
+        tally_flush(t)
+        t.run_ts = ts
+        t.run_lat = lat = t.now - ts if t.now > ts else 0
+        t.run_bucket = lat_bucket(lat)
+    t.run += 1
     f.next = seq + 1
     f.seen[(seq % WINDOW) >> 6] |= 1ULL << (seq & 63)
     return True
 
 
 cdef inline void tally_start(Checker self, tally_t *t, uint64_t now) noexcept nogil:
+    t.flows = self.flow
+    t.hist = self.lat_hist
     t.now = now if now else now_ns()
     t.lat_sum = 0
     t.length = 0            # no frame is that short: the first one sets it
     t.lat_min = self.lat_min
     t.lat_max = self.lat_max
+    t.run_ts = 0
+    t.run_lat = t.now
+    t.run_bucket = lat_bucket(t.now)
+    t.run = 0
+
+
+cdef inline void tally_flush(tally_t *t) noexcept nogil:
+    """The current run of one latency into the histogram, sum, minimum and
+    maximum; the run is empty after."""
+    if t.run:
+        t.hist[t.run_bucket] += t.run
+        t.lat_sum += t.run_lat * t.run
+        if t.run_lat < t.lat_min:
+            t.lat_min = t.run_lat
+        if t.run_lat > t.lat_max:
+            t.lat_max = t.run_lat
+        t.run = 0
 
 
 cdef inline void tally_end(Checker self, tally_t *t, uint32_t frames, uint64_t nbytes,
                            uint32_t fast) noexcept nogil:
     """The burst's results into the checker: ``frames`` looked at, of which
     ``fast`` passed fast_good() (check_one() counted the others itself)."""
+    tally_flush(t)
     self.packets += frames
     self.bytes += nbytes
     self.received += fast
@@ -743,7 +770,7 @@ cdef inline uint32_t check_gathered(Checker self, Queue q, uint32_t n, uint8_t *
     fields more than once, never reads memory the peer can change.  A frame
     longer than ``scratch`` is dropped "frame too long", as rx_copy() drops
     one longer than its buffer."""
-    cdef uint32_t i, s, frames = 0, slow = 0, length
+    cdef uint32_t i, s, skipped = 0, slow = 0, length, frames
     cdef uint64_t nbytes = 0, off
     cdef frame_t *fr
     cdef frame_t *table = q.frames     # in locals: the checker's stores may alias q
@@ -751,15 +778,20 @@ cdef inline uint32_t check_gathered(Checker self, Queue q, uint32_t n, uint8_t *
     cdef const uint8_t *p
     cdef tally_t t
     tally_start(self, &t, 0)
+    # Only the rare frames are counted in the loop (skipped: dropped by the
+    # ring or here; slow: decided by check_one()), so that the usual one
+    # keeps fewer values live.
     for i in range(n):
         fr = &table[i]
-        if fr.drop >= 0:
+        if unlikely(fr.drop >= 0):
+            skipped += 1
             continue
         length = <uint32_t>fr.length
         if fr.nsegs == 1:
             p = <const uint8_t *>segs[fr.first_seg].ptr
         elif length > room:
             fr.drop = DROP_TOO_LONG
+            skipped += 1
             continue
         else:
             off = 0
@@ -771,12 +803,13 @@ cdef inline uint32_t check_gathered(Checker self, Queue q, uint32_t n, uint8_t *
             if p != scratch:
                 if length > room:
                     fr.drop = DROP_TOO_LONG
+                    skipped += 1
                     continue
                 memcpy(scratch, p, length)
             self.check_one(scratch, length, t.now)
             slow += 1
-        frames += 1
         nbytes += length
+    frames = n - skipped
     tally_end(self, &t, frames, nbytes, frames - slow)
     return frames
 

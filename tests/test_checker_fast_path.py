@@ -207,3 +207,70 @@ def test_latency_counts_from_the_clock_by_default(ip_mode):
     assert c.check(buf, lengths) == 2
     lat_min, lat_max, _, hist = latency_state(c)
     assert 0 < lat_min <= lat_max < 10 ** 10 and sum(hist.values()) == 2
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("ip_mode", [False, True])
+def test_latency_of_frames_sharing_a_stamp(ip_mode):
+    """A sender stamps a whole burst with one time, and the checker works
+    out such a run's latency once: the histogram, min, max and sum must
+    still count every frame, for runs of one stamp of any length, split
+    across calls or not, a stamp of 0 (latency ``now``) first, runs that
+    alternate between flows, and stamps after ``now`` (latency 0); on the
+    fast path and on the general one."""
+    l2 = 0 if ip_mode else 14
+    now = (1 << 64) - 8
+    latencies = ([now] * 4 + [500] * 7 + [1 << 40] * 1 + [70] * 3
+                 + [100, 50] * 6 + [40] * 9 + [-5] * 3 + [-7] * 2 + [3])
+    frames = stamped(ip_mode, latencies, now, nflows=2)
+    optioned = [with_option(f, l2) for f in frames]
+    expect_lat = [max(v, 0) for v in latencies]
+    hist = {}
+    for v in expect_lat:
+        hist[reference_bucket(v)] = hist.get(reference_bucket(v), 0) + 1
+    expect = (min(expect_lat), max(expect_lat), sum(expect_lat) % (1 << 64), hist)
+    for burst in (1, 2, 5, 256):
+        for sent in (frames, optioned):
+            c = Checker(ip_mode=ip_mode)
+            for i in range(0, len(sent), burst):
+                part = sent[i:i + burst]
+                c.check(bytearray(b"".join(part)), array("I", [len(f) for f in part]), now=now)
+            assert c.received == len(sent) and not c.corrupt, (burst, c.counters())
+            assert latency_state(c) == expect, (burst, sent is optioned)
+
+
+@pytest.mark.timeout(30)
+def test_bad_arguments_are_clear_errors():
+    """The buffer arguments of the batch calls: a wrong type or format is a
+    clear exception that names the argument, never a crash."""
+    from loopback import Loopback
+    gen = Generator([64])
+    c = Checker()
+    buf, lengths, flows = bytearray(64 * 4), array("I", [0] * 4), array("I", [0])
+    with pytest.raises(ValueError, match="flows must be a one-dimensional uint32"):
+        gen.fill(buf, lengths, 4, array("H", [0]))
+    with pytest.raises(ValueError, match="lengths must be a one-dimensional uint32"):
+        gen.fill(buf, array("Q", [0] * 4), 4, flows)
+    with pytest.raises(BufferError):
+        gen.fill(bytes(buf), lengths, 4, flows)          # read-only
+    with pytest.raises(ValueError, match="flow 3 out of range"):
+        gen.fill(buf, lengths, 4, array("I", [0, 3]))
+    assert gen.fill(buf, lengths, 4, flows) == (4, 256)
+    with pytest.raises(ValueError, match="lengths add up to more than the buffer"):
+        c.check(buf[:200], lengths)
+    with pytest.raises(TypeError):
+        c.check(None, lengths)
+    assert c.check(bytes(buf), lengths) == 4             # read-only is fine to check
+    lb = Loopback(log2=4)
+    try:
+        for call in (lambda q: c.drain(q, bytearray(2048), array("I", [0] * 4), 1),
+                     lambda q: c.drain_in_place(q, bytearray(2048), 4, 1)):
+            with pytest.raises(TypeError):
+                call(None)
+            with pytest.raises(ValueError, match="not a receive queue"):
+                call(lb.s2m.tx)
+            assert call(lb.s2m.rx) == 0
+        with pytest.raises(ValueError, match="lengths must be a one-dimensional uint32"):
+            c.drain(lb.s2m.rx, bytearray(2048), array("i", [0] * 4), 1)
+    finally:
+        lb.close()
