@@ -347,6 +347,63 @@ cdef inline (uint32_t, uint64_t) fill_frames(
     return i, off
 
 
+cdef inline uint32_t fill_frames_at(
+        cycle_t *c, uint8_t **ptrs, const uint32_t *room, uint32_t *lengths, uint32_t *held,
+        uint32_t n, uint64_t ts, const uint8_t *hdr, uint32_t hlen, bint zeros,
+        bint track, bint single) noexcept nogil:
+    """Generator.fill_at's loop (``track``: ``held`` is kept, zeros only;
+    ``single``: one frame size).  The cycles in plain locals: with the
+    frames' stores counted as aliasing everything, fields reached through
+    ``c`` would be reloaded per frame."""
+    cdef uint32_t i = 0, size = c.sizes[c.si], flow, si = c.si
+    cdef const uint32_t *flows = c.flows
+    cdef const uint32_t *sizes = c.sizes
+    cdef uint64_t *seqs = c.seqs
+    cdef uint32_t cursor = c.cursor, nflows = c.nflows, nsizes = c.nsizes
+    cdef const uint8_t *t = hdr + si * HDR_MAX
+    cdef uint64_t seq
+    while i < n:
+        if not single:
+            size = sizes[si]
+            t = hdr + si * HDR_MAX
+        if size > room[i]:
+            break
+        if not single:
+            si += 1
+            if si == nsizes:
+                si = 0
+        flow = flows[cursor]
+        cursor += 1
+        if cursor == nflows:
+            cursor = 0
+        seq = seqs[flow]
+        seqs[flow] = seq + 1
+        if not zeros:
+            write_frame(ptrs[i], t, hlen, size, flow, seq, ts, False, True)
+        elif not track:
+            write_frame(ptrs[i], t, hlen, size, flow, seq, ts, True, True)
+        elif held[i] >= size:
+            write_frame(ptrs[i], t, hlen, size, flow, seq, ts, True, False)
+        else:
+            held[i] = size
+            write_frame(ptrs[i], t, hlen, size, flow, seq, ts, True, True)
+        lengths[i] = size
+        i += 1
+    c.cursor = cursor
+    c.si = si
+    return i
+
+
+cdef inline uint32_t fill_sized_at(
+        cycle_t *c, uint8_t **ptrs, const uint32_t *room, uint32_t *lengths, uint32_t *held,
+        uint32_t n, uint64_t ts, const uint8_t *hdr, uint32_t hlen, bint zeros,
+        bint track) noexcept nogil:
+    """fill_frames_at() with one frame size, or several, as a constant."""
+    if c.nsizes == 1:
+        return fill_frames_at(c, ptrs, room, lengths, held, n, ts, hdr, hlen, zeros, track, True)
+    return fill_frames_at(c, ptrs, room, lengths, held, n, ts, hdr, hlen, zeros, track, False)
+
+
 cdef class Generator:
     """Writes bursts of stamped frames.
 
@@ -499,29 +556,32 @@ cdef class Generator:
         ``ptrs[i]`` are a zeros-payload frame written here before, so a
         zeros frame no longer than that needs its headers and stamp only;
         updated to what each buffer holds after."""
-        cdef uint32_t i = 0, size, flow, si
-        cdef uint64_t seq
+        cdef uint32_t i, k
         cdef cycle_t c = cycle_of(self, flows, nflows, cursor)
-        cdef const uint8_t *hdr = self.hdr
-        cdef uint32_t hlen = self.hlen
-        cdef bint zeros = self.zeros, payload
-        while i < n:
-            size = c.sizes[c.si]
-            if size > room[i]:
-                break
-            si = take_frame(&c, &flow, &seq)
-            payload = True
-            if held != NULL:
-                if zeros and held[i] >= size:
-                    payload = False
-                else:
-                    held[i] = size if zeros else 0
-            if zeros:
-                write_frame(ptrs[i], hdr + si * HDR_MAX, hlen, size, flow, seq, ts, True, payload)
+        # header length, payload kind and whether ``held`` is kept as
+        # constants: the compiler makes a loop for each
+        if self.hlen == ETH_HLEN + IP_HLEN + UDP_HLEN:
+            if not self.zeros:
+                i = fill_sized_at(&c, ptrs, room, lengths, NULL, n, ts, self.hdr,
+                                   ETH_HLEN + IP_HLEN + UDP_HLEN, False, False)
+            elif held != NULL:
+                i = fill_sized_at(&c, ptrs, room, lengths, held, n, ts, self.hdr,
+                                   ETH_HLEN + IP_HLEN + UDP_HLEN, True, True)
             else:
-                write_frame(ptrs[i], hdr + si * HDR_MAX, hlen, size, flow, seq, ts, False, True)
-            lengths[i] = size
-            i += 1
+                i = fill_sized_at(&c, ptrs, room, lengths, NULL, n, ts, self.hdr,
+                                   ETH_HLEN + IP_HLEN + UDP_HLEN, True, False)
+        elif not self.zeros:
+            i = fill_sized_at(&c, ptrs, room, lengths, NULL, n, ts, self.hdr,
+                               IP_HLEN + UDP_HLEN, False, False)
+        elif held != NULL:
+            i = fill_sized_at(&c, ptrs, room, lengths, held, n, ts, self.hdr,
+                               IP_HLEN + UDP_HLEN, True, True)
+        else:
+            i = fill_sized_at(&c, ptrs, room, lengths, NULL, n, ts, self.hdr,
+                               IP_HLEN + UDP_HLEN, True, False)
+        if held != NULL and not self.zeros:
+            for k in range(i):
+                held[k] = 0             # a pattern frame there now
         self.size_pos = c.si
         return i
 

@@ -73,6 +73,27 @@ def test_loopback_every_frame_intact_both_roles(sizes, payload):
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.parametrize("payload", ["zeros", "pattern"])
+@pytest.mark.parametrize("sizes", [[64], [48, 700, 1500]])
+def test_loopback_ip_mode_every_frame_intact_both_roles(sizes, payload):
+    """IP-mode frames (no Ethernet header) written in place: each header
+    length, payload kind and size mix has a loop of its own."""
+    lb = Loopback(log2=6, buffer_size=2048)
+    try:
+        for tx, rx in (lb.s2m, lb.m2s):
+            gen = Generator(sizes, ip_mode=True, flows=FLOWS, payload=payload)
+            st = Stream(gen, range(FLOWS), 32, zero_copy=True,
+                        headers_only=payload == "zeros" and len(sizes) == 1)
+            c = Checker(ip_mode=True, payload=True)
+            assert pump(st, tx, rx, 1000, c) == 1000
+            assert (c.received, c.lost, c.corrupt, c.reordered, c.other) == (1000, 0, 0, 0, 0)
+            assert tx.counters()["bytes"] == st.bytes == c.bytes
+            assert tx.fault_reason() is None
+    finally:
+        lb.close()
+
+
+@pytest.mark.timeout(30)
 def test_slave_slots_never_assumed_zero_then_headers_only():
     lb = Loopback(log2=4, buffer_size=2048, n_m2s=0)
     try:
