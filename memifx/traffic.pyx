@@ -331,20 +331,60 @@ cdef inline cycle_t cycle_of(Generator g, const uint32_t *flows, uint32_t nflows
 
 cdef inline (uint32_t, uint64_t) fill_frames(
         cycle_t *c, uint8_t *base, uint64_t room, uint32_t *lengths, uint32_t n, uint64_t ts,
-        const uint8_t *hdr, uint32_t hlen, bint zeros, bint payload) noexcept nogil:
-    """Generator.fill_raw's loop; returns (frames, bytes)."""
-    cdef uint32_t i = 0, size, flow, si
+        const uint8_t *hdr, uint32_t hlen, bint zeros, bint payload,
+        bint single) noexcept nogil:
+    """Generator.fill_raw's loop (``single``: one frame size); returns
+    (frames, bytes).  The cycles in plain locals, as in fill_frames_at()."""
+    cdef uint32_t i = 0, size = c.sizes[c.si], flow, si = c.si
+    cdef const uint32_t *flows = c.flows
+    cdef const uint32_t *sizes = c.sizes
+    cdef uint64_t *seqs = c.seqs
+    cdef uint32_t cursor = c.cursor, nflows = c.nflows, nsizes = c.nsizes
+    cdef const uint8_t *t = hdr + si * HDR_MAX
     cdef uint64_t off = 0, seq
     while i < n:
-        size = c.sizes[c.si]
+        if not single:
+            size = sizes[si]
+            t = hdr + si * HDR_MAX
         if off + size > room:
             break
-        si = take_frame(c, &flow, &seq)
-        write_frame(base + off, hdr + si * HDR_MAX, hlen, size, flow, seq, ts, zeros, payload)
+        if not single:
+            si += 1
+            if si == nsizes:
+                si = 0
+        flow = flows[cursor]
+        cursor += 1
+        if cursor == nflows:
+            cursor = 0
+        seq = seqs[flow]
+        seqs[flow] = seq + 1
+        write_frame(base + off, t, hlen, size, flow, seq, ts, zeros, payload)
         lengths[i] = size
         off += size
         i += 1
+    c.cursor = cursor
+    c.si = si
     return i, off
+
+
+cdef inline (uint32_t, uint64_t) fill_sized(
+        cycle_t *c, uint8_t *base, uint64_t room, uint32_t *lengths, uint32_t n, uint64_t ts,
+        const uint8_t *hdr, uint32_t hlen, bint zeros, bint payload) noexcept nogil:
+    """fill_frames() with one frame size, or several, as a constant."""
+    if c.nsizes == 1:
+        return fill_frames(c, base, room, lengths, n, ts, hdr, hlen, zeros, payload, True)
+    return fill_frames(c, base, room, lengths, n, ts, hdr, hlen, zeros, payload, False)
+
+
+cdef inline (uint32_t, uint64_t) fill_kind(
+        cycle_t *c, uint8_t *base, uint64_t room, uint32_t *lengths, uint32_t n, uint64_t ts,
+        const uint8_t *hdr, uint32_t hlen, bint zeros, bint payload) noexcept nogil:
+    """fill_sized() with the payload kind as a constant."""
+    if not zeros:
+        return fill_sized(c, base, room, lengths, n, ts, hdr, hlen, False, True)
+    if payload:
+        return fill_sized(c, base, room, lengths, n, ts, hdr, hlen, True, True)
+    return fill_sized(c, base, room, lengths, n, ts, hdr, hlen, True, False)
 
 
 cdef inline uint32_t fill_frames_at(
@@ -536,13 +576,14 @@ cdef class Generator:
         cdef uint32_t i
         cdef uint64_t off
         cdef cycle_t c = cycle_of(self, flows, nflows, cursor)
-        # zeros or pattern as a constant: the compiler makes a loop for each
-        if self.zeros:
-            i, off = fill_frames(&c, base, room, lengths, n, ts, self.hdr, self.hlen, True,
-                                 payload)
+        # header length, payload kind and one-or-several sizes as constants:
+        # the compiler makes a loop for each
+        if self.hlen == ETH_HLEN + IP_HLEN + UDP_HLEN:
+            i, off = fill_kind(&c, base, room, lengths, n, ts, self.hdr,
+                               ETH_HLEN + IP_HLEN + UDP_HLEN, self.zeros, payload)
         else:
-            i, off = fill_frames(&c, base, room, lengths, n, ts, self.hdr, self.hlen, False,
-                                 True)
+            i, off = fill_kind(&c, base, room, lengths, n, ts, self.hdr, IP_HLEN + UDP_HLEN,
+                               self.zeros, payload)
         self.size_pos = c.si
         return i, off
 
