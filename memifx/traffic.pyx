@@ -55,11 +55,13 @@ cdef extern from *:
     """
     #define mx_unlikely(x) __builtin_expect(!!(x), 0)
     #define mx_keep_branch() __asm__ __volatile__("")
+    #define mx_little_endian (__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__)
     """
     int __builtin_clzll(unsigned long long) nogil
     bint unlikely "mx_unlikely"(bint) nogil      # a hint: lay out the branch as rare
     # No code; a branch that holds it stays a branch (not a conditional move)
     void keep_branch "mx_keep_branch"() nogil
+    const bint LITTLE_ENDIAN "mx_little_endian"     # the host's byte order
     uint16_t __builtin_bswap16(uint16_t) nogil
 
 cdef struct views_t:
@@ -174,9 +176,14 @@ cdef inline bint pattern_ok(const uint8_t *p, uint32_t length, uint64_t w) noexc
     if diff:
         return False
     if length & 7:
+        # the bytes present, in memory order, as write_pattern() cut them
+        if LITTLE_ENDIAN:       # the low bytes of the word: read without a call
+            v = 0
+            for k in range(length & 7):
+                v |= <uint64_t>p[8 * words + k] << (8 * k)
+            return v == (w & ((1ULL << (8 * (length & 7))) - 1))
         v = 0
         memcpy(&v, p + 8 * words, length & 7)
-        # the bytes present, in memory order, as write_pattern() cut them
         return memcmp(&v, &w, length & 7) == 0
     return True
 

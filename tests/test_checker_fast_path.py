@@ -274,3 +274,24 @@ def test_bad_arguments_are_clear_errors():
             c.drain(lb.s2m.rx, bytearray(2048), array("i", [0] * 4), 1)
     finally:
         lb.close()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("ip_mode", [False, True])
+def test_pattern_tail_every_length(ip_mode):
+    """Payloads of every length mod 8: each sound frame is good, and a flip
+    of any one byte of the last (partial) word makes it corrupt."""
+    l2 = 0 if ip_mode else 14
+    head = l2 + 20 + 8 + 20
+    for size in range(head, head + 24):
+        gen = Generator([size], ip_mode=ip_mode, flows=1)
+        frames = frames_of(gen, 1 + (size - head) % 8, size, 1)
+        good = Checker(ip_mode=ip_mode)
+        good.check(bytearray(b"".join(frames)), array("I", [size] * len(frames)))
+        assert good.received == len(frames) and not good.corrupt, size
+        for k in range(len(frames) - 1):         # one byte of the tail each
+            f = bytearray(frames[k + 1])
+            f[size - 1 - k] ^= 0x40
+            c = Checker(ip_mode=ip_mode)
+            c.check(bytearray(frames[0] + bytes(f)), array("I", [size, size]))
+            assert (c.received, c.corrupt) == (1, 1), (size, k)
