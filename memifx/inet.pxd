@@ -11,4 +11,10 @@ cdef inline bint sums_to_all_ones(uint64_t s) noexcept nogil:
     0xFFFF; 0xFFFF is odd, so it has an inverse modulo 2**64, and the
     multiples of 0xFFFF are exactly the s whose product with that inverse is
     at most (2**64 - 1) / 0xFFFF: one multiply, no division, no folding."""
-    return s != 0 and s * 0xfffefffefffeffffULL <= 0x0001000100010001ULL
+    return s != 0 and multiple_of_ffff(s)
+
+
+cdef inline bint multiple_of_ffff(uint64_t s) noexcept nogil:
+    """sums_to_all_ones for a sum known not to be 0 (a header with a
+    non-zero byte): the multiply alone."""
+    return s * 0xfffefffefffeffffULL <= 0x0001000100010001ULL
