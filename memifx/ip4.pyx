@@ -66,7 +66,8 @@ from libc.stdlib cimport calloc, realloc, free
 from libc.string cimport memcpy, memset, memcmp
 
 from memifx.counted cimport CountedNode
-from memifx.inet cimport sums_to_all_ones, multiple_of_ffff
+from memifx.inet cimport (inet_sum, inet_fold, inet_checksum, checksum_add,
+                          sums_to_all_ones, multiple_of_ffff)
 from memifx.ring cimport Queue, frame_t, seg_t
 from memifx.fib cimport (Fib, nexthop_t, fib_lookup,
                          NH_CONNECTED, NH_GATEWAY, NH_LOCAL, NH_BROADCAST)
@@ -225,19 +226,6 @@ cdef inline void wr32(uint8_t *p, uint32_t v) noexcept nogil:
     p[2] = (v >> 8) & 0xFF
     p[3] = v & 0xFF
 
-cdef inline uint32_t sum16(const uint8_t *p, uint32_t n) noexcept nogil:
-    """Ones'-complement sum of big-endian 16-bit words, folded (RFC 1071)."""
-    cdef uint64_t s = 0
-    while n >= 2:
-        s += rd16(p)
-        p += 2
-        n -= 2
-    if n:
-        s += <uint32_t>p[0] << 8
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return <uint32_t>s
-
 cdef inline uint64_t header20_sum(const uint8_t *h) noexcept nogil:
     """The plain sum of an IPv4 header without options as five native-order
     32-bit words (for sums_to_all_ones)."""
@@ -255,8 +243,7 @@ cdef inline bint header_sum_ok(const uint8_t *h, uint32_t hl) noexcept nogil:
     native-order 32-bit words: a ones'-complement sum does not depend on
     byte order, and all ones reads the same either way (RFC 1071)."""
     cdef uint64_t s = 0
-    cdef uint32_t w
-    cdef uint32_t i
+    cdef uint32_t w, i
     if hl == 20:                # no options: the usual header, unrolled
         return sums_to_all_ones(header20_sum(h))
     for i in range(0, hl, 4):
@@ -264,17 +251,6 @@ cdef inline bint header_sum_ok(const uint8_t *h, uint32_t hl) noexcept nogil:
         s += w
     return sums_to_all_ones(s)
 
-
-cdef inline uint16_t checksum(const uint8_t *p, uint32_t n) noexcept nogil:
-    """The checksum to store (the checksum field must read zero)."""
-    return <uint16_t>(~sum16(p, n) & 0xFFFF)
-
-cdef inline uint16_t checksum_update(uint16_t hc, uint16_t old, uint16_t new) noexcept nogil:
-    """RFC 1624, eqn. 3: HC' = ~(~HC + ~m + m'), for one 16-bit word m -> m'."""
-    cdef uint32_t s = (~hc & 0xFFFF) + (~old & 0xFFFF) + new
-    s = (s & 0xFFFF) + (s >> 16)
-    s = (s & 0xFFFF) + (s >> 16)
-    return <uint16_t>(~s & 0xFFFF)
 
 cdef inline uint32_t mix(uint64_t k) noexcept nogil:
     return <uint32_t>((k * 0x9E3779B97F4A7C15ULL) >> 32)
@@ -347,14 +323,21 @@ cdef uint64_t MAC8_MASK = 0
 memset(&MAC8_MASK, 0xFF, 6)
 cdef uint16_t ETHERTYPE_IP4
 memcpy(&ETHERTYPE_IP4, b"\x08\x00", 2)
-# ip4-rewrite's checksum update for TTL minus one (RFC 1624 eqn. 3,
-# HC' = ~(~HC + ~m + m')): for the word (TTL, protocol) going down by
-# 0x0100, ~m + m' is 0xFEFF whatever m was.  A ones'-complement sum does not
-# depend on byte order, so the update works on the checksum as loaded from
-# memory with these two bytes as loaded from memory.
-cdef uint16_t _ttl_down
-memcpy(&_ttl_down, b"\xfe\xff", 2)
-cdef uint32_t TTL_DOWN = _ttl_down
+# Checksum updates (checksum_add, in memory byte order) for the changes the
+# router makes in place: ~m + m' of RFC 1624 eqn. 3 as two bytes loaded from
+# memory.  TTL minus one: the word (TTL, protocol) goes down by 0x0100, so
+# ~m + m' is 0xFEFF whatever m was.  An echo request made a reply: the word
+# (type, code) goes from 0x0800 to 0x0000, ~m + m' is 0xF7FF.
+cdef uint16_t _word
+memcpy(&_word, b"\xfe\xff", 2)
+cdef uint32_t TTL_DOWN = _word
+memcpy(&_word, b"\xf7\xff", 2)
+cdef uint32_t ECHO_TO_REPLY = _word
+
+
+cdef inline void set_checksum(uint8_t *field, uint16_t c) noexcept nogil:
+    """Store a checksum computed in memory order (inet.pxd)."""
+    memcpy(field, &c, 2)
 
 
 cdef inline uint32_t copy_headers(uint8_t *d, const seg_t *segs, uint32_t nsegs,
@@ -803,6 +786,7 @@ cdef class Router(CountedNode):
         """To one of our addresses: answer ICMP echo, count the rest."""
         cdef iface_t *rif = &self.ifs[ifindex]
         cdef uint32_t j, k, hl, tot, a
+        cdef uint16_t c
         cdef pkt_t *p
         cdef uint8_t *h
         cdef uint8_t *icmp
@@ -819,7 +803,7 @@ cdef class Router(CountedNode):
             if not self.is_echo_request(p):
                 rc.local += 1
                 continue
-            if sum16(icmp, tot - hl) != 0xFFFF:
+            if inet_fold(inet_sum(icmp, tot - hl)) != 0xFFFF:
                 self.drop(rc, D_BAD_ICMP)
                 continue
             # Echo reply: addresses swapped, a fresh TTL, type 8 -> 0.
@@ -828,9 +812,10 @@ cdef class Router(CountedNode):
             wr32(h + 16, a)
             h[8] = 64
             wr16(h + 10, 0)
-            wr16(h + 10, checksum(h, hl))
+            set_checksum(h + 10, inet_checksum(h, hl))
             icmp[0] = 0
-            wr16(icmp + 2, checksum_update(rd16(icmp + 2), 0x0800, 0x0000))
+            memcpy(&c, icmp + 2, 2)
+            set_checksum(icmp + 2, checksum_add(c, ECHO_TO_REPLY))
             p.out = <uint16_t>ifindex
             if rif.ip_mode:
                 p.data = h
@@ -924,13 +909,11 @@ cdef class Router(CountedNode):
         the Ethernet header ``l2hdr`` in front (unless o is in IP mode), and
         what leaves from where."""
         cdef uint8_t *h = p.l3
-        cdef uint32_t l3off, n, s
-        # RFC 1624 eqn. 3 for the word (TTL, protocol) going down by 0x0100:
-        # ~m + m' is then 0xFEFF whatever m was.
-        s = (~rd16(h + 10) & 0xFFFF) + 0xFEFF
-        s = (s & 0xFFFF) + (s >> 16)
+        cdef uint32_t l3off, n
+        cdef uint16_t c
+        memcpy(&c, h + 10, 2)
+        set_checksum(h + 10, checksum_add(c, TTL_DOWN))
         h[8] -= 1
-        wr16(h + 10, <uint16_t>(~s & 0xFFFF))
         # What the arena holds leaves from there (the whole packet when
         # it is short); of a longer one, the IPv4 header, and the rest
         # comes straight from the receive ring.
@@ -985,14 +968,14 @@ cdef class Router(CountedNode):
             wr16(h + 10, 0)
             wr32(h + 12, rif.ip)
             wr32(h + 16, src)
-            wr16(h + 10, checksum(h, 20))
+            set_checksum(h + 10, inet_checksum(h, 20))
             icmp = h + 20
             icmp[0] = 11                # time exceeded
             icmp[1] = 0                 # in transit
             wr16(icmp + 2, 0)
             wr32(icmp + 4, 0)
             memcpy(icmp + 8, orig, q)
-            wr16(icmp + 2, checksum(icmp, 8 + q))
+            set_checksum(icmp + 2, inet_checksum(icmp, 8 + q))
             p.out = <uint16_t>ifindex
             if rif.ip_mode:
                 p.data = h
@@ -1315,7 +1298,6 @@ cdef void take_frames(Router r, const frame_t *frames, const seg_t *segs, uint32
     cdef uint32_t i, j, k = 0, n_in = 0, tot, dst, copied
     cdef uint64_t mac8 = r.ifs[ifindex].mac8, w8
     cdef uint16_t et, c
-    cdef uint32_t s
     cdef uint64_t length, nbytes = 0
     cdef int64_t rt
     cdef way_t way
@@ -1372,13 +1354,9 @@ cdef void take_frames(Router r, const frame_t *frames, const seg_t *segs, uint32
             if (rt != way.route or (dst != way.dst and not way.any_dst)) \
                     and not r.find_way(&way, rt, dst, k == n_in):
                 break
-            # ip4-rewrite: TTL minus one, the checksum updated (RFC 1624
-            # eqn. 3, in the byte order words load in: see TTL_DOWN)
+            # ip4-rewrite: TTL minus one, the checksum updated
             memcpy(&c, h + 10, 2)
-            s = (<uint32_t>c ^ 0xFFFF) + TTL_DOWN
-            s = (s & 0xFFFF) + (s >> 16)
-            c = <uint16_t>~s
-            memcpy(h + 10, &c, 2)
+            set_checksum(h + 10, checksum_add(c, TTL_DOWN))
             h[8] -= 1
             if l2 + tot <= copied:
                 hdr = tot                       # all of it leaves from the arena
