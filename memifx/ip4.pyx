@@ -1084,8 +1084,9 @@ cdef class Router(CountedNode):
         """Interface o's share of the burst into one of its transmit rings."""
         cdef tx_counters_t *tc = &self.ifs[o].tx[<uint32_t>txq.index % self.ifs[o].ntx]
         cdef uint32_t k
-        cdef uint32_t n = self.out_n[o], sent = 0, m, j, taken, np
+        cdef uint32_t n = self.out_n[o], sent = 0, m, j, taken
         cdef const pkt_t *p
+        cdef seg_t *q
         # in locals: a store into the tables could, for all the compiler
         # knows, change self or txq
         cdef const pkt_t *pkts = self.pkts
@@ -1103,24 +1104,24 @@ cdef class Router(CountedNode):
             idx = &self.out_idx[o][sent]
             if self.tails:
                 # what the arena holds, then the rest of the frame from the receive ring
-                np = 0
+                q = parts
                 for j in range(m):
-                    p = &pkts[idx[j]]
+                    p = &pkts[sent + j] if in_order else &pkts[idx[j]]
                     lens[j] = p.len + p.tail_len
-                    parts[np].ptr = <char *>p.data
-                    parts[np].len = p.len
-                    np += 1
+                    q.ptr = <char *>p.data
+                    q.len = p.len
+                    q += 1
                     if p.tail_len == 0:
                         nparts[j] = 1
                     elif p.nsegs == 1:
-                        parts[np].ptr = p.segs[0].ptr + p.tail_off
-                        parts[np].len = p.tail_len
+                        q.ptr = p.segs[0].ptr + p.tail_off
+                        q.len = p.tail_len
+                        q += 1
                         nparts[j] = 2
-                        np += 1
                     else:
-                        k = frame_parts(parts + np, p.segs, p.nsegs, p.tail_off, p.tail_len)
+                        k = frame_parts(q, p.segs, p.nsegs, p.tail_off, p.tail_len)
+                        q += k
                         nparts[j] = 1 + k
-                        np += k
                 taken = txq.tx_copy_parts(m, parts, nparts)
             elif in_order:
                 p = &pkts[sent]

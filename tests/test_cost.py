@@ -147,12 +147,13 @@ XC_CEILINGS = {64: (230, 595), 1518: (455, 1265)}     # (forward, whole program)
 #   and looked up out of line, the transmit vector written once after the
 #   walk, the TTL checksum update in memory byte order, pkt_t 64 bytes;
 #   interface-output and transmit take a burst that ip4-fast sent whole out
-#   of one interface as it lies, without sorting or indexing it):
+#   of one interface as it lies, without sorting or indexing it; transmit
+#   lays out a frame's pieces through a running pointer):
 #        64 B: before 626.1, after 522.1, fast 430.8, one-buffer 370.9,
 #              route cache 338.2, 333.2 (inet.pxd's sum test), 329.2,
 #              fused 257.7 -> ceiling 355
 #      1518 B: before 947.8, after 790.2, fast 697.9, one-buffer 629.0,
-#              route cache 596.3, 591.3, 587.3, fused 531.7 -> ceiling 730
+#              route cache 596.3, 591.3, 587.3, fused 528.8 -> ceiling 730
 #     memif_input (gather, the headers into the arena; "one-buffer" also
 #     copies a fixed 128 bytes when the first buffer holds them, and keeps
 #     its counters in locals; "fused": and ip4-fast, in frames_input)
@@ -168,20 +169,20 @@ XC_CEILINGS = {64: (230, 595), 1518: (455, 1265)}     # (forward, whole program)
 #     transmit (tx_copy into the M2S ring; at 1518 B tx_copy_parts: the
 #     headers from the arena, the rest from the S2M ring)
 #        64 B: 114.7 -> 115.8 -> 91.8, fused 86.9 -> 120;
-#      1518 B: 275.6 -> 366.8 -> 347.9, fused 346.0 -> 475
+#      1518 B: 275.6 -> 366.8 -> 347.9, fused 343.0 -> 475
 #   whole program (adds the slave's tx_batch and rx_batch, building the
 #   frames is outside the loop):
 #        64 B: before 962.6, after 874.8, fast 758.0, one-buffer 646.3,
 #              route cache 605.5, 598.5, fused 527.0 -> ceiling 725
 #      1518 B: before 1606.1, after 1464.7, fast 1346.9, one-buffer 1226.1,
-#              route cache 1185.4, 1178.4, fused 1122.8 -> ceiling 1545
+#              route cache 1185.4, 1178.4, fused 1119.8 -> ceiling 1545
 #
 #   The general graph (cost_burst mode "ip4-options", 64 B: 4 bytes of
 #   options in every header, which ip4-fast leaves to the graph; the
 #   figures before ip4-fast were measured on option-less frames):
 #     everything Router.poll runs: 559.6, one-buffer 499.8, 495.8,
-#     fused 486.9 -> ceiling 680; whole program 886.9, one-buffer 775.1,
-#     765.2, fused 756.3 -> 1060
+#     fused 484.9 -> ceiling 680; whole program 886.9, one-buffer 775.1,
+#     765.2, fused 754.3 -> 1060
 #     frames_input (copy, ip4-fast refusing, the frame staged whole for
 #     the graph; it was ip4-fast refusing 17.2 and the copy loop): fused
 #     76.3 -> 105; tx_in_arrival_order 13.2 -> 20
@@ -190,7 +191,7 @@ XC_CEILINGS = {64: (230, 595), 1518: (455, 1265)}     # (forward, whole program)
 #     ip4_input 104.1 -> 68.1 -> 89.1 (24 header bytes to sum) -> 88.1 -> 125,
 #     ip4_lookup 48.1 -> 46.1 -> 70, interface_output 16.1 -> 15.1 -> 25,
 #     ip4_rewrite (the neighbor lookup of csrc/neighbor.h, a seqlock read,
-#     included) 126.1 -> 94.3 -> 72.3 -> 73.3 -> 100; the nodes with empty
+#     included) 126.1 -> 94.3 -> 72.3 -> 71.3 -> 100; the nodes with empty
 #     vectors (arp_input, ip4_local, ip4_icmp_error, arp_request) cost < 0.1
 #     together
 IP4_CEILING = {"ip4-64": 355, "ip4-1518": 730, "ip4-options-64": 680}
@@ -262,7 +263,7 @@ def test_ip4_nodes_instructions_per_packet(tmp_path, mode, size):
     """IPv4/UDP frames forwarded by Router.poll (interface 0 in, interface
     1 out, a /12 route via a static neighbor).  Measured (Ir/packet in
     memif_input + run + transmit, whole program): 64 B 257.7, 527.0;
-    1518 B 531.7, 1122.8; with IPv4 options 486.9, 756.3.  The usual frame
+    1518 B 528.8, 1119.8; with IPv4 options 484.9, 754.3.  The usual frame
     is ip4-fast's alone: the general graph's nodes see none of it; a frame
     with options goes through them all.  At 1518 B memif_input's ceiling
     fails if it copies whole frames again (348.5 when it did)."""
