@@ -39,7 +39,8 @@ out of one interface, interface-output and transmit take it as it lies.
 memif-input copies the first HDR_COPY (128) bytes of every frame out of the
 shared ring into a private arena: all the nodes read (Ethernet 14 + IPv4 with
 options up to 60 + the 8 bytes after it that an ICMP error quotes = 82; an
-ARP frame is 42) fits.  Every check and rewrite works on that copy, so a peer
+ARP frame is 42) fits.  (Of a first buffer that long it copies FAST_COPY, 64,
+first: all ip4-fast reads; the rest only for a frame ip4-fast leaves.)  Every check and rewrite works on that copy, so a peer
 writing into shared memory while we work cannot change a header between check
 and use.  The rest of a longer frame stays in the receive ring, whose slots
 are held until interface-output has copied the frames out: a forwarded frame
@@ -80,6 +81,7 @@ cdef enum:
     HEADROOM = 64           # room to prepend an Ethernet header
     MIN_ROOM = 128          # every slot holds a generated reply this long
     HDR_COPY = MIN_ROOM     # bytes of a frame memif-input copies (the rest stays in the ring)
+    FAST_COPY = 64          # ... of which ip4-fast reads these (Ethernet 14 + IPv4 20)
     ETH_HLEN = 14
     MAX_ROUTED = 65535 + ETH_HLEN   # longer is no IPv4 packet: never copied
     ARP_LEN = 28
@@ -344,13 +346,14 @@ cdef inline uint32_t copy_headers(uint8_t *d, const seg_t *segs, uint32_t nsegs,
                                   uint64_t length) noexcept nogil:
     """Copy the first HDR_COPY bytes of a frame held in ``segs`` (all of it
     when shorter) to d; returns how many.  The usual cases are fixed-size
-    copies the compiler inlines: 128 bytes, or a frame of 64 to 127 bytes
-    as two 64-byte copies that overlap."""
+    copies the compiler inlines: a frame of 64 to 127 bytes as two 64-byte
+    copies that overlap; of a longer first buffer only FAST_COPY bytes,
+    what ip4-fast reads (copy_rest completes it for the general graph)."""
     cdef uint32_t s, c, copied = 0
     cdef uint64_t left
     if segs[0].len >= HDR_COPY:
-        memcpy(d, segs[0].ptr, HDR_COPY)
-        return HDR_COPY
+        memcpy(d, segs[0].ptr, FAST_COPY)
+        return FAST_COPY
     if nsegs == 1:
         c = segs[0].len         # the whole frame
         if c >= 64:
@@ -371,6 +374,16 @@ cdef inline uint32_t copy_headers(uint8_t *d, const seg_t *segs, uint32_t nsegs,
             break
     return copied
 
+
+
+cdef inline uint32_t copy_rest(uint8_t *d, const seg_t *segs, uint32_t copied,
+                               uint64_t length) noexcept nogil:
+    """After copy_headers: the rest of the first HDR_COPY bytes when it
+    copied only FAST_COPY of them; returns how many the slot holds now."""
+    if copied < length and copied < HDR_COPY:      # (only a first buffer of HDR_COPY or more)
+        memcpy(d + FAST_COPY, segs[0].ptr + FAST_COPY, HDR_COPY - FAST_COPY)
+        return HDR_COPY
+    return copied
 
 cdef inline Py_ssize_t block_bytes(uint32_t nrx, uint32_t ntx) noexcept nogil:
     return sizeof(if_counters_t) + nrx * sizeof(rx_counters_t) + ntx * sizeof(tx_counters_t)
@@ -1383,7 +1396,7 @@ cdef void take_frames(Router r, const frame_t *frames, const seg_t *segs, uint32
             # not ip4-fast's: staged whole for the general graph
             p.buf = d - HEADROOM
             p.rx_len = <uint32_t>f.length
-            p.copied = copied
+            p.copied = copy_rest(d, &segs[f.first_seg], copied, f.length)
             p.segs = &segs[f.first_seg]
             p.nsegs = <uint16_t>f.nsegs
             p.tail_len = 0

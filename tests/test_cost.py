@@ -145,23 +145,25 @@ XC_CEILINGS = {64: (230, 595), 1518: (455, 1265)}     # (forward, whole program)
 #   overlapping 64-byte copies for a frame of 64 to 127 bytes), a forwarded
 #   frame staging only what transmit reads, the way out kept in one struct
 #   and looked up out of line, the transmit vector written once after the
-#   walk, the TTL checksum update in memory byte order, pkt_t 64 bytes;
+#   walk, the TTL checksum update in memory byte order, pkt_t 64 bytes,
+#   of a first buffer of 128 bytes or more only the 64 ip4-fast reads
+#   copied first (the rest when the frame goes to the general graph);
 #   interface-output and transmit take a burst that ip4-fast sent whole out
 #   of one interface as it lies, without sorting or indexing it; transmit
 #   lays out a frame's pieces through a running pointer):
 #        64 B: before 626.1, after 522.1, fast 430.8, one-buffer 370.9,
 #              route cache 338.2, 333.2 (inet.pxd's sum test), 329.2,
-#              fused 257.7 -> ceiling 355
+#              fused 254.7 -> ceiling 355
 #      1518 B: before 947.8, after 790.2, fast 697.9, one-buffer 629.0,
-#              route cache 596.3, 591.3, 587.3, fused 528.8 -> ceiling 730
+#              route cache 596.3, 591.3, 587.3, fused 516.7 -> ceiling 720
 #     memif_input (gather, the headers into the arena; "one-buffer" also
 #     copies a fixed 128 bytes when the first buffer holds them, and keeps
 #     its counters in locals; "fused": and ip4-fast, in frames_input)
-#        64 B: 187.6 -> 150.4 -> 115.5 -> 111.5, fused 170.2 -> 235;
-#      1518 B: 348.5 -> 158.4 -> 108.5 -> 104.5, fused 185.2 -> 255
+#        64 B: 187.6 -> 150.4 -> 115.5 -> 111.5, fused 167.2 -> 235;
+#      1518 B: 348.5 -> 158.4 -> 108.5 -> 104.5, fused 173.2 -> 240
 #       frames_input (memif_input less gather: the walk itself; it was
 #       memif-input's copy loop, about 61 / 54, and ip4_fast, 109.7 /
-#       118.7): fused 64 B 119.8 -> 165, 1518 B 134.8 -> 185
+#       118.7): fused 64 B 116.8 -> 160, 1518 B 122.8 -> 170
 #     run (the general graph, which sees none of these frames, and
 #     interface-output; it was ip4-fast too: 64 B 163.6 -> 130.8 -> 125.9,
 #     1518 B 172.6 -> 139.8 -> 134.9): fused 0.5 -> 5 at either size;
@@ -173,19 +175,19 @@ XC_CEILINGS = {64: (230, 595), 1518: (455, 1265)}     # (forward, whole program)
 #   whole program (adds the slave's tx_batch and rx_batch, building the
 #   frames is outside the loop):
 #        64 B: before 962.6, after 874.8, fast 758.0, one-buffer 646.3,
-#              route cache 605.5, 598.5, fused 527.0 -> ceiling 725
+#              route cache 605.5, 598.5, fused 524.0 -> ceiling 725
 #      1518 B: before 1606.1, after 1464.7, fast 1346.9, one-buffer 1226.1,
-#              route cache 1185.4, 1178.4, fused 1119.8 -> ceiling 1545
+#              route cache 1185.4, 1178.4, fused 1107.8 -> ceiling 1545
 #
 #   The general graph (cost_burst mode "ip4-options", 64 B: 4 bytes of
 #   options in every header, which ip4-fast leaves to the graph; the
 #   figures before ip4-fast were measured on option-less frames):
 #     everything Router.poll runs: 559.6, one-buffer 499.8, 495.8,
-#     fused 484.9 -> ceiling 680; whole program 886.9, one-buffer 775.1,
-#     765.2, fused 754.3 -> 1060
+#     fused 487.9 -> ceiling 680; whole program 886.9, one-buffer 775.1,
+#     765.2, fused 757.3 -> 1060
 #     frames_input (copy, ip4-fast refusing, the frame staged whole for
 #     the graph; it was ip4-fast refusing 17.2 and the copy loop): fused
-#     76.3 -> 105; tx_in_arrival_order 13.2 -> 20
+#     79.3 -> 110; tx_in_arrival_order 13.2 -> 20
 #     (it runs only when some frame of the burst took the graph)
 #     ethernet_input 29.1 -> 36.1 (it walks a vector now) -> 35.1 -> 50,
 #     ip4_input 104.1 -> 68.1 -> 89.1 (24 header bytes to sum) -> 88.1 -> 125,
@@ -194,13 +196,13 @@ XC_CEILINGS = {64: (230, 595), 1518: (455, 1265)}     # (forward, whole program)
 #     included) 126.1 -> 94.3 -> 72.3 -> 71.3 -> 100; the nodes with empty
 #     vectors (arp_input, ip4_local, ip4_icmp_error, arp_request) cost < 0.1
 #     together
-IP4_CEILING = {"ip4-64": 355, "ip4-1518": 730, "ip4-options-64": 680}
+IP4_CEILING = {"ip4-64": 355, "ip4-1518": 720, "ip4-options-64": 680}
 IP4_CEILINGS = {
-    "ip4-64": {"memif_input": 235, "frames_input": 165, "run": 5, "transmit": 120,
+    "ip4-64": {"memif_input": 235, "frames_input": 160, "run": 5, "transmit": 120,
                "interface_output": 5},
-    "ip4-1518": {"memif_input": 255, "frames_input": 185, "run": 5, "transmit": 475,
+    "ip4-1518": {"memif_input": 240, "frames_input": 170, "run": 5, "transmit": 475,
                  "interface_output": 5},
-    "ip4-options-64": {"frames_input": 105, "tx_in_arrival_order": 20, "ethernet_input": 50,
+    "ip4-options-64": {"frames_input": 110, "tx_in_arrival_order": 20, "ethernet_input": 50,
                        "ip4_input": 125, "ip4_lookup": 70, "ip4_rewrite": 100,
                        "interface_output": 25},
 }
@@ -262,8 +264,8 @@ def test_xconnect_node_instructions_per_packet(tmp_path, size):
 def test_ip4_nodes_instructions_per_packet(tmp_path, mode, size):
     """IPv4/UDP frames forwarded by Router.poll (interface 0 in, interface
     1 out, a /12 route via a static neighbor).  Measured (Ir/packet in
-    memif_input + run + transmit, whole program): 64 B 257.7, 527.0;
-    1518 B 528.8, 1119.8; with IPv4 options 484.9, 754.3.  The usual frame
+    memif_input + run + transmit, whole program): 64 B 254.7, 524.0;
+    1518 B 516.7, 1107.8; with IPv4 options 487.9, 757.3.  The usual frame
     is ip4-fast's alone: the general graph's nodes see none of it; a frame
     with options goes through them all.  At 1518 B memif_input's ceiling
     fails if it copies whole frames again (348.5 when it did)."""
