@@ -8,7 +8,7 @@ the vector of the node it goes to next (VPP style):
 =================  ============================  ===============================
 node               job                           next
 =================  ============================  ===============================
-memif-input        copy the headers off the ring ip4-fast
+memif-input        copy the headers off the ring ip4-fast (the same walk)
 ip4-fast           the usual frame in one pass:  interface-output |
                    all of ethernet-input to      ethernet-input | ip-mode-input
                    ip4-rewrite below, or none
@@ -27,16 +27,20 @@ interface-output   sort by output interface,     (the transmit rings)
                    copy into its ring
 =================  ============================  ===============================
 
-The usual frame (IPv4 without options, to our MAC, checksum and TTL good,
-routed to a known neighbor) costs ip4-fast's one loop; everything else
-comes out of it untouched and goes the long way, through nodes that each
-decide one thing.  When a burst took both ways, the transmit vector is put
-back in arrival order, so a flow never overtakes itself.
+memif-input and ip4-fast are one loop (take_frames): each frame's headers
+are copied into the arena and, while they are at hand, the usual frame
+(IPv4 without options, to our MAC, checksum and TTL good, routed to a known
+neighbor) is forwarded there and then; everything else comes out of it
+untouched and goes the long way, through nodes that each decide one thing.
+When a burst took both ways, the transmit vector is put back in arrival
+order, so a flow never overtakes itself; when ip4-fast took the whole burst
+out of one interface, interface-output and transmit take it as it lies.
 
 memif-input copies the first HDR_COPY (128) bytes of every frame out of the
 shared ring into a private arena: all the nodes read (Ethernet 14 + IPv4 with
 options up to 60 + the 8 bytes after it that an ICMP error quotes = 82; an
-ARP frame is 42) fits.  Every check and rewrite works on that copy, so a peer
+ARP frame is 42) fits.  (Of a first buffer that long it copies FAST_COPY, 64,
+first: all ip4-fast reads; the rest only for a frame ip4-fast leaves.)  Every check and rewrite works on that copy, so a peer
 writing into shared memory while we work cannot change a header between check
 and use.  The rest of a longer frame stays in the receive ring, whose slots
 are held until interface-output has copied the frames out: a forwarded frame
@@ -63,7 +67,8 @@ from libc.stdlib cimport calloc, realloc, free
 from libc.string cimport memcpy, memset, memcmp
 
 from memifx.counted cimport CountedNode
-from memifx.inet cimport sums_to_all_ones
+from memifx.inet cimport (inet_sum, inet_fold, inet_checksum, checksum_add,
+                          sums_to_all_ones, multiple_of_ffff)
 from memifx.ring cimport Queue, frame_t, seg_t
 from memifx.fib cimport (Fib, nexthop_t, fib_lookup,
                          NH_CONNECTED, NH_GATEWAY, NH_LOCAL, NH_BROADCAST)
@@ -76,6 +81,7 @@ cdef enum:
     HEADROOM = 64           # room to prepend an Ethernet header
     MIN_ROOM = 128          # every slot holds a generated reply this long
     HDR_COPY = MIN_ROOM     # bytes of a frame memif-input copies (the rest stays in the ring)
+    FAST_COPY = 64          # ... of which ip4-fast reads these (Ethernet 14 + IPv4 20)
     ETH_HLEN = 14
     MAX_ROUTED = 65535 + ETH_HLEN   # longer is no IPv4 packet: never copied
     ARP_LEN = 28
@@ -156,8 +162,8 @@ cdef struct if_counters_t:
 
 cdef struct iface_t:
     uint8_t mac[6]
-    uint32_t mac4               # mac's bytes 0-3 and 4-5 as loaded from memory
-    uint16_t mac2               # (ip4-fast compares them with two loads)
+    uint64_t mac8               # mac's bytes then two zeros, as loaded from memory
+                                # (ip4-fast compares a frame's first 8 bytes, masked)
     uint32_t ip
     bint ip_mode                # bare IP packets, no Ethernet header
     bint present
@@ -173,20 +179,35 @@ cdef struct learned_t:
     uint32_t ip
     uint8_t mac[6]
 
+# One frame of the burst (64 bytes: pointers, then counts).  A frame
+# ip4-fast forwarded has only what transmit reads: data, len, tail_*, out
+# (and segs, nsegs when tail_len is not 0).
 cdef struct pkt_t:
     uint8_t *buf                # arena slot; the frame as received starts at buf + HEADROOM
-    uint32_t rx_len             # the whole frame's length
-    uint32_t copied             # how much of it is in the slot (HDR_COPY, or all)
     const seg_t *segs           # the whole frame where it was received (ring buffers)
-    uint32_t nsegs
     uint8_t *l3                 # IPv4 header or ARP message
-    uint32_t l3_len             # bytes from l3 on (the IPv4 total length after ip4-input)
     uint8_t *data               # what leaves: these bytes (private) ...
     uint32_t len
     uint32_t tail_off           # ... then bytes [tail_off, tail_off + tail_len) of the
     uint32_t tail_len           # received frame, straight from segs (0: nothing)
+    uint32_t rx_len             # the whole frame's length
+    uint32_t copied             # how much of it is in the slot (HDR_COPY, or all)
+    uint32_t l3_len             # bytes from l3 on (the IPv4 total length after ip4-input)
     uint32_t nh_ip              # neighbor to resolve
+    uint16_t nsegs              # (at most a ring's slots, 2**MEMIF_MAX_LOG2_RING_SIZE)
     uint16_t out                # output interface
+
+# ip4-fast's way out for a run of frames: what the last frame's route
+# resolved to, kept while the next frames take the same route.
+cdef struct way_t:
+    int64_t route               # FIB result (-1: none yet)
+    uint32_t dst                # the destination it was resolved for ...
+    bint any_dst                # ... or any (a gateway, or an IP mode output)
+    uint16_t out                # output interface
+    bint ip_mode                # the output takes bare IP packets
+    uint64_t key                # neighbor key of l2hdr (0: none)
+    int one_out                 # every frame forwarded so far left by this one (-1: several)
+    uint8_t l2hdr[16]           # the Ethernet header towards that neighbor
 
 
 # ------------------------------------------------------------------ helpers
@@ -207,50 +228,31 @@ cdef inline void wr32(uint8_t *p, uint32_t v) noexcept nogil:
     p[2] = (v >> 8) & 0xFF
     p[3] = v & 0xFF
 
-cdef inline uint32_t sum16(const uint8_t *p, uint32_t n) noexcept nogil:
-    """Ones'-complement sum of big-endian 16-bit words, folded (RFC 1071)."""
-    cdef uint64_t s = 0
-    while n >= 2:
-        s += rd16(p)
-        p += 2
-        n -= 2
-    if n:
-        s += <uint32_t>p[0] << 8
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return <uint32_t>s
+cdef inline uint64_t header20_sum(const uint8_t *h) noexcept nogil:
+    """The plain sum of an IPv4 header without options as five native-order
+    32-bit words (for sums_to_all_ones)."""
+    cdef uint32_t w0, w1, w2, w3, w4
+    memcpy(&w0, h, 4)
+    memcpy(&w1, h + 4, 4)
+    memcpy(&w2, h + 8, 4)
+    memcpy(&w3, h + 12, 4)
+    memcpy(&w4, h + 16, 4)
+    return <uint64_t>w0 + w1 + w2 + w3 + w4
+
 
 cdef inline bint header_sum_ok(const uint8_t *h, uint32_t hl) noexcept nogil:
     """The IPv4 header (``hl`` a multiple of 4) sums to 0xFFFF.  Summed as
     native-order 32-bit words: a ones'-complement sum does not depend on
     byte order, and all ones reads the same either way (RFC 1071)."""
     cdef uint64_t s = 0
-    cdef uint32_t w0, w1, w2, w3, w4
-    cdef uint32_t i
+    cdef uint32_t w, i
     if hl == 20:                # no options: the usual header, unrolled
-        memcpy(&w0, h, 4)
-        memcpy(&w1, h + 4, 4)
-        memcpy(&w2, h + 8, 4)
-        memcpy(&w3, h + 12, 4)
-        memcpy(&w4, h + 16, 4)
-        s = <uint64_t>w0 + w1 + w2 + w3 + w4
-    else:
-        for i in range(0, hl, 4):
-            memcpy(&w0, h + i, 4)
-            s += w0
+        return sums_to_all_ones(header20_sum(h))
+    for i in range(0, hl, 4):
+        memcpy(&w, h + i, 4)
+        s += w
     return sums_to_all_ones(s)
 
-
-cdef inline uint16_t checksum(const uint8_t *p, uint32_t n) noexcept nogil:
-    """The checksum to store (the checksum field must read zero)."""
-    return <uint16_t>(~sum16(p, n) & 0xFFFF)
-
-cdef inline uint16_t checksum_update(uint16_t hc, uint16_t old, uint16_t new) noexcept nogil:
-    """RFC 1624, eqn. 3: HC' = ~(~HC + ~m + m'), for one 16-bit word m -> m'."""
-    cdef uint32_t s = (~hc & 0xFFFF) + (~old & 0xFFFF) + new
-    s = (s & 0xFFFF) + (s >> 16)
-    s = (s & 0xFFFF) + (s >> 16)
-    return <uint16_t>(~s & 0xFFFF)
 
 cdef inline uint32_t mix(uint64_t k) noexcept nogil:
     return <uint32_t>((k * 0x9E3779B97F4A7C15ULL) >> 32)
@@ -316,6 +318,72 @@ cdef void frame_copy(uint8_t *dst, const seg_t *segs, uint32_t nsegs,
 cdef uint8_t BROADCAST[6]
 memset(BROADCAST, 0xFF, 6)
 
+# ip4-fast's word compares, as loaded from memory whatever the byte order:
+# a frame's first 8 bytes masked to the destination MAC, and the EtherType
+# of IPv4.
+cdef uint64_t MAC8_MASK = 0
+memset(&MAC8_MASK, 0xFF, 6)
+cdef uint16_t ETHERTYPE_IP4
+memcpy(&ETHERTYPE_IP4, b"\x08\x00", 2)
+# Checksum updates (checksum_add, in memory byte order) for the changes the
+# router makes in place: ~m + m' of RFC 1624 eqn. 3 as two bytes loaded from
+# memory.  TTL minus one: the word (TTL, protocol) goes down by 0x0100, so
+# ~m + m' is 0xFEFF whatever m was.  An echo request made a reply: the word
+# (type, code) goes from 0x0800 to 0x0000, ~m + m' is 0xF7FF.
+cdef uint16_t _word
+memcpy(&_word, b"\xfe\xff", 2)
+cdef uint32_t TTL_DOWN = _word
+memcpy(&_word, b"\xf7\xff", 2)
+cdef uint32_t ECHO_TO_REPLY = _word
+
+
+cdef inline void set_checksum(uint8_t *field, uint16_t c) noexcept nogil:
+    """Store a checksum computed in memory order (inet.pxd)."""
+    memcpy(field, &c, 2)
+
+
+cdef inline uint32_t copy_headers(uint8_t *d, const seg_t *segs, uint32_t nsegs,
+                                  uint64_t length) noexcept nogil:
+    """Copy the first HDR_COPY bytes of a frame held in ``segs`` (all of it
+    when shorter) to d; returns how many.  The usual cases are fixed-size
+    copies the compiler inlines: a frame of 64 to 127 bytes as two 64-byte
+    copies that overlap; of a longer first buffer only FAST_COPY bytes,
+    what ip4-fast reads (copy_rest completes it for the general graph)."""
+    cdef uint32_t s, c, copied = 0
+    cdef uint64_t left
+    if segs[0].len >= HDR_COPY:
+        memcpy(d, segs[0].ptr, FAST_COPY)
+        return FAST_COPY
+    if nsegs == 1:
+        c = segs[0].len         # the whole frame
+        if c >= 64:
+            memcpy(d, segs[0].ptr, 64)
+            if c > 64:
+                memcpy(d + c - 64, segs[0].ptr + c - 64, 64)
+        elif c:
+            memcpy(d, segs[0].ptr, c)
+        return c
+    left = HDR_COPY if length > HDR_COPY else length
+    for s in range(nsegs):
+        c = segs[s].len if segs[s].len < left else <uint32_t>left
+        memcpy(d, segs[s].ptr, c)
+        d += c
+        copied += c
+        left -= c
+        if left == 0:
+            break
+    return copied
+
+
+
+cdef inline uint32_t copy_rest(uint8_t *d, const seg_t *segs, uint32_t copied,
+                               uint64_t length) noexcept nogil:
+    """After copy_headers: the rest of the first HDR_COPY bytes when it
+    copied only FAST_COPY of them; returns how many the slot holds now."""
+    if copied < length and copied < HDR_COPY:      # (only a first buffer of HDR_COPY or more)
+        memcpy(d + FAST_COPY, segs[0].ptr + FAST_COPY, HDR_COPY - FAST_COPY)
+        return HDR_COPY
+    return copied
 
 cdef inline Py_ssize_t block_bytes(uint32_t nrx, uint32_t ntx) noexcept nogil:
     return sizeof(if_counters_t) + nrx * sizeof(rx_counters_t) + ntx * sizeof(tx_counters_t)
@@ -378,6 +446,8 @@ cdef class Router(CountedNode):
     cdef uint32_t parts_size
     cdef uint32_t nparts[MAX_BURST]
     cdef bint tails                 # some frame of the burst leaves with part of it from the ring
+    cdef int one_out                # every frame of V_TX leaves by this interface (-1: not known)
+    cdef frame_t bytes_frames[MAX_BURST]    # process(): the frames given, as gather lays them out
     cdef seg_t bytes_segs[MAX_BURST]    # process(): the frames given
     cdef pkt_t pkts[MAX_BURST]
     cdef uint32_t npkts
@@ -424,8 +494,8 @@ cdef class Router(CountedNode):
             self.block_moved(ifindex, f.own)
         for i in range(6):
             f.mac[i] = mac[i]
-        memcpy(&f.mac4, f.mac, 4)
-        memcpy(&f.mac2, f.mac + 4, 2)
+        f.mac8 = 0
+        memcpy(&f.mac8, f.mac, 6)
         f.ip = ip
         f.ip_mode = ip_mode
         f.present = True
@@ -493,147 +563,43 @@ cdef class Router(CountedNode):
             length = MIN_ROOM
         return (HEADROOM + length + 63) & ~(<uint64_t>63)
 
-    cdef uint32_t memif_input(self, Queue rxq, uint32_t max_frames, rx_counters_t *rc) noexcept nogil:
-        """Gather a burst and copy the headers of each frame into the arena;
+    cdef void reset_vectors(self) noexcept nogil:
+        """An empty burst: every vector empty, nothing staged."""
+        cdef uint32_t v
+        for v in range(N_VECTORS):
+            self.nvec[v] = 0
+        self.tails = False
+        self.one_out = -1
+        self.npkts = 0
+
+    cdef uint32_t memif_input(self, Queue rxq, uint32_t max_frames, uint32_t ifindex,
+                              rx_counters_t *rc) noexcept nogil:
+        """Gather a burst from the receive ring and take it in (frames_input);
         returns the frames gathered (ring-level drops included).  The caller
         commits them (rxq.commit) once interface-output has copied them out."""
-        cdef uint32_t n, i, s, k = 0, c
-        cdef uint64_t left, slot = self.slot_size(HDR_COPY), packets = 0, nbytes = 0
-        cdef frame_t *f
-        cdef pkt_t *p
-        cdef uint8_t *d
-        cdef uint8_t *arena
-        cdef const frame_t *frames
-        cdef const seg_t *segs
+        cdef uint32_t n, i
+        self.reset_vectors()
         n = rxq.gather(max_frames)
-        if not self.reserve(<uint64_t>n * slot):
+        if not self.reserve(<uint64_t>n * self.slot_size(HDR_COPY)):
             for i in range(n):
                 if rxq.frames[i].drop < 0:
                     rc.packets += 1
                     rc.drops[D_NO_MEMORY] += 1
-            self.npkts = 0
             return n
-        # in locals: memcpy could, for all the compiler knows, change them
-        arena, frames, segs = self.arena, rxq.frames, rxq.segs
-        for i in range(n):
-            f = &frames[i]
-            if f.drop >= 0:
-                continue
-            packets += 1
-            nbytes += f.length
-            if f.length > MAX_ROUTED:
-                rc.drops[D_TOO_LONG] += 1
-                continue
-            p = &self.pkts[k]
-            p.buf = arena + <uint64_t>k * slot
-            p.rx_len = <uint32_t>f.length
-            p.segs = &segs[f.first_seg]
-            p.nsegs = f.nsegs
-            p.tail_len = 0
-            d = p.buf + HEADROOM
-            if segs[f.first_seg].len >= HDR_COPY:
-                p.copied = HDR_COPY
-                memcpy(d, segs[f.first_seg].ptr, HDR_COPY)     # a fixed size: inlined
-            elif f.nsegs == 1:
-                p.copied = p.rx_len
-                memcpy(d, segs[f.first_seg].ptr, p.copied)
-            else:
-                p.copied = 0
-                left = HDR_COPY
-                for s in range(f.first_seg, f.first_seg + f.nsegs):
-                    c = segs[s].len if segs[s].len < left else <uint32_t>left
-                    memcpy(d, segs[s].ptr, c)
-                    d += c
-                    p.copied += c
-                    left -= c
-                    if left == 0:
-                        break
-            k += 1
-        rc.packets += packets
-        rc.bytes += nbytes
-        self.npkts = k
+        self.frames_input(rxq.frames, rxq.segs, n, ifindex, rc)
         return n
 
-    cdef void ip4_fast(self, uint32_t ifindex, rx_counters_t *rc) noexcept nogil:
-        """The usual frame in one pass, doing what ethernet-input, ip4-input,
-        ip4-lookup and ip4-rewrite would do to it without the vectors
-        between them: an IPv4 packet without options (in an Ethernet frame
-        to our MAC, or bare on an IP mode interface), its lengths and
-        checksum right, TTL above 1, routed to a connected destination or a
-        gateway out of a present interface whose neighbor is known (or that
-        is in IP mode).  Nothing is written to a frame before it is known to
-        be one; every other frame goes to the general graph (V_INPUT) as it
-        was received, to be decided there from the start."""
-        cdef const iface_t *rif = &self.ifs[ifindex]
-        cdef const iface_t *ifs = self.ifs
-        cdef const uint32_t *t24 = self.fib.tbl24
-        cdef const uint32_t *t8 = self.fib.tbl8
-        cdef const nexthop_t *nhs = self.fib.nh
-        cdef const nexthop_t *nh
-        cdef const iface_t *o = NULL
-        cdef uint32_t k, tot, dst, m4, nif = self.nif
-        cdef uint32_t l2 = 0 if rif.ip_mode else ETH_HLEN
-        cdef uint16_t m2
-        cdef int64_t r, last_r = -1             # the last frame's route, dst, interface
-        cdef uint32_t last_dst = 0
-        cdef uint16_t last_out = 0
-        cdef bint last_any = False
-        cdef uint64_t key, last_key = 0         # 0 is no key (nbr_key)
-        cdef uint8_t l2hdr[16]                  # the Ethernet header towards last_key
-        cdef uint64_t forwarded = 0
-        cdef pkt_t *p
-        cdef uint8_t *d
-        cdef uint8_t *h
-        for k in range(self.npkts):
-            p = &self.pkts[k]
-            d = p.buf + HEADROOM
-            h = d + l2
-            if p.rx_len < l2 + 20 or h[0] != 0x45:
-                self.push(V_INPUT, k)
-                continue
-            if l2:
-                memcpy(&m4, d, 4)
-                memcpy(&m2, d + 4, 2)
-                if m4 != rif.mac4 or m2 != rif.mac2 or rd16(d + 12) != 0x0800:
-                    self.push(V_INPUT, k)
-                    continue
-            tot = rd16(h + 2)
-            if tot < 20 or tot > p.rx_len - l2 or h[8] <= 1 or not header_sum_ok(h, 20):
-                self.push(V_INPUT, k)
-                continue
-            dst = rd32(h + 16)
-            r = fib_lookup(t24, t8, dst)
-            if r < 0:
-                self.push(V_INPUT, k)
-                continue
-            if r != last_r or (dst != last_dst and not last_any):
-                # Another way out than the last frame's: its next hop,
-                # interface and neighbor (the rest of the burst goes the
-                # way these were when looked up).
-                last_r = -1
-                nh = &nhs[r]
-                if (nh.kind != NH_CONNECTED and nh.kind != NH_GATEWAY) or nh.ifindex >= nif \
-                        or not ifs[nh.ifindex].present:
-                    self.push(V_INPUT, k)
-                    continue
-                o = &ifs[nh.ifindex]
-                if not o.ip_mode:
-                    key = nbr_key(nh.ifindex, nh.gw if nh.kind == NH_GATEWAY else dst)
-                    if key != last_key:
-                        if not self.neighbor_header(key, o, l2hdr):
-                            last_key = 0
-                            self.push(V_INPUT, k)
-                            continue
-                        last_key = key
-                last_r, last_dst, last_out = r, dst, nh.ifindex
-                last_any = nh.kind == NH_GATEWAY or o.ip_mode   # the same for any dst
-            p.l3 = h
-            p.l3_len = tot
-            p.out = last_out
-            self.rewrite(p, o, l2hdr)
-            forwarded += 1
-            self.push(V_TX, k)
-        rc.forwarded += forwarded
+    cdef void frames_input(self, const frame_t *frames, const seg_t *segs, uint32_t n,
+                           uint32_t ifindex, rx_counters_t *rc) noexcept nogil:
+        """memif-input and ip4-fast in one walk over a gathered burst (the
+        arena reserved for it): take_frames, made for the receiving
+        interface's kind (Ethernet or IP mode)."""
+        if n == 0:
+            return
+        if self.ifs[ifindex].ip_mode:
+            take_frames(self, frames, segs, n, ifindex, rc, <ip_input_t *>NULL)
+        else:
+            take_frames(self, frames, segs, n, ifindex, rc, <ethernet_input_t *>NULL)
 
     cdef void ethernet_input(self, uint32_t ifindex, rx_counters_t *rc) noexcept nogil:
         """Frames for our MAC (or broadcast): IPv4 to ip4-input, ARP to arp-input."""
@@ -833,6 +799,7 @@ cdef class Router(CountedNode):
         """To one of our addresses: answer ICMP echo, count the rest."""
         cdef iface_t *rif = &self.ifs[ifindex]
         cdef uint32_t j, k, hl, tot, a
+        cdef uint16_t c
         cdef pkt_t *p
         cdef uint8_t *h
         cdef uint8_t *icmp
@@ -849,7 +816,7 @@ cdef class Router(CountedNode):
             if not self.is_echo_request(p):
                 rc.local += 1
                 continue
-            if sum16(icmp, tot - hl) != 0xFFFF:
+            if inet_fold(inet_sum(icmp, tot - hl)) != 0xFFFF:
                 self.drop(rc, D_BAD_ICMP)
                 continue
             # Echo reply: addresses swapped, a fresh TTL, type 8 -> 0.
@@ -858,9 +825,10 @@ cdef class Router(CountedNode):
             wr32(h + 16, a)
             h[8] = 64
             wr16(h + 10, 0)
-            wr16(h + 10, checksum(h, hl))
+            set_checksum(h + 10, inet_checksum(h, hl))
             icmp[0] = 0
-            wr16(icmp + 2, checksum_update(rd16(icmp + 2), 0x0800, 0x0000))
+            memcpy(&c, icmp + 2, 2)
+            set_checksum(icmp + 2, checksum_add(c, ECHO_TO_REPLY))
             p.out = <uint16_t>ifindex
             if rif.ip_mode:
                 p.data = h
@@ -904,6 +872,38 @@ cdef class Router(CountedNode):
             rc.forwarded += 1
             self.push(V_TX, k)
 
+    cdef bint find_way(self, way_t *w, int64_t route, uint32_t dst, bint first) noexcept nogil:
+        """ip4-fast's way out for route ``route`` (a FIB result) to ``dst``
+        into w: a connected or gateway route out of a present interface
+        whose neighbor is known (or that is in IP mode); False (w.route -1)
+        if it is not one.  ``first``: no frame of the burst was forwarded
+        yet (w.one_out starts again)."""
+        cdef const nexthop_t *nh = &self.fib.nh[route]
+        cdef const iface_t *o
+        cdef uint64_t key
+        w.route = -1
+        if (nh.kind != NH_CONNECTED and nh.kind != NH_GATEWAY) or nh.ifindex >= self.nif \
+                or not self.ifs[nh.ifindex].present:
+            return False
+        o = &self.ifs[nh.ifindex]
+        if not o.ip_mode:
+            key = nbr_key(nh.ifindex, nh.gw if nh.kind == NH_GATEWAY else dst)
+            if key != w.key:
+                if not self.neighbor_header(key, o, w.l2hdr):
+                    w.key = 0
+                    return False
+                w.key = key
+        w.route = route
+        w.dst = dst
+        w.out = nh.ifindex
+        w.ip_mode = o.ip_mode
+        w.any_dst = nh.kind == NH_GATEWAY or o.ip_mode   # the same for any dst
+        if first:
+            w.one_out = w.out
+        elif w.one_out != w.out:
+            w.one_out = -1
+        return True
+
     cdef inline bint neighbor_header(self, uint64_t key, const iface_t *o,
                                      uint8_t *l2hdr) noexcept nogil:
         """The Ethernet header from o to neighbor ``key`` into l2hdr (14
@@ -922,13 +922,11 @@ cdef class Router(CountedNode):
         the Ethernet header ``l2hdr`` in front (unless o is in IP mode), and
         what leaves from where."""
         cdef uint8_t *h = p.l3
-        cdef uint32_t l3off, n, s
-        # RFC 1624 eqn. 3 for the word (TTL, protocol) going down by 0x0100:
-        # ~m + m' is then 0xFEFF whatever m was.
-        s = (~rd16(h + 10) & 0xFFFF) + 0xFEFF
-        s = (s & 0xFFFF) + (s >> 16)
+        cdef uint32_t l3off, n
+        cdef uint16_t c
+        memcpy(&c, h + 10, 2)
+        set_checksum(h + 10, checksum_add(c, TTL_DOWN))
         h[8] -= 1
-        wr16(h + 10, <uint16_t>(~s & 0xFFFF))
         # What the arena holds leaves from there (the whole packet when
         # it is short); of a longer one, the IPv4 header, and the rest
         # comes straight from the receive ring.
@@ -983,14 +981,14 @@ cdef class Router(CountedNode):
             wr16(h + 10, 0)
             wr32(h + 12, rif.ip)
             wr32(h + 16, src)
-            wr16(h + 10, checksum(h, 20))
+            set_checksum(h + 10, inet_checksum(h, 20))
             icmp = h + 20
             icmp[0] = 11                # time exceeded
             icmp[1] = 0                 # in transit
             wr16(icmp + 2, 0)
             wr32(icmp + 4, 0)
             memcpy(icmp + 8, orig, q)
-            wr16(icmp + 2, checksum(icmp, 8 + q))
+            set_checksum(icmp + 2, inet_checksum(icmp, 8 + q))
             p.out = <uint16_t>ifindex
             if rif.ip_mode:
                 p.data = h
@@ -1060,23 +1058,25 @@ cdef class Router(CountedNode):
                 n += 1
 
     cdef void interface_output(self) noexcept nogil:
-        """Sort the transmit vector by output interface (order kept within each)."""
-        cdef uint32_t j, k, o
+        """Sort the transmit vector by output interface (order kept within
+        each); when ip4-fast saw every frame leave by one interface
+        (one_out), that interface's share is the vector as it is."""
+        cdef uint32_t j, k, o, n = self.nvec[V_TX]
         for o in range(self.nif):
             self.out_n[o] = 0
-        for j in range(self.nvec[V_TX]):
+        if self.one_out >= 0:
+            memcpy(self.out_idx[self.one_out], self.vec[V_TX], n * sizeof(uint16_t))
+            self.out_n[self.one_out] = n
+            return
+        for j in range(n):
             k = self.vec[V_TX][j]
             o = self.pkts[k].out
             self.out_idx[o][self.out_n[o]] = <uint16_t>k
             self.out_n[o] += 1
 
     cdef void run(self, uint32_t ifindex, rx_counters_t *rc) noexcept nogil:
-        """The graph, on the burst staged in self.pkts."""
-        cdef uint32_t v
-        for v in range(N_VECTORS):
-            self.nvec[v] = 0
-        self.tails = False
-        self.ip4_fast(ifindex, rc)
+        """The general graph on what frames_input left it (V_INPUT), then
+        interface-output."""
         if self.nvec[V_INPUT]:
             if self.ifs[ifindex].ip_mode:
                 self.ip_mode_input(rc)
@@ -1090,44 +1090,63 @@ cdef class Router(CountedNode):
             self.ip4_icmp_error(ifindex, rc)
             self.arp_request(rc)
             self.tx_in_arrival_order()
+            self.one_out = -1
         self.interface_output()
 
     cdef void transmit(self, uint32_t o, Queue txq) noexcept nogil:
         """Interface o's share of the burst into one of its transmit rings."""
         cdef tx_counters_t *tc = &self.ifs[o].tx[<uint32_t>txq.index % self.ifs[o].ntx]
         cdef uint32_t k
-        cdef uint32_t n = self.out_n[o], sent = 0, m, j, taken, np
-        cdef pkt_t *p
+        cdef uint32_t n = self.out_n[o], sent = 0, m, j, taken
+        cdef const pkt_t *p
+        cdef seg_t *q
+        # in locals: a store into the tables could, for all the compiler
+        # knows, change self or txq
+        cdef const pkt_t *pkts = self.pkts
+        cdef const uint16_t *idx
+        cdef seg_t *parts = self.parts
+        cdef uint32_t *nparts = self.nparts
+        cdef const uint8_t **src = txq.src
+        cdef uint32_t *lens = txq.lens
+        # o's share is every frame of the burst, in order (frame j is pkts[j])
+        cdef bint in_order = <int>o == self.one_out and n == self.npkts
         while sent < n:
             m = n - sent
             if m > txq.size:
                 m = txq.size
+            idx = &self.out_idx[o][sent]
             if self.tails:
                 # what the arena holds, then the rest of the frame from the receive ring
-                np = 0
+                q = parts
                 for j in range(m):
-                    p = &self.pkts[self.out_idx[o][sent + j]]
-                    txq.lens[j] = p.len + p.tail_len
-                    self.parts[np].ptr = <char *>p.data
-                    self.parts[np].len = p.len
-                    np += 1
+                    p = &pkts[sent + j] if in_order else &pkts[idx[j]]
+                    lens[j] = p.len + p.tail_len
+                    q.ptr = <char *>p.data
+                    q.len = p.len
+                    q += 1
                     if p.tail_len == 0:
-                        self.nparts[j] = 1
+                        nparts[j] = 1
                     elif p.nsegs == 1:
-                        self.parts[np].ptr = p.segs[0].ptr + p.tail_off
-                        self.parts[np].len = p.tail_len
-                        self.nparts[j] = 2
-                        np += 1
+                        q.ptr = p.segs[0].ptr + p.tail_off
+                        q.len = p.tail_len
+                        q += 1
+                        nparts[j] = 2
                     else:
-                        k = frame_parts(self.parts + np, p.segs, p.nsegs, p.tail_off, p.tail_len)
-                        self.nparts[j] = 1 + k
-                        np += k
-                taken = txq.tx_copy_parts(m, self.parts, self.nparts)
+                        k = frame_parts(q, p.segs, p.nsegs, p.tail_off, p.tail_len)
+                        q += k
+                        nparts[j] = 1 + k
+                taken = txq.tx_copy_parts(m, parts, nparts)
+            elif in_order:
+                p = &pkts[sent]
+                for j in range(m):
+                    src[j] = p[j].data
+                    lens[j] = p[j].len
+                taken = txq.tx_copy(m)
             else:
                 for j in range(m):
-                    p = &self.pkts[self.out_idx[o][sent + j]]
-                    txq.src[j] = p.data
-                    txq.lens[j] = p.len
+                    p = &pkts[idx[j]]
+                    src[j] = p.data
+                    lens[j] = p.len
                 taken = txq.tx_copy(m)
             tc.bytes += txq.tx_bytes
             tc.packets += taken - txq.tx_dropped
@@ -1160,12 +1179,8 @@ cdef class Router(CountedNode):
         self.reserve_parts(MAX_BURST + rxq.size)    # a piece per frame + one per segment
         for r in range(rounds):
             with nogil:
-                n = self.memif_input(rxq, max_frames, rc)
-                if self.npkts:
-                    self.run(ifindex, rc)
-                else:
-                    self.nvec[V_TX] = 0
-                    self.interface_output()
+                n = self.memif_input(rxq, max_frames, ifindex, rc)
+                self.run(ifindex, rc)
             if n == 0:
                 break
             total += n
@@ -1214,21 +1229,16 @@ cdef class Router(CountedNode):
         views = [memoryview(f) for f in frames]     # held (no resize) while the graph runs
         for k in range(n):
             view = views[k]
-            p = &self.pkts[k]
-            p.buf = self.arena + k * self.slot_size(HDR_COPY)
-            p.rx_len = <uint32_t>view.shape[0]
-            p.copied = p.rx_len if p.rx_len < HDR_COPY else HDR_COPY
-            self.bytes_segs[k].ptr = <char *>&view[0] if p.rx_len else NULL
-            self.bytes_segs[k].len = p.rx_len
-            p.segs = &self.bytes_segs[k]
-            p.nsegs = 1
-            p.tail_len = 0
-            if p.copied:
-                memcpy(p.buf + HEADROOM, &view[0], p.copied)
-            rc.packets += 1
-            rc.bytes += p.rx_len
-        self.npkts = n
+            self.bytes_segs[k].ptr = <char *>&view[0] if view.shape[0] else NULL
+            self.bytes_segs[k].len = <uint32_t>view.shape[0]
+            self.bytes_frames[k].first_seg = k
+            self.bytes_frames[k].nsegs = 1
+            self.bytes_frames[k].length = <uint32_t>view.shape[0]
+            self.bytes_frames[k].end = k + 1
+            self.bytes_frames[k].drop = -1
         with nogil:
+            self.reset_vectors()
+            self.frames_input(self.bytes_frames, self.bytes_segs, n, ifindex, rc)
             self.run(ifindex, rc)
         out = []
         for j in range(self.nvec[V_TX]):
@@ -1265,3 +1275,152 @@ cdef class Router(CountedNode):
         f.hdr = <if_counters_t *>at
         f.rx = <rx_counters_t *>(<char *>at + sizeof(if_counters_t))
         f.tx = <tx_counters_t *>(<char *>f.rx + f.nrx * sizeof(rx_counters_t))
+
+
+# take_frames comes in two versions, for frames received on an Ethernet
+# interface and for bare IP packets: the type of its last argument (never
+# read) says which, so that the Ethernet header's length is a constant in
+# each.
+cdef struct ethernet_input_t:
+    char unused
+cdef struct ip_input_t:
+    char unused
+ctypedef fused input_kind:
+    ethernet_input_t
+    ip_input_t
+
+
+cdef void take_frames(Router r, const frame_t *frames, const seg_t *segs, uint32_t n,
+                      uint32_t ifindex, rx_counters_t *rc, input_kind *kind) noexcept nogil:
+    """memif-input and ip4-fast in one walk over a gathered burst: each
+    frame's headers are copied into its arena slot and, while they are at
+    hand, the usual frame is forwarded at once, doing what ethernet-input,
+    ip4-input, ip4-lookup and ip4-rewrite would do to it without the
+    vectors between them: an IPv4 packet without options (in an Ethernet
+    frame to our MAC, or bare on an IP mode interface), its lengths and
+    checksum right, TTL above 1, routed to a connected destination or a
+    gateway out of a present interface whose neighbor is known (or that is
+    in IP mode).  Nothing is written to a frame before it is known to be
+    one, and every field decided on is read from the arena; every other
+    frame goes to the general graph (V_INPUT) as it was received, to be
+    decided there from the start.  Frames are staged in arrival order
+    (frame k is the k-th taken in, whichever vector it went to); a frame
+    forwarded here keeps only what transmit reads in its pkt_t."""
+    cdef const uint32_t *t24 = r.fib.tbl24
+    cdef const uint32_t *t8 = r.fib.tbl8
+    cdef const frame_t *f
+    cdef uint32_t i, j, k = 0, n_in = 0, tot, dst, copied
+    cdef uint64_t mac8 = r.ifs[ifindex].mac8, w8
+    cdef uint16_t et, c
+    cdef uint64_t length, nbytes = 0
+    cdef int64_t rt
+    cdef way_t way
+    # in locals: a store into the arena could, for all the compiler knows,
+    # change r
+    cdef pkt_t *p = r.pkts
+    cdef uint8_t *d = r.arena + HEADROOM    # slot k's frame
+    cdef uint16_t *v_in = r.vec[V_INPUT]
+    cdef uint16_t *v_tx = r.vec[V_TX]
+    cdef uint32_t hdr
+    cdef uint8_t *h
+    cdef uint32_t l2
+    cdef bint taken
+    way.route = -1
+    way.key = 0                             # (nbr_key is never 0)
+    way.one_out = -1
+    if input_kind is ethernet_input_t:
+        l2 = ETH_HLEN
+    else:
+        l2 = 0
+    for i in range(n):
+        f = &frames[i]
+        if f.drop >= 0:
+            continue
+        length = f.length
+        nbytes += length
+        if length > MAX_ROUTED:
+            rc.packets += 1
+            rc.drops[D_TOO_LONG] += 1
+            continue
+        # memif-input: the headers into the arena
+        copied = copy_headers(d, &segs[f.first_seg], f.nsegs, length)
+        # ip4-fast: each test that fails breaks out to the general graph
+        taken = False
+        while True:
+            h = d + l2
+            if length < l2 + 20:
+                break
+            if input_kind is ethernet_input_t:
+                memcpy(&w8, d, 8)
+                memcpy(&et, d + 12, 2)
+                if (w8 & MAC8_MASK) != mac8 or et != ETHERTYPE_IP4:
+                    break
+            tot = rd16(h + 2)
+            # (length is at least l2 + 20: one compare for 20 <= tot <= length - l2)
+            # (the header's sum is not 0: its first byte is 0x45)
+            if h[0] != 0x45 or tot - 20 > <uint32_t>length - l2 - 20 or h[8] <= 1 \
+                    or not multiple_of_ffff(header20_sum(h)):
+                break
+            dst = rd32(h + 16)
+            rt = fib_lookup(t24, t8, dst)
+            if rt < 0:
+                break
+            if (rt != way.route or (dst != way.dst and not way.any_dst)) \
+                    and not r.find_way(&way, rt, dst, k == n_in):
+                break
+            # ip4-rewrite: TTL minus one, the checksum updated
+            memcpy(&c, h + 10, 2)
+            set_checksum(h + 10, checksum_add(c, TTL_DOWN))
+            h[8] -= 1
+            if l2 + tot <= copied:
+                hdr = tot                       # all of it leaves from the arena
+                p.tail_len = 0
+            else:
+                hdr = 20                        # the header; the rest from the ring
+                p.tail_off = l2 + 20
+                p.tail_len = tot - 20
+                p.segs = &segs[f.first_seg]
+                p.nsegs = <uint16_t>f.nsegs
+                r.tails = True
+            if way.ip_mode:
+                p.data = h
+                p.len = hdr
+            else:
+                p.data = h - ETH_HLEN
+                memcpy(p.data, way.l2hdr, ETH_HLEN)
+                p.len = ETH_HLEN + hdr
+            p.out = way.out
+            taken = True
+            break
+        if not taken:
+            # not ip4-fast's: staged whole for the general graph
+            p.buf = d - HEADROOM
+            p.rx_len = <uint32_t>f.length
+            p.copied = copy_rest(d, &segs[f.first_seg], copied, f.length)
+            p.segs = &segs[f.first_seg]
+            p.nsegs = <uint16_t>f.nsegs
+            p.tail_len = 0
+            v_in[n_in] = <uint16_t>k
+            n_in += 1
+        k += 1
+        p += 1
+        d += r.slot_size(HDR_COPY)
+    # The transmit vector: the frames staged and not left to the graph,
+    # in order (all of them, usually).
+    if n_in == 0:
+        for i in range(k):
+            v_tx[i] = <uint16_t>i
+    else:
+        j = 0
+        for i in range(k):
+            if j < n_in and v_in[j] == i:
+                j += 1
+            else:
+                v_tx[i - j] = <uint16_t>i
+    rc.packets += k
+    rc.bytes += nbytes
+    rc.forwarded += k - n_in
+    r.npkts = k
+    r.nvec[V_INPUT] = n_in
+    r.nvec[V_TX] = k - n_in
+    r.one_out = way.one_out

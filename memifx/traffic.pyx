@@ -46,7 +46,7 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcmp, memcpy, memset
 
-from memifx.inet cimport sums_to_all_ones
+from memifx.inet cimport checksum_add, inet_checksum, sums_to_all_ones
 from memifx.ring cimport Queue, frame_t, seg_t, DROP_TOO_LONG, get_lengths
 
 import struct
@@ -128,23 +128,6 @@ cdef inline void put16(uint8_t *p, uint16_t v) noexcept nogil:
 
 cdef inline uint16_t get16(const uint8_t *p) noexcept nogil:
     return <uint16_t>((<uint16_t>p[0] << 8) | p[1])
-
-
-cdef inline uint16_t ip_checksum(const uint8_t *p, uint32_t length) noexcept nogil:
-    """The Internet checksum of ``length`` bytes (a multiple of 4), summed a
-    32-bit word at a time in memory order.  The ones' complement sum does not
-    care about byte order (RFC 1071), so the result is in memory order too:
-    store it with memcpy.  Over a header that holds its checksum it is 0."""
-    cdef uint64_t s = 0
-    cdef uint32_t w, i
-    for i in range(0, length, 4):
-        memcpy(&w, p + i, 4)
-        s += w
-    s = (s & 0xffffffffULL) + (s >> 32)
-    s = (s & 0xffff) + (s >> 16)
-    s = (s & 0xffff) + (s >> 16)
-    s = (s & 0xffff) + (s >> 16)
-    return <uint16_t>(~s & 0xffff)
 
 
 cdef inline uint64_t pattern_seed(uint64_t seq, uint16_t flow) noexcept nogil:
@@ -263,7 +246,7 @@ cdef inline void write_frame(uint8_t *p, const uint8_t *t, uint32_t hlen, uint32
     port, stamp) and, if ``payload``, the payload."""
     cdef uint8_t *ip = p + hlen - IP_HLEN - UDP_HLEN
     cdef uint8_t *st = p + hlen
-    cdef uint32_t rest = size - hlen - STAMP_LEN, sum
+    cdef uint32_t rest = size - hlen - STAMP_LEN
     cdef uint16_t f16 = <uint16_t>flow, id16, csum
     cdef uint16_t magic = STAMP_MAGIC_ZEROS if zeros else STAMP_MAGIC
     cdef uint8_t stamp[STAMP_LEN]
@@ -272,12 +255,10 @@ cdef inline void write_frame(uint8_t *p, const uint8_t *t, uint32_t hlen, uint32
     memcpy(p, t, HDR_MAX)
     put16(ip + 4, <uint16_t>seq)
     # The template's checksum is for id 0: add the id (RFC 1624), all in
-    # memory order as ip_checksum() works.
+    # memory order as inet_checksum() works.
     memcpy(&csum, t + hlen - IP_HLEN - UDP_HLEN + 10, 2)
     memcpy(&id16, ip + 4, 2)
-    sum = <uint32_t>(~csum & 0xffff) + id16
-    sum = (sum & 0xffff) + (sum >> 16)
-    csum = <uint16_t>~sum
+    csum = checksum_add(csum, id16)
     memcpy(ip + 10, &csum, 2)
     put16(ip + IP_HLEN, sport(flow))
     # the stamp built in registers, stored at once
@@ -507,7 +488,7 @@ cdef class Generator:
                  + addrs + SPORT_BASE.to_bytes(2, "big") + UDP_PORT.to_bytes(2, "big")
                  + (ip_len - IP_HLEN).to_bytes(2, "big") + b"\0\0")
             memcpy(self.hdr + i * HDR_MAX, <const char *>t, self.hlen)
-            csum = ip_checksum(self.hdr + i * HDR_MAX + l2, IP_HLEN)
+            csum = inet_checksum(self.hdr + i * HDR_MAX + l2, IP_HLEN)
             memcpy(self.hdr + i * HDR_MAX + l2 + 10, &csum, 2)
         self.max_size = max(sizes)
 
@@ -1089,7 +1070,7 @@ cdef class Checker:
         udp = ip + ihl
         st = udp + UDP_HLEN
         ip_len = get16(ip + 2)
-        if (ip_len != avail or ip_checksum(ip, ihl) != 0 or
+        if (ip_len != avail or inet_checksum(ip, ihl) != 0 or
                 get16(udp + 4) != ip_len - ihl or ip_len < ihl + UDP_HLEN + STAMP_LEN):
             self.corrupt += 1
             return CORRUPT
