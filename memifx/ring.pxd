@@ -1,8 +1,8 @@
 cimport cython
 from cpython.buffer cimport Py_buffer
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
-from memifx.memif cimport memif_ring_t, memif_desc_t
-from memifx.memory cimport Memory
+from memifx.memif cimport memif_ring_t, memif_desc_t, memif_desc_read, MEMIF_DESC_FLAG_NEXT
+from memifx.memory cimport Memory, region_t
 
 # Why a frame offered to or received from a ring was dropped.
 cdef enum:  # Drop reasons
@@ -131,3 +131,58 @@ cdef class Buffer:
 # The lengths of a batch call (a C-contiguous one-dimensional native uint32
 # buffer) acquired into ``view``, or ValueError; the caller releases it.
 cdef int get_lengths(object obj, Py_buffer *view, bint writable) except -1
+
+
+# The receive half of the one-pass loops (Queue.forward_usual, rx_copy, and a
+# checker that reads frames where they lie): shared inline, here.
+
+cdef inline bint desc_in_region(const region_t *regions, uint16_t count,
+                                const memif_desc_t *d) noexcept nogil:
+    # 64-bit sum: offset and length are both u32 from the peer.
+    return (d.region < count and
+            <uint64_t>d.offset + <uint64_t>d.length <= regions[d.region].size)
+
+
+cdef struct rx_side_t:          # a receive queue's fields, read once a burst
+    memif_ring_t *ring
+    const region_t *regions
+    uint16_t nregions
+    uint16_t pos
+    uint16_t mask
+    uint32_t bs
+    const uint32_t *slot_buf
+    char *bufs
+
+
+cdef inline rx_side_t rx_side(Queue q) noexcept nogil:
+    cdef rx_side_t r
+    r.ring = q.ring
+    r.regions = q.mem.regions
+    r.nregions = q.mem.count
+    r.pos = q.pos
+    r.mask = q.mask
+    r.bs = q.buffer_size
+    r.slot_buf = q.slot_buf
+    r.bufs = q.bufs
+    return r
+
+
+cdef inline char *usual_rx(const rx_side_t *r, uint32_t k, uint32_t most, bint slave,
+                           uint32_t *length) noexcept nogil:
+    """Where the frame in the ``k``-th slot from ``r.pos`` lies if it is the
+    usual one: one slot (no NEXT), at most ``most`` bytes, a good buffer
+    (slave: our own record, the length within it; master: inside a
+    region).  NULL for any other frame, which the caller leaves to gather.
+    ``length``: its length, from our one read of the descriptor."""
+    cdef uint16_t slot = <uint16_t>(r.pos + k) & r.mask
+    cdef memif_desc_t d = memif_desc_read(&r.ring.desc[slot])
+    length[0] = d.length
+    if (d.flags & MEMIF_DESC_FLAG_NEXT) or d.length > most:
+        return NULL
+    if slave:
+        if d.length > r.bs:
+            return NULL
+        return r.bufs + <uint64_t>r.slot_buf[slot] * r.bs
+    if desc_in_region(r.regions, r.nregions, &d):
+        return r.regions[d.region].base + d.offset
+    return NULL

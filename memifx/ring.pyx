@@ -115,58 +115,6 @@ cdef uint32_t gcd(uint32_t a, uint32_t b) noexcept:
     return a
 
 
-cdef inline bint desc_in_region(const region_t *regions, uint16_t count,
-                                const memif_desc_t *d) noexcept nogil:
-    # 64-bit sum: offset and length are both u32 from the peer.
-    return (d.region < count and
-            <uint64_t>d.offset + <uint64_t>d.length <= regions[d.region].size)
-
-
-cdef struct rx_side_t:          # a receive queue's fields, read once a burst
-    memif_ring_t *ring
-    const region_t *regions
-    uint16_t nregions
-    uint16_t pos
-    uint16_t mask
-    uint32_t bs
-    const uint32_t *slot_buf
-    char *bufs
-
-
-cdef inline rx_side_t rx_side(Queue q) noexcept nogil:
-    cdef rx_side_t r
-    r.ring = q.ring
-    r.regions = q.mem.regions
-    r.nregions = q.mem.count
-    r.pos = q.pos
-    r.mask = q.mask
-    r.bs = q.buffer_size
-    r.slot_buf = q.slot_buf
-    r.bufs = q.bufs
-    return r
-
-
-cdef inline char *usual_rx(const rx_side_t *r, uint32_t k, uint32_t most, bint slave,
-                           uint32_t *length) noexcept nogil:
-    """Where the frame in the ``k``-th slot from ``r.pos`` lies if it is the
-    usual one: one slot (no NEXT), at most ``most`` bytes, a good buffer
-    (slave: our own record, the length within it; master: inside a
-    region).  NULL for any other frame, which the caller leaves to gather.
-    ``length``: its length, from our one read of the descriptor."""
-    cdef uint16_t slot = <uint16_t>(r.pos + k) & r.mask
-    cdef memif_desc_t d = memif_desc_read(&r.ring.desc[slot])
-    length[0] = d.length
-    if (d.flags & MEMIF_DESC_FLAG_NEXT) or d.length > most:
-        return NULL
-    if slave:
-        if d.length > r.bs:
-            return NULL
-        return r.bufs + <uint64_t>r.slot_buf[slot] * r.bs
-    if desc_in_region(r.regions, r.nregions, &d):
-        return r.regions[d.region].base + d.offset
-    return NULL
-
-
 cdef inline uint32_t copy_usual(Queue rxq, Queue txq, uint32_t n, uint64_t *nbytes,
                                 bint rslave, bint tslave) noexcept nogil:
     """Queue.forward_usual's loop over at most ``n`` frames, for the roles

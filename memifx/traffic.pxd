@@ -82,6 +82,8 @@ cdef class Checker:
     cdef int check_one(self, const uint8_t *p, uint32_t length, uint64_t now) noexcept nogil
     cdef uint32_t check_packed(self, const uint8_t *base, const uint32_t *lengths,
                                uint32_t n, uint64_t now) noexcept nogil
+    cdef uint32_t check_usual_in_place(self, Queue q, uint32_t maxf, uint8_t *scratch,
+                                       uint64_t room) noexcept nogil
     cdef uint32_t check_in_place(self, Queue q, uint32_t n, uint8_t *scratch,
                                  uint64_t room) noexcept nogil
     cdef void track(self, uint16_t flow, uint64_t seq, uint64_t ts) noexcept nogil

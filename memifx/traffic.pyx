@@ -47,7 +47,8 @@ from libc.stdlib cimport calloc, free
 from libc.string cimport memcmp, memcpy, memset
 
 from memifx.inet cimport checksum_add, inet_checksum, sums_to_all_ones
-from memifx.ring cimport Queue, frame_t, seg_t, DROP_TOO_LONG, get_lengths
+from memifx.ring cimport (Queue, frame_t, seg_t, DROP_TOO_LONG, get_lengths, rx_side_t,
+                          rx_side, usual_rx)
 
 import struct
 
@@ -903,6 +904,45 @@ cdef inline uint32_t check_gathered(Checker self, Queue q, uint32_t n, uint8_t *
     return frames
 
 
+cdef inline uint32_t check_usual(Checker self, Queue q, uint32_t maxf, uint8_t *scratch,
+                                 uint64_t room, uint32_t l2, bint payload) noexcept nogil:
+    """Checker.check_usual_in_place for ``l2`` bytes of Ethernet header and
+    with or without the payload check: the usual ring frames at the front of
+    q (one slot, a good buffer: ring.usual_rx), at most ``maxf``, each checked
+    where it lies (fast_good(), or check_one() on a copy in ``scratch``)
+    and consumed at once (q.rx_consumed), without gather's tables.  It stops
+    at the first other frame, or one that must be copied and is longer than
+    ``scratch``: gather and check_gathered() take those.  Returns the frames
+    taken, every one delivered."""
+    cdef rx_side_t r = rx_side(q)
+    cdef uint32_t n = q.rx_ready(), k = 0, slow = 0, length, most = q.max_frame
+    cdef bint slave = q.slave
+    cdef uint64_t nbytes = 0
+    cdef const uint8_t *p
+    cdef tally_t t
+    if maxf < n:
+        n = maxf
+    if n == 0:
+        return 0
+    tally_start(self, &t, 0)
+    while k < n:
+        p = <const uint8_t *>usual_rx(&r, k, most, slave, &length)
+        if p == NULL:
+            break
+        if not fast_good(self, p, length, l2, payload, &t):
+            if length > room:
+                break
+            memcpy(scratch, p, length)
+            self.check_one(scratch, length, t.now)
+            slow += 1
+        nbytes += length
+        k += 1
+    tally_end(self, &t, k, nbytes, k - slow)
+    if k:
+        q.rx_consumed(k, nbytes)
+    return k
+
+
 cdef class Checker:
     """Verifies bursts of received frames and keeps the counters.
     ``payload``: check every payload byte (else headers and stamp only)."""
@@ -992,7 +1032,7 @@ cdef class Checker:
         for a frame that must be copied to be checked (chained, or not the
         usual frame); a longer one is dropped "frame too long".  Stops early
         at a burst that finds the ring empty.  Returns the frames received."""
-        cdef uint32_t n, total = 0
+        cdef uint32_t n, k, total = 0
         cdef uint64_t room
         cdef uint8_t *base
         cdef views_t b
@@ -1010,15 +1050,33 @@ cdef class Checker:
             if max_frames:
                 with nogil:
                     while bursts:
-                        n = q.gather(max_frames)
-                        if n == 0:
+                        # the usual frames in one pass, the rest of the burst as gathered
+                        k = self.check_usual_in_place(q, max_frames, base, room)
+                        n = 0
+                        if k < max_frames:
+                            n = q.gather(max_frames - k)
+                            if n:
+                                total += self.check_in_place(q, n, base, room)
+                                q.commit(n, False)
+                        if k + n == 0:
                             break
-                        total += self.check_in_place(q, n, base, room)
-                        q.commit(n, False)
+                        total += k
                         bursts -= 1
         finally:
             release_views(&b)
         return total
+
+    cdef uint32_t check_usual_in_place(self, Queue q, uint32_t maxf, uint8_t *scratch,
+                                       uint64_t room) noexcept nogil:
+        """The usual frames at the front of receive queue ``q``, checked
+        where they lie and consumed; returns how many (check_usual)."""
+        if self.ip_mode:
+            if self.payload:
+                return check_usual(self, q, maxf, scratch, room, 0, True)
+            return check_usual(self, q, maxf, scratch, room, 0, False)
+        if self.payload:
+            return check_usual(self, q, maxf, scratch, room, ETH_HLEN, True)
+        return check_usual(self, q, maxf, scratch, room, ETH_HLEN, False)
 
     cdef uint32_t check_in_place(self, Queue q, uint32_t n, uint8_t *scratch,
                                  uint64_t room) noexcept nogil:

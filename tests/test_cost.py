@@ -354,8 +354,8 @@ TESTER_ENTRY = {"gen": re.compile(r"__pyx_pw_6memifx_7traffic_9Generator_\d+fill
 # memifx sink's whole receive step over a real ring (cost_burst.py modes
 # sink-*-copy and sink-*-zc: one S2M ring, the master receives): the
 # inclusive cost of Checker.drain (gather, copy out, check, commit: ``memifx
-# sink``) and of Checker.drain_in_place (gather, check where the frame lies,
-# commit: ``memifx sink --zero-copy``), one burst of 256 per call.  Ceilings
+# sink``) and of Checker.drain_in_place (check where the frame lies and
+# consume it: ``memifx sink --zero-copy``), one burst of 256 per call.  Ceilings
 # about 1.35x "i13" (issue 13: the checker's fast path above, in place
 # the queue's frame and segment tables also held in locals, and the ring's
 # gather taking a one-slot frame first); "before": Checker.drain with the
@@ -364,16 +364,19 @@ TESTER_ENTRY = {"gen": re.compile(r"__pyx_pw_6memifx_7traffic_9Generator_\d+fill
 # about 1.35-1.4x it): the checker's side of "r2" above (no typed
 # memoryviews, the latency once per run of one stamp, the pattern's tail
 # without calls), and in place the usual frame counted nothing in the loop.
-#                                  before   now      i13    one pass   r2
+# "in place, one pass": drain_in_place checks the usual frames where they
+# lie and consumes them in one loop (check_usual: ring.usual_rx,
+# Queue.rx_consumed), gather and commit only for the rest.
+#                                  before   now      i13    one pass   r2      in place, one pass
 SINK_RING_CELLS = {   # (mode, frame size): ceiling
     ("sink-stamp-copy", 64): 190,     # 275.2   278.2    228.4   163.2   137.3
     ("sink-stamp-copy", 1518): 410,   # 436.1   439.1    389.3   324.1   298.1
     ("sink-full-copy", 64): 275,      # 377.4   353.2    305.5   242.3   198.3
     ("sink-full-copy", 1518): 1500,   # 1572.2  1559.1   1180.3  1117.1  1097.2
-    ("sink-stamp-zc", 64): 215,       #   -     251.2    186.2   184.2   159.7
-    ("sink-stamp-zc", 1518): 215,     #   -     251.2    186.2   184.2   159.7  (no copy)
-    ("sink-full-zc", 64): 305,        #   -     316.2    272.3   267.3   222.9
-    ("sink-full-zc", 1518): 1300,     #   -     1365.2   980.3   975.3   950.9
+    ("sink-stamp-zc", 64): 185,       #   -     251.2    186.2   184.2   159.7   133.6
+    ("sink-stamp-zc", 1518): 185,     #   -     251.2    186.2   184.2   159.7   133.6  (no copy)
+    ("sink-full-zc", 64): 250,        #   -     316.2    272.3   267.3   222.9   180.6
+    ("sink-full-zc", 1518): 1270,     #   -     1365.2   980.3   975.3   950.9   917.6
 }
 SINK_RING_ENTRY = {"copy": re.compile(r"__pyx_pw_6memifx_7traffic_7Checker_\d+drain$"),
                    "zc": re.compile(r"__pyx_pw_6memifx_7traffic_7Checker_\d+drain_in_place$")}
