@@ -185,16 +185,17 @@ XC_CEILINGS = {64: (110, 355), 1518: (335, 1030)}     # (forward, whole program)
 #   whole program (adds the slave's tx_batch and rx_batch, building the
 #   frames is outside the loop):
 #        64 B: before 962.6, after 874.8, fast 758.0, one-buffer 646.3,
-#              route cache 605.5, 598.5, fused 524.0 -> ceiling 725
+#              route cache 605.5, 598.5, fused 524.0, with the ring's
+#              one-pass rx_copy in the slave's rx_batch 441.9 -> ceiling 620
 #      1518 B: before 1606.1, after 1464.7, fast 1346.9, one-buffer 1226.1,
-#              route cache 1185.4, 1178.4, fused 1107.8 -> ceiling 1545
+#              route cache 1185.4, 1178.4, fused 1107.8, 1021.8 -> ceiling 1430
 #
 #   The general graph (cost_burst mode "ip4-options", 64 B: 4 bytes of
 #   options in every header, which ip4-fast leaves to the graph; the
 #   figures before ip4-fast were measured on option-less frames):
 #     everything Router.poll runs: 559.6, one-buffer 499.8, 495.8,
 #     fused 487.9 -> ceiling 680; whole program 886.9, one-buffer 775.1,
-#     765.2, fused 757.3 -> 1060
+#     765.2, fused 757.3, 675.2 -> 945
 #     frames_input (copy, ip4-fast refusing, the frame staged whole for
 #     the graph; it was ip4-fast refusing 17.2 and the copy loop): fused
 #     79.3 -> 110; tx_in_arrival_order 13.2 -> 20
@@ -216,7 +217,7 @@ IP4_CEILINGS = {
                        "ip4_input": 125, "ip4_lookup": 70, "ip4_rewrite": 100,
                        "interface_output": 25},
 }
-IP4_WHOLE_CEILING = {"ip4-64": 725, "ip4-1518": 1545, "ip4-options-64": 1060}
+IP4_WHOLE_CEILING = {"ip4-64": 620, "ip4-1518": 1430, "ip4-options-64": 945}
 
 
 ANNOTATE_LINE = re.compile(r"^\s*([\d,]+)\s+\(\s*[\d.]+%\)\s+\S*:(\w+)(\s|$)")
@@ -274,8 +275,8 @@ def test_xconnect_node_instructions_per_packet(tmp_path, size):
 def test_ip4_nodes_instructions_per_packet(tmp_path, mode, size):
     """IPv4/UDP frames forwarded by Router.poll (interface 0 in, interface
     1 out, a /12 route via a static neighbor).  Measured (Ir/packet in
-    memif_input + run + transmit, whole program): 64 B 254.7, 524.0;
-    1518 B 516.7, 1107.8; with IPv4 options 487.9, 757.3.  The usual frame
+    memif_input + run + transmit, whole program): 64 B 254.7, 441.9;
+    1518 B 512.8, 1021.8; with IPv4 options 487.9, 675.2.  The usual frame
     is ip4-fast's alone: the general graph's nodes see none of it; a frame
     with options goes through them all.  At 1518 B memif_input's ceiling
     fails if it copies whole frames again (348.5 when it did)."""
