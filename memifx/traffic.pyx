@@ -288,20 +288,19 @@ cdef struct cycle_t:
     uint32_t si             # sizes[si]: the next frame's size
 
 
-cdef inline uint32_t take_frame(cycle_t *c, uint32_t *flow, uint64_t *seq) noexcept nogil:
-    """The next frame: its flow and sequence number into ``flow`` and
-    ``seq``, its size index returned; the cycles move on by one frame."""
-    cdef uint32_t si = c.si
-    flow[0] = c.flows[c.cursor]
-    c.cursor += 1
-    if c.cursor == c.nflows:
-        c.cursor = 0
-    seq[0] = c.seqs[flow[0]]
-    c.seqs[flow[0]] = seq[0] + 1
-    c.si += 1
-    if c.si == c.nsizes:
-        c.si = 0
-    return si
+cdef inline uint64_t next_seq(const uint32_t *flows, uint32_t nflows, uint32_t *cursor,
+                              uint64_t *seqs, uint32_t *flow) noexcept nogil:
+    """The next frame's flow (into ``flow``, from ``flows[cursor]``) and its
+    sequence number; the flow cycle and that flow's sequence move on by one.
+    The fill loops keep the cycles in locals and pass their addresses."""
+    cdef uint64_t seq
+    flow[0] = flows[cursor[0]]
+    cursor[0] += 1
+    if cursor[0] == nflows:
+        cursor[0] = 0
+    seq = seqs[flow[0]]
+    seqs[flow[0]] = seq + 1
+    return seq
 
 
 cdef inline cycle_t cycle_of(Generator g, const uint32_t *flows, uint32_t nflows,
@@ -341,12 +340,7 @@ cdef inline (uint32_t, uint64_t) fill_frames(
             si += 1
             if si == nsizes:
                 si = 0
-        flow = flows[cursor]
-        cursor += 1
-        if cursor == nflows:
-            cursor = 0
-        seq = seqs[flow]
-        seqs[flow] = seq + 1
+        seq = next_seq(flows, nflows, &cursor, seqs, &flow)
         write_frame(base + off, t, hlen, size, flow, seq, ts, zeros, payload)
         lengths[i] = size
         off += size
@@ -401,12 +395,7 @@ cdef inline uint32_t fill_frames_at(
             si += 1
             if si == nsizes:
                 si = 0
-        flow = flows[cursor]
-        cursor += 1
-        if cursor == nflows:
-            cursor = 0
-        seq = seqs[flow]
-        seqs[flow] = seq + 1
+        seq = next_seq(flows, nflows, &cursor, seqs, &flow)
         if not zeros:
             write_frame(ptrs[i], t, hlen, size, flow, seq, ts, False, True)
         elif not track:
