@@ -271,6 +271,19 @@ cdef inline bint grow(uint8_t **buf, uint64_t *size, uint64_t need) noexcept nog
     return True
 
 
+cdef inline void stage_out(pkt_t *p, uint8_t *h, uint32_t n, bint ip_mode,
+                           const uint8_t *l2hdr) noexcept nogil:
+    """What leaves of ``p`` from the arena: ``n`` bytes of IPv4 at ``h``,
+    behind the output's Ethernet header ``l2hdr`` unless it is IP mode."""
+    if ip_mode:
+        p.data = h
+        p.len = n
+    else:
+        p.data = h - ETH_HLEN
+        memcpy(p.data, l2hdr, ETH_HLEN)
+        p.len = ETH_HLEN + n
+
+
 cdef inline bint is_broadcast_mac(const uint8_t *m) noexcept nogil:
     return (m[0] & m[1] & m[2] & m[3] & m[4] & m[5]) == 0xFF
 
@@ -938,13 +951,7 @@ cdef class Router(CountedNode):
             p.tail_off = l3off + n
             p.tail_len = p.l3_len - n
             self.tails = True
-        if o.ip_mode:
-            p.data = h
-            p.len = n
-        else:
-            p.data = h - ETH_HLEN
-            memcpy(p.data, l2hdr, ETH_HLEN)
-            p.len = ETH_HLEN + n
+        stage_out(p, h, n, o.ip_mode, l2hdr)
 
     cdef void ip4_icmp_error(self, uint32_t ifindex, rx_counters_t *rc) noexcept nogil:
         """ICMP time exceeded back to the sender, out the interface it came in on
@@ -1382,13 +1389,7 @@ cdef void take_frames(Router r, const frame_t *frames, const seg_t *segs, uint32
                 p.segs = &segs[f.first_seg]
                 p.nsegs = <uint16_t>f.nsegs
                 r.tails = True
-            if way.ip_mode:
-                p.data = h
-                p.len = hdr
-            else:
-                p.data = h - ETH_HLEN
-                memcpy(p.data, way.l2hdr, ETH_HLEN)
-                p.len = ETH_HLEN + hdr
+            stage_out(p, h, hdr, way.ip_mode, way.l2hdr)
             p.out = way.out
             taken = True
             break
