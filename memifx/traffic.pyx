@@ -617,9 +617,8 @@ cdef class Generator:
     def restamp(self, buf, lengths):
         """Write the current time into frames made by fill() that are still
         waiting to go out (their transmit ring was full)."""
-        cdef uint32_t i, n
-        cdef uint64_t off = 0, ts, room
-        cdef uint32_t stamp = (0 if self.ip_mode else ETH_HLEN) + IP_HLEN + UDP_HLEN + 12
+        cdef uint32_t i = 0, n
+        cdef uint64_t off = 0, room
         cdef uint8_t *base
         cdef const uint32_t *lens
         cdef views_t b
@@ -632,13 +631,10 @@ cdef class Generator:
             lens = <const uint32_t *>b.v[1].buf
             n = u32_count(&b.v[1])
             with nogil:
-                ts = now_ns()
-                for i in range(n):
-                    if off + lens[i] > room:
-                        break
-                    if lens[i] >= stamp + 8:
-                        memcpy(base + off + stamp, &ts, 8)
+                while i < n and off + lens[i] <= room:      # the frames buf holds
                     off += lens[i]
+                    i += 1
+                self.restamp_raw(base, lens, i, now_ns())
         finally:
             release_views(&b)
 

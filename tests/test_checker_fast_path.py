@@ -297,3 +297,29 @@ def test_pattern_tail_every_length(ip_mode):
             c = Checker(ip_mode=ip_mode)
             c.check(bytearray(frames[0] + bytes(f)), array("I", [size, size]))
             assert (c.received, c.corrupt) == (1, 1), (size, k)
+
+
+@pytest.mark.parametrize("ip_mode", [False, True])
+def test_restamp_rewrites_only_the_stamps_of_frames_the_buffer_holds(ip_mode):
+    """Generator.restamp puts a newer time into the stamp of each frame the
+    buffer holds whole (frames pending on a full ring) and touches no other
+    byte; lengths past the buffer's end are left alone."""
+    from memifx.traffic import monotonic_ns
+    at = (0 if ip_mode else 14) + 20 + 8 + 12      # the stamp's time field
+    gen = Generator([96], ip_mode=ip_mode, flows=2)
+    buf = bytearray(4 * 96)
+    lengths = array("I", bytes(4 * 4))
+    assert gen.fill(buf, lengths, 4, array("I", range(2)))[0] == 4
+    before = bytes(buf)
+    t0 = monotonic_ns()
+    gen.restamp(memoryview(buf)[:3 * 96 + 50], lengths)     # the fourth does not fit
+    t1 = monotonic_ns()
+    for i in range(4):
+        old, new = before[i * 96:(i + 1) * 96], buf[i * 96:(i + 1) * 96]
+        assert new[:at] == old[:at] and new[at + 8:] == old[at + 8:]
+        ts = struct.unpack_from("=Q", new, at)[0]
+        if i < 3:
+            assert t0 <= ts <= t1
+        else:
+            assert new == old
+    assert Checker(ip_mode=ip_mode, payload=True).check(bytes(buf), lengths) == 4
