@@ -133,8 +133,9 @@ cdef class Buffer:
 cdef int get_lengths(object obj, Py_buffer *view, bint writable) except -1
 
 
-# The receive half of the one-pass loops (Queue.forward_usual, rx_copy, and a
-# checker that reads frames where they lie): shared inline, here.
+# The one-pass loops (Queue.forward_usual, rx_copy, tx_packed, a checker
+# that reads frames where they lie, the router's ip4-fast): their per-slot
+# steps, shared inline, here.
 
 cdef inline bint desc_in_region(const region_t *regions, uint16_t count,
                                 const memif_desc_t *d) noexcept nogil:
@@ -143,7 +144,7 @@ cdef inline bint desc_in_region(const region_t *regions, uint16_t count,
             <uint64_t>d.offset + <uint64_t>d.length <= regions[d.region].size)
 
 
-cdef struct rx_side_t:          # a receive queue's fields, read once a burst
+cdef struct side_t:             # a queue's fields, read once a burst
     memif_ring_t *ring
     const region_t *regions
     uint16_t nregions
@@ -154,8 +155,8 @@ cdef struct rx_side_t:          # a receive queue's fields, read once a burst
     char *bufs
 
 
-cdef inline rx_side_t rx_side(Queue q) noexcept nogil:
-    cdef rx_side_t r
+cdef inline side_t side_of(Queue q) noexcept nogil:
+    cdef side_t r
     r.ring = q.ring
     r.regions = q.mem.regions
     r.nregions = q.mem.count
@@ -167,7 +168,7 @@ cdef inline rx_side_t rx_side(Queue q) noexcept nogil:
     return r
 
 
-cdef inline char *usual_rx(const rx_side_t *r, uint32_t k, uint32_t most, bint slave,
+cdef inline char *usual_rx(const side_t *r, uint32_t k, uint32_t most, bint slave,
                            uint32_t *length) noexcept nogil:
     """Where the frame in the ``k``-th slot from ``r.pos`` lies if it is the
     usual one: one slot (no NEXT), at most ``most`` bytes, a good buffer
@@ -186,3 +187,33 @@ cdef inline char *usual_rx(const rx_side_t *r, uint32_t k, uint32_t most, bint s
     if desc_in_region(r.regions, r.nregions, &d):
         return r.regions[d.region].base + d.offset
     return NULL
+
+
+cdef inline char *usual_tx(const side_t *t, uint32_t k, uint32_t length, bint slave,
+                           memif_desc_t **w) noexcept nogil:
+    """Where a frame of ``length`` bytes goes if the ``k``-th slot from
+    ``t.pos`` holds it whole (slave: our own buffer of that slot; master:
+    the buffer the slave posted there, inside a region and at least that
+    long, its descriptor read once).  NULL otherwise: the caller leaves the
+    frame to tx_write, which decides every case.  ``w``: the slot's
+    descriptor, which nothing here writes: a caller that copies the frame
+    there then calls tx_written on it."""
+    cdef uint16_t slot = <uint16_t>(t.pos + k) & t.mask
+    cdef memif_desc_t d
+    w[0] = &t.ring.desc[slot]
+    if slave:
+        if length > t.bs:
+            return NULL
+        return t.bufs + <uint64_t>t.slot_buf[slot] * t.bs
+    d = memif_desc_read(w[0])
+    if desc_in_region(t.regions, t.nregions, &d) and d.length >= length:
+        return t.regions[d.region].base + d.offset
+    return NULL
+
+
+cdef inline void tx_written(memif_desc_t *w, uint32_t length) noexcept nogil:
+    """The slot of descriptor ``w`` holds a whole frame of ``length`` bytes
+    (published later, with the slots before it: tx_published).  Slave:
+    region and offset were written once (init_ring) and stay."""
+    w.length = length
+    w.flags = 0

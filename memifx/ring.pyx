@@ -24,7 +24,10 @@ of segments) and ``commit`` (consume slots, count, hand buffers back), so the
 copy, batch and zero-copy front ends share one validated walk of the ring.
 Forwarding ring to ring (xconnect, ``Queue.forward``) first moves the usual
 frames in one loop over both rings (``forward_usual``) and leaves the rest
-of the burst to those steps.
+of the burst to those steps; copying out to a caller's buffer (``rx_copy``)
+and in from one (``tx_packed``) do the same over their one ring.  The
+per-slot steps of those loops (``usual_rx``, ``usual_tx``) are inline in
+ring.pxd, for other modules' one-pass loops too.
 """
 from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyBUF_WRITABLE,
                              PyBUF_FORMAT, PyBUF_C_CONTIGUOUS)
@@ -122,40 +125,24 @@ cdef inline uint32_t copy_usual(Queue rxq, Queue txq, uint32_t n, uint64_t *nbyt
     front of rxq's ring into txq's next slots and writes their descriptors,
     consuming and publishing nothing.  Returns how many; ``nbytes`` gets
     their bytes."""
-    cdef rx_side_t r = rx_side(rxq)
-    cdef memif_ring_t *tring = txq.ring
-    cdef const region_t *tregions = txq.mem.regions
-    cdef uint16_t tnregions = txq.mem.count, tpos = txq.pos, tmask = txq.mask
-    cdef uint32_t tbs = txq.buffer_size
-    cdef const uint32_t *tslot_buf = txq.slot_buf
-    cdef char *tbufs = txq.bufs
+    cdef side_t r = side_of(rxq)
+    cdef side_t t = side_of(txq)
     # the longest frame both queues take
     cdef uint32_t most = rxq.max_frame if rxq.max_frame < txq.max_frame else txq.max_frame
     cdef uint32_t k = 0, length
     cdef uint64_t total = 0
-    cdef uint16_t slot
-    cdef memif_desc_t td
-    cdef memif_desc_t *w
     cdef char *src
     cdef char *dst
+    cdef memif_desc_t *w
     while k < n:
         src = usual_rx(&r, k, most, rslave, &length)
         if src == NULL:
             break
-        slot = <uint16_t>(tpos + k) & tmask
-        w = &tring.desc[slot]
-        if tslave:
-            if length > tbs:
-                break
-            dst = tbufs + <uint64_t>tslot_buf[slot] * tbs
-        else:
-            td = memif_desc_read(w)
-            if not desc_in_region(tregions, tnregions, &td) or td.length < length:
-                break
-            dst = tregions[td.region].base + td.offset
+        dst = usual_tx(&t, k, length, tslave, &w)
+        if dst == NULL:
+            break
         memcpy(dst, src, length)
-        w.length = length
-        w.flags = 0
+        tx_written(w, length)
         total += length
         k += 1
     nbytes[0] = total
@@ -168,7 +155,7 @@ cdef inline uint32_t copy_out_usual(Queue q, uint8_t *base, uint64_t room, uint3
     (at most ``n``), for the role given: each copied to ``base`` after the
     one before while ``room`` lasts, its length into ``lengths``; nothing
     consumed.  Returns how many; ``nbytes`` gets their bytes."""
-    cdef rx_side_t r = rx_side(q)
+    cdef side_t r = side_of(q)
     cdef uint32_t most = q.max_frame
     cdef uint32_t k = 0, length
     cdef uint64_t off = 0
@@ -179,6 +166,34 @@ cdef inline uint32_t copy_out_usual(Queue q, uint8_t *base, uint64_t room, uint3
             break
         memcpy(base + off, src, length)
         lengths[k] = length
+        off += length
+        k += 1
+    nbytes[0] = off
+    return k
+
+
+cdef inline uint32_t copy_in_usual(Queue q, const uint8_t *base, const uint32_t *lengths,
+                                   uint32_t n, uint64_t *nbytes, bint slave) noexcept nogil:
+    """Queue.tx_packed's loop over the usual frames at the front of a
+    packed batch (at most ``n``): each, copied from ``base`` after the one
+    before, fits the buffer of q's next slot whole and is not empty nor
+    longer than max_frame.  Descriptors written, nothing published.
+    Returns how many; ``nbytes`` gets their bytes."""
+    cdef side_t t = side_of(q)
+    cdef uint32_t most = q.max_frame
+    cdef uint32_t k = 0, length
+    cdef uint64_t off = 0
+    cdef char *dst
+    cdef memif_desc_t *w
+    while k < n:
+        length = lengths[k]
+        if length == 0 or length > most:
+            break
+        dst = usual_tx(&t, k, length, slave, &w)
+        if dst == NULL:
+            break
+        memcpy(dst, base + off, length)
+        tx_written(w, length)
         off += length
         k += 1
     nbytes[0] = off
@@ -590,14 +605,26 @@ cdef class Queue:
     cdef uint32_t tx_packed(self, const uint8_t *base, const uint32_t *lengths,
                             uint32_t n) noexcept nogil:
         """tx_batch on raw pointers: ``n`` frames packed back to back from
-        ``base``, a ring's worth at a time until the ring stops taking them;
-        returns how many were taken (as tx_copy counts them)."""
+        ``base``; returns how many were taken (as tx_copy counts them).  The
+        usual frames at the front go in one pass (copy_in_usual); from the
+        first other one on, tx_copy a ring's worth at a time until the ring
+        stops taking them."""
         # src and lens in locals: a store through either could, for all the
         # compiler knows, change the pointers in self, reloaded per frame.
         cdef const uint8_t **src = self.src
         cdef uint32_t *lens = self.lens
         cdef uint32_t sent = 0, m, got, i
         cdef uint64_t off = 0
+        if n and not (self.closed or self.fault or self.reserved):
+            m = self.tx_room()
+            if n < m:
+                m = n
+            if self.slave:
+                sent = copy_in_usual(self, base, lengths, m, &off, True)
+            else:
+                sent = copy_in_usual(self, base, lengths, m, &off, False)
+            if sent:
+                self.tx_published(<uint16_t>sent, sent, off)
         while sent < n:
             m = n - sent
             if m > self.size:

@@ -47,8 +47,8 @@ from libc.stdlib cimport calloc, free
 from libc.string cimport memcmp, memcpy, memset
 
 from memifx.inet cimport checksum_add, inet_checksum, sums_to_all_ones
-from memifx.ring cimport (Queue, frame_t, seg_t, DROP_TOO_LONG, get_lengths, rx_side_t,
-                          rx_side, usual_rx)
+from memifx.ring cimport (Queue, frame_t, seg_t, DROP_TOO_LONG, get_lengths, side_t,
+                          side_of, usual_rx)
 
 import struct
 
@@ -899,7 +899,7 @@ cdef inline uint32_t check_usual(Checker self, Queue q, uint32_t maxf, uint8_t *
     at the first other frame, or one that must be copied and is longer than
     ``scratch``: gather and check_gathered() take those.  Returns the frames
     taken, every one delivered."""
-    cdef rx_side_t r = rx_side(q)
+    cdef side_t r = side_of(q)
     cdef uint32_t n = q.rx_ready(), k = 0, slow = 0, length, most = q.max_frame
     cdef bint slave = q.slave
     cdef uint64_t nbytes = 0

@@ -23,7 +23,7 @@ WORKLOAD = os.path.join(HERE, "cost_burst.py")
 # (and gcc's clone of it for tx_copy's constant arguments, "*.constprop.0").
 # rx_copy takes the usual frames itself and calls gather and commit for the
 # rest (a toggle inside a toggled function would switch collection off).
-BURST_FUNCTIONS = ["__pyx_f_6memifx_4ring_5Queue_" + f for f in ("tx_write*", "rx_copy")]
+BURST_FUNCTIONS = ["__pyx_f_6memifx_4ring_5Queue_" + f for f in ("tx_packed", "rx_copy")]
 
 N = 20480                  # frames in the short run; the long run sends 2 * N
 BURST = 256
@@ -39,17 +39,20 @@ BURST = 256
 #   walk on the same locals; then rx_copy took the usual frames in one pass
 #   of its own (Queue.rx_ready/rx_consumed, gather and commit only for what
 #   it leaves), so the toggles are tx_write and rx_copy, which adds the copy
-#   out that this figure left out before: 118.9 -> ceiling 160
+#   out that this figure left out before: 118.9; then tx_packed took the
+#   usual frames in one pass too (copy_in_usual: no source list, tx_write
+#   only for what it leaves), so the toggles are tx_packed and rx_copy:
+#   104.9 -> ceiling 145
 #   whole program (adds the tx_batch/rx_batch front ends: filling the source
 #   list, copying frames out into the caller's buffer, argument parsing and
 #   the interpreter loop, amortised over the burst): measured 303.7, then
 #   256.3, then 230.4, then 206.4, then 202.5, then 198.5, then 139.3 (rx_copy's
-#   one pass) -> ceiling 195
+#   one pass), then 116.2 (tx_packed's) -> ceiling 160
 # For scale, the same loop with bursts of one frame (Python per packet) costs
 # about 6600 Ir per packet, so either ceiling still fails loudly if per-packet
 # Python work or a per-packet syscall creeps into a burst.
-C_BURST_CEILING = 160
-WHOLE_CEILING = 195
+C_BURST_CEILING = 145
+WHOLE_CEILING = 160
 
 
 def run_callgrind(tmp_path, n, toggles=(), mode="ring", size=64, workload=WORKLOAD):
@@ -85,8 +88,8 @@ def run_pair(tmp_path, toggles=(), mode="ring", size=64, workload=WORKLOAD):
 @pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind not installed")
 def test_instructions_per_packet(tmp_path):
     """64-byte frames, tx_batch + rx_batch in bursts of 256 over an S2M
-    loopback.  Measured: 118.9 Ir/packet in the C burst functions
-    (tx + rx), 139.3 Ir/packet for the whole program."""
+    loopback.  Measured: 104.9 Ir/packet in the C burst functions
+    (tx + rx), 116.2 Ir/packet for the whole program."""
     # Two runs that differ only in the number of frames: start-up, imports and
     # ring set-up cancel in the difference.
     burst = [totals(out) for out in run_pair(tmp_path, BURST_FUNCTIONS)]
@@ -137,11 +140,14 @@ IP4_NODES = ["tx_in_arrival_order"] + GRAPH_NODES + ["interface_output"]   # run
 #   into the M2S ring with tx_copy, commit; one pass: forward_usual alone):
 #        64 B: before 231.0, after 214.0, one-buffer 160.1, one pass 79.8 -> ceiling 110
 #      1518 B: before 391.0, after 374.0, one-buffer 320.1, one pass 239.8 -> ceiling 335
+#     (80.8 / 240.8 since its transmit step is the one tx_packed shares, usual_tx)
 #   whole program (adds the slave's tx_batch and rx_batch, whose rx_copy
-#   takes the usual frame in one pass too):
-#        64 B: before 565.4, after 549.3, one-buffer 416.0, one pass 253.6 -> ceiling 355
-#      1518 B: before 1047.1, after 1031.0, one-buffer 897.8, one pass 735.4 -> ceiling 1030
-XC_CEILINGS = {64: (110, 355), 1518: (335, 1030)}     # (forward, whole program)
+#   takes the usual frame in one pass too; "tx one pass": and tx_packed):
+#        64 B: before 565.4, after 549.3, one-buffer 416.0, one pass 253.6,
+#              tx one pass 231.6 -> ceiling 320
+#      1518 B: before 1047.1, after 1031.0, one-buffer 897.8, one pass 735.4,
+#              tx one pass 713.3 -> ceiling 985
+XC_CEILINGS = {64: (110, 320), 1518: (335, 985)}     # (forward, whole program)
 #   ip4, everything Router.poll runs per burst (the usual frame, cost_burst
 #   mode "ip4"; "fast": ip4-fast takes it alone, one pass, where it went
 #   through the general graph's nodes before; the TTL checksum update with
@@ -470,13 +476,15 @@ def test_sink_in_place_instructions_per_frame(tmp_path):
 # only for a burst that wraps the ring).  "r2" (issue 13, round two;
 # ceilings about 1.35x it): the generator's loops one per header length,
 # payload kind, held record and one-or-several sizes, the flow and size
-# cycles in plain locals (see the tester cells above).
-#                               before   after    i13      r2
+# cycles in plain locals (see the tester cells above).  "r3" (ceilings
+# about 1.35x it): copying, tx_packed takes the usual frames in one pass
+# (copy_in_usual) instead of a source list and tx_write.
+#                               before   after    i13      r2       r3
 SEND_CELLS = {   # (mode, frame size): ceiling
-    ("gen-send-copy", 64): 175,   # 204.1   183.5    153.6   128.0
-    ("gen-send-copy", 1518): 395,  # 365.0   344.4    314.5   288.9
-    ("gen-send-zc", 64): 132,     # 204.1   133.8    117.8    96.9
-    ("gen-send-zc", 1518): 132,   # 365.0   133.8    117.8    96.9
+    ("gen-send-copy", 64): 142,   # 204.1   183.5    153.6   128.0    104.8
+    ("gen-send-copy", 1518): 360,  # 365.0   344.4    314.5   288.9    265.7
+    ("gen-send-zc", 64): 132,     # 204.1   133.8    117.8    96.9     96.9
+    ("gen-send-zc", 1518): 132,   # 365.0   133.8    117.8    96.9     96.9
 }
 SEND_ENTRY = re.compile(r"__pyx_pw_6memifx_6stream_6Stream_\d+send$")
 BEFORE_ENTRIES = (TESTER_ENTRY["gen"], re.compile(r"__pyx_pw_6memifx_4ring_5Queue_\d+tx_batch$"))
@@ -600,11 +608,12 @@ def no_loss(tx, rx):
 # takes a good one-slot frame before its general walk.  "one pass":
 # forward moves the usual frame in one loop over both rings
 # (Queue.forward_usual), rx_copy (rx_into, and the slave's rx_batch) in one
-# loop over its ring.
-#                         before   after   one-buffer  one pass
+# loop over its ring.  "tx one pass": tx_packed (tx_from, and the feed's
+# tx_batch) in one loop too.
+#                         before   after   one-buffer  one pass  tx one pass
 ECHO_CELLS = {  # variant: ceiling
-    "into": 475,        # 655.1    586.7   489.9       338.7   rx_into -> tx_from
-    "forward": 370,     #    -     533.3   436.5       263.2   forward
+    "into": 400,        # 655.1    586.7   489.9       338.7     288.5  rx_into -> tx_from
+    "forward": 335,     #    -     533.3   436.5       263.2     241.1  forward
 }
 ECHO_WORKLOAD = os.path.join(HERE, "cost_echo.py")
 Q = "__pyx_f_6memifx_4ring_5Queue_"

@@ -330,6 +330,68 @@ def test_rx_batch_any_burst_matches_a_frame_by_frame_model(direction, kinds, roo
         lb.close()
 
 
+TX_MIX = {"usual": 200, "small": 60, "empty": 0, "chained": 3000, "too long": 5000}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("direction", DIRECTIONS)
+@settings(max_examples=80, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(kinds=st.lists(st.sampled_from(sorted(TX_MIX)), min_size=1, max_size=40),
+       busy=st.integers(0, 63), short=st.sets(st.integers(0, 63), max_size=8))
+def test_tx_batch_any_burst_matches_a_frame_by_frame_model(direction, kinds, busy, short):
+    """tx_batch (Queue.tx_packed: the usual frames in one pass, tx_copy for
+    the rest) over any mix of usual, small, empty, chained and too long
+    frames, into a ring with ``busy`` of its 64 slots still unconsumed: it
+    takes exactly what a frame-by-frame walk takes, in order.  A frame
+    longer than max_frame (4000) is dropped "frame too long" and taken; a
+    frame needs the slots its bytes fill (an empty one, one slot); the
+    first that does not fit stops the call (ring_full).  M2S: the slots in
+    ``short`` hold a posted buffer of 100 bytes, which the master fills
+    and chains on from (the one-pass loop leaves such a slot to tx_copy)."""
+    lb = Loopback(log2=6, buffer_size=2048, max_frame=4000)
+    try:
+        tx, rx = pair(lb, direction)
+        fill = [frame(10, 1000 + i) for i in range(busy)]
+        buf, lengths = pack(fill)
+        assert tx.tx_batch(buf, lengths) == busy
+        caps = [2048] * 64
+        if direction == "m2s":
+            for s in short:
+                if s >= busy:
+                    lb.poke_desc(ring_no(lb, direction), s, length=100)
+                    caps[s] = 100
+        frames = [frame(TX_MIX[k], i) for i, k in enumerate(kinds)]
+        taken, sent, too_long, slot = 0, [], 0, busy
+        for f in frames:
+            if len(f) > 4000:
+                too_long += 1
+                taken += 1
+                continue
+            end, got = slot, 0
+            while end < 64 and (got < len(f) or end == slot):
+                got += caps[end]
+                end += 1
+            if got < len(f) or end == slot:
+                break                       # ring full: this one and the rest stay
+            slot = end
+            sent.append(f)
+            taken += 1
+        buf, lengths = pack(frames)
+        assert tx.tx_batch(buf, lengths) == taken
+        c = tx.counters()
+        assert c["packets"] == busy + len(sent)
+        assert c["bytes"] == 10 * busy + sum(map(len, sent))
+        assert c["drops"]["frame too long"] == too_long
+        assert c["ring_full"] == (1 if taken < len(frames) else 0)
+        out, olen = bytearray(400000), array("I", [0]) * 64
+        got = unpack(out, olen, rx.rx_batch(out, olen))
+        assert got == fill + sent
+        assert no_drops(rx)
+    finally:
+        lb.close()
+
+
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("direction", DIRECTIONS)
 def test_tx_batch_limits(direction):
