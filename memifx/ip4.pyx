@@ -30,8 +30,14 @@ interface-output   sort by output interface,     (the transmit rings)
 memif-input and ip4-fast are one loop (take_frames): each frame's headers
 are copied into the arena and, while they are at hand, the usual frame
 (IPv4 without options, to our MAC, checksum and TTL good, routed to a known
-neighbor) is forwarded there and then; everything else comes out of it
-untouched and goes the long way, through nodes that each decide one thing.
+neighbor: ip4_fast) is forwarded there and then; everything else comes out
+of it untouched and goes the long way, through nodes that each decide one
+thing.  Before that walk, each burst first goes ring to ring in one pass
+(forward_fast): while frames are ip4-fast's, leave by the interface ip4-fast
+last sent one to, and fit one slot on either ring, each is decided on a
+private copy of its headers and written straight into the transmit ring,
+the rest of the packet copied from the receive buffer; at the first other
+frame the walk and the graph take the rest of the burst, in order.
 When a burst took both ways, the transmit vector is put back in arrival
 order, so a flow never overtakes itself; when ip4-fast took the whole burst
 out of one interface, interface-output and transmit take it as it lies.
@@ -69,7 +75,8 @@ from libc.string cimport memcpy, memset, memcmp
 from memifx.counted cimport CountedNode
 from memifx.inet cimport (inet_sum, inet_fold, inet_checksum, checksum_add,
                           sums_to_all_ones, multiple_of_ffff)
-from memifx.ring cimport Queue, frame_t, seg_t
+from memifx.memif cimport memif_desc_t
+from memifx.ring cimport Queue, frame_t, seg_t, side_t, side_of, usual_rx, usual_tx, tx_written
 from memifx.fib cimport (Fib, nexthop_t, fib_lookup,
                          NH_CONNECTED, NH_GATEWAY, NH_LOCAL, NH_BROADCAST)
 from memifx.neighbor cimport NeighborTable, nbr_entry_t, nbr_find, nbr_key
@@ -460,6 +467,7 @@ cdef class Router(CountedNode):
     cdef uint32_t nparts[MAX_BURST]
     cdef bint tails                 # some frame of the burst leaves with part of it from the ring
     cdef int one_out                # every frame of V_TX leaves by this interface (-1: not known)
+    cdef int fast_out               # forward_fast's output: where ip4-fast last sent (-1: none)
     cdef frame_t bytes_frames[MAX_BURST]    # process(): the frames given, as gather lays them out
     cdef seg_t bytes_segs[MAX_BURST]    # process(): the frames given
     cdef pkt_t pkts[MAX_BURST]
@@ -475,6 +483,7 @@ cdef class Router(CountedNode):
         self.nbr = self.neighbor_table.entries
         self.nbr_mask = self.neighbor_table.mask
         self.arp_tokens = self.icmp_tokens = TOKENS_MAX
+        self.fast_out = -1
 
     def __dealloc__(self):
         cdef uint32_t i
@@ -601,6 +610,15 @@ cdef class Router(CountedNode):
             return n
         self.frames_input(rxq.frames, rxq.segs, n, ifindex, rc)
         return n
+
+    cdef uint32_t fast_forward(self, Queue rxq, Queue txq, uint32_t o, uint32_t ifindex,
+                               rx_counters_t *rc, uint32_t max_frames) noexcept nogil:
+        """forward_fast, made for the receiving interface's kind (Ethernet
+        or IP mode)."""
+        if self.ifs[ifindex].ip_mode:
+            return forward_fast(self, rxq, txq, o, ifindex, rc, max_frames, <ip_input_t *>NULL)
+        return forward_fast(self, rxq, txq, o, ifindex, rc, max_frames,
+                            <ethernet_input_t *>NULL)
 
     cdef void frames_input(self, const frame_t *frames, const seg_t *segs, uint32_t n,
                            uint32_t ifindex, rx_counters_t *rc) noexcept nogil:
@@ -1174,8 +1192,11 @@ cdef class Router(CountedNode):
         ``ifindex``; ``txqs[o]`` is the transmit Queue to use for interface o
         (None while it is down).  Returns frames received."""
         cdef rx_counters_t *rc
-        cdef uint32_t n = 0, r, o, total = 0
+        cdef uint32_t n = 0, r, o, total = 0, u
         cdef Queue txq
+        cdef Queue fast_q = None
+        cdef bint fast
+        cdef int out
         if ifindex >= self.nif or not self.ifs[ifindex].present:
             raise ValueError("no interface %d" % ifindex)
         rc = &self.ifs[ifindex].rx[<uint32_t>rxq.index % self.ifs[ifindex].nrx]
@@ -1185,11 +1206,26 @@ cdef class Router(CountedNode):
             max_frames = rxq.size
         self.reserve_parts(MAX_BURST + rxq.size)    # a piece per frame + one per segment
         for r in range(rounds):
+            # First the ring-to-ring pass, out of the interface ip4-fast
+            # last sent a frame to (forward_fast); memif_input and the graph
+            # take what it leaves (take_frames notes where its ip4-fast
+            # frames went, for the next burst).
+            out = self.fast_out
+            fast = 0 <= out < len(txqs) and isinstance(txqs[out], Queue)
+            if fast:
+                fast_q = txqs[out]
+            u = n = 0
             with nogil:
-                n = self.memif_input(rxq, max_frames, ifindex, rc)
-                self.run(ifindex, rc)
+                if fast:
+                    u = self.fast_forward(rxq, fast_q, out, ifindex, rc, max_frames)
+                if u < max_frames:
+                    n = self.memif_input(rxq, max_frames - u, ifindex, rc)
+                    self.run(ifindex, rc)
+            total += u
             if n == 0:
-                break
+                if u == 0:
+                    break
+                continue
             total += n
             try:
                 for o in range(self.nif):
@@ -1284,6 +1320,54 @@ cdef class Router(CountedNode):
         f.tx = <tx_counters_t *>(<char *>f.rx + f.nrx * sizeof(rx_counters_t))
 
 
+cdef inline bint ip4_fast(Router r, uint8_t *d, uint64_t length, uint32_t l2, uint64_t mac8,
+                          const uint32_t *t24, const uint32_t *t8, way_t *way, bint first,
+                          uint32_t *tot) noexcept nogil:
+    """ip4-fast's decision on a frame of ``length`` bytes whose first ones
+    (FAST_COPY, or all of a shorter frame) are at ``d``, a private copy:
+    what ethernet-input, ip4-input, ip4-lookup and ip4-rewrite would do to
+    it without the vectors between them.  It is ip4-fast's if it is an IPv4
+    packet without options (in an Ethernet frame to our MAC, ``mac8``, when
+    ``l2`` is ETH_HLEN; bare when 0), its lengths and checksum right, TTL
+    above 1, routed (``t24``/``t8``, the FIB's tables) to a connected
+    destination or a gateway out of a present interface whose neighbor is
+    known or that is in IP mode: then TTL and checksum are rewritten at
+    ``d``, ``way`` says where it goes (find_way; ``first``: as there) and
+    ``tot`` is its IPv4 total length.  Otherwise False and nothing at d
+    changed: the general graph decides it from the start."""
+    cdef uint8_t *h = d + l2
+    cdef uint64_t w8
+    cdef uint16_t et, c
+    cdef uint32_t t, dst
+    cdef int64_t rt
+    if length < l2 + 20:
+        return False
+    if l2:
+        memcpy(&w8, d, 8)
+        memcpy(&et, d + 12, 2)
+        if (w8 & MAC8_MASK) != mac8 or et != ETHERTYPE_IP4:
+            return False
+    t = rd16(h + 2)
+    # (length is at least l2 + 20: one compare for 20 <= t <= length - l2)
+    # (the header's sum is not 0: its first byte is 0x45)
+    if h[0] != 0x45 or t - 20 > <uint32_t>length - l2 - 20 or h[8] <= 1 \
+            or not multiple_of_ffff(header20_sum(h)):
+        return False
+    dst = rd32(h + 16)
+    rt = fib_lookup(t24, t8, dst)
+    if rt < 0:
+        return False
+    if (rt != way.route or (dst != way.dst and not way.any_dst)) \
+            and not r.find_way(way, rt, dst, first):
+        return False
+    # ip4-rewrite: TTL minus one, the checksum updated
+    memcpy(&c, h + 10, 2)
+    set_checksum(h + 10, checksum_add(c, TTL_DOWN))
+    h[8] -= 1
+    tot[0] = t
+    return True
+
+
 # take_frames comes in two versions, for frames received on an Ethernet
 # interface and for bare IP packets: the type of its last argument (never
 # read) says which, so that the Ethernet header's length is a constant in
@@ -1301,26 +1385,18 @@ cdef void take_frames(Router r, const frame_t *frames, const seg_t *segs, uint32
                       uint32_t ifindex, rx_counters_t *rc, input_kind *kind) noexcept nogil:
     """memif-input and ip4-fast in one walk over a gathered burst: each
     frame's headers are copied into its arena slot and, while they are at
-    hand, the usual frame is forwarded at once, doing what ethernet-input,
-    ip4-input, ip4-lookup and ip4-rewrite would do to it without the
-    vectors between them: an IPv4 packet without options (in an Ethernet
-    frame to our MAC, or bare on an IP mode interface), its lengths and
-    checksum right, TTL above 1, routed to a connected destination or a
-    gateway out of a present interface whose neighbor is known (or that is
-    in IP mode).  Nothing is written to a frame before it is known to be
-    one, and every field decided on is read from the arena; every other
-    frame goes to the general graph (V_INPUT) as it was received, to be
-    decided there from the start.  Frames are staged in arrival order
+    hand, ip4-fast's frame (ip4_fast) is forwarded at once.  Every field
+    decided on is read from the arena; every other frame goes to the
+    general graph (V_INPUT) as it was received, to be decided there from
+    the start.  Frames are staged in arrival order
     (frame k is the k-th taken in, whichever vector it went to); a frame
     forwarded here keeps only what transmit reads in its pkt_t."""
     cdef const uint32_t *t24 = r.fib.tbl24
     cdef const uint32_t *t8 = r.fib.tbl8
     cdef const frame_t *f
-    cdef uint32_t i, j, k = 0, n_in = 0, tot, dst, copied
-    cdef uint64_t mac8 = r.ifs[ifindex].mac8, w8
-    cdef uint16_t et, c
+    cdef uint32_t i, j, k = 0, n_in = 0, tot, copied
+    cdef uint64_t mac8 = r.ifs[ifindex].mac8
     cdef uint64_t length, nbytes = 0
-    cdef int64_t rt
     cdef way_t way
     # in locals: a store into the arena could, for all the compiler knows,
     # change r
@@ -1329,9 +1405,7 @@ cdef void take_frames(Router r, const frame_t *frames, const seg_t *segs, uint32
     cdef uint16_t *v_in = r.vec[V_INPUT]
     cdef uint16_t *v_tx = r.vec[V_TX]
     cdef uint32_t hdr
-    cdef uint8_t *h
     cdef uint32_t l2
-    cdef bint taken
     way.route = -1
     way.key = 0                             # (nbr_key is never 0)
     way.one_out = -1
@@ -1351,34 +1425,7 @@ cdef void take_frames(Router r, const frame_t *frames, const seg_t *segs, uint32
             continue
         # memif-input: the headers into the arena
         copied = copy_headers(d, &segs[f.first_seg], f.nsegs, length)
-        # ip4-fast: each test that fails breaks out to the general graph
-        taken = False
-        while True:
-            h = d + l2
-            if length < l2 + 20:
-                break
-            if input_kind is ethernet_input_t:
-                memcpy(&w8, d, 8)
-                memcpy(&et, d + 12, 2)
-                if (w8 & MAC8_MASK) != mac8 or et != ETHERTYPE_IP4:
-                    break
-            tot = rd16(h + 2)
-            # (length is at least l2 + 20: one compare for 20 <= tot <= length - l2)
-            # (the header's sum is not 0: its first byte is 0x45)
-            if h[0] != 0x45 or tot - 20 > <uint32_t>length - l2 - 20 or h[8] <= 1 \
-                    or not multiple_of_ffff(header20_sum(h)):
-                break
-            dst = rd32(h + 16)
-            rt = fib_lookup(t24, t8, dst)
-            if rt < 0:
-                break
-            if (rt != way.route or (dst != way.dst and not way.any_dst)) \
-                    and not r.find_way(&way, rt, dst, k == n_in):
-                break
-            # ip4-rewrite: TTL minus one, the checksum updated
-            memcpy(&c, h + 10, 2)
-            set_checksum(h + 10, checksum_add(c, TTL_DOWN))
-            h[8] -= 1
+        if ip4_fast(r, d, length, l2, mac8, t24, t8, &way, k == n_in, &tot):
             if l2 + tot <= copied:
                 hdr = tot                       # all of it leaves from the arena
                 p.tail_len = 0
@@ -1389,11 +1436,9 @@ cdef void take_frames(Router r, const frame_t *frames, const seg_t *segs, uint32
                 p.segs = &segs[f.first_seg]
                 p.nsegs = <uint16_t>f.nsegs
                 r.tails = True
-            stage_out(p, h, hdr, way.ip_mode, way.l2hdr)
+            stage_out(p, d + l2, hdr, way.ip_mode, way.l2hdr)
             p.out = way.out
-            taken = True
-            break
-        if not taken:
+        else:
             # not ip4-fast's: staged whole for the general graph
             p.buf = d - HEADROOM
             p.rx_len = <uint32_t>f.length
@@ -1425,3 +1470,97 @@ cdef void take_frames(Router r, const frame_t *frames, const seg_t *segs, uint32
     r.nvec[V_INPUT] = n_in
     r.nvec[V_TX] = k - n_in
     r.one_out = way.one_out
+    if k > n_in:
+        r.fast_out = way.out                # (the last frame ip4-fast took left this way)
+
+
+cdef uint32_t forward_fast(Router r, Queue rxq, Queue txq, uint32_t o, uint32_t ifindex,
+                           rx_counters_t *rc, uint32_t max_frames,
+                           input_kind *kind) noexcept nogil:
+    """memif-input, ip4-fast and interface-output in one pass over both
+    rings, for the frames at the front of ``rxq`` that ip4-fast takes out
+    of interface ``o`` (transmit queue ``txq``) and that are usual on both
+    rings: one receive slot, and one transmit slot that holds the frame as
+    it leaves.  Each frame's headers (Ethernet unless the input is IP mode,
+    IPv4 without options: all ip4_fast reads) are copied to a private
+    buffer and decided there; the output's Ethernet header is put in front
+    of them there, and what leaves is that buffer followed by the rest of
+    the packet straight from the receive buffer (never read: a peer
+    changing it changes only its own bytes).  It stops at the first
+    other frame, which the caller takes through memif_input and the graph
+    with the rest of the burst, in order.  What it moves is consumed,
+    published and counted (router, both queues) here.  Returns the frames
+    moved."""
+    cdef side_t rs = side_of(rxq)
+    cdef side_t ts = side_of(txq)
+    cdef const uint32_t *t24 = r.fib.tbl24
+    cdef const uint32_t *t8 = r.fib.tbl8
+    cdef uint64_t mac8 = r.ifs[ifindex].mac8
+    cdef tx_counters_t *tc = &r.ifs[o].tx[<uint32_t>txq.index % r.ifs[o].ntx]
+    cdef uint32_t tmax = txq.max_frame
+    cdef uint32_t most = rxq.max_frame if rxq.max_frame < MAX_ROUTED else MAX_ROUTED
+    cdef uint32_t n, k = 0, length, tot, l2, l2o, out_len
+    cdef uint16_t room
+    cdef uint64_t rx_bytes = 0, tx_bytes = 0
+    # the headers: the IPv4 one at hdr + ETH_HLEN whatever the input
+    cdef uint8_t hdr[ETH_HLEN + 20]
+    cdef way_t way
+    cdef char *src
+    cdef char *dst
+    cdef memif_desc_t *w
+    cdef bint rslave = rxq.slave
+    cdef bint tslave = txq.slave
+    if input_kind is ethernet_input_t:
+        l2 = ETH_HLEN
+    else:
+        l2 = 0
+    if not txq.tx or txq.closed or txq.fault or txq.reserved:
+        return 0
+    n = rxq.rx_ready()
+    if n == 0:
+        return 0
+    room = txq.tx_room()
+    if max_frames < n:
+        n = max_frames
+    if room < n:
+        n = room
+    way.route = -1
+    way.key = 0                             # (nbr_key is never 0)
+    way.one_out = -1
+    while k < n:
+        src = usual_rx(&rs, k, most, rslave, &length)
+        if src == NULL:
+            break
+        if length < l2 + 20:
+            break                           # (not ip4-fast's)
+        memcpy(hdr + ETH_HLEN - l2, src, l2 + 20)
+        if not ip4_fast(r, hdr + ETH_HLEN - l2, length, l2, mac8, t24, t8, &way, True, &tot) \
+                or way.out != o:
+            break
+        l2o = 0 if way.ip_mode else ETH_HLEN
+        out_len = l2o + tot
+        if out_len > tmax:
+            break
+        dst = usual_tx(&ts, k, out_len, tslave, &w)
+        if dst == NULL:
+            break
+        if l2o:
+            memcpy(hdr, way.l2hdr, ETH_HLEN)
+            memcpy(dst, hdr, ETH_HLEN + 20)
+        else:
+            memcpy(dst, hdr + ETH_HLEN, 20)
+        memcpy(dst + l2o + 20, src + l2 + 20, tot - 20)
+        tx_written(w, out_len)
+        rx_bytes += length
+        tx_bytes += out_len
+        k += 1
+    if k == 0:
+        return 0
+    rc.packets += k
+    rc.bytes += rx_bytes
+    rc.forwarded += k
+    tc.packets += k
+    tc.bytes += tx_bytes
+    rxq.rx_consumed(k, rx_bytes)
+    txq.tx_published(<uint16_t>k, k, tx_bytes)
+    return k
