@@ -754,13 +754,14 @@ cdef class Queue:
         cdef const region_t *regions = self.mem.regions
         cdef uint16_t nregions = self.mem.count
         cdef uint16_t peer, avail, used = 0, start, slot, limit
-        cdef uint32_t n = 0, nseg = 0, first
+        cdef uint32_t n = 0, nseg = 0, first, one
         cdef uint64_t length
         cdef int drop
         cdef memif_desc_t d
         cdef char *ptr
         # read once: a store into segs or frames could, for all the
         # compiler knows, change self
+        cdef side_t r = side_of(self)
         cdef bint slave = self.slave
         cdef uint16_t pos = self.pos, mask = self.mask
         cdef uint32_t bs = self.buffer_size, max_frame = self.max_frame
@@ -781,29 +782,21 @@ cdef class Queue:
             self.fault = FAULT_COUNTER
             return 0
         while n < max_frames and used < avail:
-            # The usual frame: one slot, a good buffer, not too long (any
-            # other case: the general walk below, from the same slot).
-            slot = <uint16_t>(pos + used) & mask
-            d = memif_desc_read(&ring.desc[slot])
-            if not (d.flags & MEMIF_DESC_FLAG_NEXT) and d.length <= max_frame:
-                ptr = NULL
-                if slave:
-                    if d.length <= bs:
-                        ptr = bufs + <uint64_t>slot_buf[slot] * bs
-                elif desc_in_region(regions, nregions, &d):
-                    ptr = regions[d.region].base + d.offset
-                if ptr != NULL:
-                    segs[nseg].ptr = ptr
-                    segs[nseg].len = d.length
-                    used += 1
-                    frames[n].first_seg = nseg
-                    frames[n].nsegs = 1
-                    frames[n].length = d.length
-                    frames[n].end = used
-                    frames[n].drop = -1
-                    nseg += 1
-                    n += 1
-                    continue
+            # The usual frame (usual_rx), or the general walk below from
+            # the same slot.
+            ptr = usual_rx(&r, used, max_frame, slave, &one)
+            if ptr != NULL:
+                segs[nseg].ptr = ptr
+                segs[nseg].len = one
+                used += 1
+                frames[n].first_seg = nseg
+                frames[n].nsegs = 1
+                frames[n].length = one
+                frames[n].end = used
+                frames[n].drop = -1
+                nseg += 1
+                n += 1
+                continue
             first = nseg
             start = used
             length = 0
