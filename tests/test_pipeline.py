@@ -99,14 +99,18 @@ def start_testpmd(procs, unique, t0, t1):
     return tp
 
 
-def stop_testpmd(tp, unique):
-    """SIGTERM; returns testpmd's accumulated TX-dropped count."""
-    tp.send_signal(signal.SIGTERM)
+def stop_testpmd(tp, unique, counts=True):
+    """SIGTERM; returns testpmd's accumulated TX-dropped count.  Without
+    ``counts``: SIGKILL (testpmd leaves SIGTERM only at the end of its
+    one-second stats sleep) and None."""
+    tp.send_signal(signal.SIGTERM if counts else signal.SIGKILL)
     try:
         out, _ = tp.communicate(timeout=10)
     except Exception:
         out = ""
     shutil.rmtree("/var/run/dpdk/" + unique, ignore_errors=True)
+    if not counts:
+        return None
     import re
     totals = re.findall(r"Accumulated forward statistics.*?TX-dropped: (\d+)", out, re.S)
     return int(totals[-1]) if totals else None
@@ -131,7 +135,7 @@ def test_testpmd_as_the_dut(procs, sockdir, unique, size):
         print("testpmd DUT, size %s: unlimited %.2f Mpps; %d frames at %d/s exact"
               % (size, mpps, EXACT_COUNT, EXACT_RATE))
     finally:
-        stop_testpmd(tp, unique)
+        stop_testpmd(tp, unique, counts=False)
 
 
 @dpdk[0]
