@@ -48,6 +48,9 @@ INIT_TIMEOUT = 1.0      # a master's deadline for INIT after HELLO
 ACCEPT_BACKOFF_MIN, ACCEPT_BACKOFF_MAX = 0.1, 1.0
 ACCEPT_LOG_INTERVAL = 60.0  # one warning per episode of fd exhaustion, at most a minute
 RX_POOL = 2             # receive buffers per ring slot (slave side)
+# The reason for a peer that closed its socket without DISCONNECT, however
+# the close shows (end of file, a reset, a broken pipe).
+PEER_CLOSED = "peer closed the connection"
 
 
 def sockaddr(path):
@@ -331,15 +334,12 @@ class Channel:
         fds = []
         try:
             try:
-                # received fds are close-on-exec from the start: a child
-                # spawned meanwhile must never inherit a peer's memory
-                data, anc, flags, _ = self.sock.recvmsg(
-                    wire.MSG_SIZE + 1, socket.CMSG_SPACE(4 * array.array("i").itemsize),
-                    socket.MSG_CMSG_CLOEXEC)
+                data, anc, flags = self._receive()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:
-                self.down("control socket error: %s" % e.strerror)
+                self.down(PEER_CLOSED if e.errno in (errno.ECONNRESET, errno.EPIPE)
+                          else "control socket error: %s" % e.strerror)
                 return
             for level, kind, payload in anc:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
@@ -350,7 +350,7 @@ class Channel:
                 if self._peer_still_there():
                     # an empty record (SEQPACKET allows them), not end of file
                     raise MemifError("invalid message size 0")
-                self.down("peer closed the connection")
+                self.down(PEER_CLOSED)
                 return
             if flags & socket.MSG_CTRUNC:
                 raise MemifError("out of file descriptors" if _out_of_fds(self.sock.fileno())
@@ -367,7 +367,7 @@ class Channel:
             # cannot go on without that message: end the link, never leave
             # it half done.
             if e.errno in (errno.EPIPE, errno.ECONNRESET):
-                self.down("peer closed the connection")
+                self.down(PEER_CLOSED)
             elif e.errno in (errno.EAGAIN, errno.ENOBUFS):
                 self.down("peer does not read the control channel")
             elif e.errno in (errno.EMFILE, errno.ENFILE):
@@ -377,6 +377,23 @@ class Channel:
         finally:
             for fd in fds:              # whatever a handler did not take
                 os.close(fd)
+
+    def _receive(self):
+        """One record: (data, ancillary data, flags).  A peer that closes
+        while something we sent is still unread on its side makes the kernel
+        report a reset, once, ahead of whatever the peer sent before closing
+        (perhaps a DISCONNECT with its reason): read on past it, so that the
+        reason the link ends with does not depend on whose close or send
+        landed first."""
+        # received fds are close-on-exec from the start: a child spawned
+        # meanwhile must never inherit a peer's memory
+        args = (wire.MSG_SIZE + 1, socket.CMSG_SPACE(4 * array.array("i").itemsize),
+                socket.MSG_CMSG_CLOEXEC)
+        try:
+            data, anc, flags, _ = self.sock.recvmsg(*args)
+        except ConnectionResetError:
+            data, anc, flags, _ = self.sock.recvmsg(*args)
+        return data, anc, flags
 
     def _peer_still_there(self):
         """After a zero-length read: at end of file another read returns

@@ -140,9 +140,10 @@ def test_agent_health_follows_workers_and_required_links(procs, tmp_path):
         yaml.safe_dump(document(d, port, shape=shape), f)
     agent = AgentProc(procs, ["--config", str(path)], port, path)
     assert agent.get("/readyz")[0] == 503            # a and b down
-    running = gen(d + "/a.sock", d + "/b.sock", 20000, 5000, wait=False)
+    # two seconds of traffic: the window in which ready must turn 200
+    running = gen(d + "/a.sock", d + "/b.sock", 10000, 5000, wait=False)
     assert wait_for(lambda: agent.get("/readyz")[0] == 200, 10)
-    exact(finish(running), 20000)
+    exact(finish(running), 10000)
     assert wait_for(lambda: agent.get("/readyz")[0] == 503, 10)   # gen gone: links down
     workers = psutil.Process(agent.proc.pid).children(recursive=True)
     assert workers

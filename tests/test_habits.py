@@ -1,9 +1,12 @@
 """Peers that are correct but unlike memifx: libmemif's habits, faked with a raw
 socket and memfds.  Buffers in region 1, garbage in message padding, EOF
-without DISCONNECT, and a master that ACKs an unknown id and then closes."""
+without DISCONNECT, a master that ACKs an unknown id and then closes, and
+peers that close with something of ours unread (the kernel then reports a
+reset before what they sent): the reason is the same either way."""
 import array
 import mmap
 import os
+import select
 import socket
 import struct
 import time
@@ -166,3 +169,78 @@ def test_master_that_acks_unknown_id_then_closes(sockdir):
     finally:
         slave.close()
         lsock.close()
+
+
+def readable(sock, timeout=3):
+    """Whether something arrived on ``sock`` (left unread)."""
+    return bool(select.select([sock], [], [], timeout)[0])
+
+
+def fake_master(path):
+    lsock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    lsock.bind(path)
+    lsock.listen(8)
+    lsock.settimeout(3)
+    return lsock
+
+
+def test_master_that_closes_with_our_message_unread(sockdir):
+    """A master that ACKs INIT and closes once the slave's next message is
+    waiting, unread: the kernel reports that close as a reset, ahead of the
+    ACK.  The reason is the same as when the close lands first (EPIPE on
+    send, or end of file): the peer closed the connection."""
+    path = os.path.join(sockdir, "fake.sock")
+    lsock = fake_master(path)
+    slave = memifx.Interface(socket=path, role="slave", id=42, name="s").connect()
+    try:
+        conn, _ = lsock.accept()
+        for _ in range(2):
+            send(conn, wire.Hello("libmemif", 0x200, 0x200, 255, 255, 255, 14))
+            assert isinstance(recv(conn), wire.Init)
+            send(conn, wire.Ack())
+            assert readable(conn)                   # ADD_REGION, left unread
+            conn.close()
+            conn, _ = lsock.accept()                # the slave saw the link down, retries
+            assert not slave.connected
+            assert slave.info()["last_disconnect"] == "peer closed the connection"
+        conn.close()
+    finally:
+        slave.close()
+        lsock.close()
+
+
+def test_disconnect_reason_kept_when_the_close_is_a_reset(sockdir):
+    """A master that sends DISCONNECT and closes without reading our INIT:
+    what it said before closing is the reason, not the reset the kernel
+    reports first."""
+    path = os.path.join(sockdir, "fake.sock")
+    lsock = fake_master(path)
+    slave = memifx.Interface(socket=path, role="slave", id=42, name="s").connect()
+    try:
+        conn, _ = lsock.accept()
+        send(conn, wire.Hello("libmemif", 0x200, 0x200, 255, 255, 255, 14))
+        assert readable(conn)                       # INIT, left unread
+        send(conn, wire.Disconnect(code=0, reason="unmatched interface id"))
+        conn.close()
+        assert wait_for(lambda: slave.info()["last_disconnect"] is not None, 3)
+        assert slave.info()["last_disconnect"] == "unmatched interface id"
+    finally:
+        slave.close()
+        lsock.close()
+
+
+def test_slave_that_closes_with_our_ack_unread(sock):
+    """The master's side of the same order: a slave sends INIT and closes
+    with the ACK unread.  The master's reason is the peer's close."""
+    master = memifx.Interface(socket=sock, role="master", id=0, name="m").connect()
+    try:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        s.connect(sock)
+        assert isinstance(recv(s), wire.Hello)
+        send(s, wire.Init(0x200, 0, 0, b"", "closer"))
+        assert readable(s)                          # ACK, left unread
+        s.close()
+        assert wait_for(lambda: master.info()["last_disconnect"] is not None, 3)
+        assert master.info()["last_disconnect"] == "peer closed the connection"
+    finally:
+        master.close()

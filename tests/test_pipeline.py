@@ -1,9 +1,16 @@
-"""gen -> xconnect -> receive, the way a DUT is measured on a 2-CPU box: a
-tester in one process (gen --receive) and the DUT in another.  First the
-path's rate with no limit (MRR), then an exact --count run at half that rate:
-every frame arrives, intact and in order.  Then the same with dpdk-testpmd as
-a two-port forwarder on the path (its one lcore and gen are the two pollers;
-xconnect sleeps in interrupt mode)."""
+"""gen -> xconnect -> receive, the way a DUT is run on a 2-CPU box: a
+tester in one process (gen --receive) and the DUT in another.  First a run
+with no rate limit: frames the path could not carry are counted as lost,
+none arrives corrupt or twice.  Then an exact --count run at a rate well
+below what the path carries: every frame arrives, intact and in order.  Then
+the same with dpdk-testpmd as a two-port forwarder on the path (its one
+lcore and gen are the two pollers; xconnect sleeps in interrupt mode).
+
+Nothing here asserts a speed (perf/ measures those): the unlimited run's
+rate is printed only.  The exact run's rate is fixed, far below the path's
+on this box even when both CPUs are shared; it keeps the tester's receive
+side ahead of the DUT's transmit ring, so nothing may be dropped, and a
+busier machine only makes the run take longer."""
 import json
 import os
 import shutil
@@ -46,36 +53,38 @@ def xconnect(procs, a, b, mode="polling"):
     return p
 
 
-def half_rate_exact(a, b, size, seconds=2.0, tries=3):
-    """Measure the path's MRR, then send an exact count at half that rate:
-    every frame must arrive intact and in order (never retried).  That the
-    exact run really went at about half the MRR depends on the tester getting
-    its CPU; on a box shared with other work that is retried."""
-    for attempt in range(tries):
-        mrr = run_gen(a, b, "--size", size, "--duration", "1.5")
-        assert mrr["receive"]["corrupt"] == 0
-        rate = mrr["receive"]["mpps"] * 1e6 / 2
-        count = max(1000, int(rate * seconds))
-        r = run_gen(a, b, "--size", size, "--count", str(count), "--rate", str(int(rate)))
-        rx = r["receive"]
-        assert r["packets"] == count
-        assert (rx["received"], rx["lost"], rx["corrupt"], rx["reordered"],
-                rx["duplicated"]) == (count, 0, 0, 0, 0), rx
-        if r["mpps"] >= 0.4 * mrr["receive"]["mpps"]:
-            return mrr["receive"]["mpps"], rx["mpps"]
-        print("exact run at %.2f Mpps, below half of %.2f: machine busy, again"
-              % (r["mpps"], mrr["receive"]["mpps"]))
-    raise AssertionError("the exact run never reached half the MRR")
+# The exact run: EXACT_COUNT frames offered at EXACT_RATE a second (half a
+# second of traffic; every ring on the path wraps at least once).  9000-byte
+# frames at this rate are 2.9 Gbit/s, about a fifth of the unlimited rate
+# through xconnect on this 2-CPU VM.
+EXACT_RATE = 40000
+EXACT_COUNT = 20000
+
+
+def unlimited_then_exact(a, b, size):
+    """A run with no rate limit, then an exact count at EXACT_RATE: every
+    frame of the exact run must arrive intact and in order (never retried).
+    Returns the unlimited run's receive rate (Mpps), for the log only."""
+    full = run_gen(a, b, "--size", size, "--duration", "0.5")
+    rx = full["receive"]
+    assert rx["received"] > 0, rx
+    assert (rx["corrupt"], rx["duplicated"]) == (0, 0), rx
+    r = run_gen(a, b, "--size", size, "--count", str(EXACT_COUNT), "--rate", str(EXACT_RATE))
+    exact = r["receive"]
+    assert r["packets"] == EXACT_COUNT
+    assert (exact["received"], exact["lost"], exact["corrupt"], exact["reordered"],
+            exact["duplicated"]) == (EXACT_COUNT, 0, 0, 0, 0), exact
+    return rx["mpps"]
 
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("size", ["64", "1518", "9000", "imix"])
-def test_gen_xconnect_receive_exact_at_half_mrr(procs, sockdir, size):
+def test_gen_xconnect_receive_exact_below_capacity(procs, sockdir, size):
     a, b = os.path.join(sockdir, "a.sock"), os.path.join(sockdir, "b.sock")
     xconnect(procs, a, b)
-    mrr, got = half_rate_exact(a, b, size)
-    print("size %s: MRR %.2f Mpps, exact run at %.2f Mpps" % (size, mrr, got))
-    assert mrr > 0.05                               # not a trickle
+    mpps = unlimited_then_exact(a, b, size)
+    print("size %s: unlimited %.2f Mpps; %d frames at %d/s exact"
+          % (size, mpps, EXACT_COUNT, EXACT_RATE))
 
 
 def start_testpmd(procs, unique, t0, t1):
@@ -90,14 +99,18 @@ def start_testpmd(procs, unique, t0, t1):
     return tp
 
 
-def stop_testpmd(tp, unique):
-    """SIGTERM; returns testpmd's accumulated TX-dropped count."""
-    tp.send_signal(signal.SIGTERM)
+def stop_testpmd(tp, unique, counts=True):
+    """SIGTERM; returns testpmd's accumulated TX-dropped count.  Without
+    ``counts``: SIGKILL (testpmd leaves SIGTERM only at the end of its
+    one-second stats sleep) and None."""
+    tp.send_signal(signal.SIGTERM if counts else signal.SIGKILL)
     try:
         out, _ = tp.communicate(timeout=10)
     except Exception:
         out = ""
     shutil.rmtree("/var/run/dpdk/" + unique, ignore_errors=True)
+    if not counts:
+        return None
     import re
     totals = re.findall(r"Accumulated forward statistics.*?TX-dropped: (\d+)", out, re.S)
     return int(totals[-1]) if totals else None
@@ -114,14 +127,15 @@ dpdk = [pytest.mark.dpdk, pytest.mark.timeout(120),
 @pytest.mark.parametrize("size", ["64", "1518"])
 def test_testpmd_as_the_dut(procs, sockdir, unique, size):
     """gen -> testpmd (io, port 0 -> port 1) -> gen --receive: two pollers,
-    exact counts at half the path's MRR."""
+    exact counts below the path's capacity."""
     t0, t1 = os.path.join(sockdir, "t0.sock"), os.path.join(sockdir, "t1.sock")
     tp = start_testpmd(procs, unique, t0, t1)
     try:
-        mrr, got = half_rate_exact(t0, t1, size)
-        print("testpmd DUT, size %s: MRR %.2f Mpps, exact run at %.2f Mpps" % (size, mrr, got))
+        mpps = unlimited_then_exact(t0, t1, size)
+        print("testpmd DUT, size %s: unlimited %.2f Mpps; %d frames at %d/s exact"
+              % (size, mpps, EXACT_COUNT, EXACT_RATE))
     finally:
-        stop_testpmd(tp, unique)
+        stop_testpmd(tp, unique, counts=False)
 
 
 @dpdk[0]

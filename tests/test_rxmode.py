@@ -32,6 +32,13 @@ def cpu_seconds(pid):
     return sum(p.cpu_times().user + p.cpu_times().system for p in procs)
 
 
+def cpu_share(pid, seconds):
+    """The share of one CPU the process and its workers use over ``seconds``."""
+    c0, t0 = cpu_seconds(pid), time.monotonic()
+    time.sleep(seconds)
+    return (cpu_seconds(pid) - c0) / (time.monotonic() - t0)
+
+
 def finish(p):
     p.send_signal(signal.SIGTERM)
     out, _ = p.communicate(timeout=10)
@@ -44,11 +51,11 @@ def test_idle_dut_sleeps_and_a_single_frame_crosses(procs, sockdir, mode):
     p = start(procs, a, b, mode)
     sa, sb = slaves(a, b)
     try:
-        time.sleep(0.5)                         # start-up and handshakes settle
-        assert psutil.Process(p.pid).children(), "expected a worker process"
-        c0, t0 = cpu_seconds(p.pid), time.monotonic()
-        time.sleep(5)
-        share = (cpu_seconds(p.pid) - c0) / (time.monotonic() - t0)
+        assert wait_for(lambda: psutil.Process(p.pid).children(), 5), "expected a worker"
+        # start-up (the worker's imports, attaches) is over once half a
+        # second is quiet; a spinning forwarder never gets there
+        wait_for(lambda: cpu_share(p.pid, 0.5) < 0.02, 5, 0)
+        share = cpu_share(p.pid, 3)            # 3 s: the 2 % bound is 6 clock ticks
         print("\nidle %s xconnect: %.2f %% CPU" % (mode, share * 100))
         assert share < 0.02
         f = frame(1, 64)
