@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from cost_phases import MARK, PHASES
 from loopback import Loopback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -25,7 +26,7 @@ WORKLOAD = os.path.join(HERE, "cost_burst.py")
 # rest (a toggle inside a toggled function would switch collection off).
 BURST_FUNCTIONS = ["__pyx_f_6memifx_4ring_5Queue_" + f for f in ("tx_packed", "rx_copy")]
 
-N = 20480                  # frames in the short run; the long run sends 2 * N
+N = 20480                  # frames measured (after as many to warm up: tests/cost_phases.py)
 BURST = 256
 
 # Ceilings, about 1.5x what was measured (Ir per 64-byte packet, burst 256,
@@ -55,18 +56,31 @@ C_BURST_CEILING = 145
 WHOLE_CEILING = 160
 
 
-def run_callgrind(tmp_path, n, toggles=(), mode="ring", size=64, workload=WORKLOAD):
+def measure(tmp_path, toggles=(), mode="ring", size=64, workload=WORKLOAD):
     """Run a workload (cost_burst.py, or cost_echo.py) under callgrind;
-    return the output file."""
-    out = tmp_path / ("cg.%s.%d.%d.%d" % (mode, n, len(toggles), size))
-    cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=%s" % out]
+    return the profile of its measured phase: N frames, after N to warm up
+    (tests/cost_phases.py)."""
+    out = tmp_path / ("cg.%s.%s.%d.%d" % (os.path.basename(workload)[:-3], mode, len(toggles),
+                                          size))
+    cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=%s" % out,
+           "--dump-before=%s" % MARK]
     cmd += ["--toggle-collect=%s" % f for f in toggles]
-    cmd += [sys.executable, workload, str(n), str(size), str(BURST), mode]
+    cmd += [sys.executable, workload, str(N), str(size), str(BURST), mode]
     env = dict(os.environ, PYTHONHASHSEED="0",
                PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=100)
     assert r.returncode == 0, r.stderr[-3000:]
-    return out
+    # a profile per mark, numbered from 1; the last one ends the measured phase
+    dumps = sorted(tmp_path.glob(out.name + ".*"), key=lambda p: int(p.suffix[1:]))
+    assert len(dumps) >= PHASES, "callgrind dumped no phases: check cost_phases.MARK"
+    return dumps[-1]
+
+
+def measure_all(tmp_path, runs):
+    """measure() for each dict of its arguments in ``runs``, two at a time
+    (one per CPU: the runs are independent)."""
+    with ThreadPoolExecutor(2) as pool:
+        return list(pool.map(lambda kw: measure(tmp_path, **kw), runs))
 
 
 def totals(out):
@@ -76,40 +90,30 @@ def totals(out):
     raise AssertionError("no totals in callgrind output")
 
 
-def run_pair(tmp_path, toggles=(), mode="ring", size=64, workload=WORKLOAD):
-    """run_callgrind for N and 2 * N frames, the two runs side by side (they
-    are independent: one per CPU halves the wait)."""
-    with ThreadPoolExecutor(2) as pool:
-        return list(pool.map(lambda n: run_callgrind(tmp_path, n, toggles, mode, size, workload),
-                             (N, 2 * N)))
-
-
 @pytest.mark.timeout(90)
 @pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind not installed")
 def test_instructions_per_packet(tmp_path):
     """64-byte frames, tx_batch + rx_batch in bursts of 256 over an S2M
     loopback.  Measured: 104.9 Ir/packet in the C burst functions
-    (tx + rx), 116.2 Ir/packet for the whole program."""
-    # Two runs that differ only in the number of frames: start-up, imports and
-    # ring set-up cancel in the difference.
-    burst = [totals(out) for out in run_pair(tmp_path, BURST_FUNCTIONS)]
-    whole = [totals(out) for out in run_pair(tmp_path)]
-    c_per_packet = (burst[1] - burst[0]) / N
-    whole_per_packet = (whole[1] - whole[0]) / N
+    (tx + rx), 117.3 Ir/packet for the whole program."""
+    burst, whole = (totals(out) for out in
+                    measure_all(tmp_path, [dict(toggles=BURST_FUNCTIONS), {}]))
+    c_per_packet = burst / N
+    whole_per_packet = whole / N
     print("\ninstructions per 64-byte packet (tx+rx, burst %d): C burst functions %.1f, "
           "whole program %.1f" % (BURST, c_per_packet, whole_per_packet))
     # Zero would mean the toggles matched nothing (renamed functions).
-    assert burst[0] > 20 * N, "callgrind collected nothing: check BURST_FUNCTIONS"
+    assert burst > 20 * N, "callgrind collected nothing: check BURST_FUNCTIONS"
     assert c_per_packet < C_BURST_CEILING
     assert whole_per_packet < WHOLE_CEILING
 
 
 # ------------------------------------------------------------ the nodes
 #
-# The same two-run difference with the xconnect node and the ip4 router
+# The same measured phase with the xconnect node and the ip4 router
 # between the slave's transmit and receive (cost_burst.py modes "xconnect"
 # and "ip4"; 64-byte and 1518-byte frames, bursts of 256, every frame
-# forwarded).  One uncollected run per N; callgrind_annotate --inclusive
+# forwarded).  One uncollected run; callgrind_annotate --inclusive
 # gives each C function's inclusive cost (what --toggle-collect on it would
 # count: ring work it calls, gather / tx_copy / commit / memcpy, included).
 
@@ -260,13 +264,11 @@ def inclusive(out, names):
 
 def node_profile(tmp_path, mode, names, size=64):
     """Per packet: (whole program, {function: inclusive Ir})."""
-    runs = []
-    for out in run_pair(tmp_path, mode=mode, size=size):
-        runs.append((totals(out), inclusive(out, names)))
-    (w0, f0), (w1, f1) = runs
+    out = measure(tmp_path, mode=mode, size=size)
+    f = inclusive(out, names)
     # Zero would mean no such function (renamed, or inlined away).
-    assert f0[names[0]] > 20 * N, "callgrind saw nothing of %s" % names[0]
-    return (w1 - w0) / N, {k: (f1[k] - f0[k]) / N for k in names}
+    assert f[names[0]] > 20 * N, "callgrind saw nothing of %s" % names[0]
+    return totals(out) / N, {k: v / N for k, v in f.items()}
 
 
 needs_callgrind = pytest.mark.skipif(
@@ -279,8 +281,8 @@ needs_callgrind = pytest.mark.skipif(
 @pytest.mark.parametrize("size", [64, 1518])
 def test_xconnect_node_instructions_per_packet(tmp_path, size):
     """Frames through XConnect.poll between two loopback rings.  Measured
-    (Ir/packet inclusive in XConnect.forward, whole program): 64 B 79.8,
-    253.6; 1518 B 239.8, 735.4."""
+    (Ir/packet inclusive in XConnect.forward, whole program): 64 B 80.8,
+    232.6; 1518 B 240.8, 714.4."""
     whole, f = node_profile(tmp_path, "xconnect", [XC + "forward"], size)
     node = f[XC + "forward"]
     print("\nxconnect, instructions per %d-byte packet (burst %d): XConnect.forward %.1f, "
@@ -297,8 +299,8 @@ def test_ip4_nodes_instructions_per_packet(tmp_path, mode, size):
     """IPv4/UDP frames forwarded by Router.poll (interface 0 in, interface
     1 out, a /12 route via a static neighbor).  Measured (Ir/packet in
     fast_forward + memif_input + run + transmit, whole program): 64 B
-    187.5, 338.8; 1518 B 348.5, 821.6; with IPv4 options 488.0, 652.2
-    at 64 B, 758.1, 1244.1 at 1518 B.
+    187.5, 339.9; 1518 B 348.5, 822.7; with IPv4 options 488.0, 653.3
+    at 64 B, 758.1, 1245.1 at 1518 B.
     The usual frame goes ring to ring in one pass: memif-input and the
     graph's nodes see none of it; a frame with options goes through them
     all."""
@@ -335,7 +337,7 @@ def test_ip4_nodes_instructions_per_packet(tmp_path, mode, size):
 #
 # What memifx gen and memifx sink spend per frame of their own, so that a
 # load test measures the device under test and not the tester: the same
-# two-run difference (cost_burst.py modes gen-* and sink-*, no rings, bursts
+# measured phase (cost_burst.py modes gen-* and sink-*, no rings, bursts
 # of 256, 4 flows in turn), the inclusive cost of the Python entry points
 # Generator.fill and Checker.check (their argument parsing, once a burst,
 # included).  The sink modes fill each burst with Generator.fill first; only
@@ -423,24 +425,24 @@ def inclusive_matching(out, pattern):
     return best
 
 
-def entry_cost_per_frame(tmp_path, mode, size):
+def entry_cost_per_frame(out, mode, size):
     """Ir per frame inside the mode's entry point (Generator.fill,
-    Checker.check, Checker.drain or Checker.drain_in_place)."""
+    Checker.check, Checker.drain or Checker.drain_in_place), from the
+    measured profile ``out``."""
     if (mode, size) in SINK_RING_CELLS:
         pattern = SINK_RING_ENTRY[mode.rsplit("-", 1)[1]]
     else:
         pattern = TESTER_ENTRY[mode.split("-")[0]]
-    ir = [inclusive_matching(out, pattern) for out in run_pair(tmp_path, mode=mode, size=size)]
+    ir = inclusive_matching(out, pattern)
     # Zero would mean the entry point was renamed.
-    assert ir[0] > 20 * N, "callgrind saw nothing of %s" % pattern.pattern
-    return (ir[1] - ir[0]) / N
+    assert ir > 20 * N, "callgrind saw nothing of %s" % pattern.pattern
+    return ir / N
 
 
 def check_cells(tmp_path, side, cells=TESTER_CELLS):
-    got = {}
-    for mode, size in cells:
-        if mode.startswith(side):
-            got[mode, size] = entry_cost_per_frame(tmp_path, mode, size)
+    mine = [cell for cell in cells if cell[0].startswith(side)]
+    outs = measure_all(tmp_path, [dict(mode=m, size=s) for m, s in mine])
+    got = {cell: entry_cost_per_frame(out, *cell) for cell, out in zip(mine, outs)}
     print("\n" + ", ".join("%s %d B: %.1f Ir/frame" % (m, s, v) for (m, s), v in got.items()))
     for cell, v in got.items():
         assert v < cells[cell], (cell, v, cells[cell])
@@ -511,22 +513,22 @@ SEND_ENTRY = re.compile(r"__pyx_pw_6memifx_6stream_6Stream_\d+send$")
 BEFORE_ENTRIES = (TESTER_ENTRY["gen"], re.compile(r"__pyx_pw_6memifx_4ring_5Queue_\d+tx_batch$"))
 
 
-def send_cost_per_frame(tmp_path, mode, size):
-    """Ir per frame inside Stream.send (or, gen-fill-tx, Generator.fill + Queue.tx_batch)."""
+def send_cost_per_frame(out, mode):
+    """Ir per frame inside Stream.send (or, gen-fill-tx, Generator.fill +
+    Queue.tx_batch), from the measured profile ``out``."""
     patterns = BEFORE_ENTRIES if mode == "gen-fill-tx" else (SEND_ENTRY,)
-    ir = []
-    for out in run_pair(tmp_path, mode=mode, size=size):
-        ir.append([inclusive_matching(out, p) for p in patterns])
-    for p, v in zip(patterns, ir[0]):
+    ir = [inclusive_matching(out, p) for p in patterns]
+    for p, v in zip(patterns, ir):
         assert v > 20 * N, "callgrind saw nothing of %s" % p.pattern
-    return sum(b - a for a, b in zip(*ir)) / N
+    return sum(ir) / N
 
 
 @pytest.mark.timeout(300)
 @needs_callgrind
 def test_gen_send_instructions_per_frame(tmp_path):
     """Stream.send into a ring, copying and zero-copy, 64 and 1518 bytes."""
-    got = {cell: send_cost_per_frame(tmp_path, *cell) for cell in SEND_CELLS}
+    outs = measure_all(tmp_path, [dict(mode=m, size=s) for m, s in SEND_CELLS])
+    got = {cell: send_cost_per_frame(out, cell[0]) for cell, out in zip(SEND_CELLS, outs)}
     print("\n" + ", ".join("%s %d B: %.1f Ir/frame" % (m, s, v) for (m, s), v in got.items()))
     for cell, v in got.items():
         assert v < SEND_CELLS[cell], (cell, v, SEND_CELLS[cell])
@@ -611,8 +613,8 @@ def no_loss(tx, rx):
 # and a slave linked over an abstract socket in one process, the control
 # loop driven from the workload's thread).  Each round the slave's tx_batch
 # puts a burst of 256 64-byte frames into the S2M ring, the master echoes
-# it, the slave's rx_batch takes it off the M2S ring.  The same two-run
-# difference: whole program Ir per frame, feed and drain included (each
+# it, the slave's rx_batch takes it off the M2S ring.  The same measured
+# phase: whole program Ir per frame, feed and drain included (each
 # about a ring-mode tx_batch / rx_batch).
 #
 # Ceilings, about 1.4x what was measured (x86-64, gcc -O3, CPython 3.11).
@@ -642,13 +644,12 @@ Q = "__pyx_f_6memifx_4ring_5Queue_"
 ECHO_PARTS = [Q + f for f in ("rx_copy", "forward_to")]
 
 
-def echo_cost(tmp_path, variant):
-    """Per frame: (whole program, {C function: inclusive Ir})."""
-    runs = [(totals(out), inclusive(out, ECHO_PARTS))
-            for out in run_pair(tmp_path, mode=variant, workload=ECHO_WORKLOAD)]
-    (w0, f0), (w1, f1) = runs
-    assert f0[Q + "rx_copy"] > 20 * N, "callgrind saw nothing of rx_copy"
-    return (w1 - w0) / N, {k[len(Q):]: (f1[k] - f0[k]) / N for k in ECHO_PARTS}
+def echo_cost(out):
+    """Per frame: (whole program, {C function: inclusive Ir}), from the
+    measured profile ``out``."""
+    f = inclusive(out, ECHO_PARTS)
+    assert f[Q + "rx_copy"] > 20 * N, "callgrind saw nothing of rx_copy"
+    return totals(out) / N, {k[len(Q):]: v / N for k, v in f.items()}
 
 
 @pytest.mark.timeout(240)
@@ -657,8 +658,9 @@ def test_batch_echo_instructions_per_frame(tmp_path):
     """perf/pyecho.py's batch loop (rx_into -> tx_from) and forward loop on
     real Interfaces, 64-byte frames, bursts of 256."""
     got = {}
-    for variant in ECHO_CELLS:
-        got[variant], parts = echo_cost(tmp_path, variant)
+    outs = measure_all(tmp_path, [dict(mode=v, workload=ECHO_WORKLOAD) for v in ECHO_CELLS])
+    for variant, out in zip(ECHO_CELLS, outs):
+        got[variant], parts = echo_cost(out)
         print("\necho %s: whole program %.1f Ir/frame (inclusive: %s)" % (
             variant, got[variant], ", ".join("%s %.1f" % kv for kv in parts.items())))
     for variant, v in got.items():
