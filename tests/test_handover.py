@@ -6,6 +6,7 @@ The peer never sees a DISCONNECT; no frame is lost or delivered twice.
 
 The traffic comes from ``memifx gen --receive`` in another process at a
 limited rate (interrupt mode everywhere else), as in test_runtime."""
+import contextlib
 import os
 import signal
 import subprocess
@@ -38,6 +39,31 @@ def start_gen(procs, a, b, role, queues=1):
                                  % (b, role, q), "--flows", str(4 * queues),
                                  "--count", str(COUNT), "--rate", str(RATE), "--json"],
                        stderr=subprocess.PIPE)
+
+
+@contextlib.contextmanager
+def two_links(sockdir, spec_a=(), spec_b=()):
+    """A Dataplane polled by a thread of its own, with master interfaces a
+    and b (``spec_a``, ``spec_b``: more of their specs) and a slave
+    Interface linked to each, all up: (dataplane, slave on a, slave on b),
+    closed and stopped at the end."""
+    running = Running()
+    a, b = os.path.join(sockdir, "a.sock"), os.path.join(sockdir, "b.sock")
+    sa = sb = None
+    try:
+        running.dp.add_interface("a", spec(a, "master", **dict(spec_a)))
+        running.dp.add_interface("b", spec(b, "master", **dict(spec_b)))
+        sa = memifx.Interface(socket=a, name="sa").connect()
+        sb = memifx.Interface(socket=b, name="sb").connect()
+        assert sa.wait_connected(10) and sb.wait_connected(10)
+        assert wait_for(lambda: all(i["up"] for i in running.dp.state()["interfaces"].values()),
+                        10)
+        yield running.dp, sa, sb
+    finally:
+        for s in (sa, sb):
+            if s is not None:
+                s.close()
+        running.stop()
 
 
 def flaps(dp):
@@ -126,17 +152,7 @@ def test_rx_mode_of_a_worker_served_queue_changes_in_the_worker(sockdir):
     """set_rx_mode on an interface a worker serves: the worker clears or
     sets MASK_INT on that ring (the peer's kicks show it), state() says the
     new mode, and the link stays up."""
-    running = Running()
-    dp = running.dp
-    a, b = os.path.join(sockdir, "a.sock"), os.path.join(sockdir, "b.sock")
-    sa = sb = None
-    try:
-        dp.add_interface("a", spec(a, "master", **{"rx-mode": "polling"}))
-        dp.add_interface("b", spec(b, "master"))
-        sa = memifx.Interface(socket=a, name="sa").connect()
-        sb = memifx.Interface(socket=b, name="sb").connect()
-        assert sa.wait_connected(10) and sb.wait_connected(10)
-        assert wait_for(lambda: all(i["up"] for i in dp.state()["interfaces"].values()), 10)
+    with two_links(sockdir, spec_a={"rx-mode": "polling"}) as (dp, sa, sb):
         dp.add_pipeline("p", "xconnect", interfaces=["a", "b"], workers=1)
         time.sleep(0.2)                     # the attach reaches the worker
 
@@ -179,11 +195,6 @@ def test_rx_mode_of_a_worker_served_queue_changes_in_the_worker(sockdir):
             assert kicks() > before, rnd
         assert flaps(dp) == {"a": (0, None), "b": (0, None)}
         assert sa.info()["link_flaps"] == 0 and sb.info()["link_flaps"] == 0
-    finally:
-        for s in (sa, sb):
-            if s is not None:
-                s.close()
-        running.stop()
 
 
 @pytest.mark.timeout(30)
@@ -227,16 +238,7 @@ def test_a_worker_that_cannot_hand_back_costs_its_link_a_cycle(sockdir):
     """A worker that does not answer the detach (stopped) cannot say where
     its queues stopped: removing its pipeline cycles the links it served,
     with a reason, instead of guessing; they come back and carry frames."""
-    running = Running()
-    dp = running.dp
-    a, b = os.path.join(sockdir, "a.sock"), os.path.join(sockdir, "b.sock")
-    sa = sb = None
-    try:
-        dp.add_interface("a", spec(a, "master"))
-        dp.add_interface("b", spec(b, "master"))
-        sa = memifx.Interface(socket=a, name="sa").connect()
-        sb = memifx.Interface(socket=b, name="sb").connect()
-        assert sa.wait_connected(10) and sb.wait_connected(10)
+    with two_links(sockdir) as (dp, sa, sb):
         p = dp.add_pipeline("p", "xconnect", interfaces=["a", "b"], workers=1)
         time.sleep(0.2)
         frames = [frame(i, 100) for i in range(50)]
@@ -257,11 +259,6 @@ def test_a_worker_that_cannot_hand_back_costs_its_link_a_cycle(sockdir):
         dp.add_pipeline("p", "xconnect", interfaces=["a", "b"], workers=0)
         frames = [frame(100 + i, 100) for i in range(50)]
         assert pump(sa, sb, frames, window=16) == frames
-    finally:
-        for s in (sa, sb):
-            if s is not None:
-                s.close()
-        running.stop()
 
 
 @pytest.mark.timeout(60)
@@ -269,19 +266,9 @@ def test_a_router_moves_between_hosts_without_a_flap(sockdir):
     """ip4 in-process, on a worker, in turn: the routed frames
     arrive every time, the links stay up (the router's queues change hands
     as xconnect's do)."""
-    running = Running()
-    dp = running.dp
-    a, b = os.path.join(sockdir, "a.sock"), os.path.join(sockdir, "b.sock")
-    sa = sb = None
     router = dict(routes=["172.16.0.0/12,via=10.0.2.254"],
                   neighbors=["10.0.2.254,%s" % GW1])
-    try:
-        dp.add_interface("a", spec(a, "master", **SPEC_A))
-        dp.add_interface("b", spec(b, "master", **SPEC_B))
-        sa = memifx.Interface(socket=a, name="sa").connect()
-        sb = memifx.Interface(socket=b, name="sb").connect()
-        assert sa.wait_connected(10) and sb.wait_connected(10)
-        assert wait_for(lambda: all(i["up"] for i in dp.state()["interfaces"].values()), 10)
+    with two_links(sockdir, SPEC_A, SPEC_B) as (dp, sa, sb):
         for workers in (0, 1, 0, 1):
             dp.add_pipeline("r", "ip4", interfaces=["a", "b"], workers=workers,
                             **dict(router))
@@ -290,8 +277,3 @@ def test_a_router_moves_between_hosts_without_a_flap(sockdir):
             dp.remove_pipeline("r")
         assert flaps(dp) == {"a": (0, None), "b": (0, None)}
         assert sa.info()["link_flaps"] == 0 and sb.info()["link_flaps"] == 0
-    finally:
-        for s in (sa, sb):
-            if s is not None:
-                s.close()
-        running.stop()
