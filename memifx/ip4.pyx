@@ -34,10 +34,11 @@ neighbor: ip4_fast) is forwarded there and then; everything else comes out
 of it untouched and goes the long way, through nodes that each decide one
 thing.  Before that walk, each burst first goes ring to ring in one pass
 (forward_fast): while frames are ip4-fast's, leave by the interface ip4-fast
-last sent one to, and fit one slot on either ring, each is decided on a
-private copy of its headers and written straight into the transmit ring,
-the rest of the packet copied from the receive buffer; at the first other
-frame the walk and the graph take the rest of the burst, in order.
+last sent one from the same input to, and fit one slot on either ring,
+each is decided on a private copy of its headers and written straight into
+the transmit ring, the rest of the packet copied from the receive buffer;
+at the first other frame the walk and the graph take the rest of the
+burst, in order.
 When a burst took both ways, the transmit vector is put back in arrival
 order, so a flow never overtakes itself; when ip4-fast took the whole burst
 out of one interface, interface-output and transmit take it as it lies.
@@ -467,7 +468,9 @@ cdef class Router(CountedNode):
     cdef uint32_t nparts[MAX_BURST]
     cdef bint tails                 # some frame of the burst leaves with part of it from the ring
     cdef int one_out                # every frame of V_TX leaves by this interface (-1: not known)
-    cdef int fast_out               # forward_fast's output: where ip4-fast last sent (-1: none)
+    # forward_fast's output per input interface: where ip4-fast last sent
+    # a frame that came in there (-1: none yet)
+    cdef int fast_out[MAX_IF]
     cdef frame_t bytes_frames[MAX_BURST]    # process(): the frames given, as gather lays them out
     cdef seg_t bytes_segs[MAX_BURST]    # process(): the frames given
     cdef pkt_t pkts[MAX_BURST]
@@ -482,8 +485,10 @@ cdef class Router(CountedNode):
         self.neighbor_table = neighbors if neighbors is not None else NeighborTable()
         self.nbr = self.neighbor_table.entries
         self.nbr_mask = self.neighbor_table.mask
+        cdef uint32_t i
         self.arp_tokens = self.icmp_tokens = TOKENS_MAX
-        self.fast_out = -1
+        for i in range(MAX_IF):
+            self.fast_out[i] = -1
 
     def __dealloc__(self):
         cdef uint32_t i
@@ -1207,10 +1212,10 @@ cdef class Router(CountedNode):
         self.reserve_parts(MAX_BURST + rxq.size)    # a piece per frame + one per segment
         for r in range(rounds):
             # First the ring-to-ring pass, out of the interface ip4-fast
-            # last sent a frame to (forward_fast); memif_input and the graph
-            # take what it leaves (take_frames notes where its ip4-fast
-            # frames went, for the next burst).
-            out = self.fast_out
+            # last sent a frame from this one to (forward_fast); memif_input
+            # and the graph take what it leaves (take_frames notes where its
+            # ip4-fast frames went, for the next burst in).
+            out = self.fast_out[ifindex]
             fast = 0 <= out < len(txqs) and isinstance(txqs[out], Queue)
             if fast:
                 fast_q = txqs[out]
@@ -1471,7 +1476,7 @@ cdef void take_frames(Router r, const frame_t *frames, const seg_t *segs, uint32
     r.nvec[V_TX] = k - n_in
     r.one_out = way.one_out
     if k > n_in:
-        r.fast_out = way.out                # (the last frame ip4-fast took left this way)
+        r.fast_out[ifindex] = way.out       # (the last frame ip4-fast took left this way)
 
 
 cdef uint32_t forward_fast(Router r, Queue rxq, Queue txq, uint32_t o, uint32_t ifindex,

@@ -18,6 +18,10 @@ everything arrived.  MODE says what sits between the slave's transmit and receiv
   every one is the usual frame the router's ip4-fast node takes alone.
 - ``ip4-options``: the same with 4 bytes of IPv4 options (NOPs) in every
   header, which ip4-fast leaves to the router's general graph.
+- ``ip4-two-way``: the router between two pairs of rings, half of each
+  burst in on interface 0 and out of 1, half back the other way (to the
+  sender, a static neighbor on interface 0), one Router.poll per interface
+  in turn, as a worker serving both interfaces polls them.
 - ``gen-zeros`` / ``gen-pattern``: no rings; ``memifx gen``'s per-burst
   work alone: Generator.fill into one staging buffer, as the gen source
   calls it (zeros: headers and stamp only after the first burst).
@@ -197,20 +201,60 @@ def sender(mode, n, size, burst):
     lb.close()
 
 
+def two_way(n, size, burst):
+    """ip4-two-way: BURST / 2 frames each way per round."""
+    lb = Loopback(log2=10, buffer_size=2048, n_s2m=2, n_m2s=2)
+    router = make_router()
+    router.add_neighbor(0, int.from_bytes(SRC, "big"), HOST)
+    half = burst // 2
+    there = udp_frame(size)
+    back = bytearray(there)                  # the reply: to the sender, through interface 1
+    back[0:12] = MAC_OUT + NEXT_HOP
+    back[26:34] = DST + SRC
+    back[24:26] = b"\0\0"
+    struct.pack_into("!H", back, 24, ip_checksum(bytes(back[14:34])))
+    back = bytes(back)
+    feeds = [p.tx for p in lb.s2m_pairs]
+    rxqs = [p.rx for p in lb.s2m_pairs]
+    txqs = [p.tx for p in lb.m2s_pairs]
+    drains = [p.rx for p in lb.m2s_pairs]
+    srcs = [there * half, back * half]
+    lens = array("I", [size]) * half
+    dst = bytearray(half * size)
+    out = array("I", [0]) * half
+    for _ in bursts(n // burst):
+        for i in (0, 1):
+            if feeds[i].tx_batch(srcs[i], lens) != half:
+                raise SystemExit("short tx")
+        for i in (0, 1):
+            if router.poll(i, rxqs[i], txqs, half, 1) != half:
+                raise SystemExit("short forward")
+        for i in (0, 1):
+            if drains[i].rx_batch(dst, out) != half:
+                raise SystemExit("short rx")
+    for i in (0, 1):
+        c = router.counters(i, 2)["rx"][i]          # ring i is queue i of its interface
+        if c["forwarded"] != PHASES * n // 2 or any(c["drops"].values()):
+            raise SystemExit("router: %r" % c)
+    lb.close()
+
+
 def main():
     n = int(sys.argv[1])
     size = int(sys.argv[2]) if len(sys.argv) > 2 else 64
     burst = int(sys.argv[3]) if len(sys.argv) > 3 else 256
     mode = sys.argv[4] if len(sys.argv) > 4 else "ring"
     assert n % burst == 0
-    assert mode in (("ring", "xconnect", "ip4", "ip4-options") + TESTER_MODES + SINK_RING_MODES
-                    + SEND_MODES), mode
+    assert mode in (("ring", "xconnect", "ip4", "ip4-options", "ip4-two-way") + TESTER_MODES
+                    + SINK_RING_MODES + SEND_MODES), mode
     if mode in TESTER_MODES:
         return tester(mode, n, size, burst)
     if mode in SINK_RING_MODES:
         return sink_ring(mode, n, size, burst)
     if mode in SEND_MODES:
         return sender(mode, n, size, burst)
+    if mode == "ip4-two-way":
+        return two_way(n, size, burst)
     lb = Loopback(log2=10, buffer_size=2048, n_m2s=0 if mode == "ring" else 1)
     tx, rx = lb.s2m
     if mode.startswith("ip4"):
