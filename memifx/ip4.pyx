@@ -1328,8 +1328,9 @@ cdef class Router(CountedNode):
 cdef inline bint ip4_fast(Router r, uint8_t *d, uint64_t length, uint32_t l2, uint64_t mac8,
                           const uint32_t *t24, const uint32_t *t8, way_t *way, bint first,
                           uint32_t *tot) noexcept nogil:
-    """ip4-fast's decision on a frame of ``length`` bytes whose first ones
-    (FAST_COPY, or all of a shorter frame) are at ``d``, a private copy:
+    """ip4-fast's decision on a frame of ``length`` bytes whose first
+    ``l2`` + 20 (all it reads, when the frame is that long) are at ``d``, a
+    private copy:
     what ethernet-input, ip4-input, ip4-lookup and ip4-rewrite would do to
     it without the vectors between them.  It is ip4-fast's if it is an IPv4
     packet without options (in an Ethernet frame to our MAC, ``mac8``, when
