@@ -53,13 +53,15 @@ class Proc:
     """A process in its own session, pinned to ``cpus``, whose stdout lines
     (stderr merged) are collected with their arrival times by a thread."""
 
-    def __init__(self, args, cpus=None, env=None):
+    def __init__(self, args, cpus=None, env=None, stdin=False):
         e = dict(os.environ, PYTHONUNBUFFERED="1")
         e.update(env or {})
         self.args = args
         # pinned before exec, so every thread and child starts on its CPU
         pin = (lambda: os.sched_setaffinity(0, set(cpus))) if cpus is not None else None
+        # stdin=True: a pipe for commands (send()), as testpmd -i reads them
         self.p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  stdin=subprocess.PIPE if stdin else None,
                                   text=True, start_new_session=True, env=e, cwd=ROOT,
                                   preexec_fn=pin)
         self.lines = []
@@ -74,6 +76,11 @@ class Proc:
                 self.cond.notify_all()
         with self.cond:
             self.cond.notify_all()
+
+    def send(self, line):
+        """Write one command line to the process's stdin (started with stdin=True)."""
+        self.p.stdin.write(line + "\n")
+        self.p.stdin.flush()
 
     def output_lines(self):
         """A snapshot of the lines so far, without their times."""
@@ -148,25 +155,29 @@ class Session:
     def sock(self, name):
         return os.path.join(self.dir, name + ".sock")
 
-    def start(self, args, cpus=None):
-        p = Proc(args, cpus)
+    def start(self, args, cpus=None, stdin=False):
+        p = Proc(args, cpus, stdin=stdin)
         self.procs.append(p)
         return p
 
-    def testpmd(self, vdevs, fwd, cpus="0,1", main_lcore=None, extra=()):
+    def testpmd(self, vdevs, fwd, cpus="0,1", main_lcore=None, extra=(), wrap=(),
+                lcores=None, interactive=False):
         """dpdk-testpmd without hugepages or PCI, in a file prefix of its own
         (removed at close), forwarding ``fwd`` and printing port statistics
-        once a second."""
+        once a second; or, ``interactive``, waiting for commands on stdin
+        (Proc.send: start, stop, quit).  ``wrap``: a command it runs under
+        (valgrind ...); ``lcores``: an EAL --lcores map instead of -l ``cpus``."""
         prefix = "mxperf" + uuid.uuid4().hex[:8]
         self.prefixes.append(prefix)
-        args = ["dpdk-testpmd", "--no-huge", "-m", "128", "--no-pci",
-                "--file-prefix=" + prefix, "-l", cpus]
+        args = list(wrap) + ["dpdk-testpmd", "--no-huge", "-m", "128", "--no-pci",
+                             "--file-prefix=" + prefix]
+        args += ["--lcores=" + lcores] if lcores else ["-l", cpus]
         if main_lcore is not None:
             args += ["--main-lcore", str(main_lcore)]
         args += ["--vdev=" + v for v in vdevs]
-        args += ["--", "--forward-mode=" + fwd, "--auto-start", "--stats-period", "1",
-                 "--total-num-mbufs=16384"] + list(extra)
-        return self.start(args)
+        args += ["--", "--forward-mode=" + fwd, "--total-num-mbufs=16384"]
+        args += ["-i"] if interactive else ["--auto-start", "--stats-period", "1"]
+        return self.start(args + list(extra), stdin=interactive)
 
     def close(self):
         for p in reversed(self.procs):
