@@ -50,9 +50,9 @@ import sys
 import time
 
 from harness import (BUF, DUT_CPU, MEMIFX, RING, TESTER_CPU, Session, log, spec)
-from scenarios import HOST_B_MAC, LEAN_RX, LEAN_TX, ROUTER_MAC_A, ZERO_COPY
+from scenarios import IP4_TRAFFIC, LEAN_RX, LEAN_TX, ZERO_COPY, ip4_forward_args, tester
 
-MEASURED_CPU, PEER_CPU = DUT_CPU, TESTER_CPU
+MEASURED_CPU, PEER_CPU = DUT_CPU, TESTER_CPU     # the peers and scenarios.tester: CPU 0
 STARTUP = 180           # seconds a program under callgrind may take to listen or connect
 
 # The cells: (group, name, side, work per frame).  The group's testpmd cell
@@ -77,7 +77,6 @@ CELLS = [
     ("forward", "memifx ip4-forward", "memifx",
      "headers parsed, looked up (1 route), rewritten; copied once, ring to ring (one worker)"),
 ]
-GROUPS = ["send", "receive", "forward"]
 
 
 def callgrind(outdir, *extra):
@@ -149,8 +148,8 @@ def last_json(text):
 # ------------------------------------------------------------------ memifx
 
 def memifx_once(cfg, name, size, frames):
-    """(instructions of every process of the measured memifx command,
-    frames it moved) for one run of ``frames`` frames."""
+    """(instructions of the measured memifx command's data path, frames it
+    moved) for one run of ``frames`` frames."""
     zc = ZERO_COPY if name.endswith("--zero-copy") else []
     with Session(cfg.results) as s:
         a, b = s.sock("a"), s.sock("b")
@@ -174,36 +173,26 @@ def memifx_once(cfg, name, size, frames):
                     + LEAN_TX, [PEER_CPU])
             moved = last_json(wait_exit(sink, STARTUP + 600))["packets"]
         else:
-            moved = forward_once(s, under, name, size, frames, a, b)
+            moved = forward_once(s, cfg, under, name, size, frames, a, b)
         return data_path_ir(cg), moved
 
 
-def forward_once(s, under, name, size, frames, a, b):
-    """One run of a memifx forwarder between two masters, fed by gen
-    --receive; the frames that came back (every frame sent was forwarded)."""
+def forward_once(s, cfg, under, name, size, frames, a, b):
+    """One run of a memifx forwarder between two masters, fed by the perf
+    suite's tester (gen --receive); the frames that came back (every frame
+    sent was forwarded)."""
     adaptive = {"rx-mode": "adaptive"}
-    workers = ["--workers", "1", "--cpus", str(MEASURED_CPU)]
-    extra = []
     if name == "memifx xconnect":
-        args = ["xconnect", spec(a, role="master", name="A", **adaptive),
-                spec(b, role="master", name="B", **adaptive)]
+        args, traffic = ["xconnect", spec(a, role="master", name="A", **adaptive),
+                         spec(b, role="master", name="B", **adaptive)], []
     else:
-        args = ["ip4-forward",
-                "--interface", spec(a, role="master", name="a", ip="10.0.1.1/24",
-                                    mac=ROUTER_MAC_A, **adaptive),
-                "--interface", spec(b, role="master", name="b", ip="10.0.2.1/24", **adaptive),
-                "--neighbor", "10.0.2.2,%s,dev=b" % HOST_B_MAC,
-                "--route", "198.19.0.0/16,via=10.0.2.2"]
-        extra = ["--dst-mac", ROUTER_MAC_A, "--src-ip", "10.0.1.5", "--dst-ip", "198.19.0.1"]
-    dut = s.start(under + MEMIFX + args + workers, [MEASURED_CPU])
+        args, traffic = ip4_forward_args(a, b, 1, **adaptive), IP4_TRAFFIC
+    dut = s.start(under + MEMIFX + args + ["--workers", "1", "--cpus", str(MEASURED_CPU)],
+                  [MEASURED_CPU])
     wait_path(a, dut, STARTUP)
     wait_path(b, dut, STARTUP)
-    tester = s.start(MEMIFX + ["gen", spec(a, role="slave", name="tester", **{"ring-size": 4096}),
-                               "--receive", spec(b, role="slave", name="tester-rx",
-                                                 **{"ring-size": 16384}),
-                               "--size", str(size), "--count", str(frames), "--json"]
-                     + LEAN_TX + LEAN_RX + extra, [PEER_CPU])
-    r = last_json(wait_exit(tester, STARTUP + 600))
+    t = tester(s, cfg, size, a, b, extra=["--count", str(frames), "--json"] + traffic)
+    r = last_json(wait_exit(t, STARTUP + 600))
     if r["received"] != r["packets"]:
         raise RuntimeError("%s: %d of %d frames came back" % (name, r["received"], r["packets"]))
     dut.stop(timeout=120)           # SIGTERM: it reports and exits, callgrind writes
@@ -250,12 +239,7 @@ def testpmd_cost(cfg, name, size):
             wait_path(a, tp, STARTUP)
             if fwd == "io":
                 wait_path(b, tp, STARTUP)
-                peer = s.start(MEMIFX + ["gen", spec(a, role="slave", name="tester",
-                                                     **{"ring-size": 4096}),
-                                         "--receive", spec(b, role="slave", name="tester-rx",
-                                                           **{"ring-size": 16384}),
-                                         "--size", str(size)] + LEAN_TX + LEAN_RX,
-                               [PEER_CPU])
+                peer = tester(s, cfg, size, a, b)
             else:
                 peer = s.start(MEMIFX + ["gen", spec(a, role="slave", name="peer"),
                                          "--size", str(size)] + LEAN_TX, [PEER_CPU])

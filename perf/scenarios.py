@@ -371,29 +371,37 @@ def ip4_has_workers():
     return "--workers" in command_help("ip4-forward")
 
 
+# What the tester sends through the router: to its MAC on a, routed via b.
+IP4_TRAFFIC = ["--dst-mac", ROUTER_MAC_A, "--src-ip", "10.0.1.5", "--dst-ip", "198.19.0.1"]
+
+
+def ip4_forward_args(a, b, nroutes, **kw):
+    """``memifx ip4-forward`` between masters on a and b (``kw``: more spec
+    keys for both), its neighbor on b and ``nroutes`` routes covering
+    IP4_TRAFFIC's destination."""
+    args = ["ip4-forward",
+            "--interface", spec(a, role="master", name="a", ip="10.0.1.1/24",
+                                mac=ROUTER_MAC_A, **kw),
+            "--interface", spec(b, role="master", name="b", ip="10.0.2.1/24", **kw),
+            "--neighbor", "10.0.2.2,%s,dev=b" % HOST_B_MAC]
+    if nroutes == 1:
+        return args + ["--route", "198.19.0.0/16,via=10.0.2.2"]
+    return args + ["--routes-file", routes_file(nroutes)]
+
+
 def ip4(cfg, size, nroutes, workers=0):
     """workers=0: the router's data path in its own process, pinned to CPU 1;
     1: one worker process on CPU 1 (when this memifx's ip4-forward has workers)."""
     with Session(cfg.out) as s:
         a, b = s.sock("a"), s.sock("b")
-        args = MEMIFX + ["ip4-forward",
-                         "--interface", spec(a, role="master", name="a", ip="10.0.1.1/24",
-                                             mac=ROUTER_MAC_A),
-                         "--interface", spec(b, role="master", name="b", ip="10.0.2.1/24"),
-                         "--neighbor", "10.0.2.2,%s,dev=b" % HOST_B_MAC]
-        if nroutes == 1:
-            args += ["--route", "198.19.0.0/16,via=10.0.2.2"]
-        else:
-            args += ["--routes-file", routes_file(nroutes)]
+        args = MEMIFX + ip4_forward_args(a, b, nroutes)
         if ip4_has_workers():
             args += ["--workers", str(workers)] + (["--cpus", str(DUT_CPU)] if workers else [])
         elif workers:
             raise RuntimeError("this ip4-forward has no --workers")
         r = s.start(args, [DUT_CPU] if not workers else None)
         r.wait_line(r"ip4-forward: \d+ interfaces", 300)
-        return measure_tester(s, cfg, size, a, b,
-                              extra=["--dst-mac", ROUTER_MAC_A,
-                                     "--src-ip", "10.0.1.5", "--dst-ip", "198.19.0.1"])
+        return measure_tester(s, cfg, size, a, b, extra=IP4_TRAFFIC)
 
 
 def pyapi(cfg, size, variant):
