@@ -161,12 +161,13 @@ class Session:
         return p
 
     def testpmd(self, vdevs, fwd, cpus="0,1", main_lcore=None, extra=(), wrap=(),
-                lcores=None, interactive=False):
+                lcores=None, interactive=False, pin=None):
         """dpdk-testpmd without hugepages or PCI, in a file prefix of its own
         (removed at close), forwarding ``fwd`` and printing port statistics
         once a second; or, ``interactive``, waiting for commands on stdin
         (Proc.send: start, stop, quit).  ``wrap``: a command it runs under
-        (valgrind ...); ``lcores``: an EAL --lcores map instead of -l ``cpus``."""
+        (valgrind ...); ``lcores``: an EAL --lcores map instead of -l ``cpus``;
+        ``pin``: the CPUs the whole process may use (EAL's own threads too)."""
         prefix = "mxperf" + uuid.uuid4().hex[:8]
         self.prefixes.append(prefix)
         args = list(wrap) + ["dpdk-testpmd", "--no-huge", "-m", "128", "--no-pci",
@@ -177,7 +178,7 @@ class Session:
         args += ["--vdev=" + v for v in vdevs]
         args += ["--", "--forward-mode=" + fwd, "--total-num-mbufs=16384"]
         args += ["-i"] if interactive else ["--auto-start", "--stats-period", "1"]
-        return self.start(args + list(extra), stdin=interactive)
+        return self.start(args + list(extra), pin, stdin=interactive)
 
     def close(self):
         for p in reversed(self.procs):

@@ -21,9 +21,13 @@ way a saturated data path runs.
   Its forwarding lcore is a thread of its own (``--separate-threads``) that
   does nothing but the forwarding loop between those two commands, so that
   thread's instructions over the frames moved meanwhile (counted by the
-  native peer) are its cost per frame, loop and driver included.  Both of
-  its lcores share CPU 1 (valgrind runs one thread at a time anyway), so the
-  peer has CPU 0 to itself.
+  native peer, or by testpmd's port statistics for rxonly) are its cost per
+  frame, loop and driver included.  Both of its lcores share CPU 1
+  (valgrind runs one thread at a time anyway), so the peer has CPU 0 to
+  itself.  Saturation is checked, not assumed: the calls the lcore made
+  into the memif driver (from its profile) must carry 90 % of full bursts
+  of 32 on average, else the cell fails; empty polls would count as
+  testpmd's cost per frame.
 - memifx runs its command twice, for F and 2F frames, and takes the
   difference of the instructions of its data path over F: start-up,
   handshakes and the last idle moments cancel out.  The data path is every
@@ -53,6 +57,12 @@ from harness import (BUF, DUT_CPU, MEMIFX, RING, TESTER_CPU, Session, log, spec)
 from scenarios import IP4_TRAFFIC, LEAN_RX, LEAN_TX, ZERO_COPY, ip4_forward_args, tester
 
 MEASURED_CPU, PEER_CPU = DUT_CPU, TESTER_CPU     # the peers and scenarios.tester: CPU 0
+# The ring of a peer that sends to the measured receiver (gen, as slave,
+# sets its size): as the perf suite's tester's.  With 1024 slots, testpmd
+# rxonly's bursts were only 77-93 % full on average: the peer refills in
+# the steps testpmd frees, one pass each.
+SENDER_RING = {"ring-size": 4096}
+FULL_BURSTS = 0.9       # testpmd's bursts must be this full on average (saturated)
 STARTUP = 180           # seconds a program under callgrind may take to listen or connect
 
 # The cells: (group, name, side, work per frame).  The group's testpmd cell
@@ -87,7 +97,7 @@ def callgrind(outdir, *extra):
 
 
 def profiles(outdir):
-    """[(command line, instructions counted)] of every profile in ``outdir``."""
+    """[(command line, instructions counted, path)] of every profile in ``outdir``."""
     out = []
     for name in sorted(os.listdir(outdir)):
         if not name.startswith("cg."):
@@ -102,7 +112,7 @@ def profiles(outdir):
                     total = int(m.group(1))
                     break
         if total is not None:
-            out.append((cmd, total))
+            out.append((cmd, total, os.path.join(outdir, name)))
     return out
 
 
@@ -111,8 +121,30 @@ def data_path_ir(outdir):
     command's workers where it has them (its main process is the control
     plane, as testpmd's main lcore is), else the command itself."""
     found = profiles(outdir)
-    workers = [t for cmd, t in found if "memifx.workers.loop" in cmd]
-    return sum(workers) if workers else sum(t for _, t in found)
+    workers = [t for cmd, t, _ in found if "memifx.workers.loop" in cmd]
+    return sum(workers) if workers else sum(t for _, t, _ in found)
+
+
+def driver_calls(path):
+    """Calls testpmd's own code made into the memif driver (its receive and
+    transmit bursts), in one thread's profile ``path``."""
+    names, ob, cob, n = {}, "", None, 0
+    with open(path) as f:
+        for line in f:
+            if line.startswith(("ob=", "cob=")):
+                key, _, val = line.rstrip("\n").partition("=")
+                m = re.match(r"\((\d+)\)(?: (.*))?$", val)
+                # a name is given in full the first time, by its number after
+                name = names.setdefault(m.group(1), m.group(2) or "") if m else val
+                if key == "ob":
+                    ob, cob = name, None
+                else:
+                    cob = name
+            elif line.startswith("calls="):
+                if ob.endswith("dpdk-testpmd") and "librte_net_memif" in (cob or ob):
+                    n += int(line[6:].split()[0])
+                cob = None              # a cob= names the callee of one call only
+    return n
 
 
 def wait_path(path, proc, timeout):
@@ -169,8 +201,8 @@ def memifx_once(cfg, name, size, frames):
                                              "--count", str(frames), "--json"] + LEAN_RX + zc,
                            [MEASURED_CPU])
             wait_path(a, sink, STARTUP)
-            s.start(MEMIFX + ["gen", spec(a, role="slave", name="peer"), "--size", str(size)]
-                    + LEAN_TX, [PEER_CPU])
+            s.start(MEMIFX + ["gen", spec(a, role="slave", name="peer", **SENDER_RING),
+                              "--size", str(size)] + LEAN_TX, [PEER_CPU])
             moved = last_json(wait_exit(sink, STARTUP + 600))["packets"]
         else:
             moved = forward_once(s, cfg, under, name, size, frames, a, b)
@@ -223,8 +255,12 @@ def testpmd_cost(cfg, name, size):
         server = "net_memif%d,role=server,id=0,socket=%s,socket-abstract=no"
         client = ("net_memif0,role=client,id=0,socket=%s,socket-abstract=no,rsize=%d,bsize=%d"
                   % (a, RING.bit_length() - 1, BUF))
-        # both lcores on the measured CPU; the peer has the other to itself
+        # Both lcores, and every other thread of the process, on the measured
+        # CPU: the peer has the other to itself.  (With only the lcores
+        # there, something of testpmd's under valgrind took CPU time from
+        # the peer: rxonly's bursts were 35 % full over 8 s.)
         lcores = "0@%d,1@%d" % (MEASURED_CPU, MEASURED_CPU)
+        pin = [MEASURED_CPU]
         # line-buffered: testpmd answers commands through stdio on a pipe
         under = ["stdbuf", "-oL"] + callgrind(cg, "--separate-threads=yes")
         if fwd == "txonly":
@@ -232,16 +268,16 @@ def testpmd_cost(cfg, name, size):
                            [PEER_CPU])
             wait_path(a, peer, 30)
             tp = s.testpmd([client], "txonly", wrap=under, lcores=lcores, interactive=True,
-                           extra=["--txpkts=%d" % size])
+                           pin=pin, extra=["--txpkts=%d" % size])
         else:
             vdevs = [server % (0, a)] + ([server % (1, b)] if fwd == "io" else [])
-            tp = s.testpmd(vdevs, fwd, wrap=under, lcores=lcores, interactive=True)
+            tp = s.testpmd(vdevs, fwd, wrap=under, lcores=lcores, interactive=True, pin=pin)
             wait_path(a, tp, STARTUP)
             if fwd == "io":
                 wait_path(b, tp, STARTUP)
                 peer = tester(s, cfg, size, a, b)
             else:
-                peer = s.start(MEMIFX + ["gen", spec(a, role="slave", name="peer"),
+                peer = s.start(MEMIFX + ["gen", spec(a, role="slave", name="peer", **SENDER_RING),
                                          "--size", str(size)] + LEAN_TX, [PEER_CPU])
         # every link of the peer up: it sends (or waits for frames)
         peer.wait_line(r"^(peer|tester): link up", STARTUP)
@@ -260,7 +296,9 @@ def testpmd_cost(cfg, name, size):
         said = peer.stop(timeout=60)        # the peer first: testpmd no longer forwards
         tp.send("quit")
         wait_exit(tp, 120)
-        totals = [t for _, t in profiles(cg)]
+        # the forwarding lcore: the thread that executed the most
+        _, lcore, path = max(profiles(cg), key=lambda p: p[1])
+        calls = driver_calls(path)
     if fwd == "txonly":
         # frames the sink took, and those testpmd made but found no room for
         moved = int(re.search(r"^sink: (\d+) frames", said, re.M).group(1))
@@ -273,10 +311,17 @@ def testpmd_cost(cfg, name, size):
         moved = int(re.search(r"RX-packets:\s+(\d+)", shown).group(1))
     if not moved:
         raise RuntimeError("%s moved no frames:\n%s\n---\n%s" % (name, tp.text()[-3000:], said[-1500:]))
-    # the forwarding lcore: the thread that executed the most
-    lcore = max(totals)
+    # Saturated, every receive burst of the measured port is full (32
+    # frames) and so is every transmit burst; io also polls its idle second
+    # port once per round: 3 driver calls per 32 frames there, 1 otherwise.
+    # A peer that does not keep up shows as empty polls, which would count
+    # as testpmd's cost per frame.
+    fill = moved / calls * (3 if fwd == "io" else 1) / 32 if calls else 0.0
+    if fill < FULL_BURSTS:
+        raise RuntimeError("%s was not kept saturated: %d frames in %d driver calls "
+                           "(bursts %.0f%% full)" % (name, moved, calls, 100 * fill))
     return {"ir_per_frame": lcore / moved, "frames": [moved], "ir": [lcore],
-            "threads": len(totals)}
+            "driver_calls": calls, "burst_fill": round(fill, 3)}
 
 
 # ------------------------------------------------------------------ report
