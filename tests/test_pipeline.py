@@ -147,7 +147,10 @@ def test_testpmd_and_xconnect_account_for_every_frame(procs, sockdir, unique, si
     processes on two CPUs (testpmd, gen, and xconnect doing real work even
     in interrupt mode), so a frame may be dropped when xconnect is not
     scheduled in time: every such frame must be counted by the hop that
-    dropped it, none may be corrupt."""
+    dropped it, none may be corrupt.  Offered at 100 kpps: at 500 kpps one
+    CI run dropped a third of 200 000 frames of 1518 B (64 613, all
+    counted: some 130 ms of traffic that found a ring full while a hop was
+    not scheduled); the same stall costs a fifth as many frames here."""
     t0, t1 = os.path.join(sockdir, "t0.sock"), os.path.join(sockdir, "t1.sock")
     c = os.path.join(sockdir, "c.sock")
     tp = start_testpmd(procs, unique, t0, t1)
@@ -158,7 +161,7 @@ def test_testpmd_and_xconnect_account_for_every_frame(procs, sockdir, unique, si
                                   "--json"])
         assert wait_for(lambda: os.path.exists(c), 10)
         count = 200000
-        r = run_gen(t0, c, "--size", size, "--count", str(count), "--rate", "500000")
+        r = run_gen(t0, c, "--size", size, "--count", str(count), "--rate", "100000")
     finally:
         tp_dropped = stop_testpmd(tp, unique)
     x.send_signal(signal.SIGTERM)
