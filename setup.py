@@ -57,12 +57,22 @@ def prebuilt_check():
                  "(run: python setup.py build_ext --inplace)" % ", ".join(missing))
 
 
+# memifx.traffic's checker loops (check_frames, check_usual, check_gathered)
+# are written once and made into one loop per header length and check level
+# by inlining them where each is called with those as constants; gcc's
+# default limits for that module (max-inline-insns-single, inline-unit-growth)
+# stop after a few, leaving loops that test both per frame (about 10 % more
+# instructions per frame, tests/test_cost.py).
+MODULE_ARGS = {"traffic": ["--param=max-inline-insns-single=400",
+                           "--param=inline-unit-growth=100"]}
+
 extensions = [
     Extension(
         "memifx.%s" % name,
         ["memifx/%s.pyx" % name],
         include_dirs=["csrc"],
-        extra_compile_args=[OPTIMIZE, "-Wno-unused-function", "-Wno-sign-compare"] + SANITIZE,
+        extra_compile_args=[OPTIMIZE, "-Wno-unused-function", "-Wno-sign-compare"]
+        + MODULE_ARGS.get(name, []) + SANITIZE,
         extra_link_args=SANITIZE,
     )
     for name in ("guard", "memory", "ring", "counted", "xconnect", "traffic", "stream", "table", "reclaim",

@@ -10,6 +10,7 @@ from memifx.cli.common import (Stop, build_dataplane, emit_json, prometheus_opti
                                run_dataplane, start_pipeline, tester_worker_options)
 from memifx.cli.gen import Ip4Type, MacType, SizeType, run_gen
 from memifx.cli.sink import run_sink
+from memifx.tester import GEN_VERIFY, SINK_VERIFY
 
 CONTEXT = dict(help_option_names=["-h", "--help"])
 
@@ -61,11 +62,15 @@ def demo(duration, size, json_out):
         sys.exit(1)
 
 
-VERIFY = click.option(
-    "--verify", type=click.Choice(["full", "stamp"]), default="full", show_default=True,
-    help="What the receiver checks in each frame it copies out: every byte (the "
-         "payload gen announced in the stamp: pattern or zeros), or headers and stamp "
-         "only (sequence and latency still tracked).")
+VERIFY_HELP = ("What the receiver checks in each frame: every byte (full: the payload gen "
+               "announced in the stamp, pattern or zeros), headers and stamp (stamp), or "
+               "the stamp alone (seq); each still counts loss, order, duplicates and "
+               "latency.")
+
+
+def verify_option(levels, more=""):
+    return click.option("--verify", type=click.Choice(levels), default="full",
+                        show_default=True, help=VERIFY_HELP + more)
 
 
 @main.command()
@@ -84,11 +89,15 @@ VERIFY = click.option(
 @click.option("--flows", type=click.IntRange(1, 65536), default=1, show_default=True,
               help="Number of flows (UDP source ports); spread over the tx queues by a "
                    "hash of the flow.")
-@click.option("--payload", type=click.Choice(["pattern", "zeros"]), default="pattern",
+@click.option("--payload", type=click.Choice(["pattern", "zeros", "fixed"]), default="pattern",
               show_default=True,
               help="What follows the stamp: a pattern that lets the receiver check "
                    "every byte, or zeros (a load test: only headers and stamps are "
-                   "written per frame, then the copy into the ring).")
+                   "written per frame, then the copy into the ring).  fixed: zeros and no "
+                   "stamp either, the same frame again and again, as testpmd's txonly "
+                   "sends; with --zero-copy as slave a buffer that holds one is sent as "
+                   "it is, only its descriptor written.  Nothing can check such frames: "
+                   "count them (sink --verify count); not with --receive.")
 @click.option("--zero-copy", is_flag=True,
               help="Write stamped frames straight into the ring's buffers (one pass per "
                    "frame) instead of copying them in from a staging buffer; with "
@@ -107,7 +116,7 @@ VERIFY = click.option(
                    "what the sink reports (lost, reordered, duplicated, corrupt, latency).")
 @click.option("--capture", "capture_path", type=click.Path(dir_okay=False, writable=True),
               help="Write what arrives on SPEC (replies) to this pcap file.")
-@VERIFY
+@verify_option(GEN_VERIFY)
 @click.option("--stats-interval", type=click.FloatRange(0), default=0,
               help="Print rates every S seconds.")
 @click.option("--json", "json_out", is_flag=True,
@@ -143,7 +152,8 @@ def gen(spec, sizes, count, duration, rate, flows, payload, zero_copy, src_mac, 
                    "on ip-mode interfaces).")
 @click.option("--stats-interval", type=click.FloatRange(0), default=0,
               help="Print the receive rate every S seconds.")
-@VERIFY
+@verify_option(SINK_VERIFY, "  Or none of it (count): frames and bytes are counted, as "
+                           "testpmd's rxonly does; loss is what gen sent less what arrived.")
 @click.option("--zero-copy", "zero_copy", is_flag=True,
               help="Check each frame where it lies in shared memory instead of copying "
                    "it out first (either role: nothing is written to the buffers); "
@@ -161,7 +171,7 @@ def sink(spec, duration, count, pcap_path, stats_interval, verify, zero_copy, js
     (frames that are not gen's are counted as "other").
 
     Every frame is copied out of shared memory in full (rx_into) and then
-    checked byte for byte (headers and stamp only with --verify stamp): the
+    checked byte for byte (less with --verify stamp, seq or count): the
     measured rate includes that copy.  With --zero-copy each frame is checked
     in place instead, and only one the fast check does not take (chained,
     damaged, out of order) is copied.  With

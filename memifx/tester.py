@@ -13,8 +13,8 @@
   counters of what went out.
 - ``Receiver``: copies a burst per receive queue out of the ring (frames back
   to back in one buffer) and hands it to memifx.traffic.Checker (every byte,
-  or with ``verify="stamp"`` headers and stamp only); optionally appends it
-  to a pcap file.  With ``zero_copy`` the Checker reads each frame where it
+  or less: ``verify`` is one of its levels); optionally appends it to a pcap
+  file.  With ``zero_copy`` the Checker reads each frame where it
   lies in the ring's buffers instead (Checker.drain_in_place), as a libmemif
   receiver does; a pcap writer keeps the copy.
 
@@ -31,9 +31,15 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from memifx.rxmode import sleep_on
 from memifx.stream import Stream
-from memifx.traffic import Checker, Generator, span
+from memifx.traffic import VERIFY_LEVELS, Checker, Generator, span
 
 Counters = Dict[str, Any]
+
+# What a receiver may check (Checker's levels, "full" first).  gen's, with
+# --receive, counts its own frames back by their sequence numbers, so it
+# must at least read the stamp.
+SINK_VERIFY = VERIFY_LEVELS
+GEN_VERIFY = tuple(v for v in VERIFY_LEVELS if v != "count")
 
 BURST = 256
 DRAIN_BURSTS = 16           # bursts a Receiver takes per queue in one call into C
@@ -311,7 +317,7 @@ def in_flight(txqs: Sequence[Any]) -> int:
 class Receiver:
     """Drains every receive queue ``port.active_queues("rx")`` offers, a
     burst at a time.  ``port``: an Interface, or a worker's share of one.
-    ``verify``: "full" checks every byte, "stamp" headers and stamp only.
+    ``verify``: what is checked, a Checker level ("full": every byte).
     ``zero_copy``: check each frame in place in the ring's buffers (either
     role; nothing is written to them), ``buf`` being only the room for a
     frame that must be copied to be checked (chained, or not the usual
@@ -320,7 +326,7 @@ class Receiver:
     def __init__(self, port: Any, ip_mode: bool, writer: Any = None, burst: int = BURST,
                  verify: str = "full", zero_copy: bool = False) -> None:
         self.port = port
-        self.checker = Checker(ip_mode=ip_mode, payload=verify == "full")
+        self.checker = Checker(ip_mode=ip_mode, verify=verify)
         self.zero_copy = zero_copy
         self.burst = burst
         self.buf = bytearray(burst * SLOT)
@@ -374,7 +380,7 @@ def receive_result(checker: Checker, first: Optional[float], last: Optional[floa
     """sink's report from a Checker and the times of the first and last burst."""
     seconds = (last - first) if first is not None and last is not None else 0.0
     out = rates(checker.packets, checker.bytes, seconds)
-    out.update(checker.counters())
+    out.update(checker.counters(), verify=checker.verify)
     lat = checker.latency()
     out["latency_us"] = {k: round(v / 1000.0, 3) for k, v in lat.items()} if lat else None
     return out

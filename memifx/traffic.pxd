@@ -35,6 +35,12 @@ cdef struct flow_t:
     uint32_t ports          # its frames' UDP ports as they lie in memory (a host u32)
 
 
+cdef enum:                  # what a Checker reads of each frame (memifx sink --verify)
+    VERIFY_FULL = 0         # headers, stamp and every payload byte
+    VERIFY_STAMP = 1        # headers and stamp
+    VERIFY_SEQ = 2          # the stamp alone, where gen puts it
+    VERIFY_COUNT = 3        # nothing: frames and bytes are counted
+
 cdef enum:
     HDR_MAX = 48            # room for one header template (Ethernet + IPv4 + UDP = 42)
 
@@ -50,6 +56,7 @@ cdef class Generator:
     cdef uint32_t size_pos
     cdef readonly uint32_t max_size
     cdef readonly bint zeros        # payload: zeros (else the pattern)
+    cdef readonly bint fixed        # payload "fixed": zeros, and no stamp
 
     cdef (uint32_t, uint64_t) fill_raw(self, uint8_t *base, uint64_t room, uint32_t *lengths,
                                        uint32_t n, const uint32_t *flows, uint32_t nflows,
@@ -65,7 +72,7 @@ cdef class Generator:
 @cython.final           # direct (inlinable) calls to its cdef methods
 cdef class Checker:
     cdef readonly bint ip_mode
-    cdef readonly bint payload      # verify the payload too (else headers and stamp only)
+    cdef int level                  # VERIFY_*
     cdef flow_t **flow              # MAX_FLOWS entries, allocated on first sight
     cdef readonly uint64_t packets      # every frame looked at
     cdef readonly uint64_t bytes
@@ -86,4 +93,5 @@ cdef class Checker:
                                        uint64_t room) noexcept nogil
     cdef uint32_t check_in_place(self, Queue q, uint32_t n, uint8_t *scratch,
                                  uint64_t room) noexcept nogil
+    cdef int good(self, uint16_t flow, uint64_t seq, uint64_t ts, uint64_t now) noexcept nogil
     cdef void track(self, uint16_t flow, uint64_t seq, uint64_t ts) noexcept nogil

@@ -22,9 +22,11 @@ CLOCK_MONOTONIC is one clock for every process on it, so ``now - timestamp``
 at the receiver is the one-way latency.
 
 The checker treats an IPv4/UDP frame to port 28024 as ours.  Ours with a
-wrong magic, IP header checksum, IP or UDP length, or (unless it was made
-with ``payload=False``: headers and stamp only) a single payload byte off is
+wrong magic, IP header checksum, IP or UDP length, or (at ``verify="full"``,
+not "stamp": headers and stamp only) a single payload byte off is
 *corrupt*.  Anything else is *other* (ARP, ICMP, replayed captures).
+Cheaper levels read less: "seq" the stamp alone (a frame with the magic
+where gen puts the stamp is ours), "count" nothing at all.
 Good frames feed a per-flow sequence window (lost, reordered, duplicated) and
 a latency histogram (64 buckets per power of two: about 1.5% resolution);
 a frame whose stamp is sound but whose pattern is not is corrupt, yet still
@@ -105,6 +107,7 @@ cdef uint64_t STEP = 0xD1B54A32D192ED03ULL
 
 HEADER_BYTES = IP_HLEN + UDP_HLEN + STAMP_LEN     # smallest stamped IP packet
 STAMP_PORT = UDP_PORT
+VERIFY_LEVELS = ("full", "stamp", "seq", "count")     # Checker(verify=): VERIFY_* in order
 
 cdef enum:
     PCAP_REC = 16           # pcap record header: ts_sec, ts_usec, caplen, len
@@ -274,6 +277,18 @@ cdef inline void write_frame(uint8_t *p, const uint8_t *t, uint32_t hlen, uint32
         memset(st + STAMP_LEN, 0, rest)
 
 
+cdef inline void write_fixed(uint8_t *p, const uint8_t *t, uint32_t hlen, uint32_t size,
+                             uint32_t flow, bint payload) noexcept nogil:
+    """An unstamped frame (payload "fixed") of ``size`` bytes: its size's
+    template as it is (IP id 0, the checksum for it) with the flow's source
+    port, zeros where a stamp would be and, if ``payload``, after it
+    (else the caller knows they are zeros already: a fixed frame's)."""
+    memcpy(p, t, HDR_MAX)           # the template's bytes past hlen are zeros
+    put16(p + hlen - UDP_HLEN, sport(flow))
+    if payload:
+        memset(p + hlen, 0, size - hlen)
+
+
 cdef struct cycle_t:
     # Where the generator is in its cycles of flows and sizes, held in
     # locals while a burst is made: the frames are bytes, which may alias
@@ -288,16 +303,23 @@ cdef struct cycle_t:
     uint32_t si             # sizes[si]: the next frame's size
 
 
-cdef inline uint64_t next_seq(const uint32_t *flows, uint32_t nflows, uint32_t *cursor,
-                              uint64_t *seqs, uint32_t *flow) noexcept nogil:
-    """The next frame's flow (into ``flow``, from ``flows[cursor]``) and its
-    sequence number; the flow cycle and that flow's sequence move on by one.
-    The fill loops keep the cycles in locals and pass their addresses."""
-    cdef uint64_t seq
-    flow[0] = flows[cursor[0]]
+cdef inline uint32_t next_flow(const uint32_t *flows, uint32_t nflows,
+                               uint32_t *cursor) noexcept nogil:
+    """The next frame's flow, ``flows[cursor]``; the flow cycle moves on by
+    one.  The fill loops keep the cycles in locals and pass their addresses."""
+    cdef uint32_t flow = flows[cursor[0]]
     cursor[0] += 1
     if cursor[0] == nflows:
         cursor[0] = 0
+    return flow
+
+
+cdef inline uint64_t next_seq(const uint32_t *flows, uint32_t nflows, uint32_t *cursor,
+                              uint64_t *seqs, uint32_t *flow) noexcept nogil:
+    """The next frame's flow (into ``flow``: next_flow()) and its sequence
+    number, which moves on by one."""
+    cdef uint64_t seq
+    flow[0] = next_flow(flows, nflows, cursor)
     seq = seqs[flow[0]]
     seqs[flow[0]] = seq + 1
     return seq
@@ -319,10 +341,11 @@ cdef inline cycle_t cycle_of(Generator g, const uint32_t *flows, uint32_t nflows
 
 cdef inline (uint32_t, uint64_t) fill_frames(
         cycle_t *c, uint8_t *base, uint64_t room, uint32_t *lengths, uint32_t n, uint64_t ts,
-        const uint8_t *hdr, uint32_t hlen, bint zeros, bint payload,
+        const uint8_t *hdr, uint32_t hlen, bint zeros, bint payload, bint fixed,
         bint single) noexcept nogil:
-    """Generator.fill_raw's loop (``single``: one frame size); returns
-    (frames, bytes).  The cycles in plain locals, as in fill_frames_at()."""
+    """Generator.fill_raw's loop (``fixed``: unstamped frames; ``single``:
+    one frame size); returns (frames, bytes).  The cycles in plain locals,
+    as in fill_frames_at()."""
     cdef uint32_t i = 0, size = c.sizes[c.si], flow, si = c.si
     cdef const uint32_t *flows = c.flows
     cdef const uint32_t *sizes = c.sizes
@@ -340,8 +363,11 @@ cdef inline (uint32_t, uint64_t) fill_frames(
             si += 1
             if si == nsizes:
                 si = 0
-        seq = next_seq(flows, nflows, &cursor, seqs, &flow)
-        write_frame(base + off, t, hlen, size, flow, seq, ts, zeros, payload)
+        if fixed:       # no sequence numbers
+            write_fixed(base + off, t, hlen, size, next_flow(flows, nflows, &cursor), payload)
+        else:
+            seq = next_seq(flows, nflows, &cursor, seqs, &flow)
+            write_frame(base + off, t, hlen, size, flow, seq, ts, zeros, payload)
         lengths[i] = size
         off += size
         i += 1
@@ -352,32 +378,37 @@ cdef inline (uint32_t, uint64_t) fill_frames(
 
 cdef inline (uint32_t, uint64_t) fill_sized(
         cycle_t *c, uint8_t *base, uint64_t room, uint32_t *lengths, uint32_t n, uint64_t ts,
-        const uint8_t *hdr, uint32_t hlen, bint zeros, bint payload) noexcept nogil:
+        const uint8_t *hdr, uint32_t hlen, bint zeros, bint payload, bint fixed) noexcept nogil:
     """fill_frames() with one frame size, or several, as a constant."""
     if c.nsizes == 1:
-        return fill_frames(c, base, room, lengths, n, ts, hdr, hlen, zeros, payload, True)
-    return fill_frames(c, base, room, lengths, n, ts, hdr, hlen, zeros, payload, False)
+        return fill_frames(c, base, room, lengths, n, ts, hdr, hlen, zeros, payload, fixed, True)
+    return fill_frames(c, base, room, lengths, n, ts, hdr, hlen, zeros, payload, fixed, False)
 
 
 cdef inline (uint32_t, uint64_t) fill_kind(
         cycle_t *c, uint8_t *base, uint64_t room, uint32_t *lengths, uint32_t n, uint64_t ts,
-        const uint8_t *hdr, uint32_t hlen, bint zeros, bint payload) noexcept nogil:
+        const uint8_t *hdr, uint32_t hlen, bint zeros, bint payload, bint fixed) noexcept nogil:
     """fill_sized() with the payload kind as a constant."""
     if not zeros:
-        return fill_sized(c, base, room, lengths, n, ts, hdr, hlen, False, True)
+        return fill_sized(c, base, room, lengths, n, ts, hdr, hlen, False, True, False)
+    if fixed:
+        if payload:
+            return fill_sized(c, base, room, lengths, n, ts, hdr, hlen, True, True, True)
+        return fill_sized(c, base, room, lengths, n, ts, hdr, hlen, True, False, True)
     if payload:
-        return fill_sized(c, base, room, lengths, n, ts, hdr, hlen, True, True)
-    return fill_sized(c, base, room, lengths, n, ts, hdr, hlen, True, False)
+        return fill_sized(c, base, room, lengths, n, ts, hdr, hlen, True, True, False)
+    return fill_sized(c, base, room, lengths, n, ts, hdr, hlen, True, False, False)
 
 
 cdef inline uint32_t fill_frames_at(
         cycle_t *c, uint8_t **ptrs, const uint32_t *room, uint32_t *lengths, uint32_t *held,
         uint32_t n, uint64_t ts, const uint8_t *hdr, uint32_t hlen, bint zeros,
-        bint track, bint single) noexcept nogil:
+        bint track, bint fixed, bint single) noexcept nogil:
     """Generator.fill_at's loop (``track``: ``held`` is kept, zeros only;
-    ``single``: one frame size).  The cycles in plain locals: with the
-    frames' stores counted as aliasing everything, fields reached through
-    ``c`` would be reloaded per frame."""
+    ``fixed``: unstamped frames, and a buffer ``held`` says holds one of
+    this size is sent as it is; ``single``: one frame size).  The cycles in
+    plain locals: with the frames' stores counted as aliasing everything,
+    fields reached through ``c`` would be reloaded per frame."""
     cdef uint32_t i = 0, size = c.sizes[c.si], flow, si = c.si
     cdef const uint32_t *flows = c.flows
     cdef const uint32_t *sizes = c.sizes
@@ -395,6 +426,17 @@ cdef inline uint32_t fill_frames_at(
             si += 1
             if si == nsizes:
                 si = 0
+        if fixed:       # no sequence numbers
+            flow = next_flow(flows, nflows, &cursor)
+            if not track:
+                write_fixed(ptrs[i], t, hlen, size, flow, True)
+            elif held[i] != size:
+                # (the flow of its first frame stays a buffer's)
+                write_fixed(ptrs[i], t, hlen, size, flow, held[i] < size)
+                held[i] = size
+            lengths[i] = size
+            i += 1
+            continue
         seq = next_seq(flows, nflows, &cursor, seqs, &flow)
         if not zeros:
             write_frame(ptrs[i], t, hlen, size, flow, seq, ts, False, True)
@@ -415,11 +457,30 @@ cdef inline uint32_t fill_frames_at(
 cdef inline uint32_t fill_sized_at(
         cycle_t *c, uint8_t **ptrs, const uint32_t *room, uint32_t *lengths, uint32_t *held,
         uint32_t n, uint64_t ts, const uint8_t *hdr, uint32_t hlen, bint zeros,
-        bint track) noexcept nogil:
+        bint track, bint fixed) noexcept nogil:
     """fill_frames_at() with one frame size, or several, as a constant."""
     if c.nsizes == 1:
-        return fill_frames_at(c, ptrs, room, lengths, held, n, ts, hdr, hlen, zeros, track, True)
-    return fill_frames_at(c, ptrs, room, lengths, held, n, ts, hdr, hlen, zeros, track, False)
+        return fill_frames_at(c, ptrs, room, lengths, held, n, ts, hdr, hlen, zeros, track,
+                              fixed, True)
+    return fill_frames_at(c, ptrs, room, lengths, held, n, ts, hdr, hlen, zeros, track,
+                          fixed, False)
+
+
+cdef inline uint32_t fill_kind_at(
+        cycle_t *c, uint8_t **ptrs, const uint32_t *room, uint32_t *lengths, uint32_t *held,
+        uint32_t n, uint64_t ts, const uint8_t *hdr, uint32_t hlen, bint zeros,
+        bint fixed) noexcept nogil:
+    """fill_sized_at() with the payload kind and whether ``held`` is kept
+    (not NULL: zeros only) as constants."""
+    if not zeros:
+        return fill_sized_at(c, ptrs, room, lengths, NULL, n, ts, hdr, hlen, False, False, False)
+    if fixed:
+        if held != NULL:
+            return fill_sized_at(c, ptrs, room, lengths, held, n, ts, hdr, hlen, True, True, True)
+        return fill_sized_at(c, ptrs, room, lengths, NULL, n, ts, hdr, hlen, True, False, True)
+    if held != NULL:
+        return fill_sized_at(c, ptrs, room, lengths, held, n, ts, hdr, hlen, True, True, False)
+    return fill_sized_at(c, ptrs, room, lengths, NULL, n, ts, hdr, hlen, True, False, False)
 
 
 cdef class Generator:
@@ -428,7 +489,10 @@ cdef class Generator:
     ``sizes``: frame sizes used in turn (one size, or a mix such as IMIX);
     a size is the L2 frame without FCS (ethernet) or the IP packet (ip mode).
     Each flow has its own sequence, starting at 0.  ``payload``: "pattern"
-    (every byte checkable) or "zeros".
+    (every byte checkable), "zeros", or "fixed": zeros and no stamp either,
+    the same frame per size and flow again and again, so that a buffer that
+    holds one need not be written again (a zero-copy slave sends it as it
+    is); the receiver can count such frames only (Checker verify="count").
     """
 
     def __cinit__(self):
@@ -450,9 +514,10 @@ cdef class Generator:
             if s < l2 + HEADER_BYTES or s - l2 > 65535:
                 raise ValueError("frame size %d out of range (%d..%d)"
                                  % (s, l2 + HEADER_BYTES, l2 + 65535))
-        if payload not in ("pattern", "zeros"):
-            raise ValueError("payload must be 'pattern' or 'zeros'")
-        self.zeros = payload == "zeros"
+        if payload not in ("pattern", "zeros", "fixed"):
+            raise ValueError("payload must be 'pattern', 'zeros' or 'fixed'")
+        self.zeros = payload != "pattern"
+        self.fixed = payload == "fixed"
         self.ip_mode = ip_mode
         self.flows = flows
         eth = b"" if ip_mode else (_mac(dst_mac, "dst_mac") + _mac(src_mac, "src_mac")
@@ -508,8 +573,9 @@ cdef class Generator:
 
         ``headers_only`` (zeros payload): the caller knows the payload bytes
         of these frames are zeros already (a zeroed buffer that only ever held
-        frames of this one size at these offsets); only headers and stamps
-        are written."""
+        frames of this generator, of this one size at these offsets); only
+        headers and stamps are written (payload "fixed": headers only, what
+        would be the stamp being zeros too)."""
         cdef bint payload = not (headers_only and self.zeros)
         cdef uint32_t nflows, i = 0
         cdef uint64_t off = 0, room
@@ -558,10 +624,10 @@ cdef class Generator:
         # the compiler makes a loop for each
         if self.hlen == ETH_HLEN + IP_HLEN + UDP_HLEN:
             i, off = fill_kind(&c, base, room, lengths, n, ts, self.hdr,
-                               ETH_HLEN + IP_HLEN + UDP_HLEN, self.zeros, payload)
+                               ETH_HLEN + IP_HLEN + UDP_HLEN, self.zeros, payload, self.fixed)
         else:
             i, off = fill_kind(&c, base, room, lengths, n, ts, self.hdr, IP_HLEN + UDP_HLEN,
-                               self.zeros, payload)
+                               self.zeros, payload, self.fixed)
         self.size_pos = c.si
         return i, off
 
@@ -573,31 +639,19 @@ cdef class Generator:
         its buffer cannot hold.  Returns the frames written, their sizes in
         ``lengths``.  ``held`` (NULL: nothing known): ``held[i]`` bytes of
         ``ptrs[i]`` are a zeros-payload frame written here before, so a
-        zeros frame no longer than that needs its headers and stamp only;
-        updated to what each buffer holds after."""
+        zeros frame no longer than that needs its headers and stamp only (a
+        fixed one of that size, nothing); updated to what each buffer holds
+        after."""
         cdef uint32_t i, k
         cdef cycle_t c = cycle_of(self, flows, nflows, cursor)
         # header length, payload kind and whether ``held`` is kept as
         # constants: the compiler makes a loop for each
         if self.hlen == ETH_HLEN + IP_HLEN + UDP_HLEN:
-            if not self.zeros:
-                i = fill_sized_at(&c, ptrs, room, lengths, NULL, n, ts, self.hdr,
-                                   ETH_HLEN + IP_HLEN + UDP_HLEN, False, False)
-            elif held != NULL:
-                i = fill_sized_at(&c, ptrs, room, lengths, held, n, ts, self.hdr,
-                                   ETH_HLEN + IP_HLEN + UDP_HLEN, True, True)
-            else:
-                i = fill_sized_at(&c, ptrs, room, lengths, NULL, n, ts, self.hdr,
-                                   ETH_HLEN + IP_HLEN + UDP_HLEN, True, False)
-        elif not self.zeros:
-            i = fill_sized_at(&c, ptrs, room, lengths, NULL, n, ts, self.hdr,
-                               IP_HLEN + UDP_HLEN, False, False)
-        elif held != NULL:
-            i = fill_sized_at(&c, ptrs, room, lengths, held, n, ts, self.hdr,
-                               IP_HLEN + UDP_HLEN, True, True)
+            i = fill_kind_at(&c, ptrs, room, lengths, held, n, ts, self.hdr,
+                             ETH_HLEN + IP_HLEN + UDP_HLEN, self.zeros, self.fixed)
         else:
-            i = fill_sized_at(&c, ptrs, room, lengths, NULL, n, ts, self.hdr,
-                               IP_HLEN + UDP_HLEN, True, False)
+            i = fill_kind_at(&c, ptrs, room, lengths, held, n, ts, self.hdr,
+                             IP_HLEN + UDP_HLEN, self.zeros, self.fixed)
         if held != NULL and not self.zeros:
             for k in range(i):
                 held[k] = 0             # a pattern frame there now
@@ -609,6 +663,8 @@ cdef class Generator:
         """restamp() on raw pointers: frames made by fill_raw, packed from ``base``."""
         cdef uint32_t i, stamp = self.hlen + 12
         cdef uint64_t off = 0
+        if self.fixed:
+            return                      # no stamps
         for i in range(n):
             if lengths[i] >= stamp + 8:
                 memcpy(base + off + stamp, &ts, 8)
@@ -704,10 +760,12 @@ cdef inline uint32_t bswap16(uint32_t v) noexcept nogil:
 
 
 cdef inline bint fast_good(Checker self, const uint8_t *p, uint32_t length, uint32_t l2,
-                           bint payload, tally_t *t) noexcept nogil:
+                           int level, tally_t *t) noexcept nogil:
     """The usual frame (ours, IPv4 without options, sound, next in its flow's
     sequence), checked and counted in one pass; False for any other frame,
-    having changed nothing, so that check_one() decides it.
+    having changed nothing, so that check_one() decides it.  ``level``
+    (VERIFY_FULL, _STAMP or _SEQ) says what is checked: at VERIFY_SEQ the
+    stamp alone, where gen puts it, and no header.
 
     ``p`` may be a peer's shared buffer that changes under us: each header
     word is read once into a local and every decision is taken on the
@@ -736,28 +794,32 @@ cdef inline bint fast_good(Checker self, const uint8_t *p, uint32_t length, uint
     f = t.flows[(head >> 16) & 0xffff]
     magic = <uint32_t>(head & 0xffff)
     if (f == NULL or seq != f.next or ts < f.newest
-            or (magic | (STAMP_MAGIC ^ STAMP_MAGIC_ZEROS)) != STAMP_MAGIC_ZEROS
-            or (l2 and load16(p + 12) != 0x0008)):
+            or (magic | (STAMP_MAGIC ^ STAMP_MAGIC_ZEROS)) != STAMP_MAGIC_ZEROS):
         return False
-    if length != t.length:
-        t.length = length
-        t.ip_w0 = 0x45 | (bswap16(avail) << 16)
-        t.udp_len = bswap16(avail - IP_HLEN)
-    w0 = load32(ip)                 # version/IHL, TOS, total length
-    w2 = load32(ip + 8)             # TTL, protocol, checksum
-    # The header's ones' complement sum must be 0xffff.  That sum of 16-bit
-    # words folds their plain sum S modulo 0xffff (2**16 = 1 mod 0xffff),
-    # mapping a non-zero multiple of 0xffff to 0xffff; adding 32-bit words
-    # instead changes S by multiples of 0xffff only; S > 0 (version byte,
-    # checked).  So: S % 0xffff == 0, tested as a multiply and a compare.
-    s = <uint64_t>w0 + load32(ip + 4) + w2 + load32(ip + 12) + load32(ip + 16)
-    if ((w0 & 0xffff00ffU) != t.ip_w0 or (w2 & 0xff00) != (17 << 8)
-            or load32(ip + IP_HLEN) != f.ports                  # UDP ports
-            or load16(ip + IP_HLEN + 4) != t.udp_len            # UDP length
-            or not sums_to_all_ones(s)):
-        return False
-    if payload and not payload_ok(st + STAMP_LEN, avail - IP_HLEN - UDP_HLEN - STAMP_LEN,
-                                  <uint16_t>magic, seq, <uint16_t>(head >> 16)):
+    if level != VERIFY_SEQ:
+        if l2 and load16(p + 12) != 0x0008:
+            return False
+        if length != t.length:
+            t.length = length
+            t.ip_w0 = 0x45 | (bswap16(avail) << 16)
+            t.udp_len = bswap16(avail - IP_HLEN)
+        w0 = load32(ip)                 # version/IHL, TOS, total length
+        w2 = load32(ip + 8)             # TTL, protocol, checksum
+        # The header's ones' complement sum must be 0xffff.  That sum of
+        # 16-bit words folds their plain sum S modulo 0xffff (2**16 = 1 mod
+        # 0xffff), mapping a non-zero multiple of 0xffff to 0xffff; adding
+        # 32-bit words instead changes S by multiples of 0xffff only; S > 0
+        # (version byte, checked).  So: S % 0xffff == 0, tested as a
+        # multiply and a compare.
+        s = <uint64_t>w0 + load32(ip + 4) + w2 + load32(ip + 12) + load32(ip + 16)
+        if ((w0 & 0xffff00ffU) != t.ip_w0 or (w2 & 0xff00) != (17 << 8)
+                or load32(ip + IP_HLEN) != f.ports                  # UDP ports
+                or load16(ip + IP_HLEN + 4) != t.udp_len            # UDP length
+                or not sums_to_all_ones(s)):
+            return False
+    if level == VERIFY_FULL and not payload_ok(
+            st + STAMP_LEN, avail - IP_HLEN - UDP_HLEN - STAMP_LEN,
+            <uint16_t>magic, seq, <uint16_t>(head >> 16)):
         return False
     f.newest = ts
     if unlikely(ts != t.run_ts):
@@ -776,7 +838,8 @@ cdef inline void tally_start(Checker self, tally_t *t, uint64_t now) noexcept no
     t.hist = self.lat_hist
     t.now = now if now else now_ns()
     t.lat_sum = 0
-    t.length = 0            # no frame is that short: the first one sets it
+    t.length = 0            # no frame is that short: the first one sets them
+    t.ip_w0 = t.udp_len = 0
     t.lat_min = self.lat_min
     t.lat_max = self.lat_max
     t.run_ts = 0
@@ -814,11 +877,11 @@ cdef inline void tally_end(Checker self, tally_t *t, uint32_t frames, uint64_t n
 
 
 cdef inline uint32_t check_frames(Checker self, const uint8_t *base, const uint32_t *lengths,
-                                  uint32_t n, uint32_t l2, bint payload,
+                                  uint32_t n, uint32_t l2, int level,
                                   uint64_t now) noexcept nogil:
-    """Checker.check_packed for ``l2`` bytes of Ethernet header (0 or 14) and
-    with or without the payload check: fast_good() for each frame, and
-    check_one() for those it does not take."""
+    """Checker.check_packed for ``l2`` bytes of Ethernet header (0 or 14) at
+    ``level`` (not VERIFY_COUNT: count_packed): fast_good() for each frame,
+    and check_one() for those it does not take."""
     cdef uint32_t i, good = 0, slow = 0, length
     cdef uint64_t off = 0
     cdef const uint8_t *p
@@ -828,7 +891,7 @@ cdef inline uint32_t check_frames(Checker self, const uint8_t *base, const uint3
         p = base + off
         length = lengths[i]
         off += length
-        if not fast_good(self, p, length, l2, payload, &t):
+        if not fast_good(self, p, length, l2, level, &t):
             slow += 1
             if self.check_one(p, length, t.now) == GOOD:
                 good += 1
@@ -837,14 +900,14 @@ cdef inline uint32_t check_frames(Checker self, const uint8_t *base, const uint3
 
 
 cdef inline uint32_t check_gathered(Checker self, Queue q, uint32_t n, uint8_t *scratch,
-                                    uint64_t room, uint32_t l2, bint payload) noexcept nogil:
-    """Checker.check_in_place for ``l2`` bytes of Ethernet header and with or
-    without the payload check.  A frame in one buffer goes to fast_good()
-    where it lies; any other (chained, or one check_one() must decide) is
-    copied into ``scratch`` first, so that the general check, which reads
-    fields more than once, never reads memory the peer can change.  A frame
-    longer than ``scratch`` is dropped "frame too long", as rx_copy() drops
-    one longer than its buffer."""
+                                    uint64_t room, uint32_t l2, int level) noexcept nogil:
+    """Checker.check_in_place for ``l2`` bytes of Ethernet header at
+    ``level`` (not VERIFY_COUNT: count_gathered).  A frame in one buffer goes
+    to fast_good() where it lies; any other (chained, or one check_one()
+    must decide) is copied into ``scratch`` first, so that the general
+    check, which reads fields more than once, never reads memory the peer
+    can change.  A frame longer than ``scratch`` is dropped "frame too
+    long", as rx_copy() drops one longer than its buffer."""
     cdef uint32_t i, s, skipped = 0, slow = 0, length, frames
     cdef uint64_t nbytes = 0, off
     cdef frame_t *fr
@@ -874,7 +937,7 @@ cdef inline uint32_t check_gathered(Checker self, Queue q, uint32_t n, uint8_t *
                 memcpy(scratch + off, segs[s].ptr, segs[s].len)
                 off += segs[s].len
             p = scratch
-        if not fast_good(self, p, length, l2, payload, &t):
+        if not fast_good(self, p, length, l2, level, &t):
             if p != scratch:
                 if length > room:
                     fr.drop = DROP_TOO_LONG
@@ -890,12 +953,13 @@ cdef inline uint32_t check_gathered(Checker self, Queue q, uint32_t n, uint8_t *
 
 
 cdef inline uint32_t check_usual(Checker self, Queue q, uint32_t maxf, uint8_t *scratch,
-                                 uint64_t room, uint32_t l2, bint payload) noexcept nogil:
-    """Checker.check_usual_in_place for ``l2`` bytes of Ethernet header and
-    with or without the payload check: the usual ring frames at the front of
-    q (one slot, a good buffer: ring.usual_rx), at most ``maxf``, each checked
-    where it lies (fast_good(), or check_one() on a copy in ``scratch``)
-    and consumed at once (q.rx_consumed), without gather's tables.  It stops
+                                 uint64_t room, uint32_t l2, int level) noexcept nogil:
+    """Checker.check_usual_in_place for ``l2`` bytes of Ethernet header at
+    ``level`` (not VERIFY_COUNT: count_usual): the usual ring frames at the
+    front of q (one slot, a good buffer: ring.usual_rx), at most ``maxf``,
+    each checked where it lies (fast_good(), or check_one() on a copy in
+    ``scratch``) and consumed at once (q.rx_consumed), without gather's
+    tables.  It stops
     at the first other frame, or one that must be copied and is longer than
     ``scratch``: gather and check_gathered() take those.  Returns the frames
     taken, every one delivered."""
@@ -914,7 +978,7 @@ cdef inline uint32_t check_usual(Checker self, Queue q, uint32_t maxf, uint8_t *
         p = <const uint8_t *>usual_rx(&r, k, most, slave, &length)
         if p == NULL:
             break
-        if not fast_good(self, p, length, l2, payload, &t):
+        if not fast_good(self, p, length, l2, level, &t):
             if length > room:
                 break
             memcpy(scratch, p, length)
@@ -928,17 +992,81 @@ cdef inline uint32_t check_usual(Checker self, Queue q, uint32_t maxf, uint8_t *
     return k
 
 
+# VERIFY_COUNT: the three loops above, reading no frame
+
+cdef inline uint32_t count_packed(Checker self, const uint32_t *lengths,
+                                  uint32_t n) noexcept nogil:
+    """check_frames() at VERIFY_COUNT: frames and bytes; none is good."""
+    cdef uint32_t i
+    cdef uint64_t nbytes = 0
+    for i in range(n):
+        nbytes += lengths[i]
+    self.packets += n
+    self.bytes += nbytes
+    return 0
+
+
+cdef inline uint32_t count_gathered(Checker self, Queue q, uint32_t n) noexcept nogil:
+    """check_gathered() at VERIFY_COUNT: no frame is read, so none is
+    copied, whatever its length or chain; the ring's drops are skipped."""
+    cdef uint32_t i, frames = 0
+    cdef uint64_t nbytes = 0
+    cdef const frame_t *table = q.frames
+    for i in range(n):
+        if table[i].drop < 0:
+            nbytes += <uint32_t>table[i].length
+            frames += 1
+    self.packets += frames
+    self.bytes += nbytes
+    return frames
+
+
+cdef inline uint32_t count_usual(Checker self, Queue q, uint32_t maxf) noexcept nogil:
+    """check_usual() at VERIFY_COUNT: each usual frame's descriptor is
+    checked by ring.usual_rx and its length counted; the frame is not read."""
+    cdef side_t r = side_of(q)
+    cdef uint32_t n = q.rx_ready(), k = 0, length, most = q.max_frame
+    cdef bint slave = q.slave
+    cdef uint64_t nbytes = 0
+    if maxf < n:
+        n = maxf
+    while k < n and usual_rx(&r, k, most, slave, &length) != NULL:
+        nbytes += length
+        k += 1
+    if k:
+        self.packets += k
+        self.bytes += nbytes
+        q.rx_consumed(k, nbytes)
+    return k
+
+
 cdef class Checker:
     """Verifies bursts of received frames and keeps the counters.
-    ``payload``: check every payload byte (else headers and stamp only)."""
+    ``verify``, what is read of each frame (VERIFY_LEVELS):
 
-    def __cinit__(self, bint ip_mode=False, bint payload=True):
+    - "full": headers, stamp and every payload byte;
+    - "stamp": headers and stamp (the payload is not read);
+    - "seq": the stamp alone, where gen puts it (after Ethernet, IPv4
+      without options and UDP): magic, flow, sequence and timestamp, so
+      loss, order, duplicates and latency are still counted, but a frame
+      is ours by its magic and never counts as corrupt;
+    - "count": nothing; frames and bytes are counted, none is good, lost or
+      late.  (What DPDK's rxonly does: the cheapest receiver.)"""
+
+    def __cinit__(self, bint ip_mode=False, str verify="full"):
+        if verify not in VERIFY_LEVELS:
+            raise ValueError("verify %r: one of %s" % (verify, ", ".join(VERIFY_LEVELS)))
         self.ip_mode = ip_mode
-        self.payload = payload
+        self.level = VERIFY_LEVELS.index(verify)
         self.flow = <flow_t **>calloc(MAX_FLOWS, sizeof(flow_t *))
         if self.flow == NULL:
             raise MemoryError()
         self.lat_min = <uint64_t>-1
+
+    @property
+    def verify(self):
+        """What is read of each frame: one of VERIFY_LEVELS."""
+        return VERIFY_LEVELS[self.level]
 
     def __dealloc__(self):
         cdef uint32_t i
@@ -1051,51 +1179,89 @@ cdef class Checker:
             release_views(&b)
         return total
 
+    # The three loops below take the header length and the level as
+    # constants: the compiler makes a loop for each.
+
     cdef uint32_t check_usual_in_place(self, Queue q, uint32_t maxf, uint8_t *scratch,
                                        uint64_t room) noexcept nogil:
         """The usual frames at the front of receive queue ``q``, checked
         where they lie and consumed; returns how many (check_usual)."""
+        cdef int level = self.level
+        if level == VERIFY_COUNT:
+            return count_usual(self, q, maxf)
         if self.ip_mode:
-            if self.payload:
-                return check_usual(self, q, maxf, scratch, room, 0, True)
-            return check_usual(self, q, maxf, scratch, room, 0, False)
-        if self.payload:
-            return check_usual(self, q, maxf, scratch, room, ETH_HLEN, True)
-        return check_usual(self, q, maxf, scratch, room, ETH_HLEN, False)
+            if level == VERIFY_FULL:
+                return check_usual(self, q, maxf, scratch, room, 0, VERIFY_FULL)
+            if level == VERIFY_STAMP:
+                return check_usual(self, q, maxf, scratch, room, 0, VERIFY_STAMP)
+            return check_usual(self, q, maxf, scratch, room, 0, VERIFY_SEQ)
+        if level == VERIFY_FULL:
+            return check_usual(self, q, maxf, scratch, room, ETH_HLEN, VERIFY_FULL)
+        if level == VERIFY_STAMP:
+            return check_usual(self, q, maxf, scratch, room, ETH_HLEN, VERIFY_STAMP)
+        return check_usual(self, q, maxf, scratch, room, ETH_HLEN, VERIFY_SEQ)
 
     cdef uint32_t check_in_place(self, Queue q, uint32_t n, uint8_t *scratch,
                                  uint64_t room) noexcept nogil:
         """Check the ``n`` frames q.gather() found, where they lie; returns
         the frames delivered (a dropped one is left to q.commit() to count)."""
+        cdef int level = self.level
+        if level == VERIFY_COUNT:
+            return count_gathered(self, q, n)
         if self.ip_mode:
-            if self.payload:
-                return check_gathered(self, q, n, scratch, room, 0, True)
-            return check_gathered(self, q, n, scratch, room, 0, False)
-        if self.payload:
-            return check_gathered(self, q, n, scratch, room, ETH_HLEN, True)
-        return check_gathered(self, q, n, scratch, room, ETH_HLEN, False)
+            if level == VERIFY_FULL:
+                return check_gathered(self, q, n, scratch, room, 0, VERIFY_FULL)
+            if level == VERIFY_STAMP:
+                return check_gathered(self, q, n, scratch, room, 0, VERIFY_STAMP)
+            return check_gathered(self, q, n, scratch, room, 0, VERIFY_SEQ)
+        if level == VERIFY_FULL:
+            return check_gathered(self, q, n, scratch, room, ETH_HLEN, VERIFY_FULL)
+        if level == VERIFY_STAMP:
+            return check_gathered(self, q, n, scratch, room, ETH_HLEN, VERIFY_STAMP)
+        return check_gathered(self, q, n, scratch, room, ETH_HLEN, VERIFY_SEQ)
 
     cdef uint32_t check_packed(self, const uint8_t *base, const uint32_t *lengths,
                                uint32_t n, uint64_t now) noexcept nogil:
         """check() on raw pointers; the lengths are known to fit."""
-        # the mode as constants: the compiler makes a loop for each
+        cdef int level = self.level
+        if level == VERIFY_COUNT:
+            return count_packed(self, lengths, n)
         if self.ip_mode:
-            if self.payload:
-                return check_frames(self, base, lengths, n, 0, True, now)
-            return check_frames(self, base, lengths, n, 0, False, now)
-        if self.payload:
-            return check_frames(self, base, lengths, n, ETH_HLEN, True, now)
-        return check_frames(self, base, lengths, n, ETH_HLEN, False, now)
+            if level == VERIFY_FULL:
+                return check_frames(self, base, lengths, n, 0, VERIFY_FULL, now)
+            if level == VERIFY_STAMP:
+                return check_frames(self, base, lengths, n, 0, VERIFY_STAMP, now)
+            return check_frames(self, base, lengths, n, 0, VERIFY_SEQ, now)
+        if level == VERIFY_FULL:
+            return check_frames(self, base, lengths, n, ETH_HLEN, VERIFY_FULL, now)
+        if level == VERIFY_STAMP:
+            return check_frames(self, base, lengths, n, ETH_HLEN, VERIFY_STAMP, now)
+        return check_frames(self, base, lengths, n, ETH_HLEN, VERIFY_SEQ, now)
 
     cdef int check_one(self, const uint8_t *p, uint32_t length, uint64_t now) noexcept nogil:
-        """One frame, every case (the caller counts packets and bytes)."""
+        """One frame, every case (the caller counts packets and bytes), at
+        VERIFY_FULL, _STAMP or _SEQ."""
         cdef const uint8_t *ip = p
         cdef const uint8_t *udp
         cdef const uint8_t *st
         cdef uint32_t ip_len, ihl, rest, avail = length
         cdef uint16_t magic, flow
-        cdef flow_t *f
-        cdef uint64_t seq, ts, lat
+        cdef uint64_t seq, ts
+        if self.level == VERIFY_SEQ:
+            # where gen puts the stamp; a frame is ours by its magic alone
+            ihl = (0 if self.ip_mode else ETH_HLEN) + IP_HLEN + UDP_HLEN
+            if length < ihl + STAMP_LEN:
+                self.other += 1
+                return OTHER
+            st = p + ihl
+            memcpy(&magic, st, 2)
+            if magic != STAMP_MAGIC and magic != STAMP_MAGIC_ZEROS:
+                self.other += 1
+                return OTHER
+            memcpy(&flow, st + 2, 2)
+            memcpy(&seq, st + 4, 8)
+            memcpy(&ts, st + 12, 8)
+            return self.good(flow, seq, ts, now)
         if not self.ip_mode:
             if length < ETH_HLEN or get16(p + 12) != 0x0800:
                 self.other += 1
@@ -1126,11 +1292,17 @@ cdef class Checker:
             self.corrupt += 1
             return CORRUPT
         rest = ip_len - ihl - UDP_HLEN - STAMP_LEN
-        if self.payload and not payload_ok(st + STAMP_LEN, rest, magic, seq, flow):
+        if self.level == VERIFY_FULL and not payload_ok(st + STAMP_LEN, rest, magic, seq, flow):
             # The stamp looks sound: the frame arrived, damaged (not lost).
             self.corrupt += 1
             self.track(flow, seq, ts)
             return CORRUPT
+        return self.good(flow, seq, ts, now)
+
+    cdef int good(self, uint16_t flow, uint64_t seq, uint64_t ts, uint64_t now) noexcept nogil:
+        """A frame that passed check_one(): received, its latency, its sequence."""
+        cdef flow_t *f
+        cdef uint64_t lat
         self.received += 1
         lat = now - ts if now > ts else 0
         self.lat_hist[lat_bucket(lat)] += 1

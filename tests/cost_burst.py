@@ -26,7 +26,8 @@ everything arrived.  MODE says what sits between the slave's transmit and receiv
   work alone: Generator.fill into one staging buffer, as the gen source
   calls it (zeros: headers and stamp only after the first burst).
 - ``gen-fill-tx`` / ``gen-send-copy`` / ``gen-send-zc``: ``memifx gen``'s
-  transmit side into one S2M ring (zeros payload, 4 flows), the master
+  transmit side into one S2M ring (zeros payload, 4 flows; with
+  ``-fixed`` appended, ``--payload fixed``: no stamps), the master
   taking each burst with rx_batch: Generator.fill into a staging buffer
   then Queue.tx_batch (the sender before memifx.stream), or
   memifx.stream.Stream.send copying, or zero-copy (frames written in the
@@ -35,8 +36,8 @@ everything arrived.  MODE says what sits between the slave's transmit and receiv
   Generator.fill (zeros payload for stamp, pattern for full) and then
   checked by Checker.check with ``memifx sink --verify stamp`` / ``full``.
   The test takes the checker's share from callgrind_annotate.
-- ``sink-stamp-copy`` / ``sink-full-copy`` / ``sink-stamp-zc`` /
-  ``sink-full-zc``: ``memifx sink``'s receive step over a real ring: each
+- ``sink-LEVEL-copy`` / ``sink-LEVEL-zc``, LEVEL one of stamp, full, seq
+  and count: ``memifx sink --verify LEVEL``'s receive step over a real ring: each
   burst is made by Generator.fill and sent with tx_batch over one S2M ring
   (slave to master), then the master receives and checks it with
   Checker.drain (copied out, as ``memifx sink``) or Checker.drain_in_place
@@ -113,7 +114,8 @@ def make_router():
 
 
 TESTER_MODES = ("gen-zeros", "gen-pattern", "sink-stamp", "sink-full")
-SINK_RING_MODES = ("sink-stamp-copy", "sink-full-copy", "sink-stamp-zc", "sink-full-zc")
+SINK_RING_MODES = tuple("sink-%s-%s" % (level, how) for how in ("copy", "zc")
+                        for level in ("stamp", "full", "seq", "count"))
 
 
 def tester(mode, n, size, burst):
@@ -123,7 +125,7 @@ def tester(mode, n, size, burst):
     flows = array("I", range(4))
     buf = bytearray(burst * size)
     lens = array("I", [0]) * burst
-    checker = Checker(payload=mode == "sink-full") if mode.startswith("sink") else None
+    checker = Checker(verify=mode[5:]) if mode.startswith("sink") else None
     for _ in bursts(n // burst):
         if gen.fill(buf, lens, burst, flows, 0, zeros)[0] != burst:
             raise SystemExit("short fill")
@@ -137,12 +139,13 @@ def tester(mode, n, size, burst):
 
 def sink_ring(mode, n, size, burst):
     from memifx.traffic import Checker, Generator
-    stamp = mode.startswith("sink-stamp")
+    level = mode.split("-")[1]
+    stamp = level != "full"
     gen = Generator([size], flows=4, payload="zeros" if stamp else "pattern")
     flows = array("I", range(4))
     buf = bytearray(burst * size)
     lens = array("I", [0]) * burst
-    checker = Checker(payload=not stamp)
+    checker = Checker(verify=level)
     lb = Loopback(log2=10, buffer_size=2048, n_m2s=0)
     tx, rx = lb.s2m
     rbuf = bytearray(burst * 2048)
@@ -159,12 +162,15 @@ def sink_ring(mode, n, size, burst):
         if got != burst:
             raise SystemExit("short drain: %d" % got)
     c = checker.counters()
-    if c["received"] != PHASES * n or c["lost"] or c["reordered"] or c["corrupt"]:
+    good = 0 if level == "count" else PHASES * n        # count: counted, none judged
+    if (c["packets"] != PHASES * n or c["received"] != good or c["lost"] or c["reordered"]
+            or c["corrupt"]):
         raise SystemExit("checker: %r" % c)
     lb.close()
 
 
-SEND_MODES = ("gen-fill-tx", "gen-send-copy", "gen-send-zc")
+SEND_MODES = ("gen-fill-tx", "gen-send-copy", "gen-send-zc", "gen-send-copy-fixed",
+              "gen-send-zc-fixed")
 
 
 def sender(mode, n, size, burst):
@@ -172,7 +178,8 @@ def sender(mode, n, size, burst):
     from memifx.traffic import Checker, Generator
     lb = Loopback(log2=10, buffer_size=2048, n_m2s=0)
     tx, rx = lb.s2m
-    gen = Generator([size], flows=4, payload="zeros")
+    payload = "fixed" if mode.endswith("-fixed") else "zeros"
+    gen = Generator([size], flows=4, payload=payload)
     dst = bytearray(burst * size)
     out = array("I", [0]) * burst
     if mode == "gen-fill-tx":
@@ -184,7 +191,8 @@ def sender(mode, n, size, burst):
             gen.fill(buf, lens, burst, flows, 0, True)
             return tx.tx_batch(buf, lens)
     else:
-        st = Stream(gen, range(4), burst, headers_only=True, zero_copy=mode == "gen-send-zc")
+        st = Stream(gen, range(4), burst, headers_only=True,
+                    zero_copy=mode.startswith("gen-send-zc"))
 
         def send():
             return st.send(tx, burst, 1)
@@ -193,9 +201,15 @@ def sender(mode, n, size, burst):
             raise SystemExit("short send")
         if rx.rx_batch(dst, out) != burst:
             raise SystemExit("short rx")
-    checker = Checker(payload=True)         # the last burst, every byte
-    if checker.check(dst, out, burst) != burst:
-        raise SystemExit("checker: %r" % checker.counters())
+    if payload == "fixed":
+        # the last burst, every byte: what a fresh generator makes (a burst
+        # is a whole number of flow cycles, so each buffer kept its flow)
+        ref = bytearray(burst * size)
+        Generator([size], flows=4, payload="fixed").fill(ref, out, burst, array("I", range(4)))
+        if dst != ref:
+            raise SystemExit("fixed frames differ")
+    elif Checker(verify="full").check(dst, out, burst) != burst:    # the last burst
+        raise SystemExit("checker: corrupt frames")
     if rx.counters()["packets"] != PHASES * n:
         raise SystemExit("rx counted %r" % rx.counters())
     lb.close()

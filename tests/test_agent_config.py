@@ -108,6 +108,9 @@ def test_yaml_and_json_text(tmp_path):
     (lambda d: d.setdefault("endpoints", {}).update({"g": {"kind": "sink", "interface": "e",
                                                             "zero-copy": "yes"}}),
      "endpoints.g.zero-copy: expected true or false, got text"),
+    (lambda d: d.setdefault("endpoints", {}).update({"g": {"kind": "gen", "interface": "e",
+                                                            "verify": "count"}}),
+     "endpoints.g.verify: allowed values are full|stamp|seq"),
     (lambda d: d["routers"]["r1"]["interfaces"].append("a"),
      "routers.r1.interfaces[2]: interface a has no ip"),
     (lambda d: d["agent"].update({"required": ["q"]}), "agent.required[0]: no interface named q"),
@@ -129,6 +132,20 @@ def test_endpoint_zero_copy_reaches_the_pipeline(tmp_path):
     cfg = load(doc)
     assert cfg.pipelines["g"].params["zero_copy"] is True
     assert cfg.pipelines["s"].params["zero_copy"] is False
+
+
+def test_endpoint_verify_levels(tmp_path):
+    """A sink may merely count; gen's receiver reads at least the stamp;
+    gen may send fixed frames."""
+    doc = base(tmp_path)
+    del doc["xconnects"]["x2"]
+    doc["endpoints"] = {"g": {"kind": "gen", "interface": "e", "verify": "seq",
+                              "payload": "fixed"},
+                        "s": {"kind": "sink", "interface": "f", "verify": "count"}}
+    cfg = load(doc)
+    assert cfg.pipelines["g"].params["verify"] == "seq"
+    assert cfg.pipelines["g"].params["payload"] == "fixed"
+    assert cfg.pipelines["s"].params["verify"] == "count"
 
 
 def test_owner_needs_master_file_socket(tmp_path):

@@ -15,6 +15,7 @@ runtime's gen with zero_copy also checks what comes back (``receive``) in
 place, counting as the copying path does.  CPU budget: sinks run in
 interrupt mode, so only gen spins.
 """
+import struct
 import subprocess
 import sys
 import time
@@ -25,7 +26,7 @@ import pytest
 from conftest import wait_for
 from loopback import Loopback
 from memifx.stream import Stream
-from memifx.traffic import Checker, Generator
+from memifx.traffic import STAMP_PORT, Checker, Generator
 from test_gen_sink import finish
 from test_runtime import master, running  # noqa: F401  (running: the fixture)
 
@@ -60,7 +61,7 @@ def test_loopback_every_frame_intact_both_roles(sizes, payload):
     try:
         for tx, rx in (lb.s2m, lb.m2s):
             st = stream(sizes, payload)
-            c = Checker(payload=True)
+            c = Checker(verify="full")
             assert pump(st, tx, rx, 1000, c) == 1000
             assert (st.admitted, st.sent, st.unsent) == (1000, 1000, 0)
             assert (c.received, c.lost, c.corrupt, c.reordered) == (1000, 0, 0, 0)
@@ -84,7 +85,7 @@ def test_loopback_ip_mode_every_frame_intact_both_roles(sizes, payload):
             gen = Generator(sizes, ip_mode=True, flows=FLOWS, payload=payload)
             st = Stream(gen, range(FLOWS), 32, zero_copy=True,
                         headers_only=payload == "zeros" and len(sizes) == 1)
-            c = Checker(ip_mode=True, payload=True)
+            c = Checker(ip_mode=True, verify="full")
             assert pump(st, tx, rx, 1000, c) == 1000
             assert (c.received, c.lost, c.corrupt, c.reordered, c.other) == (1000, 0, 0, 0, 0)
             assert tx.counters()["bytes"] == st.bytes == c.bytes
@@ -102,7 +103,7 @@ def test_slave_slots_never_assumed_zero_then_headers_only():
         for off in slots:                   # what an earlier user left there
             lb.write(off, b"\xa5" * 2048)
         st = stream([256], "zeros", burst=16)
-        c = Checker(payload=True)
+        c = Checker(verify="full")
         assert pump(st, tx, rx, 16, c) == 16
         assert (c.received, c.corrupt) == (16, 0)     # payload written in full
         # Each slot now holds a zeros frame of 256 bytes: the next frame in
@@ -113,7 +114,7 @@ def test_slave_slots_never_assumed_zero_then_headers_only():
         assert (c.received, c.corrupt) == (31, 1)
         copying = stream([256], "zeros", zero_copy=False, burst=16)
         lb.write(slots[5] + 200, b"\xff")
-        c2 = Checker(payload=True)
+        c2 = Checker(verify="full")
         assert pump(copying, tx, rx, 16, c2) == 16
         assert (c2.received, c2.corrupt) == (16, 0)
         assert lb.read(slots[5] + 200, 1) == b"\0"
@@ -135,7 +136,7 @@ def test_slave_slots_tracked_across_ring_wrap():
         for off in slots:
             lb.write(off, b"\xa5" * 2048)
         st = stream([256], "zeros", burst=5)
-        c = Checker(payload=True)
+        c = Checker(verify="full")
         buf = bytearray(16 * 2048)
         lens = array("I", [0]) * 16
 
@@ -152,6 +153,119 @@ def test_slave_slots_tracked_across_ring_wrap():
         assert (c.received, c.corrupt, c.lost) == (45, 20, 0)
     finally:
         lb.close()
+
+
+# ------------------------------------------- payload "fixed": no stamps
+
+def assert_fixed(frame, sizes, ip_mode=False):
+    """``frame`` is a fixed frame: one of ``sizes``, its headers sound (IPv4
+    checksum, id 0, UDP to gen's port from a flow's port), and zeros from
+    where a stamp would be to its end."""
+    l2 = 0 if ip_mode else 14
+    assert len(frame) in sizes
+    if not ip_mode:
+        assert frame[12:14] == b"\x08\x00"
+    ip = frame[l2:l2 + 20]
+    assert sum(struct.unpack("!10H", ip)) % 0xFFFF == 0         # checksum
+    assert struct.unpack_from("!HH", ip, 2) == (len(frame) - l2, 0)   # length, id
+    sport, dport = struct.unpack_from("!HH", frame, l2 + 20)
+    assert dport == STAMP_PORT and 1024 <= sport < 1024 + FLOWS
+    assert not any(frame[l2 + 28:]), frame[l2 + 28:l2 + 48].hex()
+
+
+def send_and_take(st, tx, rx, count):
+    """Send ``count`` frames of ``st`` through (tx, rx); the frames received."""
+    got = []
+    for _ in range(10 * count):
+        st.send(tx, count - st.admitted, 1)
+        got += rx.rx_frames(256)
+        if len(got) >= count and not st.unsent:
+            break
+    return got
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("zero_copy", [True, False], ids=["zero-copy", "copying"])
+@pytest.mark.parametrize("ip_mode", [False, True], ids=["eth", "ip"])
+@pytest.mark.parametrize("sizes", [[64], [1518], [64, 570, 1518, 64]])
+def test_fixed_frames_both_roles(sizes, ip_mode, zero_copy):
+    """Every frame arrives as a fixed frame, in both roles, from dirty slots
+    on, a size mix included (a slot that held a longer one); a counting
+    Checker takes each, and one that reads stamps finds none: corrupt (at
+    "stamp": ours by the UDP port) or other (at "seq")."""
+    sizes = [z - 14 for z in sizes] if ip_mode else sizes
+    lb = Loopback(log2=6, buffer_size=2048)
+    try:
+        for off in [lb.desc(0, i).offset for i in range(64)]:
+            lb.write(off, b"\xa5" * 2048)
+        for tx, rx in (lb.s2m, lb.m2s):
+            gen = Generator(sizes, ip_mode=ip_mode, flows=FLOWS, payload="fixed")
+            st = Stream(gen, range(FLOWS), 32, headers_only=len(sizes) == 1,
+                        zero_copy=zero_copy)
+            frames = send_and_take(st, tx, rx, 500)
+            assert len(frames) == st.sent == 500 and tx.fault_reason() is None
+            for f in frames:
+                assert_fixed(bytes(f), sizes, ip_mode)
+            assert [gen.sequence(f) for f in range(FLOWS)] == [0] * FLOWS
+            packed = b"".join(bytes(f) for f in frames)
+            lens = array("I", [len(f) for f in frames])
+            checkers = {v: Checker(ip_mode=ip_mode, verify=v) for v in ("count", "stamp", "seq")}
+            for c in checkers.values():
+                c.check(packed, lens)
+            assert checkers["count"].counters()["packets"] == 500
+            assert checkers["stamp"].counters()["corrupt"] == 500
+            assert checkers["seq"].counters()["other"] == 500
+    finally:
+        lb.close()
+
+
+@pytest.mark.timeout(30)
+def test_fixed_frames_sent_as_they_lie():
+    """A zero-copy slave writes a fixed frame into a slot once: after that
+    only the descriptor, so a scribble on a slot's header or payload (which
+    only a peer could make) goes out in every frame from that slot.  A
+    copying stream rewrites the slot."""
+    lb = Loopback(log2=4, buffer_size=2048, n_m2s=0)
+    try:
+        tx, rx = lb.s2m
+        slots = [lb.desc(0, i).offset for i in range(16)]
+        st = Stream(Generator([256], flows=FLOWS, payload="fixed"), range(FLOWS), 16,
+                    headers_only=True, zero_copy=True)
+        assert all(f[22] == 64 for f in send_and_take(st, tx, rx, 16))     # TTL
+        lb.write(slots[3] + 22, b"\x07")
+        lb.write(slots[3] + 200, b"\xff")
+        again = send_and_take(st, tx, rx, 32)[-16:]
+        assert [i for i, f in enumerate(again) if f[22] == 7 and f[200] == 0xFF] == [3]
+        copying = Stream(Generator([256], flows=FLOWS, payload="fixed"), range(FLOWS), 16,
+                         headers_only=True, zero_copy=False)
+        for f in send_and_take(copying, tx, rx, 16):
+            assert_fixed(bytes(f), [256])
+    finally:
+        lb.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("gen_role, zero_copy, extra", [
+    ("slave", True, []), ("master", True, []), ("slave", False, []), ("master", False, []),
+    ("slave", True, ["--workers", "1"]),
+])
+def test_gen_fixed_to_counting_sink_exact(procs, sock, gen_role, zero_copy, extra):
+    """gen --payload fixed -> sink --verify count, as processes (gen's
+    frames made on a worker too): every frame and byte counted at both
+    ends."""
+    sink_role = "master" if gen_role == "slave" else "slave"
+    sink = procs.start(MEMIFX + ["sink", "socket=%s,role=%s,rx-mode=interrupt"
+                                 % (sock, sink_role), "--verify", "count", "--zero-copy",
+                                 "--json"])
+    gen = procs.start(MEMIFX + ["gen", "socket=%s,role=%s" % (sock, gen_role),
+                                "--size", "1518", "--payload", "fixed", "--count", "50000",
+                                "--flows", "16", "--json"] + extra
+                       + (["--zero-copy"] if zero_copy else []))
+    g = finish(gen, 40)
+    sink.terminate()
+    s = finish(sink, 40)
+    assert g["packets"] == s["packets"] == 50000 and g["unsent"] == 0
+    assert g["bytes"] == s["bytes"] == 50000 * 1518
 
 
 @pytest.mark.timeout(30)
@@ -174,7 +288,7 @@ def test_master_writes_into_what_the_slave_posted(posted, delivered):
         tx, rx = lb.m2s
         lb.poke_desc(0, 5, **posted)
         st = stream([1518], "pattern", burst=8)
-        c = Checker(payload=True)
+        c = Checker(verify="full")
         assert pump(st, tx, rx, 64, c) == delivered
         assert st.admitted == st.sent == delivered and st.unsent == 0
         assert (c.received, c.lost, c.corrupt, c.reordered) == (delivered, 0, 0, 0)
@@ -321,7 +435,7 @@ def test_hostile_slave_bad_posted_buffer_to_zero_copy_master_gen(procs, abstract
         assert r.outcome() == "posted buffer outside memory region"
         assert ring.tail == 3
         frames = r.take()
-    c = Checker(payload=True)
+    c = Checker(verify="full")
     data = b"".join(frames)
     c.check(data, array("I", [len(f) for f in frames]))
     assert (c.received, c.corrupt, c.lost) == (3, 0, 0)

@@ -228,6 +228,20 @@ def test_tester_split_where_cpu_2_is_usable(perf_modules, monkeypatch):
 
 @pytest.mark.perf
 @pytest.mark.timeout(30)
+def test_split_tester_sends_fixed_frames_and_counts(perf_modules, monkeypatch):
+    """The split tester's options: fixed frames counted where this memifx
+    has --payload fixed and --verify count, else the lean stamped ones."""
+    sc = perf_modules.scenarios
+    helps = {"gen": "--payload [pattern|zeros]", "sink": "--verify [full|stamp]"}
+    monkeypatch.setattr(sc, "command_help", lambda c: helps[c])
+    assert sc.split_tester_args() == (sc.LEAN_TX, sc.LEAN_RX)
+    helps.update(gen="--payload [pattern|zeros|fixed]", sink="[full|stamp|seq|count]")
+    assert sc.split_tester_args() == (sc.DUT_TX, sc.DUT_RX)
+    assert "fixed" in sc.DUT_TX and "count" in sc.DUT_RX
+
+
+@pytest.mark.perf
+@pytest.mark.timeout(30)
 def test_cpu_plans_never_share_a_cpu(perf_modules):
     cpuplan = perf_modules.cpuplan
     assert cpuplan.plan(7, range(16)) == (cpuplan.Plan(0, list(range(1, 8)),
@@ -295,6 +309,8 @@ def test_zero_copy_cells_skip_without_the_flags(perf_modules, monkeypatch):
     monkeypatch.setattr(sc, "command_help", lambda c: helps[c])
     assert sc.zero_copy_missing() == "this memifx's sink has no --zero-copy"
     helps["sink"] += " --zero-copy"
+    assert sc.zero_copy_missing() == "this memifx's sink has no --verify seq"
+    helps["sink"] += " [full|stamp|seq|count]"
     assert sc.zero_copy_missing() is None
     zc = [t for t in sc.TESTS if "-zc-" in t.name]
     assert [t.name for t in zc] == ["uni-memifx-zc-slave", "uni-memifx-zc-master"]

@@ -104,7 +104,8 @@ def test_gen_workers_zeros_to_sink_workers_stamp(procs, sockdir):
 
 def test_payload_and_verify_reach_the_workers(monkeypatch):
     """The plan a TesterPool hands a worker makes the worker's Generator
-    write zeros (headers only, one size) and its Checker skip the payload."""
+    write zeros (headers only, one size) and its Checker check what it was
+    told to."""
     from memifx.nodes import tester as tester_workers
     from memifx.tester import make_generator
     from memifx.workers import pool as worker
@@ -121,13 +122,13 @@ def test_payload_and_verify_reach_the_workers(monkeypatch):
             "dst_mac": "ffffffffffff", "src_ip": "c6120001", "dst_ip": "c6130001",
             "payload": "zeros", "queues": 2, "burst": 32}
     assert make_generator(args).zeros
-    for verify, payload in (("stamp", False), ("full", True)):
+    for verify in ("stamp", "full", "seq"):
         pool = tester_workers.TesterPool(2, None, send=Port("a"), receive=Port("b"), gen=args,
                                          count=100, verify=verify)
         plan, fds = pool.plan_for_spawn(1)
         node = tester_workers.TesterNode(dict(plan, worker=1), list(fds), lambda *a: None)
         assert node.sender.source.gen.zeros and node.sender.source.headers_only
-        assert node.receiver.checker.payload is payload
+        assert node.receiver.checker.verify == verify
 
 
 @pytest.mark.timeout(60)

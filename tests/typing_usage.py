@@ -150,7 +150,7 @@ def nodes(a: Interface, b: Interface) -> int:
     buf = bytearray(1 << 20)
     lengths = array("I", [0] * 256)
     frames, nbytes = gen.fill(buf, lengths, 256, array("I", [0, 1, 2, 3]))
-    checker = Checker(payload=True)
+    checker = Checker(verify="full")
     good = checker.check(buf, lengths, frames)
     latency = checker.latency()
     if latency is not None:

@@ -54,6 +54,7 @@ import click
 import yaml  # type: ignore[import-untyped]  # PyYAML ships no types; safe_load gives Any
 
 from memifx.ethernet import is_mac
+from memifx.tester import GEN_VERIFY, SINK_VERIFY
 
 # cli/ is installed as memifx.cli (setup.py's package_dir), which mypy, reading
 # the source tree, does not see; parse_spec is then Any.
@@ -424,15 +425,15 @@ _GEN: Dict[str, Check] = {
     "count": lambda p, v: _int(p, v, 0, 2**63 - 1),
     "rate": lambda p, v: _number(p, v, 0),
     "flows": lambda p, v: _int(p, v, 1, 65536),
-    "payload": lambda p, v: _choice(p, v, ("pattern", "zeros")),
+    "payload": lambda p, v: _choice(p, v, ("pattern", "zeros", "fixed")),
     "src-mac": lambda p, v: _mac(p, v),
     "dst-mac": lambda p, v: _mac(p, v),
     "src-ip": _ip4,
     "dst-ip": _ip4,
-    "verify": lambda p, v: _choice(p, v, ("full", "stamp")),
+    "verify": lambda p, v: _choice(p, v, GEN_VERIFY),
     "zero-copy": lambda p, v: _flag(p, v),
 }
-_SINK = {"verify": _GEN["verify"], "zero-copy": _GEN["zero-copy"]}
+_SINK = {"verify": lambda p, v: _choice(p, v, SINK_VERIFY), "zero-copy": _GEN["zero-copy"]}
 
 
 def _flag(path: str, value: Any) -> bool:

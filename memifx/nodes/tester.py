@@ -254,8 +254,7 @@ class TesterPool(WorkerPool):
 
     def merged_checker(self) -> Tuple[Checker, Optional[float], Optional[float]]:
         """(Checker holding every worker's state, first burst, last burst)."""
-        checker = Checker(ip_mode=self.tester["receive_ip"],
-                          payload=self.tester["verify"] == "full")
+        checker = Checker(ip_mode=self.tester["receive_ip"], verify=self.tester["verify"])
         for s in self.states.values():
             if s.get("checker"):
                 checker.merge(s["checker"])

@@ -11,17 +11,20 @@ frames were moved.
 
 Options, as ``Dataplane.add_pipeline`` takes them (the agent's spelling):
 gen: ``size`` (bytes or "imix") or ``sizes`` (a list), ``flows``,
-``payload`` ("pattern"|"zeros"), ``src_mac``/``dst_mac`` (text or 6 bytes),
+``payload`` ("pattern"|"zeros"|"fixed": no stamps, see
+memifx.traffic.Generator), ``src_mac``/``dst_mac`` (text or 6 bytes),
 ``src_ip``/``dst_ip`` (text or 4 bytes), ``count``, ``rate`` (frames/s, 0:
 unlimited), ``duration`` (seconds from the first frame), ``receive`` (the
-checked interface's name), ``replay`` (a pcap path, or a memifx.pcap.Capture
-the caller has read already: a file is read once), ``capture`` (a pcap path
-for what arrives on the sending interface), ``verify`` ("full"|"stamp"),
+checked interface's name; not with payload "fixed"), ``replay`` (a pcap
+path, or a memifx.pcap.Capture the caller has read already: a file is read
+once), ``capture`` (a pcap path for what arrives on the sending interface),
+``verify`` ("full"|"stamp"|"seq": memifx.traffic.Checker's levels),
 ``zero_copy`` (bool: stamped frames are written straight into the ring's
 buffers instead of copied from a staging buffer, and what comes back on
 ``receive`` is checked in place, as sink's).
-sink: ``verify``, ``capture`` and ``zero_copy`` (bool: check frames in place
-in the ring's buffers instead of copying them out; a capture keeps the copy).
+sink: ``verify`` (those, or "count": frames and bytes only), ``capture``
+and ``zero_copy`` (bool: check frames in place in the ring's buffers
+instead of copying them out; a capture keeps the copy).
 """
 import ipaddress
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -32,7 +35,8 @@ from memifx.nodes.tester import TesterNode, TesterPool
 from memifx.runtime.errors import DataplaneError
 from memifx.runtime.local import LocalHost
 from memifx.runtime.pipeline import Counters, Kind, Pipeline
-from memifx.tester import BURST, arrived, make_generator, receive_result, send_result
+from memifx.tester import (BURST, GEN_VERIFY, SINK_VERIFY, arrived, make_generator,
+                            receive_result, send_result)
 
 IMIX = [64, 570, 64, 1518, 64, 570, 64, 64, 570, 64, 570, 64]     # 7:4:1, interleaved
 DEFAULT_SRC_IP = bytes([198, 18, 0, 1])
@@ -142,8 +146,13 @@ class TesterPipeline(Pipeline):
                  capture: Optional[str] = None, verify: str = "full",
                  zero_copy: bool = False) -> None:
         super().__init__(name, kind, interfaces, workers, cpus, quiet, stats)
-        if verify not in ("full", "stamp"):
-            raise DataplaneError("verify %r: full or stamp" % verify, "--verify")
+        levels = GEN_VERIFY if kind.name == "gen" else SINK_VERIFY
+        if verify not in levels:
+            raise DataplaneError("verify %r: %s" % (verify, ", ".join(levels)), "--verify")
+        if kind.name == "gen" and payload == "fixed" and receive is not None:
+            raise DataplaneError("payload fixed sends no stamps, so a receive interface "
+                                 "cannot count them back (a sink --verify count can)",
+                                 "--payload")
         if not isinstance(zero_copy, bool):
             raise DataplaneError("zero_copy %r: true or false" % (zero_copy,), "--zero-copy")
         if workers and (replay is not None or capture):
