@@ -61,7 +61,7 @@ def workload(kind, frames, size):
     flows = array("I", [0])
     gen = Generator([size], payload="zeros" if kind in ("fill-zeros", "check-stamp")
                     else "pattern")
-    checker = Checker(payload=kind != "check-stamp")
+    checker = Checker(verify="stamp" if kind == "check-stamp" else "full")
     if kind == "ip4":
         import cost_burst
         frame = cost_burst.udp_frame(size)

@@ -7,8 +7,10 @@ Rates on a small shared VM swing two- and threefold from one trial to the
 next; instruction counts do not.  So beside the rate cells of perf/run.py,
 this measures what each side executes per frame in the same topologies:
 
-    send      memifx gen (copying; --zero-copy)   testpmd txonly   -> a sink
-    receive   memifx sink (stamp; --zero-copy)    testpmd rxonly   <- a gen
+    send      memifx gen (copying; --zero-copy;   testpmd txonly   -> a sink
+              --payload fixed)
+    receive   memifx sink (stamp; --zero-copy;    testpmd rxonly   <- a gen
+              --verify seq, count)
     forward   memifx xconnect, ip4-forward        testpmd io       <- gen --receive
 
 The measured program runs under ``valgrind --tool=callgrind`` pinned to CPU 1;
@@ -54,7 +56,7 @@ import sys
 import time
 
 from harness import (BUF, DUT_CPU, MEMIFX, RING, TESTER_CPU, Session, log, spec)
-from scenarios import IP4_TRAFFIC, LEAN_RX, LEAN_TX, ZERO_COPY, ip4_forward_args, tester
+from scenarios import IP4_TRAFFIC, LEAN_RX, LEAN_TX, ip4_forward_args, tester
 
 MEASURED_CPU, PEER_CPU = DUT_CPU, TESTER_CPU     # the peers and scenarios.tester: CPU 0
 # The ring of a peer that sends to the measured receiver (gen, as slave,
@@ -74,12 +76,20 @@ CELLS = [
      "headers and stamp written, each frame copied into the ring (--payload zeros)"),
     ("send", "memifx gen --zero-copy", "memifx",
      "headers and stamp written straight into the ring's buffers"),
+    ("send", "memifx gen --zero-copy --payload fixed", "memifx",
+     "no stamp: each slave buffer written once, then only its descriptor"),
     ("receive", "testpmd rxonly", "testpmd",
      "each frame copied into an mbuf, then freed"),
     ("receive", "memifx sink", "memifx",
      "each frame copied out, headers and stamp checked (--verify stamp)"),
     ("receive", "memifx sink --zero-copy", "memifx",
      "headers and stamp checked where the frame lies"),
+    ("receive", "memifx sink --verify count", "memifx",
+     "each frame copied out, counted, not read (testpmd rxonly's work)"),
+    ("receive", "memifx sink --zero-copy --verify seq", "memifx",
+     "the stamp alone read where the frame lies (sequence, latency)"),
+    ("receive", "memifx sink --zero-copy --verify count", "memifx",
+     "descriptors checked, frames counted, none read"),
     ("forward", "testpmd io", "testpmd",
      "copied into an mbuf from one ring, out of it into the other"),
     ("forward", "memifx xconnect", "memifx",
@@ -179,26 +189,37 @@ def last_json(text):
 
 # ------------------------------------------------------------------ memifx
 
+def cell_options(name):
+    """The options a memifx cell's name gives its command ("memifx sink
+    --zero-copy --verify seq"); gen's --payload and sink's --verify are
+    LEAN_TX's and LEAN_RX's unless the name says otherwise."""
+    opts = name.split()[2:]
+    lean = LEAN_TX if name.startswith("memifx gen") else LEAN_RX
+    return (lean if lean[0] not in opts else []) + opts
+
+
 def memifx_once(cfg, name, size, frames):
     """(instructions of the measured memifx command's data path, frames it
     moved) for one run of ``frames`` frames."""
-    zc = ZERO_COPY if name.endswith("--zero-copy") else []
+    opts = cell_options(name)
     with Session(cfg.results) as s:
         a, b = s.sock("a"), s.sock("b")
         cg = os.path.join(s.dir, "cg")
         os.mkdir(cg)
         under = callgrind(cg, "--trace-children=yes")
         if name.startswith("memifx gen"):
-            peer = s.start(MEMIFX + ["sink", spec(a, role="master", name="peer")] + LEAN_RX,
+            # (fixed frames have no stamp to check: the peer counts them)
+            peer_rx = ["--verify", "count"] if "fixed" in opts else LEAN_RX
+            peer = s.start(MEMIFX + ["sink", spec(a, role="master", name="peer")] + peer_rx,
                            [PEER_CPU])
             wait_path(a, peer, 30)
             gen = s.start(under + MEMIFX + ["gen", spec(a, role="slave", name="gen"),
                                             "--size", str(size), "--count", str(frames),
-                                            "--json"] + LEAN_TX + zc, [MEASURED_CPU])
+                                            "--json"] + opts, [MEASURED_CPU])
             moved = last_json(wait_exit(gen, STARTUP + 600))["packets"]
         elif name.startswith("memifx sink"):
             sink = s.start(under + MEMIFX + ["sink", spec(a, role="master", name="sink"),
-                                             "--count", str(frames), "--json"] + LEAN_RX + zc,
+                                             "--count", str(frames), "--json"] + opts,
                            [MEASURED_CPU])
             wait_path(a, sink, STARTUP)
             s.start(MEMIFX + ["gen", spec(a, role="slave", name="peer", **SENDER_RING),
