@@ -669,18 +669,20 @@ cdef class Queue:
             n = avail
             self.c.ring_full += 1
         first[0] = self.pos & self.mask
-        for i in range(n):
-            slot = <uint16_t>(self.pos + i) & self.mask
-            if self.slave:
+        if self.slave:      # our own buffers, one per slot for good
+            for i in range(n):
+                slot = <uint16_t>(self.pos + i) & self.mask
                 ptrs[i] = <uint8_t *>self.bufs + <uint64_t>self.slot_buf[slot] * bs
                 room[i] = bs
-            else:
-                d = memif_desc_read(&ring.desc[slot])
-                if not desc_in_region(regions, nregions, &d) or d.length == 0:
-                    self.fault = FAULT_POSTED
-                    return i
-                ptrs[i] = <uint8_t *>regions[d.region].base + d.offset
-                room[i] = d.length
+            return n
+        for i in range(n):
+            slot = <uint16_t>(self.pos + i) & self.mask
+            d = memif_desc_read(&ring.desc[slot])
+            if not desc_in_region(regions, nregions, &d) or d.length == 0:
+                self.fault = FAULT_POSTED
+                return i
+            ptrs[i] = <uint8_t *>regions[d.region].base + d.offset
+            room[i] = d.length
         return n
 
     cdef uint32_t tx_publish(self, uint32_t n, const uint32_t *lengths) noexcept nogil:
