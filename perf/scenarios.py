@@ -38,7 +38,7 @@ ZERO_COPY_TX = ["--zero-copy"]
 ZERO_COPY_RX = ["--zero-copy", "--verify", "seq"]
 
 # The DUT cells' split tester, cheaper per frame on both sides than the
-# cross-connect it measures (perf/results/peer-cost-vm.md: about 66 and 48
+# cross-connect it measures (perf/results/peer-cost-vm.md: about 60 and 48
 # instructions per frame against xconnect's 82), so that those cells
 # measure the DUT: gen sends fixed frames from its own buffers (only
 # descriptors written once a buffer holds one), sink counts (descriptors
