@@ -57,12 +57,13 @@ def prebuilt_check():
                  "(run: python setup.py build_ext --inplace)" % ", ".join(missing))
 
 
-# memifx.traffic's checker loops (check_frames, check_usual, check_gathered)
-# are written once and made into one loop per header length and check level
-# by inlining them where each is called with those as constants; gcc's
-# default limits for that module (max-inline-insns-single, inline-unit-growth)
-# stop after a few, leaving loops that test both per frame (about 10 % more
-# instructions per frame, tests/test_cost.py).
+# memifx.traffic's loops (the checker's check_frames, check_usual and
+# check_gathered; the generator's fill loops) are written once and made into
+# one loop per header length, check level or payload kind by inlining them
+# where each is called with those as constants; gcc's default limits for
+# that module (max-inline-insns-single, inline-unit-growth) stop after a
+# few, leaving loops that test them per frame (the in-place checker 10-15 %
+# more instructions per frame, tests/test_cost.py).
 MODULE_ARGS = {"traffic": ["--param=max-inline-insns-single=400",
                            "--param=inline-unit-growth=100"]}
 

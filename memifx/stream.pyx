@@ -19,7 +19,9 @@ Python is paid once for all of them.  Two ways to put frames in the ring:
   pending: a frame is made only once a buffer is free for it.  As slave
   the buffers are our own, one per slot for good: the stream remembers, per
   slot, how long a zeros frame it wrote there, so a zeros frame that is no
-  longer needs headers and stamp only (the region is never assumed zero).
+  longer needs headers and stamp only (the region is never assumed zero),
+  and a fixed one (payload "fixed": no stamp) of that length nothing: the
+  slot is published as it is.
   As master the buffers are the ones the slave posted, validated by the
   queue; a frame longer than the buffer posted for it (the slave posts
   short ones) goes out through the copying path, which chains buffers.

@@ -959,10 +959,9 @@ cdef inline uint32_t check_usual(Checker self, Queue q, uint32_t maxf, uint8_t *
     front of q (one slot, a good buffer: ring.usual_rx), at most ``maxf``,
     each checked where it lies (fast_good(), or check_one() on a copy in
     ``scratch``) and consumed at once (q.rx_consumed), without gather's
-    tables.  It stops
-    at the first other frame, or one that must be copied and is longer than
-    ``scratch``: gather and check_gathered() take those.  Returns the frames
-    taken, every one delivered."""
+    tables.  It stops at the first other frame, or one that must be copied
+    and is longer than ``scratch``: gather and check_gathered() take those.
+    Returns the frames taken, every one delivered."""
     cdef side_t r = side_of(q)
     cdef uint32_t n = q.rx_ready(), k = 0, slow = 0, length, most = q.max_frame
     cdef bint slave = q.slave
@@ -1245,15 +1244,15 @@ cdef class Checker:
         cdef const uint8_t *udp
         cdef const uint8_t *st
         cdef uint32_t ip_len, ihl, rest, avail = length
+        cdef uint32_t at = (0 if self.ip_mode else ETH_HLEN) + IP_HLEN + UDP_HLEN
         cdef uint16_t magic, flow
         cdef uint64_t seq, ts
         if self.level == VERIFY_SEQ:
-            # where gen puts the stamp; a frame is ours by its magic alone
-            ihl = (0 if self.ip_mode else ETH_HLEN) + IP_HLEN + UDP_HLEN
-            if length < ihl + STAMP_LEN:
+            # at ``at``, where gen puts the stamp; a frame is ours by its magic alone
+            if length < at + STAMP_LEN:
                 self.other += 1
                 return OTHER
-            st = p + ihl
+            st = p + at
             memcpy(&magic, st, 2)
             if magic != STAMP_MAGIC and magic != STAMP_MAGIC_ZEROS:
                 self.other += 1
