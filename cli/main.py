@@ -10,7 +10,7 @@ from memifx.cli.common import (Stop, build_dataplane, emit_json, prometheus_opti
                                run_dataplane, start_pipeline, tester_worker_options)
 from memifx.cli.gen import Ip4Type, MacType, SizeType, run_gen
 from memifx.cli.sink import run_sink
-from memifx.tester import GEN_VERIFY, SINK_VERIFY
+from memifx.traffic import VERIFY_LEVELS
 
 CONTEXT = dict(help_option_names=["-h", "--help"])
 
@@ -62,15 +62,13 @@ def demo(duration, size, json_out):
         sys.exit(1)
 
 
-VERIFY_HELP = ("What the receiver checks in each frame: every byte (full: the payload gen "
-               "announced in the stamp, pattern or zeros), headers and stamp (stamp), or "
-               "the stamp alone (seq); each still counts loss, order, duplicates and "
-               "latency.")
-
-
-def verify_option(levels, more=""):
-    return click.option("--verify", type=click.Choice(levels), default="full",
-                        show_default=True, help=VERIFY_HELP + more)
+VERIFY = click.option(
+    "--verify", type=click.Choice(VERIFY_LEVELS), default="full", show_default=True,
+    help="What the receiver checks in each frame: every byte (full: the payload gen "
+         "announced in the stamp, pattern or zeros), headers and stamp (stamp), or the stamp "
+         "alone (seq); each still counts loss, order, duplicates and latency.  Or none of "
+         "it (count): frames and bytes are counted, as testpmd's rxonly does, and loss is "
+         "what was sent less what arrived (what --payload fixed frames allow).")
 
 
 @main.command()
@@ -97,7 +95,7 @@ def verify_option(levels, more=""):
                    "stamp either, the same frame again and again, as testpmd's txonly "
                    "sends; with --zero-copy as slave a buffer that holds one is sent as "
                    "it is, only its descriptor written.  Nothing can check such frames: "
-                   "count them (sink --verify count); not with --receive.")
+                   "count them (--verify count, here with --receive or at the sink).")
 @click.option("--zero-copy", is_flag=True,
               help="Write stamped frames straight into the ring's buffers (one pass per "
                    "frame) instead of copying them in from a staging buffer; with "
@@ -116,7 +114,7 @@ def verify_option(levels, more=""):
                    "what the sink reports (lost, reordered, duplicated, corrupt, latency).")
 @click.option("--capture", "capture_path", type=click.Path(dir_okay=False, writable=True),
               help="Write what arrives on SPEC (replies) to this pcap file.")
-@verify_option(GEN_VERIFY)
+@VERIFY
 @click.option("--stats-interval", type=click.FloatRange(0), default=0,
               help="Print rates every S seconds.")
 @click.option("--json", "json_out", is_flag=True,
@@ -152,8 +150,7 @@ def gen(spec, sizes, count, duration, rate, flows, payload, zero_copy, src_mac, 
                    "on ip-mode interfaces).")
 @click.option("--stats-interval", type=click.FloatRange(0), default=0,
               help="Print the receive rate every S seconds.")
-@verify_option(SINK_VERIFY, "  Or none of it (count): frames and bytes are counted, as "
-                           "testpmd's rxonly does; loss is what gen sent less what arrived.")
+@VERIFY
 @click.option("--zero-copy", "zero_copy", is_flag=True,
               help="Check each frame where it lies in shared memory instead of copying "
                    "it out first (either role: nothing is written to the buffers); "

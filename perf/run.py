@@ -48,7 +48,7 @@ import time
 import cpuplan
 from harness import HERE, log, run_rounds
 from report import chart, summarize_cell, update_readme, write_report
-from scenarios import TESTS, build_cells, selected, split_tester
+from scenarios import DUT_TX, TESTS, build_cells, selected, split_tester, tester_work
 
 
 def listing():
@@ -126,7 +126,8 @@ def main(argv=None):
                "date": time.strftime("%Y-%m-%d %H:%M:%S"), "quick": cfg.quick,
                "loadavg": "%.2f %.2f %.2f" % os.getloadavg(), "trials": cfg.trials,
                "trial_seconds": cfg.trial, "warmup_seconds": cfg.warm, "tests": {},
-               "tester": "split" if split_tester(cfg) else "one-cpu"}
+               "tester": "split" if split_tester(cfg) else "one-cpu",
+               "tester_work": "fixed-count" if tester_work()[0] is DUT_TX else "stamped"}
     # (name, size, fn), in table order
     cells, skipped = build_cells(selected(cfg.only), want_sizes, cfg.queues,
                                  cpuplan.usable_cpus(), have_testpmd)

@@ -37,12 +37,14 @@ LEAN_RX = ["--verify", "stamp"]
 ZERO_COPY_TX = ["--zero-copy"]
 ZERO_COPY_RX = ["--zero-copy", "--verify", "seq"]
 
-# The DUT cells' split tester, cheaper per frame on both sides than the
+# The DUT cells' tester, cheaper per frame on each side than the
 # cross-connect it measures (perf/results/peer-cost-vm.md: about 60 and 48
 # instructions per frame against xconnect's 82), so that those cells
-# measure the DUT: gen sends fixed frames from its own buffers (only
-# descriptors written once a buffer holds one), sink counts (descriptors
-# checked, frames not read).  What the DUT does to frames, the tests check.
+# measure the DUT (split: each side on a CPU of its own; on one CPU, as gen
+# --receive, the two add up, still well below the stamped tester's): gen
+# sends fixed frames from its own buffers (only descriptors written once a
+# buffer holds one), the receiver counts (descriptors checked, frames not
+# read).  What the DUT does to frames, the tests check.
 DUT_TX = ["--payload", "fixed", "--zero-copy"]
 DUT_RX = ["--zero-copy", "--verify", "count"]
 
@@ -126,11 +128,13 @@ def uni_testpmd(cfg, size, tx_role="client"):
                 "bytes_per_frame": round(bpf, 1) if bpf else None}
 
 
-def tester(s, cfg, size, a, b, role="slave", rate=None, extra=()):
-    """memifx gen --receive pinned to CPU 0: sends on a, receives on b."""
+def tester(s, cfg, size, a, b, role="slave", rate=None, extra=(), work=(LEAN_TX, LEAN_RX)):
+    """memifx gen --receive pinned to CPU 0: sends on a, receives on b.
+    ``work``: (gen's options, its receiver's), stamped frames checked by
+    default."""
     args = MEMIFX + ["gen", spec(a, role=role, name="tester", **{"ring-size": 4096}),
                      "--receive", spec(b, role=role, name="tester-rx", **{"ring-size": 16384}),
-                     "--size", str(size), "--stats-interval", "1"] + LEAN_TX + LEAN_RX
+                     "--size", str(size), "--stats-interval", "1"] + work[0] + work[1]
     args += list(extra)
     if rate:
         args += ["--rate", str(rate)]
@@ -147,10 +151,11 @@ def split_tester(cfg):
     return mode == "split"
 
 
-def split_tester_args():
-    """(gen's, sink's) options for the split tester: DUT_TX and DUT_RX where
-    this memifx has them (probed from --help), else the lean stamped ones."""
-    if "fixed" in command_help("gen") and "count" in command_help("sink"):
+def tester_work():
+    """(gen's options, its receiver's) for the DUT cells' tester: DUT_TX and
+    DUT_RX where this memifx has them (probed from --help: gen --verify
+    count), else the lean stamped ones."""
+    if "fixed" in command_help("gen") and "count" in command_help("gen"):
         return DUT_TX, DUT_RX
     return LEAN_TX, LEAN_RX
 
@@ -158,20 +163,22 @@ def split_tester_args():
 def measure_tester(s, cfg, size, a, b, role="slave", extra=()):
     """Run the tester through a DUT already listening on a and b; its receive
     rate.  ``extra``: gen's options (what it sends)."""
+    work = tester_work()
     if split_tester(cfg):
-        tx_args, rx_args = split_tester_args()
         # the receiver first, so no frame is offered before it listens
         rx = s.start(MEMIFX + ["sink", spec(b, role=role, name="tester-rx",
                                             **{"ring-size": 16384}),
-                               "--stats-interval", "1"] + rx_args, [SINK_CPU])
+                               "--stats-interval", "1"] + work[1], [SINK_CPU])
         rx.wait_line(r"^sink:", 20)
         tx = s.start(MEMIFX + ["gen", spec(a, role=role, name="tester", **{"ring-size": 4096}),
-                               "--size", str(size), "--stats-interval", "1"] + tx_args
+                               "--size", str(size), "--stats-interval", "1"] + work[0]
                      + list(extra), [TESTER_CPU])
-        name, kind = "tester-rx", "split" if tx_args is DUT_TX else "split-stamped"
+        name, kind = "tester-rx", "split"
     else:
-        rx = tx = tester(s, cfg, size, a, b, role, extra=extra)
+        rx = tx = tester(s, cfg, size, a, b, role, extra=extra, work=work)
         name, kind = "tester-rx rx", "one-cpu"
+    if work[0] is not DUT_TX:
+        kind += "-stamped"
     mpps, raw = wait_window(lambda: memifx_samples(rx, name), cfg.warm, cfg.trial,
                             cfg.warm + cfg.trial + 40)
     if tx is not rx:
@@ -330,13 +337,14 @@ def mq_tester(s, cfg, size, a, b, n, cp):
     """The tester (gen --receive, slave) over n queue pairs with n workers on
     the sender CPUs; its receive rate through the DUT listening on a and b."""
     irq, rate = gentle(cfg)
+    work = tester_work()
     t = start_main(s, MEMIFX + ["gen", spec(a, role="slave", name="tester", queues=n,
                                             **dict(irq, **{"ring-size": 4096})),
                                 "--receive", spec(b, role="slave", name="tester-rx", queues=n,
                                                   **dict(irq, **{"ring-size": 16384})),
                                 "--size", str(size), "--flows", str(flows_for(n)),
                                 "--stats-interval", "1"]
-                   + workers_args(cp.sender) + LEAN_TX + LEAN_RX + rate, r"^gen:", cp)
+                   + workers_args(cp.sender) + work[0] + work[1] + rate, r"^gen:", cp)
     mpps, raw = wait_window(lambda: memifx_samples(t, "tester-rx rx"), cfg.warm, cfg.trial,
                             cfg.warm + cfg.trial + 60)
     return mq_result(mpps, raw, n, cp, t.stop())

@@ -109,8 +109,8 @@ def test_yaml_and_json_text(tmp_path):
                                                             "zero-copy": "yes"}}),
      "endpoints.g.zero-copy: expected true or false, got text"),
     (lambda d: d.setdefault("endpoints", {}).update({"g": {"kind": "gen", "interface": "e",
-                                                            "verify": "count"}}),
-     "endpoints.g.verify: allowed values are full|stamp|seq"),
+                                                            "verify": "most"}}),
+     "endpoints.g.verify: allowed values are full|stamp|seq|count"),
     (lambda d: d["routers"]["r1"]["interfaces"].append("a"),
      "routers.r1.interfaces[2]: interface a has no ip"),
     (lambda d: d["agent"].update({"required": ["q"]}), "agent.required[0]: no interface named q"),
@@ -135,15 +135,15 @@ def test_endpoint_zero_copy_reaches_the_pipeline(tmp_path):
 
 
 def test_endpoint_verify_levels(tmp_path):
-    """A sink may merely count; gen's receiver reads at least the stamp;
-    gen may send fixed frames."""
+    """Every level and payload reaches the pipelines (a gen of fixed frames
+    counts what comes back)."""
     doc = base(tmp_path)
     del doc["xconnects"]["x2"]
-    doc["endpoints"] = {"g": {"kind": "gen", "interface": "e", "verify": "seq",
+    doc["endpoints"] = {"g": {"kind": "gen", "interface": "e", "verify": "count",
                               "payload": "fixed"},
                         "s": {"kind": "sink", "interface": "f", "verify": "count"}}
     cfg = load(doc)
-    assert cfg.pipelines["g"].params["verify"] == "seq"
+    assert cfg.pipelines["g"].params["verify"] == "count"
     assert cfg.pipelines["g"].params["payload"] == "fixed"
     assert cfg.pipelines["s"].params["verify"] == "count"
 

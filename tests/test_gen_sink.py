@@ -362,6 +362,23 @@ def test_gen_receive_in_one_process(procs, abstract_sock, size):
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]], ids=["in-process", "workers"])
+def test_gen_receive_counts_fixed_frames(procs, abstract_sock, workers):
+    """The cheapest tester in one command: fixed frames out, counted back
+    (--verify count): it ends once every frame sent has come back, and the
+    report says what was counted, no more."""
+    gen = procs.start(MEMIFX + ["gen", "socket=%s,queues=2" % abstract_sock, "--count", "100000",
+                                "--flows", "8", "--payload", "fixed", "--zero-copy",
+                                "--verify", "count", "--receive",
+                                "socket=%s,role=master,queues=2,name=b" % abstract_sock,
+                                "--json"] + workers)
+    g = finish(gen)
+    r = g["receive"]
+    assert g["packets"] == r["packets"] == 100000 and r["bytes"] == g["bytes"] == 6400000
+    assert r["verify"] == "count" and r["received"] == 0 and r["latency_us"] is None
+
+
+@pytest.mark.timeout(30)
 def test_rate_limit_sleeps(abstract_sock):
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.monotonic()

@@ -54,7 +54,7 @@ import click
 import yaml  # type: ignore[import-untyped]  # PyYAML ships no types; safe_load gives Any
 
 from memifx.ethernet import is_mac
-from memifx.tester import GEN_VERIFY, SINK_VERIFY
+from memifx.traffic import VERIFY_LEVELS
 
 # cli/ is installed as memifx.cli (setup.py's package_dir), which mypy, reading
 # the source tree, does not see; parse_spec is then Any.
@@ -430,10 +430,10 @@ _GEN: Dict[str, Check] = {
     "dst-mac": lambda p, v: _mac(p, v),
     "src-ip": _ip4,
     "dst-ip": _ip4,
-    "verify": lambda p, v: _choice(p, v, GEN_VERIFY),
+    "verify": lambda p, v: _choice(p, v, VERIFY_LEVELS),
     "zero-copy": lambda p, v: _flag(p, v),
 }
-_SINK = {"verify": lambda p, v: _choice(p, v, SINK_VERIFY), "zero-copy": _GEN["zero-copy"]}
+_SINK = {"verify": _GEN["verify"], "zero-copy": _GEN["zero-copy"]}
 
 
 def _flag(path: str, value: Any) -> bool:

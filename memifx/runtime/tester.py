@@ -15,15 +15,14 @@ gen: ``size`` (bytes or "imix") or ``sizes`` (a list), ``flows``,
 memifx.traffic.Generator), ``src_mac``/``dst_mac`` (text or 6 bytes),
 ``src_ip``/``dst_ip`` (text or 4 bytes), ``count``, ``rate`` (frames/s, 0:
 unlimited), ``duration`` (seconds from the first frame), ``receive`` (the
-checked interface's name; not with payload "fixed"), ``replay`` (a pcap
+checked interface's name; with payload "fixed", counted only), ``replay`` (a pcap
 path, or a memifx.pcap.Capture the caller has read already: a file is read
 once), ``capture`` (a pcap path for what arrives on the sending interface),
-``verify`` ("full"|"stamp"|"seq": memifx.traffic.Checker's levels),
+``verify`` ("full"|"stamp"|"seq"|"count": memifx.traffic.Checker's levels),
 ``zero_copy`` (bool: stamped frames are written straight into the ring's
 buffers instead of copied from a staging buffer, and what comes back on
 ``receive`` is checked in place, as sink's).
-sink: ``verify`` (those, or "count": frames and bytes only), ``capture``
-and ``zero_copy`` (bool: check frames in place in the ring's buffers
+sink: ``verify``, ``capture`` and ``zero_copy`` (bool: check frames in place in the ring's buffers
 instead of copying them out; a capture keeps the copy).
 """
 import ipaddress
@@ -35,8 +34,8 @@ from memifx.nodes.tester import TesterNode, TesterPool
 from memifx.runtime.errors import DataplaneError
 from memifx.runtime.local import LocalHost
 from memifx.runtime.pipeline import Counters, Kind, Pipeline
-from memifx.tester import (BURST, GEN_VERIFY, SINK_VERIFY, arrived, make_generator,
-                            receive_result, send_result)
+from memifx.tester import BURST, arrived, make_generator, receive_result, send_result
+from memifx.traffic import VERIFY_LEVELS
 
 IMIX = [64, 570, 64, 1518, 64, 570, 64, 64, 570, 64, 570, 64]     # 7:4:1, interleaved
 DEFAULT_SRC_IP = bytes([198, 18, 0, 1])
@@ -146,13 +145,15 @@ class TesterPipeline(Pipeline):
                  capture: Optional[str] = None, verify: str = "full",
                  zero_copy: bool = False) -> None:
         super().__init__(name, kind, interfaces, workers, cpus, quiet, stats)
-        levels = GEN_VERIFY if kind.name == "gen" else SINK_VERIFY
-        if verify not in levels:
-            raise DataplaneError("verify %r: %s" % (verify, ", ".join(levels)), "--verify")
-        if kind.name == "gen" and payload == "fixed" and receive is not None:
-            raise DataplaneError("payload fixed sends no stamps, so a receive interface "
-                                 "cannot count them back (a sink --verify count can)",
+        if verify not in VERIFY_LEVELS:
+            raise DataplaneError("verify %r: %s" % (verify, ", ".join(VERIFY_LEVELS)),
+                                 "--verify")
+        if kind.name == "gen" and payload == "fixed" and receive is not None \
+                and verify != "count":
+            raise DataplaneError("payload fixed sends no stamps: what comes back on the "
+                                 "receive interface can only be counted (verify count)",
                                  "--payload")
+        self.verify = verify
         if not isinstance(zero_copy, bool):
             raise DataplaneError("zero_copy %r: true or false" % (zero_copy,), "--zero-copy")
         if workers and (replay is not None or capture):
@@ -294,7 +295,7 @@ class TesterPipeline(Pipeline):
         """Whether a receive side has seen fewer of our frames than went out."""
         if self.pool is not None:
             return (self.receive_intf is not None and
-                    arrived(self.pool.receive_counters()) < self.sent())
+                    arrived(self.pool.receive_counters(), self.verify) < self.sent())
         return any(self._arrived(r) < self.sent() for _, r in self._receivers()) \
             if self.send_intf is not None else False
 
@@ -305,7 +306,8 @@ class TesterPipeline(Pipeline):
             return None
         if self.pool is not None:
             checker, first, last = self.pool.merged_checker()
-            return receive_result(checker, first, last), arrived(checker.counters())
+            return receive_result(checker, first, last), arrived(checker.counters(),
+                                                                 checker.verify)
         assert self.node is not None and self.node.receiver is not None
         r = self.node.receiver
         return r.result(), self._arrived(r)
