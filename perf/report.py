@@ -366,10 +366,19 @@ def render_markdown(results):
     else:
         who = ("tester `memifx gen --receive%s` on CPU 0 sends on A and receives on B%s"
                % (" --payload fixed --zero-copy --verify count" if fixed else "", how))
+    if not fixed:
+        bound = "so the DUT ratios are bounded by the tester's own rate"
+    elif results.get("tester") == "split":
+        bound = ("and each of its halves costs fewer instructions per frame than any DUT "
+                 "here, so the DUT ratios are the DUTs' own")
+    else:
+        bound = ("and its two halves on one CPU cost about 108 instructions per frame "
+                 "together, more than xconnect's 82 (perf/results/peer-cost-vm.md), so an "
+                 "xconnect cell may still be bounded by the tester: its ratios are lower "
+                 "bounds")
     L.append("DUT tests: %s; the DUT polls on CPU 1 (xconnect --workers 1 --cpus 1; "
              "--workers 0 pinned; testpmd io with its forwarding lcore 1 and its sleeping "
-             "main lcore 0). The tester is the same for every DUT, so the DUT ratios are "
-             "bounded by the tester's own rate.\n" % who)
+             "main lcore 0). The tester is the same for every DUT, %s.\n" % (who, bound))
     if results.get("nodes"):
         L.append("## Instructions per frame, per node (callgrind, 64 B, bursts of 256)\n")
         L.append("Counted by `perf/nodes.py` on in-process loopback rings: exact and "
