@@ -63,7 +63,7 @@ def zero_copy_missing():
     if lacking:
         return "this memifx's %s no --zero-copy" % (
             " and ".join(lacking) + (" have" if len(lacking) > 1 else " has"))
-    if "seq" not in command_help("sink"):
+    if "|seq" not in command_help("sink"):      # the choice, as --help lists it
         return "this memifx's sink has no --verify seq"
     return None
 
@@ -153,9 +153,11 @@ def split_tester(cfg):
 
 def tester_work():
     """(gen's options, its receiver's) for the DUT cells' tester: DUT_TX and
-    DUT_RX where this memifx has them (probed from --help: gen --verify
-    count), else the lean stamped ones."""
-    if "fixed" in command_help("gen") and "count" in command_help("gen"):
+    DUT_RX where this memifx has them (probed from gen --help, which lists
+    each option's choices: "|fixed" and "|count"; the words alone are in
+    older helps too), else the lean stamped ones."""
+    helps = command_help("gen")
+    if "|fixed" in helps and "|count" in helps:
         return DUT_TX, DUT_RX
     return LEAN_TX, LEAN_RX
 

@@ -233,11 +233,15 @@ def test_dut_tester_sends_fixed_frames_and_counts(perf_modules, monkeypatch):
     memifx's gen has --payload fixed and --verify count, else the lean
     stamped ones."""
     sc = perf_modules.scenarios
-    helps = {"gen": "--payload [pattern|zeros|fixed] --verify [full|stamp]"}
+    # (an older gen's help has --count and may say "fixed": the choices decide)
+    helps = {"gen": "--count N  a fixed rate  --payload [pattern|zeros|fixed] "
+                    "--verify [full|stamp]"}
     monkeypatch.setattr(sc, "command_help", lambda c: helps[c])
     assert sc.tester_work() == (sc.LEAN_TX, sc.LEAN_RX)
     helps["gen"] += " [full|stamp|seq|count]"
     assert sc.tester_work() == (sc.DUT_TX, sc.DUT_RX)
+    helps["gen"] = "--count N  --payload [pattern|zeros]  --verify [full|stamp|seq|count]"
+    assert sc.tester_work() == (sc.LEAN_TX, sc.LEAN_RX)
     assert "fixed" in sc.DUT_TX and "count" in sc.DUT_RX
 
 
@@ -306,7 +310,8 @@ def test_cells_run_or_are_skipped_with_a_reason(perf_modules):
 @pytest.mark.timeout(30)
 def test_zero_copy_cells_skip_without_the_flags(perf_modules, monkeypatch):
     sc = perf_modules.scenarios
-    helps = {"gen": "--size  --zero-copy  write in place", "sink": "--verify"}
+    helps = {"gen": "--size  --zero-copy  write in place",
+             "sink": "--verify [full|stamp]  sequence numbers start at 0"}
     monkeypatch.setattr(sc, "command_help", lambda c: helps[c])
     assert sc.zero_copy_missing() == "this memifx's sink has no --zero-copy"
     helps["sink"] += " --zero-copy"
