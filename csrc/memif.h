@@ -138,6 +138,29 @@ static inline memif_desc_t memif_desc_read(const memif_desc_t *d)
     return c;
 }
 
+/* Bytes of a frame in the peer's buffers, read exactly once each: a
+ * decision taken on the value returned holds for what is written from it,
+ * whatever the peer does to the buffer meanwhile.  Any alignment; the value
+ * is as it lies in memory (network order for a header field). */
+typedef uint16_t __attribute__((aligned(1), may_alias)) memif_u16_unaligned;
+typedef uint32_t __attribute__((aligned(1), may_alias)) memif_u32_unaligned;
+typedef uint64_t __attribute__((aligned(1), may_alias)) memif_u64_unaligned;
+
+static inline uint16_t memif_peer_load16(const void *p)
+{
+    return *(const volatile memif_u16_unaligned *)p;
+}
+
+static inline uint32_t memif_peer_load32(const void *p)
+{
+    return *(const volatile memif_u32_unaligned *)p;
+}
+
+static inline uint64_t memif_peer_load64(const void *p)
+{
+    return *(const volatile memif_u64_unaligned *)p;
+}
+
 /* The consumer's MASK_INT word; written by the consumer, read by the producer. */
 static inline uint16_t memif_ring_flags(const memif_ring_t *r)
 {

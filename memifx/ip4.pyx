@@ -35,8 +35,10 @@ of it untouched and goes the long way, through nodes that each decide one
 thing.  Before that walk, each burst first goes ring to ring in one pass
 (forward_fast): while frames are ip4-fast's, leave by the interface ip4-fast
 last sent one from the same input to, and fit one slot on either ring,
-each is decided on a private copy of its headers and written straight into
-the transmit ring, the rest of the packet copied from the receive buffer;
+each frame's headers are read once from the receive buffer into registers,
+decided there and written from there straight into the transmit ring (a
+copy staged in memory and read back wider than it was written stalls the
+core on every frame), the rest of the packet copied from the receive buffer;
 at the first other frame the walk and the graph take the rest of the
 burst, in order.
 When a burst took both ways, the transmit vector is put back in arrival
@@ -47,9 +49,10 @@ memif-input copies the first HDR_COPY (128) bytes of every frame out of the
 shared ring into a private arena: all the nodes read (Ethernet 14 + IPv4 with
 options up to 60 + the 8 bytes after it that an ICMP error quotes = 82; an
 ARP frame is 42) fits.  (Of a first buffer that long it copies FAST_COPY, 64,
-first: all ip4-fast reads; the rest only for a frame ip4-fast leaves.)  Every check and rewrite works on that copy, so a peer
-writing into shared memory while we work cannot change a header between check
-and use.  The rest of a longer frame stays in the receive ring, whose slots
+first: all ip4-fast reads; the rest only for a frame ip4-fast leaves.)  Every
+check and rewrite works on that copy (or, in forward_fast, on the registers
+a header was read into, each byte once), so a peer writing into shared
+memory while we work cannot change a header between check and use.  The rest of a longer frame stays in the receive ring, whose slots
 are held until interface-output has copied the frames out: a forwarded frame
 leaves as its rewritten headers from the arena followed by the rest straight
 from the receive buffers (Queue.tx_copy_parts), one copy of the payload.  The
@@ -76,7 +79,7 @@ from libc.string cimport memcpy, memset, memcmp
 from memifx.counted cimport CountedNode
 from memifx.inet cimport (inet_sum, inet_fold, inet_checksum, checksum_add,
                           sums_to_all_ones, multiple_of_ffff)
-from memifx.memif cimport memif_desc_t
+from memifx.memif cimport memif_desc_t, memif_peer_load16, memif_peer_load32, memif_peer_load64
 from memifx.ring cimport Queue, frame_t, seg_t, side_t, side_of, usual_rx, usual_tx, tx_written
 from memifx.fib cimport (Fib, nexthop_t, fib_lookup,
                          NH_CONNECTED, NH_GATEWAY, NH_LOCAL, NH_BROADCAST)
@@ -1325,51 +1328,82 @@ cdef class Router(CountedNode):
         f.tx = <tx_counters_t *>(<char *>f.rx + f.nrx * sizeof(rx_counters_t))
 
 
-cdef inline bint ip4_fast(Router r, uint8_t *d, uint64_t length, uint32_t l2, uint64_t mac8,
-                          const uint32_t *t24, const uint32_t *t8, way_t *way, bint first,
-                          uint32_t *tot) noexcept nogil:
+cdef extern from "<arpa/inet.h>" nogil:
+    uint32_t ntohl(uint32_t)
+    uint32_t htonl(uint32_t)
+
+
+cdef struct ip4h_t:
+    # An IPv4 header without options as five 32-bit words, each as it lies
+    # in memory (network order): ip4-fast reads a header once into one,
+    # decides on it and writes the frame's header out of it.
+    uint32_t w0, w1, w2, w3, w4
+
+
+cdef inline void store_header(char *p, const ip4h_t *h) noexcept nogil:
+    """Write h at p a word at a time: h stays in registers (copied whole,
+    it would be stored to the stack and loaded back wider, a stalled
+    forward)."""
+    memcpy(p, &h.w0, 4)
+    memcpy(p + 4, &h.w1, 4)
+    memcpy(p + 8, &h.w2, 4)
+    memcpy(p + 12, &h.w3, 4)
+    memcpy(p + 16, &h.w4, 4)
+
+
+cdef inline bint ip4_fast(Router r, const uint8_t *d, uint64_t length, uint32_t l2,
+                          uint64_t mac8, const uint32_t *t24, const uint32_t *t8, way_t *way,
+                          bint first, ip4h_t *h, uint32_t *tot) noexcept nogil:
     """ip4-fast's decision on a frame of ``length`` bytes whose first
-    ``l2`` + 20 (all it reads, when the frame is that long) are at ``d``, a
-    private copy:
+    ``l2`` + 20 (all it reads, when the frame is that long) are at ``d``,
+    each byte read once (the peer's buffer, or a private copy):
     what ethernet-input, ip4-input, ip4-lookup and ip4-rewrite would do to
     it without the vectors between them.  It is ip4-fast's if it is an IPv4
     packet without options (in an Ethernet frame to our MAC, ``mac8``, when
     ``l2`` is ETH_HLEN; bare when 0), its lengths and checksum right, TTL
     above 1, routed (``t24``/``t8``, the FIB's tables) to a connected
     destination or a gateway out of a present interface whose neighbor is
-    known or that is in IP mode: then TTL and checksum are rewritten at
-    ``d``, ``way`` says where it goes (find_way; ``first``: as there) and
-    ``tot`` is its IPv4 total length.  Otherwise False and nothing at d
-    changed: the general graph decides it from the start."""
-    cdef uint8_t *h = d + l2
-    cdef uint64_t w8
-    cdef uint16_t et, c
-    cdef uint32_t t, dst
+    known or that is in IP mode: then ``h`` holds its IPv4 header as it
+    leaves (TTL and checksum rewritten), ``way`` says where it goes
+    (find_way; ``first``: as there) and ``tot`` is its IPv4 total length.
+    Otherwise False: the general graph decides it from the start.
+
+    Nothing is stored at d, and the header is decided on and written out
+    from registers: a store followed by a wider load of the same bytes
+    costs a stalled store-to-load forward, several a frame when the header
+    was staged in memory."""
+    cdef uint32_t v0, v2, t, dst
     cdef int64_t rt
     if length < l2 + 20:
         return False
     if l2:
-        memcpy(&w8, d, 8)
-        memcpy(&et, d + 12, 2)
-        if (w8 & MAC8_MASK) != mac8 or et != ETHERTYPE_IP4:
+        if (memif_peer_load64(d) & MAC8_MASK) != mac8 \
+                or memif_peer_load16(d + 12) != ETHERTYPE_IP4:
             return False
-    t = rd16(h + 2)
+    d += l2
+    h.w0 = memif_peer_load32(d)
+    h.w1 = memif_peer_load32(d + 4)
+    h.w2 = memif_peer_load32(d + 8)
+    h.w3 = memif_peer_load32(d + 12)
+    h.w4 = memif_peer_load32(d + 16)
+    v0 = ntohl(h.w0)                # version and IHL, TOS, total length
+    v2 = ntohl(h.w2)                # TTL, protocol, checksum
+    t = v0 & 0xFFFF
     # (length is at least l2 + 20: one compare for 20 <= t <= length - l2)
     # (the header's sum is not 0: its first byte is 0x45)
-    if h[0] != 0x45 or t - 20 > <uint32_t>length - l2 - 20 or h[8] <= 1 \
-            or not multiple_of_ffff(header20_sum(h)):
+    if v0 >> 24 != 0x45 or t - 20 > <uint32_t>length - l2 - 20 or v2 >> 24 <= 1 \
+            or not multiple_of_ffff(<uint64_t>h.w0 + h.w1 + h.w2 + h.w3 + h.w4):
         return False
-    dst = rd32(h + 16)
+    dst = ntohl(h.w4)
     rt = fib_lookup(t24, t8, dst)
     if rt < 0:
         return False
     if (rt != way.route or (dst != way.dst and not way.any_dst)) \
             and not r.find_way(way, rt, dst, first):
         return False
-    # ip4-rewrite: TTL minus one, the checksum updated
-    memcpy(&c, h + 10, 2)
-    set_checksum(h + 10, checksum_add(c, TTL_DOWN))
-    h[8] -= 1
+    # ip4-rewrite: TTL minus one (it is above 1: no borrow), the checksum
+    # updated (checksum_add in host order: TTL_DOWN is 0xFEFF either way)
+    h.w2 = htonl(((v2 - 0x01000000) & 0xFFFF0000u) | checksum_add(v2 & 0xFFFF, 0xFEFF))
     tot[0] = t
     return True
 
@@ -1404,6 +1438,7 @@ cdef void take_frames(Router r, const frame_t *frames, const seg_t *segs, uint32
     cdef uint64_t mac8 = r.ifs[ifindex].mac8
     cdef uint64_t length, nbytes = 0
     cdef way_t way
+    cdef ip4h_t h
     # in locals: a store into the arena could, for all the compiler knows,
     # change r
     cdef pkt_t *p = r.pkts
@@ -1431,7 +1466,8 @@ cdef void take_frames(Router r, const frame_t *frames, const seg_t *segs, uint32
             continue
         # memif-input: the headers into the arena
         copied = copy_headers(d, &segs[f.first_seg], f.nsegs, length)
-        if ip4_fast(r, d, length, l2, mac8, t24, t8, &way, k == n_in, &tot):
+        if ip4_fast(r, d, length, l2, mac8, t24, t8, &way, k == n_in, &h, &tot):
+            memcpy(d + l2 + 8, &h.w2, 4)        # TTL and checksum as they leave
             if l2 + tot <= copied:
                 hdr = tot                       # all of it leaves from the arena
                 p.tail_len = 0
@@ -1488,11 +1524,11 @@ cdef uint32_t forward_fast(Router r, Queue rxq, Queue txq, uint32_t o, uint32_t 
     of interface ``o`` (transmit queue ``txq``) and that are usual on both
     rings: one receive slot, and one transmit slot that holds the frame as
     it leaves.  Each frame's headers (Ethernet unless the input is IP mode,
-    IPv4 without options: all ip4_fast reads) are copied to a private
-    buffer and decided there; the output's Ethernet header is put in front
-    of them there, and what leaves is that buffer followed by the rest of
-    the packet straight from the receive buffer (never read: a peer
-    changing it changes only its own bytes).  It stops at the first
+    IPv4 without options: all ip4_fast reads) are read once from the
+    receive buffer into registers and decided there; what leaves is the
+    output's Ethernet header, the IPv4 header from those registers and the
+    rest of the packet straight from the receive buffer (never read: a
+    peer changing it changes only its own bytes).  It stops at the first
     other frame, which the caller takes through memif_input and the graph
     with the rest of the burst, in order.  What it moves is consumed,
     published and counted (router, both queues) here.  Returns the frames
@@ -1508,8 +1544,7 @@ cdef uint32_t forward_fast(Router r, Queue rxq, Queue txq, uint32_t o, uint32_t 
     cdef uint32_t n, k = 0, length, tot, l2, l2o, out_len
     cdef uint16_t room
     cdef uint64_t rx_bytes = 0, tx_bytes = 0
-    # the headers: the IPv4 one at hdr + ETH_HLEN whatever the input
-    cdef uint8_t hdr[ETH_HLEN + 20]
+    cdef ip4h_t h
     cdef way_t way
     cdef char *src
     cdef char *dst
@@ -1537,11 +1572,8 @@ cdef uint32_t forward_fast(Router r, Queue rxq, Queue txq, uint32_t o, uint32_t 
         src = usual_rx(&rs, k, most, rslave, &length)
         if src == NULL:
             break
-        if length < l2 + 20:
-            break                           # (not ip4-fast's)
-        memcpy(hdr + ETH_HLEN - l2, src, l2 + 20)
-        if not ip4_fast(r, hdr + ETH_HLEN - l2, length, l2, mac8, t24, t8, &way, True, &tot) \
-                or way.out != o:
+        if not ip4_fast(r, <const uint8_t *>src, length, l2, mac8, t24, t8, &way, True,
+                        &h, &tot) or way.out != o:
             break
         l2o = 0 if way.ip_mode else ETH_HLEN
         out_len = l2o + tot
@@ -1551,10 +1583,8 @@ cdef uint32_t forward_fast(Router r, Queue rxq, Queue txq, uint32_t o, uint32_t 
         if dst == NULL:
             break
         if l2o:
-            memcpy(hdr, way.l2hdr, ETH_HLEN)
-            memcpy(dst, hdr, ETH_HLEN + 20)
-        else:
-            memcpy(dst, hdr + ETH_HLEN, 20)
+            memcpy(dst, way.l2hdr, ETH_HLEN)
+        store_header(dst + l2o, &h)
         memcpy(dst + l2o + 20, src + l2 + 20, tot - 20)
         tx_written(w, out_len)
         rx_bytes += length

@@ -43,5 +43,8 @@ cdef extern from "memif.h" nogil:
     void memif_store_relaxed(uint16_t *p, uint16_t v)
     void memif_fence()
     memif_desc_t memif_desc_read(const memif_desc_t *d)
+    uint16_t memif_peer_load16(const void *p)
+    uint32_t memif_peer_load32(const void *p)
+    uint64_t memif_peer_load64(const void *p)
     uint16_t memif_ring_flags(const memif_ring_t *r)
     void memif_set_ring_flags(memif_ring_t *r, uint16_t v)

@@ -387,10 +387,16 @@ def render_markdown(results):
                  "around it. The speed of a pair of pollers is bounded by the slower "
                  "side's instructions per frame plus the cache-line transfers between "
                  "the CPUs, which instructions do not show.\n")
-        L.append("| node | Ir per frame |")
-        L.append("|---|---|")
-        for name, ir in results["nodes"]:
-            L.append("| %s | %.0f |" % (name, ir))
+        timed = all(len(row) > 2 and row[2] is not None for row in results["nodes"])
+        if timed:
+            L.append("The time is the same workload run natively, in a process of its own "
+                     "on one CPU, everything in that CPU's caches: what it adds to the "
+                     "instructions is the core's own stalls. Compare it between builds "
+                     "on one machine, not between machines.\n")
+        L.append("| node | Ir per frame |%s" % (" ns per frame, one CPU |" if timed else ""))
+        L.append("|---|---|%s" % ("---|" if timed else ""))
+        for row in results["nodes"]:
+            L.append("| %s | %.0f |%s" % (row[0], row[1], " %.1f |" % row[2] if timed else ""))
         L.append("")
     if results.get("chart"):
         L.append("![chart](results.png)\n")

@@ -93,7 +93,7 @@ def parse_args(argv=None):
                          "auto (default): split where CPU 2 is usable")
     ap.add_argument("--list", action="store_true", help="list the tests and exit")
     ap.add_argument("--no-nodes", action="store_true",
-                    help="skip the per-node instruction counts (perf/nodes.py, ~1 min)")
+                    help="skip the per-node instruction counts and times (perf/nodes.py, ~1 min)")
     cfg = ap.parse_args(argv)
     cfg.out = os.path.abspath(cfg.out)
     cfg.trials = cfg.trials or (1 if cfg.quick else 3)
@@ -142,8 +142,9 @@ def main(argv=None):
     results["loadavg_end"] = "%.2f %.2f %.2f" % os.getloadavg()
     if not cfg.no_nodes and not cfg.quick and shutil.which("valgrind"):
         import nodes
-        log("instructions per frame, per node (callgrind)...")
-        results["nodes"] = nodes.measure_all(frames=32768)
+        log("instructions and time per frame, per node (callgrind; one CPU)...")
+        cpu = 1 if 1 in cpuplan.usable_cpus() else None     # the DUT's CPU in the cells
+        results["nodes"] = nodes.measure_all(frames=32768, time_cpu=cpu)
     results["chart"] = chart(results, cfg.out)
     table = write_report(results, cfg.out)
     print(table)

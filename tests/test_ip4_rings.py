@@ -1,5 +1,6 @@
-"""ip4-forward through real rings: headers from the private copy, the rest of
-each frame copied once, straight from the receive ring to the transmit ring.
+"""ip4-forward through real rings: headers from the private copy (or, ring to
+ring, from registers they were read into once), the rest of each frame copied
+once, straight from the receive ring to the transmit ring.
 
 Router.poll must give, frame for frame, what Router.process gives for the
 same frames (tests/test_ip4.py checks process against scapy), whatever the

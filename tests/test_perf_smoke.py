@@ -398,6 +398,32 @@ def test_report_queue_zero_copy_and_skipped_sections(perf_modules):
 
 
 @pytest.mark.perf
+@pytest.mark.timeout(60)
+def test_nodes_time_each_node_and_the_report_shows_it(perf_modules, monkeypatch):
+    """perf/nodes.py --time: each timed pass reports every call of its
+    workload, over the same rings; the report's node table gets a time
+    column only where every row has a time (older runs have none)."""
+    monkeypatch.delitem(sys.modules, "nodes", raising=False)
+    import nodes
+    passes = nodes.workload("ip4", 2048, 64, timed_passes=2)
+    assert len(passes) == 2
+    assert all(set(p) == {"tx", "poll"} and min(p.values()) > 0 for p in passes)
+    per_frame = nodes.timed("ring", 1024, 64, runs=3)
+    assert set(per_frame) == {"fill", "tx", "rx"} and 0 < min(per_frame.values()) < 10_000
+    assert nodes.workload("xconnect", 1024, 64) == []
+    report = perf_modules.report
+    results = {"host": "vm, 2 CPUs", "date": "d", "quick": False, "trials": 3,
+               "trial_seconds": 2, "warmup_seconds": 1, "loadavg": "0 0 0", "tests": {},
+               "nodes": [["xconnect poll", 83.1, 7.34], ["ip4 router poll", 202.3, 16.6]]}
+    lines = report.render_markdown(results).splitlines()
+    assert "| node | Ir per frame | ns per frame, one CPU |" in lines
+    assert "| ip4 router poll | 202 | 16.6 |" in lines
+    results["nodes"] = [["xconnect poll", 83.1], ["ip4 router poll", 202.3]]
+    lines = report.render_markdown(results).splitlines()
+    assert "| node | Ir per frame |" in lines and "| ip4 router poll | 202 |" in lines
+
+
+@pytest.mark.perf
 @pytest.mark.timeout(120)
 def test_two_queue_cells_run_on_two_cpus_without_busy_polling(perf_modules, tmp_path):
     """gen -> sink and tester -> xconnect at N = 2 (two workers each side),
