@@ -355,6 +355,15 @@ def render_markdown(results):
              "interrupt mode, poll-pingpong the same with both sides busy-polling.\n")
     L.append("\nPython API targets at 64 B: burst ≥ 3 Mpps, batch ≥ 10 Mpps. Interrupt mode: "
              "idle CPU ≈ 0, p99 < 50 µs.\n")
+    py = [t.get("tester") for name, cells in results["tests"].items() if name.startswith("py-")
+          for c in cells.values() for t in c.get("trials", [])]
+    if any(py):
+        # (runs before round 8 of issue 13 recorded none, and say nothing here)
+        py_fixed = set(py) == {"one-cpu"}
+        L.append("py tests: perf/pyecho.py on CPU 1 is the DUT; the tester is `memifx gen "
+                 "--receive%s` on CPU 0, sending on A and receiving on B%s.\n"
+                 % ((" --payload fixed --zero-copy --verify count", "") if py_fixed
+                    else ("", ", stamped frames checked")))
     # (runs before round 7 of issue 13 recorded no tester_work: stamped)
     fixed = results.get("tester_work") == "fixed-count"
     how = " (fixed frames, only descriptors written; counted, not read)" if fixed else ""

@@ -438,13 +438,16 @@ def ip4(cfg, size, nroutes, workers=0):
 
 def pyapi(cfg, size, variant):
     """The tester through perf/pyecho.py ``variant`` (burst, zc, batch) on CPU 1;
-    zc runs pyecho as the slave (zero-copy receive is the slave's)."""
+    zc runs pyecho as the slave (zero-copy receive is the slave's).  The
+    tester is the DUT cells' (tester_work) on CPU 0, so the cell measures
+    the Python forwarder, not the tester."""
+    work = tester_work()
     with Session(cfg.out) as s:
         a, b = s.sock("a"), s.sock("b")
         dut_role = "slave" if variant == "zc" else "master"
         tester_role = "master" if variant == "zc" else "slave"
         if tester_role == "master":
-            t = tester(s, cfg, size, a, b, role="master")
+            t = tester(s, cfg, size, a, b, role="master", work=work)
             t.wait_line(r"^gen:", 20)
             d = s.start([PY, os.path.join(HERE, "pyecho.py"), variant, a, b, dut_role],
                         [DUT_CPU])
@@ -452,10 +455,11 @@ def pyapi(cfg, size, variant):
             d = s.start([PY, os.path.join(HERE, "pyecho.py"), variant, a, b, dut_role],
                         [DUT_CPU])
             d.wait_line(r"pyecho: .* listening", 20)
-            t = tester(s, cfg, size, a, b, role="slave")
+            t = tester(s, cfg, size, a, b, role="slave", work=work)
         mpps, raw = wait_window(lambda: memifx_samples(t, "tester-rx rx"), cfg.warm, cfg.trial,
                                 cfg.warm + cfg.trial + 40)
-        return {"mpps": mpps, "samples": raw}
+        return {"mpps": mpps, "samples": raw,
+                "tester": "one-cpu" if work[0] is DUT_TX else "one-cpu-stamped"}
 
 
 def irq_xconnect(s, a, b):

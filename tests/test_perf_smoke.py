@@ -389,6 +389,17 @@ def test_report_queue_zero_copy_and_skipped_sections(perf_modules):
     results["tester_work"] = "fixed-count"
     assert ("tester `memifx gen --receive --payload fixed --zero-copy --verify count` on CPU 0"
             in report.render_markdown(results))
+    # the py cells' tester, as their trials recorded it (older runs: not said)
+    assert "py tests:" not in report.render_markdown(results)
+    tests["py-batch"] = {"64": cell(report, "64", 30, 31, 32)}
+    for t in tests["py-batch"]["64"]["trials"]:
+        t["tester"] = "one-cpu"
+    assert ("the tester is `memifx gen --receive --payload fixed --zero-copy --verify count` "
+            "on CPU 0" in report.render_markdown(results))
+    tests["py-batch"]["64"]["trials"][0]["tester"] = "one-cpu-stamped"
+    assert "`memifx gen --receive` on CPU 0, sending on A and receiving on B, stamped" \
+        in report.render_markdown(results)
+    del tests["py-batch"]
     results["tester"] = "split"
     text = report.render_markdown(results)
     assert "`memifx gen --payload fixed --zero-copy` on CPU 0" in text
