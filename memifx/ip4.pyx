@@ -52,8 +52,9 @@ ARP frame is 42) fits.  (Of a first buffer that long it copies FAST_COPY, 64,
 first: all ip4-fast reads; the rest only for a frame ip4-fast leaves.)  Every
 check and rewrite works on that copy (or, in forward_fast, on the registers
 a header was read into, each byte once), so a peer writing into shared
-memory while we work cannot change a header between check and use.  The rest of a longer frame stays in the receive ring, whose slots
-are held until interface-output has copied the frames out: a forwarded frame
+memory while we work cannot change a header between check and use.  The
+rest of a longer frame stays in the receive ring, whose slots are held
+until interface-output has copied the frames out: a forwarded frame
 leaves as its rewritten headers from the arena followed by the rest straight
 from the receive buffers (Queue.tx_copy_parts), one copy of the payload.  The
 payload is never looked at, so a peer changing it under us only changes its
@@ -1402,7 +1403,7 @@ cdef inline bint ip4_fast(Router r, const uint8_t *d, uint64_t length, uint32_t 
             and not r.find_way(way, rt, dst, first):
         return False
     # ip4-rewrite: TTL minus one (it is above 1: no borrow), the checksum
-    # updated (checksum_add in host order: TTL_DOWN is 0xFEFF either way)
+    # updated (checksum_add in host order, where TTL_DOWN's bytes read 0xFEFF)
     h.w2 = htonl(((v2 - 0x01000000) & 0xFFFF0000u) | checksum_add(v2 & 0xFFFF, 0xFEFF))
     tot[0] = t
     return True
