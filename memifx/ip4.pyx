@@ -94,6 +94,7 @@ cdef enum:
     MIN_ROOM = 128          # every slot holds a generated reply this long
     HDR_COPY = MIN_ROOM     # bytes of a frame memif-input copies (the rest stays in the ring)
     FAST_COPY = 64          # ... of which ip4-fast reads these (Ethernet 14 + IPv4 20)
+    WAYS = 8                # ip4-fast's ways out kept during a burst, by route (a power of 2)
     ETH_HLEN = 14
     MAX_ROUTED = 65535 + ETH_HLEN   # longer is no IPv4 packet: never copied
     ARP_LEN = 28
@@ -209,8 +210,11 @@ cdef struct pkt_t:
     uint16_t nsegs              # (at most a ring's slots, 2**MEMIF_MAX_LOG2_RING_SIZE)
     uint16_t out                # output interface
 
-# ip4-fast's way out for a run of frames: what the last frame's route
-# resolved to, kept while the next frames take the same route.
+# ip4-fast's way out for a route: what a frame's route resolved to, kept
+# for the next frames of the burst that take the same route.  take_frames
+# keeps WAYS of them, direct-mapped by route, so that traffic spread over a
+# few routes resolves each once a burst, not once a frame; forward_fast,
+# which stops at a frame for another output, keeps one.
 cdef struct way_t:
     int64_t route               # FIB result (-1: none yet)
     uint32_t dst                # the destination it was resolved for ...
@@ -218,8 +222,14 @@ cdef struct way_t:
     uint16_t out                # output interface
     bint ip_mode                # the output takes bare IP packets
     uint64_t key                # neighbor key of l2hdr (0: none)
-    int one_out                 # every frame forwarded so far left by this one (-1: several)
     uint8_t l2hdr[16]           # the Ethernet header towards that neighbor
+
+
+cdef inline void ways_clear(way_t *ways, uint32_t n) noexcept nogil:
+    cdef uint32_t i
+    for i in range(n):
+        ways[i].route = -1
+        ways[i].key = 0             # (nbr_key is never 0)
 
 
 # ------------------------------------------------------------------ helpers
@@ -912,12 +922,11 @@ cdef class Router(CountedNode):
             rc.forwarded += 1
             self.push(V_TX, k)
 
-    cdef bint find_way(self, way_t *w, int64_t route, uint32_t dst, bint first) noexcept nogil:
+    cdef bint find_way(self, way_t *w, int64_t route, uint32_t dst) noexcept nogil:
         """ip4-fast's way out for route ``route`` (a FIB result) to ``dst``
         into w: a connected or gateway route out of a present interface
         whose neighbor is known (or that is in IP mode); False (w.route -1)
-        if it is not one.  ``first``: no frame of the burst was forwarded
-        yet (w.one_out starts again)."""
+        if it is not one."""
         cdef const nexthop_t *nh = &self.fib.nh[route]
         cdef const iface_t *o
         cdef uint64_t key
@@ -938,10 +947,6 @@ cdef class Router(CountedNode):
         w.out = nh.ifindex
         w.ip_mode = o.ip_mode
         w.any_dst = nh.kind == NH_GATEWAY or o.ip_mode   # the same for any dst
-        if first:
-            w.one_out = w.out
-        elif w.one_out != w.out:
-            w.one_out = -1
         return True
 
     cdef inline bint neighbor_header(self, uint64_t key, const iface_t *o,
@@ -1352,9 +1357,10 @@ cdef inline void store_header(char *p, const ip4h_t *h) noexcept nogil:
     memcpy(p + 16, &h.w4, 4)
 
 
-cdef inline bint ip4_fast(Router r, const uint8_t *d, uint64_t length, uint32_t l2,
-                          uint64_t mac8, const uint32_t *t24, const uint32_t *t8, way_t *way,
-                          bint first, ip4h_t *h, uint32_t *tot) noexcept nogil:
+cdef inline const way_t *ip4_fast(Router r, const uint8_t *d, uint64_t length, uint32_t l2,
+                                 uint64_t mac8, const uint32_t *t24, const uint32_t *t8,
+                                 way_t *ways, uint32_t mask, ip4h_t *h,
+                                 uint32_t *tot) noexcept nogil:
     """ip4-fast's decision on a frame of ``length`` bytes whose first
     ``l2`` + 20 (all it reads, when the frame is that long) are at ``d``,
     each byte read once (the peer's buffer, or a private copy):
@@ -1364,10 +1370,12 @@ cdef inline bint ip4_fast(Router r, const uint8_t *d, uint64_t length, uint32_t 
     ``l2`` is ETH_HLEN; bare when 0), its lengths and checksum right, TTL
     above 1, routed (``t24``/``t8``, the FIB's tables) to a connected
     destination or a gateway out of a present interface whose neighbor is
-    known or that is in IP mode: then ``h`` holds its IPv4 header as it
-    leaves (TTL and checksum rewritten), ``way`` says where it goes
-    (find_way; ``first``: as there) and ``tot`` is its IPv4 total length.
-    Otherwise False: the general graph decides it from the start.
+    known or that is in IP mode: then it returns its way out (find_way,
+    kept in ``ways``, mask + 1 of them by route, for the burst's next
+    frames), ``h`` holds its IPv4
+    header as it leaves (TTL and checksum rewritten) and ``tot`` is its
+    IPv4 total length.  Otherwise NULL: the general graph decides it from
+    the start.
 
     Nothing is stored at d, and the header is decided on and written out
     from registers: a store followed by a wider load of the same bytes
@@ -1375,12 +1383,13 @@ cdef inline bint ip4_fast(Router r, const uint8_t *d, uint64_t length, uint32_t 
     was staged in memory."""
     cdef uint32_t v0, v2, t, dst
     cdef int64_t rt
+    cdef way_t *way
     if length < l2 + 20:
-        return False
+        return NULL
     if l2:
         if (memif_peer_load64(d) & MAC8_MASK) != mac8 \
                 or memif_peer_load16(d + 12) != ETHERTYPE_IP4:
-            return False
+            return NULL
     d += l2
     h.w0 = memif_peer_load32(d)
     h.w1 = memif_peer_load32(d + 4)
@@ -1394,19 +1403,20 @@ cdef inline bint ip4_fast(Router r, const uint8_t *d, uint64_t length, uint32_t 
     # (the header's sum is not 0: its first byte is 0x45)
     if v0 >> 24 != 0x45 or t - 20 > <uint32_t>length - l2 - 20 or v2 >> 24 <= 1 \
             or not multiple_of_ffff(<uint64_t>h.w0 + h.w1 + h.w2 + h.w3 + h.w4):
-        return False
+        return NULL
     dst = ntohl(h.w4)
     rt = fib_lookup(t24, t8, dst)
     if rt < 0:
-        return False
+        return NULL
+    way = &ways[rt & mask]
     if (rt != way.route or (dst != way.dst and not way.any_dst)) \
-            and not r.find_way(way, rt, dst, first):
-        return False
+            and not r.find_way(way, rt, dst):
+        return NULL
     # ip4-rewrite: TTL minus one (it is above 1: no borrow), the checksum
     # updated (checksum_add in host order, where TTL_DOWN's bytes read 0xFEFF)
     h.w2 = htonl(((v2 - 0x01000000) & 0xFFFF0000u) | checksum_add(v2 & 0xFFFF, 0xFEFF))
     tot[0] = t
-    return True
+    return way
 
 
 # take_frames comes in two versions, for frames received on an Ethernet
@@ -1438,7 +1448,10 @@ cdef void take_frames(Router r, const frame_t *frames, const seg_t *segs, uint32
     cdef uint32_t i, j, k = 0, n_in = 0, tot, copied
     cdef uint64_t mac8 = r.ifs[ifindex].mac8
     cdef uint64_t length, nbytes = 0
-    cdef way_t way
+    cdef way_t ways[WAYS]
+    cdef const way_t *w
+    cdef int one_out = -1                   # every frame forwarded left by this one (-1: several)
+    cdef uint16_t last_out = 0              # the last frame forwarded left by this one
     cdef ip4h_t h
     # in locals: a store into the arena could, for all the compiler knows,
     # change r
@@ -1448,9 +1461,7 @@ cdef void take_frames(Router r, const frame_t *frames, const seg_t *segs, uint32
     cdef uint16_t *v_tx = r.vec[V_TX]
     cdef uint32_t hdr
     cdef uint32_t l2
-    way.route = -1
-    way.key = 0                             # (nbr_key is never 0)
-    way.one_out = -1
+    ways_clear(ways, WAYS)
     if input_kind is ethernet_input_t:
         l2 = ETH_HLEN
     else:
@@ -1467,8 +1478,14 @@ cdef void take_frames(Router r, const frame_t *frames, const seg_t *segs, uint32
             continue
         # memif-input: the headers into the arena
         copied = copy_headers(d, &segs[f.first_seg], f.nsegs, length)
-        if ip4_fast(r, d, length, l2, mac8, t24, t8, &way, k == n_in, &h, &tot):
+        w = ip4_fast(r, d, length, l2, mac8, t24, t8, ways, WAYS - 1, &h, &tot)
+        if w != NULL:
             memcpy(d + l2 + 8, &h.w2, 4)        # TTL and checksum as they leave
+            if k == n_in:                       # (the first frame forwarded)
+                one_out = w.out
+            elif one_out != w.out:
+                one_out = -1
+            last_out = w.out
             if l2 + tot <= copied:
                 hdr = tot                       # all of it leaves from the arena
                 p.tail_len = 0
@@ -1479,8 +1496,8 @@ cdef void take_frames(Router r, const frame_t *frames, const seg_t *segs, uint32
                 p.segs = &segs[f.first_seg]
                 p.nsegs = <uint16_t>f.nsegs
                 r.tails = True
-            stage_out(p, d + l2, hdr, way.ip_mode, way.l2hdr)
-            p.out = way.out
+            stage_out(p, d + l2, hdr, w.ip_mode, w.l2hdr)
+            p.out = w.out
         else:
             # not ip4-fast's: staged whole for the general graph
             p.buf = d - HEADROOM
@@ -1512,9 +1529,9 @@ cdef void take_frames(Router r, const frame_t *frames, const seg_t *segs, uint32
     r.npkts = k
     r.nvec[V_INPUT] = n_in
     r.nvec[V_TX] = k - n_in
-    r.one_out = way.one_out
+    r.one_out = one_out
     if k > n_in:
-        r.fast_out[ifindex] = way.out       # (the last frame ip4-fast took left this way)
+        r.fast_out[ifindex] = last_out
 
 
 cdef uint32_t forward_fast(Router r, Queue rxq, Queue txq, uint32_t o, uint32_t ifindex,
@@ -1546,7 +1563,8 @@ cdef uint32_t forward_fast(Router r, Queue rxq, Queue txq, uint32_t o, uint32_t 
     cdef uint16_t room
     cdef uint64_t rx_bytes = 0, tx_bytes = 0
     cdef ip4h_t h
-    cdef way_t way
+    cdef way_t ways[1]
+    cdef const way_t *way
     cdef char *src
     cdef char *dst
     cdef memif_desc_t *w
@@ -1566,15 +1584,13 @@ cdef uint32_t forward_fast(Router r, Queue rxq, Queue txq, uint32_t o, uint32_t 
         n = max_frames
     if room < n:
         n = room
-    way.route = -1
-    way.key = 0                             # (nbr_key is never 0)
-    way.one_out = -1
+    ways_clear(ways, 1)
     while k < n:
         src = usual_rx(&rs, k, most, rslave, &length)
         if src == NULL:
             break
-        if not ip4_fast(r, <const uint8_t *>src, length, l2, mac8, t24, t8, &way, True,
-                        &h, &tot) or way.out != o:
+        way = ip4_fast(r, <const uint8_t *>src, length, l2, mac8, t24, t8, ways, 0, &h, &tot)
+        if way == NULL or way.out != o:
             break
         l2o = 0 if way.ip_mode else ETH_HLEN
         out_len = l2o + tot

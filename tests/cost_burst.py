@@ -22,6 +22,11 @@ everything arrived.  MODE says what sits between the slave's transmit and receiv
   burst in on interface 0 and out of 1, half back the other way (to the
   sender, a static neighbor on interface 0), one Router.poll per interface
   in turn, as a worker serving both interfaces polls them.
+- ``ip4-spread``: one input, two outputs: frames in on interface 0 go, in
+  turn, to a gateway out of interface 1 and to one out of interface 2 (a
+  third interface), as a router's traffic spreads over its routes; the
+  ring-to-ring pass takes at most one frame of such a burst, so memif-input
+  and the graph take the rest.
 - ``gen-zeros`` / ``gen-pattern``: no rings; ``memifx gen``'s per-burst
   work alone: Generator.fill into one staging buffer, as the gen source
   calls it (zeros: headers and stamp only after the first burst).
@@ -63,6 +68,11 @@ HOST = bytes.fromhex("02aa00000005")        # the sender, 10.0.1.5
 NEXT_HOP = bytes.fromhex("0a00000000fd")    # 10.0.2.253
 IP_IN, IP_OUT, SRC, GW, DST = (bytes(map(int, a.split("."))) for a in
                                ("10.0.1.1", "10.0.2.1", "10.0.1.5", "10.0.2.253", "172.16.5.1"))
+# ip4-spread's second output: interface 2, a gateway to 192.168.0.0/16
+MAC_OUT2 = bytes.fromhex("020000000103")
+NEXT_HOP2 = bytes.fromhex("0a00000000fe")   # 10.0.3.253
+IP_OUT2, GW2, DST2 = (bytes(map(int, a.split("."))) for a in
+                      ("10.0.3.1", "10.0.3.253", "192.168.5.1"))
 
 
 def ip_checksum(header):
@@ -72,31 +82,34 @@ def ip_checksum(header):
     return ~s & 0xFFFF
 
 
-def udp_frame(size, ttl=64, options=b""):
+def udp_frame(size, ttl=64, options=b"", dst=DST):
     """An Ethernet/IPv4/UDP frame of ``size`` bytes (no FCS) from HOST to
-    DST, addressed to MAC_IN, with a valid header checksum (and ``options``,
-    a multiple of 4 bytes, in the header)."""
+    ``dst``, addressed to MAC_IN, with a valid header checksum (and
+    ``options``, a multiple of 4 bytes, in the header)."""
     total = size - 14
     hl = 20 + len(options)
     ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x40 | hl // 4, 0, total, 0x1234, 0, ttl, 17, 0,
-                               SRC, DST) + options)
+                               SRC, dst) + options)
     struct.pack_into("!H", ip, 10, ip_checksum(bytes(ip)))
     payload = bytes(i & 0xFF for i in range(total - hl - 8))
     udp = struct.pack("!HHHH", 1234, 5678, total - hl, 0)
     return MAC_IN + HOST + b"\x08\x00" + bytes(ip) + udp + payload
 
 
-def forwarded(frame):
-    """What the router makes of ``frame``: new MACs, TTL - 1, checksum fixed."""
+def forwarded(frame, next_hop=NEXT_HOP, mac_out=MAC_OUT):
+    """What the router makes of ``frame`` sent to ``next_hop`` from
+    ``mac_out``: new MACs, TTL - 1, checksum fixed."""
     hl = (frame[14] & 0xF) * 4
     ip = bytearray(frame[14:14 + hl])
     ip[8] -= 1
     ip[10:12] = b"\0\0"
     struct.pack_into("!H", ip, 10, ip_checksum(bytes(ip)))
-    return NEXT_HOP + MAC_OUT + b"\x08\x00" + bytes(ip) + frame[14 + hl:]
+    return next_hop + mac_out + b"\x08\x00" + bytes(ip) + frame[14 + hl:]
 
 
-def make_router():
+def make_router(outputs=1):
+    """The router of the ip4 modes; with ``outputs`` 2, also interface 2
+    and its gateway (ip4-spread)."""
     from memifx.fib import Fib
     from memifx.ip4 import Router
     fib = Fib()
@@ -109,6 +122,12 @@ def make_router():
     router.add_interface(0, MAC_IN, int.from_bytes(IP_IN, "big"))
     router.add_interface(1, MAC_OUT, int.from_bytes(IP_OUT, "big"))
     router.add_neighbor(1, int.from_bytes(GW, "big"), NEXT_HOP)
+    if outputs == 2:
+        fib.add_route("10.0.3.0/24", "connected", ifindex=2)
+        fib.add_route("10.0.3.1/32", "local", ifindex=2)
+        fib.add_route("192.168.0.0/16", "gateway", gw=int.from_bytes(GW2, "big"), ifindex=2)
+        router.add_interface(2, MAC_OUT2, int.from_bytes(IP_OUT2, "big"))
+        router.add_neighbor(2, int.from_bytes(GW2, "big"), NEXT_HOP2)
     router.set_time(1000)
     return router
 
@@ -253,13 +272,43 @@ def two_way(n, size, burst):
     lb.close()
 
 
+def spread(n, size, burst):
+    """ip4-spread: each burst in on interface 0, frames in turn to
+    interface 1 and 2; each output's frames checked byte for byte."""
+    lb = Loopback(log2=10, buffer_size=2048, n_m2s=2)
+    router = make_router(outputs=2)
+    feed, rx = lb.s2m
+    txqs = [None] + [p.tx for p in lb.m2s_pairs]
+    drains = [p.rx for p in lb.m2s_pairs]
+    half = burst // 2
+    there = [udp_frame(size), udp_frame(size, dst=DST2)]
+    src = (there[0] + there[1]) * half
+    expect = [forwarded(there[0]) * half, forwarded(there[1], NEXT_HOP2, MAC_OUT2) * half]
+    lens = array("I", [size]) * burst
+    dst = [bytearray(half * size) for _ in drains]
+    out = array("I", [0]) * half
+    for _ in bursts(n // burst):
+        if feed.tx_batch(src, lens) != burst:
+            raise SystemExit("short tx")
+        if router.poll(0, rx, txqs, burst, 1) != burst:
+            raise SystemExit("short forward")
+        for i in (0, 1):
+            if drains[i].rx_batch(dst[i], out) != half:
+                raise SystemExit("short rx")
+    c = router.counters(0)["rx"][0]
+    if c["forwarded"] != PHASES * n or any(c["drops"].values()) or dst != expect:
+        raise SystemExit("router: %r" % c)
+    lb.close()
+
+
 def main():
     n = int(sys.argv[1])
     size = int(sys.argv[2]) if len(sys.argv) > 2 else 64
     burst = int(sys.argv[3]) if len(sys.argv) > 3 else 256
     mode = sys.argv[4] if len(sys.argv) > 4 else "ring"
     assert n % burst == 0
-    assert mode in (("ring", "xconnect", "ip4", "ip4-options", "ip4-two-way") + TESTER_MODES
+    assert mode in (("ring", "xconnect", "ip4", "ip4-options", "ip4-two-way", "ip4-spread")
+                    + TESTER_MODES
                     + SINK_RING_MODES + SEND_MODES), mode
     if mode in TESTER_MODES:
         return tester(mode, n, size, burst)
@@ -269,6 +318,8 @@ def main():
         return sender(mode, n, size, burst)
     if mode == "ip4-two-way":
         return two_way(n, size, burst)
+    if mode == "ip4-spread":
+        return spread(n, size, burst)
     lb = Loopback(log2=10, buffer_size=2048, n_m2s=0 if mode == "ring" else 1)
     tx, rx = lb.s2m
     if mode.startswith("ip4"):
