@@ -1372,10 +1372,9 @@ cdef inline const way_t *ip4_fast(Router r, const uint8_t *d, uint64_t length, u
     destination or a gateway out of a present interface whose neighbor is
     known or that is in IP mode: then it returns its way out (find_way,
     kept in ``ways``, mask + 1 of them by route, for the burst's next
-    frames), ``h`` holds its IPv4
-    header as it leaves (TTL and checksum rewritten) and ``tot`` is its
-    IPv4 total length.  Otherwise NULL: the general graph decides it from
-    the start.
+    frames), ``h`` holds its IPv4 header as it leaves (TTL and checksum
+    rewritten) and ``tot`` is its IPv4 total length.  Otherwise NULL: the
+    general graph decides it from the start.
 
     Nothing is stored at d, and the header is decided on and written out
     from registers: a store followed by a wider load of the same bytes
