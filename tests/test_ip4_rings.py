@@ -243,6 +243,44 @@ def test_fast_bursts_one_way_or_two(ways, size):
     lb.close()
 
 
+def header_sum(words):
+    s = sum(words)
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return s
+
+
+@pytest.mark.timeout(60)
+def test_ttl_checksum_update_at_every_edge():
+    """The TTL's checksum update (plus 0x0100, the carry added back) against
+    a checksum recomputed by scapy, for every checksum from 0xFE00 up and
+    from 0 to 0xFF: where the sum carries, and where the result is 0.  The
+    first burst goes through memif-input's walk, the second ring to ring."""
+    base = bytearray(raw(IP(src="10.0.1.5", dst="172.16.5.1", id=0, chksum=0) / UDP()
+                         / payload(20)))
+    s = header_sum(int.from_bytes(base[i:i + 2], "big") for i in range(0, 20, 2))
+    sent = []
+    for target in list(range(0xFE00, 0xFFFF)) + list(range(0x100)):
+        # the IP id that makes the header's checksum ``target``
+        ident = (((~target & 0xFFFF) - s) % 0xFFFF)
+        f = raw(Ether(dst=MAC_IN, src=HOST) / IP(src="10.0.1.5", dst="172.16.5.1", id=ident)
+                / UDP() / payload(20))
+        if Ether(f)[IP].chksum == target:
+            sent.append(f)
+    assert len(sent) > 500
+    lb = Loopback(log2=10, buffer_size=2048, n_s2m=1, n_m2s=2)
+    r = make_router()
+    (stx, mrx), out_pairs = lb.s2m, lb.m2s_pairs
+    got = []
+    for part in (sent[:256], sent[256:]):
+        assert stx.tx_frames(part) == len(part)
+        assert r.poll(0, mrx, [p.tx for p in out_pairs], 256, 2) == len(part)
+        got += out_pairs[1].rx.rx_frames(1024)
+    assert got == [forwarded_as(f, mac(NEXT_HOP), mac(MAC_OUT)) for f in sent]
+    assert r.counters(0)["rx"][0]["forwarded"] == len(sent)
+    lb.close()
+
+
 # ------------------------------------------------- the ring-to-ring pass
 #
 # Router.poll first moves what ip4-fast takes out of one interface ring to
