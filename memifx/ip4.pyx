@@ -33,8 +33,9 @@ are copied into the arena and, while they are at hand, the usual frame
 neighbor: ip4_fast) is forwarded there and then; everything else comes out
 of it untouched and goes the long way, through nodes that each decide one
 thing.  Before that walk, each burst first goes ring to ring in one pass
-(forward_fast): while frames are ip4-fast's, leave by the interface ip4-fast
-last sent one from the same input to, and fit one slot on either ring,
+(forward_fast): while frames are ip4-fast's, leave by one of the interfaces
+ip4-fast sent the last burst from the same input to (up to MAX_FAST of
+them), and fit one slot on either ring,
 each frame's headers are read once from the receive buffer into registers,
 decided there and written from there straight into the transmit ring (a
 copy staged in memory and read back wider than it was written stalls the
@@ -73,6 +74,7 @@ pass.  The lookups here are safe while it changes them (csrc/fib.h,
 csrc/neighbor.h).
 """
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+from cpython.ref cimport PyObject, Py_INCREF, Py_XDECREF
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.stdlib cimport calloc, realloc, free
 from libc.string cimport memcpy, memset, memcmp
@@ -95,6 +97,7 @@ cdef enum:
     HDR_COPY = MIN_ROOM     # bytes of a frame memif-input copies (the rest stays in the ring)
     FAST_COPY = 64          # ... of which ip4-fast reads these (Ethernet 14 + IPv4 20)
     WAYS = 8                # ip4-fast's ways out kept during a burst, by route (a power of 2)
+    MAX_FAST = 4            # outputs the ring-to-ring pass (forward_fast) writes to at once
     ETH_HLEN = 14
     MAX_ROUTED = 65535 + ETH_HLEN   # longer is no IPv4 packet: never copied
     ARP_LEN = 28
@@ -211,10 +214,10 @@ cdef struct pkt_t:
     uint16_t out                # output interface
 
 # ip4-fast's way out for a route: what a frame's route resolved to, kept
-# for the next frames of the burst that take the same route.  take_frames
-# keeps WAYS of them, direct-mapped by route, so that traffic spread over a
-# few routes resolves each once a burst, not once a frame; forward_fast,
-# which stops at a frame for another output, keeps one.
+# for the next frames of the burst that take the same route.  A burst keeps
+# WAYS of them, direct-mapped by route, so that traffic spread over a few
+# routes resolves each once a burst, not once a frame; forward_fast for one
+# output, where a run of frames takes one route, keeps one.
 cdef struct way_t:
     int64_t route               # FIB result (-1: none yet)
     uint32_t dst                # the destination it was resolved for ...
@@ -233,6 +236,18 @@ cdef inline void ways_clear(way_t *ways, uint32_t n) noexcept nogil:
 
 
 # ------------------------------------------------------------------ helpers
+
+cdef extern from *:
+    int __builtin_ctzll(unsigned long long) nogil
+
+
+cdef inline bint any_is(void **a, uint32_t n, void *x) noexcept:
+    cdef uint32_t i
+    for i in range(n):
+        if a[i] == x:
+            return True
+    return False
+
 
 cdef inline uint16_t rd16(const uint8_t *p) noexcept nogil:
     return <uint16_t>((p[0] << 8) | p[1])
@@ -482,9 +497,11 @@ cdef class Router(CountedNode):
     cdef uint32_t nparts[MAX_BURST]
     cdef bint tails                 # some frame of the burst leaves with part of it from the ring
     cdef int one_out                # every frame of V_TX leaves by this interface (-1: not known)
-    # forward_fast's output per input interface: where ip4-fast last sent
-    # a frame that came in there (-1: none yet)
-    cdef int fast_out[MAX_IF]
+    # forward_fast's outputs per input interface: where ip4-fast sent the
+    # frames of the last burst that came in there that it forwarded (bit
+    # o for interface o; 0: none yet)
+    cdef uint64_t fast_outs[MAX_IF]
+    cdef uint64_t walk_outs         # where take_frames' ip4-fast sent frames, this burst
     cdef frame_t bytes_frames[MAX_BURST]    # process(): the frames given, as gather lays them out
     cdef seg_t bytes_segs[MAX_BURST]    # process(): the frames given
     cdef pkt_t pkts[MAX_BURST]
@@ -501,8 +518,6 @@ cdef class Router(CountedNode):
         self.nbr_mask = self.neighbor_table.mask
         cdef uint32_t i
         self.arp_tokens = self.icmp_tokens = TOKENS_MAX
-        for i in range(MAX_IF):
-            self.fast_out[i] = -1
 
     def __dealloc__(self):
         cdef uint32_t i
@@ -630,14 +645,22 @@ cdef class Router(CountedNode):
         self.frames_input(rxq.frames, rxq.segs, n, ifindex, rc)
         return n
 
-    cdef uint32_t fast_forward(self, Queue rxq, Queue txq, uint32_t o, uint32_t ifindex,
-                               rx_counters_t *rc, uint32_t max_frames) noexcept nogil:
+    cdef uint32_t fast_forward(self, Queue rxq, void **txqs, const uint16_t *outs,
+                               uint32_t nout, uint32_t ifindex, rx_counters_t *rc,
+                               uint32_t max_frames, uint64_t *used) noexcept nogil:
         """forward_fast, made for the receiving interface's kind (Ethernet
-        or IP mode)."""
+        or IP mode) and for one output or several."""
         if self.ifs[ifindex].ip_mode:
-            return forward_fast(self, rxq, txq, o, ifindex, rc, max_frames, <ip_input_t *>NULL)
-        return forward_fast(self, rxq, txq, o, ifindex, rc, max_frames,
-                            <ethernet_input_t *>NULL)
+            if nout == 1:
+                return forward_fast(self, rxq, txqs, outs, 1, ifindex, rc, max_frames, used,
+                                    <ip_input_t *>NULL, <one_output_t *>NULL)
+            return forward_fast(self, rxq, txqs, outs, nout, ifindex, rc, max_frames, used,
+                                <ip_input_t *>NULL, <outputs_t *>NULL)
+        if nout == 1:
+            return forward_fast(self, rxq, txqs, outs, 1, ifindex, rc, max_frames, used,
+                                <ethernet_input_t *>NULL, <one_output_t *>NULL)
+        return forward_fast(self, rxq, txqs, outs, nout, ifindex, rc, max_frames, used,
+                            <ethernet_input_t *>NULL, <outputs_t *>NULL)
 
     cdef void frames_input(self, const frame_t *frames, const seg_t *segs, uint32_t n,
                            uint32_t ifindex, rx_counters_t *rc) noexcept nogil:
@@ -1206,11 +1229,12 @@ cdef class Router(CountedNode):
         ``ifindex``; ``txqs[o]`` is the transmit Queue to use for interface o
         (None while it is down).  Returns frames received."""
         cdef rx_counters_t *rc
-        cdef uint32_t n = 0, r, o, total = 0, u
+        cdef uint32_t n = 0, r, o, total = 0, u, nq, j
         cdef Queue txq
-        cdef Queue fast_q = None
-        cdef bint fast
-        cdef int out
+        # the pass's outputs: their Queues (a reference held for the pass)
+        cdef void *fast_q[MAX_FAST]
+        cdef uint16_t fast_o[MAX_FAST]
+        cdef uint64_t outs, used
         if ifindex >= self.nif or not self.ifs[ifindex].present:
             raise ValueError("no interface %d" % ifindex)
         rc = &self.ifs[ifindex].rx[<uint32_t>rxq.index % self.ifs[ifindex].nrx]
@@ -1220,21 +1244,39 @@ cdef class Router(CountedNode):
             max_frames = rxq.size
         self.reserve_parts(MAX_BURST + rxq.size)    # a piece per frame + one per segment
         for r in range(rounds):
-            # First the ring-to-ring pass, out of the interface ip4-fast
-            # last sent a frame from this one to (forward_fast); memif_input
-            # and the graph take what it leaves (take_frames notes where its
-            # ip4-fast frames went, for the next burst in).
-            out = self.fast_out[ifindex]
-            fast = 0 <= out < len(txqs) and isinstance(txqs[out], Queue)
-            if fast:
-                fast_q = txqs[out]
+            # First the ring-to-ring pass, out of the interfaces ip4-fast
+            # sent the last burst from this one to (forward_fast, at most
+            # MAX_FAST of them); memif_input and the graph take what it
+            # leaves.  Where ip4-fast's frames went this time, in the pass or
+            # in take_frames, is where the next burst's pass goes.
+            outs = self.fast_outs[ifindex]
+            nq = 0
+            while outs and nq < MAX_FAST:
+                o = <uint32_t>__builtin_ctzll(outs)
+                outs &= outs - 1
+                txq = txqs[o] if o < len(txqs) else None
+                if txq is None or any_is(fast_q, nq, <void *>txq):
+                    continue            # (down; or a Queue two interfaces share)
+                Py_INCREF(txq)
+                fast_q[nq] = <void *>txq
+                fast_o[nq] = <uint16_t>o
+                nq += 1
             u = n = 0
-            with nogil:
-                if fast:
-                    u = self.fast_forward(rxq, fast_q, out, ifindex, rc, max_frames)
-                if u < max_frames:
-                    n = self.memif_input(rxq, max_frames - u, ifindex, rc)
-                    self.run(ifindex, rc)
+            used = 0
+            self.walk_outs = 0
+            try:
+                with nogil:
+                    if nq:
+                        u = self.fast_forward(rxq, fast_q, fast_o, nq, ifindex, rc, max_frames,
+                                              &used)
+                    if u < max_frames:
+                        n = self.memif_input(rxq, max_frames - u, ifindex, rc)
+                        self.run(ifindex, rc)
+            finally:
+                for j in range(nq):
+                    Py_XDECREF(<PyObject *>fast_q[j])
+            if used | self.walk_outs:
+                self.fast_outs[ifindex] = used | self.walk_outs
             total += u
             if n == 0:
                 if u == 0:
@@ -1453,7 +1495,7 @@ cdef void take_frames(Router r, const frame_t *frames, const seg_t *segs, uint32
     cdef way_t ways[WAYS]
     cdef const way_t *w
     cdef int one_out = -1                   # every frame forwarded left by this one (-1: several)
-    cdef uint16_t last_out = 0              # the last frame forwarded left by this one
+    cdef uint64_t outs = 0                  # every interface a frame forwarded left by
     cdef ip4h_t h
     # in locals: a store into the arena could, for all the compiler knows,
     # change r
@@ -1487,7 +1529,7 @@ cdef void take_frames(Router r, const frame_t *frames, const seg_t *segs, uint32
                 one_out = w.out
             elif one_out != w.out:
                 one_out = -1
-            last_out = w.out
+            outs |= (<uint64_t>1) << w.out
             if l2 + tot <= copied:
                 hdr = tot                       # all of it leaves from the arena
                 p.tail_len = 0
@@ -1532,18 +1574,42 @@ cdef void take_frames(Router r, const frame_t *frames, const seg_t *segs, uint32
     r.nvec[V_INPUT] = n_in
     r.nvec[V_TX] = k - n_in
     r.one_out = one_out
-    if k > n_in:
-        r.fast_out[ifindex] = last_out
+    r.walk_outs = outs
 
 
-cdef uint32_t forward_fast(Router r, Queue rxq, Queue txq, uint32_t o, uint32_t ifindex,
-                           rx_counters_t *rc, uint32_t max_frames,
-                           input_kind *kind) noexcept nogil:
-    """memif-input, ip4-fast and interface-output in one pass over both
+cdef struct fast_tx_t:
+    # forward_fast's side of one output's transmit queue
+    side_t s
+    tx_counters_t *tc
+    uint32_t tmax               # the longest frame it takes
+    uint32_t room               # its free slots
+    uint32_t k                  # frames written
+    uint64_t nbytes             # ... and their bytes
+    bint slave
+
+
+# forward_fast comes in two versions too, for one output (the usual case:
+# its state a constant place the compiler keeps in registers, one way out)
+# and for several: the type of its last argument (never read) says which.
+cdef struct one_output_t:
+    char unused
+cdef struct outputs_t:
+    char unused
+ctypedef fused outputs_kind:
+    one_output_t
+    outputs_t
+
+
+cdef uint32_t forward_fast(Router r, Queue rxq, void **txqs, const uint16_t *outs,
+                           uint32_t nout, uint32_t ifindex, rx_counters_t *rc,
+                           uint32_t max_frames, uint64_t *used, input_kind *kind,
+                           outputs_kind *how) noexcept nogil:
+    """memif-input, ip4-fast and interface-output in one pass over the
     rings, for the frames at the front of ``rxq`` that ip4-fast takes out
-    of interface ``o`` (transmit queue ``txq``) and that are usual on both
-    rings: one receive slot, and one transmit slot that holds the frame as
-    it leaves.  Each frame's headers (Ethernet unless the input is IP mode,
+    of one of the interfaces ``outs`` (``nout`` of them, transmit Queue
+    ``txqs[i]`` for ``outs[i]``) and that are usual on both rings: one
+    receive slot, and one transmit slot that holds the frame as it
+    leaves.  Each frame's headers (Ethernet unless the input is IP mode,
     IPv4 without options: all ip4_fast reads) are read once from the
     receive buffer into registers and decided there; what leaves is the
     output's Ethernet header, the IPv4 header from those registers and the
@@ -1551,54 +1617,87 @@ cdef uint32_t forward_fast(Router r, Queue rxq, Queue txq, uint32_t o, uint32_t 
     peer changing it changes only its own bytes).  It stops at the first
     other frame, which the caller takes through memif_input and the graph
     with the rest of the burst, in order.  What it moves is consumed,
-    published and counted (router, both queues) here.  Returns the frames
-    moved."""
+    published and counted (router, every queue) here; ``used`` gets the
+    interfaces it sent frames out of (bit o for interface o).  Returns the
+    frames moved."""
     cdef side_t rs = side_of(rxq)
-    cdef side_t ts = side_of(txq)
     cdef const uint32_t *t24 = r.fib.tbl24
     cdef const uint32_t *t8 = r.fib.tbl8
     cdef uint64_t mac8 = r.ifs[ifindex].mac8
-    cdef tx_counters_t *tc = &r.ifs[o].tx[<uint32_t>txq.index % r.ifs[o].ntx]
-    cdef uint32_t tmax = txq.max_frame
     cdef uint32_t most = rxq.max_frame if rxq.max_frame < MAX_ROUTED else MAX_ROUTED
-    cdef uint32_t n, k = 0, length, tot, l2, l2o, out_len
-    cdef uint16_t room
-    cdef uint64_t rx_bytes = 0, tx_bytes = 0
+    cdef uint32_t n, k = 0, i, slot, length, tot, l2, l2o, out_len
+    cdef uint64_t rx_bytes = 0
+    cdef fast_tx_t tx[MAX_FAST]
+    cdef fast_tx_t *t
     cdef ip4h_t h
-    cdef way_t ways[1]
+    cdef way_t ways[WAYS]
     cdef const way_t *way
+    # one way when there is one output, as a run of frames takes one
+    # route; several, by route, when frames go several ways
+    cdef uint32_t mask
+    if outputs_kind is one_output_t:
+        nout = 1
+        mask = 0
+    else:
+        mask = WAYS - 1
     cdef char *src
     cdef char *dst
     cdef memif_desc_t *w
     cdef bint rslave = rxq.slave
-    cdef bint tslave = txq.slave
     if input_kind is ethernet_input_t:
         l2 = ETH_HLEN
     else:
         l2 = 0
-    if not txq.tx or txq.closed or txq.fault or txq.reserved:
-        return 0
+    used[0] = 0
     n = rxq.rx_ready()
     if n == 0:
         return 0
-    room = txq.tx_room()
     if max_frames < n:
         n = max_frames
-    if room < n:
-        n = room
-    ways_clear(ways, 1)
+    for i in range(nout):
+        t = &tx[i]
+        t.k = 0
+        t.nbytes = 0
+        t.room = 0
+        if not (<Queue>txqs[i]).tx or (<Queue>txqs[i]).closed or (<Queue>txqs[i]).fault \
+                or (<Queue>txqs[i]).reserved:
+            continue                        # (room 0: no frame goes there)
+        t.room = (<Queue>txqs[i]).tx_room()
+        t.s = side_of(<Queue>txqs[i])
+        t.tmax = (<Queue>txqs[i]).max_frame
+        t.slave = (<Queue>txqs[i]).slave
+        t.tc = &r.ifs[outs[i]].tx[<uint32_t>(<Queue>txqs[i]).index % r.ifs[outs[i]].ntx]
+    if outputs_kind is one_output_t:
+        if tx[0].room < n:
+            n = tx[0].room                  # (every frame moved goes there)
+    ways_clear(ways, mask + 1)
     while k < n:
         src = usual_rx(&rs, k, most, rslave, &length)
         if src == NULL:
             break
-        way = ip4_fast(r, <const uint8_t *>src, length, l2, mac8, t24, t8, ways, 0, &h, &tot)
-        if way == NULL or way.out != o:
+        way = ip4_fast(r, <const uint8_t *>src, length, l2, mac8, t24, t8, ways, mask, &h, &tot)
+        if way == NULL:
             break
+        if outputs_kind is one_output_t:
+            if way.out != outs[0]:
+                break
+            t = &tx[0]
+            slot = k
+        else:
+            i = 0
+            while i < nout and outs[i] != way.out:
+                i += 1
+            if i == nout:
+                break
+            t = &tx[i]
+            if t.k >= t.room:
+                break
+            slot = t.k
         l2o = 0 if way.ip_mode else ETH_HLEN
         out_len = l2o + tot
-        if out_len > tmax:
+        if out_len > t.tmax:
             break
-        dst = usual_tx(&ts, k, out_len, tslave, &w)
+        dst = usual_tx(&t.s, slot, out_len, t.slave, &w)
         if dst == NULL:
             break
         if l2o:
@@ -1607,15 +1706,23 @@ cdef uint32_t forward_fast(Router r, Queue rxq, Queue txq, uint32_t o, uint32_t 
         memcpy(dst + l2o + 20, src + l2 + 20, tot - 20)
         tx_written(w, out_len)
         rx_bytes += length
-        tx_bytes += out_len
+        t.nbytes += out_len
+        if outputs_kind is outputs_t:
+            t.k += 1
         k += 1
     if k == 0:
         return 0
+    if outputs_kind is one_output_t:
+        tx[0].k = k
     rc.packets += k
     rc.bytes += rx_bytes
     rc.forwarded += k
-    tc.packets += k
-    tc.bytes += tx_bytes
     rxq.rx_consumed(k, rx_bytes)
-    txq.tx_published(<uint16_t>k, k, tx_bytes)
+    for i in range(nout):
+        t = &tx[i]
+        if t.k:
+            t.tc.packets += t.k
+            t.tc.bytes += t.nbytes
+            (<Queue>txqs[i]).tx_published(<uint16_t>t.k, t.k, t.nbytes)
+            used[0] |= (<uint64_t>1) << outs[i]
     return k

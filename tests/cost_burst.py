@@ -24,9 +24,8 @@ everything arrived.  MODE says what sits between the slave's transmit and receiv
   in turn, as a worker serving both interfaces polls them.
 - ``ip4-spread``: one input, two outputs: frames in on interface 0 go, in
   turn, to a gateway out of interface 1 and to one out of interface 2 (a
-  third interface), as a router's traffic spreads over its routes; the
-  ring-to-ring pass takes at most one frame of such a burst, so memif-input
-  and the graph take the rest.
+  third interface), as a router's traffic spreads over its routes: the
+  ring-to-ring pass writes to both outputs.
 - ``gen-zeros`` / ``gen-pattern``: no rings; ``memifx gen``'s per-burst
   work alone: Generator.fill into one staging buffer, as the gen source
   calls it (zeros: headers and stamp only after the first burst).

@@ -362,7 +362,7 @@ def frames_that_fit(lengths, caps):
 @pytest.mark.parametrize("role", ["master", "slave"])
 @settings(max_examples=60, deadline=None, derandomize=True)
 @given(kinds=st.lists(st.sampled_from(MIX), min_size=1, max_size=30),
-       warm=st.sampled_from(["fwd1", "fwd1", "fwd0", None]),
+       warm=st.sampled_from(["fwd1", "fwd1", "fwd0", "both", "both", None]),
        size=st.sampled_from([64, 200, 1518]),
        busy=st.sampled_from([0, 1, 20, 40, 50, 56, 60, 62, 63, 64]),
        short=st.sets(st.integers(0, 63), max_size=6))
@@ -370,9 +370,11 @@ def frames_that_fit(lengths, caps):
 @example(kinds=["fwd1"] * 8, warm="fwd1", size=64, busy=60, short=set())
 @example(kinds=["fwd1"] * 3 + ["fwd0"] + ["fwd1"] * 3, warm="fwd1", size=1518, busy=62,
          short={0})
+# the pass writing to both outputs, one of them running out of room
+@example(kinds=["fwd1", "fwd0"] * 6, warm="both", size=64, busy=60, short=set())
 def test_pass_and_graph_agree_with_process(role, kinds, warm, size, busy, short):
-    """Any mix behind a warm-up frame that points the pass at interface 1,
-    interface 0 or nowhere yet; interface 1's ring with ``busy`` of its 64
+    """Any mix behind warm-up frames that point the pass at interface 1,
+    interface 0, both ("both": one frame each way) or nowhere yet; interface 1's ring with ``busy`` of its 64
     slots still unread (frames past its room are dropped "tx ring full",
     wherever they were decided); the router as master, with the posted
     buffers in ``short`` only 100 bytes (the pass leaves such a slot to
@@ -385,10 +387,11 @@ def test_pass_and_graph_agree_with_process(role, kinds, warm, size, busy, short)
         x.add_neighbor(0, ip("10.0.1.5"), mac(HOST))      # a hairpin out of interface 0
     try:
         if warm:
-            f = mixed_frame(warm, 0, size)
-            assert feed.tx_frames([f]) == 1
-            assert r.poll(0, rxq, txqs, 256, 1) == 1
-            ref.process(0, [f])
+            w = [mixed_frame(k, 0, size) for k in (["fwd1", "fwd0"] if warm == "both"
+                                                     else [warm])]
+            assert feed.tx_frames(w) == len(w)
+            assert r.poll(0, rxq, txqs, 256, 1) == len(w)
+            ref.process(0, w)
             for q in readers:
                 q.rx_frames(64)
         sent_before = tx_packets(r)
@@ -396,7 +399,7 @@ def test_pass_and_graph_agree_with_process(role, kinds, warm, size, busy, short)
         room = 64 - busy
         caps = [2048] * room                # interface 1's free slots, in order
         if role == "master":
-            first = busy + (1 if warm == "fwd1" else 0)
+            first = busy + (1 if warm in ("fwd1", "both") else 0)
             for s in short:
                 if s < room:
                     lb.poke_desc(2, (first + s) % 64, length=100)   # its M2S ring
@@ -405,7 +408,7 @@ def test_pass_and_graph_agree_with_process(role, kinds, warm, size, busy, short)
                   for i, k in enumerate(kinds)]
         assert feed.tx_frames(frames) == len(frames)
         rx_ring = 0 if role == "master" else 2
-        start = 1 if warm else 0
+        start = 2 if warm == "both" else 1 if warm else 0
         slot = start
         for k, f in zip(kinds, frames):
             if k == "spoiled":          # the master reads a region offset; the slave, the length
