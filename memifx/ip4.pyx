@@ -1632,18 +1632,18 @@ cdef uint32_t forward_fast(Router r, Queue rxq, void **txqs, const uint16_t *out
     cdef ip4h_t h
     cdef way_t ways[WAYS]
     cdef const way_t *way
+    cdef uint32_t mask
+    cdef char *src
+    cdef char *dst
+    cdef memif_desc_t *w
+    cdef bint rslave = rxq.slave
     # one way when there is one output, as a run of frames takes one
     # route; several, by route, when frames go several ways
-    cdef uint32_t mask
     if outputs_kind is one_output_t:
         nout = 1
         mask = 0
     else:
         mask = WAYS - 1
-    cdef char *src
-    cdef char *dst
-    cdef memif_desc_t *w
-    cdef bint rslave = rxq.slave
     if input_kind is ethernet_input_t:
         l2 = ETH_HLEN
     else:
