@@ -1251,20 +1251,20 @@ cdef class Router(CountedNode):
             # in take_frames, is where the next burst's pass goes.
             outs = self.fast_outs[ifindex]
             nq = 0
-            while outs and nq < MAX_FAST:
-                o = <uint32_t>__builtin_ctzll(outs)
-                outs &= outs - 1
-                txq = txqs[o] if o < len(txqs) else None
-                if txq is None or any_is(fast_q, nq, <void *>txq):
-                    continue            # (down; or a Queue two interfaces share)
-                Py_INCREF(txq)
-                fast_q[nq] = <void *>txq
-                fast_o[nq] = <uint16_t>o
-                nq += 1
             u = n = 0
             used = 0
             self.walk_outs = 0
             try:
+                while outs and nq < MAX_FAST:
+                    o = <uint32_t>__builtin_ctzll(outs)
+                    outs &= outs - 1
+                    txq = txqs[o] if o < len(txqs) else None
+                    if txq is None or any_is(fast_q, nq, <void *>txq):
+                        continue        # (down; or a Queue two interfaces share)
+                    Py_INCREF(txq)
+                    fast_q[nq] = <void *>txq
+                    fast_o[nq] = <uint16_t>o
+                    nq += 1
                 with nogil:
                     if nq:
                         u = self.fast_forward(rxq, fast_q, fast_o, nq, ifindex, rc, max_frames,

@@ -281,6 +281,38 @@ def test_ttl_checksum_update_at_every_edge():
     lb.close()
 
 
+@pytest.mark.timeout(60)
+def test_pass_queues_released_when_txqs_is_wrong():
+    """poll holds a reference to each of the pass's transmit Queues for the
+    pass; a txqs entry that is no Queue is a TypeError, and the references
+    taken before it are given back."""
+    import sys
+    lb = Loopback(log2=6, buffer_size=2048, n_s2m=1, n_m2s=2)
+    r = make_router()
+    r.add_neighbor(0, ip("10.0.1.5"), mac(HOST))
+    (stx, mrx), out_pairs = lb.s2m, lb.m2s_pairs
+    txqs = [p.tx for p in out_pairs]
+    both = [udp_frame(64), udp_frame(64, dst="10.0.1.5")]     # out of 1, and back out of 0
+    assert stx.tx_frames(both) == 2
+    assert r.poll(0, mrx, txqs, 256, 1) == 2                # the pass now goes both ways
+    before = sys.getrefcount(txqs[0])
+    assert stx.tx_frames(both) == 2
+
+    def wrong():
+        try:
+            r.poll(0, mrx, [txqs[0], "not a queue"], 256, 1)
+        except TypeError:
+            return True     # (the exception, and its traceback, gone on return)
+        return False
+
+    assert all(wrong() for _ in range(3))
+    after = sys.getrefcount(txqs[0])     # (outside the assert, which holds its operands)
+    assert after == before
+    assert r.poll(0, mrx, txqs, 256, 1) == 2                # and the frames are still there
+    assert [len(p.rx.rx_frames(64)) for p in out_pairs] == [2, 2]
+    lb.close()
+
+
 # ------------------------------------------------- the ring-to-ring pass
 #
 # Router.poll first moves what ip4-fast takes out of one interface ring to
