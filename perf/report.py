@@ -233,6 +233,11 @@ def queue_rows(results):
     return L
 
 
+# gen --receive's options as the one-CPU tester that counts runs it
+# (scenarios.DUT_TX + DUT_RX, --zero-copy said once)
+ONE_CPU_COUNTING = " --payload fixed --zero-copy --verify count"
+
+
 def render_markdown(results):
     """The Markdown report of one run (a results.json document): the table of
     every cell, the ratios against testpmd with their verdicts, the host's
@@ -362,7 +367,7 @@ def render_markdown(results):
         py_fixed = set(py) == {"one-cpu"}
         L.append("py tests: perf/pyecho.py on CPU 1 is the DUT; the tester is `memifx gen "
                  "--receive%s` on CPU 0, sending on A and receiving on B%s.\n"
-                 % ((" --payload fixed --zero-copy --verify count", "") if py_fixed
+                 % ((ONE_CPU_COUNTING, "") if py_fixed
                     else ("", ", stamped frames checked")))
     # (runs before round 7 of issue 13 recorded no tester_work: stamped)
     fixed = results.get("tester_work") == "fixed-count"
@@ -374,7 +379,7 @@ def render_markdown(results):
                   if fixed else ("", "", "")))
     else:
         who = ("tester `memifx gen --receive%s` on CPU 0 sends on A and receives on B%s"
-               % (" --payload fixed --zero-copy --verify count" if fixed else "", how))
+               % (ONE_CPU_COUNTING if fixed else "", how))
     if not fixed:
         bound = "so the DUT ratios are bounded by the tester's own rate"
     elif results.get("tester") == "split":
