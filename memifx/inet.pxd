@@ -8,6 +8,12 @@ and a word given to checksum_add is one loaded the same way."""
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
+cdef extern from *:
+    """
+    #define INET_LITTLE_ENDIAN (__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__)
+    """
+    const bint INET_LITTLE_ENDIAN
+
 
 cdef inline uint64_t inet_sum(const uint8_t *p, uint32_t n) noexcept nogil:
     """The plain sum of ``n`` bytes as 16-bit words in memory order (a last
@@ -75,3 +81,26 @@ cdef inline bint multiple_of_ffff(uint64_t s) noexcept nogil:
     """sums_to_all_ones for a sum known not to be 0 (a header with a
     non-zero byte): the multiply alone."""
     return s * 0xfffefffefffeffffULL <= 0x0001000100010001ULL
+
+
+cdef inline uint32_t ttl_down(uint32_t w) noexcept nogil:
+    """An IPv4 header's third 32-bit word (TTL, protocol, checksum) as
+    loaded from memory, with the TTL (above 1: no borrow) one less and the
+    checksum updated to match, to be stored back the same way: what
+    checksum_add with ~m + m' of that change gives, for every checksum, in
+    fewer steps.
+
+    Little-endian, the word holds the (TTL, protocol) word of memory order
+    in its low half and the checksum of memory order in its high half; the
+    TTL going down by one is that low word going down by 1, so the
+    checksum goes up by 1, ones'-complement: one add of 0xFFFF does both,
+    then a checksum that became 0xFFFF (the sum carried, or all ones) gets
+    one more, which makes 0xFFFF 0 and adds the carry back.  Big-endian the
+    word is in network order, the checksum its low half, up by 0x0100."""
+    cdef uint64_t x
+    cdef uint32_t c
+    if INET_LITTLE_ENDIAN:
+        x = <uint64_t>w + 0xFFFF
+        return <uint32_t>(x + (<uint64_t>(x >= 0xFFFF0000ULL) << 16))
+    c = (w & 0xFFFF) + 0x0100
+    return ((w - 0x01000000u) & 0xFFFF0000u) | ((c + (c >= 0xFFFF)) & 0xFFFF)

@@ -81,7 +81,7 @@ from libc.string cimport memcpy, memset, memcmp
 
 from memifx.counted cimport CountedNode
 from memifx.inet cimport (inet_sum, inet_fold, inet_checksum, checksum_add,
-                          sums_to_all_ones, multiple_of_ffff)
+                          sums_to_all_ones, multiple_of_ffff, ttl_down)
 from memifx.memif cimport memif_desc_t, memif_peer_load16, memif_peer_load32, memif_peer_load64
 from memifx.ring cimport Queue, frame_t, seg_t, side_t, side_of, usual_rx, usual_tx, tx_written
 from memifx.fib cimport (Fib, nexthop_t, fib_lookup,
@@ -223,6 +223,7 @@ cdef struct way_t:
     uint32_t dst                # the destination it was resolved for ...
     bint any_dst                # ... or any (a gateway, or an IP mode output)
     uint16_t out                # output interface
+    uint16_t txi                # forward_fast: its index among the pass's outputs
     bint ip_mode                # the output takes bare IP packets
     uint64_t key                # neighbor key of l2hdr (0: none)
     uint8_t l2hdr[16]           # the Ethernet header towards that neighbor
@@ -375,14 +376,11 @@ cdef uint64_t MAC8_MASK = 0
 memset(&MAC8_MASK, 0xFF, 6)
 cdef uint16_t ETHERTYPE_IP4
 memcpy(&ETHERTYPE_IP4, b"\x08\x00", 2)
-# Checksum updates (checksum_add, in memory byte order) for the changes the
-# router makes in place: ~m + m' of RFC 1624 eqn. 3 as two bytes loaded from
-# memory.  TTL minus one: the word (TTL, protocol) goes down by 0x0100, so
-# ~m + m' is 0xFEFF whatever m was.  An echo request made a reply: the word
-# (type, code) goes from 0x0800 to 0x0000, ~m + m' is 0xF7FF.
+# The checksum update (checksum_add, in memory byte order) for an echo
+# request made a reply: ~m + m' of RFC 1624 eqn. 3 as two bytes loaded from
+# memory; the word (type, code) goes from 0x0800 to 0x0000, ~m + m' is
+# 0xF7FF.  (The TTL's goes with it: inet.pxd's ttl_down.)
 cdef uint16_t _word
-memcpy(&_word, b"\xfe\xff", 2)
-cdef uint32_t TTL_DOWN = _word
 memcpy(&_word, b"\xf7\xff", 2)
 cdef uint32_t ECHO_TO_REPLY = _word
 
@@ -990,11 +988,10 @@ cdef class Router(CountedNode):
         the Ethernet header ``l2hdr`` in front (unless o is in IP mode), and
         what leaves from where."""
         cdef uint8_t *h = p.l3
-        cdef uint32_t l3off, n
-        cdef uint16_t c
-        memcpy(&c, h + 10, 2)
-        set_checksum(h + 10, checksum_add(c, TTL_DOWN))
-        h[8] -= 1
+        cdef uint32_t l3off, n, w
+        memcpy(&w, h + 8, 4)
+        w = ttl_down(w)
+        memcpy(h + 8, &w, 4)
         # What the arena holds leaves from there (the whole packet when
         # it is short); of a longer one, the IPv4 header, and the rest
         # comes straight from the receive ring.
@@ -1378,7 +1375,6 @@ cdef class Router(CountedNode):
 
 cdef extern from "<arpa/inet.h>" nogil:
     uint32_t ntohl(uint32_t)
-    uint32_t htonl(uint32_t)
 
 
 cdef struct ip4h_t:
@@ -1399,10 +1395,10 @@ cdef inline void store_header(char *p, const ip4h_t *h) noexcept nogil:
     memcpy(p + 16, &h.w4, 4)
 
 
-cdef inline const way_t *ip4_fast(Router r, const uint8_t *d, uint64_t length, uint32_t l2,
-                                 uint64_t mac8, const uint32_t *t24, const uint32_t *t8,
-                                 way_t *ways, uint32_t mask, ip4h_t *h,
-                                 uint32_t *tot) noexcept nogil:
+cdef inline way_t *ip4_fast(Router r, const uint8_t *d, uint64_t length, uint32_t l2,
+                           uint64_t mac8, const uint32_t *t24, const uint32_t *t8,
+                           way_t *ways, uint32_t mask, ip4h_t *h,
+                           uint32_t *tot, bint *fresh) noexcept nogil:
     """ip4-fast's decision on a frame of ``length`` bytes whose first
     ``l2`` + 20 (all it reads, when the frame is that long) are at ``d``,
     each byte read once (the peer's buffer, or a private copy):
@@ -1415,14 +1411,15 @@ cdef inline const way_t *ip4_fast(Router r, const uint8_t *d, uint64_t length, u
     known or that is in IP mode: then it returns its way out (find_way,
     kept in ``ways``, mask + 1 of them by route, for the burst's next
     frames), ``h`` holds its IPv4 header as it leaves (TTL and checksum
-    rewritten) and ``tot`` is its IPv4 total length.  Otherwise NULL: the
-    general graph decides it from the start.
+    rewritten) and ``tot`` is its IPv4 total length; ``fresh`` is set
+    when the way was resolved for this frame (not kept from one before).
+    Otherwise NULL: the general graph decides it from the start.
 
     Nothing is stored at d, and the header is decided on and written out
     from registers: a store followed by a wider load of the same bytes
     costs a stalled store-to-load forward, several a frame when the header
     was staged in memory."""
-    cdef uint32_t v0, v2, t, dst, c
+    cdef uint32_t v0, v2, t, dst
     cdef int64_t rt
     cdef way_t *way
     if length < l2 + 20:
@@ -1450,15 +1447,11 @@ cdef inline const way_t *ip4_fast(Router r, const uint8_t *d, uint64_t length, u
     if rt < 0:
         return NULL
     way = &ways[rt & mask]
-    if (rt != way.route or (dst != way.dst and not way.any_dst)) \
-            and not r.find_way(way, rt, dst):
-        return NULL
-    # ip4-rewrite: TTL minus one (it is above 1: no borrow), the checksum
-    # plus 0x0100 with the carry added back, 0xFFFF made 0 (what RFC 1624
-    # eqn. 3 gives for this change, checksum_add with TTL_DOWN, for every
-    # checksum, in fewer steps)
-    c = (v2 & 0xFFFF) + 0x0100
-    h.w2 = htonl(((v2 - 0x01000000) & 0xFFFF0000u) | ((c + (c >= 0xFFFF)) & 0xFFFF))
+    if rt != way.route or (dst != way.dst and not way.any_dst):
+        if not r.find_way(way, rt, dst):
+            return NULL
+        fresh[0] = True
+    h.w2 = ttl_down(h.w2)               # ip4-rewrite
     tot[0] = t
     return way
 
@@ -1497,6 +1490,7 @@ cdef void take_frames(Router r, const frame_t *frames, const seg_t *segs, uint32
     cdef int one_out = -1                   # every frame forwarded left by this one (-1: several)
     cdef uint64_t outs = 0                  # every interface a frame forwarded left by
     cdef ip4h_t h
+    cdef bint fresh                         # (not read here)
     # in locals: a store into the arena could, for all the compiler knows,
     # change r
     cdef pkt_t *p = r.pkts
@@ -1522,7 +1516,7 @@ cdef void take_frames(Router r, const frame_t *frames, const seg_t *segs, uint32
             continue
         # memif-input: the headers into the arena
         copied = copy_headers(d, &segs[f.first_seg], f.nsegs, length)
-        w = ip4_fast(r, d, length, l2, mac8, t24, t8, ways, WAYS - 1, &h, &tot)
+        w = ip4_fast(r, d, length, l2, mac8, t24, t8, ways, WAYS - 1, &h, &tot, &fresh)
         if w != NULL:
             memcpy(d + l2 + 8, &h.w2, 4)        # TTL and checksum as they leave
             if k == n_in:                       # (the first frame forwarded)
@@ -1581,7 +1575,7 @@ cdef struct fast_tx_t:
     # forward_fast's side of one output's transmit queue
     side_t s
     tx_counters_t *tc
-    uint32_t tmax               # the longest frame it takes
+    uint32_t l2o                # the Ethernet header's length there (0: IP mode)
     uint32_t room               # its free slots
     uint32_t k                  # frames written
     uint64_t nbytes             # ... and their bytes
@@ -1625,18 +1619,19 @@ cdef uint32_t forward_fast(Router r, Queue rxq, void **txqs, const uint16_t *out
     cdef const uint32_t *t8 = r.fib.tbl8
     cdef uint64_t mac8 = r.ifs[ifindex].mac8
     cdef uint32_t most = rxq.max_frame if rxq.max_frame < MAX_ROUTED else MAX_ROUTED
-    cdef uint32_t n, k = 0, i, slot, length, tot, l2, l2o, out_len
+    cdef uint32_t n, k = 0, i, slot, length, tot, l2, out_len, lim
     cdef uint64_t rx_bytes = 0
     cdef fast_tx_t tx[MAX_FAST]
     cdef fast_tx_t *t
     cdef ip4h_t h
     cdef way_t ways[WAYS]
-    cdef const way_t *way
+    cdef way_t *way
     cdef uint32_t mask
     cdef char *src
     cdef char *dst
     cdef memif_desc_t *w
     cdef bint rslave = rxq.slave
+    cdef bint fresh = False
     # one way when there is one output, as a run of frames takes one
     # route; several, by route, when frames go several ways
     if outputs_kind is one_output_t:
@@ -1664,9 +1659,15 @@ cdef uint32_t forward_fast(Router r, Queue rxq, void **txqs, const uint16_t *out
             continue                        # (room 0: no frame goes there)
         t.room = (<Queue>txqs[i]).tx_room()
         t.s = side_of(<Queue>txqs[i])
-        t.tmax = (<Queue>txqs[i]).max_frame
         t.slave = (<Queue>txqs[i]).slave
         t.tc = &r.ifs[outs[i]].tx[<uint32_t>(<Queue>txqs[i]).index % r.ifs[outs[i]].ntx]
+        t.l2o = 0 if r.ifs[outs[i]].ip_mode else ETH_HLEN
+        # a frame of ``length`` leaves as at most t.l2o + length - l2 bytes:
+        # no longer than the output takes when length is at most lim
+        lim = (<Queue>txqs[i]).max_frame + l2
+        lim = lim - t.l2o if lim >= t.l2o else 0
+        if lim < most:
+            most = lim
     if outputs_kind is one_output_t:
         if tx[0].room < n:
             n = tx[0].room                  # (every frame moved goes there)
@@ -1675,35 +1676,36 @@ cdef uint32_t forward_fast(Router r, Queue rxq, void **txqs, const uint16_t *out
         src = usual_rx(&rs, k, most, rslave, &length)
         if src == NULL:
             break
-        way = ip4_fast(r, <const uint8_t *>src, length, l2, mac8, t24, t8, ways, mask, &h, &tot)
+        way = ip4_fast(r, <const uint8_t *>src, length, l2, mac8, t24, t8, ways, mask, &h, &tot,
+                       &fresh)
         if way == NULL:
             break
-        if outputs_kind is one_output_t:
-            if way.out != outs[0]:
-                break
-            t = &tx[0]
-            slot = k
-        else:
+        if fresh:
+            # a way resolved for this frame: which of the outputs it takes
+            # (kept with it for the frames after that take it too)
+            fresh = False
             i = 0
             while i < nout and outs[i] != way.out:
                 i += 1
             if i == nout:
                 break
-            t = &tx[i]
+            way.txi = <uint16_t>i
+        if outputs_kind is one_output_t:
+            t = &tx[0]
+            slot = k
+        else:
+            t = &tx[way.txi]
             if t.k >= t.room:
                 break
             slot = t.k
-        l2o = 0 if way.ip_mode else ETH_HLEN
-        out_len = l2o + tot
-        if out_len > t.tmax:
-            break
+        out_len = t.l2o + tot               # (at most the output's max_frame: most)
         dst = usual_tx(&t.s, slot, out_len, t.slave, &w)
         if dst == NULL:
             break
-        if l2o:
+        if t.l2o:
             memcpy(dst, way.l2hdr, ETH_HLEN)
-        store_header(dst + l2o, &h)
-        memcpy(dst + l2o + 20, src + l2 + 20, tot - 20)
+        store_header(dst + t.l2o, &h)
+        memcpy(dst + t.l2o + 20, src + l2 + 20, tot - 20)
         tx_written(w, out_len)
         rx_bytes += length
         t.nbytes += out_len

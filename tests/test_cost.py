@@ -177,10 +177,11 @@ XC_CEILINGS = {64: (110, 320), 1518: (335, 985)}     # (forward, whole program)
 #   buffer), and memif_input, run and transmit see none of it):
 #        64 B: before 626.1, after 522.1, fast 430.8, one-buffer 370.9,
 #              route cache 338.2, 333.2 (inet.pxd's sum test), 329.2,
-#              fused 254.7, one pass 187.5 -> ceiling 260
+#              fused 254.7, one pass 187.5 (192.6 later), "per way"
+#              179.6 -> ceiling 250
 #      1518 B: before 947.8, after 790.2, fast 697.9, one-buffer 629.0,
 #              route cache 596.3, 591.3, 587.3, fused 516.7, 512.8,
-#              one pass 348.5 -> ceiling 480
+#              one pass 348.5 (353.6 later), per way 340.6 -> ceiling 475
 #     memif_input (gather, the headers into the arena; "one-buffer" also
 #     copies a fixed 128 bytes when the first buffer holds them, and keeps
 #     its counters in locals; "fused": and ip4-fast, in frames_input)
@@ -203,8 +204,8 @@ XC_CEILINGS = {64: (110, 320), 1518: (335, 985)}     # (forward, whole program)
 #   on each interface, one poll per interface in turn): the pass's output
 #   is kept per input interface, so it takes both directions (one guess
 #   for the router sent each poll to the graph, which found it wrong for
-#   the other direction): nodes 191.9 -> ceiling 270, whole program 363.8
-#   -> 520
+#   the other direction): nodes 191.9 (197.6 later), per way 184.7 ->
+#   ceiling 260, whole program 363.8, per way 356.9 -> 500
 #   Spread over two outputs (cost_burst mode "ip4-spread": frames in on
 #   interface 0 go in turn out of 1 and 2): the one pass took at most one
 #   frame of a burst, memif-input (take_frames) and the graph the rest.
@@ -213,25 +214,32 @@ XC_CEILINGS = {64: (110, 320), 1518: (335, 985)}     # (forward, whole program)
 #   neighbor lookup, ran for every frame (about 122 Ir a frame), now once
 #   per route a burst (1.8); "several outputs": the pass writes to every
 #   output ip4-fast used in the last burst (up to 4), each with a way out
-#   per route: nodes 419.4 -> 297.4 -> 231.2 -> ceiling 310, find_way
-#   0.9 -> 5, whole program about 592 -> 470.4 -> 389.7 -> 530; natively
-#   on one CPU, 44.7 -> 29.8 -> 26.6 ns a frame
+#   per route: nodes 419.4 -> 297.4 -> 231.2, per way 197.9 -> ceiling
+#   280, find_way 0.9 -> 5, whole program about 592 -> 470.4 -> 389.7,
+#   per way 356.4 -> 500; natively on one CPU, 44.7 -> 29.8 -> 26.6 ns a
+#   frame.
+#   "per way" (all the pass's cells): which output a way takes, and so the
+#   Ethernet header's length there, decided when the way is resolved, not
+#   for every frame (the output's max_frame bounds the receive length the
+#   pass takes instead), and the TTL and checksum rewritten in memory
+#   order (inet.pxd's ttl_down: one add and a carry test, no byte swap)
 #   whole program (adds the slave's tx_batch and rx_batch, building the
 #   frames is outside the loop):
 #        64 B: before 962.6, after 874.8, fast 758.0, one-buffer 646.3,
 #              route cache 605.5, 598.5, fused 524.0, with the ring's
 #              one-pass rx_copy in the slave's rx_batch 441.9, and
-#              tx_batch 418.8, one pass 338.8 -> ceiling 470
+#              tx_batch 418.8, one pass 338.8, per way 332.2 -> ceiling 465
 #      1518 B: before 1606.1, after 1464.7, fast 1346.9, one-buffer 1226.1,
 #              route cache 1185.4, 1178.4, fused 1107.8, 1021.8, 998.7,
-#              one pass 821.6 -> ceiling 1140
+#              one pass 821.6, per way 814.9 -> ceiling 1140
 #
 #   The general graph (cost_burst mode "ip4-options", 64 B: 4 bytes of
 #   options in every header, which ip4-fast leaves to the graph; the
 #   figures before ip4-fast were measured on option-less frames):
 #     everything Router.poll runs: 559.6, one-buffer 499.8, 495.8,
-#     fused 487.9, 488.0 -> ceiling 680; whole program 886.9, one-buffer
-#     775.1, 765.2, fused 757.3, 675.2, 652.2 -> 910
+#     fused 487.9, 488.0 (496.0 later), ttl_down 487.0 -> ceiling 680;
+#     whole program 886.9, one-buffer 775.1, 765.2, fused 757.3, 675.2,
+#     652.2 -> 910
 #     frames_input (copy, ip4-fast refusing, the frame staged whole for
 #     the graph; it was ip4-fast refusing 17.2 and the copy loop): fused
 #     79.3 -> 110; tx_in_arrival_order 13.2 -> 20
@@ -240,7 +248,8 @@ XC_CEILINGS = {64: (110, 320), 1518: (335, 985)}     # (forward, whole program)
 #     ip4_input 104.1 -> 68.1 -> 89.1 (24 header bytes to sum) -> 88.1 -> 125,
 #     ip4_lookup 48.1 -> 46.1 -> 70, interface_output 16.1 -> 15.1 -> 25,
 #     ip4_rewrite (the neighbor lookup of csrc/neighbor.h, a seqlock read,
-#     included) 126.1 -> 94.3 -> 72.3 -> 71.3 -> 100; the nodes with empty
+#     included) 126.1 -> 94.3 -> 72.3 -> 71.3, ttl_down (the TTL and
+#     checksum as one word) 66.3 -> 100; the nodes with empty
 #     vectors (arp_input, ip4_local, ip4_icmp_error, arp_request) cost < 0.1
 #     together
 #   The same at 1518 B (since "one pass", the cell that keeps memif-input
@@ -248,20 +257,20 @@ XC_CEILINGS = {64: (110, 320), 1518: (335, 985)}     # (forward, whole program)
 #   758.1 -> 1060, memif_input 141.8 -> 200, frames_input 91.3 -> 130,
 #   transmit (tx_copy_parts: the rest from the receive ring) 338.0 -> 475;
 #   whole program 1244.1 -> 1740
-IP4_CEILING = {"ip4-64": 260, "ip4-1518": 480, "ip4-options-64": 680, "ip4-options-1518": 1060,
-               "ip4-two-way-64": 270, "ip4-spread-64": 310}
+IP4_CEILING = {"ip4-64": 250, "ip4-1518": 475, "ip4-options-64": 680, "ip4-options-1518": 1060,
+               "ip4-two-way-64": 260, "ip4-spread-64": 280}
 IP4_CEILINGS = {
-    "ip4-64": {"fast_forward": 260},
-    "ip4-two-way-64": {"fast_forward": 270},
-    "ip4-spread-64": {"fast_forward": 310, "find_way": 5},
-    "ip4-1518": {"fast_forward": 480},
+    "ip4-64": {"fast_forward": 250},
+    "ip4-two-way-64": {"fast_forward": 260},
+    "ip4-spread-64": {"fast_forward": 280, "find_way": 5},
+    "ip4-1518": {"fast_forward": 475},
     "ip4-options-64": {"frames_input": 110, "tx_in_arrival_order": 20, "ethernet_input": 50,
                        "ip4_input": 125, "ip4_lookup": 70, "ip4_rewrite": 100,
                        "interface_output": 25},
     "ip4-options-1518": {"memif_input": 200, "frames_input": 130, "transmit": 475},
 }
-IP4_WHOLE_CEILING = {"ip4-64": 470, "ip4-1518": 1140, "ip4-options-64": 910,
-                     "ip4-options-1518": 1740, "ip4-two-way-64": 520, "ip4-spread-64": 530}
+IP4_WHOLE_CEILING = {"ip4-64": 465, "ip4-1518": 1140, "ip4-options-64": 910,
+                     "ip4-options-1518": 1740, "ip4-two-way-64": 500, "ip4-spread-64": 500}
 
 
 ANNOTATE_LINE = re.compile(r"^\s*([\d,]+)\s+\(\s*[\d.]+%\)\s+\S*:(\w+)(\s|$)")

@@ -251,20 +251,28 @@ def header_sum(words):
 
 
 @pytest.mark.timeout(60)
-def test_ttl_checksum_update_at_every_edge():
-    """The TTL's checksum update (plus 0x0100, the carry added back) against
-    a checksum recomputed by scapy, for every checksum from 0xFE00 up and
-    from 0 to 0xFF: where the sum carries, and where the result is 0.  The
-    first burst goes through memif-input's walk, the second ring to ring."""
-    base = bytearray(raw(IP(src="10.0.1.5", dst="172.16.5.1", id=0, chksum=0) / UDP()
-                         / payload(20)))
-    s = header_sum(int.from_bytes(base[i:i + 2], "big") for i in range(0, 20, 2))
+@pytest.mark.parametrize("nopts", [0, 1], ids=["fast", "graph"])
+def test_ttl_checksum_update_at_every_edge(nopts):
+    """The TTL's checksum update (inet.pxd's ttl_down) against a checksum
+    recomputed by scapy, for every checksum from 0xFE00 up and from 0 to
+    0xFF: where the sum carries, in either byte order, and where the result
+    is 0.  Without options the first burst goes through memif-input's walk
+    (ip4-fast), the second ring to ring; with an option both go through
+    the general graph (ip4-rewrite)."""
+    def frame(ident):
+        return raw(Ether(dst=MAC_IN, src=HOST)
+                   / IP(src="10.0.1.5", dst="172.16.5.1", id=ident,
+                        options=[IPOption_NOP()] * nopts)
+                   / UDP() / payload(20))
+    hl = 20 + 4 * nopts
+    base = bytearray(frame(0)[14:14 + hl])
+    base[10:12] = b"\0\0"
+    s = header_sum(int.from_bytes(base[i:i + 2], "big") for i in range(0, hl, 2))
     sent = []
     for target in list(range(0xFE00, 0xFFFF)) + list(range(0x100)):
         # the IP id that makes the header's checksum ``target``
-        ident = (((~target & 0xFFFF) - s) % 0xFFFF)
-        f = raw(Ether(dst=MAC_IN, src=HOST) / IP(src="10.0.1.5", dst="172.16.5.1", id=ident)
-                / UDP() / payload(20))
+        ident = ((~target & 0xFFFF) - s) % 0xFFFF
+        f = frame(ident)
         if Ether(f)[IP].chksum == target:
             sent.append(f)
     assert len(sent) > 500
@@ -460,6 +468,45 @@ def test_pass_and_graph_agree_with_process(role, kinds, warm, size, busy, short)
         assert tx_packets(r) - sent_before == fit
         assert sum(t["drops"]["tx ring full"] for t in r.counters(1, 1, 256)["tx"]) \
             == len(want[1]) - fit
+    finally:
+        lb.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("role", ["master", "slave"])
+def test_pass_keeps_to_the_outputs_max_frame(role):
+    """Bare IP packets in, Ethernet frames out: a packet as long as the
+    queues' max_frame leaves 14 bytes longer than the output takes.  The
+    pass takes the packets that still fit after their Ethernet header and
+    leaves the rest to transmit, which counts each "tx frame too long";
+    none leaves longer than max_frame."""
+    most = 1000
+    if role == "master":
+        lb = Loopback(log2=6, buffer_size=2048, n_s2m=1, n_m2s=2, max_frame=most)
+        (feed, rxq), outs = lb.s2m, lb.m2s_pairs
+    else:
+        lb = Loopback(log2=6, buffer_size=2048, n_s2m=2, n_m2s=1, max_frame=most)
+        (feed, rxq), outs = lb.m2s, lb.s2m_pairs
+    txqs, readers = [p.tx for p in outs], [p.rx for p in outs]
+    r = ip_mode_router(True, False)
+    try:
+        # a first burst points the pass at interface 1
+        assert feed.tx_frames([udp_frame(100, dst="172.16.9.9")[14:]]) == 1
+        assert r.poll(0, rxq, txqs, 256, 1) == 1
+        assert len(readers[1].rx_frames(64)) == 1
+        # IPv4 total lengths: the longest that fits once framed, then too long
+        lengths = [most - 14 - 1, most - 14, most - 14 + 1, most - 1, most, 500]
+        packets = [udp_frame(n + 14, dst="172.16.9.%d" % i)[14:] for i, n in enumerate(lengths)]
+        assert [len(p) for p in packets] == lengths
+        assert feed.tx_frames(packets) == len(packets)
+        assert r.poll(0, rxq, txqs, 256, 1) == len(packets)
+        got = readers[1].rx_frames(64)
+        assert [len(g) for g in got] == [n + 14 for n in lengths if n + 14 <= most]
+        tx = r.counters(1, 1, 256)["tx"]
+        assert sum(t["drops"]["tx frame too long"] for t in tx) == 3
+        assert sum(t["packets"] for t in tx) == 1 + 3
+        assert txqs[1].counters()["drops"]["frame too long"] == 3
+        assert r.counters(0)["rx"][0]["forwarded"] == 1 + len(packets)
     finally:
         lb.close()
 
