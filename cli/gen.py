@@ -120,7 +120,8 @@ def drain(poll, pending, missing, quiet, limit):
 
 def run_gen(spec, sizes, count, duration, rate, flows, src_mac, dst_mac, src_ip, dst_ip,
             pcap_path, receive_spec, capture_path, stats_interval, json_out, prometheus_port=0,
-            payload="pattern", verify="full", workers=None, cpus=None, zero_copy=False):
+            payload="pattern", verify="full", workers=None, cpus=None, zero_copy=False,
+            dst_step=0):
     workers = tester_workers(workers, cpus)
     if workers != 0 and (pcap_path or capture_path):
         raise click.UsageError("--pcap and --capture run in the main process only: "
@@ -143,7 +144,8 @@ def run_gen(spec, sizes, count, duration, rate, flows, src_mac, dst_mac, src_ip,
                        busy=not rate or any(s.rx_mode != "interrupt" for s in rx_specs),
                        interface=name, receive=rx_name, workers=workers, cpus=cpus,
                        sizes=sizes, flows=flows, payload=payload, src_mac=src_mac,
-                       dst_mac=dst_mac, src_ip=src_ip, dst_ip=dst_ip, count=count, rate=rate,
+                       dst_mac=dst_mac, src_ip=src_ip, dst_ip=dst_ip, dst_step=dst_step,
+                       count=count, rate=rate,
                        duration=duration, replay=replay, capture=capture_path,
                        verify=verify, zero_copy=zero_copy)
     stop = Stop(0)
@@ -151,6 +153,9 @@ def run_gen(spec, sizes, count, duration, rate, flows, src_mac, dst_mac, src_ip,
         what = ("replaying %d frames of %s" % (len(replay), pcap_path) if pcap_path else
                 "%s frames, %d flow%s" % ("imix" if len(set(sizes)) > 1 else
                                           "%d-byte" % sizes[0], flows, "s" if flows > 1 else ""))
+        if dst_step and flows > 1 and not pcap_path:
+            what += " (flow f to %s + f x %d)" % (
+                ipaddress.IPv4Address(dst_ip) if dst_ip else "198.19.0.1", dst_step)
         click.echo("gen: %s %s on %s id %d: %s, rate %s%s%s"
                    % (intf.name, intf.role, intf.socket, intf.id, what,
                       "%g pps" % rate if rate else "unlimited",

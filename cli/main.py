@@ -106,6 +106,11 @@ VERIFY = click.option(
 @click.option("--src-ip", type=Ip4Type(), help="Source IPv4 (default: the spec's ip=, "
                                                 "else 198.18.0.1).")
 @click.option("--dst-ip", type=Ip4Type(), help="Destination IPv4 (default 198.19.0.1).")
+@click.option("--dst-step", type=click.IntRange(0, 2**32 - 1), default=0,
+              help="Give each flow a destination of its own: flow f's frames go to "
+                   "--dst-ip + f x N (0: every flow to --dst-ip).  With --flows, spreads "
+                   "the traffic over a router's routes, e.g. --flows 4096 --dst-step 256: "
+                   "one address in each of 4096 consecutive /24s.")
 @click.option("--pcap", "pcap_path", type=click.Path(exists=True, dir_okay=False),
               help="Replay this capture's frames unchanged (no stamps), in order on queue "
                    "0: once, or in a loop with --count/--duration.")
@@ -124,8 +129,8 @@ VERIFY = click.option(
                        "--pcap or --capture")
 @prometheus_option
 def gen(spec, sizes, count, duration, rate, flows, payload, zero_copy, src_mac, dst_mac, src_ip,
-        dst_ip, pcap_path, receive_spec, capture_path, verify, stats_interval, json_out, workers,
-        cpus, prometheus_port):
+        dst_ip, dst_step, pcap_path, receive_spec, capture_path, verify, stats_interval, json_out,
+        workers, cpus, prometheus_port):
     """Traffic generator: IPv4/UDP frames stamped with a sequence number per
     flow and a timestamp, a pattern (or zeros) over the rest of every frame;
     or a pcap replay.  Without --count or --duration it runs until SIGINT/SIGTERM.
@@ -136,7 +141,7 @@ def gen(spec, sizes, count, duration, rate, flows, payload, zero_copy, src_mac, 
     run_gen(spec, sizes, count, duration, rate, flows, src_mac, dst_mac, src_ip, dst_ip,
             pcap_path, receive_spec, capture_path, stats_interval, json_out,
             prometheus_port=prometheus_port, payload=payload, verify=verify,
-            workers=workers, cpus=cpus, zero_copy=zero_copy)
+            workers=workers, cpus=cpus, zero_copy=zero_copy, dst_step=dst_step)
 
 
 @main.command()

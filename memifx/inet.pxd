@@ -67,6 +67,13 @@ cdef inline uint16_t checksum_add(uint16_t hc, uint32_t v) noexcept nogil:
     return <uint16_t>~s
 
 
+cdef inline uint32_t ones_add(uint32_t a, uint32_t b) noexcept nogil:
+    """a + b, each at most 0xFFFF, folded back into 16 bits (the carry
+    added back): two changes to a sum made one argument for checksum_add."""
+    cdef uint32_t s = a + b
+    return (s & 0xffff) + (s >> 16)
+
+
 cdef inline bint sums_to_all_ones(uint64_t s) noexcept nogil:
     """Whether ``s``, a plain sum of a header's 16- or 32-bit words (any byte
     order, carries not folded), folds to 0xFFFF: the header's checksum is

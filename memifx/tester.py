@@ -67,7 +67,7 @@ def make_generator(args: Dict[str, Any]) -> Generator:
                      src_mac=bytes.fromhex(args["src_mac"]),
                      dst_mac=bytes.fromhex(args["dst_mac"]),
                      src_ip=bytes.fromhex(args["src_ip"]), dst_ip=bytes.fromhex(args["dst_ip"]),
-                     payload=args.get("payload", "pattern"))
+                     dst_step=args.get("dst_step", 0), payload=args.get("payload", "pattern"))
 
 
 def single_size(args: Dict[str, Any]) -> bool:

@@ -44,6 +44,11 @@ cdef enum:                  # what a Checker reads of each frame (memifx sink --
 cdef enum:
     HDR_MAX = 48            # room for one header template (Ethernet + IPv4 + UDP = 42)
 
+cdef struct dst_t:          # a flow's IPv4 destination, where flows go to several
+    uint32_t addr           # the address as it lies in the header (a host u32)
+    uint16_t sum            # what it adds to the header's sum against the template's
+                            # (checksum_add's argument, memory order)
+
 @cython.final           # direct (inlinable) calls to its cdef methods
 cdef class Generator:
     cdef readonly bint ip_mode
@@ -51,6 +56,8 @@ cdef class Generator:
     cdef uint64_t *seq              # next sequence number, per flow
     cdef uint32_t *sizes            # frame sizes, used in turn
     cdef uint8_t *hdr               # per size: the headers of flow 0, sequence 0
+    cdef dst_t *dsts                # per flow: its destination (NULL: the template's)
+    cdef readonly uint32_t dst_step # flow f's destination: the template's + f * dst_step
     cdef uint32_t hlen              # bytes of each template
     cdef uint32_t nsizes
     cdef uint32_t size_pos

@@ -48,7 +48,7 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcmp, memcpy, memset
 
-from memifx.inet cimport checksum_add, inet_checksum, sums_to_all_ones
+from memifx.inet cimport checksum_add, inet_checksum, inet_fold, ones_add, sums_to_all_ones
 from memifx.ring cimport (Queue, frame_t, seg_t, DROP_TOO_LONG, get_lengths, side_t,
                           side_of, usual_rx)
 
@@ -244,10 +244,11 @@ def _ip4(value, what):
 
 cdef inline void write_frame(uint8_t *p, const uint8_t *t, uint32_t hlen, uint32_t size,
                              uint32_t flow, uint64_t seq, uint64_t ts, bint zeros,
-                             bint payload) noexcept nogil:
+                             bint payload, const dst_t *dsts) noexcept nogil:
     """One frame of ``size`` bytes from its size's template ``t`` (``hlen``
     bytes of headers): then what is per frame (IP id and checksum, source
-    port, stamp) and, if ``payload``, the payload."""
+    port, destination where ``dsts`` gives one per flow, stamp) and, if
+    ``payload``, the payload."""
     cdef uint8_t *ip = p + hlen - IP_HLEN - UDP_HLEN
     cdef uint8_t *st = p + hlen
     cdef uint32_t rest = size - hlen - STAMP_LEN
@@ -262,7 +263,11 @@ cdef inline void write_frame(uint8_t *p, const uint8_t *t, uint32_t hlen, uint32
     # memory order as inet_checksum() works.
     memcpy(&csum, t + hlen - IP_HLEN - UDP_HLEN + 10, 2)
     memcpy(&id16, ip + 4, 2)
-    csum = checksum_add(csum, id16)
+    if dsts != NULL:
+        memcpy(ip + 16, &dsts[flow].addr, 4)
+        csum = checksum_add(csum, ones_add(id16, dsts[flow].sum))
+    else:
+        csum = checksum_add(csum, id16)
     memcpy(ip + 10, &csum, 2)
     put16(ip + IP_HLEN, sport(flow))
     # the stamp built in registers, stored at once
@@ -277,14 +282,30 @@ cdef inline void write_frame(uint8_t *p, const uint8_t *t, uint32_t hlen, uint32
         memset(st + STAMP_LEN, 0, rest)
 
 
+cdef inline void set_flow(uint8_t *p, const uint8_t *t, uint32_t hlen, uint32_t flow,
+                          const dst_t *dsts) noexcept nogil:
+    """Make the fixed frame at ``p`` (made from template ``t``) one of
+    ``flow``: its source port and, where ``dsts`` gives one per flow, its
+    destination, with the template's checksum (IP id 0) adjusted to it."""
+    cdef uint8_t *ip = p + hlen - IP_HLEN - UDP_HLEN
+    cdef uint16_t csum
+    put16(p + hlen - UDP_HLEN, sport(flow))
+    if dsts != NULL:
+        memcpy(ip + 16, &dsts[flow].addr, 4)
+        memcpy(&csum, t + hlen - IP_HLEN - UDP_HLEN + 10, 2)
+        csum = checksum_add(csum, dsts[flow].sum)
+        memcpy(ip + 10, &csum, 2)
+
+
 cdef inline void write_fixed(uint8_t *p, const uint8_t *t, uint32_t hlen, uint32_t size,
-                             uint32_t flow, bint payload) noexcept nogil:
+                             uint32_t flow, bint payload, const dst_t *dsts) noexcept nogil:
     """An unstamped frame (payload "fixed") of ``size`` bytes: its size's
     template as it is (IP id 0, the checksum for it) with the flow's source
-    port, zeros where a stamp would be and, if ``payload``, after it
-    (else the caller knows they are zeros already: a fixed frame's)."""
+    port (and destination, where ``dsts`` gives one per flow), zeros where
+    a stamp would be and, if ``payload``, after it (else the caller knows
+    they are zeros already: a fixed frame's)."""
     memcpy(p, t, HDR_MAX)           # the template's bytes past hlen are zeros
-    put16(p + hlen - UDP_HLEN, sport(flow))
+    set_flow(p, t, hlen, flow, dsts)
     if payload:
         memset(p + hlen, 0, size - hlen)
 
@@ -342,9 +363,10 @@ cdef inline cycle_t cycle_of(Generator g, const uint32_t *flows, uint32_t nflows
 cdef inline (uint32_t, uint64_t) fill_frames(
         cycle_t *c, uint8_t *base, uint64_t room, uint32_t *lengths, uint32_t n, uint64_t ts,
         const uint8_t *hdr, uint32_t hlen, bint zeros, bint payload, bint fixed,
-        bint single) noexcept nogil:
+        bint single, const dst_t *dsts) noexcept nogil:
     """Generator.fill_raw's loop (``fixed``: unstamped frames; ``single``:
-    one frame size); returns (frames, bytes).  The cycles in plain locals,
+    one frame size; ``dsts``: the flows' destinations, or NULL, a constant
+    too); returns (frames, bytes).  The cycles in plain locals,
     as in fill_frames_at()."""
     cdef uint32_t i = 0, size = c.sizes[c.si], flow, si = c.si
     cdef const uint32_t *flows = c.flows
@@ -364,10 +386,11 @@ cdef inline (uint32_t, uint64_t) fill_frames(
             if si == nsizes:
                 si = 0
         if fixed:       # no sequence numbers
-            write_fixed(base + off, t, hlen, size, next_flow(flows, nflows, &cursor), payload)
+            write_fixed(base + off, t, hlen, size, next_flow(flows, nflows, &cursor), payload,
+                        dsts)
         else:
             seq = next_seq(flows, nflows, &cursor, seqs, &flow)
-            write_frame(base + off, t, hlen, size, flow, seq, ts, zeros, payload)
+            write_frame(base + off, t, hlen, size, flow, seq, ts, zeros, payload, dsts)
         lengths[i] = size
         off += size
         i += 1
@@ -378,35 +401,40 @@ cdef inline (uint32_t, uint64_t) fill_frames(
 
 cdef inline (uint32_t, uint64_t) fill_sized(
         cycle_t *c, uint8_t *base, uint64_t room, uint32_t *lengths, uint32_t n, uint64_t ts,
-        const uint8_t *hdr, uint32_t hlen, bint zeros, bint payload, bint fixed) noexcept nogil:
+        const uint8_t *hdr, uint32_t hlen, bint zeros, bint payload, bint fixed,
+        const dst_t *dsts) noexcept nogil:
     """fill_frames() with one frame size, or several, as a constant."""
     if c.nsizes == 1:
-        return fill_frames(c, base, room, lengths, n, ts, hdr, hlen, zeros, payload, fixed, True)
-    return fill_frames(c, base, room, lengths, n, ts, hdr, hlen, zeros, payload, fixed, False)
+        return fill_frames(c, base, room, lengths, n, ts, hdr, hlen, zeros, payload, fixed, True,
+                           dsts)
+    return fill_frames(c, base, room, lengths, n, ts, hdr, hlen, zeros, payload, fixed, False,
+                       dsts)
 
 
 cdef inline (uint32_t, uint64_t) fill_kind(
         cycle_t *c, uint8_t *base, uint64_t room, uint32_t *lengths, uint32_t n, uint64_t ts,
-        const uint8_t *hdr, uint32_t hlen, bint zeros, bint payload, bint fixed) noexcept nogil:
+        const uint8_t *hdr, uint32_t hlen, bint zeros, bint payload, bint fixed,
+        const dst_t *dsts) noexcept nogil:
     """fill_sized() with the payload kind as a constant."""
     if not zeros:
-        return fill_sized(c, base, room, lengths, n, ts, hdr, hlen, False, True, False)
+        return fill_sized(c, base, room, lengths, n, ts, hdr, hlen, False, True, False, dsts)
     if fixed:
         if payload:
-            return fill_sized(c, base, room, lengths, n, ts, hdr, hlen, True, True, True)
-        return fill_sized(c, base, room, lengths, n, ts, hdr, hlen, True, False, True)
+            return fill_sized(c, base, room, lengths, n, ts, hdr, hlen, True, True, True, dsts)
+        return fill_sized(c, base, room, lengths, n, ts, hdr, hlen, True, False, True, dsts)
     if payload:
-        return fill_sized(c, base, room, lengths, n, ts, hdr, hlen, True, True, False)
-    return fill_sized(c, base, room, lengths, n, ts, hdr, hlen, True, False, False)
+        return fill_sized(c, base, room, lengths, n, ts, hdr, hlen, True, True, False, dsts)
+    return fill_sized(c, base, room, lengths, n, ts, hdr, hlen, True, False, False, dsts)
 
 
 cdef inline uint32_t fill_frames_at(
         cycle_t *c, uint8_t **ptrs, const uint32_t *room, uint32_t *lengths, uint32_t *held,
         uint32_t n, uint64_t ts, const uint8_t *hdr, uint32_t hlen, bint zeros,
-        bint track, bint fixed, bint single) noexcept nogil:
+        bint track, bint fixed, bint single, const dst_t *dsts) noexcept nogil:
     """Generator.fill_at's loop (``track``: ``held`` is kept, zeros only;
     ``fixed``: unstamped frames, and a buffer ``held`` says holds one of
-    this size is sent as it is; ``single``: one frame size).  The cycles in
+    this size is sent as it is; ``single``: one frame size; ``dsts``: the
+    flows' destinations, or NULL).  The cycles in
     plain locals: with the frames' stores counted as aliasing everything,
     fields reached through ``c`` would be reloaded per frame."""
     cdef uint32_t i = 0, size = c.sizes[c.si], flow, si = c.si
@@ -429,24 +457,28 @@ cdef inline uint32_t fill_frames_at(
         if fixed:       # no sequence numbers
             flow = next_flow(flows, nflows, &cursor)
             if not track:
-                write_fixed(ptrs[i], t, hlen, size, flow, True)
+                write_fixed(ptrs[i], t, hlen, size, flow, True, dsts)
             elif held[i] != size:
-                # (the flow of its first frame stays a buffer's)
-                write_fixed(ptrs[i], t, hlen, size, flow, held[i] < size)
+                # (the flow of its first frame stays a buffer's, unless
+                # flows have destinations of their own: then each frame
+                # takes its flow's port and destination)
+                write_fixed(ptrs[i], t, hlen, size, flow, held[i] < size, dsts)
                 held[i] = size
+            elif dsts != NULL:
+                set_flow(ptrs[i], t, hlen, flow, dsts)
             lengths[i] = size
             i += 1
             continue
         seq = next_seq(flows, nflows, &cursor, seqs, &flow)
         if not zeros:
-            write_frame(ptrs[i], t, hlen, size, flow, seq, ts, False, True)
+            write_frame(ptrs[i], t, hlen, size, flow, seq, ts, False, True, dsts)
         elif not track:
-            write_frame(ptrs[i], t, hlen, size, flow, seq, ts, True, True)
+            write_frame(ptrs[i], t, hlen, size, flow, seq, ts, True, True, dsts)
         elif held[i] >= size:
-            write_frame(ptrs[i], t, hlen, size, flow, seq, ts, True, False)
+            write_frame(ptrs[i], t, hlen, size, flow, seq, ts, True, False, dsts)
         else:
             held[i] = size
-            write_frame(ptrs[i], t, hlen, size, flow, seq, ts, True, True)
+            write_frame(ptrs[i], t, hlen, size, flow, seq, ts, True, True, dsts)
         lengths[i] = size
         i += 1
     c.cursor = cursor
@@ -457,30 +489,59 @@ cdef inline uint32_t fill_frames_at(
 cdef inline uint32_t fill_sized_at(
         cycle_t *c, uint8_t **ptrs, const uint32_t *room, uint32_t *lengths, uint32_t *held,
         uint32_t n, uint64_t ts, const uint8_t *hdr, uint32_t hlen, bint zeros,
-        bint track, bint fixed) noexcept nogil:
+        bint track, bint fixed, const dst_t *dsts) noexcept nogil:
     """fill_frames_at() with one frame size, or several, as a constant."""
     if c.nsizes == 1:
         return fill_frames_at(c, ptrs, room, lengths, held, n, ts, hdr, hlen, zeros, track,
-                              fixed, True)
+                              fixed, True, dsts)
     return fill_frames_at(c, ptrs, room, lengths, held, n, ts, hdr, hlen, zeros, track,
-                          fixed, False)
+                          fixed, False, dsts)
 
 
 cdef inline uint32_t fill_kind_at(
         cycle_t *c, uint8_t **ptrs, const uint32_t *room, uint32_t *lengths, uint32_t *held,
         uint32_t n, uint64_t ts, const uint8_t *hdr, uint32_t hlen, bint zeros,
-        bint fixed) noexcept nogil:
+        bint fixed, const dst_t *dsts) noexcept nogil:
     """fill_sized_at() with the payload kind and whether ``held`` is kept
     (not NULL: zeros only) as constants."""
     if not zeros:
-        return fill_sized_at(c, ptrs, room, lengths, NULL, n, ts, hdr, hlen, False, False, False)
+        return fill_sized_at(c, ptrs, room, lengths, NULL, n, ts, hdr, hlen, False, False, False,
+                             dsts)
     if fixed:
         if held != NULL:
-            return fill_sized_at(c, ptrs, room, lengths, held, n, ts, hdr, hlen, True, True, True)
-        return fill_sized_at(c, ptrs, room, lengths, NULL, n, ts, hdr, hlen, True, False, True)
+            return fill_sized_at(c, ptrs, room, lengths, held, n, ts, hdr, hlen, True, True, True,
+                                 dsts)
+        return fill_sized_at(c, ptrs, room, lengths, NULL, n, ts, hdr, hlen, True, False, True,
+                             dsts)
     if held != NULL:
-        return fill_sized_at(c, ptrs, room, lengths, held, n, ts, hdr, hlen, True, True, False)
-    return fill_sized_at(c, ptrs, room, lengths, NULL, n, ts, hdr, hlen, True, False, False)
+        return fill_sized_at(c, ptrs, room, lengths, held, n, ts, hdr, hlen, True, True, False,
+                             dsts)
+    return fill_sized_at(c, ptrs, room, lengths, NULL, n, ts, hdr, hlen, True, False, False,
+                         dsts)
+
+
+cdef void spread_destinations(dst_t *dsts, uint32_t flows, const uint8_t *first,
+                              uint32_t step) noexcept nogil:
+    """Flow f's destination, ``first`` + f * step (known not to wrap), and
+    what it adds to a header's sum where the template holds ``first``: the
+    new address's two 16-bit words plus the complements of the old's, in
+    memory order (inet.pxd), folded."""
+    cdef uint32_t f, a, base = ((<uint32_t>first[0] << 24) | (<uint32_t>first[1] << 16)
+                                | (<uint32_t>first[2] << 8) | first[3])
+    cdef uint16_t o1, o2, n1, n2
+    cdef uint8_t b[4]
+    memcpy(&o1, first, 2)
+    memcpy(&o2, first + 2, 2)
+    for f in range(flows):
+        a = base + f * step
+        b[0] = a >> 24
+        b[1] = (a >> 16) & 0xFF
+        b[2] = (a >> 8) & 0xFF
+        b[3] = a & 0xFF
+        memcpy(&dsts[f].addr, b, 4)
+        memcpy(&n1, b, 2)
+        memcpy(&n2, b + 2, 2)
+        dsts[f].sum = inet_fold(<uint64_t>n1 + n2 + (o1 ^ 0xFFFF) + (o2 ^ 0xFFFF))
 
 
 cdef class Generator:
@@ -493,16 +554,20 @@ cdef class Generator:
     the same frame per size and flow again and again, so that a buffer that
     holds one need not be written again (a zero-copy slave sends it as it
     is); the receiver can count such frames only (Checker verify="count").
+    ``dst_step``: flow f's frames go to ``dst_ip`` + f * dst_step (0: every
+    flow to dst_ip), to spread the flows over a router's routes.
     """
 
     def __cinit__(self):
         self.seq = NULL
         self.sizes = NULL
         self.hdr = NULL
+        self.dsts = NULL
 
     def __init__(self, sizes, *, bint ip_mode=False, uint32_t flows=1,
                  src_mac=b"\x02\0\0\0\0\x01", dst_mac=b"\xff" * 6,
-                 src_ip=b"\xc6\x12\0\x01", dst_ip=b"\xc6\x13\0\x01", payload="pattern"):
+                 src_ip=b"\xc6\x12\0\x01", dst_ip=b"\xc6\x13\0\x01",
+                 uint32_t dst_step=0, payload="pattern"):
         cdef uint32_t i, l2 = 0 if ip_mode else ETH_HLEN
         cdef uint16_t csum
         sizes = [int(s) for s in sizes]
@@ -523,14 +588,25 @@ cdef class Generator:
         eth = b"" if ip_mode else (_mac(dst_mac, "dst_mac") + _mac(src_mac, "src_mac")
                                    + b"\x08\x00")
         addrs = _ip4(src_ip, "src_ip") + _ip4(dst_ip, "dst_ip")
+        if dst_step and int.from_bytes(addrs[4:], "big") + (flows - 1) * dst_step > 0xFFFFFFFF:
+            raise ValueError("flow %d's destination would lie past 255.255.255.255 "
+                             "(dst_ip + flow * dst_step)" % (flows - 1))
         free(self.seq)
         free(self.sizes)
         free(self.hdr)
+        free(self.dsts)
+        self.dsts = NULL
         self.seq = <uint64_t *>calloc(flows, sizeof(uint64_t))
         self.sizes = <uint32_t *>calloc(len(sizes), sizeof(uint32_t))
         self.hdr = <uint8_t *>calloc(len(sizes), HDR_MAX)
         if self.seq == NULL or self.sizes == NULL or self.hdr == NULL:
             raise MemoryError()
+        self.dst_step = dst_step if flows > 1 else 0
+        if self.dst_step:
+            self.dsts = <dst_t *>calloc(flows, sizeof(dst_t))
+            if self.dsts == NULL:
+                raise MemoryError()
+            spread_destinations(self.dsts, flows, <const uint8_t *>addrs + 4, dst_step)
         self.nsizes = len(sizes)
         self.size_pos = 0
         self.hlen = l2 + IP_HLEN + UDP_HLEN
@@ -551,6 +627,16 @@ cdef class Generator:
         free(self.seq)
         free(self.sizes)
         free(self.hdr)
+        free(self.dsts)
+
+    def destination(self, uint32_t flow):
+        """The IPv4 destination of ``flow``'s frames (4 bytes)."""
+        cdef uint32_t hl = ETH_HLEN if not self.ip_mode else 0
+        if flow >= self.flows:
+            raise IndexError("flow out of range")
+        if self.dsts != NULL:
+            return (<char *>&self.dsts[flow].addr)[:4]
+        return (<char *>self.hdr + hl + 16)[:4]
 
     def sequence(self, uint32_t flow):
         """The next sequence number of ``flow``."""
@@ -621,13 +707,18 @@ cdef class Generator:
         cdef uint64_t off
         cdef cycle_t c = cycle_of(self, flows, nflows, cursor)
         # header length, payload kind and one-or-several sizes as constants:
-        # the compiler makes a loop for each
-        if self.hlen == ETH_HLEN + IP_HLEN + UDP_HLEN:
+        # the compiler makes a loop for each (and one loop, deciding those
+        # per frame, for flows with destinations of their own)
+        if self.dsts != NULL:
+            i, off = fill_frames(&c, base, room, lengths, n, ts, self.hdr, self.hlen,
+                                 self.zeros, payload, self.fixed, False, self.dsts)
+        elif self.hlen == ETH_HLEN + IP_HLEN + UDP_HLEN:
             i, off = fill_kind(&c, base, room, lengths, n, ts, self.hdr,
-                               ETH_HLEN + IP_HLEN + UDP_HLEN, self.zeros, payload, self.fixed)
+                               ETH_HLEN + IP_HLEN + UDP_HLEN, self.zeros, payload, self.fixed,
+                               NULL)
         else:
             i, off = fill_kind(&c, base, room, lengths, n, ts, self.hdr, IP_HLEN + UDP_HLEN,
-                               self.zeros, payload, self.fixed)
+                               self.zeros, payload, self.fixed, NULL)
         self.size_pos = c.si
         return i, off
 
@@ -645,13 +736,18 @@ cdef class Generator:
         cdef uint32_t i, k
         cdef cycle_t c = cycle_of(self, flows, nflows, cursor)
         # header length, payload kind and whether ``held`` is kept as
-        # constants: the compiler makes a loop for each
-        if self.hlen == ETH_HLEN + IP_HLEN + UDP_HLEN:
+        # constants: the compiler makes a loop for each (and one loop,
+        # deciding those per frame, for flows with destinations of their own)
+        if self.dsts != NULL:
+            i = fill_frames_at(&c, ptrs, room, lengths, held, n, ts, self.hdr, self.hlen,
+                               self.zeros, held != NULL and self.zeros, self.fixed, False,
+                               self.dsts)
+        elif self.hlen == ETH_HLEN + IP_HLEN + UDP_HLEN:
             i = fill_kind_at(&c, ptrs, room, lengths, held, n, ts, self.hdr,
-                             ETH_HLEN + IP_HLEN + UDP_HLEN, self.zeros, self.fixed)
+                             ETH_HLEN + IP_HLEN + UDP_HLEN, self.zeros, self.fixed, NULL)
         else:
             i = fill_kind_at(&c, ptrs, room, lengths, held, n, ts, self.hdr,
-                             IP_HLEN + UDP_HLEN, self.zeros, self.fixed)
+                             IP_HLEN + UDP_HLEN, self.zeros, self.fixed, NULL)
         if held != NULL and not self.zeros:
             for k in range(i):
                 held[k] = 0             # a pattern frame there now

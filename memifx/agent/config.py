@@ -430,6 +430,7 @@ _GEN: Dict[str, Check] = {
     "dst-mac": lambda p, v: _mac(p, v),
     "src-ip": _ip4,
     "dst-ip": _ip4,
+    "dst-step": lambda p, v: _int(p, v, 0, 2**32 - 1),
     "verify": lambda p, v: _choice(p, v, VERIFY_LEVELS),
     "zero-copy": lambda p, v: _flag(p, v),
 }

@@ -13,7 +13,8 @@ Options, as ``Dataplane.add_pipeline`` takes them (the agent's spelling):
 gen: ``size`` (bytes or "imix") or ``sizes`` (a list), ``flows``,
 ``payload`` ("pattern"|"zeros"|"fixed": no stamps, see
 memifx.traffic.Generator), ``src_mac``/``dst_mac`` (text or 6 bytes),
-``src_ip``/``dst_ip`` (text or 4 bytes), ``count``, ``rate`` (frames/s, 0:
+``src_ip``/``dst_ip`` (text or 4 bytes), ``dst_step`` (flow f's frames go to
+``dst_ip`` + f * dst_step), ``count``, ``rate`` (frames/s, 0:
 unlimited), ``duration`` (seconds from the first frame), ``receive`` (the
 checked interface's name; with payload "fixed", counted only), ``replay`` (a pcap
 path, or a memifx.pcap.Capture the caller has read already: a file is read
@@ -43,7 +44,8 @@ DEFAULT_DST_IP = bytes([198, 19, 0, 1])
 
 Address = Union[str, bytes, None]
 OPTIONS = {"gen": frozenset(("size", "sizes", "flows", "payload", "src_mac", "dst_mac", "src_ip",
-                             "dst_ip", "count", "rate", "duration", "receive", "replay",
+                             "dst_ip", "dst_step", "count", "rate", "duration", "receive",
+                             "replay",
                              "capture", "verify", "zero_copy")),
            "sink": frozenset(("capture", "verify", "zero_copy"))}
 
@@ -97,10 +99,11 @@ def sizes_of(size: Union[int, str, None], sizes: Optional[Sequence[int]]) -> Lis
 
 def generator_args(spec: Any, ip_mode: bool, sizes: Sequence[int], flows: int,
                    payload: str, src_mac: Address, dst_mac: Address, src_ip: Address,
-                   dst_ip: Address, zero_copy: bool = False) -> Dict[str, Any]:
+                   dst_ip: Address, zero_copy: bool = False,
+                   dst_step: int = 0) -> Dict[str, Any]:
     """The Generator's arguments (memifx.tester.make_generator) plus
-    ``queues`` and ``burst``; DataplaneError (option --size/--flows) if the
-    Generator refuses them.  Defaults: the interface's MAC and IP, broadcast,
+    ``queues`` and ``burst``; DataplaneError (option --size/--flows/--dst-step)
+    if the Generator refuses them.  Defaults: the interface's MAC and IP, broadcast,
     198.19.0.1.  ``zero_copy``: memifx.tester.Synth's."""
     own_ip = spec.ip.ip.packed if spec.ip is not None else DEFAULT_SRC_IP
     args: Dict[str, Any] = {
@@ -109,11 +112,13 @@ def generator_args(spec: Any, ip_mode: bool, sizes: Sequence[int], flows: int,
         "dst_mac": _mac(dst_mac, b"\xff" * 6, "dst_mac").hex(),
         "src_ip": _ip(src_ip, own_ip, "src_ip").hex(),
         "dst_ip": _ip(dst_ip, DEFAULT_DST_IP, "dst_ip").hex(), "payload": payload,
-        "zero_copy": bool(zero_copy)}
+        "zero_copy": bool(zero_copy), "dst_step": int(dst_step)}
+    if not 0 <= args["dst_step"] <= 0xFFFFFFFF:
+        raise DataplaneError("dst_step %d: 0 to 4294967295" % args["dst_step"], "--dst-step")
     try:
         gen = make_generator(args)
     except ValueError as e:
-        raise DataplaneError(str(e), "--size/--flows")
+        raise DataplaneError(str(e), "--dst-step" if "dst_step" in str(e) else "--size/--flows")
     burst = max(16, min(BURST, (4 << 20) // gen.max_size))
     args.update(queues=spec.tx_queues, burst=burst)
     return args
@@ -139,7 +144,7 @@ class TesterPipeline(Pipeline):
                  size: Union[int, str, None] = None, sizes: Optional[Sequence[int]] = None,
                  flows: int = 1, payload: str = "pattern", src_mac: Address = None,
                  dst_mac: Address = None, src_ip: Address = None, dst_ip: Address = None,
-                 count: int = 0, rate: float = 0.0, duration: float = 0.0,
+                 dst_step: int = 0, count: int = 0, rate: float = 0.0, duration: float = 0.0,
                  receive: Optional[str] = None,
                  replay: Union[str, pcap.Capture, None] = None,
                  capture: Optional[str] = None, verify: str = "full",
@@ -173,7 +178,7 @@ class TesterPipeline(Pipeline):
                 self.sizes = sizes_of(size, sizes)
                 gen = generator_args(specs[0], self.send_intf.mode == "ip", self.sizes,
                                      flows, payload, src_mac, dst_mac, src_ip, dst_ip,
-                                     zero_copy)
+                                     zero_copy, dst_step)
         else:
             self.receive_intf = self.interfaces[names[0]]
         self.node: Optional[TesterNode] = None
