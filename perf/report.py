@@ -305,7 +305,7 @@ def render_markdown(results):
                 m, t, size, text, cm["max"] / ct["max"], target, verdict(r, target, cm, ct),
                 WORK[wm], WORK[wt]))
     # ip4 vs xconnect
-    for n in ("ip4-1route", "ip4-1M"):
+    for n in ("ip4-1route", "ip4-1M", "ip4-1M-spread"):
         for size in ("64", "1518"):
             cm = tests.get(n, {}).get(size, {}).get("mpps")
             cx = tests.get("xc-memifx-inproc", {}).get(size, {}).get("mpps")

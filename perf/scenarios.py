@@ -405,6 +405,17 @@ def ip4_has_workers():
 
 # What the tester sends through the router: to its MAC on a, routed via b.
 IP4_TRAFFIC = ["--dst-mac", ROUTER_MAC_A, "--src-ip", "10.0.1.5", "--dst-ip", "198.19.0.1"]
+# ... spread over the million routes: 65536 flows, each to a /24 of its
+# own, 15 /24s apart (routes_file's /24s run on from 20.0.0.0), so that each
+# flow's FIB entry lies in a cache line of its own: 4 MiB of the table
+IP4_SPREAD = ["--dst-mac", ROUTER_MAC_A, "--src-ip", "10.0.1.5", "--flows", "65536",
+              "--dst-ip", "20.0.0.1", "--dst-step", str(15 * 256)]
+
+
+def dst_step_missing():
+    """Why the spread cell cannot run with this memifx (gen without
+    --dst-step), or None when it can."""
+    return None if "--dst-step" in command_help("gen") else "this memifx's gen has no --dst-step"
 
 
 def ip4_forward_args(a, b, nroutes, **kw):
@@ -421,9 +432,10 @@ def ip4_forward_args(a, b, nroutes, **kw):
     return args + ["--routes-file", routes_file(nroutes)]
 
 
-def ip4(cfg, size, nroutes, workers=0):
+def ip4(cfg, size, nroutes, workers=0, traffic=IP4_TRAFFIC):
     """workers=0: the router's data path in its own process, pinned to CPU 1;
-    1: one worker process on CPU 1 (when this memifx's ip4-forward has workers)."""
+    1: one worker process on CPU 1 (when this memifx's ip4-forward has workers).
+    ``traffic``: gen's options, what the tester sends."""
     with Session(cfg.out) as s:
         a, b = s.sock("a"), s.sock("b")
         args = MEMIFX + ip4_forward_args(a, b, nroutes)
@@ -433,7 +445,7 @@ def ip4(cfg, size, nroutes, workers=0):
             raise RuntimeError("this ip4-forward has no --workers")
         r = s.start(args, [DUT_CPU] if not workers else None)
         r.wait_line(r"ip4-forward: \d+ interfaces", 300)
-        return measure_tester(s, cfg, size, a, b, extra=IP4_TRAFFIC)
+        return measure_tester(s, cfg, size, a, b, extra=traffic)
 
 
 def pyapi(cfg, size, variant):
@@ -633,6 +645,11 @@ TESTS = [
     Test("ip4-1M", "ip4", ["64", "1518"], lambda c, z: ip4(c, z, 1000000),
          "same with 1,000,000 /24 routes from a routes file (the tester sends to one "
          "destination: one FIB entry is hot)"),
+    Test("ip4-1M-spread", "ip4", ["64", "1518"],
+         lambda c, z: ip4(c, z, 1000000, traffic=IP4_SPREAD),
+         "same, the tester's 65536 flows each to a /24 of its own, 15 /24s apart "
+         "(gen --dst-step 3840): a FIB cache line per flow, 4 MiB of the table",
+         unavailable=dst_step_missing),
     Test("ip4-1route-worker", "ip4", ["64"], lambda c, z: ip4(c, z, 1, 1),
          "ip4-1route with --workers 1 --cpus 1 (if ip4-forward has workers)"),
     Test("py-burst", "py", ["64"], lambda c, z: pyapi(c, z, "burst"),

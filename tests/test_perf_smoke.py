@@ -192,7 +192,7 @@ def test_list_and_only_come_from_the_test_table(perf_modules):
     assert scenarios.TESTS[0].description.split()[0] in p.stdout
     only = [t.name for t in scenarios.selected(["ip4", "xc-memifx"])]
     assert only == ["xc-memifx-worker", "xc-memifx-inproc", "ip4-1route", "ip4-1M",
-                    "ip4-1route-worker"]
+                    "ip4-1M-spread", "ip4-1route-worker"]
     assert scenarios.selected([]) == scenarios.TESTS
 
 
