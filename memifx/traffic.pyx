@@ -401,30 +401,29 @@ cdef inline (uint32_t, uint64_t) fill_frames(
 
 cdef inline (uint32_t, uint64_t) fill_sized(
         cycle_t *c, uint8_t *base, uint64_t room, uint32_t *lengths, uint32_t n, uint64_t ts,
-        const uint8_t *hdr, uint32_t hlen, bint zeros, bint payload, bint fixed,
-        const dst_t *dsts) noexcept nogil:
-    """fill_frames() with one frame size, or several, as a constant."""
+        const uint8_t *hdr, uint32_t hlen, bint zeros, bint payload, bint fixed) noexcept nogil:
+    """fill_frames() with one frame size, or several, as a constant (flows
+    without destinations of their own)."""
     if c.nsizes == 1:
         return fill_frames(c, base, room, lengths, n, ts, hdr, hlen, zeros, payload, fixed, True,
-                           dsts)
+                           NULL)
     return fill_frames(c, base, room, lengths, n, ts, hdr, hlen, zeros, payload, fixed, False,
-                       dsts)
+                       NULL)
 
 
 cdef inline (uint32_t, uint64_t) fill_kind(
         cycle_t *c, uint8_t *base, uint64_t room, uint32_t *lengths, uint32_t n, uint64_t ts,
-        const uint8_t *hdr, uint32_t hlen, bint zeros, bint payload, bint fixed,
-        const dst_t *dsts) noexcept nogil:
+        const uint8_t *hdr, uint32_t hlen, bint zeros, bint payload, bint fixed) noexcept nogil:
     """fill_sized() with the payload kind as a constant."""
     if not zeros:
-        return fill_sized(c, base, room, lengths, n, ts, hdr, hlen, False, True, False, dsts)
+        return fill_sized(c, base, room, lengths, n, ts, hdr, hlen, False, True, False)
     if fixed:
         if payload:
-            return fill_sized(c, base, room, lengths, n, ts, hdr, hlen, True, True, True, dsts)
-        return fill_sized(c, base, room, lengths, n, ts, hdr, hlen, True, False, True, dsts)
+            return fill_sized(c, base, room, lengths, n, ts, hdr, hlen, True, True, True)
+        return fill_sized(c, base, room, lengths, n, ts, hdr, hlen, True, False, True)
     if payload:
-        return fill_sized(c, base, room, lengths, n, ts, hdr, hlen, True, True, False, dsts)
-    return fill_sized(c, base, room, lengths, n, ts, hdr, hlen, True, False, False, dsts)
+        return fill_sized(c, base, room, lengths, n, ts, hdr, hlen, True, True, False)
+    return fill_sized(c, base, room, lengths, n, ts, hdr, hlen, True, False, False)
 
 
 cdef inline uint32_t fill_frames_at(
@@ -489,35 +488,31 @@ cdef inline uint32_t fill_frames_at(
 cdef inline uint32_t fill_sized_at(
         cycle_t *c, uint8_t **ptrs, const uint32_t *room, uint32_t *lengths, uint32_t *held,
         uint32_t n, uint64_t ts, const uint8_t *hdr, uint32_t hlen, bint zeros,
-        bint track, bint fixed, const dst_t *dsts) noexcept nogil:
-    """fill_frames_at() with one frame size, or several, as a constant."""
+        bint track, bint fixed) noexcept nogil:
+    """fill_frames_at() with one frame size, or several, as a constant
+    (flows without destinations of their own)."""
     if c.nsizes == 1:
         return fill_frames_at(c, ptrs, room, lengths, held, n, ts, hdr, hlen, zeros, track,
-                              fixed, True, dsts)
+                              fixed, True, NULL)
     return fill_frames_at(c, ptrs, room, lengths, held, n, ts, hdr, hlen, zeros, track,
-                          fixed, False, dsts)
+                          fixed, False, NULL)
 
 
 cdef inline uint32_t fill_kind_at(
         cycle_t *c, uint8_t **ptrs, const uint32_t *room, uint32_t *lengths, uint32_t *held,
         uint32_t n, uint64_t ts, const uint8_t *hdr, uint32_t hlen, bint zeros,
-        bint fixed, const dst_t *dsts) noexcept nogil:
+        bint fixed) noexcept nogil:
     """fill_sized_at() with the payload kind and whether ``held`` is kept
     (not NULL: zeros only) as constants."""
     if not zeros:
-        return fill_sized_at(c, ptrs, room, lengths, NULL, n, ts, hdr, hlen, False, False, False,
-                             dsts)
+        return fill_sized_at(c, ptrs, room, lengths, NULL, n, ts, hdr, hlen, False, False, False)
     if fixed:
         if held != NULL:
-            return fill_sized_at(c, ptrs, room, lengths, held, n, ts, hdr, hlen, True, True, True,
-                                 dsts)
-        return fill_sized_at(c, ptrs, room, lengths, NULL, n, ts, hdr, hlen, True, False, True,
-                             dsts)
+            return fill_sized_at(c, ptrs, room, lengths, held, n, ts, hdr, hlen, True, True, True)
+        return fill_sized_at(c, ptrs, room, lengths, NULL, n, ts, hdr, hlen, True, False, True)
     if held != NULL:
-        return fill_sized_at(c, ptrs, room, lengths, held, n, ts, hdr, hlen, True, True, False,
-                             dsts)
-    return fill_sized_at(c, ptrs, room, lengths, NULL, n, ts, hdr, hlen, True, False, False,
-                         dsts)
+        return fill_sized_at(c, ptrs, room, lengths, held, n, ts, hdr, hlen, True, True, False)
+    return fill_sized_at(c, ptrs, room, lengths, NULL, n, ts, hdr, hlen, True, False, False)
 
 
 cdef void spread_destinations(dst_t *dsts, uint32_t flows, const uint8_t *first,
@@ -714,11 +709,10 @@ cdef class Generator:
                                  self.zeros, payload, self.fixed, False, self.dsts)
         elif self.hlen == ETH_HLEN + IP_HLEN + UDP_HLEN:
             i, off = fill_kind(&c, base, room, lengths, n, ts, self.hdr,
-                               ETH_HLEN + IP_HLEN + UDP_HLEN, self.zeros, payload, self.fixed,
-                               NULL)
+                               ETH_HLEN + IP_HLEN + UDP_HLEN, self.zeros, payload, self.fixed)
         else:
             i, off = fill_kind(&c, base, room, lengths, n, ts, self.hdr, IP_HLEN + UDP_HLEN,
-                               self.zeros, payload, self.fixed, NULL)
+                               self.zeros, payload, self.fixed)
         self.size_pos = c.si
         return i, off
 
@@ -744,10 +738,10 @@ cdef class Generator:
                                self.dsts)
         elif self.hlen == ETH_HLEN + IP_HLEN + UDP_HLEN:
             i = fill_kind_at(&c, ptrs, room, lengths, held, n, ts, self.hdr,
-                             ETH_HLEN + IP_HLEN + UDP_HLEN, self.zeros, self.fixed, NULL)
+                             ETH_HLEN + IP_HLEN + UDP_HLEN, self.zeros, self.fixed)
         else:
             i = fill_kind_at(&c, ptrs, room, lengths, held, n, ts, self.hdr,
-                             IP_HLEN + UDP_HLEN, self.zeros, self.fixed, NULL)
+                             IP_HLEN + UDP_HLEN, self.zeros, self.fixed)
         if held != NULL and not self.zeros:
             for k in range(i):
                 held[k] = 0             # a pattern frame there now
