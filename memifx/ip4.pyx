@@ -1609,8 +1609,9 @@ cdef uint32_t forward_fast(Router r, Queue rxq, void **txqs, const uint16_t *out
     output's Ethernet header, the IPv4 header from those registers and the
     rest of the packet straight from the receive buffer (never read: a
     peer changing it changes only its own bytes).  It stops at the first
-    other frame, which the caller takes through memif_input and the graph
-    with the rest of the burst, in order.  What it moves is consumed,
+    other frame (one that would leave longer than its output's max_frame,
+    too), which the caller takes through memif_input and the graph with
+    the rest of the burst, in order.  What it moves is consumed,
     published and counted (router, every queue) here; ``used`` gets the
     interfaces it sent frames out of (bit o for interface o).  Returns the
     frames moved."""
