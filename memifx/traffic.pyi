@@ -12,6 +12,13 @@ VERIFY_LEVELS: tuple[str, ...]
 
 def monotonic_ns() -> int: ...
 
+class GeneratorError(ValueError):
+    """A Generator argument refused; .argument names it ("sizes", "flows",
+    "payload", "dst_step", "src_mac" ...)."""
+
+    argument: str
+    def __init__(self, reason: str, argument: str) -> None: ...
+
 class Generator:
     """Writes bursts of stamped frames."""
 

@@ -228,17 +228,27 @@ cdef inline uint64_t lat_bucket_top(uint32_t b) noexcept nogil:
     return ((<uint64_t>(LAT_SUB + (b - LAT_SUB) % LAT_SUB) + 1) << shift) - 1
 
 
+class GeneratorError(ValueError):
+    """A Generator argument refused; ``argument`` names it (``sizes``,
+    ``flows``, ``payload``, ``dst_step``, ``src_mac`` ...), so that a caller
+    can point at the option it came from."""
+
+    def __init__(self, reason, argument):
+        super().__init__(reason)
+        self.argument = argument
+
+
 def _mac(value, what):
     b = bytes(value)
     if len(b) != 6:
-        raise ValueError("%s must be 6 bytes" % what)
+        raise GeneratorError("%s must be 6 bytes" % what, what)
     return b
 
 
 def _ip4(value, what):
     b = bytes(value)
     if len(b) != 4:
-        raise ValueError("%s must be 4 bytes" % what)
+        raise GeneratorError("%s must be 4 bytes" % what, what)
     return b
 
 
@@ -567,15 +577,15 @@ cdef class Generator:
         cdef uint16_t csum
         sizes = [int(s) for s in sizes]
         if not sizes:
-            raise ValueError("no frame sizes")
+            raise GeneratorError("no frame sizes", "sizes")
         if not 1 <= flows <= MAX_FLOWS:
-            raise ValueError("flows must be 1 to %d" % MAX_FLOWS)
+            raise GeneratorError("flows must be 1 to %d" % MAX_FLOWS, "flows")
         for s in sizes:
             if s < l2 + HEADER_BYTES or s - l2 > 65535:
-                raise ValueError("frame size %d out of range (%d..%d)"
-                                 % (s, l2 + HEADER_BYTES, l2 + 65535))
+                raise GeneratorError("frame size %d out of range (%d..%d)"
+                                     % (s, l2 + HEADER_BYTES, l2 + 65535), "sizes")
         if payload not in ("pattern", "zeros", "fixed"):
-            raise ValueError("payload must be 'pattern', 'zeros' or 'fixed'")
+            raise GeneratorError("payload must be 'pattern', 'zeros' or 'fixed'", "payload")
         self.zeros = payload != "pattern"
         self.fixed = payload == "fixed"
         self.ip_mode = ip_mode
@@ -584,8 +594,8 @@ cdef class Generator:
                                    + b"\x08\x00")
         addrs = _ip4(src_ip, "src_ip") + _ip4(dst_ip, "dst_ip")
         if dst_step and int.from_bytes(addrs[4:], "big") + (flows - 1) * dst_step > 0xFFFFFFFF:
-            raise ValueError("flow %d's destination would lie past 255.255.255.255 "
-                             "(dst_ip + flow * dst_step)" % (flows - 1))
+            raise GeneratorError("flow %d's destination would lie past 255.255.255.255 "
+                                 "(dst_ip + flow * dst_step)" % (flows - 1), "dst_step")
         free(self.seq)
         free(self.sizes)
         free(self.hdr)

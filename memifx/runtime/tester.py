@@ -36,13 +36,17 @@ from memifx.runtime.errors import DataplaneError
 from memifx.runtime.local import LocalHost
 from memifx.runtime.pipeline import Counters, Kind, Pipeline
 from memifx.tester import BURST, arrived, make_generator, receive_result, send_result
-from memifx.traffic import VERIFY_LEVELS
+from memifx.traffic import GeneratorError, VERIFY_LEVELS
 
 IMIX = [64, 570, 64, 1518, 64, 570, 64, 64, 570, 64, 570, 64]     # 7:4:1, interleaved
 DEFAULT_SRC_IP = bytes([198, 18, 0, 1])
 DEFAULT_DST_IP = bytes([198, 19, 0, 1])
 
 Address = Union[str, bytes, None]
+# the command-line option each Generator argument comes from (GeneratorError.argument)
+GENERATOR_OPTIONS = {"sizes": "--size", "flows": "--flows", "payload": "--payload",
+                     "dst_step": "--dst-step", "src_mac": "--src-mac", "dst_mac": "--dst-mac",
+                     "src_ip": "--src-ip", "dst_ip": "--dst-ip"}
 OPTIONS = {"gen": frozenset(("size", "sizes", "flows", "payload", "src_mac", "dst_mac", "src_ip",
                              "dst_ip", "dst_step", "count", "rate", "duration", "receive",
                              "replay",
@@ -102,8 +106,8 @@ def generator_args(spec: Any, ip_mode: bool, sizes: Sequence[int], flows: int,
                    dst_ip: Address, zero_copy: bool = False,
                    dst_step: int = 0) -> Dict[str, Any]:
     """The Generator's arguments (memifx.tester.make_generator) plus
-    ``queues`` and ``burst``; DataplaneError (option --size/--flows/--dst-step)
-    if the Generator refuses them.  Defaults: the interface's MAC and IP, broadcast,
+    ``queues`` and ``burst``; DataplaneError, naming the option, if the
+    Generator refuses them.  Defaults: the interface's MAC and IP, broadcast,
     198.19.0.1.  ``zero_copy``: memifx.tester.Synth's."""
     own_ip = spec.ip.ip.packed if spec.ip is not None else DEFAULT_SRC_IP
     args: Dict[str, Any] = {
@@ -117,8 +121,8 @@ def generator_args(spec: Any, ip_mode: bool, sizes: Sequence[int], flows: int,
         raise DataplaneError("dst_step %d: 0 to 4294967295" % args["dst_step"], "--dst-step")
     try:
         gen = make_generator(args)
-    except ValueError as e:
-        raise DataplaneError(str(e), "--dst-step" if "dst_step" in str(e) else "--size/--flows")
+    except GeneratorError as e:
+        raise DataplaneError(str(e), GENERATOR_OPTIONS.get(e.argument))
     burst = max(16, min(BURST, (4 << 20) // gen.max_size))
     args.update(queues=spec.tx_queues, burst=burst)
     return args
