@@ -740,12 +740,20 @@ cdef class Generator:
         cdef uint32_t i, k
         cdef cycle_t c = cycle_of(self, flows, nflows, cursor)
         # header length, payload kind and whether ``held`` is kept as
-        # constants: the compiler makes a loop for each (and one loop,
-        # deciding those per frame, for flows with destinations of their own)
+        # constants: the compiler makes a loop for each (and, for flows with
+        # destinations of their own, one for the DUT cells' tester, fixed
+        # Ethernet frames of one size in held buffers, and one deciding
+        # those per frame for the rest)
         if self.dsts != NULL:
-            i = fill_frames_at(&c, ptrs, room, lengths, held, n, ts, self.hdr, self.hlen,
-                               self.zeros, held != NULL and self.zeros, self.fixed, False,
-                               self.dsts)
+            if (self.fixed and held != NULL and c.nsizes == 1
+                    and self.hlen == ETH_HLEN + IP_HLEN + UDP_HLEN):
+                i = fill_frames_at(&c, ptrs, room, lengths, held, n, ts, self.hdr,
+                                   ETH_HLEN + IP_HLEN + UDP_HLEN, True, True, True, True,
+                                   self.dsts)
+            else:
+                i = fill_frames_at(&c, ptrs, room, lengths, held, n, ts, self.hdr, self.hlen,
+                                   self.zeros, held != NULL and self.zeros, self.fixed, False,
+                                   self.dsts)
         elif self.hlen == ETH_HLEN + IP_HLEN + UDP_HLEN:
             i = fill_kind_at(&c, ptrs, room, lengths, held, n, ts, self.hdr,
                              ETH_HLEN + IP_HLEN + UDP_HLEN, self.zeros, self.fixed)

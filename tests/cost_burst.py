@@ -36,6 +36,9 @@ everything arrived.  MODE says what sits between the slave's transmit and receiv
   then Queue.tx_batch (the sender before memifx.stream), or
   memifx.stream.Stream.send copying, or zero-copy (frames written in the
   slave's ring buffers).  The master's copy is outside what the test counts.
+  With ``-spread`` appended, each flow goes to a destination of its own
+  (``--dst-step 256``): the generator's loop for spread flows (and, fixed
+  and zero-copy, the held buffers' flow fields rewritten per frame).
 - ``sink-stamp`` / ``sink-full``: no rings; each burst is made by
   Generator.fill (zeros payload for stamp, pattern for full) and then
   checked by Checker.check with ``memifx sink --verify stamp`` / ``full``.
@@ -188,7 +191,8 @@ def sink_ring(mode, n, size, burst):
 
 
 SEND_MODES = ("gen-fill-tx", "gen-send-copy", "gen-send-zc", "gen-send-copy-fixed",
-              "gen-send-zc-fixed")
+              "gen-send-zc-fixed", "gen-send-copy-spread", "gen-send-zc-spread",
+              "gen-send-zc-fixed-spread")
 
 
 def sender(mode, n, size, burst):
@@ -196,8 +200,10 @@ def sender(mode, n, size, burst):
     from memifx.traffic import Checker, Generator
     lb = Loopback(log2=10, buffer_size=2048, n_m2s=0)
     tx, rx = lb.s2m
-    payload = "fixed" if mode.endswith("-fixed") else "zeros"
-    gen = Generator([size], flows=4, payload=payload)
+    payload = "fixed" if "-fixed" in mode else "zeros"
+    # -spread: each flow to a destination of its own (gen --dst-step)
+    dst_step = 256 if mode.endswith("-spread") else 0
+    gen = Generator([size], flows=4, payload=payload, dst_step=dst_step)
     dst = bytearray(burst * size)
     out = array("I", [0]) * burst
     if mode == "gen-fill-tx":
@@ -223,7 +229,8 @@ def sender(mode, n, size, burst):
         # the last burst, every byte: what a fresh generator makes (a burst
         # is a whole number of flow cycles, so each buffer kept its flow)
         ref = bytearray(burst * size)
-        Generator([size], flows=4, payload="fixed").fill(ref, out, burst, array("I", range(4)))
+        Generator([size], flows=4, payload="fixed", dst_step=dst_step).fill(
+            ref, out, burst, array("I", range(4)))
         if dst != ref:
             raise SystemExit("fixed frames differ")
     elif Checker(verify="full").check(dst, out, burst) != burst:    # the last burst
