@@ -191,9 +191,10 @@ def measure_tester(s, cfg, size, a, b, role="slave", extra=()):
             "tester": kind}
 
 
-def xc_memifx(cfg, size, workers):
+def xc_memifx(cfg, size, workers, traffic=()):
     """The tester through memifx xconnect A <-> B (both master): in process
-    pinned to CPU 1 (workers=0) or with one worker on CPU 1."""
+    pinned to CPU 1 (workers=0) or with one worker on CPU 1.  ``traffic``:
+    gen's options, what the tester sends."""
     with Session(cfg.out) as s:
         a, b = s.sock("a"), s.sock("b")
         args = MEMIFX + ["xconnect", spec(a, role="master", name="A"),
@@ -202,11 +203,12 @@ def xc_memifx(cfg, size, workers):
             args += ["--cpus", str(DUT_CPU)]
         x = s.start(args, [DUT_CPU] if not workers else None)
         x.wait_line(r"^xconnect ", 30)
-        return measure_tester(s, cfg, size, a, b)
+        return measure_tester(s, cfg, size, a, b, extra=traffic)
 
 
-def xc_testpmd(cfg, size):
-    """The tester through testpmd io forwarding between two memif server ports."""
+def xc_testpmd(cfg, size, traffic=()):
+    """The tester through testpmd io forwarding between two memif server
+    ports.  ``traffic``: gen's options, what the tester sends."""
     with Session(cfg.out) as s:
         a, b = s.sock("a"), s.sock("b")
         # main lcore 0 (sleeps, prints stats), forwarding lcore 1
@@ -214,8 +216,7 @@ def xc_testpmd(cfg, size):
                         "net_memif1,role=server,id=0,socket=%s,socket-abstract=no" % b],
                        "io", cpus="%d,%d" % (TESTER_CPU, DUT_CPU))
         tp.wait_line(r"Port statistics", 30)
-        r = measure_tester(s, cfg, size, a, b)
-        return r
+        return measure_tester(s, cfg, size, a, b, extra=traffic)
 
 
 # ------------------------------------------------------------------ N queues
@@ -627,6 +628,16 @@ TESTS = [
          "same, xconnect --workers 0 pinned to CPU 1"),
     Test("xc-testpmd", "xc", ["64", "1518"], xc_testpmd,
          "same tester -> testpmd io, two memif server ports, lcore 1 -> tester"),
+    Test("xc-memifx-spread", "xc", ["64", "1518"],
+         lambda c, z: xc_memifx(c, z, 0, traffic=IP4_SPREAD),
+         "xc-memifx-inproc with ip4-1M-spread's traffic (65536 flows, each to an address of "
+         "its own): the tester rewrites each frame's flow fields in its buffer, so every "
+         "frame's first line crosses to the DUT's CPU, as a fresh frame's does (the other "
+         "xc cells' fixed frames sit unchanged in both CPUs' caches); ip4-1M-spread's "
+         "like-for-like reference", unavailable=dst_step_missing),
+    Test("xc-testpmd-spread", "xc", ["64", "1518"],
+         lambda c, z: xc_testpmd(c, z, traffic=IP4_SPREAD),
+         "xc-testpmd with the same traffic", unavailable=dst_step_missing),
     Test("mq-gensink-memifx", "mq", ["64"], mq_gensink_memifx,
          "N queues: memifx gen (slave, --workers N) -> memifx sink (master, --workers N), "
          "each worker on a CPU of its own, main processes on a housekeeping CPU",

@@ -191,8 +191,10 @@ def test_list_and_only_come_from_the_test_table(perf_modules):
     assert listed == names
     assert scenarios.TESTS[0].description.split()[0] in p.stdout
     only = [t.name for t in scenarios.selected(["ip4", "xc-memifx"])]
-    assert only == ["xc-memifx-worker", "xc-memifx-inproc", "ip4-1route", "ip4-1M",
-                    "ip4-1M-spread", "ip4-1route-worker"]
+    assert only == ["xc-memifx-worker", "xc-memifx-inproc", "xc-memifx-spread", "ip4-1route",
+                    "ip4-1M", "ip4-1M-spread", "ip4-1route-worker"]
+    assert [t.name for t in scenarios.selected(["xc"])][-2:] == ["xc-memifx-spread",
+                                                                 "xc-testpmd-spread"]
     assert scenarios.selected([]) == scenarios.TESTS
 
 
@@ -342,6 +344,31 @@ def test_run_rounds_starts_no_trial_after_the_budget(perf_modules, tmp_path):
 
 def cell(report, size, *mpps):
     return report.summarize_cell([{"mpps": m} for m in mpps], None, size)
+
+
+@pytest.mark.perf
+@pytest.mark.timeout(30)
+def test_report_divides_each_ip4_cell_by_the_xconnect_of_its_traffic(perf_modules):
+    """ip4-1M-spread's tester moves every frame's line to the DUT's CPU,
+    which the hot cells' does not: it is divided by xc-memifx-spread (the
+    same traffic through xconnect), the others by xc-memifx-inproc; and
+    xc-memifx-spread by testpmd io under that traffic."""
+    report = perf_modules.report
+    tests = {"xc-memifx-inproc": {"64": cell(report, "64", 99, 100, 101)},
+             "xc-memifx-spread": {"64": cell(report, "64", 39, 40, 41)},
+             "ip4-1M": {"64": cell(report, "64", 49, 50, 51)},
+             "ip4-1M-spread": {"64": cell(report, "64", 29, 30, 31)},
+             "xc-testpmd-spread": {"64": cell(report, "64", 19, 20, 21)}}
+    results = {"host": "vm, 2 CPUs", "date": "d", "quick": False, "trials": 3,
+               "trial_seconds": 2, "warmup_seconds": 1, "loadavg": "0 0 0", "tests": tests,
+               "skipped": {}}
+    lines = report.render_markdown(results).splitlines()
+    assert any(l.startswith("| ip4-1M | xc-memifx-inproc | 64 | 0.50× ") for l in lines)
+    assert any(l.startswith("| ip4-1M-spread | xc-memifx-spread | 64 | 0.75× ") for l in lines)
+    assert not any(l.startswith("| ip4-1M-spread | xc-memifx-inproc ") for l in lines)
+    # and that xconnect against testpmd io under the same traffic
+    assert any(l.startswith("| xc-memifx-spread | xc-testpmd-spread | 64 | 2.00× ")
+               for l in lines)
 
 
 @pytest.mark.perf
