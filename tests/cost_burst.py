@@ -36,6 +36,8 @@ everything arrived.  MODE says what sits between the slave's transmit and receiv
   then Queue.tx_batch (the sender before memifx.stream), or
   memifx.stream.Stream.send copying, or zero-copy (frames written in the
   slave's ring buffers).  The master's copy is outside what the test counts.
+  ``gen-send-zc-master``: the same as master, zero-copy into the buffers
+  the slave posted on one M2S ring (the slave receiving with rx_batch).
   With ``-spread`` appended, each flow goes to a destination of its own
   (``--dst-step 256``): the generator's loop for spread flows (and, fixed
   and zero-copy, the held buffers' flow fields rewritten per frame).
@@ -192,14 +194,18 @@ def sink_ring(mode, n, size, burst):
 
 SEND_MODES = ("gen-fill-tx", "gen-send-copy", "gen-send-zc", "gen-send-copy-fixed",
               "gen-send-zc-fixed", "gen-send-copy-spread", "gen-send-zc-spread",
-              "gen-send-zc-fixed-spread")
+              "gen-send-zc-fixed-spread", "gen-send-zc-master")
 
 
 def sender(mode, n, size, burst):
     from memifx.stream import Stream
     from memifx.traffic import Checker, Generator
-    lb = Loopback(log2=10, buffer_size=2048, n_m2s=0)
-    tx, rx = lb.s2m
+    if mode.endswith("-master"):        # the master sends into the buffers the slave posts
+        lb = Loopback(log2=10, buffer_size=2048, n_s2m=0, n_m2s=1)
+        tx, rx = lb.m2s
+    else:
+        lb = Loopback(log2=10, buffer_size=2048, n_m2s=0)
+        tx, rx = lb.s2m
     payload = "fixed" if "-fixed" in mode else "zeros"
     # -spread: each flow to a destination of its own (gen --dst-step)
     dst_step = 256 if mode.endswith("-spread") else 0

@@ -302,6 +302,41 @@ def test_master_writes_into_what_the_slave_posted(posted, delivered):
         lb.close()
 
 
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("ip_mode", [False, True], ids=["ethernet", "ip"])
+def test_zeros_payload_written_to_the_byte(ip_mode):
+    """A zeros frame written whole (its buffer's bytes unknown) gets every
+    byte after its stamp zeroed and none past its end: each tail length from
+    0 to 24 bytes (the short ones as overlapping stores, the rest by
+    memset), packed and into the buffers a slave posted to a zero-copy
+    master, both over garbage."""
+    first = (14 if not ip_mode else 0) + 20 + 8 + 20       # headers and stamp
+    for size in range(first, first + 25):
+        gen = Generator([size], ip_mode=ip_mode, payload="zeros")
+        buf = bytearray(b"\xaa" * (size + 16))
+        lens = array("I", [0])
+        assert gen.fill(buf, lens, 1, array("I", [0]), 0, False) == (1, size)
+        assert buf[first:size] == bytes(size - first), size
+        assert buf[size:] == b"\xaa" * 16, size
+    lb = Loopback(log2=4, buffer_size=2048, n_s2m=0)
+    try:
+        tx, rx = lb.m2s
+        sizes = list(range(first, first + 25))
+        for slot in range(16):
+            lb.write(lb.desc(0, slot).offset, b"\xaa" * 2048)
+        st = Stream(Generator(sizes, ip_mode=ip_mode, payload="zeros"), [0], 16,
+                    zero_copy=True)
+        assert st.send(tx, 16, 1) == 16
+        for slot in range(16):
+            d = lb.desc(0, slot)
+            frame = lb.read(d.offset, d.length + 16)
+            assert d.length == sizes[slot]
+            assert frame[first:d.length] == bytes(d.length - first), d.length
+            assert frame[d.length:] == b"\xaa" * 16, d.length
+    finally:
+        lb.close()
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("gen_role, size, payload, count, extra", [
     ("slave", "64", "zeros", 200000, ""),
