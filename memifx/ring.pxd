@@ -106,6 +106,7 @@ cdef class Queue:
     cdef void commit(self, uint32_t nframes, bint hold) noexcept nogil
     cdef void rx_released(self, uint16_t used, uint32_t packets, uint64_t nbytes) noexcept nogil
     cdef void refill(self) noexcept nogil
+    cdef inline void post(self, uint16_t slot, uint32_t b) noexcept nogil
     cdef void tx_published(self, uint16_t used, uint32_t packets, uint64_t nbytes) noexcept nogil
     cdef void kick(self) noexcept nogil
 

@@ -889,23 +889,24 @@ cdef class Queue:
         """Slave rx: post free pool buffers into every empty slot (our record
         of where each buffer is, never the peer's)."""
         cdef uint16_t target = <uint16_t>(self.pos + self.size)
-        cdef uint16_t slot, start = self.posted
-        cdef uint32_t b
-        cdef memif_desc_t *w
+        cdef uint16_t start = self.posted
         while self.posted != target and self.nfree:
             self.nfree -= 1
-            b = self.free_bufs[self.nfree]
-            slot = self.posted & self.mask
-            self.slot_buf[slot] = b
-            w = &self.ring.desc[slot]
-            w.flags = 0
-            w.region = 0
-            w.length = self.buffer_size
-            w.offset = self.buf_offset + b * self.buffer_size
-            w.metadata = 0
+            self.post(self.posted & self.mask, self.free_bufs[self.nfree])
             self.posted += 1
         if self.posted != start:
             memif_store_release(&self.ring.head, self.posted)
+
+    cdef inline void post(self, uint16_t slot, uint32_t b) noexcept nogil:
+        """Slave rx: buffer ``b`` into ``slot`` (our record, then the
+        descriptor, written whole whatever the peer left there)."""
+        cdef memif_desc_t *w = &self.ring.desc[slot]
+        self.slot_buf[slot] = b
+        w.flags = 0
+        w.region = 0
+        w.length = self.buffer_size
+        w.offset = self.buf_offset + b * self.buffer_size
+        w.metadata = 0
 
     # ------------------------------------------------- Python front ends
 
@@ -1169,9 +1170,20 @@ cdef class Queue:
         cdef uint32_t i
         cdef uint16_t pos = self.pos, mask = self.mask
         if self.slave:
-            for i in range(k):
-                self.free_bufs[self.nfree + i] = self.slot_buf[<uint16_t>(pos + i) & mask]
-            self.nfree += k
+            if self.posted == <uint16_t>(pos + self.size):
+                # Every slot held a posted buffer, so the slots refill
+                # would post into are these: each takes its own buffer
+                # back, without the round trip through the pool (and
+                # refill, below, finds nothing left to do).
+                for i in range(k):
+                    self.post(<uint16_t>(self.posted + i) & mask,
+                              self.slot_buf[<uint16_t>(pos + i) & mask])
+                self.posted += k
+                memif_store_release(&self.ring.head, self.posted)
+            else:
+                for i in range(k):
+                    self.free_bufs[self.nfree + i] = self.slot_buf[<uint16_t>(pos + i) & mask]
+                self.nfree += k
         self.rx_released(<uint16_t>k, k, nbytes)
 
     cdef uint32_t forward_to(self, Queue txq, uint32_t max_frames) noexcept nogil:

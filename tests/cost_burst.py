@@ -50,7 +50,9 @@ everything arrived.  MODE says what sits between the slave's transmit and receiv
   burst is made by Generator.fill and sent with tx_batch over one S2M ring
   (slave to master), then the master receives and checks it with
   Checker.drain (copied out, as ``memifx sink``) or Checker.drain_in_place
-  (read where it lies, ``memifx sink --zero-copy``).
+  (read where it lies, ``memifx sink --zero-copy``).  ``sink-seq-zc-slave``:
+  the same as slave, on one M2S ring (master to slave; the slave's buffers
+  posted again as it consumes them).
 
 It moves them twice, the first time to warm up (tests/cost_phases.py):
 the profile of the second holds the N frames alone, without interpreter
@@ -138,7 +140,8 @@ def make_router(outputs=1):
 
 TESTER_MODES = ("gen-zeros", "gen-pattern", "sink-stamp", "sink-full")
 SINK_RING_MODES = tuple("sink-%s-%s" % (level, how) for how in ("copy", "zc")
-                        for level in ("stamp", "full", "seq", "count"))
+                        for level in ("stamp", "full", "seq", "count")) + (
+    "sink-seq-zc-slave",)
 
 
 def tester(mode, n, size, burst):
@@ -169,8 +172,12 @@ def sink_ring(mode, n, size, burst):
     buf = bytearray(burst * size)
     lens = array("I", [0]) * burst
     checker = Checker(verify=level)
-    lb = Loopback(log2=10, buffer_size=2048, n_m2s=0)
-    tx, rx = lb.s2m
+    if mode.endswith("-slave"):         # the slave receives, on an M2S ring
+        lb = Loopback(log2=10, buffer_size=2048, n_s2m=0, n_m2s=1)
+        tx, rx = lb.m2s
+    else:
+        lb = Loopback(log2=10, buffer_size=2048, n_m2s=0)
+        tx, rx = lb.s2m
     rbuf = bytearray(burst * 2048)
     rlens = array("I", [0]) * burst
     for _ in bursts(n // burst):
@@ -178,7 +185,7 @@ def sink_ring(mode, n, size, burst):
             raise SystemExit("short fill")
         if tx.tx_batch(buf, lens) != burst:
             raise SystemExit("short tx")
-        if mode.endswith("-zc"):
+        if "-zc" in mode:
             got = checker.drain_in_place(rx, rbuf, burst, 1)
         else:
             got = checker.drain(rx, rbuf, rlens, 1)

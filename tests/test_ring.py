@@ -554,6 +554,33 @@ def test_rx_pool_keeps_the_ring_full_while_buffers_are_held():
 
 
 @pytest.mark.timeout(30)
+def test_slave_rx_posts_each_slot_its_own_buffer_again():
+    """A slave whose ring is fully posted gives each slot it consumes its
+    own buffer back (no round trip through the pool, which reversed them),
+    every descriptor rewritten whole from its own record: a master that
+    scribbled on one has it put right, and nothing it wrote there is used."""
+    lb = Loopback(log2=4, buffer_size=256, n_s2m=0, rx_pool=2)
+    try:
+        mtx, srx = lb.m2s
+        posted = [lb.desc(0, slot) for slot in range(16)]
+        for lap in range(5):
+            batch = [frame(60 + lap, lap * 16 + i) for i in range(16)]
+            assert mtx.tx_frames(batch) == 16
+            if lap == 2:        # after the master's publish, before the slave reads
+                lb.poke_desc(0, 3, offset=0xFFFFFF00, region=9, metadata=7)
+            buf, lens = bytearray(16 * 256), array("I", [0]) * 16
+            assert srx.rx_batch(buf, lens) == 16
+            ends = [sum(lens[:i + 1]) for i in range(16)]            # packed
+            got = [bytes(buf[e - n:e]) for e, n in zip(ends, lens)]
+            assert srx.rx_batch(buf, lens) == 0
+            assert got == batch
+            assert [lb.desc(0, slot) for slot in range(16)] == posted
+        assert srx.counters()["packets"] == 80
+    finally:
+        lb.close()
+
+
+@pytest.mark.timeout(30)
 def test_rx_pool_exhausted_is_back_pressure_not_loss():
     """Hold more than the pool can spare: the ring runs dry (the master sees
     a full ring), nothing is overwritten, and releasing refills it."""
