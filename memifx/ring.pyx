@@ -1168,7 +1168,7 @@ cdef class Queue:
         their buffers handed back (slave: into the pool and posted again;
         master: the counter published)."""
         cdef uint32_t i
-        cdef uint16_t pos = self.pos, mask = self.mask
+        cdef uint16_t pos = self.pos, mask = self.mask, slot
         if self.slave:
             if self.posted == <uint16_t>(pos + self.size):
                 # Every slot held a posted buffer, so the slots refill
@@ -1176,8 +1176,8 @@ cdef class Queue:
                 # back, without the round trip through the pool (and
                 # refill, below, finds nothing left to do).
                 for i in range(k):
-                    self.post(<uint16_t>(self.posted + i) & mask,
-                              self.slot_buf[<uint16_t>(pos + i) & mask])
+                    slot = <uint16_t>(pos + i) & mask
+                    self.post(slot, self.slot_buf[slot])
                 self.posted += k
                 memif_store_release(&self.ring.head, self.posted)
             else:
