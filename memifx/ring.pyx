@@ -200,6 +200,49 @@ cdef inline uint32_t copy_in_usual(Queue q, const uint8_t *base, const uint32_t 
     return k
 
 
+cdef inline void own_buffers(const uint32_t *slot_buf, uint32_t n, char *bufs, uint32_t bs,
+                             uint8_t **ptrs, uint32_t *room) noexcept nogil:
+    """Slave transmit: the buffers of ``n`` slots in a row, whose buffer
+    numbers are ``slot_buf[0..n)``, into ``ptrs``/``room``."""
+    cdef uint32_t i
+    for i in range(n):
+        ptrs[i] = <uint8_t *>bufs + <uint64_t>slot_buf[i] * bs
+        room[i] = bs
+
+
+cdef inline uint32_t posted_buffers(const memif_desc_t *w, uint32_t n, const region_t *regions,
+                                    uint16_t nregions, uint8_t **ptrs,
+                                    uint32_t *room) noexcept nogil:
+    """Master transmit: the buffers the slave posted in ``n`` descriptors
+    in a row from ``w``, each read once and checked (inside a region, its
+    end in 64 bits; length not 0), into ``ptrs``/``room``.  Returns how
+    many before the first bad one (``n``: none)."""
+    cdef uint32_t i
+    cdef memif_desc_t d
+    for i in range(n):
+        d = memif_desc_read(&w[i])
+        if not desc_in_region(regions, nregions, &d) or d.length == 0:
+            return i
+        ptrs[i] = <uint8_t *>regions[d.region].base + d.offset
+        room[i] = d.length
+    return n
+
+
+cdef inline uint64_t set_lengths(memif_desc_t *w, const uint32_t *lengths,
+                                 uint32_t n) noexcept nogil:
+    """Transmit: ``n`` descriptors in a row from ``w`` hold one-slot
+    frames of ``lengths`` bytes (region and offset stay: see tx_copy);
+    returns their bytes."""
+    cdef uint32_t i, length
+    cdef uint64_t nbytes = 0
+    for i in range(n):
+        length = lengths[i]         # (read once: the stores below may alias it)
+        w[i].length = length
+        w[i].flags = 0
+        nbytes += length
+    return nbytes
+
+
 cdef char *FORMAT_B = "B"
 
 
@@ -654,12 +697,8 @@ cdef class Queue:
         ring_full, as tx_copy does.  Returns how many; 0 on a closed or
         faulty ring or while tx_alloc buffers are out.  Until tx_publish,
         nothing else may transmit on this queue."""
-        cdef memif_ring_t *ring = self.ring
-        cdef const region_t *regions = self.mem.regions
-        cdef uint16_t nregions = self.mem.count
-        cdef uint16_t avail, slot
-        cdef uint32_t i, bs = self.buffer_size
-        cdef memif_desc_t d
+        cdef uint16_t avail
+        cdef uint32_t slot, run, got, bs = self.buffer_size
         if self.closed or self.fault or self.reserved or n == 0:
             return 0
         avail = self.tx_room()
@@ -668,38 +707,41 @@ cdef class Queue:
         if n > avail:
             n = avail
             self.c.ring_full += 1
-        first[0] = self.pos & self.mask
+        # the slots up to the ring's end, then from its start
+        slot = self.pos & self.mask
+        first[0] = slot
+        run = self.size - slot
+        if run > n:
+            run = n
         if self.slave:      # our own buffers, one per slot for good
-            for i in range(n):
-                slot = <uint16_t>(self.pos + i) & self.mask
-                ptrs[i] = <uint8_t *>self.bufs + <uint64_t>self.slot_buf[slot] * bs
-                room[i] = bs
+            own_buffers(self.slot_buf + slot, run, self.bufs, bs, ptrs, room)
+            own_buffers(self.slot_buf, n - run, self.bufs, bs, ptrs + run, room + run)
             return n
-        for i in range(n):
-            slot = <uint16_t>(self.pos + i) & self.mask
-            d = memif_desc_read(&ring.desc[slot])
-            if not desc_in_region(regions, nregions, &d) or d.length == 0:
-                self.fault = FAULT_POSTED
-                return i
-            ptrs[i] = <uint8_t *>regions[d.region].base + d.offset
-            room[i] = d.length
-        return n
+        got = posted_buffers(&self.ring.desc[slot], run, self.mem.regions, self.mem.count,
+                             ptrs, room)
+        if got == run and run < n:
+            got += posted_buffers(&self.ring.desc[0], n - run, self.mem.regions, self.mem.count,
+                                  ptrs + run, room + run)
+        if got < n:
+            self.fault = FAULT_POSTED
+        return got
 
     cdef uint32_t tx_publish(self, uint32_t n, const uint32_t *lengths) noexcept nogil:
         """Zero-copy transmit, step two: publish the first ``n`` buffers the
         last tx_reserve gave, frame i ``lengths[i]`` bytes (each one within
         its ``room[i]`` and max_frame: the caller's promise), count them and
         kick the peer.  Returns ``n``, or 0 if the link went down meanwhile."""
-        cdef memif_desc_t *w
-        cdef uint32_t i
-        cdef uint64_t nbytes = 0
+        cdef uint32_t run, slot
+        cdef uint64_t nbytes
         if n == 0 or self.closed:
             return 0
-        for i in range(n):
-            w = &self.ring.desc[<uint16_t>(self.pos + i) & self.mask]
-            w.length = lengths[i]       # region and offset stay (see tx_copy)
-            w.flags = 0
-            nbytes += lengths[i]
+        # the slots up to the ring's end, then from its start
+        slot = self.pos & self.mask
+        run = self.size - slot
+        if run > n:
+            run = n
+        nbytes = set_lengths(&self.ring.desc[slot], lengths, run)
+        nbytes += set_lengths(&self.ring.desc[0], lengths + run, n - run)
         self.tx_published(<uint16_t>n, n, nbytes)
         return n
 

@@ -303,6 +303,37 @@ def test_master_writes_into_what_the_slave_posted(posted, delivered):
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.parametrize("bad_slot, delivered", [(None, 18), (14, 14), (1, 17)],
+                         ids=["sound", "before-the-end", "past-the-end"])
+def test_master_reads_what_was_posted_across_the_ring_end(bad_slot, delivered):
+    """Bursts of 6 on a 16-slot ring: the third runs past the ring's end
+    (slots 12 to 15, then 0 and 1), the part before the end and the part
+    after it read separately.  Every frame of a sound ring arrives intact;
+    a bad buffer posted in either part (slot 14 or 1, once the first two
+    bursts were taken) stops the ring there, the frames before it
+    published and counted."""
+    lb = Loopback(log2=4, buffer_size=2048, n_s2m=0)
+    try:
+        tx, rx = lb.m2s
+        st = stream([64], "pattern", burst=6)
+        c = Checker(verify="full")
+        buf = bytearray(16 * 2048)
+        lens = array("I", [0]) * 16
+        for _ in range(2):
+            assert st.send(tx, 6, 1) == 6
+            assert c.drain(rx, buf, lens, 1) == 6
+        if bad_slot is not None:
+            lb.poke_desc(0, bad_slot, region=7)
+        st.send(tx, 6, 1)
+        c.drain(rx, buf, lens, 1)
+        assert st.sent == tx.counters()["packets"] == delivered
+        assert (c.received, c.lost, c.corrupt, c.reordered) == (delivered, 0, 0, 0)
+        assert (tx.fault_reason() is None) == (bad_slot is None)
+    finally:
+        lb.close()
+
+
+@pytest.mark.timeout(30)
 @pytest.mark.parametrize("ip_mode", [False, True], ids=["ethernet", "ip"])
 def test_zeros_payload_written_to_the_byte(ip_mode):
     """A zeros frame written whole (its buffer's bytes unknown) gets every
