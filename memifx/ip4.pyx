@@ -83,7 +83,8 @@ from memifx.counted cimport CountedNode
 from memifx.inet cimport (inet_sum, inet_fold, inet_checksum, checksum_add,
                           sums_to_all_ones, multiple_of_ffff, ttl_down)
 from memifx.memif cimport memif_desc_t, memif_peer_load16, memif_peer_load32, memif_peer_load64
-from memifx.ring cimport Queue, frame_t, seg_t, side_t, side_of, usual_rx, usual_tx, tx_written
+from memifx.ring cimport (Queue, frame_t, seg_t, run_t, run_from, side_t, side_of, usual_rx_in,
+                          usual_tx, usual_tx_in, tx_written)
 from memifx.fib cimport (Fib, nexthop_t, fib_lookup,
                          NH_CONNECTED, NH_GATEWAY, NH_LOCAL, NH_BROADCAST)
 from memifx.neighbor cimport NeighborTable, nbr_entry_t, nbr_find, nbr_key
@@ -1620,7 +1621,7 @@ cdef uint32_t forward_fast(Router r, Queue rxq, void **txqs, const uint16_t *out
     cdef const uint32_t *t8 = r.fib.tbl8
     cdef uint64_t mac8 = r.ifs[ifindex].mac8
     cdef uint32_t most = rxq.max_frame if rxq.max_frame < MAX_ROUTED else MAX_ROUTED
-    cdef uint32_t n, k = 0, i, slot, length, tot, l2, out_len, lim
+    cdef uint32_t n, k = 0, i, j, m, length, tot, l2, out_len, lim
     cdef uint64_t rx_bytes = 0
     cdef fast_tx_t tx[MAX_FAST]
     cdef fast_tx_t *t
@@ -1628,6 +1629,7 @@ cdef uint32_t forward_fast(Router r, Queue rxq, void **txqs, const uint16_t *out
     cdef way_t ways[WAYS]
     cdef way_t *way
     cdef uint32_t mask
+    cdef run_t ru, tu
     cdef char *src
     cdef char *dst
     cdef memif_desc_t *w
@@ -1672,47 +1674,59 @@ cdef uint32_t forward_fast(Router r, Queue rxq, void **txqs, const uint16_t *out
     if outputs_kind is one_output_t:
         if tx[0].room < n:
             n = tx[0].room                  # (every frame moved goes there)
+        if n == 0:
+            return 0                        # (its queue takes none: tx[0] is not set)
     ways_clear(ways, mask + 1)
     while k < n:
-        src = usual_rx(&rs, k, most, rslave, &length)
-        if src == NULL:
-            break
-        way = ip4_fast(r, <const uint8_t *>src, length, l2, mac8, t24, t8, ways, mask, &h, &tot,
-                       &fresh)
-        if way == NULL:
-            break
-        if fresh:
-            # a way resolved for this frame: which of the outputs it takes
-            # (kept with it for the frames after that take it too)
-            fresh = False
-            i = 0
-            while i < nout and outs[i] != way.out:
-                i += 1
-            if i == nout:
-                break
-            way.txi = <uint16_t>i
+        # as far as the receive ring's end (and, with one output, its
+        # ring's): the slots there in a row
+        m = min(n - k, run_from(&rs, k, &ru))
         if outputs_kind is one_output_t:
-            t = &tx[0]
-            slot = k
-        else:
-            t = &tx[way.txi]
-            if t.k >= t.room:
+            m = min(m, run_from(&tx[0].s, k, &tu))
+        j = 0
+        while j < m:
+            src = usual_rx_in(&rs, &ru, j, most, rslave, &length)
+            if src == NULL:
                 break
-            slot = t.k
-        out_len = t.l2o + tot               # (at most the output's max_frame: most)
-        dst = usual_tx(&t.s, slot, out_len, t.slave, &w)
-        if dst == NULL:
+            way = ip4_fast(r, <const uint8_t *>src, length, l2, mac8, t24, t8, ways, mask, &h,
+                           &tot, &fresh)
+            if way == NULL:
+                break
+            if fresh:
+                # a way resolved for this frame: which of the outputs it
+                # takes (kept with it for the frames after that take it too)
+                fresh = False
+                i = 0
+                while i < nout and outs[i] != way.out:
+                    i += 1
+                if i == nout:
+                    break
+                way.txi = <uint16_t>i
+            if outputs_kind is one_output_t:
+                t = &tx[0]
+                out_len = t.l2o + tot
+                dst = usual_tx_in(&t.s, &tu, j, out_len, t.slave, &w)
+            else:
+                t = &tx[way.txi]
+                if t.k >= t.room:
+                    break
+                out_len = t.l2o + tot
+                dst = usual_tx(&t.s, t.k, out_len, t.slave, &w)
+            if dst == NULL:
+                break
+            if t.l2o:
+                memcpy(dst, way.l2hdr, ETH_HLEN)
+            store_header(dst + t.l2o, &h)
+            memcpy(dst + t.l2o + 20, src + l2 + 20, tot - 20)
+            tx_written(w, out_len)
+            rx_bytes += length
+            t.nbytes += out_len
+            if outputs_kind is outputs_t:
+                t.k += 1
+            j += 1
+        k += j
+        if j < m:
             break
-        if t.l2o:
-            memcpy(dst, way.l2hdr, ETH_HLEN)
-        store_header(dst + t.l2o, &h)
-        memcpy(dst + t.l2o + 20, src + l2 + 20, tot - 20)
-        tx_written(w, out_len)
-        rx_bytes += length
-        t.nbytes += out_len
-        if outputs_kind is outputs_t:
-            t.k += 1
-        k += 1
     if k == 0:
         return 0
     if outputs_kind is one_output_t:

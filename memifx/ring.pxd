@@ -169,47 +169,76 @@ cdef inline side_t side_of(Queue q) noexcept nogil:
     return r
 
 
-cdef inline char *usual_rx(const side_t *r, uint32_t k, uint32_t most, bint slave,
-                           uint32_t *length) noexcept nogil:
-    """Where the frame in the ``k``-th slot from ``r.pos`` lies if it is the
-    usual one: one slot (no NEXT), at most ``most`` bytes, a good buffer
-    (slave: our own record, the length within it; master: inside a
-    region).  NULL for any other frame, which the caller leaves to gather.
-    ``length``: its length, from our one read of the descriptor."""
-    cdef uint16_t slot = <uint16_t>(r.pos + k) & r.mask
-    cdef memif_desc_t d = memif_desc_read(&r.ring.desc[slot])
+cdef struct run_t:              # a ring's slots in a row, up to its end
+    memif_desc_t *desc          # their descriptors
+    const uint32_t *slot_buf    # (slave) their buffers' numbers, our record
+
+
+cdef inline uint32_t run_from(const side_t *s, uint32_t k, run_t *u) noexcept nogil:
+    """The slots from the ``k``-th from ``s.pos`` to the ring's end, into
+    ``u``; returns how many.  A loop over a burst takes them as ``u``'s
+    j-th (usual_rx_in, usual_tx_in) without a slot index masked per frame."""
+    cdef uint32_t slot = <uint16_t>(s.pos + k) & s.mask
+    u.desc = &s.ring.desc[slot]
+    u.slot_buf = s.slot_buf + slot
+    return <uint32_t>s.mask + 1 - slot
+
+
+cdef inline char *usual_rx_in(const side_t *r, const run_t *u, uint32_t j, uint32_t most,
+                              bint slave, uint32_t *length) noexcept nogil:
+    """Where the frame in run ``u``'s ``j``-th slot lies if it is the usual
+    one: one slot (no NEXT), at most ``most`` bytes, a good buffer (slave:
+    our own record, the length within it; master: inside a region).  NULL
+    for any other frame, which the caller leaves to gather.  ``length``:
+    its length, from our one read of the descriptor."""
+    cdef memif_desc_t d = memif_desc_read(&u.desc[j])
     length[0] = d.length
     if (d.flags & MEMIF_DESC_FLAG_NEXT) or d.length > most:
         return NULL
     if slave:
         if d.length > r.bs:
             return NULL
-        return r.bufs + <uint64_t>r.slot_buf[slot] * r.bs
+        return r.bufs + <uint64_t>u.slot_buf[j] * r.bs
     if desc_in_region(r.regions, r.nregions, &d):
         return r.regions[d.region].base + d.offset
     return NULL
 
 
-cdef inline char *usual_tx(const side_t *t, uint32_t k, uint32_t length, bint slave,
-                           memif_desc_t **w) noexcept nogil:
-    """Where a frame of ``length`` bytes goes if the ``k``-th slot from
-    ``t.pos`` holds it whole (slave: our own buffer of that slot; master:
-    the buffer the slave posted there, inside a region and at least that
-    long, its descriptor read once).  NULL otherwise: the caller leaves the
-    frame to tx_write, which decides every case.  ``w``: the slot's
-    descriptor, which nothing here writes: a caller that copies the frame
-    there then calls tx_written on it."""
-    cdef uint16_t slot = <uint16_t>(t.pos + k) & t.mask
+cdef inline char *usual_rx(const side_t *r, uint32_t k, uint32_t most, bint slave,
+                           uint32_t *length) noexcept nogil:
+    """usual_rx_in() for the ``k``-th slot from ``r.pos``."""
+    cdef run_t u
+    run_from(r, k, &u)
+    return usual_rx_in(r, &u, 0, most, slave, length)
+
+
+cdef inline char *usual_tx_in(const side_t *t, const run_t *u, uint32_t j, uint32_t length,
+                              bint slave, memif_desc_t **w) noexcept nogil:
+    """Where a frame of ``length`` bytes goes if run ``u``'s ``j``-th slot
+    holds it whole (slave: our own buffer of that slot; master: the buffer
+    the slave posted there, inside a region and at least that long, its
+    descriptor read once).  NULL otherwise: the caller leaves the frame to
+    tx_write, which decides every case.  ``w``: the slot's descriptor,
+    which nothing here writes: a caller that copies the frame there then
+    calls tx_written on it."""
     cdef memif_desc_t d
-    w[0] = &t.ring.desc[slot]
+    w[0] = &u.desc[j]
     if slave:
         if length > t.bs:
             return NULL
-        return t.bufs + <uint64_t>t.slot_buf[slot] * t.bs
+        return t.bufs + <uint64_t>u.slot_buf[j] * t.bs
     d = memif_desc_read(w[0])
     if desc_in_region(t.regions, t.nregions, &d) and d.length >= length:
         return t.regions[d.region].base + d.offset
     return NULL
+
+
+cdef inline char *usual_tx(const side_t *t, uint32_t k, uint32_t length, bint slave,
+                           memif_desc_t **w) noexcept nogil:
+    """usual_tx_in() for the ``k``-th slot from ``t.pos``."""
+    cdef run_t u
+    run_from(t, k, &u)
+    return usual_tx_in(t, &u, 0, length, slave, w)
 
 
 cdef inline void tx_written(memif_desc_t *w, uint32_t length) noexcept nogil:

@@ -129,22 +129,32 @@ cdef inline uint32_t copy_usual(Queue rxq, Queue txq, uint32_t n, uint64_t *nbyt
     cdef side_t t = side_of(txq)
     # the longest frame both queues take
     cdef uint32_t most = rxq.max_frame if rxq.max_frame < txq.max_frame else txq.max_frame
-    cdef uint32_t k = 0, length
+    cdef uint32_t k = 0, j, m, length
     cdef uint64_t total = 0
     cdef char *src
     cdef char *dst
     cdef memif_desc_t *w
+    cdef run_t ru, tu
     while k < n:
-        src = usual_rx(&r, k, most, rslave, &length)
-        if src == NULL:
+        # as far as either ring's end: the slots there in a row
+        m = n - k
+        m = min(m, run_from(&r, k, &ru))
+        m = min(m, run_from(&t, k, &tu))
+        j = 0
+        while j < m:
+            src = usual_rx_in(&r, &ru, j, most, rslave, &length)
+            if src == NULL:
+                break
+            dst = usual_tx_in(&t, &tu, j, length, tslave, &w)
+            if dst == NULL:
+                break
+            memcpy(dst, src, length)
+            tx_written(w, length)
+            total += length
+            j += 1
+        k += j
+        if j < m:
             break
-        dst = usual_tx(&t, k, length, tslave, &w)
-        if dst == NULL:
-            break
-        memcpy(dst, src, length)
-        tx_written(w, length)
-        total += length
-        k += 1
     nbytes[0] = total
     return k
 
@@ -157,17 +167,24 @@ cdef inline uint32_t copy_out_usual(Queue q, uint8_t *base, uint64_t room, uint3
     consumed.  Returns how many; ``nbytes`` gets their bytes."""
     cdef side_t r = side_of(q)
     cdef uint32_t most = q.max_frame
-    cdef uint32_t k = 0, length
+    cdef uint32_t k = 0, j, m, length
     cdef uint64_t off = 0
     cdef char *src
+    cdef run_t u
     while k < n:
-        src = usual_rx(&r, k, most, slave, &length)
-        if src == NULL or off + length > room:
+        m = min(n - k, run_from(&r, k, &u))     # as far as the ring's end
+        j = 0
+        while j < m:
+            src = usual_rx_in(&r, &u, j, most, slave, &length)
+            if src == NULL or off + length > room:
+                break
+            memcpy(base + off, src, length)
+            lengths[k + j] = length
+            off += length
+            j += 1
+        k += j
+        if j < m:
             break
-        memcpy(base + off, src, length)
-        lengths[k] = length
-        off += length
-        k += 1
     nbytes[0] = off
     return k
 
@@ -181,21 +198,28 @@ cdef inline uint32_t copy_in_usual(Queue q, const uint8_t *base, const uint32_t 
     Returns how many; ``nbytes`` gets their bytes."""
     cdef side_t t = side_of(q)
     cdef uint32_t most = q.max_frame
-    cdef uint32_t k = 0, length
+    cdef uint32_t k = 0, j, m, length
     cdef uint64_t off = 0
     cdef char *dst
     cdef memif_desc_t *w
+    cdef run_t u
     while k < n:
-        length = lengths[k]
-        if length == 0 or length > most:
+        m = min(n - k, run_from(&t, k, &u))     # as far as the ring's end
+        j = 0
+        while j < m:
+            length = lengths[k + j]
+            if length == 0 or length > most:
+                break
+            dst = usual_tx_in(&t, &u, j, length, slave, &w)
+            if dst == NULL:
+                break
+            memcpy(dst, base + off, length)
+            tx_written(w, length)
+            off += length
+            j += 1
+        k += j
+        if j < m:
             break
-        dst = usual_tx(&t, k, length, slave, &w)
-        if dst == NULL:
-            break
-        memcpy(dst, base + off, length)
-        tx_written(w, length)
-        off += length
-        k += 1
     nbytes[0] = off
     return k
 

@@ -50,7 +50,7 @@ from libc.string cimport memcmp, memcpy, memset
 
 from memifx.inet cimport checksum_add, inet_checksum, inet_fold, ones_add, sums_to_all_ones
 from memifx.ring cimport (Queue, frame_t, seg_t, DROP_TOO_LONG, get_lengths, side_t,
-                          side_of, usual_rx)
+                          run_t, run_from, side_of, usual_rx_in)
 
 import struct
 
@@ -1085,35 +1085,42 @@ cdef inline uint32_t check_usual(Checker self, Queue q, uint32_t maxf, uint8_t *
                                  uint64_t room, uint32_t l2, int level) noexcept nogil:
     """Checker.check_usual_in_place for ``l2`` bytes of Ethernet header at
     ``level`` (not VERIFY_COUNT: count_usual): the usual ring frames at the
-    front of q (one slot, a good buffer: ring.usual_rx), at most ``maxf``,
+    front of q (one slot, a good buffer: ring.usual_rx_in), at most ``maxf``,
     each checked where it lies (fast_good(), or check_one() on a copy in
     ``scratch``) and consumed at once (q.rx_consumed), without gather's
     tables.  It stops at the first other frame, or one that must be copied
     and is longer than ``scratch``: gather and check_gathered() take those.
     Returns the frames taken, every one delivered."""
     cdef side_t r = side_of(q)
-    cdef uint32_t n = q.rx_ready(), k = 0, slow = 0, length, most = q.max_frame
+    cdef uint32_t n = q.rx_ready(), k = 0, j, m, slow = 0, length, most = q.max_frame
     cdef bint slave = q.slave
     cdef uint64_t nbytes = 0
     cdef const uint8_t *p
     cdef tally_t t
+    cdef run_t u
     if maxf < n:
         n = maxf
     if n == 0:
         return 0
     tally_start(self, &t, 0)
     while k < n:
-        p = <const uint8_t *>usual_rx(&r, k, most, slave, &length)
-        if p == NULL:
-            break
-        if not fast_good(self, p, length, l2, level, &t):
-            if length > room:
+        m = min(n - k, run_from(&r, k, &u))     # as far as the ring's end
+        j = 0
+        while j < m:
+            p = <const uint8_t *>usual_rx_in(&r, &u, j, most, slave, &length)
+            if p == NULL:
                 break
-            memcpy(scratch, p, length)
-            self.check_one(scratch, length, t.now)
-            slow += 1
-        nbytes += length
-        k += 1
+            if not fast_good(self, p, length, l2, level, &t):
+                if length > room:
+                    break
+                memcpy(scratch, p, length)
+                self.check_one(scratch, length, t.now)
+                slow += 1
+            nbytes += length
+            j += 1
+        k += j
+        if j < m:
+            break
     tally_end(self, &t, k, nbytes, k - slow)
     if k:
         q.rx_consumed(k, nbytes)
@@ -1151,16 +1158,23 @@ cdef inline uint32_t count_gathered(Checker self, Queue q, uint32_t n) noexcept 
 
 cdef inline uint32_t count_usual(Checker self, Queue q, uint32_t maxf) noexcept nogil:
     """check_usual() at VERIFY_COUNT: each usual frame's descriptor is
-    checked by ring.usual_rx and its length counted; the frame is not read."""
+    checked by ring.usual_rx_in and its length counted; the frame is not read."""
     cdef side_t r = side_of(q)
-    cdef uint32_t n = q.rx_ready(), k = 0, length, most = q.max_frame
+    cdef uint32_t n = q.rx_ready(), k = 0, j, m, length, most = q.max_frame
     cdef bint slave = q.slave
     cdef uint64_t nbytes = 0
+    cdef run_t u
     if maxf < n:
         n = maxf
-    while k < n and usual_rx(&r, k, most, slave, &length) != NULL:
-        nbytes += length
-        k += 1
+    while k < n:
+        m = min(n - k, run_from(&r, k, &u))     # as far as the ring's end
+        j = 0
+        while j < m and usual_rx_in(&r, &u, j, most, slave, &length) != NULL:
+            nbytes += length
+            j += 1
+        k += j
+        if j < m:
+            break
     if k:
         self.packets += k
         self.bytes += nbytes

@@ -43,17 +43,19 @@ BURST = 256
 #   out that this figure left out before: 118.9; then tx_packed took the
 #   usual frames in one pass too (copy_in_usual: no source list, tx_write
 #   only for what it leaves), so the toggles are tx_packed and rx_copy:
-#   104.9 -> ceiling 145
+#   104.9; then both loops walk the slots as runs of descriptors in a row,
+#   up to the ring's end and then from its start (ring.pxd run_from: no
+#   slot index masked per frame): 93.3 -> ceiling 140
 #   whole program (adds the tx_batch/rx_batch front ends: filling the source
 #   list, copying frames out into the caller's buffer, argument parsing and
 #   the interpreter loop, amortised over the burst): measured 303.7, then
 #   256.3, then 230.4, then 206.4, then 202.5, then 198.5, then 139.3 (rx_copy's
-#   one pass), then 116.2 (tx_packed's) -> ceiling 160
+#   one pass), then 116.2 (tx_packed's), then 105.7 (runs) -> ceiling 150
 # For scale, the same loop with bursts of one frame (Python per packet) costs
 # about 6600 Ir per packet, so either ceiling still fails loudly if per-packet
 # Python work or a per-packet syscall creeps into a burst.
-C_BURST_CEILING = 145
-WHOLE_CEILING = 160
+C_BURST_CEILING = 140
+WHOLE_CEILING = 150
 
 
 def measure(tmp_path, toggles=(), mode="ring", size=64, workload=WORKLOAD):
@@ -94,8 +96,8 @@ def totals(out):
 @pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind not installed")
 def test_instructions_per_packet(tmp_path):
     """64-byte frames, tx_batch + rx_batch in bursts of 256 over an S2M
-    loopback.  Measured: 104.9 Ir/packet in the C burst functions
-    (tx + rx), 117.3 Ir/packet for the whole program."""
+    loopback.  Measured: 93.3 Ir/packet in the C burst functions
+    (tx + rx), 105.7 Ir/packet for the whole program."""
     burst, whole = (totals(out) for out in
                     measure_all(tmp_path, [dict(toggles=BURST_FUNCTIONS), {}]))
     c_per_packet = burst / N
@@ -138,20 +140,25 @@ IP4_NODES = ["tx_in_arrival_order"] + GRAPH_NODES + ["interface_output"]   # run
 # good one-slot frame before its general walk, the queue's fields in locals.
 # "one pass": xconnect moves the usual frame in one loop over both rings
 # (Queue.forward_usual: no frame and segment tables, no second walk to
-# commit); gather / tx_copy / commit see only what it leaves.
+# commit); gather / tx_copy / commit see only what it leaves.  "runs":
+# those loops (and ip4's one pass, and the sink's in place) walk each ring's
+# slots as runs of descriptors in a row, up to its end and then from its
+# start (ring.pxd run_from), not a slot index masked per frame.
 #
 #   XConnect.forward (gather on the master's S2M ring, one memcpy per frame
 #   into the M2S ring with tx_copy, commit; one pass: forward_usual alone):
-#        64 B: before 231.0, after 214.0, one-buffer 160.1, one pass 79.8 -> ceiling 110
-#      1518 B: before 391.0, after 374.0, one-buffer 320.1, one pass 239.8 -> ceiling 335
+#        64 B: before 231.0, after 214.0, one-buffer 160.1, one pass 79.8,
+#              runs 65.1 -> ceiling 91
+#      1518 B: before 391.0, after 374.0, one-buffer 320.1, one pass 239.8,
+#              runs 224.1 -> ceiling 314
 #     (80.8 / 240.8 since its transmit step is the one tx_packed shares, usual_tx)
 #   whole program (adds the slave's tx_batch and rx_batch, whose rx_copy
 #   takes the usual frame in one pass too; "tx one pass": and tx_packed):
 #        64 B: before 565.4, after 549.3, one-buffer 416.0, one pass 253.6,
-#              tx one pass 231.6 -> ceiling 320
+#              tx one pass 231.6, runs 187.3 -> ceiling 262
 #      1518 B: before 1047.1, after 1031.0, one-buffer 897.8, one pass 735.4,
-#              tx one pass 713.3 -> ceiling 985
-XC_CEILINGS = {64: (110, 320), 1518: (335, 985)}     # (forward, whole program)
+#              tx one pass 713.3, runs 668.1 -> ceiling 935
+XC_CEILINGS = {64: (91, 262), 1518: (314, 935)}     # (forward, whole program)
 #   ip4, everything Router.poll runs per burst (the usual frame, cost_burst
 #   mode "ip4"; "fast": ip4-fast takes it alone, one pass, where it went
 #   through the general graph's nodes before; the TTL checksum update with
@@ -178,10 +185,11 @@ XC_CEILINGS = {64: (110, 320), 1518: (335, 985)}     # (forward, whole program)
 #        64 B: before 626.1, after 522.1, fast 430.8, one-buffer 370.9,
 #              route cache 338.2, 333.2 (inet.pxd's sum test), 329.2,
 #              fused 254.7, one pass 187.5 (192.6 later), "per way"
-#              179.6 -> ceiling 250
+#              179.6, runs 166.9 -> ceiling 234
 #      1518 B: before 947.8, after 790.2, fast 697.9, one-buffer 629.0,
 #              route cache 596.3, 591.3, 587.3, fused 516.7, 512.8,
-#              one pass 348.5 (353.6 later), per way 340.6 -> ceiling 475
+#              one pass 348.5 (353.6 later), per way 340.6, runs 326.9
+#              -> ceiling 458
 #     memif_input (gather, the headers into the arena; "one-buffer" also
 #     copies a fixed 128 bytes when the first buffer holds them, and keeps
 #     its counters in locals; "fused": and ip4-fast, in frames_input)
@@ -204,8 +212,9 @@ XC_CEILINGS = {64: (110, 320), 1518: (335, 985)}     # (forward, whole program)
 #   on each interface, one poll per interface in turn): the pass's output
 #   is kept per input interface, so it takes both directions (one guess
 #   for the router sent each poll to the graph, which found it wrong for
-#   the other direction): nodes 191.9 (197.6 later), per way 184.7 ->
-#   ceiling 260, whole program 363.8, per way 356.9 -> 500
+#   the other direction): nodes 191.9 (197.6 later), per way 184.7, runs
+#   172.4 -> ceiling 241, whole program 363.8, per way 356.9, runs 315.4
+#   -> 442
 #   Spread over two outputs (cost_burst mode "ip4-spread": frames in on
 #   interface 0 go in turn out of 1 and 2): the one pass took at most one
 #   frame of a burst, memif-input (take_frames) and the graph the rest.
@@ -214,10 +223,11 @@ XC_CEILINGS = {64: (110, 320), 1518: (335, 985)}     # (forward, whole program)
 #   neighbor lookup, ran for every frame (about 122 Ir a frame), now once
 #   per route a burst (1.8); "several outputs": the pass writes to every
 #   output ip4-fast used in the last burst (up to 4), each with a way out
-#   per route: nodes 419.4 -> 297.4 -> 231.2, per way 197.9 -> ceiling
-#   280, find_way 0.9 -> 5, whole program about 592 -> 470.4 -> 389.7,
-#   per way 356.4 -> 500; natively on one CPU, 44.7 -> 29.8 -> 26.6 ns a
-#   frame.
+#   per route: nodes 419.4 -> 297.4 -> 231.2, per way 197.9, runs (the
+#   receive ring's; the outputs' slots stay indexed) 193.1 -> ceiling
+#   270, find_way 0.9 -> 5, whole program about 592 -> 470.4 -> 389.7,
+#   per way 356.4, runs 322.3 -> 451; natively on one CPU, 44.7 -> 29.8
+#   -> 26.6 ns a frame.
 #   "per way" (all the pass's cells): which output a way takes, and so the
 #   Ethernet header's length there, decided when the way is resolved, not
 #   for every frame (the output's max_frame bounds the receive length the
@@ -228,10 +238,11 @@ XC_CEILINGS = {64: (110, 320), 1518: (335, 985)}     # (forward, whole program)
 #        64 B: before 962.6, after 874.8, fast 758.0, one-buffer 646.3,
 #              route cache 605.5, 598.5, fused 524.0, with the ring's
 #              one-pass rx_copy in the slave's rx_batch 441.9, and
-#              tx_batch 418.8, one pass 338.8, per way 332.2 -> ceiling 465
+#              tx_batch 418.8, one pass 338.8, per way 332.2, runs 290.0
+#              -> ceiling 406
 #      1518 B: before 1606.1, after 1464.7, fast 1346.9, one-buffer 1226.1,
 #              route cache 1185.4, 1178.4, fused 1107.8, 1021.8, 998.7,
-#              one pass 821.6, per way 814.9 -> ceiling 1140
+#              one pass 821.6, per way 814.9, runs 771.7 -> ceiling 1080
 #
 #   The general graph (cost_burst mode "ip4-options", 64 B: 4 bytes of
 #   options in every header, which ip4-fast leaves to the graph; the
@@ -257,20 +268,20 @@ XC_CEILINGS = {64: (110, 320), 1518: (335, 985)}     # (forward, whole program)
 #   758.1 -> 1060, memif_input 141.8 -> 200, frames_input 91.3 -> 130,
 #   transmit (tx_copy_parts: the rest from the receive ring) 338.0 -> 475;
 #   whole program 1244.1 -> 1740
-IP4_CEILING = {"ip4-64": 250, "ip4-1518": 475, "ip4-options-64": 680, "ip4-options-1518": 1060,
-               "ip4-two-way-64": 260, "ip4-spread-64": 280}
+IP4_CEILING = {"ip4-64": 234, "ip4-1518": 458, "ip4-options-64": 680, "ip4-options-1518": 1060,
+               "ip4-two-way-64": 241, "ip4-spread-64": 270}
 IP4_CEILINGS = {
-    "ip4-64": {"fast_forward": 250},
-    "ip4-two-way-64": {"fast_forward": 260},
-    "ip4-spread-64": {"fast_forward": 280, "find_way": 5},
-    "ip4-1518": {"fast_forward": 475},
+    "ip4-64": {"fast_forward": 234},
+    "ip4-two-way-64": {"fast_forward": 241},
+    "ip4-spread-64": {"fast_forward": 270, "find_way": 5},
+    "ip4-1518": {"fast_forward": 458},
     "ip4-options-64": {"frames_input": 110, "tx_in_arrival_order": 20, "ethernet_input": 50,
                        "ip4_input": 125, "ip4_lookup": 70, "ip4_rewrite": 100,
                        "interface_output": 25},
     "ip4-options-1518": {"memif_input": 200, "frames_input": 130, "transmit": 475},
 }
-IP4_WHOLE_CEILING = {"ip4-64": 465, "ip4-1518": 1140, "ip4-options-64": 910,
-                     "ip4-options-1518": 1740, "ip4-two-way-64": 500, "ip4-spread-64": 500}
+IP4_WHOLE_CEILING = {"ip4-64": 406, "ip4-1518": 1080, "ip4-options-64": 910,
+                     "ip4-options-1518": 1740, "ip4-two-way-64": 442, "ip4-spread-64": 451}
 
 
 ANNOTATE_LINE = re.compile(r"^\s*([\d,]+)\s+\(\s*[\d.]+%\)\s+\S*:(\w+)(\s|$)")
@@ -329,11 +340,11 @@ def test_ip4_nodes_instructions_per_packet(tmp_path, mode, size):
     """IPv4/UDP frames forwarded by Router.poll (interface 0 in, interface
     1 out, a /12 route via a static neighbor).  Measured (Ir/packet in
     fast_forward + memif_input + run + transmit, whole program): 64 B
-    187.5, 339.9; 1518 B 348.5, 822.7; with IPv4 options 488.0, 653.3
-    at 64 B, 758.1, 1245.1 at 1518 B.
+    166.9, 290.0; 1518 B 326.9, 771.7; with IPv4 options 487.0, 623.0
+    at 64 B, 759.1, 1216.8 at 1518 B.
     The usual frame goes ring to ring in one pass, also when it comes in
-    both ways (two-way: 191.9, 363.8): memif-input and the graph's nodes
-    see none of it, also when it is spread over two outputs (231.2, 389.7;
+    both ways (two-way: 172.4, 315.4): memif-input and the graph's nodes
+    see none of it, also when it is spread over two outputs (193.1, 322.3;
     each route's way out resolved once a burst); a frame with options goes
     through them all."""
     # (node_profile checks that the first name was seen: the one that
@@ -440,26 +451,29 @@ TESTER_ENTRY = {"gen": re.compile(r"__pyx_pw_6memifx_7traffic_9Generator_\d+fill
 # same as slave, on an M2S ring, each consumed slot posted again; a fully
 # posted ring's slots take their own buffers back without the round trip
 # through the pool (112.6 -> 90.7; the ceiling fails the round trip).
-#                                  before   now      i13    one pass   r2      in place,   r7
+# "r11" (ceilings about 1.35x it; the -slave one kept): the usual frames'
+# loops (rx_copy's, check_usual, count_usual) walk the ring's slots as runs
+# of descriptors in a row (ring.pxd run_from), no slot index masked per frame.
+#                                  before   now      i13    one pass   r2      in place,   r7     r11
 #                                                                              one pass
 SINK_RING_CELLS = {   # (mode, frame size): ceiling
-    ("sink-stamp-copy", 64): 185,     # 275.2   278.2    228.4   163.2   137.3      -      137.3
-    ("sink-stamp-copy", 1518): 400,   # 436.1   439.1    389.3   324.1   298.1      -      298.1
-    ("sink-full-copy", 64): 265,      # 377.4   353.2    305.5   242.3   198.3      -      197.3
-    ("sink-full-copy", 1518): 1480,   # 1572.2  1559.1   1180.3  1117.1  1097.2     -      1096.2
-    ("sink-stamp-zc", 64): 155,       #   -     251.2    186.2   184.2   159.7   133.6     115.6
-    ("sink-stamp-zc", 1518): 155,     #   -     251.2    186.2   184.2   159.7   133.6     115.6 (no copy)
-    ("sink-full-zc", 64): 230,        #   -     316.2    272.3   267.3   222.9   180.6     170.6
-    ("sink-full-zc", 1518): 1210,     #   -     1365.2   980.3   975.3   950.9   917.6     895.6
-    ("sink-seq-copy", 64): 138,       #                                                    102.3
-    ("sink-seq-copy", 1518): 355,     #                                                    263.1
-    ("sink-count-copy", 64): 84,      #                                                     62.1
-    ("sink-count-copy", 1518): 300,   #                                                    223.0
-    ("sink-seq-zc", 64): 105,         #                                                     77.5
-    ("sink-seq-zc", 1518): 105,       #                                                     77.5 (no copy)
-    ("sink-count-zc", 64): 48,        #                                                     35.1
-    ("sink-count-zc", 1518): 48,      #                                                     35.1 (no copy)
-    ("sink-seq-zc-slave", 64): 110,   #                                          112.6 -> 90.7
+    ("sink-stamp-copy", 64): 176,     # 275.2   278.2    228.4   163.2   137.3      -      137.3  130.4
+    ("sink-stamp-copy", 1518): 393,   # 436.1   439.1    389.3   324.1   298.1      -      298.1  291.3
+    ("sink-full-copy", 64): 257,      # 377.4   353.2    305.5   242.3   198.3      -      197.3  190.4
+    ("sink-full-copy", 1518): 1470,   # 1572.2  1559.1   1180.3  1117.1  1097.2     -      1096.2 1089.3
+    ("sink-stamp-zc", 64): 148,       #   -     251.2    186.2   184.2   159.7   133.6     115.6  109.8
+    ("sink-stamp-zc", 1518): 148,     #   -     251.2    186.2   184.2   159.7   133.6     115.6  109.8
+    ("sink-full-zc", 64): 225,        #   -     316.2    272.3   267.3   222.9   180.6     170.6  166.8
+    ("sink-full-zc", 1518): 1204,     #   -     1365.2   980.3   975.3   950.9   917.6     895.6  891.8
+    ("sink-seq-copy", 64): 129,       #                                                    102.3   95.4
+    ("sink-seq-copy", 1518): 346,     #                                                    263.1  256.3
+    ("sink-count-copy", 64): 75,      #                                                     62.1   55.2
+    ("sink-count-copy", 1518): 292,   #                                                    223.0  216.1
+    ("sink-seq-zc", 64): 98,          #                                                     77.5   72.7
+    ("sink-seq-zc", 1518): 98,        #                                                     77.5   72.7 (no copy)
+    ("sink-count-zc", 64): 41,        #                                                     35.1   30.3
+    ("sink-count-zc", 1518): 41,      #                                                     35.1   30.3 (no copy)
+    ("sink-seq-zc-slave", 64): 110,   #                                          112.6 -> 90.7   83.9
 }
 SINK_RING_ENTRY = {"copy": re.compile(r"__pyx_pw_6memifx_7traffic_7Checker_\d+drain$"),
                    "zc": re.compile(r"__pyx_pw_6memifx_7traffic_7Checker_\d+drain_in_place$")}
@@ -532,7 +546,7 @@ def test_sink_in_place_instructions_per_frame(tmp_path):
     """Checker.drain_in_place over an S2M ring (memifx sink --zero-copy),
     every --verify level, 64 and 1518 bytes.  Below --verify full the
     1518-byte ceiling is the 64-byte one, below what the copying drain
-    measures at 1518 bytes (223 to 298): a copy of the frame creeping in
+    measures at 1518 bytes (216 to 291): a copy of the frame creeping in
     fails it."""
     cells = {c: v for c, v in SINK_RING_CELLS.items() if "-zc" in c[0]}
     check_cells(tmp_path, "sink", cells)
@@ -577,18 +591,19 @@ def test_sink_in_place_instructions_per_frame(tmp_path):
 # (up to the ring's end, then from its start), not one slot index masked
 # per frame, and tx_publish reads each length once (its stores may alias
 # the lengths): a master's reserve 28.2 -> 19.3 and publish 15.2 -> 6.5 a
-# frame, the slave's reserve about 8 less.
+# frame, the slave's reserve about 8 less; the copying cells, tx_packed's
+# loop walking its slots the same way (the sink cells' "r11").
 #                               before   after    i13      r2       r3      r7
 SEND_CELLS = {   # (mode, frame size): ceiling
-    ("gen-send-copy", 64): 142,   # 204.1   183.5    153.6   128.0    104.8   106.8
-    ("gen-send-copy", 1518): 360,  # 365.0   344.4    314.5   288.9    265.7   267.7
+    ("gen-send-copy", 64): 135,   # 204.1   183.5    153.6   128.0    104.8   106.8  r11 100.1
+    ("gen-send-copy", 1518): 352,  # 365.0   344.4    314.5   288.9    265.7   267.7  r11 261.0
     ("gen-send-zc", 64): 96,      # 204.1   133.8    117.8    96.9     96.9    90.9  r11 70.9
     ("gen-send-zc", 1518): 96,    # 365.0   133.8    117.8    96.9     96.9    90.9  r11 70.9
-    ("gen-send-copy-fixed", 64): 110,     #                                    81.8
-    ("gen-send-copy-fixed", 1518): 328,   #                                   242.7
+    ("gen-send-copy-fixed", 64): 104,     #                                    81.8  r11 77.1
+    ("gen-send-copy-fixed", 1518): 321,   #                                   242.7  r11 238.0
     ("gen-send-zc-fixed", 64): 41,        #                                    45.9  r11 29.9
     ("gen-send-zc-fixed", 1518): 41,      #                                    45.9  r11 29.9
-    ("gen-send-copy-spread", 64): 200,       #                                   149.8
+    ("gen-send-copy-spread", 64): 196,       #                                   149.8 r11 145.0
     ("gen-send-zc-spread", 64): 154,         #                                   129.9 r11 113.8
     ("gen-send-zc-fixed-spread", 64): 72,    #                          94.8 -> 68.9 r11 52.9
     ("gen-send-zc-master", 64): 134,         #                         125.8 -> 112.8 r11 99.2
@@ -718,11 +733,12 @@ def no_loss(tx, rx):
 # forward moves the usual frame in one loop over both rings
 # (Queue.forward_usual), rx_copy (rx_into, and the slave's rx_batch) in one
 # loop over its ring.  "tx one pass": tx_packed (tx_from, and the feed's
-# tx_batch) in one loop too.
-#                         before   after   one-buffer  one pass  tx one pass
+# tx_batch) in one loop too.  "runs": those loops walk the slots as runs of
+# descriptors in a row (ring.pxd run_from), no slot index masked per frame.
+#                         before   after   one-buffer  one pass  tx one pass  runs
 ECHO_CELLS = {  # variant: ceiling
-    "into": 400,        # 655.1    586.7   489.9       338.7     288.5  rx_into -> tx_from
-    "forward": 335,     #    -     533.3   436.5       263.2     241.1  forward
+    "into": 344,        # 655.1    586.7   489.9       338.7     288.5      245.4  rx_into -> tx_from
+    "forward": 276,     #    -     533.3   436.5       263.2     241.1      196.9  forward
 }
 ECHO_WORKLOAD = os.path.join(HERE, "cost_echo.py")
 Q = "__pyx_f_6memifx_4ring_5Queue_"
