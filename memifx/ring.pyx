@@ -26,8 +26,10 @@ Forwarding ring to ring (xconnect, ``Queue.forward``) first moves the usual
 frames in one loop over both rings (``forward_usual``) and leaves the rest
 of the burst to those steps; copying out to a caller's buffer (``rx_copy``)
 and in from one (``tx_packed``) do the same over their one ring.  The
-per-slot steps of those loops (``usual_rx``, ``usual_tx``) are inline in
-ring.pxd, for other modules' one-pass loops too.
+per-slot steps of those loops (``usual_rx_in``, ``usual_tx_in``) are inline
+in ring.pxd, for other modules' one-pass loops too; a loop takes a ring's
+slots as runs of descriptors in a row (``run_from``: up to the ring's end,
+then from its start), not a slot index masked per frame.
 """
 from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyBUF_WRITABLE,
                              PyBUF_FORMAT, PyBUF_C_CONTIGUOUS)
@@ -232,6 +234,26 @@ cdef inline void own_buffers(const uint32_t *slot_buf, uint32_t n, char *bufs, u
     for i in range(n):
         ptrs[i] = <uint8_t *>bufs + <uint64_t>slot_buf[i] * bs
         room[i] = bs
+
+
+cdef inline void write_posted(memif_desc_t *w, uint32_t b, uint32_t bs,
+                              uint32_t buf_offset) noexcept nogil:
+    """Slave rx: descriptor ``w`` posts our buffer ``b``, written whole
+    whatever the peer left there."""
+    w.flags = 0
+    w.region = 0
+    w.length = bs
+    w.offset = buf_offset + b * bs
+    w.metadata = 0
+
+
+cdef inline void post_own(memif_desc_t *w, const uint32_t *slot_buf, uint32_t n, uint32_t bs,
+                          uint32_t buf_offset) noexcept nogil:
+    """Slave rx: ``n`` slots in a row, descriptors from ``w``, post again
+    the buffers our record says they hold (``slot_buf``)."""
+    cdef uint32_t i
+    for i in range(n):
+        write_posted(&w[i], slot_buf[i], bs, buf_offset)
 
 
 cdef inline uint32_t posted_buffers(const memif_desc_t *w, uint32_t n, const region_t *regions,
@@ -965,14 +987,9 @@ cdef class Queue:
 
     cdef inline void post(self, uint16_t slot, uint32_t b) noexcept nogil:
         """Slave rx: buffer ``b`` into ``slot`` (our record, then the
-        descriptor, written whole whatever the peer left there)."""
-        cdef memif_desc_t *w = &self.ring.desc[slot]
+        descriptor)."""
         self.slot_buf[slot] = b
-        w.flags = 0
-        w.region = 0
-        w.length = self.buffer_size
-        w.offset = self.buf_offset + b * self.buffer_size
-        w.metadata = 0
+        write_posted(&self.ring.desc[slot], b, self.buffer_size, self.buf_offset)
 
     # ------------------------------------------------- Python front ends
 
@@ -1233,17 +1250,23 @@ cdef class Queue:
         bytes in all that were read to the end, are consumed: counted, and
         their buffers handed back (slave: into the pool and posted again;
         master: the counter published)."""
-        cdef uint32_t i
+        cdef uint32_t i, run
         cdef uint16_t pos = self.pos, mask = self.mask, slot
         if self.slave:
             if self.posted == <uint16_t>(pos + self.size):
                 # Every slot held a posted buffer, so the slots refill
                 # would post into are these: each takes its own buffer
                 # back, without the round trip through the pool (and
-                # refill, below, finds nothing left to do).
-                for i in range(k):
-                    slot = <uint16_t>(pos + i) & mask
-                    self.post(slot, self.slot_buf[slot])
+                # refill, below, finds nothing left to do); the slots up
+                # to the ring's end, then from its start.
+                slot = pos & mask
+                run = self.size - slot
+                if run > k:
+                    run = k
+                post_own(&self.ring.desc[slot], self.slot_buf + slot, run, self.buffer_size,
+                         self.buf_offset)
+                post_own(&self.ring.desc[0], self.slot_buf, k - run, self.buffer_size,
+                         self.buf_offset)
                 self.posted += k
                 memif_store_release(&self.ring.head, self.posted)
             else:

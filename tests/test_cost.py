@@ -155,10 +155,12 @@ IP4_NODES = ["tx_in_arrival_order"] + GRAPH_NODES + ["interface_output"]   # run
 #   whole program (adds the slave's tx_batch and rx_batch, whose rx_copy
 #   takes the usual frame in one pass too; "tx one pass": and tx_packed):
 #        64 B: before 565.4, after 549.3, one-buffer 416.0, one pass 253.6,
-#              tx one pass 231.6, runs 187.3 -> ceiling 262
+#              tx one pass 231.6, runs 178.5 -> ceiling 250
 #      1518 B: before 1047.1, after 1031.0, one-buffer 897.8, one pass 735.4,
-#              tx one pass 713.3, runs 668.1 -> ceiling 935
-XC_CEILINGS = {64: (91, 262), 1518: (314, 935)}     # (forward, whole program)
+#              tx one pass 713.3, runs 659.3 -> ceiling 923
+#     ("runs", whole program: the slave's receive posting its slots again
+#     as runs too)
+XC_CEILINGS = {64: (91, 250), 1518: (314, 923)}     # (forward, whole program)
 #   ip4, everything Router.poll runs per burst (the usual frame, cost_burst
 #   mode "ip4"; "fast": ip4-fast takes it alone, one pass, where it went
 #   through the general graph's nodes before; the TTL checksum update with
@@ -213,8 +215,8 @@ XC_CEILINGS = {64: (91, 262), 1518: (314, 935)}     # (forward, whole program)
 #   is kept per input interface, so it takes both directions (one guess
 #   for the router sent each poll to the graph, which found it wrong for
 #   the other direction): nodes 191.9 (197.6 later), per way 184.7, runs
-#   172.4 -> ceiling 241, whole program 363.8, per way 356.9, runs 315.4
-#   -> 442
+#   172.4 -> ceiling 241, whole program 363.8, per way 356.9, runs 306.8
+#   -> 430
 #   Spread over two outputs (cost_burst mode "ip4-spread": frames in on
 #   interface 0 go in turn out of 1 and 2): the one pass took at most one
 #   frame of a burst, memif-input (take_frames) and the graph the rest.
@@ -226,7 +228,7 @@ XC_CEILINGS = {64: (91, 262), 1518: (314, 935)}     # (forward, whole program)
 #   per route: nodes 419.4 -> 297.4 -> 231.2, per way 197.9, runs (the
 #   receive ring's; the outputs' slots stay indexed) 193.1 -> ceiling
 #   270, find_way 0.9 -> 5, whole program about 592 -> 470.4 -> 389.7,
-#   per way 356.4, runs 322.3 -> 451; natively on one CPU, 44.7 -> 29.8
+#   per way 356.4, runs 313.7 -> 439; natively on one CPU, 44.7 -> 29.8
 #   -> 26.6 ns a frame.
 #   "per way" (all the pass's cells): which output a way takes, and so the
 #   Ethernet header's length there, decided when the way is resolved, not
@@ -238,11 +240,11 @@ XC_CEILINGS = {64: (91, 262), 1518: (314, 935)}     # (forward, whole program)
 #        64 B: before 962.6, after 874.8, fast 758.0, one-buffer 646.3,
 #              route cache 605.5, 598.5, fused 524.0, with the ring's
 #              one-pass rx_copy in the slave's rx_batch 441.9, and
-#              tx_batch 418.8, one pass 338.8, per way 332.2, runs 290.0
-#              -> ceiling 406
+#              tx_batch 418.8, one pass 338.8, per way 332.2, runs 281.2
+#              -> ceiling 394
 #      1518 B: before 1606.1, after 1464.7, fast 1346.9, one-buffer 1226.1,
 #              route cache 1185.4, 1178.4, fused 1107.8, 1021.8, 998.7,
-#              one pass 821.6, per way 814.9, runs 771.7 -> ceiling 1080
+#              one pass 821.6, per way 814.9, runs 763.0 -> ceiling 1068
 #
 #   The general graph (cost_burst mode "ip4-options", 64 B: 4 bytes of
 #   options in every header, which ip4-fast leaves to the graph; the
@@ -280,8 +282,8 @@ IP4_CEILINGS = {
                        "interface_output": 25},
     "ip4-options-1518": {"memif_input": 200, "frames_input": 130, "transmit": 475},
 }
-IP4_WHOLE_CEILING = {"ip4-64": 406, "ip4-1518": 1080, "ip4-options-64": 910,
-                     "ip4-options-1518": 1740, "ip4-two-way-64": 442, "ip4-spread-64": 451}
+IP4_WHOLE_CEILING = {"ip4-64": 394, "ip4-1518": 1068, "ip4-options-64": 910,
+                     "ip4-options-1518": 1740, "ip4-two-way-64": 430, "ip4-spread-64": 439}
 
 
 ANNOTATE_LINE = re.compile(r"^\s*([\d,]+)\s+\(\s*[\d.]+%\)\s+\S*:(\w+)(\s|$)")
@@ -340,11 +342,11 @@ def test_ip4_nodes_instructions_per_packet(tmp_path, mode, size):
     """IPv4/UDP frames forwarded by Router.poll (interface 0 in, interface
     1 out, a /12 route via a static neighbor).  Measured (Ir/packet in
     fast_forward + memif_input + run + transmit, whole program): 64 B
-    166.9, 290.0; 1518 B 326.9, 771.7; with IPv4 options 487.0, 623.0
-    at 64 B, 759.1, 1216.8 at 1518 B.
+    166.9, 281.2; 1518 B 326.9, 763.0; with IPv4 options 487.0, 614.2
+    at 64 B, 759.1, 1208.0 at 1518 B.
     The usual frame goes ring to ring in one pass, also when it comes in
-    both ways (two-way: 172.4, 315.4): memif-input and the graph's nodes
-    see none of it, also when it is spread over two outputs (193.1, 322.3;
+    both ways (two-way: 172.4, 306.8): memif-input and the graph's nodes
+    see none of it, also when it is spread over two outputs (193.1, 313.7;
     each route's way out resolved once a burst); a frame with options goes
     through them all."""
     # (node_profile checks that the first name was seen: the one that
@@ -451,9 +453,11 @@ TESTER_ENTRY = {"gen": re.compile(r"__pyx_pw_6memifx_7traffic_9Generator_\d+fill
 # same as slave, on an M2S ring, each consumed slot posted again; a fully
 # posted ring's slots take their own buffers back without the round trip
 # through the pool (112.6 -> 90.7; the ceiling fails the round trip).
-# "r11" (ceilings about 1.35x it; the -slave one kept): the usual frames'
-# loops (rx_copy's, check_usual, count_usual) walk the ring's slots as runs
-# of descriptors in a row (ring.pxd run_from), no slot index masked per frame.
+# "r11" (ceilings about 1.35x it): the usual frames' loops (rx_copy's,
+# check_usual, count_usual) walk the ring's slots as runs of descriptors in
+# a row (ring.pxd run_from), no slot index masked per frame, and a slave
+# posts its consumed slots' buffers again the same way (the -slave cell's
+# ceiling still fails the round trip through the pool: 106.8).
 #                                  before   now      i13    one pass   r2      in place,   r7     r11
 #                                                                              one pass
 SINK_RING_CELLS = {   # (mode, frame size): ceiling
@@ -473,7 +477,7 @@ SINK_RING_CELLS = {   # (mode, frame size): ceiling
     ("sink-seq-zc", 1518): 98,        #                                                     77.5   72.7 (no copy)
     ("sink-count-zc", 64): 41,        #                                                     35.1   30.3
     ("sink-count-zc", 1518): 41,      #                                                     35.1   30.3 (no copy)
-    ("sink-seq-zc-slave", 64): 110,   #                                          112.6 -> 90.7   83.9
+    ("sink-seq-zc-slave", 64): 100,   #                                          112.6 -> 90.7   75.1
 }
 SINK_RING_ENTRY = {"copy": re.compile(r"__pyx_pw_6memifx_7traffic_7Checker_\d+drain$"),
                    "zc": re.compile(r"__pyx_pw_6memifx_7traffic_7Checker_\d+drain_in_place$")}
@@ -734,11 +738,12 @@ def no_loss(tx, rx):
 # (Queue.forward_usual), rx_copy (rx_into, and the slave's rx_batch) in one
 # loop over its ring.  "tx one pass": tx_packed (tx_from, and the feed's
 # tx_batch) in one loop too.  "runs": those loops walk the slots as runs of
-# descriptors in a row (ring.pxd run_from), no slot index masked per frame.
+# descriptors in a row (ring.pxd run_from), no slot index masked per frame,
+# and the slave's receive posts its slots again the same way.
 #                         before   after   one-buffer  one pass  tx one pass  runs
 ECHO_CELLS = {  # variant: ceiling
-    "into": 344,        # 655.1    586.7   489.9       338.7     288.5      245.4  rx_into -> tx_from
-    "forward": 276,     #    -     533.3   436.5       263.2     241.1      196.9  forward
+    "into": 331,        # 655.1    586.7   489.9       338.7     288.5      236.6  rx_into -> tx_from
+    "forward": 263,     #    -     533.3   436.5       263.2     241.1      188.1  forward
 }
 ECHO_WORKLOAD = os.path.join(HERE, "cost_echo.py")
 Q = "__pyx_f_6memifx_4ring_5Queue_"

@@ -555,3 +555,26 @@ def test_pass_between_ip_mode_and_ethernet(role, in_ip, out_ip, size):
         assert r.counters(0)["rx"] == ref.counters(0)["rx"]
     finally:
         lb.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("size", [64, 1518])
+def test_pass_across_the_rings_ends(size):
+    """Bursts of 11 on 16-slot rings, the output ring 5 slots ahead of the
+    input: the ring to ring pass takes each ring's slots up to its end and
+    then from its start, the two ends at different frames of a burst.
+    Every frame leaves exact and in order, and is counted once."""
+    lb = Loopback(log2=4, buffer_size=2048, n_s2m=1, n_m2s=2)
+    r = make_router()
+    (stx, mrx), out_pairs = lb.s2m, lb.m2s_pairs
+    ahead = out_pairs[1]
+    assert ahead.tx.tx_frames([b"\0" * 60] * 5) == 5 and len(ahead.rx.rx_frames(16)) == 5
+    for burst in range(9):
+        sent = [udp_frame(size, dst="172.16.5.%d" % (burst * 11 + i)) for i in range(11)]
+        assert stx.tx_frames(sent) == 11
+        assert r.poll(0, mrx, [p.tx for p in out_pairs], 256, 1) == 11
+        assert ahead.rx.rx_frames(16) == [forwarded_as(f, mac(NEXT_HOP), mac(MAC_OUT))
+                                          for f in sent]
+    c = r.counters(0)["rx"][0]
+    assert c["packets"] == c["forwarded"] == 99 and not any(c["drops"].values())
+    lb.close()

@@ -554,28 +554,33 @@ def test_rx_pool_keeps_the_ring_full_while_buffers_are_held():
 
 
 @pytest.mark.timeout(30)
-def test_slave_rx_posts_each_slot_its_own_buffer_again():
+@pytest.mark.parametrize("burst", [16, 11], ids=["whole-ring", "wrapping"])
+def test_slave_rx_posts_each_slot_its_own_buffer_again(burst):
     """A slave whose ring is fully posted gives each slot it consumes its
     own buffer back (no round trip through the pool, which reversed them),
     every descriptor rewritten whole from its own record: a master that
-    scribbled on one has it put right, and nothing it wrote there is used."""
+    scribbled on one has it put right, and nothing it wrote there is used.
+    Bursts of 11 on the 16-slot ring run past its end (slots to the end,
+    then from its start) at most bursts."""
     lb = Loopback(log2=4, buffer_size=256, n_s2m=0, rx_pool=2)
     try:
         mtx, srx = lb.m2s
         posted = [lb.desc(0, slot) for slot in range(16)]
-        for lap in range(5):
-            batch = [frame(60 + lap, lap * 16 + i) for i in range(16)]
-            assert mtx.tx_frames(batch) == 16
+        sent = 0
+        for lap in range(80 // burst):
+            batch = [frame(60 + lap, lap * burst + i) for i in range(burst)]
+            assert mtx.tx_frames(batch) == burst
             if lap == 2:        # after the master's publish, before the slave reads
-                lb.poke_desc(0, 3, offset=0xFFFFFF00, region=9, metadata=7)
+                lb.poke_desc(0, (sent + 3) % 16, offset=0xFFFFFF00, region=9, metadata=7)
+            sent += burst
             buf, lens = bytearray(16 * 256), array("I", [0]) * 16
-            assert srx.rx_batch(buf, lens) == 16
-            ends = [sum(lens[:i + 1]) for i in range(16)]            # packed
+            assert srx.rx_batch(buf, lens) == burst
+            ends = [sum(lens[:i + 1]) for i in range(burst)]         # packed
             got = [bytes(buf[e - n:e]) for e, n in zip(ends, lens)]
             assert srx.rx_batch(buf, lens) == 0
             assert got == batch
             assert [lb.desc(0, slot) for slot in range(16)] == posted
-        assert srx.counters()["packets"] == 80
+        assert srx.counters()["packets"] == sent
     finally:
         lb.close()
 
@@ -933,3 +938,34 @@ def test_checker_drain_loops_bursts_in_one_call(direction):
     with pytest.raises(ValueError):
         c.drain(tx, buf, lengths, 1)
     lb.close()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("size", [60, 1500])
+def test_one_pass_loops_across_both_rings_ends(size):
+    """Bursts of 11 on 16-slot rings, the M2S ring 5 slots ahead of the
+    S2M one: the slave's packed transmit (tx_packed) and receive (rx_copy),
+    and the master's ring to ring forward (forward_usual), each take their
+    slots as runs up to a ring's end and then from its start, and the two
+    rings' ends fall at different frames of a burst.  Every frame arrives
+    whole and in order, and each M2S slot's descriptor is posted again
+    as it was."""
+    lb = Loopback(log2=4, buffer_size=2048)
+    try:
+        (stx, mrx), (mtx, srx) = lb.s2m, lb.m2s
+        assert mtx.tx_frames([frame(size, 999)] * 5) == 5
+        assert len(srx.rx_frames(16)) == 5
+        posted = [lb.desc(1, slot) for slot in range(16)]
+        buf, lens = bytearray(16 * 2048), array("I", [0]) * 16
+        for burst in range(9):
+            batch = [frame(size - i, burst * 11 + i) for i in range(11)]
+            assert stx.tx_batch(b"".join(batch), array("I", map(len, batch))) == 11
+            assert mrx.forward(mtx, 256) == 11
+            assert srx.rx_batch(buf, lens) == 11
+            ends = [sum(lens[:i + 1]) for i in range(11)]
+            assert [bytes(buf[e - n:e]) for e, n in zip(ends, lens)] == batch
+        assert [lb.desc(1, slot) for slot in range(16)] == posted
+        assert stx.counters()["packets"] == mrx.counters()["packets"] == 99
+        assert mtx.counters()["packets"] == srx.counters()["packets"] == 104
+    finally:
+        lb.close()
