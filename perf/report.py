@@ -395,8 +395,8 @@ def render_markdown(results):
         bound = ("and each of its halves costs fewer instructions per frame than any DUT "
                  "here, so the DUT ratios are the DUTs' own")
     else:
-        bound = ("and its two halves on one CPU cost about 108 instructions per frame "
-                 "together, more than xconnect's 82 (perf/results/peer-cost-vm.md), so an "
+        bound = ("and its two halves on one CPU cost about 85 instructions per frame "
+                 "together, more than xconnect's 66 (perf/results/peer-cost-vm.md), so an "
                  "xconnect cell may still be bounded by the tester: its ratios are lower "
                  "bounds")
     L.append("DUT tests: %s; the DUT polls on CPU 1 (xconnect --workers 1 --cpus 1; "

@@ -38,8 +38,8 @@ ZERO_COPY_TX = ["--zero-copy"]
 ZERO_COPY_RX = ["--zero-copy", "--verify", "seq"]
 
 # The DUT cells' tester, cheaper per frame on each side than the
-# cross-connect it measures (perf/results/peer-cost-vm.md: about 60 and 48
-# instructions per frame against xconnect's 82), so that those cells
+# cross-connect it measures (perf/results/peer-cost-vm.md: about 44 and 41
+# instructions per frame against xconnect's 66), so that those cells
 # measure the DUT (split: each side on a CPU of its own; on one CPU, as gen
 # --receive, the two add up, still well below the stamped tester's): gen
 # sends fixed frames from its own buffers (only descriptors written once a
