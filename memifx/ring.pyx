@@ -744,7 +744,9 @@ cdef class Queue:
         faulty ring or while tx_alloc buffers are out.  Until tx_publish,
         nothing else may transmit on this queue."""
         cdef uint16_t avail
-        cdef uint32_t slot, run, got, bs = self.buffer_size
+        cdef uint32_t run, got, bs = self.buffer_size
+        cdef side_t s
+        cdef run_t u
         if self.closed or self.fault or self.reserved or n == 0:
             return 0
         avail = self.tx_room()
@@ -753,21 +755,19 @@ cdef class Queue:
         if n > avail:
             n = avail
             self.c.ring_full += 1
+        first[0] = self.pos & self.mask
         # the slots up to the ring's end, then from its start
-        slot = self.pos & self.mask
-        first[0] = slot
-        run = self.size - slot
-        if run > n:
-            run = n
+        s = side_of(self)
+        run = min(n, run_from(&s, 0, &u))
         if self.slave:      # our own buffers, one per slot for good
-            own_buffers(self.slot_buf + slot, run, self.bufs, bs, ptrs, room)
-            own_buffers(self.slot_buf, n - run, self.bufs, bs, ptrs + run, room + run)
+            own_buffers(u.slot_buf, run, self.bufs, bs, ptrs, room)
+            run_from(&s, run, &u)
+            own_buffers(u.slot_buf, n - run, self.bufs, bs, ptrs + run, room + run)
             return n
-        got = posted_buffers(&self.ring.desc[slot], run, self.mem.regions, self.mem.count,
-                             ptrs, room)
+        got = posted_buffers(u.desc, run, s.regions, s.nregions, ptrs, room)
         if got == run and run < n:
-            got += posted_buffers(&self.ring.desc[0], n - run, self.mem.regions, self.mem.count,
-                                  ptrs + run, room + run)
+            run_from(&s, run, &u)
+            got += posted_buffers(u.desc, n - run, s.regions, s.nregions, ptrs + run, room + run)
         if got < n:
             self.fault = FAULT_POSTED
         return got
@@ -777,17 +777,18 @@ cdef class Queue:
         last tx_reserve gave, frame i ``lengths[i]`` bytes (each one within
         its ``room[i]`` and max_frame: the caller's promise), count them and
         kick the peer.  Returns ``n``, or 0 if the link went down meanwhile."""
-        cdef uint32_t run, slot
+        cdef uint32_t run
         cdef uint64_t nbytes
+        cdef side_t s
+        cdef run_t u
         if n == 0 or self.closed:
             return 0
         # the slots up to the ring's end, then from its start
-        slot = self.pos & self.mask
-        run = self.size - slot
-        if run > n:
-            run = n
-        nbytes = set_lengths(&self.ring.desc[slot], lengths, run)
-        nbytes += set_lengths(&self.ring.desc[0], lengths + run, n - run)
+        s = side_of(self)
+        run = min(n, run_from(&s, 0, &u))
+        nbytes = set_lengths(u.desc, lengths, run)
+        run_from(&s, run, &u)
+        nbytes += set_lengths(u.desc, lengths + run, n - run)
         self.tx_published(<uint16_t>n, n, nbytes)
         return n
 
@@ -1251,7 +1252,9 @@ cdef class Queue:
         their buffers handed back (slave: into the pool and posted again;
         master: the counter published)."""
         cdef uint32_t i, run
-        cdef uint16_t pos = self.pos, mask = self.mask, slot
+        cdef uint16_t pos = self.pos, mask = self.mask
+        cdef side_t s
+        cdef run_t u
         if self.slave:
             if self.posted == <uint16_t>(pos + self.size):
                 # Every slot held a posted buffer, so the slots refill
@@ -1259,14 +1262,11 @@ cdef class Queue:
                 # back, without the round trip through the pool (and
                 # refill, below, finds nothing left to do); the slots up
                 # to the ring's end, then from its start.
-                slot = pos & mask
-                run = self.size - slot
-                if run > k:
-                    run = k
-                post_own(&self.ring.desc[slot], self.slot_buf + slot, run, self.buffer_size,
-                         self.buf_offset)
-                post_own(&self.ring.desc[0], self.slot_buf, k - run, self.buffer_size,
-                         self.buf_offset)
+                s = side_of(self)
+                run = min(k, run_from(&s, 0, &u))
+                post_own(u.desc, u.slot_buf, run, s.bs, self.buf_offset)
+                run_from(&s, run, &u)
+                post_own(u.desc, u.slot_buf, k - run, s.bs, self.buf_offset)
                 self.posted += k
                 memif_store_release(&self.ring.head, self.posted)
             else:
